@@ -1,0 +1,172 @@
+//! Wiring and lifecycle: build the proxy from a config, bind the listeners, serve, and
+//! drain on shutdown.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinSet;
+
+use crate::admin::{self, AdminState, Readiness};
+use crate::config::Config;
+use crate::proxy::Proxy;
+use crate::proxy::listener::{self, Listeners};
+use crate::telemetry::Metrics;
+
+/// A running gateway: listeners bound and serving.
+pub struct Gateway {
+    listen_addrs: Vec<SocketAddr>,
+    admin_addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    readiness: Arc<Readiness>,
+    connections: Arc<Semaphore>,
+    max_connections: usize,
+    grace: Duration,
+    tasks: JoinSet<()>,
+}
+
+/// How a drain ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Drained {
+    /// Every connection finished within the grace period.
+    Clean,
+    /// The grace period ran out with this many connections still open.
+    GraceExpired(usize),
+}
+
+impl Gateway {
+    /// Binds every listener and starts serving. Fails, with nothing left running, when an
+    /// address cannot be bound.
+    pub async fn start(config: &Config) -> anyhow::Result<Gateway> {
+        let metrics = Arc::new(Metrics::new());
+        let proxy = Arc::new(Proxy::new(config, metrics.clone()));
+        let readiness = Arc::new(Readiness::default());
+
+        let mut bound = Vec::new();
+        for settings in &config.listeners {
+            let listener = TcpListener::bind(settings.addr)
+                .await
+                .with_context(|| format!("binding listener {}", settings.addr))?;
+            bound.push(listener);
+        }
+        let admin_listener = TcpListener::bind(config.admin.addr)
+            .await
+            .with_context(|| format!("binding admin listener {}", config.admin.addr))?;
+
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let connections = Arc::new(Semaphore::new(config.limits.max_connections));
+        let listeners = Listeners {
+            connections: connections.clone(),
+            shutdown: shutdown_rx.clone(),
+        };
+        let mut tasks = JoinSet::new();
+        let mut listen_addrs = Vec::new();
+        for listener in bound {
+            let addr = listener
+                .local_addr()
+                .context("reading a bound listener's address")?;
+            tracing::info!(addr = %addr, "listening");
+            listen_addrs.push(addr);
+            tasks.spawn(listener::run(listener, proxy.clone(), listeners.clone()));
+        }
+        let admin_addr = admin_listener
+            .local_addr()
+            .context("reading the admin listener's address")?;
+        tracing::info!(addr = %admin_addr, "admin listening");
+        let admin_state = Arc::new(AdminState {
+            metrics,
+            readiness: readiness.clone(),
+        });
+        tasks.spawn(admin::run(admin_listener, admin_state, shutdown_rx));
+        readiness.listeners_bound.store(true, Ordering::Relaxed);
+
+        Ok(Gateway {
+            listen_addrs,
+            admin_addr,
+            shutdown,
+            readiness,
+            connections,
+            max_connections: config.limits.max_connections,
+            grace: config.shutdown_grace,
+            tasks,
+        })
+    }
+
+    /// The bound addresses of the client listeners, in config order.
+    pub fn listen_addrs(&self) -> &[SocketAddr] {
+        &self.listen_addrs
+    }
+
+    /// The bound address of the admin listener.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    /// Stops accepting, asks every connection to finish its in-flight requests, and waits
+    /// for them up to the grace period.
+    pub async fn shutdown(mut self) -> Drained {
+        self.readiness.draining.store(true, Ordering::Relaxed);
+        // Receivers only go away with the listeners, so a failed send means nothing to stop.
+        let _ = self.shutdown.send(true);
+        let all = u32::try_from(self.max_connections).unwrap_or(u32::MAX);
+        let drained = tokio::time::timeout(self.grace, self.connections.acquire_many(all)).await;
+        self.tasks.abort_all();
+        match drained {
+            Ok(_) => Drained::Clean,
+            Err(_) => {
+                Drained::GraceExpired(self.max_connections - self.connections.available_permits())
+            }
+        }
+    }
+}
+
+/// Runs the gateway until SIGTERM or SIGINT, then drains it.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let gateway = Gateway::start(&config).await?;
+    tracing::info!(
+        config = %config.file.display(),
+        routes = config.routes.len(),
+        upstreams = config.upstreams.len(),
+        "portcullis started"
+    );
+    wait_for_signal().await?;
+    tracing::info!(
+        grace_period = %crate::config::format_duration(config.shutdown_grace),
+        "shutting down: finishing in-flight requests"
+    );
+    match gateway.shutdown().await {
+        Drained::Clean => tracing::info!("all connections finished; exiting"),
+        Drained::GraceExpired(open) => {
+            tracing::warn!(
+                open_connections = open,
+                "grace period over; closing the remaining connections"
+            );
+        }
+    }
+    Ok(())
+}
+
+#[cfg(unix)]
+async fn wait_for_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate =
+        signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    tokio::select! {
+        _ = terminate.recv() => tracing::info!("SIGTERM received"),
+        _ = interrupt.recv() => tracing::info!("SIGINT received"),
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+async fn wait_for_signal() -> anyhow::Result<()> {
+    tokio::signal::ctrl_c()
+        .await
+        .context("waiting for Ctrl-C")?;
+    Ok(())
+}

@@ -1,0 +1,466 @@
+//! Raw config → [`Config`]: values typed, references resolved, every error collected.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ipnet::IpNet;
+
+use super::error::{ConfigError, ConfigErrors, did_you_mean};
+use super::model::{
+    AdminSettings, Config, HostPattern, Limits, ListenerSettings, RouteId, RouteSettings, Target,
+    UpstreamName, UpstreamSettings,
+};
+use super::raw::{RawConfig, RawLimits, RawRoute, RawUpstream};
+use super::source::{Source, key_segment};
+use super::units::{parse_duration, parse_size};
+
+/// Collects errors while typing values, each placed by its YAML path.
+struct Builder {
+    source: Source,
+    errors: Vec<ConfigError>,
+}
+
+impl Builder {
+    fn error(&mut self, yaml_path: &str, message: impl Into<String>) {
+        self.error_with_help(yaml_path, message, None);
+    }
+
+    fn error_with_help(
+        &mut self,
+        yaml_path: &str,
+        message: impl Into<String>,
+        help: Option<String>,
+    ) {
+        let position = self.source.locate(yaml_path);
+        let error =
+            ConfigError::at(self.source.path(), position, yaml_path, message).with_help(help);
+        self.errors.push(error);
+    }
+
+    /// Runs `parse` on a value and records its error at `yaml_path`.
+    fn typed<T>(&mut self, yaml_path: &str, result: Result<T, String>) -> Option<T> {
+        result
+            .map_err(|message| self.error(yaml_path, message))
+            .ok()
+    }
+
+    fn duration(&mut self, yaml_path: &str, text: &str) -> Option<Duration> {
+        let duration = self.typed(yaml_path, parse_duration(text))?;
+        if duration.is_zero() {
+            self.error(yaml_path, "must be longer than 0s");
+            return None;
+        }
+        Some(duration)
+    }
+
+    fn socket_addr(&mut self, yaml_path: &str, text: &str) -> Option<SocketAddr> {
+        self.typed(
+            yaml_path,
+            text.parse::<SocketAddr>().map_err(|_| {
+                format!("\"{text}\" is not an address with a port, e.g. \"127.0.0.1:8080\" or \"[::1]:8080\"")
+            }),
+        )
+    }
+}
+
+/// Types and cross-checks a parsed file.
+pub fn build(path: &Path, text: &str, raw: RawConfig) -> Result<Config, ConfigErrors> {
+    let mut builder = Builder {
+        source: Source::new(path, text),
+        errors: Vec::new(),
+    };
+
+    let mut listeners = Vec::new();
+    if raw.listen.is_empty() {
+        builder.error("listen", "at least one listen address is required");
+    }
+    for (index, listen) in raw.listen.iter().enumerate() {
+        let yaml_path = format!("listen[{index}].addr");
+        if let Some(addr) = builder.socket_addr(&yaml_path, &listen.addr) {
+            if addr.port() != 0 && listeners.iter().any(|l: &ListenerSettings| l.addr == addr) {
+                builder.error(&yaml_path, format!("address {addr} is listed twice"));
+            }
+            listeners.push(ListenerSettings { addr });
+        }
+    }
+
+    let admin_addr = builder.socket_addr("admin.addr", &raw.admin.addr);
+    if let Some(addr) = admin_addr
+        && addr.port() != 0
+        && listeners.iter().any(|l| l.addr == addr)
+    {
+        builder.error(
+            "admin.addr",
+            format!("address {addr} is also a listen address"),
+        );
+    }
+
+    let mut trusted_proxies = Vec::new();
+    for (index, text) in raw.network.trusted_proxies.iter().enumerate() {
+        let yaml_path = format!("network.trusted_proxies[{index}]");
+        if let Some(net) = builder.typed(&yaml_path, parse_network(text)) {
+            trusted_proxies.push(net);
+        }
+    }
+
+    let mut upstreams = Vec::new();
+    if raw.upstreams.is_empty() {
+        builder.error("upstreams", "at least one upstream is required");
+    }
+    for (name, upstream) in &raw.upstreams {
+        if let Some(settings) = build_upstream(&mut builder, name, upstream) {
+            upstreams.push(settings);
+        }
+    }
+
+    let routes = build_routes(&mut builder, &raw.routes, &raw.upstreams, &upstreams);
+    let limits = build_limits(&mut builder, &raw.limits);
+    let shutdown_grace = builder.duration("shutdown.grace_period", &raw.shutdown.grace_period);
+
+    match (admin_addr, limits, shutdown_grace) {
+        (Some(admin_addr), Some(limits), Some(shutdown_grace)) if builder.errors.is_empty() => {
+            Ok(Config {
+                file: path.to_owned(),
+                listeners,
+                admin: AdminSettings { addr: admin_addr },
+                trusted_proxies,
+                upstreams,
+                routes,
+                limits,
+                shutdown_grace,
+            })
+        }
+        _ => {
+            let mut errors = builder.errors;
+            errors.sort_by_key(|error| error.position.unwrap_or((usize::MAX, 0)));
+            Err(ConfigErrors(errors))
+        }
+    }
+}
+
+fn build_upstream(
+    builder: &mut Builder,
+    name: &str,
+    raw: &RawUpstream,
+) -> Option<UpstreamSettings> {
+    let base = format!("upstreams.{}", key_segment(name));
+    let name_ok = builder
+        .typed(&base, check_id("upstream name", name))
+        .is_some();
+    let mut targets = Vec::new();
+    if raw.targets.is_empty() {
+        builder.error(
+            &format!("{base}.targets"),
+            "at least one target is required",
+        );
+    }
+    for (index, text) in raw.targets.iter().enumerate() {
+        let yaml_path = format!("{base}.targets[{index}]");
+        if let Some(target) = builder.typed(&yaml_path, parse_target(text)) {
+            targets.push(target);
+        }
+    }
+    let connect_timeout =
+        builder.duration(&format!("{base}.connect_timeout"), &raw.connect_timeout);
+    let timeout = builder.duration(&format!("{base}.timeout"), &raw.timeout);
+    let failure_cooldown =
+        builder.duration(&format!("{base}.failure_cooldown"), &raw.failure_cooldown);
+    if !name_ok || targets.len() != raw.targets.len() {
+        return None;
+    }
+    Some(UpstreamSettings {
+        name: UpstreamName(Arc::from(name)),
+        targets,
+        connect_timeout: connect_timeout?,
+        timeout: timeout?,
+        failure_cooldown: failure_cooldown?,
+    })
+}
+
+fn build_routes(
+    builder: &mut Builder,
+    raw_routes: &[RawRoute],
+    raw_upstreams: &std::collections::BTreeMap<String, RawUpstream>,
+    upstreams: &[UpstreamSettings],
+) -> Vec<RouteSettings> {
+    if raw_routes.is_empty() {
+        builder.error("routes", "at least one route is required");
+    }
+    let mut first_line_of: HashMap<&str, Option<usize>> = HashMap::new();
+    let mut routes = Vec::new();
+    for (index, raw) in raw_routes.iter().enumerate() {
+        let base = format!("routes[{index}]");
+        let id_path = format!("{base}.id");
+        let id_ok = builder
+            .typed(&id_path, check_id("route id", &raw.id))
+            .is_some();
+        if let Some(first_line) = first_line_of.get(raw.id.as_str()) {
+            let first = first_line
+                .map(|line| format!(" (first defined on line {line})"))
+                .unwrap_or_default();
+            builder.error(
+                &id_path,
+                format!("duplicate route id \"{}\"{first}", raw.id),
+            );
+        } else {
+            let line = builder.source.locate(&id_path).map(|(line, _)| line);
+            first_line_of.insert(&raw.id, line);
+        }
+
+        let host = match &raw.host {
+            None => Some(None),
+            Some(text) => builder
+                .typed(&format!("{base}.host"), parse_host_pattern(text))
+                .map(Some),
+        };
+
+        let prefix_ok = raw.path_prefix.starts_with('/');
+        if !prefix_ok {
+            builder.error(
+                &format!("{base}.path_prefix"),
+                format!("path prefix \"{}\" must start with \"/\"", raw.path_prefix),
+            );
+        }
+
+        let upstream = upstreams.iter().position(|u| *u.name.0 == *raw.upstream);
+        if upstream.is_none() && !raw_upstreams.contains_key(&raw.upstream) {
+            // An upstream that exists but failed to build has its own error already.
+            let help = did_you_mean(&raw.upstream, raw_upstreams.keys().map(String::as_str));
+            builder.error_with_help(
+                &format!("{base}.upstream"),
+                format!("unknown upstream \"{}\"", raw.upstream),
+                help,
+            );
+        }
+
+        if let (true, Some(host), true, Some(upstream)) = (id_ok, host, prefix_ok, upstream) {
+            routes.push(RouteSettings {
+                id: RouteId(Arc::from(raw.id.as_str())),
+                host,
+                path_prefix: raw.path_prefix.clone(),
+                upstream,
+            });
+        }
+    }
+    routes
+}
+
+fn build_limits(builder: &mut Builder, raw: &RawLimits) -> Option<Limits> {
+    let header_read_timeout =
+        builder.duration("limits.header_read_timeout", &raw.header_read_timeout);
+    let idle_timeout = builder.duration("limits.idle_timeout", &raw.idle_timeout);
+
+    let max_header_size = builder.typed("limits.max_header_size", parse_size(&raw.max_header_size));
+    let max_header_size = match max_header_size {
+        Some(size) if !(1024..=(1 << 20)).contains(&size) => {
+            builder.error("limits.max_header_size", "must be between 1KiB and 1MiB");
+            None
+        }
+        other => other,
+    };
+
+    let max_body_size = match &raw.max_body_size {
+        None => Some(None),
+        Some(text) => builder
+            .typed("limits.max_body_size", parse_size(text))
+            .map(Some),
+    };
+
+    let max_connections = builder.typed(
+        "limits.max_connections",
+        raw.max_connections
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=1_000_000).contains(n))
+            .ok_or_else(|| {
+                format!(
+                    "\"{}\" is not a whole number between 1 and 1000000",
+                    raw.max_connections
+                )
+            }),
+    );
+
+    Some(Limits {
+        header_read_timeout: header_read_timeout?,
+        max_header_size: usize::try_from(max_header_size?).ok()?,
+        max_body_size: max_body_size?,
+        idle_timeout: idle_timeout?,
+        max_connections: max_connections?,
+    })
+}
+
+/// Ids and names: a letter or digit, then letters, digits, `_`, `-` or `.`.
+fn check_id(what: &str, text: &str) -> Result<(), String> {
+    let mut chars = text.chars();
+    let first_ok = chars.next().is_some_and(|c| c.is_ascii_alphanumeric());
+    if first_ok
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+        && text.len() <= 64
+    {
+        Ok(())
+    } else {
+        Err(format!(
+            "{what} \"{text}\" must start with a letter or digit and use only letters, digits, '_', '-' and '.' (at most 64)"
+        ))
+    }
+}
+
+/// A CIDR (`10.0.0.0/8`) or a single address (`10.1.2.3`, meaning /32 or /128).
+fn parse_network(text: &str) -> Result<IpNet, String> {
+    if let Ok(net) = text.parse::<IpNet>() {
+        if net.trunc() != net {
+            return Err(format!(
+                "\"{text}\" has host bits set; did you mean \"{}\"?",
+                net.trunc()
+            ));
+        }
+        return Ok(net);
+    }
+    text.parse::<std::net::IpAddr>()
+        .map(IpNet::from)
+        .map_err(|_| {
+            format!("\"{text}\" is not an IP network, e.g. \"10.0.0.0/8\" or \"2001:db8::/32\"")
+        })
+}
+
+/// `builtin:echo` or `http://host[:port]`.
+fn parse_target(text: &str) -> Result<Target, String> {
+    if text == "builtin:echo" {
+        return Ok(Target::Echo);
+    }
+    let uri: http::Uri = text
+        .parse()
+        .map_err(|_| format!("\"{text}\" is not a target URL such as \"http://127.0.0.1:8081\""))?;
+    match uri.scheme_str() {
+        Some("http") => {}
+        Some("https") => {
+            return Err(format!(
+                "\"{text}\": https targets are not supported by this version; use http:// or put a TLS sidecar in front of the upstream"
+            ));
+        }
+        _ => {
+            return Err(format!(
+                "\"{text}\" must start with http:// (or be builtin:echo)"
+            ));
+        }
+    }
+    let authority = uri
+        .authority()
+        .ok_or_else(|| format!("\"{text}\" has no host"))?;
+    if authority.as_str().contains('@') {
+        return Err(format!("\"{text}\" must not carry credentials"));
+    }
+    if uri.path_and_query().is_some_and(|p| p.as_str() != "/") {
+        return Err(format!(
+            "\"{text}\" must not have a path: routes forward the request path unchanged"
+        ));
+    }
+    if authority.port().is_some() {
+        return Ok(Target::Http(authority.clone()));
+    }
+    format!("{}:80", authority.host())
+        .parse()
+        .map(Target::Http)
+        .map_err(|_| format!("\"{text}\" has an invalid host"))
+}
+
+/// `api.example.com` or `*.example.com`; lower-cased, no port.
+fn parse_host_pattern(text: &str) -> Result<HostPattern, String> {
+    let lower = text.to_ascii_lowercase();
+    let (wildcard, name) = match lower.strip_prefix("*.") {
+        Some(rest) => (true, rest),
+        None => (false, lower.as_str()),
+    };
+    let valid = !name.is_empty()
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        });
+    if !valid {
+        return Err(format!(
+            "\"{text}\" is not a host name; write \"api.example.com\" or \"*.example.com\", without a port"
+        ));
+    }
+    Ok(if wildcard {
+        HostPattern::Suffix(format!(".{name}"))
+    } else {
+        HostPattern::Exact(name.to_owned())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets() {
+        assert_eq!(parse_target("builtin:echo"), Ok(Target::Echo));
+        assert_eq!(
+            parse_target("http://127.0.0.1:8081"),
+            Ok(Target::Http("127.0.0.1:8081".parse().unwrap()))
+        );
+        assert_eq!(
+            parse_target("http://app.internal"),
+            Ok(Target::Http("app.internal:80".parse().unwrap()))
+        );
+        assert!(
+            parse_target("https://a:1")
+                .unwrap_err()
+                .contains("https targets")
+        );
+        assert!(
+            parse_target("http://a:1/base")
+                .unwrap_err()
+                .contains("path")
+        );
+        assert!(parse_target("ftp://a").is_err());
+        assert!(parse_target("http://u:p@a:1").is_err());
+        assert!(parse_target("127.0.0.1:80").is_err());
+    }
+
+    #[test]
+    fn hosts() {
+        assert_eq!(
+            parse_host_pattern("API.example.com"),
+            Ok(HostPattern::Exact("api.example.com".into()))
+        );
+        assert_eq!(
+            parse_host_pattern("*.example.com"),
+            Ok(HostPattern::Suffix(".example.com".into()))
+        );
+        assert!(parse_host_pattern("a.*.com").is_err());
+        assert!(parse_host_pattern("a.com:80").is_err());
+        assert!(parse_host_pattern("*").is_err());
+    }
+
+    #[test]
+    fn networks() {
+        assert_eq!(
+            parse_network("10.0.0.0/8"),
+            Ok("10.0.0.0/8".parse().unwrap())
+        );
+        assert_eq!(
+            parse_network("10.1.2.3"),
+            Ok("10.1.2.3/32".parse().unwrap())
+        );
+        assert_eq!(parse_network("::1"), Ok("::1/128".parse().unwrap()));
+        assert!(
+            parse_network("10.0.0.1/8")
+                .unwrap_err()
+                .contains("10.0.0.0/8")
+        );
+        assert!(parse_network("office").is_err());
+    }
+
+    #[test]
+    fn ids() {
+        assert!(check_id("route id", "api-v2.public").is_ok());
+        assert!(check_id("route id", "-x").is_err());
+        assert!(check_id("route id", "").is_err());
+        assert!(check_id("route id", "a b").is_err());
+    }
+}

@@ -1,0 +1,43 @@
+//! Configuration: YAML text in, a validated [`Config`] out.
+//!
+//! ```text
+//!   file text ──serde-saphyr──▶ raw::RawConfig ──build──▶ model::Config
+//!        │                           │                        │
+//!   source.rs maps a             deny_unknown_fields;     every value typed,
+//!   position to its YAML         syntax and type errors   every reference resolved;
+//!   path for those errors        stop the file here       all errors collected
+//! ```
+//!
+//! This is the only module that knows the YAML parser. Nothing outside it sees a
+//! raw string that still has to be parsed.
+
+mod build;
+mod error;
+mod model;
+mod raw;
+mod source;
+mod units;
+
+pub use error::{ConfigError, ConfigErrors};
+pub use model::{
+    AdminSettings, Config, HostPattern, Limits, ListenerSettings, RouteId, RouteSettings, Target,
+    UpstreamName, UpstreamSettings,
+};
+pub use units::{format_duration, parse_duration, parse_size};
+
+use std::path::Path;
+
+/// Reads, parses and validates the config file at `path`.
+///
+/// Every problem found is returned, each naming file, line, column and YAML path.
+pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|err| ConfigErrors::from(ConfigError::unreadable(path, &err)))?;
+    from_str(path, &text)
+}
+
+/// Parses and validates config `text` as if it had been read from `path`.
+pub fn from_str(path: &Path, text: &str) -> Result<Config, ConfigErrors> {
+    let raw = raw::parse(path, text)?;
+    build::build(path, text, raw)
+}

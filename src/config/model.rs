@@ -1,0 +1,134 @@
+//! The validated configuration: every value typed, every reference resolved.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ipnet::IpNet;
+
+/// A loaded, valid config file.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it was loaded from.
+    pub file: PathBuf,
+    /// Where the proxy accepts client traffic.
+    pub listeners: Vec<ListenerSettings>,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served.
+    pub admin: AdminSettings,
+    /// Peers whose forwarding headers (`X-Forwarded-*`, `X-Request-Id`) are believed.
+    pub trusted_proxies: Vec<IpNet>,
+    /// Upstreams in name order.
+    pub upstreams: Vec<UpstreamSettings>,
+    /// Routes in file order.
+    pub routes: Vec<RouteSettings>,
+    /// Client-facing limits and timeouts.
+    pub limits: Limits,
+    /// How long in-flight requests may take to finish after SIGTERM or SIGINT.
+    pub shutdown_grace: Duration,
+}
+
+/// One client-facing listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerSettings {
+    /// The address to bind; port 0 picks a free port.
+    pub addr: SocketAddr,
+}
+
+/// The admin listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminSettings {
+    /// The address to bind; loopback by default.
+    pub addr: SocketAddr,
+}
+
+/// The name of an upstream, as written under `upstreams`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct UpstreamName(pub Arc<str>);
+
+impl fmt::Display for UpstreamName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The id of a route, as written in `routes[].id`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RouteId(pub Arc<str>);
+
+impl fmt::Display for RouteId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A set of interchangeable servers that routes forward to.
+#[derive(Debug, Clone)]
+pub struct UpstreamSettings {
+    /// The upstream's name.
+    pub name: UpstreamName,
+    /// Its targets, tried round robin.
+    pub targets: Vec<Target>,
+    /// How long to wait for a TCP connection to a target.
+    pub connect_timeout: Duration,
+    /// How long to wait for the response head once the request is sent.
+    pub timeout: Duration,
+    /// How long a target that refused a connection is skipped.
+    pub failure_cooldown: Duration,
+}
+
+/// One server behind an upstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// A plain-HTTP server at `host:port`.
+    Http(http::uri::Authority),
+    /// The built-in echo server, which answers with the request it saw as JSON.
+    Echo,
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Target::Http(authority) => write!(f, "http://{authority}"),
+            Target::Echo => f.write_str("builtin:echo"),
+        }
+    }
+}
+
+/// Which request hosts a route accepts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostPattern {
+    /// Exactly this host, lower-case, without a port.
+    Exact(String),
+    /// Any host ending in this suffix, which starts with a dot (`*.example.com`).
+    Suffix(String),
+}
+
+/// One route: requests for a host and path prefix go to an upstream.
+#[derive(Debug, Clone)]
+pub struct RouteSettings {
+    /// The route's id, used in logs and metrics.
+    pub id: RouteId,
+    /// The hosts it accepts; `None` accepts any host.
+    pub host: Option<HostPattern>,
+    /// The path prefix, matched on whole segments unless it ends in `/`.
+    pub path_prefix: String,
+    /// Index into [`Config::upstreams`].
+    pub upstream: usize,
+}
+
+/// Limits that protect the gateway from slow, large or numerous clients.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Time allowed for a client to send a complete request head (slowloris defence).
+    pub header_read_timeout: Duration,
+    /// The largest request head accepted, in bytes; larger is answered 431.
+    pub max_header_size: usize,
+    /// The largest request body accepted, in bytes; larger is answered 413.
+    pub max_body_size: Option<u64>,
+    /// A connection with no bytes in either direction and no request in flight for this long is closed.
+    pub idle_timeout: Duration,
+    /// Client connections open at once; further connections are closed at accept.
+    pub max_connections: usize,
+}

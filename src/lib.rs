@@ -1,0 +1,10 @@
+//! portcullis: a reverse-proxy authorization gateway.
+//!
+//! See ARCHITECTURE.md for the request flow and which module owns which step.
+
+pub mod admin;
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod proxy;
+pub mod telemetry;

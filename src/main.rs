@@ -1,0 +1,29 @@
+//! The `portcullis` binary: parse the command line, set up logging, run the command,
+//! print the error chain, pick the exit code. No logic of its own.
+
+use std::process::ExitCode;
+
+use clap::Parser as _;
+use portcullis::cli::{self, Cli, LogFormat};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(cli.log_level)
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => subscriber.init(),
+        LogFormat::Json => subscriber
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .init(),
+    }
+    match cli::run(cli) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,76 @@
+//! Everything HTTP on the data path: accept, normalize, route, forward, respond.
+//!
+//! `handle.rs` orders the phases; each other file owns one of them.
+
+mod echo;
+mod forward;
+mod handle;
+pub mod listener;
+mod normalize;
+mod respond;
+mod route;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use ipnet::IpNet;
+use prometheus::IntCounter;
+
+use crate::config::{Config, Limits, RouteId};
+use crate::telemetry::{DecisionLabel, Metrics};
+
+pub use forward::{BoxError, Upstream};
+pub use route::{Route, RouteTable};
+
+/// The body type of every response the proxy sends.
+pub type ProxyBody = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
+
+/// The compiled state a request is served with: routes, upstream clients, limits.
+pub struct Proxy {
+    routes: RouteTable,
+    upstreams: Vec<Upstream>,
+    trusted_proxies: Vec<IpNet>,
+    limits: Limits,
+    metrics: Arc<Metrics>,
+    /// `requests_total{route, decision="allow", reason="allowed"}` per route, resolved once
+    /// so the hot path does not hash label values; indexed like [`RouteTable`]'s routes.
+    allowed: Vec<(RouteId, IntCounter)>,
+}
+
+impl Proxy {
+    /// Builds routes and upstream clients from a validated config.
+    pub fn new(config: &Config, metrics: Arc<Metrics>) -> Proxy {
+        let upstreams = config
+            .upstreams
+            .iter()
+            .map(|settings| Upstream::new(settings, &metrics))
+            .collect();
+        let allowed = config
+            .routes
+            .iter()
+            .map(|route| {
+                let counter = metrics.requests.with_label_values(&[
+                    &route.id.0,
+                    DecisionLabel::Allow.as_str(),
+                    "allowed",
+                ]);
+                (route.id.clone(), counter)
+            })
+            .collect();
+        Proxy {
+            routes: RouteTable::new(&config.routes),
+            upstreams,
+            trusted_proxies: config.trusted_proxies.clone(),
+            limits: config.limits.clone(),
+            metrics,
+            allowed,
+        }
+    }
+
+    /// Whether forwarding headers from this socket peer are believed.
+    fn is_trusted(&self, peer: IpAddr) -> bool {
+        let peer = peer.to_canonical();
+        self.trusted_proxies.iter().any(|net| net.contains(&peer))
+    }
+}

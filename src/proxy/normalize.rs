@@ -1,0 +1,159 @@
+//! The request's host, checked once, before routing: exactly one authority, well formed,
+//! agreeing between the request target and `Host`.
+
+use http::header::HOST;
+use http::request::Parts;
+use http::{HeaderValue, Version};
+
+use super::respond::ProxyError;
+
+/// Where the client says the request is going.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Authority {
+    /// The host, lower-case, without port; `None` for an HTTP/1.0 request that named none.
+    pub host: Option<String>,
+    /// The authority to send upstream as `Host`, as the client wrote it.
+    pub host_header: Option<HeaderValue>,
+}
+
+/// Reads the authority from the request target (absolute form, HTTP/2 `:authority`) and
+/// the `Host` header; rejects requests where they are missing, repeated or disagree.
+pub fn authority(parts: &Parts) -> Result<Authority, ProxyError> {
+    let mut host_headers = parts.headers.get_all(HOST).iter();
+    let host_header = host_headers.next();
+    if host_headers.next().is_some() {
+        return Err(ProxyError::BadRequest(
+            "the request has more than one Host header".into(),
+        ));
+    }
+    let target_authority = parts.uri.authority();
+
+    let written: HeaderValue = match (target_authority, host_header) {
+        (Some(target), Some(header)) => {
+            // SECURITY: a request that names two different hosts could be routed by one
+            // and served by the other.
+            if !target
+                .as_str()
+                .eq_ignore_ascii_case(header.to_str().unwrap_or(""))
+            {
+                return Err(ProxyError::BadRequest(
+                    "the Host header does not match the host in the request target".into(),
+                ));
+            }
+            header.clone()
+        }
+        (Some(target), None) => HeaderValue::from_str(target.as_str())
+            .map_err(|_| ProxyError::BadRequest("the request target's host is not valid".into()))?,
+        (None, Some(header)) => header.clone(),
+        (None, None) if parts.version == Version::HTTP_10 || parts.version == Version::HTTP_09 => {
+            return Ok(Authority {
+                host: None,
+                host_header: None,
+            });
+        }
+        (None, None) => {
+            return Err(ProxyError::BadRequest(
+                "the request has no Host header".into(),
+            ));
+        }
+    };
+    let host = parse_host(written.as_bytes()).ok_or_else(|| {
+        ProxyError::BadRequest("the Host header is not a valid host[:port]".into())
+    })?;
+    Ok(Authority {
+        host: Some(host),
+        host_header: Some(written),
+    })
+}
+
+/// `host[:port]` → lower-case host, or `None` when it is not a reg-name, IPv4 or `[IPv6]`.
+fn parse_host(value: &[u8]) -> Option<String> {
+    let text = std::str::from_utf8(value).ok()?;
+    let (host, port) = if let Some(rest) = text.strip_prefix('[') {
+        let end = rest.find(']')?;
+        let literal = &rest[..end];
+        literal.parse::<std::net::Ipv6Addr>().ok()?;
+        (&text[..end + 2], &rest[end + 1..])
+    } else {
+        match text.rfind(':') {
+            Some(colon) => (&text[..colon], &text[colon..]),
+            None => (text, ""),
+        }
+    };
+    if !port.is_empty() {
+        let digits = port.strip_prefix(':')?;
+        if digits.is_empty() || digits.len() > 5 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+    }
+    let reg_name_ok = host.starts_with('[')
+        || (!host.is_empty()
+            && host.len() <= 253
+            && host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_')));
+    reg_name_ok.then(|| host.to_ascii_lowercase())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parts(version: Version, uri: &str, hosts: &[&str]) -> Parts {
+        let mut builder = http::Request::builder().version(version).uri(uri);
+        for host in hosts {
+            builder = builder.header(HOST, *host);
+        }
+        builder.body(()).unwrap().into_parts().0
+    }
+
+    #[test]
+    fn host_header_is_lowercased_without_port() {
+        let found = authority(&parts(Version::HTTP_11, "/x", &["API.Example.com:8080"])).unwrap();
+        assert_eq!(found.host.as_deref(), Some("api.example.com"));
+        assert_eq!(found.host_header.unwrap(), "API.Example.com:8080");
+    }
+
+    #[test]
+    fn ipv6_literal() {
+        let found = authority(&parts(Version::HTTP_11, "/x", &["[::1]:8080"])).unwrap();
+        assert_eq!(found.host.as_deref(), Some("[::1]"));
+    }
+
+    #[test]
+    fn http2_authority_stands_for_host() {
+        let found = authority(&parts(Version::HTTP_2, "http://a.example/x", &[])).unwrap();
+        assert_eq!(found.host.as_deref(), Some("a.example"));
+        assert_eq!(found.host_header.unwrap(), "a.example");
+    }
+
+    #[test]
+    fn rejects_ambiguity() {
+        for (version, uri, hosts) in [
+            (Version::HTTP_11, "/x", vec![]),
+            (Version::HTTP_11, "/x", vec!["a", "b"]),
+            (Version::HTTP_11, "http://a/x", vec!["b"]),
+            (Version::HTTP_11, "/x", vec!["a b"]),
+            (Version::HTTP_11, "/x", vec!["a:80:80"]),
+            (Version::HTTP_11, "/x", vec!["a:"]),
+            (Version::HTTP_11, "/x", vec!["[zz]"]),
+        ] {
+            assert!(
+                authority(&parts(version, uri, &hosts)).is_err(),
+                "{uri} {hosts:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn http10_may_omit_host() {
+        let found = authority(&parts(Version::HTTP_10, "/x", &[])).unwrap();
+        assert_eq!(
+            found,
+            Authority {
+                host: None,
+                host_header: None
+            }
+        );
+    }
+}

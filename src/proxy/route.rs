@@ -1,0 +1,161 @@
+//! Host + path → route. The most specific route wins: longest path prefix first, then an
+//! exact host over a wildcard over no host, then file order.
+
+use crate::config::{HostPattern, RouteId, RouteSettings};
+
+/// A route ready to match.
+#[derive(Debug, Clone)]
+pub struct Route {
+    /// The route's id.
+    pub id: RouteId,
+    /// Its position in the config file's `routes` list.
+    pub index: usize,
+    /// Index of its upstream in the proxy's upstream list.
+    pub upstream: usize,
+    host: Option<HostPattern>,
+    path_prefix: String,
+}
+
+/// All routes, ordered so that the first match is the most specific.
+#[derive(Debug, Clone)]
+pub struct RouteTable {
+    routes: Vec<Route>,
+}
+
+impl RouteTable {
+    /// Orders `routes` by specificity.
+    pub fn new(settings: &[RouteSettings]) -> RouteTable {
+        let mut routes: Vec<(usize, Route)> = settings
+            .iter()
+            .enumerate()
+            .map(|(order, s)| {
+                let route = Route {
+                    id: s.id.clone(),
+                    index: order,
+                    upstream: s.upstream,
+                    host: s.host.clone(),
+                    path_prefix: s.path_prefix.clone(),
+                };
+                (order, route)
+            })
+            .collect();
+        routes.sort_by_key(|(order, route)| {
+            let host_rank = match &route.host {
+                Some(HostPattern::Exact(_)) => (0, 0),
+                Some(HostPattern::Suffix(suffix)) => (1, usize::MAX - suffix.len()),
+                None => (2, 0),
+            };
+            (usize::MAX - route.path_prefix.len(), host_rank, *order)
+        });
+        RouteTable {
+            routes: routes.into_iter().map(|(_, route)| route).collect(),
+        }
+    }
+
+    /// The route for `host` (lower-case, without port; `None` when the request named none)
+    /// and `path`, or `None` when no route accepts the request.
+    pub fn select(&self, host: Option<&str>, path: &str) -> Option<&Route> {
+        self.routes.iter().find(|route| {
+            host_matches(route.host.as_ref(), host) && prefix_matches(&route.path_prefix, path)
+        })
+    }
+}
+
+fn host_matches(pattern: Option<&HostPattern>, host: Option<&str>) -> bool {
+    match (pattern, host) {
+        (None, _) => true,
+        (Some(_), None) => false,
+        (Some(HostPattern::Exact(exact)), Some(host)) => exact == host,
+        (Some(HostPattern::Suffix(suffix)), Some(host)) => {
+            host.len() > suffix.len() && host.ends_with(suffix.as_str())
+        }
+    }
+}
+
+/// `/api` matches `/api` and `/api/x` but not `/apiary`; `/api/` matches anything under it.
+fn prefix_matches(prefix: &str, path: &str) -> bool {
+    match path.strip_prefix(prefix) {
+        None => false,
+        Some(rest) => prefix.ends_with('/') || rest.is_empty() || rest.starts_with('/'),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    fn route(id: &str, host: Option<HostPattern>, prefix: &str) -> RouteSettings {
+        RouteSettings {
+            id: RouteId(Arc::from(id)),
+            host,
+            path_prefix: prefix.to_owned(),
+            upstream: 0,
+        }
+    }
+
+    fn table() -> RouteTable {
+        RouteTable::new(&[
+            route("root", None, "/"),
+            route("api", None, "/api"),
+            route("api-v2", None, "/api/v2/"),
+            route(
+                "exact",
+                Some(HostPattern::Exact("admin.example.com".into())),
+                "/",
+            ),
+            route(
+                "wild",
+                Some(HostPattern::Suffix(".example.com".into())),
+                "/",
+            ),
+            route(
+                "deep-wild",
+                Some(HostPattern::Suffix(".eu.example.com".into())),
+                "/",
+            ),
+        ])
+    }
+
+    fn selected(host: Option<&str>, path: &str) -> Option<String> {
+        table().select(host, path).map(|r| r.id.to_string())
+    }
+
+    #[test]
+    fn longest_prefix_wins() {
+        assert_eq!(selected(None, "/api/v2/orders").as_deref(), Some("api-v2"));
+        assert_eq!(selected(None, "/api/v1").as_deref(), Some("api"));
+        assert_eq!(selected(None, "/api").as_deref(), Some("api"));
+        assert_eq!(selected(None, "/apiary").as_deref(), Some("root"));
+        assert_eq!(selected(None, "/api/v2").as_deref(), Some("api"));
+    }
+
+    #[test]
+    fn host_specificity_breaks_ties() {
+        assert_eq!(
+            selected(Some("admin.example.com"), "/x").as_deref(),
+            Some("exact")
+        );
+        assert_eq!(
+            selected(Some("shop.example.com"), "/x").as_deref(),
+            Some("wild")
+        );
+        assert_eq!(
+            selected(Some("a.eu.example.com"), "/x").as_deref(),
+            Some("deep-wild")
+        );
+        assert_eq!(selected(Some("example.com"), "/x").as_deref(), Some("root"));
+        assert_eq!(selected(Some("other.org"), "/x").as_deref(), Some("root"));
+    }
+
+    #[test]
+    fn no_route() {
+        let table = RouteTable::new(&[route(
+            "api",
+            Some(HostPattern::Exact("a.com".into())),
+            "/api",
+        )]);
+        assert!(table.select(Some("a.com"), "/").is_none());
+        assert!(table.select(None, "/api").is_none());
+    }
+}

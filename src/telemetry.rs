@@ -1,0 +1,281 @@
+//! Metric names and handles, and request ids.
+//!
+//! Label values come only from config ids and fixed enums, never from request data,
+//! so the number of series stays bounded whatever clients send.
+
+use std::cell::Cell;
+use std::hash::{BuildHasher, Hasher};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// Metric names, one constant each, as DESIGN.md lists them.
+pub mod names {
+    /// Requests by route, decision and reason.
+    pub const REQUESTS_TOTAL: &str = "portcullis_requests_total";
+    /// Whole-request latency, from the request head to the response head.
+    pub const REQUEST_DURATION: &str = "portcullis_request_duration_seconds";
+    /// Upstream latency, from sending the request to the upstream's response head.
+    pub const UPSTREAM_DURATION: &str = "portcullis_upstream_duration_seconds";
+    /// Upstream failures by upstream and kind.
+    pub const UPSTREAM_ERRORS_TOTAL: &str = "portcullis_upstream_errors_total";
+    /// Client connections open now.
+    pub const CONNECTIONS_ACTIVE: &str = "portcullis_connections_active";
+    /// Client connections closed at accept because `limits.max_connections` was reached.
+    pub const CONNECTIONS_REJECTED_TOTAL: &str = "portcullis_connections_rejected_total";
+    /// Always 1, labelled with the version.
+    pub const BUILD_INFO: &str = "portcullis_build_info";
+}
+
+/// The `decision` label of [`names::REQUESTS_TOTAL`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DecisionLabel {
+    /// Forwarded upstream and answered.
+    Allow,
+    /// Answered by the gateway with an error: no route, a bad request, an upstream failure.
+    Error,
+}
+
+impl DecisionLabel {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DecisionLabel::Allow => "allow",
+            DecisionLabel::Error => "error",
+        }
+    }
+}
+
+/// The `kind` label of [`names::UPSTREAM_ERRORS_TOTAL`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamErrorKind {
+    /// No connection could be made (refused, unreachable, connect timeout).
+    Connect,
+    /// No response head within the upstream's `timeout`.
+    Timeout,
+    /// The connection broke or the upstream spoke invalid HTTP.
+    Protocol,
+}
+
+impl UpstreamErrorKind {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpstreamErrorKind::Connect => "connect",
+            UpstreamErrorKind::Timeout => "timeout",
+            UpstreamErrorKind::Protocol => "protocol",
+        }
+    }
+}
+
+/// The route label for requests that matched no route.
+pub const NO_ROUTE_LABEL: &str = "-";
+
+/// Latency buckets from 50µs to 60s: a proxy hop is microseconds, an upstream may be seconds.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5, 5.0, 10.0, 30.0, 60.0,
+];
+
+/// Every metric the gateway exports, registered in one registry.
+pub struct Metrics {
+    registry: Registry,
+    /// [`names::REQUESTS_TOTAL`].
+    pub requests: IntCounterVec,
+    /// [`names::REQUEST_DURATION`].
+    pub request_duration: Histogram,
+    /// [`names::UPSTREAM_DURATION`].
+    pub upstream_duration: HistogramVec,
+    /// [`names::UPSTREAM_ERRORS_TOTAL`].
+    pub upstream_errors: IntCounterVec,
+    /// [`names::CONNECTIONS_ACTIVE`].
+    pub connections_active: IntGauge,
+    /// [`names::CONNECTIONS_REJECTED_TOTAL`].
+    pub connections_rejected: IntCounter,
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new(
+                names::REQUESTS_TOTAL,
+                "Requests by route, decision and reason.",
+            ),
+            &["route", "decision", "reason"],
+        )
+        .expect("static metric definition is valid");
+        let request_duration = Histogram::with_opts(
+            HistogramOpts::new(
+                names::REQUEST_DURATION,
+                "Time from a request's head to its response head, in seconds.",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+        )
+        .expect("static metric definition is valid");
+        let upstream_duration = HistogramVec::new(
+            HistogramOpts::new(
+                names::UPSTREAM_DURATION,
+                "Time from sending a request upstream to its response head, in seconds.",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["upstream"],
+        )
+        .expect("static metric definition is valid");
+        let upstream_errors = IntCounterVec::new(
+            Opts::new(
+                names::UPSTREAM_ERRORS_TOTAL,
+                "Upstream failures by upstream and kind.",
+            ),
+            &["upstream", "kind"],
+        )
+        .expect("static metric definition is valid");
+        let connections_active =
+            IntGauge::new(names::CONNECTIONS_ACTIVE, "Client connections open now.")
+                .expect("static metric definition is valid");
+        let connections_rejected = IntCounter::new(
+            names::CONNECTIONS_REJECTED_TOTAL,
+            "Client connections closed at accept because limits.max_connections was reached.",
+        )
+        .expect("static metric definition is valid");
+        let build_info = IntGaugeVec::new(
+            Opts::new(names::BUILD_INFO, "Always 1; the version is in the label."),
+            &["version"],
+        )
+        .expect("static metric definition is valid");
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+
+        let collectors: [Box<dyn prometheus::core::Collector>; 7] = [
+            Box::new(requests.clone()),
+            Box::new(request_duration.clone()),
+            Box::new(upstream_duration.clone()),
+            Box::new(upstream_errors.clone()),
+            Box::new(connections_active.clone()),
+            Box::new(connections_rejected.clone()),
+            Box::new(build_info),
+        ];
+        for collector in collectors {
+            registry
+                .register(collector)
+                .expect("each metric name is registered once");
+        }
+        Metrics {
+            registry,
+            requests,
+            request_duration,
+            upstream_duration,
+            upstream_errors,
+            connections_active,
+            connections_rejected,
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut text = Vec::new();
+        // Encoding into a Vec cannot fail for I/O reasons, and our metric names are valid.
+        if let Err(err) = TextEncoder::new().encode(&self.registry.gather(), &mut text) {
+            tracing::warn!(error = %err, "encoding metrics failed");
+        }
+        String::from_utf8(text).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+/// A new request id: 26 characters of Crockford base32 (a ULID: 48 bits of
+/// milliseconds then 80 random bits), so ids sort by time and are unique across replicas.
+pub fn new_request_id() -> String {
+    const ALPHABET: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
+    let millis = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    let random = (u128::from(next_random()) << 64 | u128::from(next_random())) & ((1 << 80) - 1);
+    let value = u128::from(millis & 0xFFFF_FFFF_FFFF) << 80 | random;
+    let mut id = [0u8; 26];
+    for (index, slot) in id.iter_mut().enumerate() {
+        let shift = 5 * (25 - index);
+        *slot = ALPHABET[((value >> shift) & 0x1F) as usize];
+    }
+    id.iter().map(|&b| char::from(b)).collect()
+}
+
+/// A per-thread splitmix64 stream seeded from the OS-keyed `RandomState`. Request ids need
+/// uniqueness, not secrecy, so a fast generator is enough.
+fn next_random() -> u64 {
+    thread_local! {
+        static STATE: Cell<u64> = Cell::new({
+            let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+            hasher.write_u64(
+                SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0),
+            );
+            hasher.finish()
+        });
+    }
+    STATE.with(|state| {
+        let next = state.get().wrapping_add(0x9E37_79B9_7F4A_7C15);
+        state.set(next);
+        let mut z = next;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    })
+}
+
+/// Whether an incoming `X-Request-Id` is safe to keep: 1 to 128 visible ASCII characters
+/// from a conservative set, so it cannot inject into logs or headers.
+pub fn is_valid_request_id(value: &[u8]) -> bool {
+    (1..=128).contains(&value.len())
+        && value
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_are_unique_and_well_formed() {
+        let ids: std::collections::HashSet<String> = (0..1000).map(|_| new_request_id()).collect();
+        assert_eq!(ids.len(), 1000);
+        for id in &ids {
+            assert_eq!(id.len(), 26);
+            assert!(is_valid_request_id(id.as_bytes()));
+        }
+    }
+
+    #[test]
+    fn request_id_validation() {
+        assert!(is_valid_request_id(b"abc-123"));
+        assert!(!is_valid_request_id(b""));
+        assert!(!is_valid_request_id(b"a b"));
+        assert!(!is_valid_request_id(b"a\r\nb"));
+        assert!(!is_valid_request_id(&[b'a'; 129]));
+    }
+
+    #[test]
+    fn metrics_encode_with_names() {
+        let metrics = Metrics::new();
+        metrics
+            .requests
+            .with_label_values(&["api", "allow", "allowed"])
+            .inc();
+        let text = metrics.encode();
+        assert!(text.contains(
+            "portcullis_requests_total{decision=\"allow\",reason=\"allowed\",route=\"api\"} 1"
+        ));
+        assert!(text.contains("portcullis_build_info{version="));
+    }
+}
