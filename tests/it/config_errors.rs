@@ -1,0 +1,119 @@
+//! Config errors read to a person: file, line, column, YAML path, message, and a hint.
+//! Each test compares the whole rendered text, so a drop in quality fails it.
+
+use std::path::Path;
+
+fn errors(yaml: &str) -> String {
+    match portcullis::config::from_str(Path::new("gw.yaml"), yaml) {
+        Ok(_) => panic!("config unexpectedly valid:\n{yaml}"),
+        Err(errors) => errors.to_string(),
+    }
+}
+
+const VALID_TAIL: &str =
+    "upstreams: { app: { targets: [\"builtin:echo\"] } }\nroutes: [{ id: main, upstream: app }]\n";
+
+#[test]
+fn unknown_keys_name_the_key_and_the_known_ones() {
+    assert_eq!(
+        errors(&format!(
+            "listen:\n  - addr: 127.0.0.1:0\n    tsl: {{}}\n{VALID_TAIL}"
+        )),
+        "gw.yaml:3:5: listen[0].tsl: unknown field `tsl`, expected one of addr"
+    );
+    assert_eq!(
+        errors(&format!("{VALID_TAIL}limits:\n  max_body: 1\n")),
+        "gw.yaml:4:3: limits.max_body: unknown field `max_body`, expected one of header_read_timeout, max_header_size, max_body_size, idle_timeout, max_connections"
+    );
+}
+
+#[test]
+fn bad_values_are_all_reported_with_their_place() {
+    let yaml = "\
+listen:
+  - addr: localhost
+admin: { addr: 127.0.0.1:99999 }
+network: { trusted_proxies: [10.0.0.1/8, office] }
+upstreams:
+  app:
+    targets: [\"http://127.0.0.1:1/base\", \"https://secure:443\"]
+    connect_timeout: 2
+    timeout: 3 weeks
+routes:
+  - { id: main, upstream: app }
+  - { id: main, upstream: app, path_prefix: api }
+  - { id: \"bad id\", host: \"a.*.com\", upstream: missing }
+limits: { max_connections: 0, max_header_size: 10MB }
+shutdown: { grace_period: 0s }
+";
+    assert_eq!(
+        errors(yaml),
+        r#"gw.yaml:2:11: listen[0].addr: "localhost" is not an address with a port, e.g. "127.0.0.1:8080" or "[::1]:8080"
+gw.yaml:3:16: admin.addr: "127.0.0.1:99999" is not an address with a port, e.g. "127.0.0.1:8080" or "[::1]:8080"
+gw.yaml:4:30: network.trusted_proxies[0]: "10.0.0.1/8" has host bits set; did you mean "10.0.0.0/8"?
+gw.yaml:4:42: network.trusted_proxies[1]: "office" is not an IP network, e.g. "10.0.0.0/8" or "2001:db8::/32"
+gw.yaml:7:15: upstreams.app.targets[0]: "http://127.0.0.1:1/base" must not have a path: routes forward the request path unchanged
+gw.yaml:7:42: upstreams.app.targets[1]: "https://secure:443": https targets are not supported by this version; use http:// or put a TLS sidecar in front of the upstream
+gw.yaml:8:22: upstreams.app.connect_timeout: duration "2" needs a unit: ms, s, m or h (e.g. "2s")
+gw.yaml:9:14: upstreams.app.timeout: duration "3 weeks" has unknown unit " weeks": use ms, s, m or h
+gw.yaml:12:11: routes[1].id: duplicate route id "main" (first defined on line 11)
+gw.yaml:12:45: routes[1].path_prefix: path prefix "api" must start with "/"
+gw.yaml:13:11: routes[2].id: route id "bad id" must start with a letter or digit and use only letters, digits, '_', '-' and '.' (at most 64)
+gw.yaml:13:27: routes[2].host: "a.*.com" is not a host name; write "api.example.com" or "*.example.com", without a port
+gw.yaml:13:48: routes[2].upstream: unknown upstream "missing"
+gw.yaml:14:28: limits.max_connections: "0" is not a whole number between 1 and 1000000
+gw.yaml:14:48: limits.max_header_size: size "10MB" has unknown unit "MB": use B, KiB, MiB or GiB
+gw.yaml:15:27: shutdown.grace_period: must be longer than 0s"#
+    );
+}
+
+#[test]
+fn syntax_errors_stop_the_file_with_a_position() {
+    assert_eq!(
+        errors("listen: [{ addr: 127.0.0.1:0 }\nroutes: []\n"),
+        "gw.yaml:2:7: listen: illegal placement of ':' indicator"
+    );
+    assert_eq!(
+        errors("upstreams:\n  app: { targets: [\"builtin:echo\"] }\n  app: { targets: [] }\n"),
+        "gw.yaml:3:3: upstreams.app: duplicate mapping key `app` is not allowed here"
+    );
+}
+
+#[test]
+fn wrong_shapes_name_the_expected_one() {
+    assert_eq!(
+        errors(&format!("listen: 127.0.0.1:8080\n{VALID_TAIL}")),
+        "gw.yaml:1:9: listen: expected sequence start"
+    );
+}
+
+#[test]
+fn required_parts_are_named() {
+    assert_eq!(
+        errors("listen: []\n"),
+        "gw.yaml:1:9: listen: at least one listen address is required\n\
+         gw.yaml: upstreams: at least one upstream is required\n\
+         gw.yaml: routes: at least one route is required"
+    );
+    // An empty file is an empty mapping: every section at its default.
+    assert_eq!(
+        errors(""),
+        "gw.yaml: upstreams: at least one upstream is required\n\
+         gw.yaml: routes: at least one route is required"
+    );
+    assert_eq!(
+        errors("listen: [{ addr: \"127.0.0.1:0"),
+        "gw.yaml:1:18: listen: unclosed quote"
+    );
+}
+
+#[test]
+fn the_shipped_configs_are_valid() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for file in ["config/portcullis.yaml", "deploy/docker/portcullis.yaml"] {
+        let path = root.join(file);
+        if let Err(errors) = portcullis::config::load(&path) {
+            panic!("{file} is invalid:\n{errors}");
+        }
+    }
+}

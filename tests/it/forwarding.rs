@@ -1,0 +1,313 @@
+//! What the upstream sees and what the client gets back: headers, request ids, bodies
+//! streamed both ways, HTTP/2 prior knowledge, WebSocket upgrades.
+
+use std::time::Duration;
+
+use http::{Request, StatusCode, Version};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::support::*;
+
+#[tokio::test]
+async fn hop_by_hop_and_forwarding_headers_from_an_untrusted_client() {
+    let up = TestUpstream::start("a").await;
+    let gw = TestGateway::start(&config(&[up.url()], "")).await;
+    let request = Request::get(gw.url("/orders?id=7&x=%2F"))
+        .header("host", "shop.example:8080")
+        .header("x-forwarded-for", "6.6.6.6")
+        .header("x-forwarded-proto", "https")
+        .header("x-forwarded-host", "evil.example")
+        .header("forwarded", "for=6.6.6.6")
+        .header("x-request-id", "client-chosen")
+        .header("connection", "keep-alive, x-hop")
+        .header("x-hop", "secret")
+        .header("keep-alive", "timeout=5")
+        .header("te", "trailers")
+        .header("proxy-authorization", "Basic Zm9vOmJhcg==")
+        .header("x-end-to-end", "kept")
+        .body(Empty::new().boxed())
+        .unwrap();
+    let response = client().request(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["x-upstream"], "a");
+    // The upstream's own hop-by-hop header does not reach the client.
+    assert!(response.headers().get("x-upstream-private").is_none());
+    let request_id = response.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert_ne!(request_id, "client-chosen");
+    assert_eq!(request_id.len(), 26);
+
+    let seen = &up.seen()[0];
+    assert_eq!(seen.target, "/orders?id=7&x=%2F");
+    assert_eq!(seen.one("host"), Some("shop.example:8080"));
+    assert_eq!(seen.one("x-forwarded-for"), Some("127.0.0.1"));
+    assert_eq!(seen.one("x-forwarded-proto"), Some("http"));
+    assert_eq!(seen.one("x-forwarded-host"), Some("shop.example:8080"));
+    assert_eq!(seen.one("x-request-id"), Some(request_id.as_str()));
+    assert_eq!(seen.one("x-end-to-end"), Some("kept"));
+    for gone in [
+        "forwarded",
+        "x-hop",
+        "keep-alive",
+        "te",
+        "proxy-authorization",
+    ] {
+        assert_eq!(seen.one(gone), None, "{gone} must not be forwarded");
+    }
+}
+
+#[tokio::test]
+async fn a_trusted_proxy_extends_the_chain_and_keeps_its_request_id() {
+    let up = TestUpstream::start("a").await;
+    let gw = TestGateway::start(&config(
+        &[up.url()],
+        "network: { trusted_proxies: [127.0.0.1] }\n",
+    ))
+    .await;
+    let request = Request::get(gw.url("/"))
+        .header("x-forwarded-for", "203.0.113.9, 10.1.1.1")
+        .header("x-forwarded-proto", "https")
+        .header("x-forwarded-host", "public.example")
+        .header("x-request-id", "edge-42")
+        .body(Empty::new().boxed())
+        .unwrap();
+    let response = client().request(request).await.unwrap();
+    assert_eq!(response.headers()["x-request-id"], "edge-42");
+    let seen = &up.seen()[0];
+    assert_eq!(
+        seen.one("x-forwarded-for"),
+        Some("203.0.113.9, 10.1.1.1, 127.0.0.1")
+    );
+    assert_eq!(seen.one("x-forwarded-proto"), Some("https"));
+    assert_eq!(seen.one("x-forwarded-host"), Some("public.example"));
+    assert_eq!(seen.one("x-request-id"), Some("edge-42"));
+}
+
+#[tokio::test]
+async fn a_malformed_request_id_from_a_trusted_proxy_is_replaced() {
+    let up = TestUpstream::start("a").await;
+    let gw = TestGateway::start(&config(
+        &[up.url()],
+        "network: { trusted_proxies: [127.0.0.0/8] }\n",
+    ))
+    .await;
+    let request = Request::get(gw.url("/"))
+        .header("x-request-id", "has spaces and \"quotes\"")
+        .body(Empty::new().boxed())
+        .unwrap();
+    let response = client().request(request).await.unwrap();
+    assert_eq!(response.headers()["x-request-id"].len(), 26);
+}
+
+#[tokio::test]
+async fn large_bodies_stream_both_ways_without_being_buffered() {
+    const SIZE: u64 = 256 * 1024 * 1024;
+    let up = TestUpstream::start("a").await;
+    let gw = TestGateway::start(&config(&[up.url()], "")).await;
+    let rss_before = resident_bytes();
+
+    let upload = Request::post(gw.url("/upload"))
+        .body(Generated::new(SIZE).boxed())
+        .unwrap();
+    let response = client().request(upload).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(body_text(response).await, SIZE.to_string());
+
+    let response = client()
+        .request(get(&gw.url(&format!("/download/{SIZE}"))))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut body = response.into_body();
+    let mut received = 0u64;
+    while let Some(frame) = body.frame().await {
+        if let Some(data) = frame.unwrap().data_ref() {
+            received += data.len() as u64;
+        }
+    }
+    assert_eq!(received, SIZE);
+
+    // Client, gateway and upstream share this process: 512 MiB moved through it, and a
+    // buffering proxy would have grown by at least 256 MiB.
+    let growth = resident_bytes().saturating_sub(rss_before);
+    assert!(
+        growth < 64 * 1024 * 1024,
+        "resident memory grew by {growth} bytes"
+    );
+}
+
+fn resident_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    kib * 1024
+}
+
+#[tokio::test]
+async fn http2_prior_knowledge_is_served_and_forwarded_as_http11() {
+    let up = TestUpstream::start("a").await;
+    let gw = TestGateway::start(&config(&[up.url()], "")).await;
+    let h2: Client<HttpConnector, ClientBody> = Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build(HttpConnector::new());
+    for path in ["/one", "/two"] {
+        let response = h2.request(get(&gw.url(path))).await.unwrap();
+        assert_eq!(response.version(), Version::HTTP_2);
+        assert_eq!(response.status(), StatusCode::OK);
+        assert!(response.headers().contains_key("x-request-id"));
+        assert_eq!(body_text(response).await, "hello from a");
+    }
+    let seen = up.seen();
+    assert_eq!(seen.len(), 2);
+    assert_eq!(seen[0].version, Version::HTTP_11);
+    assert_eq!(seen[0].one("host"), Some(gw.addr.to_string().as_str()));
+    assert_eq!(seen[1].target, "/two");
+}
+
+/// RFC 6455 §1.3's example key and the accept value it requires.
+const WS_KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
+const WS_ACCEPT: &str = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=";
+
+/// A WebSocket server that answers one handshake and echoes text frames back.
+async fn websocket_echo_upstream() -> (std::net::SocketAddr, tokio::task::JoinHandle<Vec<u8>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let head = read_head(&mut stream).await;
+        let response = format!(
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {WS_ACCEPT}\r\n\r\n"
+        );
+        stream.write_all(response.as_bytes()).await.unwrap();
+        // Echo one masked client frame as an unmasked server frame.
+        let mut header = [0u8; 2];
+        stream.read_exact(&mut header).await.unwrap();
+        let len = (header[1] & 0x7F) as usize;
+        let mut mask = [0u8; 4];
+        stream.read_exact(&mut mask).await.unwrap();
+        let mut payload = vec![0u8; len];
+        stream.read_exact(&mut payload).await.unwrap();
+        for (i, byte) in payload.iter_mut().enumerate() {
+            *byte ^= mask[i % 4];
+        }
+        let mut frame = vec![0x81, len as u8];
+        frame.extend_from_slice(&payload);
+        stream.write_all(&frame).await.unwrap();
+        head
+    });
+    (addr, task)
+}
+
+async fn read_head(stream: &mut TcpStream) -> Vec<u8> {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert!(head.len() < 16 * 1024, "head too long");
+        stream.read_exact(&mut byte).await.unwrap();
+        head.push(byte[0]);
+    }
+    head
+}
+
+#[tokio::test]
+async fn websocket_upgrade_is_tunnelled_both_ways() {
+    let (up, upstream_task) = websocket_echo_upstream().await;
+    let gw = TestGateway::start(&config(&[format!("http://{up}")], "")).await;
+    let mut stream = TcpStream::connect(gw.addr).await.unwrap();
+    let handshake = format!(
+        "GET /chat HTTP/1.1\r\nHost: chat.example\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {WS_KEY}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    );
+    stream.write_all(handshake.as_bytes()).await.unwrap();
+    let head = String::from_utf8(read_head(&mut stream).await)
+        .unwrap()
+        .to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("upgrade: websocket"), "{head}");
+    assert!(
+        head.contains(&format!(
+            "sec-websocket-accept: {}",
+            WS_ACCEPT.to_ascii_lowercase()
+        )),
+        "{head}"
+    );
+    assert!(head.contains("x-request-id: "), "{head}");
+
+    // A masked text frame "hello".
+    let mask = [1u8, 2, 3, 4];
+    let mut frame = vec![0x81, 0x80 | 5];
+    frame.extend_from_slice(&mask);
+    frame.extend(b"hello".iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    stream.write_all(&frame).await.unwrap();
+    let mut echoed = [0u8; 7];
+    tokio::time::timeout(Duration::from_secs(10), stream.read_exact(&mut echoed))
+        .await
+        .expect("echo arrives")
+        .unwrap();
+    assert_eq!(&echoed, b"\x81\x05hello");
+
+    let upstream_head = String::from_utf8(upstream_task.await.unwrap())
+        .unwrap()
+        .to_ascii_lowercase();
+    assert!(
+        upstream_head.contains("upgrade: websocket"),
+        "{upstream_head}"
+    );
+    assert!(
+        upstream_head.contains("connection: upgrade"),
+        "{upstream_head}"
+    );
+    assert!(upstream_head.contains(&format!(
+        "sec-websocket-key: {}",
+        WS_KEY.to_ascii_lowercase()
+    )));
+}
+
+#[tokio::test]
+async fn h2c_upgrade_is_never_forwarded() {
+    let up = TestUpstream::start("a").await;
+    let gw = TestGateway::start(&config(&[up.url()], "")).await;
+    let answer = raw_exchange(
+        gw.addr,
+        b"GET / HTTP/1.1\r\nHost: a\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n",
+        Duration::from_secs(2),
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let seen = &up.seen()[0];
+    for gone in ["upgrade", "http2-settings", "connection"] {
+        assert_eq!(seen.one(gone), None, "{gone} must not be forwarded");
+    }
+}
+
+#[tokio::test]
+async fn the_echo_upstream_describes_the_forwarded_request() {
+    let gw = TestGateway::start(&config(&["builtin:echo".to_owned()], "")).await;
+    let request = Request::post(gw.url("/hello?x=1"))
+        .header("x-forwarded-for", "6.6.6.6")
+        .body(Generated::new(1000).boxed())
+        .unwrap();
+    let response = client().request(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["content-type"], "application/json");
+    let request_id = response.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let echo: serde_json::Value = serde_json::from_str(&body_text(response).await).unwrap();
+    assert_eq!(echo["method"], "POST");
+    assert_eq!(echo["path"], "/hello");
+    assert_eq!(echo["query"], "x=1");
+    assert_eq!(echo["body_bytes"], 1000);
+    assert_eq!(echo["headers"]["x-forwarded-for"], "127.0.0.1");
+    assert_eq!(echo["headers"]["x-request-id"], request_id.as_str());
+}

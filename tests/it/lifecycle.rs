@@ -1,0 +1,260 @@
+//! The binary as an operator runs it: start, validate, exit codes, and the graceful
+//! drain on SIGTERM and SIGINT.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use http::StatusCode;
+
+use crate::support::*;
+
+const BINARY: &str = env!("CARGO_BIN_EXE_portcullis");
+
+/// A scratch directory removed on drop.
+pub struct Scratch(PathBuf);
+
+impl Scratch {
+    pub fn new() -> Scratch {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "portcullis-it-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        Scratch(dir)
+    }
+
+    pub fn write(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.0.join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The gateway binary running as a child process, killed on drop.
+struct Process {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Process {
+    /// Starts `portcullis run` and waits (bounded) for its listener to be bound.
+    fn start(config: &Path) -> Process {
+        let mut child = Command::new(BINARY)
+            .args(["--log-format", "json", "run", "-c"])
+            .arg(config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (sender, receiver) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                let Ok(event) = serde_json::from_str::<serde_json::Value>(&line) else {
+                    continue;
+                };
+                if event["message"] == "listening" {
+                    let _ = sender.send(
+                        event["addr"]
+                            .as_str()
+                            .unwrap()
+                            .parse::<SocketAddr>()
+                            .unwrap(),
+                    );
+                }
+            }
+        });
+        let addr = receiver
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the gateway logs its bound address");
+        Process { child, addr }
+    }
+
+    fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{name}"), &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits (bounded) for the process to exit and returns its exit code.
+    fn wait(&mut self) -> Option<i32> {
+        for _ in 0..300 {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("the gateway did not exit within 15s");
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn process_config(upstream: &str, extra: &str) -> String {
+    format!(
+        "listen: [{{ addr: 127.0.0.1:0 }}]\nadmin: {{ addr: 127.0.0.1:0 }}\n\
+         upstreams: {{ app: {{ targets: [\"{upstream}\"] }} }}\n\
+         routes: [{{ id: main, upstream: app }}]\n{extra}"
+    )
+}
+
+#[tokio::test]
+async fn sigterm_lets_an_in_flight_request_finish_then_exits_0() {
+    let up = TestUpstream::start("slow").await;
+    let scratch = Scratch::new();
+    let config = scratch.write(
+        "gw.yaml",
+        &process_config(&up.url(), "shutdown: { grace_period: 20s }\n"),
+    );
+    let mut process = Process::start(&config);
+    let url = format!("http://{}/slow/1500", process.addr);
+    let in_flight = tokio::spawn(async move { client().request(get(&url)).await });
+
+    // Signal only once the request has reached the upstream.
+    for _ in 0..200 {
+        if !up.seen().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(up.seen().len(), 1, "the slow request reached the upstream");
+    process.signal("TERM");
+
+    let response = in_flight
+        .await
+        .unwrap()
+        .expect("the in-flight request is answered");
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(body_text(response).await, "slept 1500ms");
+    let code = tokio::task::spawn_blocking(move || {
+        let code = process.wait();
+        (code, process.addr)
+    })
+    .await
+    .unwrap();
+    assert_eq!(code.0, Some(0));
+    // Nothing listens any more.
+    assert!(tokio::net::TcpStream::connect(code.1).await.is_err());
+}
+
+#[tokio::test]
+async fn sigint_exits_0() {
+    let up = TestUpstream::start("a").await;
+    let scratch = Scratch::new();
+    let config = scratch.write("gw.yaml", &process_config(&up.url(), ""));
+    let mut process = Process::start(&config);
+    let response = client()
+        .request(get(&format!("http://{}/", process.addr)))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    process.signal("INT");
+    let code = tokio::task::spawn_blocking(move || process.wait())
+        .await
+        .unwrap();
+    assert_eq!(code, Some(0));
+}
+
+#[test]
+fn an_invalid_config_exits_2_and_starts_nothing() {
+    let scratch = Scratch::new();
+    let config = scratch.write(
+        "bad.yaml",
+        "listen: [{ addr: 127.0.0.1:0 }]\nupstreams: { app: { targets: [\"builtin:echo\"] } }\nroutes:\n  - { id: main, upstream: ap }\n",
+    );
+    for command in ["run", "validate"] {
+        let output = Command::new(BINARY)
+            .args([command, "-c"])
+            .arg(&config)
+            .output()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(2), "{command}");
+        let stderr = String::from_utf8(output.stderr).unwrap();
+        assert_eq!(
+            stderr,
+            format!(
+                "{path}:4:27: routes[0].upstream: unknown upstream \"ap\"\n  help: did you mean \"app\"?\n{path}: 1 error; nothing was started\n",
+                path = config.display()
+            ),
+            "{command}"
+        );
+    }
+}
+
+#[test]
+fn validate_prints_ok_and_a_summary() {
+    let output = Command::new(BINARY)
+        .args(["validate", "-c", "config/portcullis.yaml"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(
+        String::from_utf8(output.stdout).unwrap(),
+        "ok: config/portcullis.yaml listening on 127.0.0.1:8080; 1 route; 1 upstream with 1 target; admin on 127.0.0.1:9090\n"
+    );
+}
+
+#[test]
+fn a_missing_config_file_exits_2_naming_it() {
+    let output = Command::new(BINARY)
+        .args(["validate", "-c", "/nonexistent/gw.yaml"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(
+        stderr.starts_with("/nonexistent/gw.yaml: cannot read the file: "),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn an_address_in_use_exits_1_naming_it() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let scratch = Scratch::new();
+    let config = scratch.write(
+        "gw.yaml",
+        &process_config("builtin:echo", "").replace(
+            "listen: [{ addr: 127.0.0.1:0 }]",
+            &format!("listen: [{{ addr: {addr} }}]"),
+        ),
+    );
+    let output = Command::new(BINARY)
+        .args(["run", "-c"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(
+        stderr.contains(&format!("error: binding listener {addr}: ")),
+        "{stderr}"
+    );
+}

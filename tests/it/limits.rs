@@ -1,0 +1,245 @@
+//! Limits that protect the gateway: 431, 413, slow heads, idle connections, the
+//! connection limit, and the 400 and 404 answers.
+
+use std::time::Duration;
+
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt, Empty};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::support::*;
+
+#[tokio::test]
+async fn an_oversized_head_is_a_431() {
+    let up = TestUpstream::start("a").await;
+    let gw = TestGateway::start(&config(&[up.url()], "limits: { max_header_size: 2KiB }\n")).await;
+    let request = Request::get(gw.url("/"))
+        .header("cookie", "c".repeat(3000))
+        .body(Empty::new().boxed())
+        .unwrap();
+    let response = client().request(request).await.unwrap();
+    expect_problem(
+        response,
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+        "header_too_large",
+    )
+    .await;
+    // Far past the limit the parser itself refuses, before any handler runs.
+    let huge = format!(
+        "GET / HTTP/1.1\r\nHost: a\r\nCookie: {}\r\n\r\n",
+        "c".repeat(64 * 1024)
+    );
+    let answer = raw_exchange(gw.addr, huge.as_bytes(), Duration::from_secs(5)).await;
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
+    assert!(up.seen().is_empty());
+}
+
+#[tokio::test]
+async fn an_oversized_body_is_a_413() {
+    let up = TestUpstream::start("a").await;
+    let gw = TestGateway::start(&config(&[up.url()], "limits: { max_body_size: 1KiB }\n")).await;
+    // Declared too large: refused before anything goes upstream.
+    let request = Request::post(gw.url("/upload"))
+        .header("content-length", "2048")
+        .body(Generated::new(2048).boxed())
+        .unwrap();
+    let response = client().request(request).await.unwrap();
+    expect_problem(response, StatusCode::PAYLOAD_TOO_LARGE, "body_too_large").await;
+    assert!(up.seen().is_empty());
+
+    // Chunked: counted while streaming.
+    let chunked = format!(
+        "POST /upload HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n800\r\n{}\r\n0\r\n\r\n",
+        "x".repeat(0x800)
+    );
+    let answer = raw_exchange(gw.addr, chunked.as_bytes(), Duration::from_secs(5)).await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.contains("\"reason\":\"body_too_large\""), "{answer}");
+
+    // At the limit passes.
+    let request = Request::post(gw.url("/upload"))
+        .body(Generated::new(1024).boxed())
+        .unwrap();
+    let response = client().request(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(body_text(response).await, "1024");
+}
+
+#[tokio::test]
+async fn a_slow_head_is_cut_off_but_an_idle_keep_alive_is_not() {
+    let up = TestUpstream::start("a").await;
+    let gw = TestGateway::start(&config(
+        &[up.url()],
+        "limits: { header_read_timeout: 400ms, idle_timeout: 30s }\n",
+    ))
+    .await;
+
+    // Slowloris: half a head, then nothing.
+    let mut slow = TcpStream::connect(gw.addr).await.unwrap();
+    slow.write_all(b"GET / HTTP/1.1\r\nHost: a\r\nX-Slow: ")
+        .await
+        .unwrap();
+
+    // A kept-alive connection that finished a request and then waits quietly.
+    let mut idle = TcpStream::connect(gw.addr).await.unwrap();
+    idle.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let mut first = vec![0u8; 4096];
+    let n = idle.read(&mut first).await.unwrap();
+    assert!(String::from_utf8_lossy(&first[..n]).starts_with("HTTP/1.1 200"));
+
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(10), slow.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "the slow head was not cut off");
+
+    // Well past the head timeout, the idle connection still serves its next request.
+    idle.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let n = tokio::time::timeout(Duration::from_secs(5), idle.read(&mut first))
+        .await
+        .expect("answer arrives")
+        .unwrap();
+    assert!(String::from_utf8_lossy(&first[..n]).starts_with("HTTP/1.1 200"));
+}
+
+#[tokio::test]
+async fn an_idle_connection_is_closed() {
+    let up = TestUpstream::start("a").await;
+    let gw = TestGateway::start(&config(&[up.url()], "limits: { idle_timeout: 300ms }\n")).await;
+    let mut idle = TcpStream::connect(gw.addr).await.unwrap();
+    idle.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(10), idle.read_to_end(&mut answer)).await;
+    assert!(closed.is_ok(), "the idle connection stayed open");
+    assert!(String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 200"));
+}
+
+#[tokio::test]
+async fn connections_past_the_limit_are_closed_at_accept() {
+    let up = TestUpstream::start("a").await;
+    let gw = TestGateway::start(&config(&[up.url()], "limits: { max_connections: 2 }\n")).await;
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut stream = TcpStream::connect(gw.addr).await.unwrap();
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = vec![0u8; 4096];
+        let n = stream.read(&mut buf).await.unwrap();
+        assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+        held.push(stream);
+    }
+    let answer = raw_exchange(
+        gw.addr,
+        b"GET / HTTP/1.1\r\nHost: a\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .await;
+    assert_eq!(answer, "", "a third connection must be closed unanswered");
+    let metrics = gw.metrics().await;
+    assert_eq!(
+        metric(&metrics, "portcullis_connections_rejected_total"),
+        1.0
+    );
+    assert_eq!(metric(&metrics, "portcullis_connections_active"), 2.0);
+    drop(held);
+}
+
+#[tokio::test]
+async fn no_route_is_a_404() {
+    let up = TestUpstream::start("a").await;
+    let yaml = config(&[up.url()], "").replace(
+        "routes:\n  - { id: main, path_prefix: /, upstream: app }",
+        "routes:\n  - { id: main, host: api.example, path_prefix: /api, upstream: app }",
+    );
+    let gw = TestGateway::start(&yaml).await;
+    for (host, path) in [
+        ("api.example", "/web"),
+        ("other.example", "/api"),
+        ("api.example", "/apiary"),
+    ] {
+        let request = Request::get(gw.url(path))
+            .header("host", host)
+            .body(Empty::new().boxed())
+            .unwrap();
+        let response = client().request(request).await.unwrap();
+        expect_problem(response, StatusCode::NOT_FOUND, "no_route").await;
+    }
+    let request = Request::get(gw.url("/api/v1"))
+        .header("host", "API.example:443")
+        .body(Empty::new().boxed())
+        .unwrap();
+    assert_eq!(
+        client().request(request).await.unwrap().status(),
+        StatusCode::OK
+    );
+    let metrics = gw.metrics().await;
+    assert_eq!(
+        metric(
+            &metrics,
+            "portcullis_requests_total{decision=\"error\",reason=\"no_route\",route=\"-\"}"
+        ),
+        3.0
+    );
+}
+
+#[tokio::test]
+async fn ambiguous_hosts_are_a_400() {
+    let up = TestUpstream::start("a").await;
+    let gw = TestGateway::start(&config(&[up.url()], "")).await;
+    for request in [
+        "GET / HTTP/1.1\r\n\r\n",
+        "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+        "GET http://a.example/ HTTP/1.1\r\nHost: b.example\r\n\r\n",
+        "GET / HTTP/1.1\r\nHost: a..b:99999999\r\n\r\n",
+    ] {
+        let answer = raw_exchange(gw.addr, request.as_bytes(), Duration::from_secs(2)).await;
+        assert!(answer.starts_with("HTTP/1.1 400"), "{request:?} → {answer}");
+        assert!(
+            answer.contains("\"reason\":\"bad_request\""),
+            "{request:?} → {answer}"
+        );
+    }
+    assert!(up.seen().is_empty());
+    // HTTP/1.0 may omit Host; a route without a host pattern serves it.
+    let answer = raw_exchange(gw.addr, b"GET / HTTP/1.0\r\n\r\n", Duration::from_secs(2)).await;
+    assert!(
+        answer.starts_with("HTTP/1.0 200") || answer.starts_with("HTTP/1.1 200"),
+        "{answer}"
+    );
+}
+
+#[tokio::test]
+async fn garbage_bytes_get_an_answer_or_a_close_never_a_hang() {
+    let up = TestUpstream::start("a").await;
+    let gw = TestGateway::start(&config(
+        &[up.url()],
+        "limits: { header_read_timeout: 1s }\n",
+    ))
+    .await;
+    for bytes in [
+        &b"\x00\x01\x02\xff\r\n\r\n"[..],
+        b"GET / HTTP/9.9\r\n\r\n",
+        b"GET /\xff HTTP/1.1\r\nHost: a\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: -1\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\r\nBad Header: x\r\n\r\n",
+        b"\r\n\r\n\r\n",
+    ] {
+        let answer = raw_exchange(gw.addr, bytes, Duration::from_secs(5)).await;
+        assert!(
+            answer.is_empty() || answer.starts_with("HTTP/1.1 4"),
+            "{bytes:?} → {answer}"
+        );
+    }
+    // Still serving.
+    assert_eq!(
+        client().request(get(&gw.url("/"))).await.unwrap().status(),
+        StatusCode::OK
+    );
+}

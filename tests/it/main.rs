@@ -1,0 +1,21 @@
+//! Integration tests: the real gateway on 127.0.0.1:0 in front of real upstream servers
+//! on loopback, spoken to over real sockets.
+//!
+//! - `support`: the harness: gateway and upstream servers that stop on drop, clients.
+//! - `forwarding`: headers, request ids, bodies streamed both ways, HTTP/2, WebSocket.
+//! - `upstreams`: round robin, passive health, 502 and 504.
+//! - `limits`: 431, 413, slow heads, idle connections, connection limit, 400 and 404.
+//! - `lifecycle`: the binary: graceful shutdown on SIGTERM, exit codes.
+//! - `config_errors`: every config error names file, line, column and YAML path.
+
+#![allow(
+    clippy::unwrap_used,
+    reason = "a test that meets an unexpected error should fail loudly"
+)]
+
+mod config_errors;
+mod forwarding;
+mod lifecycle;
+mod limits;
+mod support;
+mod upstreams;

@@ -1,0 +1,324 @@
+//! The harness: a gateway started in-process from YAML, upstream servers on loopback,
+//! and clients. Everything binds 127.0.0.1:0 and stops when the test's runtime ends.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body::{Body, Frame};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use portcullis::app::Gateway;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// A gateway running in this process.
+pub struct TestGateway {
+    /// Kept so the gateway lives as long as the test.
+    _gateway: Gateway,
+    /// The first client listener's address.
+    pub addr: SocketAddr,
+    /// The admin listener's address.
+    pub admin: SocketAddr,
+}
+
+impl TestGateway {
+    /// Starts a gateway from config text. Listeners should use port 0.
+    pub async fn start(yaml: &str) -> TestGateway {
+        let config = portcullis::config::from_str(Path::new("test.yaml"), yaml)
+            .unwrap_or_else(|errors| panic!("test config is invalid:\n{errors}"));
+        let gateway = Gateway::start(&config).await.expect("gateway starts");
+        TestGateway {
+            addr: gateway.listen_addrs()[0],
+            admin: gateway.admin_addr(),
+            _gateway: gateway,
+        }
+    }
+
+    /// `http://addr` + `path`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// The `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        let response = client()
+            .request(get(&format!("http://{}/metrics", self.admin)))
+            .await
+            .expect("metrics answer");
+        body_text(response).await
+    }
+}
+
+/// A config with one upstream `app` of `targets`, one catch-all route, and `extra` YAML
+/// appended (limits, network, …).
+pub fn config(targets: &[String], extra: &str) -> String {
+    let targets: Vec<String> = targets.iter().map(|t| format!("\"{t}\"")).collect();
+    format!(
+        "listen: [{{ addr: 127.0.0.1:0 }}]\n\
+         admin: {{ addr: 127.0.0.1:0 }}\n\
+         upstreams:\n  app:\n    targets: [{}]\n    timeout: 5s\n\
+         routes:\n  - {{ id: main, path_prefix: /, upstream: app }}\n\
+         {extra}",
+        targets.join(", ")
+    )
+}
+
+/// A request the test upstream received.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    /// Path and query, as received.
+    pub target: String,
+    /// HTTP version.
+    pub version: http::Version,
+    /// Headers, in order, names lower-case.
+    pub headers: Vec<(String, String)>,
+}
+
+impl Seen {
+    /// Every value of a header.
+    pub fn all(&self, name: &str) -> Vec<&str> {
+        self.headers
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+
+    /// The only value of a header, or `None`.
+    pub fn one(&self, name: &str) -> Option<&str> {
+        let all = self.all(name);
+        assert!(all.len() <= 1, "{name} appears {} times", all.len());
+        all.first().copied()
+    }
+}
+
+/// A test upstream server on loopback.
+///
+/// Paths: `/slow/MS` answers after MS milliseconds; `/download/N` streams N bytes;
+/// `/upload` reads the body and answers with its length; anything else answers
+/// `hello from NAME`. Every response carries `x-upstream: NAME`.
+pub struct TestUpstream {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Every request it received.
+    pub seen: Arc<Mutex<Vec<Seen>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for TestUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl TestUpstream {
+    /// Starts an upstream that names itself `name` in its answers.
+    pub async fn start(name: &'static str) -> TestUpstream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let recorded = seen.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let recorded = recorded.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |request| {
+                        let recorded = recorded.clone();
+                        async move {
+                            Ok::<_, Infallible>(upstream_answer(name, &recorded, request).await)
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .with_upgrades()
+                        .await;
+                });
+            }
+        });
+        TestUpstream { addr, seen, task }
+    }
+
+    /// `http://addr`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The requests received so far.
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+async fn upstream_answer(
+    name: &'static str,
+    recorded: &Mutex<Vec<Seen>>,
+    request: Request<Incoming>,
+) -> Response<BoxBody<Bytes, Infallible>> {
+    recorded.lock().unwrap().push(Seen {
+        target: request.uri().to_string(),
+        version: request.version(),
+        headers: request
+            .headers()
+            .iter()
+            .map(|(n, v)| {
+                (
+                    n.to_string(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
+            .collect(),
+    });
+    let path = request.uri().path().to_owned();
+    let body: BoxBody<Bytes, Infallible> = if let Some(ms) = path.strip_prefix("/slow/") {
+        tokio::time::sleep(Duration::from_millis(ms.parse().unwrap())).await;
+        text_body(format!("slept {ms}ms"))
+    } else if let Some(size) = path.strip_prefix("/download/") {
+        Generated::new(size.parse().unwrap()).boxed()
+    } else if path == "/upload" {
+        let mut body = request.into_body();
+        let mut total = 0u64;
+        while let Some(frame) = body.frame().await {
+            if let Some(data) = frame.unwrap().data_ref() {
+                total += data.len() as u64;
+            }
+        }
+        text_body(total.to_string())
+    } else {
+        text_body(format!("hello from {name}"))
+    };
+    let mut response = Response::new(body);
+    response
+        .headers_mut()
+        .insert("x-upstream", name.parse().unwrap());
+    response
+        .headers_mut()
+        .insert("connection", "x-upstream-private".parse().unwrap());
+    response
+        .headers_mut()
+        .insert("x-upstream-private", "1".parse().unwrap());
+    response
+}
+
+fn text_body(text: String) -> BoxBody<Bytes, Infallible> {
+    Full::new(Bytes::from(text)).boxed()
+}
+
+/// A body of `remaining` bytes produced 64 KiB at a time, never held in memory whole.
+pub struct Generated {
+    remaining: u64,
+    chunk: Bytes,
+}
+
+impl Generated {
+    /// A body of `size` bytes.
+    pub fn new(size: u64) -> Generated {
+        Generated {
+            remaining: size,
+            chunk: Bytes::from(vec![b'x'; 64 * 1024]),
+        }
+    }
+}
+
+impl Body for Generated {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        if self.remaining == 0 {
+            return Poll::Ready(None);
+        }
+        let len = self.remaining.min(self.chunk.len() as u64) as usize;
+        self.remaining -= len as u64;
+        Poll::Ready(Some(Ok(Frame::data(self.chunk.slice(..len)))))
+    }
+}
+
+/// An address nothing listens on: bound, then released.
+pub async fn closed_port() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    addr
+}
+
+/// The body type the test clients send.
+pub type ClientBody = BoxBody<Bytes, Infallible>;
+
+/// An HTTP/1.1 client with its own connection pool.
+pub fn client() -> Client<HttpConnector, ClientBody> {
+    Client::builder(TokioExecutor::new()).build(HttpConnector::new())
+}
+
+/// A GET request for `url`.
+pub fn get(url: &str) -> Request<ClientBody> {
+    Request::get(url).body(Empty::new().boxed()).unwrap()
+}
+
+/// Reads a whole response body as text.
+pub async fn body_text(response: Response<Incoming>) -> String {
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    String::from_utf8(bytes.to_vec()).unwrap()
+}
+
+/// Checks a problem+json answer and returns its body.
+pub async fn expect_problem(
+    response: Response<Incoming>,
+    status: StatusCode,
+    reason: &str,
+) -> serde_json::Value {
+    assert_eq!(response.status(), status);
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/problem+json"
+    );
+    assert_eq!(response.headers()["x-portcullis-reason"], reason);
+    let request_id = response.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let body: serde_json::Value = serde_json::from_str(&body_text(response).await).unwrap();
+    assert_eq!(body["status"], status.as_u16());
+    assert_eq!(body["reason"], reason);
+    assert_eq!(body["type"], format!("urn:portcullis:reason:{reason}"));
+    assert_eq!(body["request_id"], request_id.as_str());
+    assert!(
+        body["detail"].as_str().is_some_and(|d| d.ends_with('.')),
+        "detail is a sentence: {body}"
+    );
+    body
+}
+
+/// Sends raw bytes on a new connection and reads until the server closes it or `limit`
+/// passes; returns what was read.
+pub async fn raw_exchange(addr: SocketAddr, request: &[u8], limit: Duration) -> String {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(limit, stream.read_to_end(&mut answer)).await;
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// The value of one series in Prometheus text, or 0 when it is absent.
+pub fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}

@@ -1,0 +1,148 @@
+//! Choosing targets and failing well: round robin, passive health with one safe retry,
+//! 502 for unreachable upstreams and 504 for slow ones.
+
+use http::{Request, StatusCode};
+use http_body_util::BodyExt;
+
+use crate::support::*;
+
+async fn upstream_names(gw: &TestGateway, count: usize) -> Vec<String> {
+    let client = client();
+    let mut names = Vec::new();
+    for _ in 0..count {
+        let response = client.request(get(&gw.url("/"))).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        names.push(
+            response.headers()["x-upstream"]
+                .to_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    names
+}
+
+#[tokio::test]
+async fn targets_take_turns() {
+    let a = TestUpstream::start("a").await;
+    let b = TestUpstream::start("b").await;
+    let gw = TestGateway::start(&config(&[a.url(), b.url()], "")).await;
+    let names = upstream_names(&gw, 6).await;
+    assert_eq!(names, ["a", "b", "a", "b", "a", "b"]);
+}
+
+#[tokio::test]
+async fn a_refusing_target_is_retried_elsewhere_then_skipped() {
+    let dead = closed_port().await;
+    let live = TestUpstream::start("live").await;
+    let gw = TestGateway::start(&config(&[format!("http://{dead}"), live.url()], "")).await;
+    let upload = Request::post(gw.url("/upload"))
+        .body(Generated::new(100_000).boxed())
+        .unwrap();
+    // The first request lands on the dead target, is refused, and is retried with its
+    // untouched body on the live one.
+    let response = client().request(upload).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(body_text(response).await, "100000");
+    // Within the cool-down every request goes straight to the live target.
+    let names = upstream_names(&gw, 6).await;
+    assert!(names.iter().all(|n| n == "live"), "{names:?}");
+
+    let metrics = gw.metrics().await;
+    assert_eq!(
+        metric(
+            &metrics,
+            "portcullis_upstream_errors_total{kind=\"connect\",upstream=\"app\"}"
+        ),
+        1.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        metric(
+            &metrics,
+            "portcullis_requests_total{decision=\"allow\",reason=\"allowed\",route=\"main\"}"
+        ),
+        7.0
+    );
+}
+
+#[tokio::test]
+async fn a_target_is_tried_again_after_its_cool_down() {
+    let dead = closed_port().await;
+    let live = TestUpstream::start("live").await;
+    let yaml = config(&[format!("http://{dead}"), live.url()], "")
+        .replace("timeout: 5s", "timeout: 5s\n    failure_cooldown: 100ms");
+    let gw = TestGateway::start(&yaml).await;
+    upstream_names(&gw, 2).await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    upstream_names(&gw, 2).await;
+    let metrics = gw.metrics().await;
+    // Refused once before the cool-down and once after it.
+    assert_eq!(
+        metric(
+            &metrics,
+            "portcullis_upstream_errors_total{kind=\"connect\",upstream=\"app\"}"
+        ),
+        2.0,
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn an_unreachable_upstream_is_a_502() {
+    let dead = closed_port().await;
+    let gw = TestGateway::start(&config(&[format!("http://{dead}")], "")).await;
+    let response = client().request(get(&gw.url("/x"))).await.unwrap();
+    let body = expect_problem(response, StatusCode::BAD_GATEWAY, "upstream_unreachable").await;
+    // The client learns nothing about our network.
+    assert!(
+        !body.to_string().contains(&dead.port().to_string()),
+        "{body}"
+    );
+    let metrics = gw.metrics().await;
+    assert_eq!(
+        metric(
+            &metrics,
+            "portcullis_requests_total{decision=\"error\",reason=\"upstream_unreachable\",route=\"main\"}"
+        ),
+        1.0,
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn a_slow_upstream_is_a_504() {
+    let up = TestUpstream::start("slow").await;
+    let yaml = config(&[up.url()], "").replace("timeout: 5s", "timeout: 200ms");
+    let gw = TestGateway::start(&yaml).await;
+    let response = client().request(get(&gw.url("/slow/10000"))).await.unwrap();
+    let body = expect_problem(response, StatusCode::GATEWAY_TIMEOUT, "upstream_timeout").await;
+    assert!(body["detail"].as_str().unwrap().contains("200ms"), "{body}");
+    let metrics = gw.metrics().await;
+    assert_eq!(
+        metric(
+            &metrics,
+            "portcullis_upstream_errors_total{kind=\"timeout\",upstream=\"app\"}"
+        ),
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn upstream_latency_is_observed() {
+    let up = TestUpstream::start("a").await;
+    let gw = TestGateway::start(&config(&[up.url()], "")).await;
+    upstream_names(&gw, 3).await;
+    let metrics = gw.metrics().await;
+    assert_eq!(
+        metric(
+            &metrics,
+            "portcullis_upstream_duration_seconds_count{upstream=\"app\"}"
+        ),
+        3.0
+    );
+    assert_eq!(
+        metric(&metrics, "portcullis_request_duration_seconds_count"),
+        3.0
+    );
+}
