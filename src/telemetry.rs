@@ -195,7 +195,7 @@ impl Default for Metrics {
 
 /// A new request id: 26 characters of Crockford base32 (a ULID: 48 bits of
 /// milliseconds then 80 random bits), so ids sort by time and are unique across replicas.
-pub fn new_request_id() -> String {
+pub fn new_request_id() -> [u8; 26] {
     const ALPHABET: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
     let millis = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -208,7 +208,7 @@ pub fn new_request_id() -> String {
         let shift = 5 * (25 - index);
         *slot = ALPHABET[((value >> shift) & 0x1F) as usize];
     }
-    id.iter().map(|&b| char::from(b)).collect()
+    id
 }
 
 /// A per-thread splitmix64 stream seeded from the OS-keyed `RandomState`. Request ids need
@@ -248,11 +248,11 @@ mod tests {
 
     #[test]
     fn request_ids_are_unique_and_well_formed() {
-        let ids: std::collections::HashSet<String> = (0..1000).map(|_| new_request_id()).collect();
+        let ids: std::collections::HashSet<[u8; 26]> =
+            (0..1000).map(|_| new_request_id()).collect();
         assert_eq!(ids.len(), 1000);
         for id in &ids {
-            assert_eq!(id.len(), 26);
-            assert!(is_valid_request_id(id.as_bytes()));
+            assert!(is_valid_request_id(id));
         }
     }
 

@@ -2,28 +2,24 @@
 //! passive health, one safe retry, and the header rewriting a proxy owes both sides
 //! (hop-by-hop headers removed, `X-Forwarded-*` set from what we can vouch for).
 
-use std::net::IpAddr;
 use std::pin::Pin;
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::uri::{Scheme, Uri};
+use http::uri::Uri;
 use http::{Request, Response, Version};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use prometheus::{Histogram, IntCounter};
-use tokio::sync::oneshot;
 
 use super::ProxyBody;
 use super::echo;
+use super::pool::{Pool, SendError};
 use super::respond::ProxyError;
 use crate::config::{Target, UpstreamName, UpstreamSettings};
 use crate::telemetry::{Metrics, UpstreamErrorKind};
@@ -31,12 +27,11 @@ use crate::telemetry::{Metrics, UpstreamErrorKind};
 /// The error type of bodies on the data path.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// One upstream: its targets, their health, and a keep-alive connection pool.
+/// One upstream: its targets, their health, and a keep-alive pool per target.
 pub struct Upstream {
     name: UpstreamName,
     targets: Vec<TargetState>,
     next: AtomicUsize,
-    client: Client<HttpConnector, RequestBody>,
     timeout: Duration,
     failure_cooldown: Duration,
     duration: Histogram,
@@ -47,6 +42,8 @@ pub struct Upstream {
 
 struct TargetState {
     target: Target,
+    /// Connections to an HTTP target; `None` for the built-in echo.
+    pool: Option<Arc<Pool>>,
     /// Milliseconds on [`clock_ms`] until which the target is skipped; 0 when healthy.
     down_until: AtomicU64,
 }
@@ -54,21 +51,14 @@ struct TargetState {
 /// The outcome of one attempt on one target.
 enum Attempt {
     Answered(Response<ProxyBody>),
-    /// Nothing reached the target: safe to try another.
-    ConnectFailed(hyper_util::client::legacy::Error),
+    /// Nothing reached the target: the request is handed back to try another.
+    ConnectFailed(std::io::Error, Box<Request<RequestBody>>),
     Failed(ProxyError),
 }
 
 impl Upstream {
-    /// Creates the upstream's client. No connection is made until the first request.
+    /// Creates the upstream. No connection is made until the first request.
     pub fn new(settings: &UpstreamSettings, metrics: &Metrics) -> Upstream {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(settings.connect_timeout));
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .build(connector);
         let name: &str = &settings.name.0;
         let errors = |kind: UpstreamErrorKind| {
             metrics
@@ -82,11 +72,16 @@ impl Upstream {
                 .iter()
                 .map(|target| TargetState {
                     target: target.clone(),
+                    pool: match target {
+                        Target::Http(authority) => {
+                            Some(Pool::new(authority.clone(), settings.connect_timeout))
+                        }
+                        Target::Echo => None,
+                    },
                     down_until: AtomicU64::new(0),
                 })
                 .collect(),
             next: AtomicUsize::new(0),
-            client,
             timeout: settings.timeout,
             failure_cooldown: settings.failure_cooldown,
             duration: metrics.upstream_duration.with_label_values(&[name]),
@@ -102,8 +97,8 @@ impl Upstream {
     }
 
     /// Sends the request to the next healthy target. A target that cannot be connected to
-    /// is skipped for `failure_cooldown`, and the request goes to one other target, but
-    /// only when none of its body has been read yet.
+    /// is skipped for `failure_cooldown`, and the request, which did not leave the
+    /// gateway, goes to one other target.
     pub async fn send(
         &self,
         parts: http::request::Parts,
@@ -113,78 +108,40 @@ impl Upstream {
         let Some(first) = self.pick(None) else {
             return Err(self.unreachable("the upstream has no targets".into()));
         };
-        let can_retry = self.targets.len() > 1;
-        // Keep a copy of the head only when a second attempt is possible.
-        let retry_head = can_retry.then(|| {
-            (
-                parts.method.clone(),
-                parts.uri.clone(),
-                parts.headers.clone(),
-            )
-        });
-        let (give_back, given_back) = if can_retry {
-            let (sender, receiver) = oneshot::channel();
-            (Some(sender), Some(receiver))
-        } else {
-            (None, None)
-        };
-        let body = RequestBody::new(body, body_limit, give_back);
-
-        let source = match self.attempt(first, parts, body).await {
+        let request = Request::from_parts(parts, RequestBody::new(body, body_limit));
+        let (error, request) = match self.attempt(first, request).await {
             Attempt::Answered(response) => return Ok(response),
             Attempt::Failed(err) => return Err(err),
-            Attempt::ConnectFailed(source) => source,
+            Attempt::ConnectFailed(error, request) => (error, request),
         };
-        self.mark_down(first);
-        let retry = match (retry_head, given_back) {
-            (Some(head), Some(mut receiver)) => receiver.try_recv().ok().map(|body| (head, body)),
-            _ => None,
-        };
-        let Some(((method, uri, headers), body)) = retry else {
-            return Err(self.unreachable(source.into()));
-        };
+        self.mark_down(first, &error);
         let Some(second) = self.pick(Some(first)) else {
-            return Err(self.unreachable(source.into()));
+            return Err(self.unreachable(error.into()));
         };
-        tracing::debug!(upstream = %self.name, target = %self.targets[first].target, "connect failed; retrying on another target");
-        let mut request = Request::new(());
-        *request.method_mut() = method;
-        *request.uri_mut() = uri;
-        *request.headers_mut() = headers;
-        let (parts, ()) = request.into_parts();
-        match self
-            .attempt(second, parts, RequestBody::new(body, body_limit, None))
-            .await
-        {
+        tracing::debug!(upstream = %self.name, target = %self.targets[second].target, "retrying on another target");
+        match self.attempt(second, *request).await {
             Attempt::Answered(response) => Ok(response),
             Attempt::Failed(err) => Err(err),
-            Attempt::ConnectFailed(source) => {
-                self.mark_down(second);
-                Err(self.unreachable(source.into()))
+            Attempt::ConnectFailed(error, _) => {
+                self.mark_down(second, &error);
+                Err(self.unreachable(error.into()))
             }
         }
     }
 
-    async fn attempt(
-        &self,
-        index: usize,
-        mut parts: http::request::Parts,
-        body: RequestBody,
-    ) -> Attempt {
-        let authority = match &self.targets[index].target {
-            Target::Echo => {
-                return match echo::respond(Request::from_parts(parts, body)).await {
-                    Ok(response) => Attempt::Answered(response),
-                    Err(err) => Attempt::Failed(err),
-                };
-            }
-            Target::Http(authority) => authority,
+    async fn attempt(&self, index: usize, mut request: Request<RequestBody>) -> Attempt {
+        let target = &self.targets[index];
+        let Some(pool) = &target.pool else {
+            return match echo::respond(request).await {
+                Ok(response) => Attempt::Answered(response),
+                Err(err) => Attempt::Failed(err),
+            };
         };
+        // hyper's HTTP/1 client writes the origin form; Host is already set.
+        let origin_form = request.uri().path_and_query().cloned();
         let mut uri = http::uri::Parts::default();
-        uri.scheme = Some(Scheme::HTTP);
-        uri.authority = Some(authority.clone());
-        uri.path_and_query = parts.uri.path_and_query().cloned();
-        parts.uri = match Uri::from_parts(uri) {
+        uri.path_and_query = origin_form;
+        *request.uri_mut() = match Uri::from_parts(uri) {
             Ok(uri) => uri,
             Err(err) => {
                 return Attempt::Failed(ProxyError::BadRequest(format!(
@@ -192,26 +149,21 @@ impl Upstream {
                 )));
             }
         };
-        parts.version = Version::HTTP_11;
+        *request.version_mut() = Version::HTTP_11;
 
         let started = Instant::now();
-        let sent = tokio::time::timeout(
-            self.timeout,
-            self.client.request(Request::from_parts(parts, body)),
-        )
-        .await;
-        match sent {
+        match tokio::time::timeout(self.timeout, pool.send(request)).await {
             Ok(Ok(response)) => {
                 self.duration.observe(started.elapsed().as_secs_f64());
                 Attempt::Answered(response.map(|body| body.map_err(BoxError::from).boxed_unsync()))
             }
-            Ok(Err(err)) => {
+            Ok(Err(SendError::Connect(error, request))) => {
+                self.connect_errors.inc();
+                Attempt::ConnectFailed(error, request)
+            }
+            Ok(Err(SendError::Failed(err))) => {
                 if let Some(limit) = body_too_large(&err) {
                     return Attempt::Failed(ProxyError::BodyTooLarge { limit });
-                }
-                if err.is_connect() {
-                    self.connect_errors.inc();
-                    return Attempt::ConnectFailed(err);
                 }
                 self.protocol_errors.inc();
                 Attempt::Failed(self.unreachable(err.into()))
@@ -254,7 +206,7 @@ impl Upstream {
         }
     }
 
-    fn mark_down(&self, index: usize) {
+    fn mark_down(&self, index: usize, error: &std::io::Error) {
         let until = clock_ms() + self.failure_cooldown.as_millis() as u64;
         self.targets[index]
             .down_until
@@ -262,8 +214,9 @@ impl Upstream {
         tracing::warn!(
             upstream = %self.name,
             target = %self.targets[index].target,
+            error = %error,
             cooldown = %crate::config::format_duration(self.failure_cooldown),
-            "target refused the connection; skipping it for the cool-down",
+            "cannot connect to target; skipping it for the cool-down",
         );
     }
 }
@@ -300,29 +253,20 @@ impl BodyTooLargeError {
     }
 }
 
-/// The client's request body on its way upstream: streamed frame by frame, counted
-/// against the body limit, and handed back untouched if the attempt failed before
-/// reading any of it (so the request can be retried on another target).
+/// The client's request body on its way upstream: streamed frame by frame and counted
+/// against the body limit.
 pub struct RequestBody {
-    inner: Option<Incoming>,
-    polled: bool,
+    inner: Incoming,
     received: u64,
     limit: Option<u64>,
-    give_back: Option<oneshot::Sender<Incoming>>,
 }
 
 impl RequestBody {
-    fn new(
-        inner: Incoming,
-        limit: Option<u64>,
-        give_back: Option<oneshot::Sender<Incoming>>,
-    ) -> RequestBody {
+    fn new(inner: Incoming, limit: Option<u64>) -> RequestBody {
         RequestBody {
-            inner: Some(inner),
-            polled: false,
+            inner,
             received: 0,
             limit,
-            give_back,
         }
     }
 }
@@ -336,11 +280,7 @@ impl Body for RequestBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
-        this.polled = true;
-        let Some(inner) = this.inner.as_mut() else {
-            return Poll::Ready(None);
-        };
-        match ready!(Pin::new(inner).poll_frame(cx)) {
+        match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
             Some(Ok(frame)) => {
                 if let Some(data) = frame.data_ref() {
                     this.received += data.len() as u64;
@@ -358,31 +298,18 @@ impl Body for RequestBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.as_ref().is_none_or(Body::is_end_stream)
+        self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner
-            .as_ref()
-            .map_or_else(|| SizeHint::with_exact(0), Body::size_hint)
-    }
-}
-
-impl Drop for RequestBody {
-    fn drop(&mut self) {
-        if !self.polled
-            && let (Some(sender), Some(body)) = (self.give_back.take(), self.inner.take())
-        {
-            // The receiver may be gone when the attempt succeeded; then nobody needs the body.
-            let _ = sender.send(body);
-        }
+        self.inner.size_hint()
     }
 }
 
 /// What the proxy can vouch for about the client, for the forwarding headers.
 pub struct ClientFacts<'a> {
-    /// The socket peer's address.
-    pub peer: IpAddr,
+    /// The socket peer's address as a header value, formatted once per connection.
+    pub peer: &'a HeaderValue,
     /// Whether the peer is in `network.trusted_proxies`.
     pub trusted: bool,
     /// `http` or `https`, as the client connected to us.
@@ -396,7 +323,6 @@ const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
 /// Rewrites a request's headers for the upstream. `upgrade` keeps `Upgrade` and
 /// `Connection: upgrade` for a protocol switch the client asked for.
@@ -405,27 +331,34 @@ pub fn request_headers(
     client: &ClientFacts<'_>,
     upgrade: Option<HeaderValue>,
 ) {
+    // SECURITY: only a trusted proxy's claims about the client are passed on; anyone else
+    // could claim any address, scheme or host.
+    let untrusted_claims = !client.trusted
+        && (headers.contains_key(header::FORWARDED) || headers.contains_key(&X_REAL_IP));
+    if untrusted_claims {
+        headers.remove(header::FORWARDED);
+        headers.remove(&X_REAL_IP);
+    }
     remove_hop_by_hop(headers);
     if let Some(protocol) = upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         headers.insert(header::UPGRADE, protocol);
     }
 
-    // SECURITY: only a trusted proxy's claims about the client are passed on; anyone else
-    // could claim any address, scheme or host.
-    let peer = client.peer.to_canonical();
     let chain = if client.trusted {
         joined(headers, &X_FORWARDED_FOR)
     } else {
         None
     };
     let forwarded_for = match chain {
-        Some(chain) => format!("{chain}, {peer}"),
-        None => peer.to_string(),
+        Some(chain) => {
+            let peer = client.peer.to_str().unwrap_or_default();
+            HeaderValue::from_str(&format!("{chain}, {peer}"))
+                .unwrap_or_else(|_| client.peer.clone())
+        }
+        None => client.peer.clone(),
     };
-    if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
-        headers.insert(X_FORWARDED_FOR, value);
-    }
+    headers.insert(X_FORWARDED_FOR, forwarded_for);
     if !(client.trusted && headers.contains_key(&X_FORWARDED_PROTO)) {
         headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(client.proto));
     }
@@ -438,10 +371,6 @@ pub fn request_headers(
                 headers.remove(&X_FORWARDED_HOST);
             }
         }
-    }
-    if !client.trusted {
-        headers.remove(header::FORWARDED);
-        headers.remove(&X_REAL_IP);
     }
     match client.host {
         Some(host) => {
@@ -456,20 +385,18 @@ pub fn request_headers(
 /// Rewrites an upstream response's headers for the client. A 101 keeps its `Upgrade`
 /// and `Connection` so the client sees the switch.
 pub fn response_headers(headers: &mut HeaderMap, switching_protocols: bool) {
-    let kept = switching_protocols.then(|| {
-        (
-            headers.get(header::UPGRADE).cloned(),
-            headers.get(header::CONNECTION).cloned(),
-        )
-    });
-    remove_hop_by_hop(headers);
-    if let Some((upgrade, connection)) = kept {
+    if switching_protocols {
+        let upgrade = headers.remove(header::UPGRADE);
+        let connection = headers.remove(header::CONNECTION);
+        remove_hop_by_hop(headers);
         if let Some(upgrade) = upgrade {
             headers.insert(header::UPGRADE, upgrade);
         }
         if let Some(connection) = connection {
             headers.insert(header::CONNECTION, connection);
         }
+    } else {
+        remove_hop_by_hop(headers);
     }
 }
 
@@ -484,42 +411,51 @@ fn joined(headers: &HeaderMap, name: &HeaderName) -> Option<String> {
     })
 }
 
-/// Removes the headers that describe one connection rather than the message
-/// (RFC 9110 §7.6.1): those `Connection` names, and the standard hop-by-hop set.
+/// Whether a header describes one connection rather than the message (RFC 9110 §7.6.1).
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    *name == header::CONNECTION
+        || *name == KEEP_ALIVE
+        || *name == header::TE
+        || *name == header::TRAILER
+        || *name == header::TRANSFER_ENCODING
+        || *name == header::UPGRADE
+        || name.as_str().starts_with("proxy-")
+}
+
+/// Removes hop-by-hop headers: the standard set, every `Proxy-*` header, and the headers
+/// that `Connection` names.
 fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    if headers.contains_key(header::CONNECTION) {
+    // Headers named by `Connection` first, while it is still there. The usual tokens
+    // (keep-alive, close, upgrade) name nothing beyond the standard set.
+    let names_others = headers.get_all(header::CONNECTION).iter().any(|value| {
+        value
+            .as_bytes()
+            .split(|b| *b == b',')
+            .any(|token| !is_standard_connection_token(token))
+    });
+    if names_others {
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
             .iter()
-            .filter_map(|value| value.to_str().ok())
-            .flat_map(|value| value.split(','))
-            .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
+            .flat_map(|value| value.as_bytes().split(|b| *b == b','))
+            .filter_map(|token| HeaderName::from_bytes(token.trim_ascii()).ok())
             .collect();
         for name in named {
             headers.remove(name);
         }
     }
-    for name in [
-        header::CONNECTION,
-        KEEP_ALIVE,
-        header::TE,
-        header::TRAILER,
-        header::TRANSFER_ENCODING,
-        header::UPGRADE,
-        header::PROXY_AUTHORIZATION,
-        header::PROXY_AUTHENTICATE,
-        PROXY_CONNECTION,
-    ] {
+    // Most messages carry one hop-by-hop header or none: find and remove them one at a
+    // time rather than hashing every name on the list. Each pass removes one, so this ends.
+    while let Some(name) = headers.keys().find(|name| is_hop_by_hop(name)).cloned() {
         headers.remove(name);
     }
-    let proxy_headers: Vec<HeaderName> = headers
-        .keys()
-        .filter(|name| name.as_str().starts_with("proxy-"))
-        .cloned()
-        .collect();
-    for name in proxy_headers {
-        headers.remove(name);
-    }
+}
+
+fn is_standard_connection_token(token: &[u8]) -> bool {
+    let token = token.trim_ascii();
+    token.eq_ignore_ascii_case(b"keep-alive")
+        || token.eq_ignore_ascii_case(b"close")
+        || token.eq_ignore_ascii_case(b"upgrade")
 }
 
 #[cfg(test)]
@@ -537,9 +473,11 @@ mod tests {
         map
     }
 
+    static PEER: HeaderValue = HeaderValue::from_static("192.0.2.7");
+
     fn client(trusted: bool, host: Option<&HeaderValue>) -> ClientFacts<'_> {
         ClientFacts {
-            peer: "192.0.2.7".parse().unwrap(),
+            peer: &PEER,
             trusted,
             proto: "http",
             host,

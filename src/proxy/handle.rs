@@ -85,7 +85,7 @@ async fn pipeline(
     let fail = |err: ProxyError| (Some(route.id.clone()), err);
 
     let client = ClientFacts {
-        peer: conn.peer.ip(),
+        peer: &conn.peer_header,
         trusted,
         proto: "http",
         host: authority.host_header.as_ref(),
@@ -204,6 +204,6 @@ fn request_id(incoming: Option<&HeaderValue>, trusted: bool) -> HeaderValue {
     {
         return value.clone();
     }
-    HeaderValue::from_str(&telemetry::new_request_id())
+    HeaderValue::from_bytes(&telemetry::new_request_id())
         .expect("generated request ids are ASCII alphanumerics")
 }

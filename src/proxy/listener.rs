@@ -29,6 +29,8 @@ pub struct ConnMeta {
     pub peer: SocketAddr,
     /// Our address the client connected to.
     pub local: SocketAddr,
+    /// The peer's IP address as an `X-Forwarded-For` value, formatted once.
+    pub peer_header: http::HeaderValue,
 }
 
 /// Shared by every listener: the connection budget and the shutdown signal.
@@ -73,7 +75,13 @@ pub async fn run(listener: TcpListener, proxy: Arc<Proxy>, listeners: Listeners)
         if let Err(err) = stream.set_nodelay(true) {
             tracing::debug!(error = %err, "could not set TCP_NODELAY");
         }
-        let meta = ConnMeta { peer, local };
+        let peer_header = http::HeaderValue::from_str(&peer.ip().to_canonical().to_string())
+            .expect("an IP address is a valid header value");
+        let meta = ConnMeta {
+            peer,
+            local,
+            peer_header,
+        };
         tokio::spawn(serve_connection(
             stream,
             meta,

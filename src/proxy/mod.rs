@@ -7,6 +7,7 @@ mod forward;
 mod handle;
 pub mod listener;
 mod normalize;
+mod pool;
 mod respond;
 mod route;
 

@@ -1,0 +1,167 @@
+#!/usr/bin/env bash
+# Load test: portcullis against nginx doing the same job, on loopback.
+#
+#   bash bench/load.sh            # 10 s per row
+#   DURATION=30s bash bench/load.sh
+#
+# Rows:
+#   direct      wrk → upstream                      (the ceiling)
+#   nginx       wrk → nginx reverse proxy → upstream
+#   portcullis  wrk → portcullis → upstream         (every request allowed)
+#
+# The upstream is nginx returning a static body. The load generator is pinned to CPU 0,
+# every server to CPU 1, one worker each, so the ratio compares CPU spent per request.
+# Both proxies do the same work: keep-alive upstream pool, X-Forwarded-For/-Proto/-Host,
+# a request id sent upstream and returned, no access log.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DURATION=${DURATION:-10s}
+WARMUP=${WARMUP:-2s}
+CONNECTIONS=${CONNECTIONS:-64}
+UPSTREAM_PORT=18081
+NGINX_PROXY_PORT=18082
+PORTCULLIS_PORT=18083
+PORTCULLIS_ADMIN_PORT=18093
+LOAD_CPU=0
+SERVER_CPU=1
+
+need() {
+    command -v "$1" >/dev/null 2>&1 && return 0
+    echo "installing $2 from Debian" >&2
+    if [ -z "${APT_UPDATED:-}" ]; then apt-get update -qq; APT_UPDATED=1; fi
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2" >/dev/null
+}
+need nginx nginx-light
+need wrk wrk
+need taskset util-linux
+if [ "$(nproc)" -lt 2 ]; then echo "needs 2 CPUs (load on one, servers on the other)" >&2; exit 1; fi
+
+cargo build --release --quiet --locked
+BINARY=target/release/portcullis
+
+WORK=$(mktemp -d)
+PIDS=()
+cleanup() {
+    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+nginx_conf() { # name, server block
+    mkdir -p "$WORK/$1"
+    cat > "$WORK/$1/nginx.conf" <<CONF
+worker_processes 1;
+daemon off;
+pid $WORK/$1/nginx.pid;
+error_log $WORK/$1/error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    client_body_temp_path $WORK/$1/body;
+    proxy_temp_path $WORK/$1/proxy;
+    fastcgi_temp_path $WORK/$1/fastcgi;
+    uwsgi_temp_path $WORK/$1/uwsgi;
+    scgi_temp_path $WORK/$1/scgi;
+    keepalive_requests 1000000;
+    $2
+}
+CONF
+}
+
+nginx_conf upstream "
+    server {
+        listen 127.0.0.1:$UPSTREAM_PORT;
+        location / { default_type text/plain; return 200 'hello from the upstream\n'; }
+    }"
+
+nginx_conf proxy "
+    upstream app { server 127.0.0.1:$UPSTREAM_PORT; keepalive 128; }
+    server {
+        listen 127.0.0.1:$NGINX_PROXY_PORT;
+        location / {
+            proxy_pass http://app;
+            proxy_http_version 1.1;
+            proxy_set_header Connection \"\";
+            proxy_set_header Host \$http_host;
+            proxy_set_header X-Forwarded-For \$remote_addr;
+            proxy_set_header X-Forwarded-Proto \$scheme;
+            proxy_set_header X-Forwarded-Host \$http_host;
+            proxy_set_header X-Request-Id \$request_id;
+            add_header X-Request-Id \$request_id always;
+        }
+    }"
+
+cat > "$WORK/portcullis.yaml" <<CONF
+listen: [{ addr: 127.0.0.1:$PORTCULLIS_PORT }]
+admin: { addr: 127.0.0.1:$PORTCULLIS_ADMIN_PORT }
+upstreams:
+  app: { targets: ["http://127.0.0.1:$UPSTREAM_PORT"] }
+routes:
+  - { id: all, path_prefix: /, upstream: app }
+CONF
+
+start() { # log name, command...
+    local name=$1; shift
+    taskset -c "$SERVER_CPU" "$@" >"$WORK/$name.out" 2>&1 &
+    PIDS+=($!)
+}
+
+wait_for() { # port
+    for _ in $(seq 1 100); do
+        if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
+        sleep 0.1
+    done
+    echo "nothing listens on port $1; logs:" >&2
+    tail -n 20 "$WORK"/*.out >&2 || true
+    exit 1
+}
+
+start upstream nginx -p "$WORK/upstream" -c "$WORK/upstream/nginx.conf"
+start nginx-proxy nginx -p "$WORK/proxy" -c "$WORK/proxy/nginx.conf"
+start portcullis "$BINARY" --log-level warn run -c "$WORK/portcullis.yaml"
+wait_for $UPSTREAM_PORT
+wait_for $NGINX_PROXY_PORT
+wait_for $PORTCULLIS_PORT
+
+# Check each path answers before measuring it.
+for port in $UPSTREAM_PORT $NGINX_PROXY_PORT $PORTCULLIS_PORT; do
+    curl -sf "http://127.0.0.1:$port/bench" >/dev/null || { echo "port $port does not answer 200" >&2; exit 1; }
+done
+
+to_ms() { # wrk latency such as 812.00us, 1.20ms, 1.01s
+    awk -v v="$1" 'BEGIN {
+        if (v ~ /us$/) { sub(/us$/, "", v); printf "%.3f", v / 1000 }
+        else if (v ~ /ms$/) { sub(/ms$/, "", v); printf "%.3f", v }
+        else if (v ~ /s$/) { sub(/s$/, "", v); printf "%.3f", v * 1000 }
+        else { printf "nan" } }'
+}
+
+measure() { # row name, port → "rps p50 p99"
+    taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNECTIONS" -d"$WARMUP" "http://127.0.0.1:$2/bench" >/dev/null
+    local out
+    out=$(taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNECTIONS" -d"$DURATION" --latency "http://127.0.0.1:$2/bench")
+    echo "$out" >"$WORK/wrk-$1.txt"
+    if echo "$out" | grep -q "Non-2xx"; then echo "$1: non-2xx answers:" >&2; echo "$out" >&2; exit 1; fi
+    local rps p50 p99
+    rps=$(echo "$out" | awk '/^Requests\/sec:/ { print $2 }')
+    p50=$(to_ms "$(echo "$out" | awk '$1 == "50%" { print $2 }')")
+    p99=$(to_ms "$(echo "$out" | awk '$1 == "99%" { print $2 }')")
+    echo "$rps $p50 $p99"
+}
+
+read -r direct_rps direct_p50 direct_p99 < <(measure direct $UPSTREAM_PORT)
+read -r nginx_rps nginx_p50 nginx_p99 < <(measure nginx $NGINX_PROXY_PORT)
+read -r pc_rps pc_p50 pc_p99 < <(measure portcullis $PORTCULLIS_PORT)
+
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
+
+echo
+echo "wrk -t1 -c$CONNECTIONS -d$DURATION on CPU $LOAD_CPU; servers on CPU $SERVER_CPU; $(date -u +%Y-%m-%dT%H:%MZ); $(nproc) CPUs"
+echo
+echo "| path | req/s | p50 ms | p99 ms | req/s vs nginx | p99 vs nginx |"
+echo "|---|---:|---:|---:|---:|---:|"
+echo "| direct to upstream | $direct_rps | $direct_p50 | $direct_p99 | | |"
+echo "| nginx proxy | $nginx_rps | $nginx_p50 | $nginx_p99 | 1.00 | 1.00 |"
+echo "| portcullis (allow all) | $pc_rps | $pc_p50 | $pc_p99 | $(ratio "$pc_rps" "$nginx_rps") | $(ratio "$pc_p99" "$nginx_p99") |"
