@@ -1,22 +1,29 @@
 #!/usr/bin/env bash
 # Load test: portcullis against nginx doing the same job, on loopback.
 #
-#   bash bench/load.sh            # 10 s per row
-#   DURATION=30s bash bench/load.sh
+#   bash bench/load.sh                     # 3 rounds of 10 s per row
+#   ROUNDS=5 DURATION=30s bash bench/load.sh
 #
 # Rows:
 #   direct      wrk → upstream                      (the ceiling)
 #   nginx       wrk → nginx reverse proxy → upstream
 #   portcullis  wrk → portcullis → upstream         (every request allowed)
 #
+# Rows are measured in turn, round after round, and each figure is the median over the
+# rounds, so a noisy neighbour on a shared machine skews one sample, not the result.
+# Besides req/s and latency, each proxy's CPU time per request is read from /proc: the
+# figure least disturbed by noise.
+#
 # The upstream is nginx returning a static body. The load generator is pinned to CPU 0,
 # every server to CPU 1, one worker each, so the ratio compares CPU spent per request.
 # Both proxies do the same work: keep-alive upstream pool, X-Forwarded-For/-Proto/-Host,
 # a request id sent upstream and returned, no access log.
 set -euo pipefail
+[ -n "${TRACE:-}" ] && set -x
 cd "$(dirname "$0")/.."
 
 DURATION=${DURATION:-10s}
+ROUNDS=${ROUNDS:-3}
 WARMUP=${WARMUP:-2s}
 CONNECTIONS=${CONNECTIONS:-64}
 UPSTREAM_PORT=18081
@@ -118,9 +125,17 @@ wait_for() { # port
     exit 1
 }
 
+for port in $UPSTREAM_PORT $NGINX_PROXY_PORT $PORTCULLIS_PORT $PORTCULLIS_ADMIN_PORT; do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+        echo "port $port is already in use; stop whatever listens there first" >&2
+        exit 1
+    fi
+done
+
 start upstream nginx -p "$WORK/upstream" -c "$WORK/upstream/nginx.conf"
 start nginx-proxy nginx -p "$WORK/proxy" -c "$WORK/proxy/nginx.conf"
 start portcullis "$BINARY" --log-level warn run -c "$WORK/portcullis.yaml"
+PORTCULLIS_PID=$!
 wait_for $UPSTREAM_PORT
 wait_for $NGINX_PROXY_PORT
 wait_for $PORTCULLIS_PORT
@@ -138,30 +153,57 @@ to_ms() { # wrk latency such as 812.00us, 1.20ms, 1.01s
         else { printf "nan" } }'
 }
 
-measure() { # row name, port → "rps p50 p99"
-    taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNECTIONS" -d"$WARMUP" "http://127.0.0.1:$2/bench" >/dev/null
-    local out
-    out=$(taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNECTIONS" -d"$DURATION" --latency "http://127.0.0.1:$2/bench")
-    echo "$out" >"$WORK/wrk-$1.txt"
-    if echo "$out" | grep -q "Non-2xx"; then echo "$1: non-2xx answers:" >&2; echo "$out" >&2; exit 1; fi
-    local rps p50 p99
-    rps=$(echo "$out" | awk '/^Requests\/sec:/ { print $2 }')
-    p50=$(to_ms "$(echo "$out" | awk '$1 == "50%" { print $2 }')")
-    p99=$(to_ms "$(echo "$out" | awk '$1 == "99%" { print $2 }')")
-    echo "$rps $p50 $p99"
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+nginx_worker() { # pid file → the worker's pid
+    local master
+    master=$(cat "$1")
+    ps -o pid= --ppid "$master" | tr -d ' ' | head -n 1
 }
 
-read -r direct_rps direct_p50 direct_p99 < <(measure direct $UPSTREAM_PORT)
-read -r nginx_rps nginx_p50 nginx_p99 < <(measure nginx $NGINX_PROXY_PORT)
-read -r pc_rps pc_p50 pc_p99 < <(measure portcullis $PORTCULLIS_PORT)
+measure() { # row name, port, pid of the proxy (or -) → "rps p50 p99 cpu_us_per_request"
+    taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNECTIONS" -d"$WARMUP" "http://127.0.0.1:$2/bench" >/dev/null
+    local out ticks_before ticks_after
+    [ "$3" != - ] && ticks_before=$(cpu_ticks "$3")
+    out=$(taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNECTIONS" -d"$DURATION" --latency "http://127.0.0.1:$2/bench")
+    [ "$3" != - ] && ticks_after=$(cpu_ticks "$3")
+    echo "$out" >>"$WORK/wrk-$1.txt"
+    if echo "$out" | grep -q "Non-2xx"; then echo "$1: non-2xx answers:" >&2; echo "$out" >&2; exit 1; fi
+    local rps p50 p99 requests cpu
+    rps=$(echo "$out" | awk '/^Requests\/sec:/ { print $2 }')
+    requests=$(echo "$out" | awk '/requests in/ { print $1 }')
+    p50=$(to_ms "$(echo "$out" | awk '$1 == "50%" { print $2 }')")
+    p99=$(to_ms "$(echo "$out" | awk '$1 == "99%" { print $2 }')")
+    if [ "$3" != - ]; then
+        cpu=$(awk -v t=$((ticks_after - ticks_before)) -v hz="$(getconf CLK_TCK)" -v n="$requests" 'BEGIN { printf "%.1f", t * 1e6 / hz / n }')
+    else
+        cpu=""
+    fi
+    echo "$rps $p50 $p99 $cpu"
+}
+
+median() { sort -g | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else printf "%.3f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+
+NGINX_PID=$(nginx_worker "$WORK/proxy/nginx.pid")
+for round in $(seq 1 "$ROUNDS"); do
+    echo "round $round of $ROUNDS" >&2
+    measure direct $UPSTREAM_PORT - >>"$WORK/direct.txt"
+    measure nginx $NGINX_PROXY_PORT "$NGINX_PID" >>"$WORK/nginx.txt"
+    measure portcullis $PORTCULLIS_PORT "$PORTCULLIS_PID" >>"$WORK/portcullis.txt"
+done
+column_median() { awk -v c="$2" '{ print $c }' "$WORK/$1.txt" | median; }
+for row in direct nginx portcullis; do
+    for column in 1 2 3 4; do
+        printf -v "${row}_$column" '%s' "$(column_median "$row" "$column")"
+    done
+done
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
 
 echo
-echo "wrk -t1 -c$CONNECTIONS -d$DURATION on CPU $LOAD_CPU; servers on CPU $SERVER_CPU; $(date -u +%Y-%m-%dT%H:%MZ); $(nproc) CPUs"
+echo "wrk -t1 -c$CONNECTIONS -d$DURATION on CPU $LOAD_CPU; servers on CPU $SERVER_CPU; median of $ROUNDS rounds; $(date -u +%Y-%m-%dT%H:%MZ)"
 echo
-echo "| path | req/s | p50 ms | p99 ms | req/s vs nginx | p99 vs nginx |"
-echo "|---|---:|---:|---:|---:|---:|"
-echo "| direct to upstream | $direct_rps | $direct_p50 | $direct_p99 | | |"
-echo "| nginx proxy | $nginx_rps | $nginx_p50 | $nginx_p99 | 1.00 | 1.00 |"
-echo "| portcullis (allow all) | $pc_rps | $pc_p50 | $pc_p99 | $(ratio "$pc_rps" "$nginx_rps") | $(ratio "$pc_p99" "$nginx_p99") |"
+echo "| path | req/s | p50 ms | p99 ms | proxy CPU µs/request | req/s vs nginx | p99 vs nginx |"
+echo "|---|---:|---:|---:|---:|---:|---:|"
+echo "| direct to upstream | $direct_1 | $direct_2 | $direct_3 | | | |"
+echo "| nginx proxy | $nginx_1 | $nginx_2 | $nginx_3 | $nginx_4 | 1.00 | 1.00 |"
+echo "| portcullis (allow all) | $portcullis_1 | $portcullis_2 | $portcullis_3 | $portcullis_4 | $(ratio "$portcullis_1" "$nginx_1") | $(ratio "$portcullis_3" "$nginx_3") |"

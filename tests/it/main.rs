@@ -7,6 +7,7 @@
 //! - `limits`: 431, 413, slow heads, idle connections, connection limit, 400 and 404.
 //! - `lifecycle`: the binary: graceful shutdown on SIGTERM, exit codes.
 //! - `config_errors`: every config error names file, line, column and YAML path.
+//! - `deploy`: the Dockerfile's and Kubernetes manifests' checkable parts.
 
 #![allow(
     clippy::unwrap_used,
@@ -14,6 +15,7 @@
 )]
 
 mod config_errors;
+mod deploy;
 mod forwarding;
 mod lifecycle;
 mod limits;
