@@ -11,10 +11,12 @@ use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use std::time::Duration;
+
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::Semaphore;
 
 use crate::telemetry::Metrics;
 
@@ -35,25 +37,31 @@ pub struct AdminState {
     pub readiness: Arc<Readiness>,
 }
 
-/// Serves admin requests until shutdown.
-pub async fn run(
-    listener: TcpListener,
-    state: Arc<AdminState>,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
+/// Admin connections served at once; more are closed at accept.
+const MAX_CONNECTIONS: usize = 64;
+
+/// Serves admin requests for the life of the process, through the drain too, so that
+/// `/readyz` can say "shutting down" and `/healthz` keeps answering.
+pub async fn run(listener: TcpListener, state: Arc<AdminState>) {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(10));
+    let builder = Arc::new(builder);
+    let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            _ = shutdown.wait_for(|draining| *draining) => break,
+        let Ok((stream, _peer)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
         };
-        let Ok((stream, _peer)) = accepted else {
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let Ok(permit) = connections.clone().try_acquire_owned() else {
             continue;
         };
         let state = state.clone();
         let builder = builder.clone();
         tokio::spawn(async move {
+            let _permit = permit;
             let service = service_fn(move |request| {
                 let state = state.clone();
                 async move { Ok::<_, Infallible>(serve(&state, &request)) }

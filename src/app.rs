@@ -61,7 +61,7 @@ impl Gateway {
         let connections = Arc::new(Semaphore::new(config.limits.max_connections));
         let listeners = Listeners {
             connections: connections.clone(),
-            shutdown: shutdown_rx.clone(),
+            shutdown: shutdown_rx,
         };
         let mut tasks = JoinSet::new();
         let mut listen_addrs = Vec::new();
@@ -81,7 +81,7 @@ impl Gateway {
             metrics,
             readiness: readiness.clone(),
         });
-        tasks.spawn(admin::run(admin_listener, admin_state, shutdown_rx));
+        tasks.spawn(admin::run(admin_listener, admin_state));
         readiness.listeners_bound.store(true, Ordering::Relaxed);
 
         Ok(Gateway {

@@ -17,6 +17,9 @@ use super::raw::{RawConfig, RawLimits, RawRoute, RawUpstream};
 use super::source::{Source, key_segment};
 use super::units::{parse_duration, parse_size};
 
+/// The longest duration any setting accepts, which keeps deadline arithmetic far from overflow.
+const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
+
 /// Collects errors while typing values, each placed by its YAML path.
 struct Builder {
     source: Source,
@@ -51,6 +54,10 @@ impl Builder {
         let duration = self.typed(yaml_path, parse_duration(text))?;
         if duration.is_zero() {
             self.error(yaml_path, "must be longer than 0s");
+            return None;
+        }
+        if duration > MAX_DURATION {
+            self.error(yaml_path, "must be at most 24h");
             return None;
         }
         Some(duration)
@@ -168,6 +175,8 @@ fn build_upstream(
     let timeout = builder.duration(&format!("{base}.timeout"), &raw.timeout);
     let failure_cooldown =
         builder.duration(&format!("{base}.failure_cooldown"), &raw.failure_cooldown);
+    let keepalive_timeout =
+        builder.duration(&format!("{base}.keepalive_timeout"), &raw.keepalive_timeout);
     if !name_ok || targets.len() != raw.targets.len() {
         return None;
     }
@@ -177,6 +186,7 @@ fn build_upstream(
         connect_timeout: connect_timeout?,
         timeout: timeout?,
         failure_cooldown: failure_cooldown?,
+        keepalive_timeout: keepalive_timeout?,
     })
 }
 

@@ -72,10 +72,13 @@ pub struct UpstreamSettings {
     pub targets: Vec<Target>,
     /// How long to wait for a TCP connection to a target.
     pub connect_timeout: Duration,
-    /// How long to wait for the response head once the request is sent.
+    /// How long to wait for the response head once the request body is sent (while the
+    /// body streams, the time since its last bytes).
     pub timeout: Duration,
     /// How long a target that refused a connection is skipped.
     pub failure_cooldown: Duration,
+    /// How long an unused connection to a target is kept for reuse.
+    pub keepalive_timeout: Duration,
 }
 
 /// One server behind an upstream.

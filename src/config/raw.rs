@@ -83,6 +83,8 @@ pub struct RawUpstream {
     pub timeout: String,
     #[serde(default = "default_failure_cooldown")]
     pub failure_cooldown: String,
+    #[serde(default = "default_keepalive_timeout")]
+    pub keepalive_timeout: String,
 }
 
 fn default_connect_timeout() -> String {
@@ -95,6 +97,10 @@ fn default_upstream_timeout() -> String {
 
 fn default_failure_cooldown() -> String {
     "10s".to_owned()
+}
+
+fn default_keepalive_timeout() -> String {
+    "4s".to_owned()
 }
 
 /// One `routes` entry.

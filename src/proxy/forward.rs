@@ -2,6 +2,7 @@
 //! passive health, one safe retry, and the header rewriting a proxy owes both sides
 //! (hop-by-hop headers removed, `X-Forwarded-*` set from what we can vouch for).
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -73,9 +74,11 @@ impl Upstream {
                 .map(|target| TargetState {
                     target: target.clone(),
                     pool: match target {
-                        Target::Http(authority) => {
-                            Some(Pool::new(authority.clone(), settings.connect_timeout))
-                        }
+                        Target::Http(authority) => Some(Pool::new(
+                            authority.clone(),
+                            settings.connect_timeout,
+                            settings.keepalive_timeout,
+                        )),
                         Target::Echo => None,
                     },
                     down_until: AtomicU64::new(0),
@@ -131,10 +134,15 @@ impl Upstream {
 
     async fn attempt(&self, index: usize, mut request: Request<RequestBody>) -> Attempt {
         let target = &self.targets[index];
+        let progress = request.body().progress.clone();
         let Some(pool) = &target.pool else {
-            return match echo::respond(request).await {
-                Ok(response) => Attempt::Answered(response),
-                Err(err) => Attempt::Failed(err),
+            return match self
+                .answered_in_time(&progress, echo::respond(request))
+                .await
+            {
+                Some(Ok(response)) => Attempt::Answered(response),
+                Some(Err(err)) => Attempt::Failed(err),
+                None => Attempt::Failed(self.timed_out()),
             };
         };
         // hyper's HTTP/1 client writes the origin form; Host is already set.
@@ -152,7 +160,11 @@ impl Upstream {
         *request.version_mut() = Version::HTTP_11;
 
         let started = Instant::now();
-        match tokio::time::timeout(self.timeout, pool.send(request)).await {
+        match self
+            .answered_in_time(&progress, pool.send(request))
+            .await
+            .ok_or(())
+        {
             Ok(Ok(response)) => {
                 self.duration.observe(started.elapsed().as_secs_f64());
                 Attempt::Answered(response.map(|body| body.map_err(BoxError::from).boxed_unsync()))
@@ -168,13 +180,42 @@ impl Upstream {
                 self.protocol_errors.inc();
                 Attempt::Failed(self.unreachable(err.into()))
             }
-            Err(_elapsed) => {
-                self.timeout_errors.inc();
-                Attempt::Failed(ProxyError::UpstreamTimeout {
-                    upstream: self.name.to_string(),
-                    timeout: self.timeout,
-                })
+            Err(()) => Attempt::Failed(self.timed_out()),
+        }
+    }
+
+    /// Runs `answer` until it completes or the upstream's `timeout` passes without the
+    /// request making progress: the clock starts when the request body has been sent, and
+    /// while the body is still streaming each chunk restarts it, so a large upload to a
+    /// slow reader is not cut off while bytes move.
+    async fn answered_in_time<F: Future>(
+        &self,
+        progress: &Progress,
+        answer: F,
+    ) -> Option<F::Output> {
+        tokio::pin!(answer);
+        let sleep = tokio::time::sleep(self.timeout);
+        tokio::pin!(sleep);
+        loop {
+            tokio::select! {
+                output = &mut answer => return Some(output),
+                () = &mut sleep => {
+                    let deadline = progress.last_ms() + self.timeout.as_millis() as u64;
+                    let now = clock_ms();
+                    if deadline <= now {
+                        return None;
+                    }
+                    sleep.as_mut().reset(tokio::time::Instant::now() + Duration::from_millis(deadline - now));
+                }
             }
+        }
+    }
+
+    fn timed_out(&self) -> ProxyError {
+        self.timeout_errors.inc();
+        ProxyError::UpstreamTimeout {
+            upstream: self.name.to_string(),
+            timeout: self.timeout,
         }
     }
 
@@ -207,7 +248,7 @@ impl Upstream {
     }
 
     fn mark_down(&self, index: usize, error: &std::io::Error) {
-        let until = clock_ms() + self.failure_cooldown.as_millis() as u64;
+        let until = clock_ms().saturating_add(self.failure_cooldown.as_millis() as u64);
         self.targets[index]
             .down_until
             .store(until, Ordering::Relaxed);
@@ -259,6 +300,8 @@ pub struct RequestBody {
     inner: Incoming,
     received: u64,
     limit: Option<u64>,
+    /// When bytes last moved, shared with the attempt's timeout.
+    progress: Arc<Progress>,
 }
 
 impl RequestBody {
@@ -267,7 +310,25 @@ impl RequestBody {
             inner,
             received: 0,
             limit,
+            progress: Arc::new(Progress {
+                last_ms: AtomicU64::new(clock_ms()),
+            }),
         }
+    }
+}
+
+/// When a request body last moved: a chunk forwarded, or its end.
+pub struct Progress {
+    last_ms: AtomicU64,
+}
+
+impl Progress {
+    fn last_ms(&self) -> u64 {
+        self.last_ms.load(Ordering::Relaxed)
+    }
+
+    fn touch(&self) {
+        self.last_ms.store(clock_ms(), Ordering::Relaxed);
     }
 }
 
@@ -280,7 +341,9 @@ impl Body for RequestBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
-        match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
+        let polled = ready!(Pin::new(&mut this.inner).poll_frame(cx));
+        this.progress.touch();
+        match polled {
             Some(Ok(frame)) => {
                 if let Some(data) = frame.data_ref() {
                     this.received += data.len() as u64;
@@ -321,7 +384,18 @@ pub struct ClientFacts<'a> {
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+/// Headers through which clients or CDNs claim an address, port or path prefix; only a
+/// trusted proxy's are passed on.
+const CLIENT_CLAIMS: [HeaderName; 8] = [
+    header::FORWARDED,
+    HeaderName::from_static("x-real-ip"),
+    HeaderName::from_static("true-client-ip"),
+    HeaderName::from_static("x-client-ip"),
+    HeaderName::from_static("cf-connecting-ip"),
+    HeaderName::from_static("x-cluster-client-ip"),
+    HeaderName::from_static("x-forwarded-port"),
+    HeaderName::from_static("x-forwarded-prefix"),
+];
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 
 /// Rewrites a request's headers for the upstream. `upgrade` keeps `Upgrade` and
@@ -333,11 +407,14 @@ pub fn request_headers(
 ) {
     // SECURITY: only a trusted proxy's claims about the client are passed on; anyone else
     // could claim any address, scheme or host.
-    let untrusted_claims = !client.trusted
-        && (headers.contains_key(header::FORWARDED) || headers.contains_key(&X_REAL_IP));
-    if untrusted_claims {
-        headers.remove(header::FORWARDED);
-        headers.remove(&X_REAL_IP);
+    if !client.trusted {
+        while let Some(name) = headers
+            .keys()
+            .find(|name| CLIENT_CLAIMS.contains(name))
+            .cloned()
+        {
+            headers.remove(name);
+        }
     }
     remove_hop_by_hop(headers);
     if let Some(protocol) = upgrade {
@@ -444,10 +521,24 @@ fn remove_hop_by_hop(headers: &mut HeaderMap) {
             headers.remove(name);
         }
     }
-    // Most messages carry one hop-by-hop header or none: find and remove them one at a
-    // time rather than hashing every name on the list. Each pass removes one, so this ends.
-    while let Some(name) = headers.keys().find(|name| is_hop_by_hop(name)).cloned() {
-        headers.remove(name);
+    // Most messages carry one hop-by-hop header or none: find it without allocating; only
+    // several need a list.
+    let mut found = headers.keys().filter(|name| is_hop_by_hop(name));
+    match (found.next().cloned(), found.next().is_some()) {
+        (None, _) => {}
+        (Some(only), false) => {
+            headers.remove(only);
+        }
+        (Some(_), true) => {
+            let doomed: Vec<HeaderName> = headers
+                .keys()
+                .filter(|name| is_hop_by_hop(name))
+                .cloned()
+                .collect();
+            for name in doomed {
+                headers.remove(name);
+            }
+        }
     }
 }
 

@@ -6,7 +6,7 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Version};
@@ -16,7 +16,7 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 
 use super::forward::{self, ClientFacts};
-use super::listener::ConnMeta;
+use super::listener::{self, Activity, ConnMeta, ConnectionGuard};
 use super::respond::{self, ProxyError};
 use super::{Proxy, ProxyBody, normalize};
 use crate::config::RouteId;
@@ -102,7 +102,13 @@ async fn pipeline(
     match client_upgrade {
         Some(client_upgrade) if switching => {
             let upstream_upgrade = hyper::upgrade::on(&mut response);
-            tokio::spawn(tunnel(client_upgrade, upstream_upgrade));
+            tokio::spawn(tunnel(
+                client_upgrade,
+                upstream_upgrade,
+                conn.guard.clone(),
+                conn.activity.clone(),
+                limits.idle_timeout,
+            ));
         }
         _ if switching => {
             // A 101 nobody asked for would leave both sides speaking different protocols.
@@ -180,8 +186,15 @@ fn requested_upgrade(request: &Request<Incoming>) -> Option<HeaderValue> {
     (connection_upgrade && !h2c).then(|| protocol.clone())
 }
 
-/// Copies bytes both ways between the client and the upstream once both switched.
-async fn tunnel(client: OnUpgrade, upstream: OnUpgrade) {
+/// Copies bytes both ways between the client and the upstream once both switched. The
+/// tunnel keeps the client connection's slot (`guard`) and closes when idle.
+async fn tunnel(
+    client: OnUpgrade,
+    upstream: OnUpgrade,
+    _guard: Arc<ConnectionGuard>,
+    activity: Arc<Activity>,
+    idle_timeout: Duration,
+) {
     let (client, upstream) = match tokio::try_join!(client, upstream) {
         Ok(both) => both,
         Err(err) => {
@@ -191,8 +204,15 @@ async fn tunnel(client: OnUpgrade, upstream: OnUpgrade) {
     };
     let mut client = TokioIo::new(client);
     let mut upstream = TokioIo::new(upstream);
-    if let Err(err) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
-        tracing::debug!(error = %err, "tunnel closed with an error");
+    tokio::select! {
+        copied = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {
+            if let Err(err) = copied {
+                tracing::debug!(error = %err, "tunnel closed with an error");
+            }
+        }
+        () = listener::idle(&activity, idle_timeout) => {
+            tracing::debug!("tunnel idle; closing it");
+        }
     }
 }
 

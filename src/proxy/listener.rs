@@ -23,7 +23,7 @@ use super::Proxy;
 use super::handle::handle;
 
 /// What a request knows about the connection it arrived on.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ConnMeta {
     /// The socket peer: the client, or a proxy in front of us.
     pub peer: SocketAddr,
@@ -31,6 +31,23 @@ pub struct ConnMeta {
     pub local: SocketAddr,
     /// The peer's IP address as an `X-Forwarded-For` value, formatted once.
     pub peer_header: http::HeaderValue,
+    /// Holds the connection's slot; a tunnel that outlives the HTTP connection keeps a clone.
+    pub guard: Arc<ConnectionGuard>,
+    /// Byte counts on the client socket, for idle timeouts (tunnels included).
+    pub activity: Arc<Activity>,
+}
+
+/// A client connection's claim on `limits.max_connections` and on the active-connections
+/// gauge, released when the last holder (the connection, or its tunnel) is gone.
+pub struct ConnectionGuard {
+    _permit: OwnedSemaphorePermit,
+    active: prometheus::IntGauge,
+}
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.active.dec();
+    }
 }
 
 /// Shared by every listener: the connection budget and the shutdown signal.
@@ -77,17 +94,23 @@ pub async fn run(listener: TcpListener, proxy: Arc<Proxy>, listeners: Listeners)
         }
         let peer_header = http::HeaderValue::from_str(&peer.ip().to_canonical().to_string())
             .expect("an IP address is a valid header value");
+        proxy.metrics.connections_active.inc();
+        let guard = Arc::new(ConnectionGuard {
+            _permit: permit,
+            active: proxy.metrics.connections_active.clone(),
+        });
         let meta = ConnMeta {
             peer,
             local,
             peer_header,
+            guard,
+            activity: Arc::new(Activity::default()),
         };
         tokio::spawn(serve_connection(
             stream,
             meta,
             proxy.clone(),
             listeners.shutdown.clone(),
-            permit,
         ));
     }
     tracing::debug!(listener = %local, "stopped accepting");
@@ -99,12 +122,9 @@ async fn serve_connection(
     meta: ConnMeta,
     proxy: Arc<Proxy>,
     mut shutdown: watch::Receiver<bool>,
-    _permit: OwnedSemaphorePermit,
 ) {
-    let metrics = proxy.metrics.clone();
-    metrics.connections_active.inc();
     let limits = proxy.limits.clone();
-    let activity = Arc::new(Activity::default());
+    let activity = meta.activity.clone();
     let io = TokioIo::new(ActivityIo {
         inner: stream,
         activity: activity.clone(),
@@ -118,6 +138,7 @@ async fn serve_connection(
             timeout: limits.header_read_timeout,
         })
         .header_read_timeout(limits.header_read_timeout)
+        .max_headers(MAX_HEADERS)
         // Heads over our limit get a problem+json 431 from `handle`; twice the limit is
         // the parser's hard cap, past which hyper answers a bare 431 and closes.
         .max_buf_size((limits.max_header_size * 2).max(8192));
@@ -128,9 +149,8 @@ async fn serve_connection(
 
     let peer = meta.peer;
     let meta = Arc::new(meta);
-    let service_activity = activity.clone();
     let service = service_fn(move |request| {
-        let in_flight = InFlight::start(&service_activity);
+        let in_flight = InFlight::start(&meta.activity);
         let proxy = proxy.clone();
         let meta = meta.clone();
         async move {
@@ -142,11 +162,9 @@ async fn serve_connection(
     let connection = builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(connection);
 
-    let check_every = limits.idle_timeout / 4;
-    let mut idle_checks = tokio::time::interval_at(Instant::now() + check_every, check_every);
-    let mut last_seen = activity.snapshot();
-    let mut quiet_checks = 0u32;
-    let mut draining = false;
+    let idle = idle(&activity, limits.idle_timeout);
+    tokio::pin!(idle);
+    let mut closing = false;
     loop {
         tokio::select! {
             result = connection.as_mut() => {
@@ -155,41 +173,61 @@ async fn serve_connection(
                 }
                 break;
             }
-            _ = shutdown.wait_for(|draining| *draining), if !draining => {
-                draining = true;
+            _ = shutdown.wait_for(|draining| *draining), if !closing => {
+                closing = true;
                 connection.as_mut().graceful_shutdown();
             }
-            _ = idle_checks.tick() => {
-                let seen = activity.snapshot();
-                if seen != last_seen || activity.in_flight.load(Ordering::Relaxed) > 0 {
-                    last_seen = seen;
-                    quiet_checks = 0;
-                    continue;
-                }
-                quiet_checks += 1;
-                // Four quiet checks a quarter of idle_timeout apart: idle for at least idle_timeout.
-                if quiet_checks == 4 && !draining {
-                    draining = true;
-                    connection.as_mut().graceful_shutdown();
-                } else if quiet_checks >= 8 {
-                    // A client that ignores a graceful close (an HTTP/2 GOAWAY) is cut off.
+            _ = &mut idle => {
+                if closing {
                     break;
                 }
+                closing = true;
+                connection.as_mut().graceful_shutdown();
+                // A client that ignores a graceful close (an HTTP/2 GOAWAY) gets one more
+                // idle period, then is cut off.
+                idle.set(self::idle(&activity, limits.idle_timeout));
             }
         }
     }
-    metrics.connections_active.dec();
+}
+
+/// The most header fields a request may have; more is a bare 431 from the parser.
+const MAX_HEADERS: usize = 200;
+
+/// Resolves once the connection has had no bytes in either direction and no request
+/// waiting for its response head for at least `timeout` (at most 1.25 × `timeout`).
+pub async fn idle(activity: &Activity, timeout: Duration) {
+    let check_every = timeout / 4;
+    let mut checks = tokio::time::interval_at(Instant::now() + check_every, check_every);
+    let mut last_seen = activity.snapshot();
+    let mut quiet_checks = 0u32;
+    loop {
+        checks.tick().await;
+        let seen = activity.snapshot();
+        if seen != last_seen || activity.in_flight.load(Ordering::Relaxed) > 0 {
+            last_seen = seen;
+            quiet_checks = 0;
+        } else {
+            quiet_checks += 1;
+            // Four quiet checks a quarter of the timeout apart: idle for at least the timeout.
+            if quiet_checks >= 4 {
+                return;
+            }
+        }
+    }
 }
 
 /// Byte activity and requests in flight on one connection, for the idle and head timers.
 #[derive(Default)]
-struct Activity {
+pub struct Activity {
     /// Successful reads that returned data.
     reads: AtomicU64,
     /// Successful writes.
     writes: AtomicU64,
     /// Requests whose handler has started and not yet produced a response head.
     in_flight: AtomicUsize,
+    /// Requests started on this connection so far.
+    requests: AtomicU64,
 }
 
 impl Activity {
@@ -207,6 +245,7 @@ struct InFlight(Arc<Activity>);
 impl InFlight {
     fn start(activity: &Arc<Activity>) -> InFlight {
         activity.in_flight.fetch_add(1, Ordering::Relaxed);
+        activity.requests.fetch_add(1, Ordering::Relaxed);
         InFlight(activity.clone())
     }
 }
@@ -289,14 +328,23 @@ impl hyper::rt::Timer for HeadTimer {
     }
 
     fn sleep_until(&self, _deadline: std::time::Instant) -> Pin<Box<dyn hyper::rt::Sleep>> {
-        let check = self.timeout / 4;
+        // SECURITY: the first head's bytes may already have been read (HTTP/2 detection
+        // peeks at the start of the connection), so a new connection gets a fixed deadline.
+        // Later heads start counting at their first byte.
+        let first_head = self.activity.requests.load(Ordering::Relaxed) == 0;
+        let (deadline, first_check) = if first_head {
+            let deadline = Instant::now() + self.timeout;
+            (Some(deadline), deadline)
+        } else {
+            (None, Instant::now() + self.timeout / 4)
+        };
         Box::pin(HeadSleep {
             activity: self.activity.clone(),
             reads_at_start: self.activity.reads.load(Ordering::Relaxed),
             timeout: self.timeout,
-            check,
-            deadline: None,
-            sleep: Box::pin(tokio::time::sleep(check)),
+            check: self.timeout / 4,
+            deadline,
+            sleep: Box::pin(tokio::time::sleep_until(first_check)),
         })
     }
 }
@@ -314,7 +362,8 @@ impl Future for PlainSleep {
 impl hyper::rt::Sleep for PlainSleep {}
 
 /// Fires `timeout` after the first byte of a request head arrived (measured to a quarter
-/// of `timeout`), and never while the connection is merely idle.
+/// of `timeout`), and never while a kept-alive connection is merely idle. A partial head
+/// that arrived together with the previous request is covered by `idle_timeout` instead.
 struct HeadSleep {
     activity: Arc<Activity>,
     reads_at_start: u64,

@@ -92,7 +92,10 @@ fn parse_host(value: &[u8]) -> Option<String> {
             && host
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_')));
-    reg_name_ok.then(|| host.to_ascii_lowercase())
+    // A fully qualified name's trailing dot names the same host: `api.example.com.`
+    // must meet the same route as `api.example.com`.
+    let host = host.strip_suffix('.').unwrap_or(host);
+    (reg_name_ok && !host.is_empty()).then(|| host.to_ascii_lowercase())
 }
 
 #[cfg(test)]
@@ -112,6 +115,12 @@ mod tests {
         let found = authority(&parts(Version::HTTP_11, "/x", &["API.Example.com:8080"])).unwrap();
         assert_eq!(found.host.as_deref(), Some("api.example.com"));
         assert_eq!(found.host_header.unwrap(), "API.Example.com:8080");
+    }
+
+    #[test]
+    fn a_trailing_dot_names_the_same_host() {
+        let found = authority(&parts(Version::HTTP_11, "/x", &["API.example.com.:80"])).unwrap();
+        assert_eq!(found.host.as_deref(), Some("api.example.com"));
     }
 
     #[test]

@@ -22,8 +22,6 @@ use super::forward::RequestBody;
 
 /// How many idle connections a target keeps.
 const MAX_IDLE: usize = 512;
-/// Idle connections older than this are closed rather than reused.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Why a request did not get a response.
 pub enum SendError {
@@ -37,6 +35,10 @@ pub enum SendError {
 pub struct Pool {
     authority: http::uri::Authority,
     connect_timeout: Duration,
+    /// Idle connections older than this are closed rather than reused: it should be
+    /// shorter than the upstream's own keep-alive timeout, so that we never send on a
+    /// connection the upstream is closing.
+    keepalive_timeout: Duration,
     idle: Mutex<Vec<Idle>>,
 }
 
@@ -47,10 +49,15 @@ struct Idle {
 
 impl Pool {
     /// A pool for `authority` (`host:port`). Connects lazily.
-    pub fn new(authority: http::uri::Authority, connect_timeout: Duration) -> Arc<Pool> {
+    pub fn new(
+        authority: http::uri::Authority,
+        connect_timeout: Duration,
+        keepalive_timeout: Duration,
+    ) -> Arc<Pool> {
         Arc::new(Pool {
             authority,
             connect_timeout,
+            keepalive_timeout,
             idle: Mutex::new(Vec::new()),
         })
     }
@@ -87,7 +94,7 @@ impl Pool {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         while let Some(Idle { sender, since }) = idle.pop() {
-            if sender.is_ready() && since.elapsed() < IDLE_TIMEOUT {
+            if sender.is_ready() && since.elapsed() < self.keepalive_timeout {
                 return Some(sender);
             }
         }
@@ -125,6 +132,7 @@ impl Pool {
         let pool = self.clone();
         response.map(|inner| PooledBody {
             inner,
+            finished: false,
             sender: reusable.then_some((pool, sender)),
         })
     }
@@ -146,6 +154,8 @@ impl Pool {
 /// An upstream response body that gives its connection back to the pool once finished.
 pub struct PooledBody {
     inner: Incoming,
+    /// The body reported its end (chunked bodies do so only by ending).
+    finished: bool,
     sender: Option<(Arc<Pool>, http1::SendRequest<RequestBody>)>,
 }
 
@@ -158,9 +168,11 @@ impl Body for PooledBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Poll::Ready(Some(Err(_))) = polled {
+        match &polled {
             // A broken body leaves the connection in an unknown state.
-            self.sender = None;
+            Poll::Ready(Some(Err(_))) => self.sender = None,
+            Poll::Ready(None) => self.finished = true,
+            _ => {}
         }
         polled
     }
@@ -178,7 +190,7 @@ impl Drop for PooledBody {
     fn drop(&mut self) {
         // INVARIANT: a connection is reused only after its whole response was read;
         // hyper then has it ready for the next request.
-        if self.inner.is_end_stream()
+        if (self.finished || self.inner.is_end_stream())
             && let Some((pool, sender)) = self.sender.take()
         {
             pool.put(sender);

@@ -23,6 +23,8 @@ async fn hop_by_hop_and_forwarding_headers_from_an_untrusted_client() {
         .header("x-forwarded-proto", "https")
         .header("x-forwarded-host", "evil.example")
         .header("forwarded", "for=6.6.6.6")
+        .header("true-client-ip", "6.6.6.6")
+        .header("x-forwarded-port", "443")
         .header("x-request-id", "client-chosen")
         .header("connection", "keep-alive, x-hop")
         .header("x-hop", "secret")

@@ -46,6 +46,7 @@ impl Drop for Scratch {
 struct Process {
     child: Child,
     addr: SocketAddr,
+    admin: SocketAddr,
 }
 
 impl Process {
@@ -66,21 +67,33 @@ impl Process {
                 let Ok(event) = serde_json::from_str::<serde_json::Value>(&line) else {
                     continue;
                 };
-                if event["message"] == "listening" {
-                    let _ = sender.send(
-                        event["addr"]
-                            .as_str()
-                            .unwrap()
-                            .parse::<SocketAddr>()
-                            .unwrap(),
-                    );
+                if event["message"] == "listening" || event["message"] == "admin listening" {
+                    let addr = event["addr"]
+                        .as_str()
+                        .unwrap()
+                        .parse::<SocketAddr>()
+                        .unwrap();
+                    let _ = sender.send((event["message"] == "admin listening", addr));
                 }
             }
         });
-        let addr = receiver
-            .recv_timeout(Duration::from_secs(30))
-            .expect("the gateway logs its bound address");
-        Process { child, addr }
+        let mut addr = None;
+        let mut admin = None;
+        while addr.is_none() || admin.is_none() {
+            let (is_admin, bound) = receiver
+                .recv_timeout(Duration::from_secs(30))
+                .expect("the gateway logs its bound addresses");
+            if is_admin {
+                admin = Some(bound);
+            } else {
+                addr = Some(bound);
+            }
+        }
+        Process {
+            child,
+            addr: addr.unwrap(),
+            admin: admin.unwrap(),
+        }
     }
 
     fn signal(&self, name: &str) {
@@ -139,6 +152,27 @@ async fn sigterm_lets_an_in_flight_request_finish_then_exits_0() {
     }
     assert_eq!(up.seen().len(), 1, "the slow request reached the upstream");
     process.signal("TERM");
+
+    // While draining, the admin listener still answers: not ready, but alive.
+    let admin = process.admin;
+    let mut readiness = String::new();
+    for _ in 0..100 {
+        let response = client()
+            .request(get(&format!("http://{admin}/readyz")))
+            .await
+            .unwrap();
+        readiness = body_text(response).await;
+        if readiness.contains("shutting down") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(readiness, "not ready: shutting down\n");
+    let health = client()
+        .request(get(&format!("http://{admin}/healthz")))
+        .await
+        .unwrap();
+    assert_eq!(health.status(), StatusCode::OK);
 
     let response = in_flight
         .await

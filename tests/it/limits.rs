@@ -75,11 +75,14 @@ async fn a_slow_head_is_cut_off_but_an_idle_keep_alive_is_not() {
     ))
     .await;
 
-    // Slowloris: half a head, then nothing.
+    // Slowloris: half a head, then nothing. The shortest one fits in the bytes read to
+    // tell HTTP/1 from HTTP/2.
     let mut slow = TcpStream::connect(gw.addr).await.unwrap();
     slow.write_all(b"GET / HTTP/1.1\r\nHost: a\r\nX-Slow: ")
         .await
         .unwrap();
+    let mut shortest = TcpStream::connect(gw.addr).await.unwrap();
+    shortest.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
 
     // A kept-alive connection that finished a request and then waits quietly.
     let mut idle = TcpStream::connect(gw.addr).await.unwrap();
@@ -90,9 +93,12 @@ async fn a_slow_head_is_cut_off_but_an_idle_keep_alive_is_not() {
     let n = idle.read(&mut first).await.unwrap();
     assert!(String::from_utf8_lossy(&first[..n]).starts_with("HTTP/1.1 200"));
 
-    let mut rest = Vec::new();
-    let closed = tokio::time::timeout(Duration::from_secs(10), slow.read_to_end(&mut rest)).await;
-    assert!(closed.is_ok(), "the slow head was not cut off");
+    for stream in [&mut slow, &mut shortest] {
+        let mut rest = Vec::new();
+        let closed =
+            tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut rest)).await;
+        assert!(closed.is_ok(), "the slow head was not cut off");
+    }
 
     // Well past the head timeout, the idle connection still serves its next request.
     idle.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
@@ -241,5 +247,60 @@ async fn garbage_bytes_get_an_answer_or_a_close_never_a_hang() {
     assert_eq!(
         client().request(get(&gw.url("/"))).await.unwrap().status(),
         StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn a_websocket_tunnel_keeps_its_connection_slot() {
+    use tokio::net::TcpListener;
+    // An upstream that switches protocols and then holds the tunnel open.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = listener.local_addr().unwrap();
+    let _upstream = tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let mut head = vec![0u8; 4096];
+        let _ = stream.read(&mut head).await.unwrap();
+        stream
+            .write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+            .await
+            .unwrap();
+        let mut rest = Vec::new();
+        let _ = stream.read_to_end(&mut rest).await;
+    });
+    let gw = TestGateway::start(&config(
+        &[format!("http://{up}")],
+        "limits: { max_connections: 1 }\n",
+    ))
+    .await;
+    let mut tunnel = TcpStream::connect(gw.addr).await.unwrap();
+    tunnel
+        .write_all(
+            b"GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let mut head = vec![0u8; 4096];
+    let n = tunnel.read(&mut head).await.unwrap();
+    assert!(String::from_utf8_lossy(&head[..n]).starts_with("HTTP/1.1 101"));
+
+    let answer = raw_exchange(
+        gw.addr,
+        b"GET / HTTP/1.1\r\nHost: a\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .await;
+    assert_eq!(
+        answer, "",
+        "the tunnel still holds the only connection slot"
+    );
+    let metrics = gw.metrics().await;
+    assert_eq!(
+        metric(&metrics, "portcullis_connections_active"),
+        1.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        metric(&metrics, "portcullis_connections_rejected_total"),
+        1.0
     );
 }

@@ -106,14 +106,16 @@ impl Seen {
 
 /// A test upstream server on loopback.
 ///
-/// Paths: `/slow/MS` answers after MS milliseconds; `/download/N` streams N bytes;
-/// `/upload` reads the body and answers with its length; anything else answers
-/// `hello from NAME`. Every response carries `x-upstream: NAME`.
+/// Paths: `/slow/MS` answers after MS milliseconds; `/download/N` streams N bytes
+/// (chunked); `/upload` reads the body and answers with its length; `/upload-slowly` does
+/// the same pausing 20ms after each MiB; anything else answers `hello from NAME`. Every response carries `x-upstream: NAME`.
 pub struct TestUpstream {
     /// Where it listens.
     pub addr: SocketAddr,
     /// Every request it received.
     pub seen: Arc<Mutex<Vec<Seen>>>,
+    /// Connections it accepted.
+    pub connections: Arc<std::sync::atomic::AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -130,11 +132,14 @@ impl TestUpstream {
         let addr = listener.local_addr().unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let recorded = seen.clone();
+        let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let accepted = connections.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
+                accepted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let recorded = recorded.clone();
                 tokio::spawn(async move {
                     let service = service_fn(move |request| {
@@ -150,7 +155,12 @@ impl TestUpstream {
                 });
             }
         });
-        TestUpstream { addr, seen, task }
+        TestUpstream {
+            addr,
+            seen,
+            connections,
+            task,
+        }
     }
 
     /// `http://addr`.
@@ -189,12 +199,17 @@ async fn upstream_answer(
         text_body(format!("slept {ms}ms"))
     } else if let Some(size) = path.strip_prefix("/download/") {
         Generated::new(size.parse().unwrap()).boxed()
-    } else if path == "/upload" {
+    } else if path == "/upload" || path == "/upload-slowly" {
+        let pause = path == "/upload-slowly";
         let mut body = request.into_body();
         let mut total = 0u64;
         while let Some(frame) = body.frame().await {
             if let Some(data) = frame.unwrap().data_ref() {
+                let before = total;
                 total += data.len() as u64;
+                if pause && before >> 20 != total >> 20 {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
             }
         }
         text_body(total.to_string())

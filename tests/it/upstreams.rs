@@ -146,3 +146,48 @@ async fn upstream_latency_is_observed() {
         3.0
     );
 }
+
+#[tokio::test]
+async fn a_long_upload_is_not_cut_off_while_bytes_move() {
+    const SIZE: u64 = 32 * 1024 * 1024;
+    let up = TestUpstream::start("slow-reader").await;
+    // The upload takes well over the 500ms timeout, but never stalls that long.
+    let yaml = config(&[up.url()], "").replace("timeout: 5s", "timeout: 500ms");
+    let gw = TestGateway::start(&yaml).await;
+    let upload = Request::post(gw.url("/upload-slowly"))
+        .body(Generated::new(SIZE).boxed())
+        .unwrap();
+    let response = client().request(upload).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(body_text(response).await, SIZE.to_string());
+}
+
+#[tokio::test]
+async fn upstream_connections_are_reused_for_chunked_and_sized_responses() {
+    let up = TestUpstream::start("a").await;
+    let gw = TestGateway::start(&config(&[up.url()], "")).await;
+    let client = client();
+    for path in ["/download/10", "/", "/download/100000", "/", "/download/0"] {
+        let response = client.request(get(&gw.url(path))).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        body_text(response).await;
+    }
+    assert_eq!(up.connections.load(std::sync::atomic::Ordering::Relaxed), 1);
+}
+
+#[tokio::test]
+async fn a_stalled_body_to_the_echo_upstream_times_out() {
+    let yaml = config(&["builtin:echo".to_owned()], "").replace("timeout: 5s", "timeout: 300ms");
+    let gw = TestGateway::start(&yaml).await;
+    let answer = raw_exchange(
+        gw.addr,
+        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\nab",
+        std::time::Duration::from_secs(10),
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 504"), "{answer}");
+    assert!(
+        answer.contains("\"reason\":\"upstream_timeout\""),
+        "{answer}"
+    );
+}

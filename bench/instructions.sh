@@ -1,0 +1,105 @@
+#!/usr/bin/env bash
+# User-space instructions per proxied request, for portcullis and for nginx doing the
+# same job, counted by valgrind's callgrind. Unlike req/s, the count does not move with
+# whatever else the machine is doing, so it shows small changes reliably.
+#
+#   bash bench/instructions.sh
+#
+# Each proxy runs under callgrind twice, serving N1 and then N2 keep-alive requests from
+# ab (8 connections); the difference of the two totals divided by N2 - N1 leaves out
+# start-up and shutdown. Kernel time is not counted: both proxies make the same system
+# calls per request (one read and one write on each side).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+N1=${N1:-1000}
+N2=${N2:-5000}
+UPSTREAM_PORT=18181
+PROXY_PORT=18182
+ADMIN_PORT=18192
+
+need() {
+    command -v "$1" >/dev/null 2>&1 && return 0
+    echo "installing $2 from Debian" >&2
+    if [ -z "${APT_UPDATED:-}" ]; then apt-get update -qq; APT_UPDATED=1; fi
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2" >/dev/null
+}
+need nginx nginx-light
+need ab apache2-utils
+need valgrind valgrind
+
+cargo build --release --quiet --locked
+BINARY=$PWD/target/release/portcullis
+
+WORK=$(mktemp -d)
+UPSTREAM_PID=
+cleanup() {
+    [ -n "$UPSTREAM_PID" ] && kill "$UPSTREAM_PID" 2>/dev/null && wait "$UPSTREAM_PID" 2>/dev/null
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+common="error_log $WORK/error.log warn;
+events { worker_connections 1024; }"
+temp="access_log off; client_body_temp_path $WORK/body; proxy_temp_path $WORK/proxy;
+    fastcgi_temp_path $WORK/fastcgi; uwsgi_temp_path $WORK/uwsgi; scgi_temp_path $WORK/scgi;
+    keepalive_requests 1000000;"
+cat >"$WORK/upstream.conf" <<CONF
+daemon off; pid $WORK/upstream.pid; $common
+http { $temp server { listen 127.0.0.1:$UPSTREAM_PORT;
+    location / { default_type text/plain; return 200 'hello from the upstream\n'; } } }
+CONF
+cat >"$WORK/proxy.conf" <<CONF
+daemon off; master_process off; pid $WORK/proxy.pid; $common
+http { $temp
+    upstream app { server 127.0.0.1:$UPSTREAM_PORT; keepalive 128; }
+    server { listen 127.0.0.1:$PROXY_PORT; location / {
+        proxy_pass http://app; proxy_http_version 1.1;
+        proxy_set_header Connection ""; proxy_set_header Host \$http_host;
+        proxy_set_header X-Forwarded-For \$remote_addr; proxy_set_header X-Forwarded-Proto \$scheme;
+        proxy_set_header X-Forwarded-Host \$http_host; proxy_set_header X-Request-Id \$request_id;
+        add_header X-Request-Id \$request_id always; } } }
+CONF
+cat >"$WORK/portcullis.yaml" <<CONF
+listen: [{ addr: 127.0.0.1:$PROXY_PORT }]
+admin: { addr: 127.0.0.1:$ADMIN_PORT }
+upstreams: { app: { targets: ["http://127.0.0.1:$UPSTREAM_PORT"] } }
+routes: [{ id: all, upstream: app }]
+CONF
+
+nginx -c "$WORK/upstream.conf" >/dev/null 2>&1 &
+UPSTREAM_PID=$!
+
+run() { # requests, stop signal, command... → total instructions
+    local requests=$1 signal=$2; shift 2
+    valgrind --tool=callgrind --callgrind-out-file="$WORK/callgrind.out" "$@" >"$WORK/run.log" 2>&1 &
+    local pid=$!
+    for _ in $(seq 1 200); do
+        curl -sf "http://127.0.0.1:$PROXY_PORT/" >/dev/null 2>&1 && break
+        sleep 0.1
+    done
+    ab -q -k -c 8 -n "$requests" "http://127.0.0.1:$PROXY_PORT/bench" >"$WORK/ab.txt" 2>&1
+    grep -q "^Non-2xx" "$WORK/ab.txt" && { echo "non-2xx answers:" >&2; cat "$WORK/ab.txt" >&2; exit 1; }
+    kill "-$signal" "$pid"
+    wait "$pid" || true
+    awk '/^summary:/ { print $2 }' "$WORK/callgrind.out"
+}
+
+per_request() { # name, signal, command...
+    local name=$1 signal=$2; shift 2
+    local small large
+    small=$(run "$N1" "$signal" "$@")
+    large=$(run "$N2" "$signal" "$@")
+    echo "$name $(( (large - small) / (N2 - N1) ))"
+}
+
+read -r _ nginx < <(per_request nginx QUIT nginx -c "$WORK/proxy.conf")
+read -r _ portcullis < <(per_request portcullis TERM "$BINARY" --log-level warn run -c "$WORK/portcullis.yaml")
+
+echo
+echo "callgrind, ab -k -c 8, ($N2 - $N1) requests; $(date -u +%Y-%m-%dT%H:%MZ)"
+echo
+echo "| proxy | user-space instructions per request | vs nginx |"
+echo "|---|---:|---:|"
+echo "| nginx proxy | $nginx | 1.00 |"
+echo "| portcullis (allow all) | $portcullis | $(awk -v a="$portcullis" -v b="$nginx" 'BEGIN { printf "%.2f", a / b }') |"
