@@ -18,12 +18,7 @@ UPSTREAM_PORT=18181
 PROXY_PORT=18182
 ADMIN_PORT=18192
 
-need() {
-    command -v "$1" >/dev/null 2>&1 && return 0
-    echo "installing $2 from Debian" >&2
-    if [ -z "${APT_UPDATED:-}" ]; then apt-get update -qq; APT_UPDATED=1; fi
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2" >/dev/null
-}
+. bench/common.sh
 need nginx nginx-light
 need ab apache2-utils
 need valgrind valgrind

@@ -33,12 +33,7 @@ PORTCULLIS_ADMIN_PORT=18093
 LOAD_CPU=0
 SERVER_CPU=1
 
-need() {
-    command -v "$1" >/dev/null 2>&1 && return 0
-    echo "installing $2 from Debian" >&2
-    if [ -z "${APT_UPDATED:-}" ]; then apt-get update -qq; APT_UPDATED=1; fi
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2" >/dev/null
-}
+. bench/common.sh
 need nginx nginx-light
 need wrk wrk
 need taskset util-linux

@@ -313,3 +313,33 @@ async fn the_echo_upstream_describes_the_forwarded_request() {
     assert_eq!(echo["headers"]["x-forwarded-for"], "127.0.0.1");
     assert_eq!(echo["headers"]["x-request-id"], request_id.as_str());
 }
+
+#[tokio::test]
+async fn every_listen_address_serves() {
+    let up = TestUpstream::start("a").await;
+    // Machines without IPv6 loopback (some containers) check two IPv4 listeners.
+    let ipv6 = std::net::TcpListener::bind("[::1]:0").is_ok();
+    let second = if ipv6 { "\"[::1]:0\"" } else { "127.0.0.1:0" };
+    let yaml = config(&[up.url()], "").replace(
+        "listen: [{ addr: 127.0.0.1:0 }]",
+        &format!(
+            "listen: [{{ addr: 127.0.0.1:0 }}, {{ addr: {second} }}, {{ addr: 127.0.0.1:0 }}]"
+        ),
+    );
+    let config = portcullis::config::from_str(std::path::Path::new("test.yaml"), &yaml).unwrap();
+    let gateway = portcullis::app::Gateway::start(&config).await.unwrap();
+    assert_eq!(gateway.listen_addrs().len(), 3);
+    for addr in gateway.listen_addrs() {
+        let response = client()
+            .request(get(&format!("http://{addr}/")))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{addr}");
+    }
+    let seen = up.seen();
+    assert_eq!(seen.len(), 3);
+    if ipv6 {
+        // The IPv6 client is reported as such.
+        assert_eq!(seen[1].one("x-forwarded-for"), Some("::1"));
+    }
+}
