@@ -160,27 +160,23 @@ impl Upstream {
         *request.version_mut() = Version::HTTP_11;
 
         let started = Instant::now();
-        match self
-            .answered_in_time(&progress, pool.send(request))
-            .await
-            .ok_or(())
-        {
-            Ok(Ok(response)) => {
+        match self.answered_in_time(&progress, pool.send(request)).await {
+            Some(Ok(response)) => {
                 self.duration.observe(started.elapsed().as_secs_f64());
                 Attempt::Answered(response.map(|body| body.map_err(BoxError::from).boxed_unsync()))
             }
-            Ok(Err(SendError::Connect(error, request))) => {
+            Some(Err(SendError::Connect(error, request))) => {
                 self.connect_errors.inc();
                 Attempt::ConnectFailed(error, request)
             }
-            Ok(Err(SendError::Failed(err))) => {
+            Some(Err(SendError::Failed(err))) => {
                 if let Some(limit) = body_too_large(&err) {
                     return Attempt::Failed(ProxyError::BodyTooLarge { limit });
                 }
                 self.protocol_errors.inc();
                 Attempt::Failed(self.unreachable(err.into()))
             }
-            Err(()) => Attempt::Failed(self.timed_out()),
+            None => Attempt::Failed(self.timed_out()),
         }
     }
 

@@ -36,7 +36,7 @@ pub async fn handle(
 
     let mut response = match pipeline(&proxy, &conn, trusted, &request_id, request).await {
         Ok((route_index, response)) => {
-            proxy.allowed[route_index].1.inc();
+            proxy.allowed[route_index].inc();
             response
         }
         Err((route, err)) => {
@@ -113,7 +113,7 @@ async fn pipeline(
         _ if switching => {
             // A 101 nobody asked for would leave both sides speaking different protocols.
             return Err(fail(ProxyError::UpstreamUnreachable {
-                upstream: upstream_name(proxy, route.upstream),
+                upstream: upstream.name().to_string(),
                 source: "the upstream switched protocols without being asked".into(),
             }));
         }
@@ -121,10 +121,6 @@ async fn pipeline(
     }
     forward::response_headers(response.headers_mut(), switching);
     Ok((route.index, response))
-}
-
-fn upstream_name(proxy: &Proxy, index: usize) -> String {
-    proxy.upstreams[index].name().to_string()
 }
 
 /// Refuses heads over `max_header_size` (431) and declared bodies over `max_body_size`

@@ -18,7 +18,7 @@ use bytes::Bytes;
 use ipnet::IpNet;
 use prometheus::IntCounter;
 
-use crate::config::{Config, Limits, RouteId};
+use crate::config::{Config, Limits};
 use crate::telemetry::{DecisionLabel, Metrics};
 
 pub use forward::{BoxError, Upstream};
@@ -35,8 +35,8 @@ pub struct Proxy {
     limits: Limits,
     metrics: Arc<Metrics>,
     /// `requests_total{route, decision="allow", reason="allowed"}` per route, resolved once
-    /// so the hot path does not hash label values; indexed like [`RouteTable`]'s routes.
-    allowed: Vec<(RouteId, IntCounter)>,
+    /// so the hot path does not hash label values; indexed by `Route::index`.
+    allowed: Vec<IntCounter>,
 }
 
 impl Proxy {
@@ -51,12 +51,11 @@ impl Proxy {
             .routes
             .iter()
             .map(|route| {
-                let counter = metrics.requests.with_label_values(&[
+                metrics.requests.with_label_values(&[
                     &route.id.0,
                     DecisionLabel::Allow.as_str(),
                     "allowed",
-                ]);
-                (route.id.clone(), counter)
+                ])
             })
             .collect();
         Proxy {
