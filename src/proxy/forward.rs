@@ -158,6 +158,15 @@ impl Upstream {
             }
         };
         *request.version_mut() = Version::HTTP_11;
+        // hyper assumes a GET or HEAD without a length has no body and would drop one sent
+        // chunked; say explicitly that it is chunked so it is forwarded, not lost.
+        let body = request.body();
+        if !body.is_end_stream() && body.size_hint().exact().is_none() {
+            request.headers_mut().insert(
+                header::TRANSFER_ENCODING,
+                HeaderValue::from_static("chunked"),
+            );
+        }
 
         let started = Instant::now();
         match self.answered_in_time(&progress, pool.send(request)).await {

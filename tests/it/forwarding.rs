@@ -343,3 +343,20 @@ async fn every_listen_address_serves() {
         assert_eq!(seen[1].one("x-forwarded-for"), Some("::1"));
     }
 }
+
+#[tokio::test]
+async fn a_chunked_body_on_a_get_is_forwarded_not_dropped() {
+    let up = TestUpstream::start("a").await;
+    let gw = TestGateway::start(&config(&[up.url()], "")).await;
+    let answer = raw_exchange(
+        gw.addr,
+        b"GET /upload HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(
+        answer.ends_with("\r\n\r\n5"),
+        "the upstream received 5 bytes: {answer}"
+    );
+}
