@@ -191,3 +191,40 @@ async fn a_stalled_body_to_the_echo_upstream_times_out() {
         "{answer}"
     );
 }
+
+#[tokio::test]
+async fn a_target_that_never_accepts_times_out_on_connect() {
+    // A listener that never accepts, with the smallest backlog: once the queue is full the
+    // kernel drops further SYNs, so a connect hangs until the gateway gives up.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(1).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut queued = Vec::new();
+    for _ in 0..8 {
+        let attempt = tokio::time::timeout(
+            std::time::Duration::from_millis(200),
+            tokio::net::TcpStream::connect(addr),
+        )
+        .await;
+        match attempt {
+            Ok(Ok(stream)) => queued.push(stream),
+            _ => break,
+        }
+    }
+    let yaml = config(&[format!("http://{addr}")], "")
+        .replace("timeout: 5s", "timeout: 5s\n    connect_timeout: 300ms");
+    let gw = TestGateway::start(&yaml).await;
+    let response = client().request(get(&gw.url("/"))).await.unwrap();
+    expect_problem(response, StatusCode::BAD_GATEWAY, "upstream_unreachable").await;
+    let metrics = gw.metrics().await;
+    assert_eq!(
+        metric(
+            &metrics,
+            "portcullis_upstream_errors_total{kind=\"connect\",upstream=\"app\"}"
+        ),
+        1.0
+    );
+    drop(queued);
+    drop(listener);
+}
