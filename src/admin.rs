@@ -10,9 +10,9 @@ use http::header::{CACHE_CONTROL, CONTENT_TYPE};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
+use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -38,14 +38,15 @@ pub struct AdminState {
 }
 
 /// Admin connections served at once; more are closed at accept.
-const MAX_CONNECTIONS: usize = 64;
+const MAX_CONNECTIONS: usize = 128;
 
 /// Serves admin requests for the life of the process, through the drain too, so that
 /// `/readyz` can say "shutting down" and `/healthz` keeps answering.
 pub async fn run(listener: TcpListener, state: Arc<AdminState>) {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // HTTP/1.1 only, and hyper's own head timer, which also runs while a connection waits
+    // for its first or next request: a silent connection cannot hold a slot for long.
+    let mut builder = http1::Builder::new();
     builder
-        .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(Duration::from_secs(10));
     let builder = Arc::new(builder);

@@ -126,6 +126,8 @@ impl Gateway {
 
 /// Runs the gateway until SIGTERM or SIGINT, then drains it.
 pub async fn run(config: Config) -> anyhow::Result<()> {
+    // Handlers first: a signal that arrives once the listeners are up must drain, not kill.
+    let signal = shutdown_signal()?;
     let gateway = Gateway::start(&config).await?;
     tracing::info!(
         config = %config.file.display(),
@@ -133,7 +135,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         upstreams = config.upstreams.len(),
         "portcullis started"
     );
-    wait_for_signal().await?;
+    signal.await;
     tracing::info!(
         grace_period = %crate::config::format_duration(config.shutdown_grace),
         "shutting down: finishing in-flight requests"
@@ -150,23 +152,28 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Installs the SIGTERM and SIGINT handlers; the future resolves at the first signal.
 #[cfg(unix)]
-async fn wait_for_signal() -> anyhow::Result<()> {
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut terminate =
         signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    tokio::select! {
-        _ = terminate.recv() => tracing::info!("SIGTERM received"),
-        _ = interrupt.recv() => tracing::info!("SIGINT received"),
-    }
-    Ok(())
+    Ok(async move {
+        tokio::select! {
+            _ = terminate.recv() => tracing::info!("SIGTERM received"),
+            _ = interrupt.recv() => tracing::info!("SIGINT received"),
+        }
+    })
 }
 
+/// Waits for Ctrl-C.
 #[cfg(not(unix))]
-async fn wait_for_signal() -> anyhow::Result<()> {
-    tokio::signal::ctrl_c()
-        .await
-        .context("waiting for Ctrl-C")?;
-    Ok(())
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    Ok(async {
+        if let Err(err) = tokio::signal::ctrl_c().await {
+            tracing::warn!(error = %err, "cannot wait for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    })
 }

@@ -305,9 +305,15 @@ pub struct RequestBody {
     inner: Incoming,
     received: u64,
     limit: Option<u64>,
-    /// When bytes last moved, shared with the attempt's timeout.
+    /// When the body last made progress, shared with the attempt's timeout.
     progress: Arc<Progress>,
+    /// Bytes forwarded since `progress` was last stamped.
+    unstamped: u64,
 }
+
+/// How many body bytes count as progress. SECURITY: a client that trickles a byte at a
+/// time must not keep the upstream timeout from ever running out.
+const PROGRESS_STEP: u64 = 64 * 1024;
 
 impl RequestBody {
     fn new(inner: Incoming, limit: Option<u64>) -> RequestBody {
@@ -318,11 +324,12 @@ impl RequestBody {
             progress: Arc::new(Progress {
                 last_ms: AtomicU64::new(clock_ms()),
             }),
+            unstamped: 0,
         }
     }
 }
 
-/// When a request body last moved: a chunk forwarded, or its end.
+/// When a request body last made progress: another `PROGRESS_STEP` bytes forwarded, or its end.
 pub struct Progress {
     last_ms: AtomicU64,
 }
@@ -347,11 +354,15 @@ impl Body for RequestBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
         let polled = ready!(Pin::new(&mut this.inner).poll_frame(cx));
-        this.progress.touch();
         match polled {
             Some(Ok(frame)) => {
                 if let Some(data) = frame.data_ref() {
                     this.received += data.len() as u64;
+                    this.unstamped += data.len() as u64;
+                    if this.unstamped >= PROGRESS_STEP {
+                        this.unstamped = 0;
+                        this.progress.touch();
+                    }
                     if let Some(limit) = this.limit
                         && this.received > limit
                     {
@@ -361,7 +372,10 @@ impl Body for RequestBody {
                 Poll::Ready(Some(Ok(frame)))
             }
             Some(Err(err)) => Poll::Ready(Some(Err(err.into()))),
-            None => Poll::Ready(None),
+            None => {
+                this.progress.touch();
+                Poll::Ready(None)
+            }
         }
     }
 
@@ -389,18 +403,21 @@ pub struct ClientFacts<'a> {
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-/// Headers through which clients or CDNs claim an address, port or path prefix; only a
-/// trusted proxy's are passed on.
-const CLIENT_CLAIMS: [HeaderName; 8] = [
+/// Headers through which clients or CDNs claim an address, scheme, host, port or path
+/// prefix; only a trusted proxy's are passed on. Every `X-Forwarded-*` header counts too.
+const CLIENT_CLAIMS: [HeaderName; 7] = [
     header::FORWARDED,
     HeaderName::from_static("x-real-ip"),
     HeaderName::from_static("true-client-ip"),
     HeaderName::from_static("x-client-ip"),
     HeaderName::from_static("cf-connecting-ip"),
     HeaderName::from_static("x-cluster-client-ip"),
-    HeaderName::from_static("x-forwarded-port"),
-    HeaderName::from_static("x-forwarded-prefix"),
+    HeaderName::from_static("x-original-host"),
 ];
+
+fn is_client_claim(name: &HeaderName) -> bool {
+    CLIENT_CLAIMS.contains(name) || name.as_str().starts_with("x-forwarded-")
+}
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 
 /// Rewrites a request's headers for the upstream. `upgrade` keeps `Upgrade` and
@@ -413,11 +430,7 @@ pub fn request_headers(
     // SECURITY: only a trusted proxy's claims about the client are passed on; anyone else
     // could claim any address, scheme or host.
     if !client.trusted {
-        while let Some(name) = headers
-            .keys()
-            .find(|name| CLIENT_CLAIMS.contains(name))
-            .cloned()
-        {
+        while let Some(name) = headers.keys().find(|name| is_client_claim(name)).cloned() {
             headers.remove(name);
         }
     }
@@ -610,14 +623,34 @@ mod tests {
             ("x-forwarded-host", "evil.example"),
             ("forwarded", "for=6.6.6.6"),
             ("x-real-ip", "6.6.6.6"),
+            ("true-client-ip", "6.6.6.6"),
+            ("x-client-ip", "6.6.6.6"),
+            ("cf-connecting-ip", "6.6.6.6"),
+            ("x-cluster-client-ip", "6.6.6.6"),
+            ("x-original-host", "evil.example"),
+            ("x-forwarded-port", "443"),
+            ("x-forwarded-prefix", "/admin"),
+            ("x-forwarded-scheme", "https"),
+            ("x-forwarded-ssl", "on"),
+            ("x-kept", "1"),
         ]);
         request_headers(&mut map, &client(false, Some(&host)), None);
+        let mut names: Vec<&str> = map.keys().map(|name| name.as_str()).collect();
+        names.sort_unstable();
+        assert_eq!(
+            names,
+            [
+                "host",
+                "x-forwarded-for",
+                "x-forwarded-host",
+                "x-forwarded-proto",
+                "x-kept"
+            ]
+        );
         assert_eq!(map["x-forwarded-for"], "192.0.2.7");
         assert_eq!(map["x-forwarded-proto"], "http");
         assert_eq!(map["x-forwarded-host"], "app.example");
         assert_eq!(map["host"], "app.example");
-        assert!(!map.contains_key("forwarded"));
-        assert!(!map.contains_key("x-real-ip"));
     }
 
     #[test]

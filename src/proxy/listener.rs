@@ -125,6 +125,9 @@ async fn serve_connection(
 ) {
     let limits = proxy.limits.clone();
     let activity = meta.activity.clone();
+    // SECURITY: a connection must start its first request within header_read_timeout of
+    // opening, whatever it sends meanwhile (nothing, half a preface, HTTP/2 pings).
+    let first_request_due = Instant::now() + limits.header_read_timeout;
     let io = TokioIo::new(ActivityIo {
         inner: stream,
         activity: activity.clone(),
@@ -136,6 +139,7 @@ async fn serve_connection(
         .timer(HeadTimer {
             activity: activity.clone(),
             timeout: limits.header_read_timeout,
+            first_request_due,
         })
         .header_read_timeout(limits.header_read_timeout)
         .max_headers(MAX_HEADERS)
@@ -164,9 +168,19 @@ async fn serve_connection(
 
     let idle = idle(&activity, limits.idle_timeout);
     tokio::pin!(idle);
+    let first_request = tokio::time::sleep_until(first_request_due);
+    tokio::pin!(first_request);
+    let mut first_request_checked = false;
     let mut closing = false;
     loop {
         tokio::select! {
+            () = &mut first_request, if !first_request_checked => {
+                first_request_checked = true;
+                if activity.requests.load(Ordering::Relaxed) == 0 {
+                    tracing::debug!(client.addr = %peer, "no request within header_read_timeout; closing");
+                    break;
+                }
+            }
             result = connection.as_mut() => {
                 if let Err(err) = result {
                     tracing::debug!(error = %err, client.addr = %peer, "connection ended with an error");
@@ -320,6 +334,8 @@ impl AsyncWrite for ActivityIo {
 struct HeadTimer {
     activity: Arc<Activity>,
     timeout: Duration,
+    /// When the connection's first request must have begun (accept + `timeout`).
+    first_request_due: Instant,
 }
 
 impl hyper::rt::Timer for HeadTimer {
@@ -329,12 +345,11 @@ impl hyper::rt::Timer for HeadTimer {
 
     fn sleep_until(&self, _deadline: std::time::Instant) -> Pin<Box<dyn hyper::rt::Sleep>> {
         // SECURITY: the first head's bytes may already have been read (HTTP/2 detection
-        // peeks at the start of the connection), so a new connection gets a fixed deadline.
-        // Later heads start counting at their first byte.
+        // peeks at the start of the connection), so the first head's deadline is fixed at
+        // accept time. Later heads start counting at their first byte.
         let first_head = self.activity.requests.load(Ordering::Relaxed) == 0;
         let (deadline, first_check) = if first_head {
-            let deadline = Instant::now() + self.timeout;
-            (Some(deadline), deadline)
+            (Some(self.first_request_due), self.first_request_due)
         } else {
             (None, Instant::now() + self.timeout / 4)
         };

@@ -142,6 +142,13 @@ impl Pool {
             .idle
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
+        // The oldest connections sit at the bottom of the stack; under steady load they
+        // are never popped, so close the expired ones here.
+        let expired = idle
+            .iter()
+            .take_while(|entry| entry.since.elapsed() >= self.keepalive_timeout)
+            .count();
+        idle.drain(..expired);
         if idle.len() < MAX_IDLE {
             idle.push(Idle {
                 sender,

@@ -24,6 +24,7 @@ async fn hop_by_hop_and_forwarding_headers_from_an_untrusted_client() {
         .header("x-forwarded-host", "evil.example")
         .header("forwarded", "for=6.6.6.6")
         .header("true-client-ip", "6.6.6.6")
+        .header("x-forwarded-scheme", "https")
         .header("x-forwarded-port", "443")
         .header("x-request-id", "client-chosen")
         .header("connection", "keep-alive, x-hop")
@@ -56,6 +57,9 @@ async fn hop_by_hop_and_forwarding_headers_from_an_untrusted_client() {
     assert_eq!(seen.one("x-end-to-end"), Some("kept"));
     for gone in [
         "forwarded",
+        "true-client-ip",
+        "x-forwarded-port",
+        "x-forwarded-scheme",
         "x-hop",
         "keep-alive",
         "te",
@@ -106,53 +110,6 @@ async fn a_malformed_request_id_from_a_trusted_proxy_is_replaced() {
         .unwrap();
     let response = client().request(request).await.unwrap();
     assert_eq!(response.headers()["x-request-id"].len(), 26);
-}
-
-#[tokio::test]
-async fn large_bodies_stream_both_ways_without_being_buffered() {
-    const SIZE: u64 = 256 * 1024 * 1024;
-    let up = TestUpstream::start("a").await;
-    let gw = TestGateway::start(&config(&[up.url()], "")).await;
-    let rss_before = resident_bytes();
-
-    let upload = Request::post(gw.url("/upload"))
-        .body(Generated::new(SIZE).boxed())
-        .unwrap();
-    let response = client().request(upload).await.unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
-    assert_eq!(body_text(response).await, SIZE.to_string());
-
-    let response = client()
-        .request(get(&gw.url(&format!("/download/{SIZE}"))))
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
-    let mut body = response.into_body();
-    let mut received = 0u64;
-    while let Some(frame) = body.frame().await {
-        if let Some(data) = frame.unwrap().data_ref() {
-            received += data.len() as u64;
-        }
-    }
-    assert_eq!(received, SIZE);
-
-    // Client, gateway and upstream share this process: 512 MiB moved through it, and a
-    // buffering proxy would have grown by at least 256 MiB.
-    let growth = resident_bytes().saturating_sub(rss_before);
-    assert!(
-        growth < 64 * 1024 * 1024,
-        "resident memory grew by {growth} bytes"
-    );
-}
-
-fn resident_bytes() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let kib: u64 = status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap();
-    kib * 1024
 }
 
 #[tokio::test]

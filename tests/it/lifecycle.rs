@@ -292,3 +292,52 @@ fn an_address_in_use_exits_1_naming_it() {
         "{stderr}"
     );
 }
+
+/// Peak resident memory of a process, from /proc.
+fn peak_resident_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    kib * 1024
+}
+
+#[tokio::test]
+async fn large_bodies_stream_both_ways_with_flat_memory() {
+    use http_body_util::BodyExt;
+    const SIZE: u64 = 256 * 1024 * 1024;
+    let up = TestUpstream::start("a").await;
+    let scratch = Scratch::new();
+    let config = scratch.write("gw.yaml", &process_config(&up.url(), ""));
+    let process = Process::start(&config);
+
+    let upload = http::Request::post(format!("http://{}/upload", process.addr))
+        .body(Generated::new(SIZE).boxed())
+        .unwrap();
+    let response = client().request(upload).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(body_text(response).await, SIZE.to_string());
+
+    let response = client()
+        .request(get(&format!("http://{}/download/{SIZE}", process.addr)))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut body = response.into_body();
+    let mut received = 0u64;
+    while let Some(frame) = body.frame().await {
+        if let Some(data) = frame.unwrap().data_ref() {
+            received += data.len() as u64;
+        }
+    }
+    assert_eq!(received, SIZE);
+
+    // A proxy that buffered either body would have peaked above 256 MiB.
+    let peak = peak_resident_bytes(process.child.id());
+    assert!(
+        peak < 64 * 1024 * 1024,
+        "the gateway peaked at {peak} bytes resident"
+    );
+}

@@ -101,6 +101,7 @@ async fn a_slow_head_is_cut_off_but_an_idle_keep_alive_is_not() {
     }
 
     // Well past the head timeout, the idle connection still serves its next request.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
     idle.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
         .await
         .unwrap();
@@ -141,7 +142,7 @@ async fn connections_past_the_limit_are_closed_at_accept() {
         assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
         held.push(stream);
     }
-    let answer = raw_exchange(
+    let answer = raw_until_closed(
         gw.addr,
         b"GET / HTTP/1.1\r\nHost: a\r\n\r\n",
         Duration::from_secs(5),
@@ -237,7 +238,7 @@ async fn garbage_bytes_get_an_answer_or_a_close_never_a_hang() {
         b"GET / HTTP/1.1\r\nHost: a\r\nBad Header: x\r\n\r\n",
         b"\r\n\r\n\r\n",
     ] {
-        let answer = raw_exchange(gw.addr, bytes, Duration::from_secs(5)).await;
+        let answer = raw_until_closed(gw.addr, bytes, Duration::from_secs(10)).await;
         assert!(
             answer.is_empty() || answer.starts_with("HTTP/1.1 4"),
             "{bytes:?} → {answer}"
@@ -283,7 +284,7 @@ async fn a_websocket_tunnel_keeps_its_connection_slot() {
     let n = tunnel.read(&mut head).await.unwrap();
     assert!(String::from_utf8_lossy(&head[..n]).starts_with("HTTP/1.1 101"));
 
-    let answer = raw_exchange(
+    let answer = raw_until_closed(
         gw.addr,
         b"GET / HTTP/1.1\r\nHost: a\r\n\r\n",
         Duration::from_secs(5),
@@ -302,5 +303,56 @@ async fn a_websocket_tunnel_keeps_its_connection_slot() {
     assert_eq!(
         metric(&metrics, "portcullis_connections_rejected_total"),
         1.0
+    );
+}
+
+#[tokio::test]
+async fn a_connection_that_sends_nothing_is_closed_after_the_head_timeout() {
+    let up = TestUpstream::start("a").await;
+    let gw = TestGateway::start(&config(
+        &[up.url()],
+        "limits: { header_read_timeout: 300ms, idle_timeout: 60s }\n",
+    ))
+    .await;
+    // Nothing at all, and half an HTTP/2 preface: both closed long before idle_timeout.
+    for bytes in [&b""[..], b"PRI * HTTP/2.0\r\n"] {
+        let answer = raw_until_closed(gw.addr, bytes, Duration::from_secs(10)).await;
+        assert_eq!(answer, "", "{bytes:?}");
+    }
+}
+
+#[tokio::test]
+async fn an_idle_websocket_tunnel_is_closed() {
+    use tokio::net::TcpListener;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = listener.local_addr().unwrap();
+    let _upstream = tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let mut head = vec![0u8; 4096];
+        let _ = stream.read(&mut head).await.unwrap();
+        stream
+            .write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+            .await
+            .unwrap();
+        let mut rest = Vec::new();
+        let _ = stream.read_to_end(&mut rest).await;
+    });
+    let gw = TestGateway::start(&config(
+        &[format!("http://{up}")],
+        "limits: { idle_timeout: 300ms }\n",
+    ))
+    .await;
+    let answer = raw_until_closed(
+        gw.addr,
+        b"GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+        Duration::from_secs(10),
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 101"), "{answer}");
+    let metrics = gw.metrics().await;
+    assert_eq!(
+        metric(&metrics, "portcullis_connections_active"),
+        0.0,
+        "{metrics}"
     );
 }

@@ -266,12 +266,12 @@ impl Body for Generated {
     }
 }
 
-/// An address nothing listens on: bound, then released.
-pub async fn closed_port() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    drop(listener);
-    addr
+/// An address that refuses connections: a socket bound but not listening. Keep the
+/// socket for the whole test so no other test can take the port.
+pub fn closed_port() -> (SocketAddr, tokio::net::TcpSocket) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    (socket.local_addr().unwrap(), socket)
 }
 
 /// The body type the test clients send.
@@ -322,13 +322,25 @@ pub async fn expect_problem(
 }
 
 /// Sends raw bytes on a new connection and reads until the server closes it or `limit`
-/// passes; returns what was read.
+/// passes; returns what was read. For a kept-alive connection, `limit` ends the read.
 pub async fn raw_exchange(addr: SocketAddr, request: &[u8], limit: Duration) -> String {
     let mut stream = TcpStream::connect(addr).await.unwrap();
     stream.write_all(request).await.unwrap();
     let mut answer = Vec::new();
     let _ = tokio::time::timeout(limit, stream.read_to_end(&mut answer)).await;
     String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// Like [`raw_exchange`], but the server must close the connection within `limit`.
+pub async fn raw_until_closed(addr: SocketAddr, request: &[u8], limit: Duration) -> String {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    // The server may close before reading everything; that is an answer too.
+    let _ = stream.write_all(request).await;
+    let mut answer = Vec::new();
+    match tokio::time::timeout(limit, stream.read_to_end(&mut answer)).await {
+        Ok(_) => String::from_utf8_lossy(&answer).into_owned(),
+        Err(_) => panic!("the server kept the connection open for {limit:?} after {request:?}"),
+    }
 }
 
 /// The value of one series in Prometheus text, or 0 when it is absent.

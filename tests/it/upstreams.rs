@@ -33,7 +33,7 @@ async fn targets_take_turns() {
 
 #[tokio::test]
 async fn a_refusing_target_is_retried_elsewhere_then_skipped() {
-    let dead = closed_port().await;
+    let (dead, _reserved) = closed_port();
     let live = TestUpstream::start("live").await;
     let gw = TestGateway::start(&config(&[format!("http://{dead}"), live.url()], "")).await;
     let upload = Request::post(gw.url("/upload"))
@@ -68,7 +68,7 @@ async fn a_refusing_target_is_retried_elsewhere_then_skipped() {
 
 #[tokio::test]
 async fn a_target_is_tried_again_after_its_cool_down() {
-    let dead = closed_port().await;
+    let (dead, _reserved) = closed_port();
     let live = TestUpstream::start("live").await;
     let yaml = config(&[format!("http://{dead}"), live.url()], "")
         .replace("timeout: 5s", "timeout: 5s\n    failure_cooldown: 100ms");
@@ -90,7 +90,7 @@ async fn a_target_is_tried_again_after_its_cool_down() {
 
 #[tokio::test]
 async fn an_unreachable_upstream_is_a_502() {
-    let dead = closed_port().await;
+    let (dead, _reserved) = closed_port();
     let gw = TestGateway::start(&config(&[format!("http://{dead}")], "")).await;
     let response = client().request(get(&gw.url("/x"))).await.unwrap();
     let body = expect_problem(response, StatusCode::BAD_GATEWAY, "upstream_unreachable").await;
@@ -227,4 +227,46 @@ async fn a_target_that_never_accepts_times_out_on_connect() {
     );
     drop(queued);
     drop(listener);
+}
+
+#[tokio::test]
+async fn a_trickled_body_does_not_hold_the_upstream_forever() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = TestUpstream::start("a").await;
+    let yaml = config(&[up.url()], "").replace("timeout: 5s", "timeout: 500ms");
+    let gw = TestGateway::start(&yaml).await;
+    let mut stream = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    stream
+        .write_all(b"POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 20\r\n\r\n")
+        .await
+        .unwrap();
+    // A byte every 150ms: each arrives well within the timeout, but the body as a whole
+    // makes no real progress.
+    for _ in 0..20 {
+        tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+        if stream.write_all(b"x").await.is_err() {
+            break;
+        }
+    }
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        stream.read_to_end(&mut answer),
+    )
+    .await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 504"), "{answer}");
+}
+
+#[tokio::test]
+async fn idle_upstream_connections_expire_after_keepalive_timeout() {
+    let up = TestUpstream::start("a").await;
+    let yaml =
+        config(&[up.url()], "").replace("timeout: 5s", "timeout: 5s\n    keepalive_timeout: 100ms");
+    let gw = TestGateway::start(&yaml).await;
+    upstream_names(&gw, 2).await;
+    assert_eq!(up.connections.load(std::sync::atomic::Ordering::Relaxed), 1);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    upstream_names(&gw, 1).await;
+    assert_eq!(up.connections.load(std::sync::atomic::Ordering::Relaxed), 2);
 }
