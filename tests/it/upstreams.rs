@@ -71,10 +71,10 @@ async fn a_target_is_tried_again_after_its_cool_down() {
     let (dead, _reserved) = closed_port();
     let live = TestUpstream::start("live").await;
     let yaml = config(&[format!("http://{dead}"), live.url()], "")
-        .replace("timeout: 5s", "timeout: 5s\n    failure_cooldown: 100ms");
+        .replace("timeout: 5s", "timeout: 5s\n    failure_cooldown: 1s");
     let gw = TestGateway::start(&yaml).await;
     upstream_names(&gw, 2).await;
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
     upstream_names(&gw, 2).await;
     let metrics = gw.metrics().await;
     // Refused once before the cool-down and once after it.
@@ -262,11 +262,11 @@ async fn a_trickled_body_does_not_hold_the_upstream_forever() {
 async fn idle_upstream_connections_expire_after_keepalive_timeout() {
     let up = TestUpstream::start("a").await;
     let yaml =
-        config(&[up.url()], "").replace("timeout: 5s", "timeout: 5s\n    keepalive_timeout: 100ms");
+        config(&[up.url()], "").replace("timeout: 5s", "timeout: 5s\n    keepalive_timeout: 1s");
     let gw = TestGateway::start(&yaml).await;
     upstream_names(&gw, 2).await;
     assert_eq!(up.connections.load(std::sync::atomic::Ordering::Relaxed), 1);
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
     upstream_names(&gw, 1).await;
     assert_eq!(up.connections.load(std::sync::atomic::Ordering::Relaxed), 2);
 }
