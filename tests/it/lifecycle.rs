@@ -96,9 +96,16 @@ impl Process {
         }
     }
 
+    /// Sends a signal with the shell's built-in `kill`, which every POSIX system has
+    /// (a `kill` executable is not always installed).
     fn signal(&self, name: &str) {
-        let status = Command::new("kill")
-            .args([&format!("-{name}"), &self.child.id().to_string()])
+        let status = Command::new("sh")
+            .args([
+                "-c",
+                "kill -s \"$0\" \"$1\"",
+                name,
+                &self.child.id().to_string(),
+            ])
             .status()
             .unwrap();
         assert!(status.success());
