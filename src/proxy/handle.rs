@@ -1,9 +1,10 @@
 //! The per-request pipeline, and the only place that orders the phases:
-//! limits → normalize → route → forward → respond → observe.
+//! limits → normalize (host, path) → route → forward → respond → observe.
 //!
 //! Every request gets an `X-Request-Id` (kept from a trusted proxy, otherwise ours),
 //! sent upstream and returned to the client, on errors too.
 
+use std::borrow::Cow;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -77,12 +78,17 @@ async fn pipeline(
     let (mut parts, body) = request.into_parts();
 
     let authority = normalize::authority(&parts).map_err(|err| (None, err))?;
+    let path = normalize::path(parts.uri.path()).map_err(|err| (None, err))?;
 
     let route = proxy
         .routes
-        .select(authority.host.as_deref(), parts.uri.path())
+        .select(authority.host.as_deref(), &path)
         .ok_or((None, ProxyError::NoRoute))?;
     let fail = |err: ProxyError| (Some(route.id.clone()), err);
+    // SECURITY: the upstream gets exactly the path that was routed on.
+    if let Cow::Owned(canonical) = path {
+        parts.uri = normalize::with_path(&parts.uri, &canonical).map_err(fail)?;
+    }
 
     let client = ClientFacts {
         peer: &conn.peer_header,

@@ -317,3 +317,73 @@ async fn a_chunked_body_on_a_get_is_forwarded_not_dropped() {
         "the upstream received 5 bytes: {answer}"
     );
 }
+
+#[tokio::test]
+async fn the_upstream_receives_the_path_that_was_routed() {
+    let api = TestUpstream::start("api").await;
+    let web = TestUpstream::start("web").await;
+    let yaml = format!(
+        "listen: [{{ addr: 127.0.0.1:0 }}]\nadmin: {{ addr: 127.0.0.1:0 }}\n\
+         upstreams:\n  api: {{ targets: [\"{}\"] }}\n  web: {{ targets: [\"{}\"] }}\n\
+         routes:\n  - {{ id: api, path_prefix: /api, upstream: api }}\n  - {{ id: web, path_prefix: /, upstream: web }}\n",
+        api.url(),
+        web.url()
+    );
+    let gw = TestGateway::start(&yaml).await;
+    for (sent, upstream, received) in [
+        ("/web/../api/orders", "api", "/api/orders"),
+        ("/api/%2e%2e/web", "web", "/web"),
+        (
+            "//api//orders/./7?q=%2F..&x=1",
+            "api",
+            "/api/orders/7?q=%2F..&x=1",
+        ),
+        ("/api;jsessionid=1/orders", "api", "/api/orders"),
+        ("/%61pi/%7Euser", "api", "/api/~user"),
+        ("/api/caf%c3%a9", "api", "/api/caf%C3%A9"),
+    ] {
+        let response = client().request(get(&gw.url(sent))).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{sent}");
+        assert_eq!(response.headers()["x-upstream"], upstream, "{sent}");
+        let seen = if upstream == "api" {
+            api.seen()
+        } else {
+            web.seen()
+        };
+        assert_eq!(seen.last().unwrap().target, received, "{sent}");
+    }
+    // HTTP/2 requests go through the same code.
+    let h2: Client<HttpConnector, ClientBody> = Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build(HttpConnector::new());
+    let response = h2.request(get(&gw.url("/x/..//api/./h2"))).await.unwrap();
+    assert_eq!(response.headers()["x-upstream"], "api");
+    assert_eq!(api.seen().last().unwrap().target, "/api/h2");
+}
+
+#[tokio::test]
+async fn ambiguous_paths_are_a_400() {
+    let up = TestUpstream::start("a").await;
+    let gw = TestGateway::start(&config(&[up.url()], "")).await;
+    for path in [
+        "/a%2fb",
+        "/a%5Cb",
+        "/a\\b",
+        "/..",
+        "/public/../../admin",
+        "/public/..;/admin",
+        "/%252e%252e/admin",
+        "/a%00",
+        "/%ff",
+    ] {
+        let request = format!("GET {path} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
+        let answer = raw_until_closed(gw.addr, request.as_bytes(), Duration::from_secs(5)).await;
+        assert!(answer.starts_with("HTTP/1.1 400"), "{path} → {answer}");
+        assert!(
+            answer.contains("\"reason\":\"bad_request\""),
+            "{path} → {answer}"
+        );
+        assert!(answer.contains("the path "), "{path} → {answer}");
+    }
+    assert!(up.seen().is_empty());
+}
