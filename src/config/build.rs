@@ -134,6 +134,7 @@ pub fn build(path: &Path, text: &str, raw: RawConfig) -> Result<Config, ConfigEr
                 listeners,
                 admin: AdminSettings { addr: admin_addr },
                 trusted_proxies,
+                keep_override_headers: raw.network.keep_override_headers,
                 upstreams,
                 routes,
                 limits,

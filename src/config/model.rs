@@ -19,6 +19,9 @@ pub struct Config {
     pub admin: AdminSettings,
     /// Peers whose forwarding headers (`X-Forwarded-*`, `X-Request-Id`) are believed.
     pub trusted_proxies: Vec<IpNet>,
+    /// Forward `X-Original-URL`, `X-HTTP-Method-Override` and their kin instead of
+    /// stripping them (for upstreams that need them and do their own checks).
+    pub keep_override_headers: bool,
     /// Upstreams in name order.
     pub upstreams: Vec<UpstreamSettings>,
     /// Routes in file order.

@@ -70,6 +70,8 @@ fn default_admin_addr() -> String {
 pub struct RawNetwork {
     #[serde(default)]
     pub trusted_proxies: Vec<String>,
+    #[serde(default)]
+    pub keep_override_headers: bool,
 }
 
 /// One entry of `upstreams`, keyed by its name.

@@ -390,6 +390,8 @@ impl Body for RequestBody {
 
 /// What the proxy can vouch for about the client, for the forwarding headers.
 pub struct ClientFacts<'a> {
+    /// Pass request-routing override headers on (`network.keep_override_headers`).
+    pub keep_override_headers: bool,
     /// The socket peer's address as a header value, formatted once per connection.
     pub peer: &'a HeaderValue,
     /// Whether the peer is in `network.trusted_proxies`.
@@ -415,6 +417,16 @@ const CLIENT_CLAIMS: [HeaderName; 7] = [
     HeaderName::from_static("x-original-host"),
 ];
 
+/// Headers some servers and frameworks obey to rewrite the path or method after the
+/// gateway has decided on them.
+const OVERRIDES: [HeaderName; 5] = [
+    HeaderName::from_static("x-original-url"),
+    HeaderName::from_static("x-rewrite-url"),
+    HeaderName::from_static("x-http-method-override"),
+    HeaderName::from_static("x-method-override"),
+    HeaderName::from_static("x-http-method"),
+];
+
 fn is_client_claim(name: &HeaderName) -> bool {
     CLIENT_CLAIMS.contains(name) || name.as_str().starts_with("x-forwarded-")
 }
@@ -429,6 +441,17 @@ pub fn request_headers(
 ) {
     // SECURITY: only a trusted proxy's claims about the client are passed on; anyone else
     // could claim any address, scheme or host.
+    // SECURITY: the upstream must act on the path and method the gateway decided on, not
+    // on a header that rewrites them afterwards.
+    if !client.keep_override_headers {
+        while let Some(name) = headers
+            .keys()
+            .find(|name| OVERRIDES.contains(name))
+            .cloned()
+        {
+            headers.remove(name);
+        }
+    }
     if !client.trusted {
         while let Some(name) = headers.keys().find(|name| is_client_claim(name)).cloned() {
             headers.remove(name);
@@ -586,6 +609,7 @@ mod tests {
 
     fn client(trusted: bool, host: Option<&HeaderValue>) -> ClientFacts<'_> {
         ClientFacts {
+            keep_override_headers: false,
             peer: &PEER,
             trusted,
             proto: "http",

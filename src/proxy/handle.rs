@@ -34,6 +34,7 @@ pub async fn handle(
     let started = Instant::now();
     let trusted = proxy.is_trusted(conn.peer.ip());
     let request_id = request_id(request.headers().get(&X_REQUEST_ID), trusted);
+    let version = request.version();
 
     let mut response = match pipeline(&proxy, &conn, trusted, &request_id, request).await {
         Ok((route_index, response)) => {
@@ -47,7 +48,15 @@ pub async fn handle(
                 .requests
                 .with_label_values(&[route_label, DecisionLabel::Error.as_str(), err.reason()])
                 .inc();
-            respond::error(&err, &request_id)
+            let mut response = respond::error(&err, &request_id);
+            // After a malformed or oversized request the rest of the connection's bytes
+            // cannot be trusted to start a new request.
+            if err.closes_connection() && version < Version::HTTP_2 {
+                response
+                    .headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            response
         }
     };
     response.headers_mut().insert(X_REQUEST_ID, request_id);
@@ -91,6 +100,7 @@ async fn pipeline(
     }
 
     let client = ClientFacts {
+        keep_override_headers: proxy.keep_override_headers,
         peer: &conn.peer_header,
         trusted,
         proto: "http",

@@ -32,6 +32,7 @@ pub struct Proxy {
     routes: RouteTable,
     upstreams: Vec<Upstream>,
     trusted_proxies: Vec<IpNet>,
+    keep_override_headers: bool,
     limits: Limits,
     metrics: Arc<Metrics>,
     /// `requests_total{route, decision="allow", reason="allowed"}` per route, resolved once
@@ -62,6 +63,7 @@ impl Proxy {
             routes: RouteTable::new(&config.routes),
             upstreams,
             trusted_proxies: config.trusted_proxies.clone(),
+            keep_override_headers: config.keep_override_headers,
             limits: config.limits.clone(),
             metrics,
             allowed,

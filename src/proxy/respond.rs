@@ -65,6 +65,17 @@ impl ProxyError {
         }
     }
 
+    /// Whether an HTTP/1.1 connection must close after this answer: the request's framing
+    /// or size was wrong, so what follows it on the connection cannot be trusted.
+    pub fn closes_connection(&self) -> bool {
+        matches!(
+            self,
+            ProxyError::BadRequest(_)
+                | ProxyError::HeaderTooLarge { .. }
+                | ProxyError::BodyTooLarge { .. }
+        )
+    }
+
     /// The response status.
     pub fn status(&self) -> StatusCode {
         match self {

@@ -376,7 +376,8 @@ async fn ambiguous_paths_are_a_400() {
         "/a%00",
         "/%ff",
     ] {
-        let request = format!("GET {path} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
+        // Kept alive by the client; the gateway closes it after the 400.
+        let request = format!("GET {path} HTTP/1.1\r\nHost: a\r\n\r\n");
         let answer = raw_until_closed(gw.addr, request.as_bytes(), Duration::from_secs(5)).await;
         assert!(answer.starts_with("HTTP/1.1 400"), "{path} → {answer}");
         assert!(
@@ -386,4 +387,78 @@ async fn ambiguous_paths_are_a_400() {
         assert!(answer.contains("the path "), "{path} → {answer}");
     }
     assert!(up.seen().is_empty());
+}
+
+#[tokio::test]
+async fn routing_override_headers_are_stripped_unless_kept() {
+    let overrides = [
+        ("x-original-url", "/admin"),
+        ("x-rewrite-url", "/admin"),
+        ("x-http-method-override", "DELETE"),
+        ("x-method-override", "DELETE"),
+        ("x-http-method", "DELETE"),
+    ];
+    let up = TestUpstream::start("a").await;
+    for (extra, kept) in [
+        ("", false),
+        ("network: { keep_override_headers: true }\n", true),
+    ] {
+        let gw = TestGateway::start(&config(&[up.url()], extra)).await;
+        let mut request = Request::get(gw.url("/public"));
+        for (name, value) in overrides {
+            request = request.header(name, value);
+        }
+        let response = client()
+            .request(request.body(Empty::new().boxed()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let seen = up.seen().pop().unwrap();
+        for (name, value) in overrides {
+            let expected = kept.then_some(value);
+            assert_eq!(
+                seen.one(name),
+                expected,
+                "{name} with keep_override_headers: {kept}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn ambiguous_framing_never_smuggles_a_request() {
+    let up = TestUpstream::start("a").await;
+    let gw = TestGateway::start(&config(&[up.url()], "")).await;
+    // Both lengths, the smuggling classic: hyper's parser (as RFC 9112 §6.1 requires)
+    // drops Content-Length, reads the body as chunked, answers once and closes, so the
+    // request hidden behind it is never read.
+    let answer = raw_until_closed(
+        gw.addr,
+        b"POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .await;
+    assert_eq!(
+        answer.matches("HTTP/1.1").count(),
+        1,
+        "one answer, then close: {answer}"
+    );
+    let seen = up.seen();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].target, "/upload");
+    assert_eq!(seen[0].one("content-length"), None);
+    assert_eq!(seen[0].one("transfer-encoding"), Some("chunked"));
+
+    for request in [
+        // Two different lengths.
+        &b"POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!"[..],
+        // A transfer coding that is not chunked at the end.
+        b"POST /upload HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, identity\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        b"POST /upload HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: xchunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    ] {
+        let answer = raw_until_closed(gw.addr, request, Duration::from_secs(5)).await;
+        assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+        assert_eq!(answer.matches("HTTP/1.1").count(), 1, "one answer, then close: {answer}");
+    }
+    assert_eq!(up.seen().len(), 1, "nothing else reached the upstream");
 }
