@@ -27,8 +27,6 @@ use super::handle::handle;
 pub struct ConnMeta {
     /// The socket peer: the client, or a proxy in front of us.
     pub peer: SocketAddr,
-    /// Our address the client connected to.
-    pub local: SocketAddr,
     /// The peer's IP address as an `X-Forwarded-For` value, formatted once.
     pub peer_header: http::HeaderValue,
     /// Holds the connection's slot; a tunnel that outlives the HTTP connection keeps a clone.
@@ -101,7 +99,6 @@ pub async fn run(listener: TcpListener, proxy: Arc<Proxy>, listeners: Listeners)
         });
         let meta = ConnMeta {
             peer,
-            local,
             peer_header,
             guard,
             activity: Arc::new(Activity::default()),

@@ -21,8 +21,9 @@ use prometheus::IntCounter;
 use crate::config::{Config, Limits};
 use crate::telemetry::{DecisionLabel, Metrics};
 
-pub use forward::{BoxError, Upstream};
-pub use route::{Route, RouteTable};
+pub use forward::BoxError;
+use forward::Upstream;
+use route::RouteTable;
 
 /// The body type of every response the proxy sends.
 pub type ProxyBody = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
