@@ -146,9 +146,14 @@ impl Upstream {
             };
         };
         // hyper's HTTP/1 client writes the origin form; Host is already set.
-        let origin_form = request.uri().path_and_query().cloned();
+        // A target that was only a fragment (`http://host#x`) leaves an empty origin form
+        // that still reads as `/`; writing the root explicitly sends what was routed on.
+        let origin_form = match request.uri().path_and_query() {
+            Some(origin) if !(origin.path() == "/" && origin.query().is_none()) => origin.clone(),
+            _ => http::uri::PathAndQuery::from_static("/"),
+        };
         let mut uri = http::uri::Parts::default();
-        uri.path_and_query = origin_form;
+        uri.path_and_query = Some(origin_form);
         *request.uri_mut() = match Uri::from_parts(uri) {
             Ok(uri) => uri,
             Err(err) => {
@@ -419,8 +424,9 @@ const CLIENT_CLAIMS: [HeaderName; 7] = [
 
 /// Headers some servers and frameworks obey to rewrite the path or method after the
 /// gateway has decided on them.
-const OVERRIDES: [HeaderName; 5] = [
+const OVERRIDES: [HeaderName; 6] = [
     HeaderName::from_static("x-original-url"),
+    HeaderName::from_static("x-original-uri"),
     HeaderName::from_static("x-rewrite-url"),
     HeaderName::from_static("x-http-method-override"),
     HeaderName::from_static("x-method-override"),
@@ -439,8 +445,16 @@ pub fn request_headers(
     client: &ClientFacts<'_>,
     upgrade: Option<HeaderValue>,
 ) {
-    // SECURITY: only a trusted proxy's claims about the client are passed on; anyone else
-    // could claim any address, scheme or host.
+    // SECURITY: CGI-style servers (PHP, WSGI, Rack) read `X-Forwarded_For` as
+    // `X-Forwarded-For`, so a name with `_` could smuggle any header past the checks
+    // below. Such names are dropped, as nginx does by default.
+    while let Some(name) = headers
+        .keys()
+        .find(|name| name.as_str().contains('_'))
+        .cloned()
+    {
+        headers.remove(name);
+    }
     // SECURITY: the upstream must act on the path and method the gateway decided on, not
     // on a header that rewrites them afterwards.
     if !client.keep_override_headers {
@@ -452,6 +466,8 @@ pub fn request_headers(
             headers.remove(name);
         }
     }
+    // SECURITY: only a trusted proxy's claims about the client are passed on; anyone else
+    // could claim any address, scheme or host.
     if !client.trusted {
         while let Some(name) = headers.keys().find(|name| is_client_claim(name)).cloned() {
             headers.remove(name);
@@ -656,6 +672,8 @@ mod tests {
             ("x-forwarded-prefix", "/admin"),
             ("x-forwarded-scheme", "https"),
             ("x-forwarded-ssl", "on"),
+            ("x-forwarded_for", "6.6.6.6"),
+            ("x_original_url", "/admin"),
             ("x-kept", "1"),
         ]);
         request_headers(&mut map, &client(false, Some(&host)), None);

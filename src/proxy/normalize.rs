@@ -160,6 +160,10 @@ pub fn path(raw: &str) -> Result<Cow<'_, str>, ProxyError> {
     if out.is_empty() || trailing_slash {
         out.push('/');
     }
+    // Decoding can assemble what the raw check could not see (`%25%32%65` → `%2e`).
+    if is_double_encoded(out.as_bytes()) {
+        return Err(bad("is double-encoded (%25 followed by 2E, 2F or 5C)"));
+    }
     if out == raw {
         Ok(Cow::Borrowed(raw))
     } else {
@@ -228,7 +232,8 @@ fn is_double_encoded(bytes: &[u8]) -> bool {
             && w[2] == b'5'
             && matches!(
                 (w[3], w[4].to_ascii_lowercase()),
-                (b'2', b'e' | b'f') | (b'5', b'c')
+                // `%2525` is the same trick one level deeper.
+                (b'2', b'e' | b'f' | b'5') | (b'5', b'c')
             )
     })
 }
@@ -246,6 +251,9 @@ fn canonical_segment(raw: &str) -> Result<String, &'static str> {
             let hex = bytes
                 .get(index + 1..index + 3)
                 .ok_or("has a malformed percent-encoding")?;
+            if !hex.iter().all(u8::is_ascii_hexdigit) {
+                return Err("has a malformed percent-encoding");
+            }
             let text = std::str::from_utf8(hex).map_err(|_| "has a malformed percent-encoding")?;
             let byte =
                 u8::from_str_radix(text, 16).map_err(|_| "has a malformed percent-encoding")?;
@@ -397,6 +405,20 @@ mod tests {
     }
 
     #[test]
+    fn canonical_forms_are_fixed_points() {
+        for raw in [
+            "/a//b/./c/../d;x",
+            "/%61%2e%2E/%7e/%3b%3B",
+            "/caf%c3%a9/é/\"{}|",
+            "/x/%2e%2e/y/",
+            "/a%25b",
+        ] {
+            let once = canonical(raw);
+            assert_eq!(canonical(&once), once, "{raw}");
+        }
+    }
+
+    #[test]
     fn refuses_what_servers_read_differently() {
         for (raw, problem) in [
             ("/a%2fb", "encoded slash"),
@@ -416,6 +438,11 @@ mod tests {
             ("/%252e%252e/admin", "double-encoded"),
             ("/a%252Fb", "double-encoded"),
             ("/a%255cb", "double-encoded"),
+            ("/public/%25%32%65%25%32%65/admin", "double-encoded"),
+            ("/%252%45", "double-encoded"),
+            ("/%25%35%63", "double-encoded"),
+            ("/%25252e", "double-encoded"),
+            ("/a%+1", "malformed"),
             ("/a%2", "malformed"),
             ("/a%zz", "malformed"),
         ] {

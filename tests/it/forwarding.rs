@@ -25,6 +25,7 @@ async fn hop_by_hop_and_forwarding_headers_from_an_untrusted_client() {
         .header("forwarded", "for=6.6.6.6")
         .header("true-client-ip", "6.6.6.6")
         .header("x-forwarded-scheme", "https")
+        .header("x-forwarded_for", "6.6.6.6")
         .header("x-forwarded-port", "443")
         .header("x-request-id", "client-chosen")
         .header("connection", "keep-alive, x-hop")
@@ -60,6 +61,7 @@ async fn hop_by_hop_and_forwarding_headers_from_an_untrusted_client() {
         "true-client-ip",
         "x-forwarded-port",
         "x-forwarded-scheme",
+        "x-forwarded_for",
         "x-hop",
         "keep-alive",
         "te",
@@ -461,4 +463,18 @@ async fn ambiguous_framing_never_smuggles_a_request() {
         assert_eq!(answer.matches("HTTP/1.1").count(), 1, "one answer, then close: {answer}");
     }
     assert_eq!(up.seen().len(), 1, "nothing else reached the upstream");
+}
+
+#[tokio::test]
+async fn a_target_that_is_only_a_fragment_reaches_the_upstream_as_the_root() {
+    let up = TestUpstream::start("a").await;
+    let gw = TestGateway::start(&config(&[up.url()], "")).await;
+    let answer = raw_until_closed(
+        gw.addr,
+        b"GET http://a.example#x HTTP/1.1\r\nHost: a.example\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert_eq!(up.seen()[0].target, "/");
 }
