@@ -6,5 +6,6 @@ pub mod admin;
 pub mod app;
 pub mod cli;
 pub mod config;
+pub mod path;
 pub mod proxy;
 pub mod telemetry;

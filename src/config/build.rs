@@ -228,13 +228,10 @@ fn build_routes(
                 .map(Some),
         };
 
-        let prefix_ok = raw.path_prefix.starts_with('/');
-        if !prefix_ok {
-            builder.error(
-                &format!("{base}.path_prefix"),
-                format!("path prefix \"{}\" must start with \"/\"", raw.path_prefix),
-            );
-        }
+        let prefix_path = format!("{base}.path_prefix");
+        let prefix_ok = builder
+            .typed(&prefix_path, check_path_prefix(&raw.path_prefix))
+            .is_some();
 
         let upstream = upstreams.iter().position(|u| *u.name.0 == *raw.upstream);
         if upstream.is_none() && !raw_upstreams.contains_key(&raw.upstream) {
@@ -301,6 +298,21 @@ fn build_limits(builder: &mut Builder, raw: &RawLimits) -> Option<Limits> {
         idle_timeout: idle_timeout?,
         max_connections: max_connections?,
     })
+}
+
+/// A route prefix is matched against canonical request paths, so it must be canonical
+/// itself, or it could never match.
+fn check_path_prefix(prefix: &str) -> Result<(), String> {
+    if !prefix.starts_with('/') {
+        return Err(format!("path prefix \"{prefix}\" must start with \"/\""));
+    }
+    match crate::path::canonical(prefix) {
+        Ok(canonical) if canonical == prefix => Ok(()),
+        Ok(canonical) => Err(format!(
+            "path prefix \"{prefix}\" would never match: requests are matched in canonical form; write \"{canonical}\""
+        )),
+        Err(err) => Err(format!("path prefix \"{prefix}\": {err}")),
+    }
 }
 
 /// Ids and names: a letter or digit, then letters, digits, `_`, `-` or `.`.
@@ -465,6 +477,32 @@ mod tests {
                 .contains("10.0.0.0/8")
         );
         assert!(parse_network("office").is_err());
+    }
+
+    #[test]
+    fn path_prefixes() {
+        assert!(check_path_prefix("/api/v2").is_ok());
+        assert!(check_path_prefix("/").is_ok());
+        assert!(check_path_prefix("/files/").is_ok());
+        assert_eq!(
+            check_path_prefix("/caf\u{e9}"),
+            Err("path prefix \"/caf\u{e9}\" would never match: requests are matched in canonical form; write \"/caf%C3%A9\"".to_owned())
+        );
+        assert!(
+            check_path_prefix("/a//b")
+                .unwrap_err()
+                .contains("write \"/a/b\"")
+        );
+        assert!(
+            check_path_prefix("/a;b")
+                .unwrap_err()
+                .contains("write \"/a\"")
+        );
+        assert_eq!(
+            check_path_prefix("/a%2fb"),
+            Err("path prefix \"/a%2fb\": the path contains an encoded slash or backslash (%2F, %5C)".to_owned())
+        );
+        assert!(check_path_prefix("api").is_err());
     }
 
     #[test]

@@ -1,0 +1,290 @@
+//! Canonical request paths: one spelling for every way of writing the same path, and a
+//! refusal for paths that servers read in different ways.
+//!
+//! Pure string work, shared by the proxy (which routes on and forwards the canonical path),
+//! config (route prefixes must already be canonical) and, later, policy path globs.
+
+use std::borrow::Cow;
+use std::fmt;
+
+/// Why a path has no canonical spelling; reads as "the path ...".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PathError(&'static str);
+
+impl fmt::Display for PathError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "the path {}", self.0)
+    }
+}
+
+impl std::error::Error for PathError {}
+
+/// The canonical form of a request path (RFC 3986 §6.2.2, plus refusals).
+///
+/// - Percent-encoded unreserved characters are decoded (`%61` → `a`, `%2e` → `.`); other
+///   encodings are kept, with upper-case hex; characters a path may not hold raw (and any
+///   non-ASCII byte) are encoded.
+/// - `.` and `..` segments are resolved and repeated slashes merged.
+/// - A segment's `;parameters` are dropped, the way Java servers read them.
+///
+/// Refused, because servers disagree about what they mean: an encoded `/` or `\`,
+/// a raw `\`, an encoded control character, bytes that are not UTF-8 once decoded, a `..`
+/// above the root, `.` or `..` with parameters (`..;`), and double-encoded dots, slashes
+/// and backslashes (`%252e`). Paths that are already canonical are returned borrowed.
+pub fn canonical(raw: &str) -> Result<Cow<'_, str>, PathError> {
+    if raw.is_empty() || raw == "*" || is_canonical(raw) {
+        return Ok(Cow::Borrowed(raw));
+    }
+    if raw.contains('\\') {
+        return Err(PathError("contains a backslash"));
+    }
+    if is_double_encoded(raw.as_bytes()) {
+        return Err(PathError(
+            "is double-encoded (%25 followed by 2E, 2F or 5C)",
+        ));
+    }
+
+    let mut out = String::with_capacity(raw.len());
+    // Where each output segment starts, so that `..` can drop the last one.
+    let mut starts: Vec<usize> = Vec::new();
+    let mut trailing_slash = false;
+    let raw_segments = raw.strip_prefix('/').unwrap_or(raw).split('/');
+    for raw_segment in raw_segments {
+        let (name, has_parameters) = match raw_segment.split_once(';') {
+            Some((name, _parameters)) => (name, true),
+            None => (raw_segment, false),
+        };
+        let segment = canonical_segment(name).map_err(PathError)?;
+        trailing_slash = false;
+        match segment.as_str() {
+            "." | ".." if has_parameters => {
+                return Err(PathError("has a dot segment with parameters (such as ..;)"));
+            }
+            "" | "." => trailing_slash = true,
+            ".." => {
+                let Some(start) = starts.pop() else {
+                    return Err(PathError("climbs above the root with .."));
+                };
+                out.truncate(start);
+                trailing_slash = true;
+            }
+            _ => {
+                starts.push(out.len());
+                out.push('/');
+                out.push_str(&segment);
+            }
+        }
+    }
+    if out.is_empty() || trailing_slash {
+        out.push('/');
+    }
+    // Decoding can assemble what the raw check could not see (`%25%32%65` → `%2e`).
+    if is_double_encoded(out.as_bytes()) {
+        return Err(PathError(
+            "is double-encoded (%25 followed by 2E, 2F or 5C)",
+        ));
+    }
+    if out == raw {
+        Ok(Cow::Borrowed(raw))
+    } else {
+        Ok(Cow::Owned(out))
+    }
+}
+
+/// Whether a path needs no work: plain characters only, no dot segments, no empty ones
+/// (a trailing slash is fine). One pass, since nearly every request takes this way.
+fn is_canonical(raw: &str) -> bool {
+    let bytes = raw.as_bytes();
+    if bytes.first() != Some(&b'/') {
+        return false;
+    }
+    let mut segment_start = 1;
+    for (index, &byte) in bytes.iter().enumerate().skip(1) {
+        if byte == b'/' {
+            let segment = &bytes[segment_start..index];
+            if segment.is_empty() || segment == b"." || segment == b".." {
+                return false;
+            }
+            segment_start = index + 1;
+        } else if !(is_unreserved(byte) || (is_raw_pchar(byte) && byte != b';')) {
+            return false;
+        }
+    }
+    let last = &bytes[segment_start..];
+    last != b"." && last != b".."
+}
+
+fn is_unreserved(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
+}
+
+/// Sub-delimiters, `:` and `@`: what RFC 3986 lets a path segment hold without encoding.
+fn is_raw_pchar(b: u8) -> bool {
+    matches!(
+        b,
+        b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b',' | b';' | b'=' | b':' | b'@'
+    )
+}
+
+fn is_double_encoded(bytes: &[u8]) -> bool {
+    bytes.windows(5).any(|w| {
+        w[0] == b'%'
+            && w[1] == b'2'
+            && w[2] == b'5'
+            && matches!(
+                (w[3], w[4].to_ascii_lowercase()),
+                // `%2525` is the same trick one level deeper.
+                (b'2', b'e' | b'f' | b'5') | (b'5', b'c')
+            )
+    })
+}
+
+/// One segment's canonical spelling, or what is wrong with it.
+fn canonical_segment(raw: &str) -> Result<String, &'static str> {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    let bytes = raw.as_bytes();
+    let mut out = String::with_capacity(raw.len());
+    // Every byte the segment stands for, to check that it is UTF-8.
+    let mut decoded = Vec::with_capacity(raw.len());
+    let mut index = 0;
+    while index < bytes.len() {
+        let (byte, was_encoded) = if bytes[index] == b'%' {
+            let hex = bytes
+                .get(index + 1..index + 3)
+                .ok_or("has a malformed percent-encoding")?;
+            if !hex.iter().all(u8::is_ascii_hexdigit) {
+                return Err("has a malformed percent-encoding");
+            }
+            let text = std::str::from_utf8(hex).map_err(|_| "has a malformed percent-encoding")?;
+            let byte =
+                u8::from_str_radix(text, 16).map_err(|_| "has a malformed percent-encoding")?;
+            index += 3;
+            (byte, true)
+        } else {
+            index += 1;
+            (bytes[index - 1], false)
+        };
+        match byte {
+            b'/' | b'\\' if was_encoded => {
+                return Err("contains an encoded slash or backslash (%2F, %5C)");
+            }
+            0x00..=0x1F | 0x7F => return Err("contains a control character"),
+            _ => {}
+        }
+        decoded.push(byte);
+        if is_unreserved(byte) || (!was_encoded && is_raw_pchar(byte)) {
+            out.push(char::from(byte));
+        } else {
+            out.push('%');
+            out.push(char::from(HEX[usize::from(byte >> 4)]));
+            out.push(char::from(HEX[usize::from(byte & 0x0F)]));
+        }
+    }
+    if std::str::from_utf8(&decoded).is_err() {
+        return Err("is not valid UTF-8 once decoded");
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn canonical_of(raw: &str) -> String {
+        canonical(raw)
+            .unwrap_or_else(|err| panic!("{raw}: {err}"))
+            .into_owned()
+    }
+
+    fn refused(raw: &str) -> String {
+        match canonical(raw) {
+            Ok(p) => panic!("{raw} was accepted as {p}"),
+            Err(err) => err.to_string(),
+        }
+    }
+
+    #[test]
+    fn canonical_paths_are_borrowed() {
+        for raw in ["/", "/public/a.txt", "/a-b_c~d/e:f@g!$&'()*+,=", "*", ""] {
+            assert!(
+                matches!(canonical(raw), Ok(Cow::Borrowed(p)) if p == raw),
+                "{raw}"
+            );
+        }
+    }
+
+    #[test]
+    fn normalizes() {
+        for (raw, want) in [
+            ("/a//b///c", "/a/b/c"),
+            ("//a", "/a"),
+            ("/a/./b/.", "/a/b/"),
+            ("/a/b/../c", "/a/c"),
+            ("/a/b/..", "/a/"),
+            ("/a/..", "/"),
+            ("/a/", "/a/"),
+            ("/%61%62c", "/abc"),
+            ("/x/%2e%2E/y", "/y"),
+            ("/public/%2e%2e/admin", "/admin"),
+            ("/a/%2e/b", "/a/b"),
+            ("/a%3ab%3Ac", "/a%3Ab%3Ac"),
+            ("/caf%c3%a9", "/caf%C3%A9"),
+            ("/café", "/caf%C3%A9"),
+            ("/a%20b", "/a%20b"),
+            ("/q\"x\"", "/q%22x%22"),
+            ("/a{b}|c^", "/a%7Bb%7D%7Cc%5E"),
+            ("/admin;jsessionid=1/x", "/admin/x"),
+            ("/a;p/b;q=1", "/a/b"),
+            ("/%7euser", "/~user"),
+        ] {
+            assert_eq!(canonical_of(raw), want, "{raw}");
+        }
+    }
+
+    #[test]
+    fn canonical_forms_are_fixed_points() {
+        for raw in [
+            "/a//b/./c/../d;x",
+            "/%61%2e%2E/%7e/%3b%3B",
+            "/caf%c3%a9/é/\"{}|",
+            "/x/%2e%2e/y/",
+            "/a%25b",
+        ] {
+            let once = canonical_of(raw);
+            assert_eq!(canonical_of(&once), once, "{raw}");
+        }
+    }
+
+    #[test]
+    fn refuses_what_servers_read_differently() {
+        for (raw, problem) in [
+            ("/a%2fb", "encoded slash"),
+            ("/a%2Fb", "encoded slash"),
+            ("/a%5cb", "encoded slash or backslash"),
+            ("/a\\b", "backslash"),
+            ("/a%00b", "control character"),
+            ("/a%0d%0ab", "control character"),
+            ("/a%7f", "control character"),
+            ("/%c3%28", "not valid UTF-8"),
+            ("/%ff", "not valid UTF-8"),
+            ("/..", "above the root"),
+            ("/a/../..", "above the root"),
+            ("/%2e%2e/x", "above the root"),
+            ("/public/..;/admin", "parameters"),
+            ("/public/.;x/admin", "parameters"),
+            ("/%252e%252e/admin", "double-encoded"),
+            ("/a%252Fb", "double-encoded"),
+            ("/a%255cb", "double-encoded"),
+            ("/public/%25%32%65%25%32%65/admin", "double-encoded"),
+            ("/%252%45", "double-encoded"),
+            ("/%25%35%63", "double-encoded"),
+            ("/%25252e", "double-encoded"),
+            ("/a%+1", "malformed"),
+            ("/a%2", "malformed"),
+            ("/a%zz", "malformed"),
+        ] {
+            let message = refused(raw);
+            assert!(message.contains(problem), "{raw}: {message}");
+        }
+    }
+}
