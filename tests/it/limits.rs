@@ -253,21 +253,7 @@ async fn garbage_bytes_get_an_answer_or_a_close_never_a_hang() {
 
 #[tokio::test]
 async fn a_websocket_tunnel_keeps_its_connection_slot() {
-    use tokio::net::TcpListener;
-    // An upstream that switches protocols and then holds the tunnel open.
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let up = listener.local_addr().unwrap();
-    let _upstream = tokio::spawn(async move {
-        let (mut stream, _) = listener.accept().await.unwrap();
-        let mut head = vec![0u8; 4096];
-        let _ = stream.read(&mut head).await.unwrap();
-        stream
-            .write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
-            .await
-            .unwrap();
-        let mut rest = Vec::new();
-        let _ = stream.read_to_end(&mut rest).await;
-    });
+    let (up, _upstream) = switching_upstream().await;
     let gw = TestGateway::start(&config(
         &[format!("http://{up}")],
         "limits: { max_connections: 1 }\n",
@@ -323,20 +309,7 @@ async fn a_connection_that_sends_nothing_is_closed_after_the_head_timeout() {
 
 #[tokio::test]
 async fn an_idle_websocket_tunnel_is_closed() {
-    use tokio::net::TcpListener;
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let up = listener.local_addr().unwrap();
-    let _upstream = tokio::spawn(async move {
-        let (mut stream, _) = listener.accept().await.unwrap();
-        let mut head = vec![0u8; 4096];
-        let _ = stream.read(&mut head).await.unwrap();
-        stream
-            .write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
-            .await
-            .unwrap();
-        let mut rest = Vec::new();
-        let _ = stream.read_to_end(&mut rest).await;
-    });
+    let (up, _upstream) = switching_upstream().await;
     let gw = TestGateway::start(&config(
         &[format!("http://{up}")],
         "limits: { idle_timeout: 300ms }\n",
@@ -355,4 +328,23 @@ async fn an_idle_websocket_tunnel_is_closed() {
         0.0,
         "{metrics}"
     );
+}
+
+/// An upstream that answers one upgrade request with 101 and then holds the tunnel open
+/// without sending anything.
+async fn switching_upstream() -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let mut head = vec![0u8; 4096];
+        let _ = stream.read(&mut head).await.unwrap();
+        stream
+            .write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+            .await
+            .unwrap();
+        let mut rest = Vec::new();
+        let _ = stream.read_to_end(&mut rest).await;
+    });
+    (addr, task)
 }
