@@ -7,5 +7,6 @@ pub mod app;
 pub mod cli;
 pub mod config;
 pub mod path;
+pub mod policy;
 pub mod proxy;
 pub mod telemetry;

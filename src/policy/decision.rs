@@ -1,0 +1,231 @@
+//! What a decision says: the effect, the rule that decided, the reason as data, and the
+//! trace of every rule considered. Also how each reason reads to an operator
+//! ([`Display`](std::fmt::Display)) and to the client ([`Reason::hint`]).
+
+use std::fmt;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+/// A rule's id, unique across all policy files.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RuleId(pub Arc<str>);
+
+impl fmt::Display for RuleId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Whether a rule lets a request through or stops it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Effect {
+    /// Forward the request.
+    Allow,
+    /// Answer it with a 403.
+    Deny,
+}
+
+impl Effect {
+    /// `allow` or `deny`, as written in policy files.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Effect::Allow => "allow",
+            Effect::Deny => "deny",
+        }
+    }
+}
+
+/// Whether a rule's verdict counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Mode {
+    /// The rule decides requests.
+    Enforce,
+    /// Dry run: the rule is evaluated, logged and counted, but never changes a decision.
+    Audit,
+}
+
+impl Mode {
+    /// `enforce` or `audit`, as written in policy files.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Enforce => "enforce",
+            Mode::Audit => "audit",
+        }
+    }
+}
+
+/// Why a request was allowed or denied: one variant per reason code, each carrying what
+/// it needs to explain itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reason {
+    /// An enforced allow rule matched and no enforced deny rule did.
+    Allowed,
+    /// An enforced deny rule matched the request.
+    ExplicitDeny,
+    /// No allow rule fits the request, or the closest one failed on a condition that has no
+    /// code of its own (a header condition); `unmet` says which, for operators.
+    NoMatchingAllow {
+        /// The failed condition of the closest allow rule, when there was one.
+        unmet: Option<String>,
+    },
+    /// An allow rule fits the host and path, but not the method.
+    MethodNotAllowed {
+        /// The request's method.
+        method: String,
+        /// The methods that rule allows.
+        allowed: Vec<String>,
+    },
+    /// The client's address is not in the networks an allow rule requires, or is in
+    /// networks it excludes.
+    IpNotAllowed {
+        /// The client's address.
+        ip: IpAddr,
+        /// The networks the rule names (`@list` or CIDRs), for operators only.
+        networks: String,
+    },
+    /// A deny rule matched because of the client's address.
+    IpDenied {
+        /// The client's address.
+        ip: IpAddr,
+        /// The networks the rule names, for operators only.
+        networks: String,
+    },
+}
+
+impl Reason {
+    /// The stable snake_case code used in responses, metrics and logs.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Reason::Allowed => "allowed",
+            Reason::ExplicitDeny => "explicit_deny",
+            Reason::NoMatchingAllow { .. } => "no_matching_allow",
+            Reason::MethodNotAllowed { .. } => "method_not_allowed",
+            Reason::IpNotAllowed { .. } => "ip_not_allowed",
+            Reason::IpDenied { .. } => "ip_denied",
+        }
+    }
+
+    /// The HTTP status of a denial for this reason.
+    pub fn status(&self) -> u16 {
+        match self {
+            Reason::Allowed => 200,
+            _ => 403,
+        }
+    }
+
+    /// A whole sentence for the client that says what to do, revealing no networks, other
+    /// callers or rule internals.
+    pub fn hint(&self) -> String {
+        match self {
+            Reason::Allowed => "The request is allowed.".to_owned(),
+            Reason::ExplicitDeny => "A rule denies this request.".to_owned(),
+            Reason::NoMatchingAllow { unmet: None } => {
+                "No rule allows this request; paths without a rule are denied by default."
+                    .to_owned()
+            }
+            Reason::NoMatchingAllow { unmet: Some(_) } => {
+                "The request does not carry what the rule for this path requires.".to_owned()
+            }
+            Reason::MethodNotAllowed { method, allowed } => format!(
+                "{method} is not allowed on this path; allowed methods: {}.",
+                allowed.join(", ")
+            ),
+            Reason::IpNotAllowed { .. } => "Your network is not allowed for this path.".to_owned(),
+            Reason::IpDenied { .. } => "Requests from your network are blocked.".to_owned(),
+        }
+    }
+}
+
+/// The operator's sentence: everything, networks included.
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Reason::Allowed => f.write_str("allowed"),
+            Reason::ExplicitDeny => f.write_str("a deny rule matched"),
+            Reason::NoMatchingAllow { unmet: None } => f.write_str("no allow rule matched"),
+            Reason::NoMatchingAllow { unmet: Some(unmet) } => write!(f, "{unmet}"),
+            Reason::MethodNotAllowed { method, allowed } => {
+                write!(f, "method {method} is not one of {}", allowed.join(", "))
+            }
+            Reason::IpNotAllowed { ip, networks } => {
+                write!(f, "client {ip} does not satisfy {networks}")
+            }
+            Reason::IpDenied { ip, networks } => write!(f, "client {ip} matches {networks}"),
+        }
+    }
+}
+
+/// What became of one rule for one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The rule's `match` and `when` both hold.
+    Matched,
+    /// The rule fits the host and path, but its methods or `match.headers` do not fit.
+    NotApplicable(Reason),
+    /// The rule fits the request, but a `when` condition failed; the first one is given.
+    ConditionFailed(Reason),
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Outcome::Matched => f.write_str("matched"),
+            Outcome::NotApplicable(reason) => write!(f, "not applicable: {reason}"),
+            Outcome::ConditionFailed(reason) => write!(f, "condition failed: {reason}"),
+        }
+    }
+}
+
+/// One rule considered for a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Step {
+    /// The rule.
+    pub rule: RuleId,
+    /// Its effect.
+    pub effect: Effect,
+    /// Its mode; audit steps never change the decision.
+    pub mode: Mode,
+    /// What became of it.
+    pub outcome: Outcome,
+}
+
+/// The answer for one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    /// Forward or deny.
+    pub effect: Effect,
+    /// The rule that decided: the matching rule, or for a default deny the closest allow
+    /// rule that failed; `None` when no rule came close.
+    pub rule: Option<RuleId>,
+    /// Why.
+    pub reason: Reason,
+    /// Every rule whose hosts and paths fit the request, in file order, audit rules included.
+    pub trace: Vec<Step>,
+}
+
+impl Decision {
+    /// Whether the request may be forwarded.
+    pub fn is_allowed(&self) -> bool {
+        self.effect == Effect::Allow
+    }
+
+    /// The closest allow rules of a default deny: enforced allow rules that fit the host and
+    /// path but failed, in file order.
+    pub fn closest(&self) -> impl Iterator<Item = &Step> {
+        let default_deny = self.effect == Effect::Deny
+            && !matches!(self.reason, Reason::ExplicitDeny | Reason::IpDenied { .. });
+        self.trace.iter().filter(move |step| {
+            default_deny
+                && step.effect == Effect::Allow
+                && step.mode == Mode::Enforce
+                && step.outcome != Outcome::Matched
+        })
+    }
+
+    /// Audit rules that matched, with what they would have done.
+    pub fn audit_matches(&self) -> impl Iterator<Item = &Step> {
+        self.trace
+            .iter()
+            .filter(|step| step.mode == Mode::Audit && step.outcome == Outcome::Matched)
+    }
+}

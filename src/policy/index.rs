@@ -1,0 +1,241 @@
+//! The rule index: host → path trie → the rules whose hosts and paths can fit a request,
+//! so a decision costs O(rules that can match this host and path), not O(all rules).
+//!
+//! Each trie node has literal edges (hashed segment text), one edge for `*` and
+//! `{name}`, and one for `**`. A request walks the trie once per host bucket it falls in:
+//! its exact host, each `*.suffix` of it, and the rules that name no host.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+
+use super::rule::{HostPattern, PathGlob, Rule, Segment, split};
+
+/// Marks an index entry for a rule without `paths` (every path).
+const EVERY_PATH: u32 = u32::MAX;
+
+/// A rule whose hosts and paths fit the request, with the path's captures.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Candidate<'p, 'f> {
+    /// Position of the rule in file order.
+    pub rule: usize,
+    /// `{name}` captures of the first of its paths that fits: (name, segment).
+    pub captures: Vec<(&'p str, &'f str)>,
+}
+
+/// All rules, indexed by host and path.
+#[derive(Debug, Default)]
+pub struct Index {
+    any_host: Trie,
+    exact: HashMap<String, Trie>,
+    suffix: HashMap<String, Trie>,
+}
+
+impl Index {
+    /// Indexes `rules`; a rule with several hosts or paths gets an entry for each.
+    pub fn new(rules: &[Rule]) -> Index {
+        let mut index = Index::default();
+        let every_path = PathGlob::everything();
+        for (position, rule) in rules.iter().enumerate() {
+            let rule_number = u32::try_from(position).expect("fewer than 2^32 rules");
+            if rule.hosts.is_empty() {
+                index.any_host.insert_rule(rule, rule_number, &every_path);
+            }
+            // A rule that lists a host twice is indexed under it once.
+            let mut seen: Vec<&HostPattern> = Vec::new();
+            for host in &rule.hosts {
+                if seen.contains(&host) {
+                    continue;
+                }
+                seen.push(host);
+                let trie = match host {
+                    HostPattern::Exact(name) => index.exact.entry(name.clone()).or_default(),
+                    HostPattern::Suffix(suffix) => index.suffix.entry(suffix.clone()).or_default(),
+                };
+                trie.insert_rule(rule, rule_number, &every_path);
+            }
+        }
+        index
+    }
+
+    /// The rules whose hosts and paths fit, in file order, each once.
+    pub fn candidates<'p, 'f>(
+        &'p self,
+        rules: &'p [Rule],
+        host: Option<&str>,
+        path: &'f str,
+    ) -> Vec<Candidate<'p, 'f>> {
+        let parts: Vec<&'f str> = split(path).collect();
+        let mut ends: Vec<End> = Vec::new();
+        let mut wild = Vec::new();
+        self.any_host.walk(0, &parts, 0, &mut wild, &mut ends);
+        if let Some(host) = host {
+            if let Some(trie) = self.exact.get(host) {
+                trie.walk(0, &parts, 0, &mut wild, &mut ends);
+            }
+            if !self.suffix.is_empty() {
+                for (dot, _) in host.match_indices('.').filter(|(dot, _)| *dot > 0) {
+                    if let Some(trie) = self.suffix.get(&host[dot..]) {
+                        trie.walk(0, &parts, 0, &mut wild, &mut ends);
+                    }
+                }
+            }
+        }
+        ends.sort_unstable_by_key(|end| (end.rule, end.glob));
+        ends.dedup_by_key(|end| end.rule);
+        ends.into_iter()
+            .map(|end| {
+                let rule = end.rule as usize;
+                let captures = if end.wild.is_empty() || end.glob == EVERY_PATH {
+                    Vec::new()
+                } else {
+                    let glob = &rules[rule].paths[end.glob as usize];
+                    glob.segments()
+                        .iter()
+                        .filter_map(|segment| match segment {
+                            Segment::Single(name) => Some(name.as_deref()),
+                            _ => None,
+                        })
+                        .zip(end.wild.iter())
+                        .filter_map(|(name, &at)| Some((name?, parts[at])))
+                        .collect()
+                };
+                Candidate { rule, captures }
+            })
+            .collect()
+    }
+}
+
+/// A glob that ended at a trie node the path reached.
+struct End {
+    rule: u32,
+    glob: u32,
+    /// Path positions of the segments that `*` and `{name}` took, in order.
+    wild: Vec<usize>,
+}
+
+#[derive(Debug, Default)]
+struct Trie {
+    nodes: Vec<Node>,
+}
+
+#[derive(Debug, Default)]
+struct Node {
+    literals: HashMap<Box<str>, u32, BuildHasherDefault<SegmentHasher>>,
+    single: Option<u32>,
+    rest: Option<u32>,
+    ends: Vec<(u32, u32)>,
+}
+
+impl Trie {
+    fn insert_rule(&mut self, rule: &Rule, rule_number: u32, every_path: &PathGlob) {
+        if rule.paths.is_empty() {
+            self.insert(every_path.segments(), rule_number, EVERY_PATH);
+        }
+        for (glob_number, glob) in rule.paths.iter().enumerate() {
+            let glob_number = u32::try_from(glob_number).expect("fewer than 2^32 paths per rule");
+            self.insert(glob.segments(), rule_number, glob_number);
+        }
+    }
+
+    fn insert(&mut self, segments: &[Segment], rule: u32, glob: u32) {
+        if self.nodes.is_empty() {
+            self.nodes.push(Node::default());
+        }
+        let mut at = 0usize;
+        for segment in segments {
+            let next = self.nodes.len() as u32;
+            let node = &mut self.nodes[at];
+            let (child, created) = match segment {
+                Segment::Literal(text) => match node.literals.get(text.as_str()) {
+                    Some(&child) => (child, false),
+                    None => {
+                        node.literals.insert(text.as_str().into(), next);
+                        (next, true)
+                    }
+                },
+                Segment::Single(_) => match node.single {
+                    Some(child) => (child, false),
+                    None => {
+                        node.single = Some(next);
+                        (next, true)
+                    }
+                },
+                Segment::Rest => match node.rest {
+                    Some(child) => (child, false),
+                    None => {
+                        node.rest = Some(next);
+                        (next, true)
+                    }
+                },
+            };
+            if created {
+                self.nodes.push(Node::default());
+            }
+            at = child as usize;
+        }
+        self.nodes[at].ends.push((rule, glob));
+    }
+
+    fn walk(
+        &self,
+        at: u32,
+        parts: &[&str],
+        next: usize,
+        wild: &mut Vec<usize>,
+        out: &mut Vec<End>,
+    ) {
+        let Some(node) = self.nodes.get(at as usize) else {
+            return;
+        };
+        if next == parts.len() {
+            out.extend(node.ends.iter().map(|&(rule, glob)| End {
+                rule,
+                glob,
+                wild: wild.clone(),
+            }));
+        }
+        if let Some(rest) = node.rest {
+            // `**` takes any number of segments, none included.
+            for resume in next..=parts.len() {
+                self.walk(rest, parts, resume, wild, out);
+            }
+        }
+        let Some(part) = parts.get(next) else {
+            return;
+        };
+        if let Some(&child) = node.literals.get(*part) {
+            self.walk(child, parts, next + 1, wild, out);
+        }
+        if let Some(child) = node.single
+            && !part.is_empty()
+        {
+            wild.push(next);
+            self.walk(child, parts, next + 1, wild, out);
+            wild.pop();
+        }
+    }
+}
+
+/// FNV-1a: path segments are short, and a keyed hash buys nothing here, since the trie's
+/// keys come from policy files, not from requests.
+#[derive(Default)]
+struct SegmentHasher(u64);
+
+impl Hasher for SegmentHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        let mut hash = if self.0 == 0 {
+            0xcbf2_9ce4_8422_2325
+        } else {
+            self.0
+        };
+        for &byte in bytes {
+            hash ^= u64::from(byte);
+            hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        self.0 = hash;
+    }
+}

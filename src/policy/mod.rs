@@ -1,0 +1,126 @@
+//! The pure decision core: [`RequestFacts`] in, [`Decision`] out.
+//!
+//! No I/O, no async, no HTTP types, no YAML, no clock reads. `config` builds the values
+//! here through their constructors; the proxy, `portcullis explain`, `portcullis test`
+//! and the benchmarks all decide through [`PolicySet::evaluate`].
+//!
+//! Semantics (DESIGN.md, "Decision semantics"):
+//! 1. any matching enforced deny rule denies (`ip_denied` when it names networks,
+//!    `explicit_deny` otherwise);
+//! 2. otherwise any matching enforced allow rule allows;
+//! 3. otherwise the default deny is explained by the closest allow rules, those whose
+//!    hosts and paths fit: the first one in file order gives the reason (its methods:
+//!    `method_not_allowed`; its first failing condition); with none, `no_matching_allow`;
+//! 4. audit rules are judged and traced, and never change the outcome.
+
+mod decision;
+mod facts;
+mod headers;
+mod index;
+mod network;
+mod rule;
+
+pub use decision::{Decision, Effect, Mode, Outcome, Reason, RuleId, Step};
+pub use facts::RequestFacts;
+pub use headers::{HeaderCondition, ValuePattern};
+pub use network::{NetSet, Networks};
+pub use rule::{Condition, HostPattern, MethodSet, PathGlob, Rule, Segment};
+
+use index::Index;
+
+/// Compiled rules, ready to decide requests.
+#[derive(Debug, Default)]
+pub struct PolicySet {
+    rules: Vec<Rule>,
+    index: Index,
+    header_names: Vec<String>,
+}
+
+impl PolicySet {
+    /// Compiles `rules`, in file order (which orders explanations, never effects).
+    pub fn new(rules: Vec<Rule>) -> PolicySet {
+        let mut header_names: Vec<String> = rules
+            .iter()
+            .flat_map(|rule| {
+                let conditions = rule.when.iter().filter_map(|condition| match condition {
+                    Condition::Header(header) => Some(header),
+                    _ => None,
+                });
+                rule.headers.iter().chain(conditions)
+            })
+            .map(|header| header.name.clone())
+            .collect();
+        header_names.sort();
+        header_names.dedup();
+        PolicySet {
+            index: Index::new(&rules),
+            rules,
+            header_names,
+        }
+    }
+
+    /// The rules, in file order.
+    pub fn rules(&self) -> &[Rule] {
+        &self.rules
+    }
+
+    /// The header names (lower-case) that rules look at; [`RequestFacts::headers`] needs
+    /// only these.
+    pub fn header_names(&self) -> &[String] {
+        &self.header_names
+    }
+
+    /// Decides one request. Never fails: anything that does not allow, denies.
+    pub fn evaluate(&self, facts: &RequestFacts<'_>) -> Decision {
+        let candidates = self.index.candidates(&self.rules, facts.host, facts.path);
+        let mut trace = Vec::with_capacity(candidates.len());
+        let mut deny: Option<&Rule> = None;
+        let mut allow: Option<&Rule> = None;
+        let mut closest: Option<(&Rule, Reason)> = None;
+        for candidate in &candidates {
+            let rule = &self.rules[candidate.rule];
+            let outcome = rule.check(facts, &candidate.captures);
+            if rule.mode == Mode::Enforce {
+                match (&outcome, rule.effect) {
+                    (Outcome::Matched, Effect::Deny) => {
+                        deny.get_or_insert(rule);
+                    }
+                    (Outcome::Matched, Effect::Allow) => {
+                        allow.get_or_insert(rule);
+                    }
+                    (
+                        Outcome::NotApplicable(reason) | Outcome::ConditionFailed(reason),
+                        Effect::Allow,
+                    ) if closest.is_none() => closest = Some((rule, reason.clone())),
+                    _ => {}
+                }
+            }
+            trace.push(Step {
+                rule: rule.id.clone(),
+                effect: rule.effect,
+                mode: rule.mode,
+                outcome,
+            });
+        }
+        let (effect, rule, reason) = match (deny, allow, closest) {
+            (Some(rule), _, _) => (Effect::Deny, Some(rule), rule.deny_reason(facts)),
+            (None, Some(rule), _) => (Effect::Allow, Some(rule), Reason::Allowed),
+            (None, None, Some((rule, reason))) => (Effect::Deny, Some(rule), reason),
+            (None, None, None) => (Effect::Deny, None, Reason::NoMatchingAllow { unmet: None }),
+        };
+        Decision {
+            effect,
+            rule: rule.map(|rule| rule.id.clone()),
+            reason,
+            trace,
+        }
+    }
+
+    /// The rule with this id.
+    pub fn rule(&self, id: &RuleId) -> Option<&Rule> {
+        self.rules.iter().find(|rule| rule.id == *id)
+    }
+}
+
+#[cfg(test)]
+mod tests;

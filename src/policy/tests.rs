@@ -1,0 +1,512 @@
+//! Table-driven tests of the decision core. Only `check` calls the API; every case states
+//! the effect, the deciding rule and the reason code.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use ipnet::IpNet;
+
+use super::*;
+
+struct RuleSpec(Rule);
+
+fn allow(id: &str) -> RuleSpec {
+    spec(id, Effect::Allow)
+}
+
+fn deny(id: &str) -> RuleSpec {
+    spec(id, Effect::Deny)
+}
+
+fn spec(id: &str, effect: Effect) -> RuleSpec {
+    RuleSpec(Rule {
+        id: RuleId(Arc::from(id)),
+        description: None,
+        effect,
+        mode: Mode::Enforce,
+        hosts: Vec::new(),
+        paths: Vec::new(),
+        methods: None,
+        headers: Vec::new(),
+        when: Vec::new(),
+        help: None,
+    })
+}
+
+fn networks(cidrs: &[&str]) -> Networks {
+    let set = NetSet::new(cidrs.iter().map(|c| c.parse::<IpNet>().unwrap()));
+    Networks::new(vec![Arc::new(set)], cidrs.join(", "))
+}
+
+fn header(name: &str, values: &[&str]) -> HeaderCondition {
+    HeaderCondition {
+        name: name.to_owned(),
+        values: values
+            .iter()
+            .map(|value| match *value {
+                "*" => ValuePattern::Present,
+                _ if value.starts_with('{') => {
+                    ValuePattern::Capture(value.trim_matches(['{', '}']).to_owned())
+                }
+                _ => ValuePattern::Exact((*value).to_owned()),
+            })
+            .collect(),
+    }
+}
+
+impl RuleSpec {
+    fn paths(mut self, paths: &[&str]) -> Self {
+        self.0.paths = paths.iter().map(|p| PathGlob::parse(p).unwrap()).collect();
+        self
+    }
+    fn hosts(mut self, hosts: &[&str]) -> Self {
+        self.0.hosts = hosts
+            .iter()
+            .map(|h| match h.strip_prefix('*') {
+                Some(suffix) => HostPattern::Suffix(suffix.to_owned()),
+                None => HostPattern::Exact((*h).to_owned()),
+            })
+            .collect();
+        self
+    }
+    fn methods(mut self, methods: &[&str]) -> Self {
+        self.0.methods = Some(MethodSet::new(methods.iter().copied()));
+        self
+    }
+    fn ip(mut self, cidrs: &[&str]) -> Self {
+        self.0.when.push(Condition::Ip(networks(cidrs)));
+        self
+    }
+    fn not_ip(mut self, cidrs: &[&str]) -> Self {
+        self.0.when.push(Condition::NotIp(networks(cidrs)));
+        self
+    }
+    fn when_header(mut self, name: &str, values: &[&str]) -> Self {
+        self.0.when.push(Condition::Header(header(name, values)));
+        self
+    }
+    fn match_header(mut self, name: &str, values: &[&str]) -> Self {
+        self.0.headers.push(header(name, values));
+        self
+    }
+    fn audit(mut self) -> Self {
+        self.0.mode = Mode::Audit;
+        self
+    }
+}
+
+struct Req {
+    method: &'static str,
+    host: Option<&'static str>,
+    path: &'static str,
+    ip: IpAddr,
+    headers: Vec<(&'static str, &'static str)>,
+}
+
+fn req(method: &'static str, path: &'static str) -> Req {
+    Req {
+        method,
+        host: Some("app.example"),
+        path,
+        ip: "192.0.2.1".parse().unwrap(),
+        headers: Vec::new(),
+    }
+}
+
+impl Req {
+    fn from(mut self, ip: &str) -> Self {
+        self.ip = ip.parse().unwrap();
+        self
+    }
+    fn host(mut self, host: Option<&'static str>) -> Self {
+        self.host = host;
+        self
+    }
+    fn header(mut self, name: &'static str, value: &'static str) -> Self {
+        self.headers.push((name, value));
+        self
+    }
+}
+
+/// The expected answer: effect, deciding rule, reason code.
+type Expect = (Effect, Option<&'static str>, &'static str);
+
+fn decide(rules: Vec<RuleSpec>, req: &Req) -> Decision {
+    let set = PolicySet::new(rules.into_iter().map(|r| r.0).collect());
+    let facts = RequestFacts {
+        method: req.method,
+        host: req.host,
+        path: req.path,
+        client_ip: req.ip,
+        headers: &req.headers,
+    };
+    set.evaluate(&facts)
+}
+
+fn check(rules: Vec<RuleSpec>, req: Req, expect: Expect) -> Decision {
+    let decision = decide(rules, &req);
+    let found = (
+        decision.effect,
+        decision.rule.as_ref().map(|r| &*r.0),
+        decision.reason.code(),
+    );
+    assert_eq!(found, expect, "{} {}: {decision:#?}", req.method, req.path);
+    decision
+}
+
+const ALLOW: Effect = Effect::Allow;
+const DENY: Effect = Effect::Deny;
+
+fn office_policy() -> Vec<RuleSpec> {
+    vec![
+        deny("block-listed").ip(&["198.51.100.0/24"]),
+        allow("public-read")
+            .paths(&["/public/**"])
+            .methods(&["GET", "HEAD"]),
+        allow("admin-console")
+            .paths(&["/admin/**"])
+            .ip(&["203.0.113.0/24", "2001:db8::/32"]),
+        deny("no-debug").paths(&["/public/debug/**"]),
+    ]
+}
+
+#[test]
+fn every_reason_code() {
+    let cases: Vec<(Req, Expect)> = vec![
+        (
+            req("GET", "/public/a"),
+            (ALLOW, Some("public-read"), "allowed"),
+        ),
+        (
+            req("HEAD", "/public"),
+            (ALLOW, Some("public-read"), "allowed"),
+        ),
+        (
+            req("POST", "/public/a"),
+            (DENY, Some("public-read"), "method_not_allowed"),
+        ),
+        (
+            req("GET", "/public/debug/vars"),
+            (DENY, Some("no-debug"), "explicit_deny"),
+        ),
+        (
+            req("GET", "/public/a").from("198.51.100.9"),
+            (DENY, Some("block-listed"), "ip_denied"),
+        ),
+        (
+            req("GET", "/admin/users"),
+            (DENY, Some("admin-console"), "ip_not_allowed"),
+        ),
+        (
+            req("GET", "/admin/users").from("203.0.113.5"),
+            (ALLOW, Some("admin-console"), "allowed"),
+        ),
+        (
+            req("DELETE", "/admin").from("2001:db8::1"),
+            (ALLOW, Some("admin-console"), "allowed"),
+        ),
+        (req("GET", "/"), (DENY, None, "no_matching_allow")),
+        (req("GET", "/private"), (DENY, None, "no_matching_allow")),
+    ];
+    for (req, expect) in cases {
+        check(office_policy(), req, expect);
+    }
+}
+
+#[test]
+fn deny_overrides_allow_whatever_the_order() {
+    let rules = || {
+        vec![
+            allow("everything").paths(&["/**"]),
+            deny("admin").paths(&["/admin/**"]),
+        ]
+    };
+    check(
+        rules(),
+        req("GET", "/admin/x"),
+        (DENY, Some("admin"), "explicit_deny"),
+    );
+    let mut reversed = rules();
+    reversed.reverse();
+    check(
+        reversed,
+        req("GET", "/admin/x"),
+        (DENY, Some("admin"), "explicit_deny"),
+    );
+    check(
+        rules(),
+        req("GET", "/other"),
+        (ALLOW, Some("everything"), "allowed"),
+    );
+}
+
+#[test]
+fn default_deny_with_no_rules() {
+    let decision = check(vec![], req("GET", "/"), (DENY, None, "no_matching_allow"));
+    assert!(decision.trace.is_empty());
+}
+
+#[test]
+fn audit_rules_never_change_the_outcome() {
+    let decision = check(
+        vec![
+            allow("read").paths(&["/a/**"]),
+            deny("staged-deny").paths(&["/a/secret"]).audit(),
+        ],
+        req("GET", "/a/secret"),
+        (ALLOW, Some("read"), "allowed"),
+    );
+    let audits: Vec<&str> = decision.audit_matches().map(|s| &*s.rule.0).collect();
+    assert_eq!(audits, ["staged-deny"]);
+
+    let decision = check(
+        vec![allow("staged-allow").paths(&["/b/**"]).audit()],
+        req("GET", "/b/x"),
+        (DENY, None, "no_matching_allow"),
+    );
+    assert_eq!(decision.audit_matches().count(), 1);
+    assert_eq!(decision.trace[0].mode, Mode::Audit);
+}
+
+#[test]
+fn closest_allow_explains_in_file_order() {
+    let decision = check(
+        vec![
+            allow("unrelated").paths(&["/other/**"]),
+            allow("office-only")
+                .paths(&["/reports/**"])
+                .ip(&["10.0.0.0/8"]),
+            allow("writers").paths(&["/reports/**"]).methods(&["POST"]),
+        ],
+        req("GET", "/reports/q3"),
+        (DENY, Some("office-only"), "ip_not_allowed"),
+    );
+    let closest: Vec<&str> = decision.closest().map(|s| &*s.rule.0).collect();
+    assert_eq!(closest, ["office-only", "writers"]);
+    assert!(decision.trace.iter().all(|s| &*s.rule.0 != "unrelated"));
+    assert_eq!(
+        decision.reason.to_string(),
+        "client 192.0.2.1 does not satisfy 10.0.0.0/8"
+    );
+    assert_eq!(
+        decision.reason.hint(),
+        "Your network is not allowed for this path."
+    );
+}
+
+#[test]
+fn method_is_reported_only_when_it_is_the_only_failure() {
+    check(
+        vec![
+            allow("office-write")
+                .paths(&["/r/**"])
+                .methods(&["POST"])
+                .ip(&["10.0.0.0/8"]),
+        ],
+        req("GET", "/r/1"),
+        (DENY, Some("office-write"), "ip_not_allowed"),
+    );
+    let decision = check(
+        vec![
+            allow("office-write")
+                .paths(&["/r/**"])
+                .methods(&["POST", "PUT"])
+                .ip(&["10.0.0.0/8"]),
+        ],
+        req("GET", "/r/1").from("10.1.1.1"),
+        (DENY, Some("office-write"), "method_not_allowed"),
+    );
+    assert_eq!(
+        decision.reason.hint(),
+        "GET is not allowed on this path; allowed methods: POST, PUT."
+    );
+}
+
+#[test]
+fn not_ip() {
+    let rules = || {
+        vec![
+            allow("outside-lab")
+                .paths(&["/**"])
+                .not_ip(&["10.9.0.0/16"]),
+        ]
+    };
+    check(
+        rules(),
+        req("GET", "/x"),
+        (ALLOW, Some("outside-lab"), "allowed"),
+    );
+    check(
+        rules(),
+        req("GET", "/x").from("10.9.3.3"),
+        (DENY, Some("outside-lab"), "ip_not_allowed"),
+    );
+    check(
+        vec![
+            allow("all").paths(&["/**"]),
+            deny("not-office").not_ip(&["10.0.0.0/8"]),
+        ],
+        req("GET", "/x"),
+        (DENY, Some("not-office"), "ip_denied"),
+    );
+}
+
+#[test]
+fn ipv4_mapped_clients_count_as_ipv4() {
+    check(
+        vec![allow("office").ip(&["203.0.113.0/24"])],
+        req("GET", "/").from("::ffff:203.0.113.7"),
+        (ALLOW, Some("office"), "allowed"),
+    );
+}
+
+#[test]
+fn hosts_narrow_rules() {
+    let rules = || {
+        vec![
+            allow("api-only").hosts(&["api.example"]).paths(&["/**"]),
+            allow("any-sub")
+                .hosts(&["*.internal.example"])
+                .paths(&["/ops/**"]),
+        ]
+    };
+    check(
+        rules(),
+        req("GET", "/x").host(Some("api.example")),
+        (ALLOW, Some("api-only"), "allowed"),
+    );
+    check(rules(), req("GET", "/x"), (DENY, None, "no_matching_allow"));
+    check(
+        rules(),
+        req("GET", "/x").host(None),
+        (DENY, None, "no_matching_allow"),
+    );
+    check(
+        rules(),
+        req("GET", "/ops/1").host(Some("a.b.internal.example")),
+        (ALLOW, Some("any-sub"), "allowed"),
+    );
+    check(
+        rules(),
+        req("GET", "/ops/1").host(Some("internal.example")),
+        (DENY, None, "no_matching_allow"),
+    );
+}
+
+#[test]
+fn globs_and_captures() {
+    let rules = || {
+        vec![
+            allow("tenant-orders")
+                .paths(&["/tenants/{tenant}/orders/**"])
+                .when_header("x-tenant", &["{tenant}"]),
+            allow("one-level").paths(&["/files/*"]),
+            allow("deep").paths(&["/docs/**/index"]),
+        ]
+    };
+    check(
+        rules(),
+        req("GET", "/tenants/acme/orders/7").header("x-tenant", "acme"),
+        (ALLOW, Some("tenant-orders"), "allowed"),
+    );
+    let decision = check(
+        rules(),
+        req("GET", "/tenants/acme/orders/7").header("x-tenant", "globex"),
+        (DENY, Some("tenant-orders"), "no_matching_allow"),
+    );
+    assert_eq!(
+        decision.reason.to_string(),
+        "header x-tenant must be {tenant}"
+    );
+    check(
+        rules(),
+        req("GET", "/files/a"),
+        (ALLOW, Some("one-level"), "allowed"),
+    );
+    check(
+        rules(),
+        req("GET", "/files/a/b"),
+        (DENY, None, "no_matching_allow"),
+    );
+    check(
+        rules(),
+        req("GET", "/files/"),
+        (DENY, None, "no_matching_allow"),
+    );
+    check(
+        rules(),
+        req("GET", "/docs/index"),
+        (ALLOW, Some("deep"), "allowed"),
+    );
+    check(
+        rules(),
+        req("GET", "/docs/a/b/index"),
+        (ALLOW, Some("deep"), "allowed"),
+    );
+    check(
+        rules(),
+        req("GET", "/docs/a/b/other"),
+        (DENY, None, "no_matching_allow"),
+    );
+}
+
+#[test]
+fn header_conditions() {
+    let rules = || {
+        vec![
+            allow("staging-only")
+                .paths(&["/s/**"])
+                .when_header("x-env", &["staging", "dev"]),
+            deny("no-bots").match_header("user-agent", &["BadBot"]),
+            allow("root").paths(&["/"]),
+        ]
+    };
+    check(
+        rules(),
+        req("GET", "/s/1").header("x-env", "dev"),
+        (ALLOW, Some("staging-only"), "allowed"),
+    );
+    check(
+        rules(),
+        req("GET", "/s/1"),
+        (DENY, Some("staging-only"), "no_matching_allow"),
+    );
+    check(
+        rules(),
+        req("GET", "/").header("user-agent", "BadBot"),
+        (DENY, Some("no-bots"), "explicit_deny"),
+    );
+    check(
+        rules(),
+        req("GET", "/").header("user-agent", "curl"),
+        (ALLOW, Some("root"), "allowed"),
+    );
+}
+
+#[test]
+fn case_sensitive_paths() {
+    check(
+        vec![
+            deny("admin").paths(&["/admin/**"]),
+            allow("all").paths(&["/**"]),
+        ],
+        req("GET", "/ADMIN/x"),
+        (ALLOW, Some("all"), "allowed"),
+    );
+}
+
+#[test]
+fn index_returns_only_rules_for_this_path() {
+    let mut rules: Vec<RuleSpec> = (0..1000)
+        .map(|n| {
+            allow(&format!("r{n}")).paths(&[Box::leak(format!("/svc{n}/**").into_boxed_str())])
+        })
+        .collect();
+    rules.push(allow("root").paths(&["/"]));
+    let decision = check(
+        rules,
+        req("GET", "/svc42/x"),
+        (ALLOW, Some("r42"), "allowed"),
+    );
+    assert_eq!(decision.trace.len(), 1);
+}
