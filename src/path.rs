@@ -68,6 +68,13 @@ pub fn canonical(raw: &str) -> Result<Cow<'_, str>, PathError> {
                 out.truncate(start);
                 trailing_slash = true;
             }
+            // SECURITY: Windows servers drop trailing dots and spaces, so `/admin.` and
+            // `/admin%20` are `/admin` there, past any rule written for `/admin`.
+            _ if segment.ends_with('.') || segment.ends_with("%20") => {
+                return Err(PathError(
+                    "has a segment ending in a dot or a space, which some servers ignore",
+                ));
+            }
             _ => {
                 starts.push(out.len());
                 out.push('/');
@@ -102,7 +109,8 @@ fn is_canonical(raw: &str) -> bool {
     for (index, &byte) in bytes.iter().enumerate().skip(1) {
         if byte == b'/' {
             let segment = &bytes[segment_start..index];
-            if segment.is_empty() || segment == b"." || segment == b".." {
+            // Empty segments merge; `.`, `..` and a trailing dot need the slow path.
+            if segment.is_empty() || segment.ends_with(b".") {
                 return false;
             }
             segment_start = index + 1;
@@ -110,8 +118,30 @@ fn is_canonical(raw: &str) -> bool {
             return false;
         }
     }
-    let last = &bytes[segment_start..];
-    last != b"." && last != b".."
+    !bytes[segment_start..].ends_with(b".")
+}
+
+/// The path with ASCII letters lower-cased, except the hex digits of percent-encodings,
+/// which stay upper-case so the result is still canonical. For case-insensitive routes.
+pub fn fold_case(path: &str) -> Cow<'_, str> {
+    let mut out = Vec::with_capacity(path.len());
+    let mut hex_left = 0;
+    for byte in path.bytes() {
+        if hex_left > 0 {
+            hex_left -= 1;
+            out.push(byte);
+        } else if byte == b'%' {
+            hex_left = 2;
+            out.push(byte);
+        } else {
+            out.push(byte.to_ascii_lowercase());
+        }
+    }
+    if out == path.as_bytes() {
+        return Cow::Borrowed(path);
+    }
+    // Only ASCII letters changed, so the bytes are as valid UTF-8 as the input.
+    Cow::Owned(String::from_utf8(out).unwrap_or_else(|_| path.to_owned()))
 }
 
 fn is_unreserved(b: u8) -> bool {
@@ -236,6 +266,7 @@ mod tests {
             ("/admin;jsessionid=1/x", "/admin/x"),
             ("/a;p/b;q=1", "/a/b"),
             ("/%7euser", "/~user"),
+            ("/.well-known/x", "/.well-known/x"),
         ] {
             assert_eq!(canonical_of(raw), want, "{raw}");
         }
@@ -245,7 +276,7 @@ mod tests {
     fn canonical_forms_are_fixed_points() {
         for raw in [
             "/a//b/./c/../d;x",
-            "/%61%2e%2E/%7e/%3b%3B",
+            "/%61%2e%2Eb/%7e/%3b%3B",
             "/caf%c3%a9/é/\"{}|",
             "/x/%2e%2e/y/",
             "/a%25b",
@@ -253,6 +284,12 @@ mod tests {
             let once = canonical_of(raw);
             assert_eq!(canonical_of(&once), once, "{raw}");
         }
+    }
+
+    #[test]
+    fn folds_case_but_not_hex() {
+        assert_eq!(fold_case("/Admin/%C3%A9X"), "/admin/%C3%A9x");
+        assert!(matches!(fold_case("/a/%C3%A9"), Cow::Borrowed(_)));
     }
 
     #[test]
@@ -282,6 +319,12 @@ mod tests {
             ("/a%+1", "malformed"),
             ("/a%2", "malformed"),
             ("/a%zz", "malformed"),
+            ("/admin.", "ending in a dot"),
+            ("/admin./x", "ending in a dot"),
+            ("/admin%2e", "ending in a dot"),
+            ("/admin%20", "or a space"),
+            ("/admin%20/x", "or a space"),
+            ("/admin...", "ending in a dot"),
         ] {
             let message = refused(raw);
             assert!(message.contains(problem), "{raw}: {message}");

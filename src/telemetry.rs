@@ -28,6 +28,13 @@ pub mod names {
     pub const CONNECTIONS_REJECTED_TOTAL: &str = "portcullis_connections_rejected_total";
     /// Always 1, labelled with the version.
     pub const BUILD_INFO: &str = "portcullis_build_info";
+    /// Time the policy took to decide a request.
+    pub const DECISION_DURATION: &str = "portcullis_decision_duration_seconds";
+    /// Rules that matched a request, by rule, effect and mode (audit rules show what they
+    /// would have done).
+    pub const RULE_MATCHES_TOTAL: &str = "portcullis_rule_matches_total";
+    /// Rules in the loaded policy.
+    pub const POLICY_RULES: &str = "portcullis_policy_rules";
 }
 
 /// The `decision` label of [`names::REQUESTS_TOTAL`].
@@ -35,6 +42,8 @@ pub mod names {
 pub enum DecisionLabel {
     /// Forwarded upstream and answered.
     Allow,
+    /// Denied by the policy (401 or 403).
+    Deny,
     /// Answered by the gateway with an error: no route, a bad request, an upstream failure.
     Error,
 }
@@ -44,6 +53,7 @@ impl DecisionLabel {
     pub fn as_str(self) -> &'static str {
         match self {
             DecisionLabel::Allow => "allow",
+            DecisionLabel::Deny => "deny",
             DecisionLabel::Error => "error",
         }
     }
@@ -95,7 +105,18 @@ pub struct Metrics {
     pub connections_active: IntGauge,
     /// [`names::CONNECTIONS_REJECTED_TOTAL`].
     pub connections_rejected: IntCounter,
+    /// [`names::DECISION_DURATION`].
+    pub decision_duration: Histogram,
+    /// [`names::RULE_MATCHES_TOTAL`].
+    pub rule_matches: IntCounterVec,
+    /// [`names::POLICY_RULES`].
+    pub policy_rules: IntGauge,
 }
+
+/// Decision-time buckets from 1µs to 10ms: a decision is a few microseconds.
+const DECISION_BUCKETS: &[f64] = &[
+    0.000001, 0.0000025, 0.000005, 0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.001, 0.01,
+];
 
 impl Metrics {
     /// Creates and registers every metric.
@@ -151,7 +172,29 @@ impl Metrics {
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
 
-        let collectors: [Box<dyn prometheus::core::Collector>; 7] = [
+        let decision_duration = Histogram::with_opts(
+            HistogramOpts::new(
+                names::DECISION_DURATION,
+                "Time the policy took to decide a request, in seconds.",
+            )
+            .buckets(DECISION_BUCKETS.to_vec()),
+        )
+        .expect("static metric definition is valid");
+        let rule_matches = IntCounterVec::new(
+            Opts::new(
+                names::RULE_MATCHES_TOTAL,
+                "Requests each rule matched, by rule, effect and mode.",
+            ),
+            &["rule", "effect", "mode"],
+        )
+        .expect("static metric definition is valid");
+        let policy_rules = IntGauge::new(names::POLICY_RULES, "Rules in the loaded policy.")
+            .expect("static metric definition is valid");
+
+        let collectors: [Box<dyn prometheus::core::Collector>; 10] = [
+            Box::new(decision_duration.clone()),
+            Box::new(rule_matches.clone()),
+            Box::new(policy_rules.clone()),
             Box::new(requests.clone()),
             Box::new(request_duration.clone()),
             Box::new(upstream_duration.clone()),
@@ -173,6 +216,9 @@ impl Metrics {
             upstream_errors,
             connections_active,
             connections_rejected,
+            decision_duration,
+            rule_matches,
+            policy_rules,
         }
     }
 

@@ -9,11 +9,14 @@ use std::time::Duration;
 use ipnet::IpNet;
 
 use super::error::{ConfigError, ConfigErrors, did_you_mean};
+use super::lint;
 use super::model::{
     AdminSettings, Config, HostPattern, Limits, ListenerSettings, RouteId, RouteSettings, Target,
     UpstreamName, UpstreamSettings,
 };
-use super::raw::{RawConfig, RawLimits, RawRoute, RawUpstream};
+use super::model::{DenialSettings, Detail};
+use super::policy::{self, PolicySummary};
+use super::raw::{RawConfig, RawDenials, RawDetail, RawLimits, RawRoute, RawUpstream};
 use super::source::{Source, key_segment};
 use super::units::{parse_duration, parse_size};
 
@@ -21,17 +24,17 @@ use super::units::{parse_duration, parse_size};
 const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
 
 /// Collects errors while typing values, each placed by its YAML path.
-struct Builder {
-    source: Source,
-    errors: Vec<ConfigError>,
+pub(super) struct Builder {
+    pub(super) source: Source,
+    pub(super) errors: Vec<ConfigError>,
 }
 
 impl Builder {
-    fn error(&mut self, yaml_path: &str, message: impl Into<String>) {
+    pub(super) fn error(&mut self, yaml_path: &str, message: impl Into<String>) {
         self.error_with_help(yaml_path, message, None);
     }
 
-    fn error_with_help(
+    pub(super) fn error_with_help(
         &mut self,
         yaml_path: &str,
         message: impl Into<String>,
@@ -44,7 +47,7 @@ impl Builder {
     }
 
     /// Runs `parse` on a value and records its error at `yaml_path`.
-    fn typed<T>(&mut self, yaml_path: &str, result: Result<T, String>) -> Option<T> {
+    pub(super) fn typed<T>(&mut self, yaml_path: &str, result: Result<T, String>) -> Option<T> {
         result
             .map_err(|message| self.error(yaml_path, message))
             .ok()
@@ -126,10 +129,30 @@ pub fn build(path: &Path, text: &str, raw: RawConfig) -> Result<Config, ConfigEr
     let routes = build_routes(&mut builder, &raw.routes, &raw.upstreams, &upstreams);
     let limits = build_limits(&mut builder, &raw.limits);
     let shutdown_grace = builder.duration("shutdown.grace_period", &raw.shutdown.grace_period);
+    let denials = build_denials(&mut builder, &raw.denials);
 
-    match (admin_addr, limits, shutdown_grace) {
-        (Some(admin_addr), Some(limits), Some(shutdown_grace)) if builder.errors.is_empty() => {
-            Ok(Config {
+    let base_dir = path.parent().unwrap_or(Path::new(""));
+    let mut policy_files = Vec::new();
+    for (index, pattern) in raw.policy.files.iter().enumerate() {
+        let yaml_path = format!("policy.files[{index}]");
+        if let Some(found) = builder.typed(&yaml_path, policy::expand(base_dir, pattern)) {
+            for file in found {
+                if !policy_files.contains(&file) {
+                    policy_files.push(file);
+                }
+            }
+        }
+    }
+    let (policy_set, policy_summary, policy_errors) = match policy::build(&policy_files) {
+        Ok((set, summary)) => (Some(set), summary, Vec::new()),
+        Err(errors) => (None, PolicySummary::default(), errors),
+    };
+
+    match (admin_addr, limits, shutdown_grace, policy_set) {
+        (Some(admin_addr), Some(limits), Some(shutdown_grace), Some(policy_set))
+            if builder.errors.is_empty() =>
+        {
+            let mut config = Config {
                 file: path.to_owned(),
                 listeners,
                 admin: AdminSettings { addr: admin_addr },
@@ -139,13 +162,42 @@ pub fn build(path: &Path, text: &str, raw: RawConfig) -> Result<Config, ConfigEr
                 routes,
                 limits,
                 shutdown_grace,
-            })
+                policy: Arc::new(policy_set),
+                policy_summary,
+                denials,
+                warnings: Vec::new(),
+            };
+            config.warnings = lint::warnings(&config, &builder.source);
+            Ok(config)
         }
         _ => {
             let mut errors = builder.errors;
             errors.sort_by_key(|error| error.position.unwrap_or((usize::MAX, 0)));
+            // Policy files' errors follow the config file's, in the order the files were read.
+            errors.extend(policy_errors);
             Err(ConfigErrors(errors))
         }
+    }
+}
+
+fn build_denials(builder: &mut Builder, raw: &RawDenials) -> DenialSettings {
+    if let Some(url) = &raw.help_url
+        && !(url.starts_with("https://")
+            || url.starts_with("http://")
+            || url.starts_with("mailto:"))
+    {
+        builder.error(
+            "denials.help_url",
+            "must be a link (https://…, http://… or mailto:…)",
+        );
+    }
+    DenialSettings {
+        detail: match raw.detail {
+            RawDetail::Minimal => Detail::Minimal,
+            RawDetail::Standard => Detail::Standard,
+            RawDetail::Verbose => Detail::Verbose,
+        },
+        help_url: raw.help_url.clone(),
     }
 }
 
@@ -248,8 +300,14 @@ fn build_routes(
             routes.push(RouteSettings {
                 id: RouteId(Arc::from(raw.id.as_str())),
                 host,
-                path_prefix: raw.path_prefix.clone(),
+                // The path is lower-cased before it meets the prefix on such routes.
+                path_prefix: if raw.case_insensitive {
+                    raw.path_prefix.to_ascii_lowercase()
+                } else {
+                    raw.path_prefix.clone()
+                },
                 upstream,
+                case_insensitive: raw.case_insensitive,
             });
         }
     }
@@ -316,7 +374,7 @@ fn check_path_prefix(prefix: &str) -> Result<(), String> {
 }
 
 /// Ids and names: a letter or digit, then letters, digits, `_`, `-` or `.`.
-fn check_id(what: &str, text: &str) -> Result<(), String> {
+pub(super) fn check_id(what: &str, text: &str) -> Result<(), String> {
     let mut chars = text.chars();
     let first_ok = chars.next().is_some_and(|c| c.is_ascii_alphanumeric());
     if first_ok
@@ -332,7 +390,7 @@ fn check_id(what: &str, text: &str) -> Result<(), String> {
 }
 
 /// A CIDR (`10.0.0.0/8`) or a single address (`10.1.2.3`, meaning /32 or /128).
-fn parse_network(text: &str) -> Result<IpNet, String> {
+pub(super) fn parse_network(text: &str) -> Result<IpNet, String> {
     if let Ok(net) = text.parse::<IpNet>() {
         if net.trunc() != net {
             return Err(format!(
@@ -391,7 +449,7 @@ fn parse_target(text: &str) -> Result<Target, String> {
 }
 
 /// `api.example.com` or `*.example.com`; lower-cased, no port.
-fn parse_host_pattern(text: &str) -> Result<HostPattern, String> {
+pub(super) fn parse_host_pattern(text: &str) -> Result<HostPattern, String> {
     let lower = text.to_ascii_lowercase();
     let (wildcard, name) = match lower.strip_prefix("*.") {
         Some(rest) => (true, rest),

@@ -13,16 +13,19 @@
 
 mod build;
 mod error;
+mod lint;
 mod model;
+mod policy;
 mod raw;
 mod source;
 mod units;
 
 pub use error::{ConfigError, ConfigErrors};
 pub use model::{
-    AdminSettings, Config, HostPattern, Limits, ListenerSettings, RouteId, RouteSettings, Target,
-    UpstreamName, UpstreamSettings,
+    AdminSettings, Config, DenialSettings, Detail, HostPattern, Limits, ListenerSettings, RouteId,
+    RouteSettings, Target, UpstreamName, UpstreamSettings,
 };
+pub use policy::{PolicySummary, parse_list_file};
 pub use units::{format_duration, parse_duration, parse_size};
 
 use std::path::Path;

@@ -8,6 +8,12 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
+pub use crate::policy::HostPattern;
+use crate::policy::PolicySet;
+
+use super::error::ConfigError;
+use super::policy::PolicySummary;
+
 /// A loaded, valid config file.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -30,6 +36,36 @@ pub struct Config {
     pub limits: Limits,
     /// How long in-flight requests may take to finish after SIGTERM or SIGINT.
     pub shutdown_grace: Duration,
+    /// The compiled rules of every policy file.
+    pub policy: Arc<PolicySet>,
+    /// Which policy files and lists were loaded.
+    pub policy_summary: PolicySummary,
+    /// How much a denial tells the client.
+    pub denials: DenialSettings,
+    /// Problems that do not stop the config from loading (rules that can never match,
+    /// rules shadowed by a deny), for `portcullis validate` and the startup log.
+    pub warnings: Vec<ConfigError>,
+}
+
+/// How much a 401 or 403 tells the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Detail {
+    /// Status, reason code and request id.
+    Minimal,
+    /// Also the deciding rule and a hint that reveals nothing about networks, other
+    /// callers or rule internals.
+    Standard,
+    /// Also the trace of every rule considered; for trusted callers and staging only.
+    Verbose,
+}
+
+/// The `denials` section.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DenialSettings {
+    /// How much a denial says.
+    pub detail: Detail,
+    /// Where to ask for access when the deciding rule has no `help` of its own.
+    pub help_url: Option<String>,
 }
 
 /// One client-facing listener.
@@ -102,15 +138,6 @@ impl fmt::Display for Target {
     }
 }
 
-/// Which request hosts a route accepts.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum HostPattern {
-    /// Exactly this host, lower-case, without a port.
-    Exact(String),
-    /// Any host ending in this suffix, which starts with a dot (`*.example.com`).
-    Suffix(String),
-}
-
 /// One route: requests for a host and path prefix go to an upstream.
 #[derive(Debug, Clone)]
 pub struct RouteSettings {
@@ -122,6 +149,9 @@ pub struct RouteSettings {
     pub path_prefix: String,
     /// Index into [`Config::upstreams`].
     pub upstream: usize,
+    /// Match the path prefix and policy paths ignoring ASCII case (for upstreams that
+    /// ignore case); the path is lower-cased before routing, deciding and forwarding.
+    pub case_insensitive: bool,
 }
 
 /// Limits that protect the gateway from slow, large or numerous clients.

@@ -29,6 +29,10 @@ pub struct RawConfig {
     pub limits: RawLimits,
     #[serde(default)]
     pub shutdown: RawShutdown,
+    #[serde(default)]
+    pub policy: RawPolicy,
+    #[serde(default)]
+    pub denials: RawDenials,
 }
 
 /// One `listen` entry.
@@ -114,6 +118,8 @@ pub struct RawRoute {
     #[serde(default = "default_path_prefix")]
     pub path_prefix: String,
     pub upstream: String,
+    #[serde(default)]
+    pub case_insensitive: bool,
 }
 
 fn default_path_prefix() -> String {
@@ -184,9 +190,221 @@ fn default_grace_period() -> String {
     "30s".to_owned()
 }
 
+/// The `policy` section.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPolicy {
+    #[serde(default)]
+    pub files: Vec<String>,
+}
+
+/// The `denials` section.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDenials {
+    #[serde(default)]
+    pub detail: RawDetail,
+    pub help_url: Option<String>,
+}
+
+/// `denials.detail`.
+#[derive(Debug, Default, Clone, Copy, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RawDetail {
+    Minimal,
+    #[default]
+    Standard,
+    Verbose,
+}
+
+/// One policy file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPolicyFile {
+    #[serde(default)]
+    pub lists: BTreeMap<String, RawList>,
+    #[serde(default)]
+    pub roles: BTreeMap<String, RawRole>,
+    #[serde(default)]
+    pub rules: Vec<RawRule>,
+}
+
+/// A named list of networks: written inline, or `{ file: path }` with one CIDR per line.
+#[derive(Debug)]
+pub enum RawList {
+    Inline(Vec<String>),
+    File(String),
+}
+
+impl<'de> Deserialize<'de> for RawList {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = RawList;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a list of networks, or { file: path }")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<RawList, A::Error> {
+                let mut networks = Vec::new();
+                while let Some(network) = seq.next_element::<String>()? {
+                    networks.push(network);
+                }
+                Ok(RawList::Inline(networks))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<RawList, A::Error> {
+                let mut file = None;
+                while let Some(key) = map.next_key::<String>()? {
+                    if key != "file" {
+                        return Err(serde::de::Error::unknown_field(&key, &["file"]));
+                    }
+                    file = Some(map.next_value::<String>()?);
+                }
+                file.map(RawList::File)
+                    .ok_or_else(|| serde::de::Error::missing_field("file"))
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
+}
+
+/// One entry of `roles`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRole {
+    #[serde(default)]
+    pub inherits: Vec<String>,
+}
+
+/// One rule.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRule {
+    pub id: String,
+    pub description: Option<String>,
+    pub effect: RawEffect,
+    #[serde(default)]
+    pub mode: RawMode,
+    #[serde(default, rename = "match")]
+    pub matches: RawMatch,
+    #[serde(default)]
+    pub when: RawWhen,
+    pub help: Option<String>,
+}
+
+/// `effect`.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RawEffect {
+    Allow,
+    Deny,
+}
+
+/// `mode`.
+#[derive(Debug, Default, Clone, Copy, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RawMode {
+    #[default]
+    Enforce,
+    Audit,
+}
+
+/// A rule's `match`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMatch {
+    pub hosts: Option<Vec<String>>,
+    pub paths: Option<Vec<String>>,
+    pub methods: Option<Vec<String>>,
+    #[serde(default)]
+    pub headers: BTreeMap<String, OneOrMany>,
+}
+
+/// A rule's `when`. The identity, country and client-certificate keys are accepted here so
+/// that `build` can say why they cannot be used yet, instead of "unknown field".
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWhen {
+    pub authenticated: Option<serde::de::IgnoredAny>,
+    pub roles: Option<serde::de::IgnoredAny>,
+    pub scopes: Option<serde::de::IgnoredAny>,
+    pub claims: Option<serde::de::IgnoredAny>,
+    pub ip: Option<Vec<String>>,
+    pub not_ip: Option<Vec<String>>,
+    pub countries: Option<serde::de::IgnoredAny>,
+    pub not_countries: Option<serde::de::IgnoredAny>,
+    #[serde(default)]
+    pub headers: BTreeMap<String, OneOrMany>,
+    pub mtls: Option<serde::de::IgnoredAny>,
+}
+
+/// A value or a list of values; scalars of any YAML type are read as their text.
+#[derive(Debug)]
+pub struct OneOrMany(pub Vec<String>);
+
+impl<'de> Deserialize<'de> for OneOrMany {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = OneOrMany;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a value or a list of values")
+            }
+            fn visit_str<E: serde::de::Error>(self, value: &str) -> Result<OneOrMany, E> {
+                Ok(OneOrMany(vec![value.to_owned()]))
+            }
+            fn visit_bool<E: serde::de::Error>(self, value: bool) -> Result<OneOrMany, E> {
+                Ok(OneOrMany(vec![value.to_string()]))
+            }
+            fn visit_i64<E: serde::de::Error>(self, value: i64) -> Result<OneOrMany, E> {
+                Ok(OneOrMany(vec![value.to_string()]))
+            }
+            fn visit_u64<E: serde::de::Error>(self, value: u64) -> Result<OneOrMany, E> {
+                Ok(OneOrMany(vec![value.to_string()]))
+            }
+            fn visit_f64<E: serde::de::Error>(self, value: f64) -> Result<OneOrMany, E> {
+                Ok(OneOrMany(vec![value.to_string()]))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<OneOrMany, A::Error> {
+                let mut values = Vec::new();
+                while let Some(value) = seq.next_element::<String>()? {
+                    values.push(value);
+                }
+                Ok(OneOrMany(values))
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
+}
+
+/// Parses a policy file's text; like [`parse`], a syntax or shape error stops the file.
+pub fn parse_policy(path: &Path, text: &str) -> Result<RawPolicyFile, ConfigErrors> {
+    // A file of nothing but comments is an empty policy, not a syntax error.
+    let blank = text
+        .lines()
+        .map(str::trim)
+        .all(|line| line.is_empty() || line.starts_with('#') || line == "---");
+    if blank {
+        return Ok(RawPolicyFile::default());
+    }
+    parse_as(path, text)
+}
+
 /// Parses the file text. A syntax or shape error stops this file and is returned alone.
 pub fn parse(path: &Path, text: &str) -> Result<RawConfig, ConfigErrors> {
-    serde_saphyr::from_str::<RawConfig>(text).map_err(|err| {
+    parse_as(path, text)
+}
+
+fn parse_as<T: serde::de::DeserializeOwned>(path: &Path, text: &str) -> Result<T, ConfigErrors> {
+    serde_saphyr::from_str::<T>(text).map_err(|err| {
         let location = err.location();
         let message = serde_message(&err);
         let source = Source::new(path, text);

@@ -151,6 +151,11 @@ impl Networks {
         &self.label
     }
 
+    /// Whether the networks hold no address at all (an empty list).
+    pub fn is_empty(&self) -> bool {
+        self.sets.iter().all(|set| set.is_empty())
+    }
+
     /// Whether the networks hold every address.
     pub fn is_everything(&self) -> bool {
         self.sets.iter().any(|set| set.is_everything())

@@ -1,5 +1,5 @@
 //! The per-request pipeline, and the only place that orders the phases:
-//! limits → normalize (host, path) → route → forward → respond → observe.
+//! limits → normalize (host, path, client IP) → route → decide → forward | deny → observe.
 //!
 //! Every request gets an `X-Request-Id` (kept from a trusted proxy, otherwise ours),
 //! sent upstream and returned to the client, on errors too.
@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::header::{self, HeaderName, HeaderValue};
-use http::{Request, Response, StatusCode, Version};
+use http::{Method, Request, Response, StatusCode, Version};
 use http_body::Body as _;
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
@@ -21,6 +21,7 @@ use super::listener::{self, Activity, ConnMeta, ConnectionGuard};
 use super::respond::{self, ProxyError};
 use super::{Proxy, ProxyBody, normalize};
 use crate::config::RouteId;
+use crate::policy::{Decision, Outcome, RequestFacts};
 use crate::telemetry::{self, DecisionLabel, NO_ROUTE_LABEL};
 
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -35,19 +36,45 @@ pub async fn handle(
     let trusted = proxy.is_trusted(conn.peer.ip());
     let request_id = request_id(request.headers().get(&X_REQUEST_ID), trusted);
     let version = request.version();
+    let prefers_html = respond::prefers_html(request.headers().get(header::ACCEPT));
 
     let mut response = match pipeline(&proxy, &conn, trusted, &request_id, request).await {
-        Ok((route_index, response)) => {
-            proxy.allowed[route_index].inc();
+        Ok(Answer::Forwarded { route, response }) => {
+            proxy.allowed[route].inc();
             response
         }
-        Err((route, err)) => {
+        Ok(Answer::Denied { route, decision }) => {
+            proxy
+                .metrics
+                .requests
+                .with_label_values(&[
+                    &route.0,
+                    DecisionLabel::Deny.as_str(),
+                    decision.reason.code(),
+                ])
+                .inc();
+            respond::denied(
+                &decision,
+                &proxy.policy,
+                &proxy.denials,
+                request_id.to_str().unwrap_or(""),
+                prefers_html,
+            )
+        }
+        Err(Failure {
+            route,
+            error: err,
+            decided,
+        }) => {
             let route_label = route.as_ref().map_or(NO_ROUTE_LABEL, |id| &id.0);
             proxy
                 .metrics
                 .requests
                 .with_label_values(&[route_label, DecisionLabel::Error.as_str(), err.reason()])
                 .inc();
+            if !decided {
+                log_undecided(&request_id, route.as_ref(), &err);
+            }
             let mut response = respond::error(&err, &request_id);
             // After a malformed or oversized request the rest of the connection's bytes
             // cannot be trusted to start a new request.
@@ -67,7 +94,34 @@ pub async fn handle(
     Ok(response)
 }
 
-type Failure = (Option<RouteId>, ProxyError);
+/// How a request that got through the pipeline was answered.
+enum Answer {
+    /// Allowed and forwarded; `route` indexes the config's routes.
+    Forwarded {
+        route: usize,
+        response: Response<ProxyBody>,
+    },
+    /// Denied by the policy.
+    Denied { route: RouteId, decision: Decision },
+}
+
+/// A request that failed, on the route it took (if it got that far), and whether it was
+/// decided (and so has its decision-log line already).
+struct Failure {
+    route: Option<RouteId>,
+    error: ProxyError,
+    decided: bool,
+}
+
+impl Failure {
+    fn early(error: ProxyError) -> Failure {
+        Failure {
+            route: None,
+            error,
+            decided: false,
+        }
+    }
+}
 
 async fn pipeline(
     proxy: &Proxy,
@@ -75,10 +129,12 @@ async fn pipeline(
     trusted: bool,
     request_id: &HeaderValue,
     mut request: Request<Incoming>,
-) -> Result<(usize, Response<ProxyBody>), Failure> {
+) -> Result<Answer, Failure> {
     let limits = &proxy.limits;
-    check_limits(&request, limits.max_header_size, limits.max_body_size)
-        .map_err(|err| (None, err))?;
+    check_limits(&request, limits.max_header_size, limits.max_body_size).map_err(Failure::early)?;
+    if request.method() == Method::CONNECT {
+        return Err(Failure::early(ProxyError::ConnectRefused));
+    }
 
     // Take the client's side of a protocol switch now; the request is consumed below.
     let upgrade = requested_upgrade(&request);
@@ -86,15 +142,50 @@ async fn pipeline(
         upgrade.is_some().then(|| hyper::upgrade::on(&mut request));
     let (mut parts, body) = request.into_parts();
 
-    let authority = normalize::authority(&parts).map_err(|err| (None, err))?;
-    let path = normalize::path(parts.uri.path()).map_err(|err| (None, err))?;
+    let authority = normalize::authority(&parts).map_err(Failure::early)?;
+    let path = normalize::path(parts.uri.path()).map_err(Failure::early)?;
+    let (client_ip, forwarding_problem) =
+        normalize::client_ip(&parts.headers, conn.peer.ip(), |ip| proxy.is_trusted(ip));
+    if let Some(problem) = forwarding_problem {
+        tracing::warn!(
+            request.id = request_id.to_str().unwrap_or(""),
+            client.ip = %client_ip,
+            "{problem}; deciding on the peer address"
+        );
+    }
 
     let route = proxy
         .routes
         .select(authority.host.as_deref(), &path)
-        .ok_or((None, ProxyError::NoRoute))?;
-    let fail = |err: ProxyError| (Some(route.id.clone()), err);
-    // SECURITY: the upstream gets exactly the path that was routed on.
+        .ok_or(Failure::early(ProxyError::NoRoute))?;
+    let fail = |error: ProxyError| Failure {
+        route: Some(route.id.clone()),
+        error,
+        decided: true,
+    };
+    let path = match (route.case_insensitive, crate::path::fold_case(&path)) {
+        (true, Cow::Owned(folded)) => Cow::Owned(folded),
+        _ => path,
+    };
+
+    let (decision, took) = decide(proxy, &parts, authority.host.as_deref(), &path, client_ip);
+    log_decision(
+        request_id,
+        &route.id,
+        &parts.method,
+        &path,
+        client_ip,
+        &decision,
+        took,
+    );
+    if !decision.is_allowed() {
+        return Ok(Answer::Denied {
+            route: route.id.clone(),
+            decision,
+        });
+    }
+
+    // SECURITY: the upstream gets exactly the path that was decided on.
     if let Cow::Owned(canonical) = path {
         parts.uri = normalize::with_path(&parts.uri, &canonical).map_err(fail)?;
     }
@@ -136,7 +227,106 @@ async fn pipeline(
         _ => {}
     }
     forward::response_headers(response.headers_mut(), switching);
-    Ok((route.index, response))
+    Ok(Answer::Forwarded {
+        route: route.index,
+        response,
+    })
+}
+
+/// Runs the policy on the normalized request and counts what it did.
+fn decide(
+    proxy: &Proxy,
+    parts: &http::request::Parts,
+    host: Option<&str>,
+    path: &str,
+    client_ip: std::net::IpAddr,
+) -> (Decision, Duration) {
+    let started = Instant::now();
+    let policy = &proxy.policy;
+    let mut headers: Vec<(&str, &str)> = Vec::new();
+    for name in policy.header_names() {
+        for value in parts.headers.get_all(name.as_str()) {
+            // A value that is not text cannot equal any value a policy file can hold.
+            if let Ok(text) = value.to_str() {
+                headers.push((name, text));
+            }
+        }
+    }
+    let facts = RequestFacts {
+        method: parts.method.as_str(),
+        host,
+        path,
+        client_ip,
+        headers: &headers,
+    };
+    let decision = policy.evaluate(&facts);
+    let took = started.elapsed();
+    proxy.metrics.decision_duration.observe(took.as_secs_f64());
+    for step in &decision.trace {
+        if step.outcome == Outcome::Matched {
+            proxy
+                .metrics
+                .rule_matches
+                .with_label_values(&[&step.rule.0, step.effect.as_str(), step.mode.as_str()])
+                .inc();
+        }
+    }
+    (decision, took)
+}
+
+/// The decision-log line: one per decided request, the full trace at debug.
+fn log_decision(
+    request_id: &HeaderValue,
+    route: &RouteId,
+    method: &http::Method,
+    path: &str,
+    client_ip: std::net::IpAddr,
+    decision: &Decision,
+    took: Duration,
+) {
+    let audit: Vec<String> = decision
+        .audit_matches()
+        .map(|step| format!("{}:would_{}", step.rule, step.effect.as_str()))
+        .collect();
+    tracing::info!(
+        target: "portcullis::decision",
+        decision = decision.effect.as_str(),
+        request.id = request_id.to_str().unwrap_or(""),
+        route.id = %route,
+        http.method = %method,
+        url.path = path,
+        client.ip = %client_ip,
+        decision.reason = decision.reason.code(),
+        rule.id = decision.rule.as_ref().map(|rule| &*rule.0),
+        audit = audit.join(","),
+        decision.micros = took.as_micros() as u64,
+        "decision"
+    );
+    if tracing::enabled!(target: "portcullis::decision", tracing::Level::DEBUG) {
+        for step in &decision.trace {
+            tracing::debug!(
+                target: "portcullis::decision",
+                outcome = %step.outcome,
+                request.id = request_id.to_str().unwrap_or(""),
+                rule.id = %step.rule,
+                rule.effect = step.effect.as_str(),
+                rule.mode = step.mode.as_str(),
+                "rule considered"
+            );
+        }
+    }
+}
+
+/// The decision-log line of a request refused before it could be decided.
+fn log_undecided(request_id: &HeaderValue, route: Option<&RouteId>, error: &ProxyError) {
+    tracing::info!(
+        target: "portcullis::decision",
+        decision = "error",
+        request.id = request_id.to_str().unwrap_or(""),
+        route.id = route.map(|id| &*id.0),
+        decision.reason = error.reason(),
+        "decision"
+    );
 }
 
 /// Refuses heads over `max_header_size` (431) and declared bodies over `max_body_size`

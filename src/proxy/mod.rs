@@ -18,7 +18,8 @@ use bytes::Bytes;
 use ipnet::IpNet;
 use prometheus::IntCounter;
 
-use crate::config::{Config, Limits};
+use crate::config::{Config, DenialSettings, Limits};
+use crate::policy::PolicySet;
 use crate::telemetry::{DecisionLabel, Metrics};
 
 pub use forward::BoxError;
@@ -35,6 +36,8 @@ pub struct Proxy {
     trusted_proxies: Vec<IpNet>,
     keep_override_headers: bool,
     limits: Limits,
+    policy: Arc<PolicySet>,
+    denials: DenialSettings,
     metrics: Arc<Metrics>,
     /// `requests_total{route, decision="allow", reason="allowed"}` per route, resolved once
     /// so the hot path does not hash label values; indexed by `Route::index`.
@@ -44,6 +47,9 @@ pub struct Proxy {
 impl Proxy {
     /// Builds routes and upstream clients from a validated config.
     pub fn new(config: &Config, metrics: Arc<Metrics>) -> Proxy {
+        metrics
+            .policy_rules
+            .set(i64::try_from(config.policy.rules().len()).unwrap_or(i64::MAX));
         let upstreams = config
             .upstreams
             .iter()
@@ -66,6 +72,8 @@ impl Proxy {
             trusted_proxies: config.trusted_proxies.clone(),
             keep_override_headers: config.keep_override_headers,
             limits: config.limits.clone(),
+            policy: Arc::clone(&config.policy),
+            denials: config.denials.clone(),
             metrics,
             allowed,
         }

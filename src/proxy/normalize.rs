@@ -4,9 +4,12 @@
 
 use std::borrow::Cow;
 
-use http::header::HOST;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use http::header::{FORWARDED, HOST};
 use http::request::Parts;
 use http::uri::PathAndQuery;
+use http::{HeaderMap, HeaderName};
 use http::{HeaderValue, Uri, Version};
 
 use super::respond::ProxyError;
@@ -102,6 +105,105 @@ fn parse_host(value: &[u8]) -> Option<String> {
     (reg_name_ok && !host.is_empty()).then(|| host.to_ascii_lowercase())
 }
 
+/// The client's address: the socket peer, or, when the peer is a trusted proxy, the
+/// rightmost address of `X-Forwarded-For` (or else RFC 7239 `Forwarded`) that is not itself
+/// a trusted proxy. A trusted peer's malformed header is not believed: the peer is the
+/// client then, and the problem is returned for the log.
+pub fn client_ip(
+    headers: &HeaderMap,
+    peer: IpAddr,
+    is_trusted: impl Fn(IpAddr) -> bool,
+) -> (IpAddr, Option<&'static str>) {
+    let peer = peer.to_canonical();
+    if !is_trusted(peer) {
+        return (peer, None);
+    }
+    let chain = if headers.contains_key(X_FORWARDED_FOR) {
+        forwarded_for_chain(headers)
+    } else if headers.contains_key(FORWARDED) {
+        forwarded_chain(headers)
+    } else {
+        return (peer, None);
+    };
+    let Some(chain) = chain else {
+        return (
+            peer,
+            Some("malformed X-Forwarded-For or Forwarded header from a trusted proxy"),
+        );
+    };
+    // SECURITY: only hops appended by our trusted proxies are believed, so walk from the
+    // right and stop at the first address that is not one of them; anything left of it
+    // was written by the client.
+    let client = chain
+        .iter()
+        .rev()
+        .find(|ip| !is_trusted(**ip))
+        .or(chain.first())
+        .copied()
+        .unwrap_or(peer);
+    (client, None)
+}
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+
+/// Every address of every `X-Forwarded-For` line, in order; `None` if one is not an address.
+fn forwarded_for_chain(headers: &HeaderMap) -> Option<Vec<IpAddr>> {
+    let mut chain = Vec::new();
+    for value in headers.get_all(X_FORWARDED_FOR) {
+        for entry in value.to_str().ok()?.split(',') {
+            chain.push(node_address(entry.trim())?);
+        }
+    }
+    (!chain.is_empty()).then_some(chain)
+}
+
+/// The `for=` address of every `Forwarded` element, in order; `None` when one is missing,
+/// obfuscated, `unknown` or malformed, since the hop it stands for cannot be placed.
+fn forwarded_chain(headers: &HeaderMap) -> Option<Vec<IpAddr>> {
+    let mut chain = Vec::new();
+    for value in headers.get_all(FORWARDED) {
+        for element in value.to_str().ok()?.split(',') {
+            let node = element
+                .split(';')
+                .filter_map(|pair| pair.split_once('='))
+                .find(|(name, _)| name.trim().eq_ignore_ascii_case("for"))
+                .map(|(_, value)| value.trim())?;
+            let node = match node.strip_prefix('"') {
+                Some(quoted) => quoted.strip_suffix('"')?,
+                None => node,
+            };
+            chain.push(node_address(node)?);
+        }
+    }
+    (!chain.is_empty()).then_some(chain)
+}
+
+/// `192.0.2.1`, `192.0.2.1:4711`, `2001:db8::1` or `[2001:db8::1]:4711`.
+fn node_address(text: &str) -> Option<IpAddr> {
+    if let Ok(ip) = text.parse::<IpAddr>() {
+        return Some(ip.to_canonical());
+    }
+    if let Some(rest) = text.strip_prefix('[') {
+        let (literal, port) = rest.split_once(']')?;
+        if !(port.is_empty() || valid_port(port.strip_prefix(':')?)) {
+            return None;
+        }
+        return literal
+            .parse::<Ipv6Addr>()
+            .ok()
+            .map(|ip| IpAddr::V6(ip).to_canonical());
+    }
+    let (address, port) = text.rsplit_once(':')?;
+    if !valid_port(port) {
+        return None;
+    }
+    address.parse::<Ipv4Addr>().ok().map(IpAddr::V4)
+}
+
+fn valid_port(digits: &str) -> bool {
+    !digits.is_empty() && digits.len() <= 5 && digits.bytes().all(|b| b.is_ascii_digit())
+}
+
 /// The canonical spelling of the request path (see [`crate::path::canonical`]); a path
 /// servers would read in different ways is a 400.
 pub fn path(raw: &str) -> Result<Cow<'_, str>, ProxyError> {
@@ -179,6 +281,135 @@ mod tests {
             assert!(
                 authority(&parts(version, uri, &hosts)).is_err(),
                 "{uri} {hosts:?}"
+            );
+        }
+    }
+
+    fn client(pairs: &[(&str, &str)], peer: &str) -> (String, bool) {
+        let mut headers = HeaderMap::new();
+        for (name, value) in pairs {
+            headers.append(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_str(value).unwrap(),
+            );
+        }
+        let trusted: Vec<ipnet::IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let (ip, problem) = client_ip(&headers, peer.parse().unwrap(), |ip| {
+            trusted.iter().any(|net| net.contains(&ip))
+        });
+        (ip.to_string(), problem.is_some())
+    }
+
+    #[test]
+    fn client_ip_from_trusted_proxies_only() {
+        for (pairs, peer, want, malformed) in [
+            (
+                vec![("x-forwarded-for", "6.6.6.6")],
+                "192.0.2.1",
+                "192.0.2.1",
+                false,
+            ),
+            (
+                vec![("x-forwarded-for", "203.0.113.9")],
+                "10.0.0.1",
+                "203.0.113.9",
+                false,
+            ),
+            (
+                vec![("x-forwarded-for", "6.6.6.6, 203.0.113.9, 10.0.0.2")],
+                "10.0.0.1",
+                "203.0.113.9",
+                false,
+            ),
+            (
+                vec![
+                    ("x-forwarded-for", "6.6.6.6"),
+                    ("x-forwarded-for", "203.0.113.9"),
+                ],
+                "10.0.0.1",
+                "203.0.113.9",
+                false,
+            ),
+            (
+                vec![("x-forwarded-for", "10.0.0.3, 10.0.0.2")],
+                "10.0.0.1",
+                "10.0.0.3",
+                false,
+            ),
+            (
+                vec![("x-forwarded-for", "203.0.113.9:4711")],
+                "10.0.0.1",
+                "203.0.113.9",
+                false,
+            ),
+            (
+                vec![("x-forwarded-for", "[2001:db8::1]:80")],
+                "10.0.0.1",
+                "2001:db8::1",
+                false,
+            ),
+            (
+                vec![("x-forwarded-for", "::ffff:203.0.113.9")],
+                "10.0.0.1",
+                "203.0.113.9",
+                false,
+            ),
+            (
+                vec![("x-forwarded-for", "6.6.6.6, nonsense")],
+                "10.0.0.1",
+                "10.0.0.1",
+                true,
+            ),
+            (vec![("x-forwarded-for", "")], "10.0.0.1", "10.0.0.1", true),
+            (
+                vec![("forwarded", "for=203.0.113.9;proto=https")],
+                "10.0.0.1",
+                "203.0.113.9",
+                false,
+            ),
+            (
+                vec![(
+                    "forwarded",
+                    "for=6.6.6.6, for=\"[2001:db8::7]:1\", for=10.0.0.5",
+                )],
+                "10.0.0.1",
+                "2001:db8::7",
+                false,
+            ),
+            (
+                vec![("forwarded", "for=unknown")],
+                "10.0.0.1",
+                "10.0.0.1",
+                true,
+            ),
+            (
+                vec![("forwarded", "for=_hidden")],
+                "10.0.0.1",
+                "10.0.0.1",
+                true,
+            ),
+            (
+                vec![("forwarded", "proto=https")],
+                "10.0.0.1",
+                "10.0.0.1",
+                true,
+            ),
+            (
+                vec![
+                    ("x-forwarded-for", "203.0.113.9"),
+                    ("forwarded", "for=6.6.6.6"),
+                ],
+                "10.0.0.1",
+                "203.0.113.9",
+                false,
+            ),
+            (vec![], "10.0.0.1", "10.0.0.1", false),
+            (vec![], "::ffff:192.0.2.1", "192.0.2.1", false),
+        ] {
+            assert_eq!(
+                client(&pairs, peer),
+                (want.to_owned(), malformed),
+                "{pairs:?} via {peer}"
             );
         }
     }

@@ -4,13 +4,14 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{CACHE_CONTROL, CONTENT_TYPE};
-use http::{HeaderValue, Response, StatusCode};
+use http::header::{CACHE_CONTROL, CONTENT_TYPE, VARY};
+use http::{HeaderName, HeaderValue, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 
 use super::ProxyBody;
 use super::forward::BoxError;
-use crate::config::format_duration;
+use crate::config::{DenialSettings, Detail, format_duration};
+use crate::policy::{Decision, Outcome, PolicySet};
 
 /// Something went wrong with a request; says whose fault it was through its status.
 #[derive(Debug, thiserror::Error)]
@@ -21,6 +22,9 @@ pub enum ProxyError {
     /// No route accepts the request's host and path (404).
     #[error("no route for this host and path")]
     NoRoute,
+    /// A `CONNECT` request: the gateway is not a forward proxy (405).
+    #[error("CONNECT is not supported")]
+    ConnectRefused,
     /// The request head is larger than `limits.max_header_size` (431).
     #[error("request head is larger than {limit} bytes")]
     HeaderTooLarge {
@@ -58,6 +62,7 @@ impl ProxyError {
         match self {
             ProxyError::BadRequest(_) => "bad_request",
             ProxyError::NoRoute => "no_route",
+            ProxyError::ConnectRefused => "connect_not_allowed",
             ProxyError::HeaderTooLarge { .. } => "header_too_large",
             ProxyError::BodyTooLarge { .. } => "body_too_large",
             ProxyError::UpstreamUnreachable { .. } => "upstream_unreachable",
@@ -71,6 +76,7 @@ impl ProxyError {
         matches!(
             self,
             ProxyError::BadRequest(_)
+                | ProxyError::ConnectRefused
                 | ProxyError::HeaderTooLarge { .. }
                 | ProxyError::BodyTooLarge { .. }
         )
@@ -81,6 +87,7 @@ impl ProxyError {
         match self {
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
+            ProxyError::ConnectRefused => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::HeaderTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::UpstreamUnreachable { .. } => StatusCode::BAD_GATEWAY,
@@ -98,6 +105,10 @@ impl ProxyError {
                 )
             }
             ProxyError::NoRoute => "No route serves this host and path. Check the URL.".to_owned(),
+            ProxyError::ConnectRefused => {
+                "This gateway does not tunnel CONNECT requests; it is not a forward proxy."
+                    .to_owned()
+            }
             ProxyError::HeaderTooLarge { limit } => format!(
                 "The request headers are larger than the {limit}-byte limit. Send fewer or smaller headers (large cookies are the usual cause)."
             ),
@@ -122,6 +133,7 @@ pub fn error(err: &ProxyError, request_id: &HeaderValue) -> Response<ProxyBody> 
     match err {
         ProxyError::BadRequest(_)
         | ProxyError::NoRoute
+        | ProxyError::ConnectRefused
         | ProxyError::HeaderTooLarge { .. }
         | ProxyError::BodyTooLarge { .. } => {
             tracing::debug!(request.id = request_id_text, error = %ErrorChain(err), "request refused");
@@ -130,7 +142,15 @@ pub fn error(err: &ProxyError, request_id: &HeaderValue) -> Response<ProxyBody> 
             tracing::warn!(request.id = request_id_text, error = %ErrorChain(err), "upstream failed");
         }
     }
-    problem(err.status(), err.reason(), &err.detail(), request_id_text)
+    let mut response = problem(err.status(), err.reason(), &err.detail(), request_id_text);
+    if matches!(err, ProxyError::ConnectRefused) {
+        // RFC 9110 §15.5.6: a 405 lists the methods that are supported.
+        response.headers_mut().insert(
+            http::header::ALLOW,
+            HeaderValue::from_static("GET, HEAD, POST, PUT, DELETE, OPTIONS, PATCH"),
+        );
+    }
+    response
 }
 
 /// An RFC 9457 problem document with our `reason` and `request_id` members.
@@ -161,7 +181,7 @@ pub fn problem(
     );
     headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     if let Ok(value) = HeaderValue::from_str(reason) {
-        headers.insert("x-portcullis-reason", value);
+        headers.insert(X_PORTCULLIS_REASON, value);
     }
     response
 }
@@ -178,5 +198,300 @@ impl std::fmt::Display for ErrorChain<'_> {
             source = err.source();
         }
         Ok(())
+    }
+}
+
+/// The 403 for a denied request: problem+json, or an HTML page for clients that prefer
+/// `text/html`, telling as much as `denials.detail` allows.
+pub fn denied(
+    decision: &Decision,
+    policy: &PolicySet,
+    settings: &DenialSettings,
+    request_id: &str,
+    html: bool,
+) -> Response<ProxyBody> {
+    let status = StatusCode::from_u16(decision.reason.status()).unwrap_or(StatusCode::FORBIDDEN);
+    let reason = decision.reason.code();
+    let detail = settings.detail;
+    let shows_rule = detail != Detail::Minimal;
+    let rule = decision
+        .rule
+        .as_ref()
+        .filter(|_| shows_rule)
+        .map(|id| id.0.as_ref());
+    let help = shows_rule
+        .then(|| {
+            decision
+                .rule
+                .as_ref()
+                .and_then(|id| policy.rule(id))
+                .and_then(|rule| rule.help.as_deref())
+                .or(settings.help_url.as_deref())
+        })
+        .flatten();
+    let hint = shows_rule.then(|| decision.reason.hint());
+    let closest: Vec<(&str, &str)> = if shows_rule {
+        decision
+            .closest()
+            .filter_map(|step| match &step.outcome {
+                Outcome::NotApplicable(reason) | Outcome::ConditionFailed(reason) => {
+                    Some((step.rule.0.as_ref(), reason.code()))
+                }
+                Outcome::Matched => None,
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let trace: Vec<(String, &'static str, &'static str, String)> = if detail == Detail::Verbose {
+        decision
+            .trace
+            .iter()
+            .map(|step| {
+                (
+                    step.rule.to_string(),
+                    step.effect.as_str(),
+                    step.mode.as_str(),
+                    step.outcome.to_string(),
+                )
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+
+    let (content_type, body) = if html {
+        let page = DenialPage {
+            status,
+            reason,
+            rule,
+            hint,
+            help,
+            request_id,
+            closest: &closest,
+            trace: &trace,
+            verbose: detail == Detail::Verbose,
+        };
+        ("text/html; charset=utf-8", page.render())
+    } else {
+        let mut body = serde_json::json!({
+            "type": format!("urn:portcullis:reason:{reason}"),
+            "title": status.canonical_reason().unwrap_or(""),
+            "status": status.as_u16(),
+            "reason": reason,
+            "request_id": request_id,
+        });
+        if let Some(rule) = rule {
+            body["rule"] = rule.into();
+        }
+        if let Some(hint) = &hint {
+            body["detail"] = hint.as_str().into();
+        }
+        if let Some(help) = help {
+            body["help"] = help.into();
+        }
+        if !closest.is_empty() {
+            body["closest"] = closest
+                .iter()
+                .map(|(rule, reason)| serde_json::json!({"rule": rule, "reason": reason}))
+                .collect();
+        }
+        if detail == Detail::Verbose {
+            body["trace"] = trace
+                .iter()
+                .map(|(rule, effect, mode, outcome)| {
+                    serde_json::json!({"rule": rule, "effect": effect, "mode": mode, "outcome": outcome})
+                })
+                .collect();
+        }
+        ("application/problem+json", body.to_string())
+    };
+
+    let mut response = Response::new(
+        Full::new(Bytes::from(body))
+            .map_err(|never| match never {})
+            .boxed_unsync(),
+    );
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(VARY, HeaderValue::from_static("accept"));
+    headers.insert(X_PORTCULLIS_REASON, HeaderValue::from_static(reason));
+    if let Some(rule) = rule
+        && let Ok(value) = HeaderValue::from_str(rule)
+    {
+        headers.insert(X_PORTCULLIS_RULE, value);
+    }
+    response
+}
+
+const X_PORTCULLIS_REASON: HeaderName = HeaderName::from_static("x-portcullis-reason");
+const X_PORTCULLIS_RULE: HeaderName = HeaderName::from_static("x-portcullis-rule");
+
+/// Whether the client's `Accept` ranks `text/html` above JSON (browsers do; API clients
+/// and `*/*` do not). Ties go to JSON.
+pub fn prefers_html(accept: Option<&HeaderValue>) -> bool {
+    let Some(accept) = accept.and_then(|value| value.to_str().ok()) else {
+        return false;
+    };
+    let mut html = 0.0f32;
+    let mut json = 0.0f32;
+    for range in accept.split(',') {
+        let mut parts = range.split(';');
+        let media = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+        let quality = parts
+            .filter_map(|param| param.trim().strip_prefix("q="))
+            .find_map(|q| q.trim().parse::<f32>().ok())
+            .unwrap_or(1.0)
+            .clamp(0.0, 1.0);
+        match media.as_str() {
+            "text/html" | "application/xhtml+xml" => html = html.max(quality),
+            "application/json" | "application/problem+json" => json = json.max(quality),
+            "text/*" => html = html.max(quality * 0.99),
+            "application/*" | "*/*" => {
+                json = json.max(quality * 0.99);
+                html = html.max(quality * 0.98);
+            }
+            _ => {}
+        }
+    }
+    html > json
+}
+
+/// The HTML denial page: plain, accessible, no script and no external asset.
+struct DenialPage<'a> {
+    status: StatusCode,
+    reason: &'a str,
+    rule: Option<&'a str>,
+    hint: Option<String>,
+    help: Option<&'a str>,
+    request_id: &'a str,
+    closest: &'a [(&'a str, &'a str)],
+    trace: &'a [(String, &'static str, &'static str, String)],
+    verbose: bool,
+}
+
+impl DenialPage<'_> {
+    fn render(&self) -> String {
+        let title = format!(
+            "{} {}",
+            self.status.as_u16(),
+            self.status.canonical_reason().unwrap_or("")
+        );
+        let mut page = String::with_capacity(2048);
+        page.push_str("<!doctype html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n");
+        page.push_str("<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n");
+        page.push_str(&format!("<title>{}</title>\n", escape(&title)));
+        page.push_str(PAGE_STYLE);
+        page.push_str("</head>\n<body>\n<main>\n");
+        page.push_str(&format!("<h1>{}</h1>\n", escape(&title)));
+        let hint = self
+            .hint
+            .as_deref()
+            .unwrap_or("Access to this page was denied.");
+        page.push_str(&format!("<p class=\"hint\">{}</p>\n", escape(hint)));
+        page.push_str("<dl>\n");
+        page.push_str(&format!(
+            "<dt>Reason</dt><dd><code>{}</code></dd>\n",
+            escape(self.reason)
+        ));
+        if let Some(rule) = self.rule {
+            page.push_str(&format!(
+                "<dt>Rule</dt><dd><code>{}</code></dd>\n",
+                escape(rule)
+            ));
+        }
+        page.push_str(&format!(
+            "<dt>Request ID</dt><dd><code>{}</code></dd>\n",
+            escape(self.request_id)
+        ));
+        page.push_str("</dl>\n");
+        if let Some(help) = self.help {
+            page.push_str(&format!(
+                "<p><a href=\"{}\">How to request access</a></p>\n",
+                escape(help)
+            ));
+        }
+        page.push_str(
+            "<p class=\"note\">Quote the request ID when you ask for help: it finds this decision in the gateway's log.</p>\n",
+        );
+        if !self.closest.is_empty() {
+            page.push_str("<h2>Closest rules</h2>\n<ul>\n");
+            for (rule, reason) in self.closest {
+                page.push_str(&format!(
+                    "<li><code>{}</code>: <code>{}</code></li>\n",
+                    escape(rule),
+                    escape(reason)
+                ));
+            }
+            page.push_str("</ul>\n");
+        }
+        if self.verbose {
+            page.push_str("<h2>Trace</h2>\n<table>\n<thead><tr><th scope=\"col\">Rule</th><th scope=\"col\">Effect</th><th scope=\"col\">Mode</th><th scope=\"col\">Outcome</th></tr></thead>\n<tbody>\n");
+            for (rule, effect, mode, outcome) in self.trace {
+                page.push_str(&format!(
+                    "<tr><td><code>{}</code></td><td>{effect}</td><td>{mode}</td><td>{}</td></tr>\n",
+                    escape(rule),
+                    escape(outcome)
+                ));
+            }
+            page.push_str("</tbody>\n</table>\n");
+        }
+        page.push_str("</main>\n</body>\n</html>\n");
+        page
+    }
+}
+
+const PAGE_STYLE: &str = "<style>\n\
+body{font-family:system-ui,sans-serif;margin:0;padding:2rem 1rem;color:#1a1a1a;background:#fafafa;line-height:1.5}\n\
+main{max-width:40rem;margin:0 auto;background:#fff;border:1px solid #ddd;border-radius:6px;padding:1.5rem 2rem}\n\
+h1{font-size:1.6rem;margin-top:0}h2{font-size:1.1rem}\n\
+dl{display:grid;grid-template-columns:max-content 1fr;gap:.25rem 1rem}dt{font-weight:600}dd{margin:0}\n\
+code{font-family:ui-monospace,monospace;background:#f0f0f0;padding:0 .2rem;border-radius:3px}\n\
+a{color:#0645ad}.note{color:#555;font-size:.9rem}\n\
+table{border-collapse:collapse;width:100%}th,td{text-align:left;border-bottom:1px solid #ddd;padding:.25rem .5rem}\n\
+</style>\n";
+
+/// Escapes text for HTML element content and quoted attributes.
+fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            _ => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn browsers_get_html_and_api_clients_json() {
+        let html = |accept: &str| prefers_html(Some(&HeaderValue::from_str(accept).unwrap()));
+        assert!(html(
+            "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"
+        ));
+        assert!(!html("*/*"));
+        assert!(!html("application/json"));
+        assert!(!html("application/json, text/html;q=0.5"));
+        assert!(html("text/html"));
+        assert!(!html("text/html;q=0, */*"));
+        assert!(!prefers_html(None));
+    }
+
+    #[test]
+    fn html_is_escaped() {
+        assert_eq!(
+            escape("<a href=\"x\">&'"),
+            "&lt;a href=&quot;x&quot;&gt;&amp;&#39;"
+        );
     }
 }

@@ -12,6 +12,8 @@ pub struct Route {
     pub index: usize,
     /// Index of its upstream in the proxy's upstream list.
     pub upstream: usize,
+    /// Whether paths are matched, decided and forwarded lower-cased.
+    pub case_insensitive: bool,
     host: Option<HostPattern>,
     path_prefix: String,
 }
@@ -33,6 +35,7 @@ impl RouteTable {
                     id: s.id.clone(),
                     index: order,
                     upstream: s.upstream,
+                    case_insensitive: s.case_insensitive,
                     host: s.host.clone(),
                     path_prefix: s.path_prefix.clone(),
                 };
@@ -56,7 +59,8 @@ impl RouteTable {
     /// and `path`, or `None` when no route accepts the request.
     pub fn select(&self, host: Option<&str>, path: &str) -> Option<&Route> {
         self.routes.iter().find(|route| {
-            host_matches(route.host.as_ref(), host) && prefix_matches(&route.path_prefix, path)
+            host_matches(route.host.as_ref(), host)
+                && prefix_matches(&route.path_prefix, path, route.case_insensitive)
         })
     }
 }
@@ -73,11 +77,18 @@ fn host_matches(pattern: Option<&HostPattern>, host: Option<&str>) -> bool {
 }
 
 /// `/api` matches `/api` and `/api/x` but not `/apiary`; `/api/` matches anything under it.
-fn prefix_matches(prefix: &str, path: &str) -> bool {
-    match path.strip_prefix(prefix) {
-        None => false,
-        Some(rest) => prefix.ends_with('/') || rest.is_empty() || rest.starts_with('/'),
-    }
+/// A case-insensitive route's prefix is lower-case already.
+fn prefix_matches(prefix: &str, path: &str, case_insensitive: bool) -> bool {
+    let Some(head) = path.get(..prefix.len()) else {
+        return false;
+    };
+    let same = if case_insensitive {
+        head.eq_ignore_ascii_case(prefix)
+    } else {
+        head == prefix
+    };
+    let rest = &path[prefix.len()..];
+    same && (prefix.ends_with('/') || rest.is_empty() || rest.starts_with('/'))
 }
 
 #[cfg(test)]
@@ -91,6 +102,7 @@ mod tests {
             host,
             path_prefix: prefix.to_owned(),
             upstream: 0,
+            case_insensitive: false,
         }
     }
 
@@ -146,6 +158,25 @@ mod tests {
         );
         assert_eq!(selected(Some("example.com"), "/x").as_deref(), Some("root"));
         assert_eq!(selected(Some("other.org"), "/x").as_deref(), Some("root"));
+    }
+
+    #[test]
+    fn case_insensitive_routes_ignore_case() {
+        let mut legacy = route("legacy", None, "/legacy");
+        legacy.case_insensitive = true;
+        let table = RouteTable::new(&[legacy, route("root", None, "/")]);
+        assert_eq!(
+            table.select(None, "/LEGACY/x").unwrap().id.to_string(),
+            "legacy"
+        );
+        assert_eq!(
+            table.select(None, "/Legacy").unwrap().id.to_string(),
+            "legacy"
+        );
+        assert_eq!(
+            table.select(None, "/legacyx").unwrap().id.to_string(),
+            "root"
+        );
     }
 
     #[test]

@@ -285,7 +285,12 @@ async fn every_listen_address_serves() {
             "listen: [{{ addr: 127.0.0.1:0 }}, {{ addr: {second} }}, {{ addr: 127.0.0.1:0 }}]"
         ),
     );
-    let config = portcullis::config::from_str(std::path::Path::new("test.yaml"), &yaml).unwrap();
+    let scratch = Scratch::with_allow_all();
+    let path = scratch.write(
+        "gw.yaml",
+        &format!("{yaml}policy: {{ files: [allow-all.yaml] }}\n"),
+    );
+    let config = portcullis::config::load(&path).unwrap();
     let gateway = portcullis::app::Gateway::start(&config).await.unwrap();
     assert_eq!(gateway.listen_addrs().len(), 3);
     for addr in gateway.listen_addrs() {

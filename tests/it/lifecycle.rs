@@ -3,9 +3,8 @@
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use http::StatusCode;
@@ -13,34 +12,6 @@ use http::StatusCode;
 use crate::support::*;
 
 const BINARY: &str = env!("CARGO_BIN_EXE_portcullis");
-
-/// A scratch directory removed on drop.
-pub struct Scratch(PathBuf);
-
-impl Scratch {
-    pub fn new() -> Scratch {
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "portcullis-it-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        Scratch(dir)
-    }
-
-    pub fn write(&self, name: &str, text: &str) -> PathBuf {
-        let path = self.0.join(name);
-        std::fs::write(&path, text).unwrap();
-        path
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// The gateway binary running as a child process, killed on drop.
 struct Process {
@@ -134,14 +105,15 @@ fn process_config(upstream: &str, extra: &str) -> String {
     format!(
         "listen: [{{ addr: 127.0.0.1:0 }}]\nadmin: {{ addr: 127.0.0.1:0 }}\n\
          upstreams: {{ app: {{ targets: [\"{upstream}\"] }} }}\n\
-         routes: [{{ id: main, upstream: app }}]\n{extra}"
+         routes: [{{ id: main, upstream: app }}]\n\
+         policy: {{ files: [allow-all.yaml] }}\n{extra}"
     )
 }
 
 #[tokio::test]
 async fn sigterm_lets_an_in_flight_request_finish_then_exits_0() {
     let up = TestUpstream::start("slow").await;
-    let scratch = Scratch::new();
+    let scratch = Scratch::with_allow_all();
     let config = scratch.write(
         "gw.yaml",
         &process_config(&up.url(), "shutdown: { grace_period: 20s }\n"),
@@ -201,7 +173,7 @@ async fn sigterm_lets_an_in_flight_request_finish_then_exits_0() {
 #[tokio::test]
 async fn sigint_exits_0() {
     let up = TestUpstream::start("a").await;
-    let scratch = Scratch::new();
+    let scratch = Scratch::with_allow_all();
     let config = scratch.write("gw.yaml", &process_config(&up.url(), ""));
     let mut process = Process::start(&config);
     let response = client()
@@ -279,7 +251,7 @@ fn a_missing_config_file_exits_2_naming_it() {
 fn an_address_in_use_exits_1_naming_it() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap();
-    let scratch = Scratch::new();
+    let scratch = Scratch::with_allow_all();
     let config = scratch.write(
         "gw.yaml",
         &process_config("builtin:echo", "").replace(
@@ -316,7 +288,7 @@ async fn large_bodies_stream_both_ways_with_flat_memory() {
     use http_body_util::BodyExt;
     const SIZE: u64 = 256 * 1024 * 1024;
     let up = TestUpstream::start("a").await;
-    let scratch = Scratch::new();
+    let scratch = Scratch::with_allow_all();
     let config = scratch.write("gw.yaml", &process_config(&up.url(), ""));
     let process = Process::start(&config);
 

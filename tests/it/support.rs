@@ -3,8 +3,9 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::PathBuf;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -23,10 +24,50 @@ use portcullis::app::Gateway;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+/// A policy that allows every request, for tests about the proxy rather than the policy.
+pub const ALLOW_ALL: &str = "rules:\n  - { id: allow-all, effect: allow }\n";
+
+/// A scratch directory removed on drop.
+pub struct Scratch(PathBuf);
+
+impl Scratch {
+    pub fn new() -> Scratch {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "portcullis-it-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        Scratch(dir)
+    }
+
+    /// A scratch directory holding `allow-all.yaml`.
+    pub fn with_allow_all() -> Scratch {
+        let scratch = Scratch::new();
+        scratch.write("allow-all.yaml", ALLOW_ALL);
+        scratch
+    }
+
+    pub fn write(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.0.join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// A gateway running in this process.
 pub struct TestGateway {
     /// Kept so the gateway lives as long as the test.
     _gateway: Gateway,
+    /// The config and policy files.
+    _scratch: Scratch,
     /// The first client listener's address.
     pub addr: SocketAddr,
     /// The admin listener's address.
@@ -34,15 +75,28 @@ pub struct TestGateway {
 }
 
 impl TestGateway {
-    /// Starts a gateway from config text. Listeners should use port 0.
+    /// Starts a gateway from config text, with a policy that allows everything.
+    /// Listeners should use port 0.
     pub async fn start(yaml: &str) -> TestGateway {
-        let config = portcullis::config::from_str(Path::new("test.yaml"), yaml)
+        TestGateway::with_policy(yaml, ALLOW_ALL).await
+    }
+
+    /// Starts a gateway from config text and one policy file.
+    pub async fn with_policy(yaml: &str, policy: &str) -> TestGateway {
+        let scratch = Scratch::new();
+        scratch.write("policy.yaml", policy);
+        let path = scratch.write(
+            "gw.yaml",
+            &format!("{yaml}\npolicy: {{ files: [policy.yaml] }}\n"),
+        );
+        let config = portcullis::config::load(&path)
             .unwrap_or_else(|errors| panic!("test config is invalid:\n{errors}"));
         let gateway = Gateway::start(&config).await.expect("gateway starts");
         TestGateway {
             addr: gateway.listen_addrs()[0],
             admin: gateway.admin_addr(),
             _gateway: gateway,
+            _scratch: scratch,
         }
     }
 

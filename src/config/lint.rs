@@ -1,0 +1,149 @@
+//! Warnings about a valid config: rules that can never match, and allow rules that an
+//! unconditional deny rule always overrides. Warnings never stop a config from loading;
+//! `portcullis validate` prints them and the gateway logs them at startup.
+
+use crate::policy::{Condition, Effect, HostPattern, Mode, PathGlob, Rule, Segment};
+
+use super::error::ConfigError;
+use super::model::{Config, RouteSettings};
+use super::source::Source;
+
+/// Every warning for `config`, whose own file is `source`.
+pub fn warnings(config: &Config, source: &Source) -> Vec<ConfigError> {
+    let mut warnings = Vec::new();
+    if config.policy_summary.files.is_empty() {
+        warnings.push(ConfigError::at(
+            source.path(),
+            source.locate("policy.files"),
+            "policy.files",
+            "no policy files: every request is denied (no_matching_allow); name rule files in policy.files",
+        ));
+    }
+    let rules = config.policy.rules();
+    for (rule, origin) in rules.iter().zip(&config.policy_summary.rule_origins) {
+        if let Some(problem) = never_matches(rule, &config.routes) {
+            warnings
+                .push(origin.problem(format!("rule \"{}\" can never match: {problem}", rule.id)));
+            continue;
+        }
+        if rule.effect == Effect::Allow
+            && let Some((deny, deny_origin)) = rules
+                .iter()
+                .zip(&config.policy_summary.rule_origins)
+                .find(|(deny, _)| shadows(deny, rule))
+        {
+            let at = deny_origin
+                .position
+                .map(|(line, _)| format!("{}:{line}", deny_origin.file.display()))
+                .unwrap_or_else(|| deny_origin.file.display().to_string());
+            warnings.push(origin.problem(format!(
+                "allow rule \"{}\" never allows anything: deny rule \"{}\" ({at}) matches every request it does",
+                rule.id, deny.id
+            )));
+        }
+    }
+    warnings
+}
+
+/// Why `rule` can never match a request, if it cannot.
+fn never_matches(rule: &Rule, routes: &[RouteSettings]) -> Option<String> {
+    for condition in &rule.when {
+        match condition {
+            Condition::NotIp(networks) if networks.is_everything() => {
+                return Some(format!(
+                    "not_ip [{}] excludes every address",
+                    networks.label()
+                ));
+            }
+            Condition::Ip(networks) if networks.is_empty() => {
+                return Some(format!("ip [{}] holds no address", networks.label()));
+            }
+            _ => {}
+        }
+    }
+    if !routes.iter().any(|route| reaches(route, rule)) {
+        return Some("no route accepts its hosts and paths".to_owned());
+    }
+    None
+}
+
+/// Whether some request `route` accepts could fit the rule's hosts and paths.
+fn reaches(route: &RouteSettings, rule: &Rule) -> bool {
+    let host_ok = match &route.host {
+        None => true,
+        Some(route_host) => {
+            rule.hosts.is_empty() || rule.hosts.iter().any(|host| overlap(host, route_host))
+        }
+    };
+    host_ok
+        && (rule.paths.is_empty()
+            || rule
+                .paths
+                .iter()
+                .any(|glob| glob_meets_prefix(glob, &route.path_prefix)))
+}
+
+fn overlap(a: &HostPattern, b: &HostPattern) -> bool {
+    match (a, b) {
+        (HostPattern::Exact(a), HostPattern::Exact(b)) => a == b,
+        (suffix @ HostPattern::Suffix(_), HostPattern::Exact(host))
+        | (HostPattern::Exact(host), suffix @ HostPattern::Suffix(_)) => suffix.matches(host),
+        (HostPattern::Suffix(a), HostPattern::Suffix(b)) => {
+            a.ends_with(b.as_str()) || b.ends_with(a.as_str())
+        }
+    }
+}
+
+/// Whether some path the glob matches starts with the route's prefix.
+fn glob_meets_prefix(glob: &PathGlob, prefix: &str) -> bool {
+    let mut prefix_segments: Vec<&str> = path_segments(prefix);
+    if prefix.ends_with('/') {
+        // `/files/` matches anything under it: the last, empty segment stands for any.
+        prefix_segments.pop();
+    }
+    let mut segments = glob.segments().iter();
+    for wanted in prefix_segments {
+        match segments.next() {
+            Some(Segment::Literal(literal)) if literal == wanted => {}
+            Some(Segment::Single(_)) if !wanted.is_empty() => {}
+            Some(Segment::Rest) => return true,
+            _ => return false,
+        }
+    }
+    true
+}
+
+/// A route prefix's segments; `/` has none.
+fn path_segments(prefix: &str) -> Vec<&str> {
+    match prefix.strip_prefix('/') {
+        Some("") | None => Vec::new(),
+        Some(rest) => rest.split('/').collect(),
+    }
+}
+
+/// Whether `deny` is an enforced, unconditional deny rule that matches every request
+/// `allow` matches.
+fn shadows(deny: &Rule, allow: &Rule) -> bool {
+    let unconditional = deny.effect == Effect::Deny
+        && deny.mode == Mode::Enforce
+        && deny.when.is_empty()
+        && deny.headers.is_empty();
+    let hosts = deny.hosts.is_empty()
+        || (!allow.hosts.is_empty()
+            && allow
+                .hosts
+                .iter()
+                .all(|host| deny.hosts.iter().any(|d| d.covers(host))));
+    let paths = deny.paths.is_empty()
+        || (!allow.paths.is_empty()
+            && allow
+                .paths
+                .iter()
+                .all(|glob| deny.paths.iter().any(|d| d.covers(glob))));
+    let methods = match (&deny.methods, &allow.methods) {
+        (None, _) => true,
+        (Some(_), None) => false,
+        (Some(deny), Some(allow)) => deny.covers(allow),
+    };
+    allow.mode == Mode::Enforce && unconditional && hosts && paths && methods
+}
