@@ -133,8 +133,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         config = %config.file.display(),
         routes = config.routes.len(),
         upstreams = config.upstreams.len(),
+        rules = config.policy.rules().len(),
         "portcullis started"
     );
+    for warning in &config.warnings {
+        tracing::warn!("{warning}");
+    }
     signal.await;
     tracing::info!(
         grace_period = %crate::config::format_duration(config.shutdown_grace),

@@ -1,4 +1,4 @@
-//! The command line: `run` and `validate`, and the flags they share.
+//! The command line: `run`, `validate`, `explain` and `test`, and the flags they share.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::config::{self, Config};
+use crate::proxy::offline::{self, Offline, Verdict};
 
 /// A reverse-proxy authorization gateway that explains every denial.
 #[derive(Debug, Parser)]
@@ -31,11 +32,42 @@ pub enum Command {
         #[arg(short, long, default_value = "config/portcullis.yaml")]
         config: PathBuf,
     },
-    /// Check a config file and print "ok" with a summary, or every error.
+    /// Check a config file and its policies; print "ok" with a summary and any warnings,
+    /// or every error.
     Validate {
         /// The config file.
         #[arg(short, long, default_value = "config/portcullis.yaml")]
         config: PathBuf,
+    },
+    /// Decide a synthetic request offline and print the decision with its trace.
+    Explain {
+        /// The config file.
+        #[arg(short, long, default_value = "config/portcullis.yaml")]
+        config: PathBuf,
+        /// The request method.
+        #[arg(long, default_value = "GET")]
+        method: String,
+        /// The request URL, such as http://app.example/admin/users (or just a path).
+        #[arg(long)]
+        url: String,
+        /// The address the request comes from (the socket peer).
+        #[arg(long, default_value = crate::config::cases::DEFAULT_CASE_IP)]
+        ip: std::net::IpAddr,
+        /// A request header, `Name: value`; repeat for several.
+        #[arg(long = "header", value_name = "NAME:VALUE")]
+        headers: Vec<String>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run policy test cases; exit 1 if any fails.
+    Test {
+        /// The config file.
+        #[arg(short, long, default_value = "config/portcullis.yaml")]
+        config: PathBuf,
+        /// Case files.
+        #[arg(required = true)]
+        cases: Vec<PathBuf>,
     },
 }
 
@@ -69,10 +101,197 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let Some(config) = load_or_report(&config) else {
                 return Ok(ExitCode::from(EXIT_INVALID));
             };
+            for warning in &config.warnings {
+                eprintln!("warning: {warning}");
+            }
             println!("ok: {}", summary(&config));
             Ok(ExitCode::SUCCESS)
         }
+        Command::Explain {
+            config,
+            method,
+            url,
+            ip,
+            headers,
+            json,
+        } => {
+            let Some(config) = load_or_report(&config) else {
+                return Ok(ExitCode::from(EXIT_INVALID));
+            };
+            let mut pairs = Vec::new();
+            for header in &headers {
+                let Some((name, value)) = header.split_once(':') else {
+                    eprintln!("--header \"{header}\" must be written Name: value");
+                    return Ok(ExitCode::from(EXIT_INVALID));
+                };
+                pairs.push((name.trim().to_owned(), value.trim().to_owned()));
+            }
+            let offline = offline::decide(&config, &method, &url, ip, &pairs);
+            if json {
+                println!("{}", explain_json(&offline));
+            } else {
+                print!("{}", explain_text(&method, &url, &offline));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Test { config, cases } => {
+            let Some(config) = load_or_report(&config) else {
+                return Ok(ExitCode::from(EXIT_INVALID));
+            };
+            let mut all = Vec::new();
+            for file in &cases {
+                match config::cases::load(file) {
+                    Ok(found) => all.extend(found),
+                    Err(errors) => {
+                        eprintln!("{errors}");
+                        return Ok(ExitCode::from(EXIT_INVALID));
+                    }
+                }
+            }
+            let (report, failed) = run_cases(&config, &all);
+            print!("{report}");
+            Ok(if failed == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
     }
+}
+
+/// Runs `cases` against `config`: a line per case, the differences under each failure,
+/// then a count. Returns the report and how many failed.
+pub fn run_cases(config: &Config, cases: &[crate::policy::Case]) -> (String, usize) {
+    let mut report = String::new();
+    let mut failed = 0;
+    for case in cases {
+        let request = &case.request;
+        let offline = offline::decide(
+            config,
+            &request.method,
+            &request.url,
+            request.ip,
+            &request.headers,
+        );
+        let differences = case.expect.differences(&offline.actual());
+        if differences.is_empty() {
+            report.push_str(&format!("ok    {}\n", case.name));
+        } else {
+            failed += 1;
+            report.push_str(&format!("FAIL  {} ({})\n", case.name, case.origin));
+            report.push_str(&format!(
+                "      {} {} from {}\n",
+                request.method, request.url, request.ip
+            ));
+            for difference in differences {
+                report.push_str(&format!("      {difference}\n"));
+            }
+        }
+    }
+    report.push_str(&format!(
+        "{} passed, {failed} failed\n",
+        cases.len() - failed
+    ));
+    (report, failed)
+}
+
+/// The human form of `portcullis explain`.
+fn explain_text(method: &str, url: &str, offline: &Offline) -> String {
+    let mut text = format!("request:  {method} {url} from {}\n", offline.client_ip);
+    if let Some(route) = &offline.route {
+        text.push_str(&format!("route:    {route}\n"));
+    }
+    if let Some(path) = &offline.path {
+        text.push_str(&format!("path:     {path}\n"));
+    }
+    match &offline.verdict {
+        Verdict::Refused {
+            status,
+            reason,
+            detail,
+        } => {
+            text.push_str(&format!(
+                "decision: refused before any rule: {status} {reason}\n"
+            ));
+            text.push_str(&format!("why:      {detail}\n"));
+        }
+        Verdict::Decided(decision) => {
+            let status = if decision.is_allowed() {
+                "forwarded".to_owned()
+            } else {
+                format!("{} {}", decision.reason.status(), decision.reason.code())
+            };
+            let rule = decision
+                .rule
+                .as_ref()
+                .map_or_else(|| "no rule".to_owned(), |rule| format!("rule {rule}"));
+            text.push_str(&format!(
+                "decision: {} ({status}) by {rule}\n",
+                decision.effect.as_str()
+            ));
+            text.push_str(&format!("why:      {}\n", decision.reason));
+            if !decision.is_allowed() {
+                text.push_str(&format!("client:   {}\n", decision.reason.hint()));
+            }
+            if decision.trace.is_empty() {
+                text.push_str("trace:    no rule fits this host and path\n");
+            } else {
+                text.push_str("trace:\n");
+                for step in &decision.trace {
+                    text.push_str(&format!(
+                        "  {:<24} {:<5} {:<7} {}\n",
+                        step.rule.to_string(),
+                        step.effect.as_str(),
+                        step.mode.as_str(),
+                        step.outcome
+                    ));
+                }
+            }
+        }
+    }
+    text
+}
+
+/// The JSON form of `portcullis explain`.
+fn explain_json(offline: &Offline) -> String {
+    let mut out = serde_json::json!({
+        "route": offline.route.as_ref().map(|route| route.to_string()),
+        "path": offline.path,
+        "client_ip": offline.client_ip.to_string(),
+    });
+    match &offline.verdict {
+        Verdict::Refused {
+            status,
+            reason,
+            detail,
+        } => {
+            out["decision"] = "refused".into();
+            out["status"] = (*status).into();
+            out["reason"] = (*reason).into();
+            out["explanation"] = detail.as_str().into();
+        }
+        Verdict::Decided(decision) => {
+            out["decision"] = decision.effect.as_str().into();
+            out["status"] = decision.reason.status().into();
+            out["reason"] = decision.reason.code().into();
+            out["rule"] = decision.rule.as_ref().map(|rule| rule.to_string()).into();
+            out["explanation"] = decision.reason.to_string().into();
+            out["hint"] = decision.reason.hint().into();
+            out["trace"] = decision
+                .trace
+                .iter()
+                .map(|step| {
+                    serde_json::json!({
+                        "rule": step.rule.to_string(),
+                        "effect": step.effect.as_str(),
+                        "mode": step.mode.as_str(),
+                        "outcome": step.outcome.to_string(),
+                    })
+                })
+                .collect();
+        }
+    }
+    out.to_string()
 }
 
 /// Loads a config, printing every error to stderr when it is invalid.
@@ -100,8 +319,12 @@ pub fn summary(config: &Config) -> String {
         .iter()
         .map(|l| l.addr.to_string())
         .collect();
+    let rules = config.policy.rules().len();
+    let files = config.policy_summary.files.len();
+    let prefixes: usize = config.policy_summary.lists.iter().map(|(_, n)| n).sum();
+    let lists = config.policy_summary.lists.len();
     format!(
-        "{} listening on {}; {} route{}; {} upstream{} with {} target{}; admin on {}",
+        "{} listening on {}; {} route{}; {} upstream{} with {} target{}; {rules} rule{} in {files} policy file{}; {lists} list{} of {prefixes} network{}; admin on {}",
         config.file.display(),
         listeners.join(", "),
         config.routes.len(),
@@ -110,6 +333,10 @@ pub fn summary(config: &Config) -> String {
         plural(config.upstreams.len()),
         targets,
         plural(targets),
+        plural(rules),
+        plural(files),
+        plural(lists),
+        plural(prefixes),
         config.admin.addr,
     )
 }

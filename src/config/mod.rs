@@ -12,6 +12,7 @@
 //! raw string that still has to be parsed.
 
 mod build;
+pub mod cases;
 mod error;
 mod lint;
 mod model;

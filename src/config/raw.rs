@@ -403,7 +403,10 @@ pub fn parse(path: &Path, text: &str) -> Result<RawConfig, ConfigErrors> {
     parse_as(path, text)
 }
 
-fn parse_as<T: serde::de::DeserializeOwned>(path: &Path, text: &str) -> Result<T, ConfigErrors> {
+pub(super) fn parse_as<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    text: &str,
+) -> Result<T, ConfigErrors> {
     serde_saphyr::from_str::<T>(text).map_err(|err| {
         let location = err.location();
         let message = serde_message(&err);

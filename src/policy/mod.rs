@@ -13,6 +13,7 @@
 //!    `method_not_allowed`; its first failing condition); with none, `no_matching_allow`;
 //! 4. audit rules are judged and traced, and never change the outcome.
 
+mod cases;
 mod decision;
 mod facts;
 mod headers;
@@ -20,6 +21,7 @@ mod index;
 mod network;
 mod rule;
 
+pub use cases::{Actual, Case, CaseRequest, Expected};
 pub use decision::{Decision, Effect, Mode, Outcome, Reason, RuleId, Step};
 pub use facts::RequestFacts;
 pub use headers::{HeaderCondition, ValuePattern};

@@ -243,15 +243,7 @@ fn decide(
 ) -> (Decision, Duration) {
     let started = Instant::now();
     let policy = &proxy.policy;
-    let mut headers: Vec<(&str, &str)> = Vec::new();
-    for name in policy.header_names() {
-        for value in parts.headers.get_all(name.as_str()) {
-            // A value that is not text cannot equal any value a policy file can hold.
-            if let Ok(text) = value.to_str() {
-                headers.push((name, text));
-            }
-        }
-    }
+    let headers = normalize::policy_headers(policy.header_names(), &parts.headers);
     let facts = RequestFacts {
         method: parts.method.as_str(),
         host,

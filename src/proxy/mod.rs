@@ -7,6 +7,7 @@ mod forward;
 mod handle;
 pub mod listener;
 mod normalize;
+pub mod offline;
 mod pool;
 mod respond;
 mod route;

@@ -204,6 +204,20 @@ fn valid_port(digits: &str) -> bool {
     !digits.is_empty() && digits.len() <= 5 && digits.bytes().all(|b| b.is_ascii_digit())
 }
 
+/// The request headers the policy looks at, as `(name, value)` text pairs.
+pub fn policy_headers<'h>(names: &'h [String], headers: &'h HeaderMap) -> Vec<(&'h str, &'h str)> {
+    let mut pairs = Vec::new();
+    for name in names {
+        for value in headers.get_all(name.as_str()) {
+            // A value that is not text cannot equal any value a policy file can hold.
+            if let Ok(text) = value.to_str() {
+                pairs.push((name.as_str(), text));
+            }
+        }
+    }
+    pairs
+}
+
 /// The canonical spelling of the request path (see [`crate::path::canonical`]); a path
 /// servers would read in different ways is a 400.
 pub fn path(raw: &str) -> Result<Cow<'_, str>, ProxyError> {

@@ -2,6 +2,7 @@
 //! on loopback, spoken to over real sockets.
 //!
 //! - `support`: the harness: gateway and upstream servers that stop on drop, clients.
+//! - `bypass`: a corpus of attempts to reach a denied path past the policy.
 //! - `forwarding`: headers, request ids, bodies streamed both ways, HTTP/2, WebSocket.
 //! - `upstreams`: round robin, passive health, 502 and 504.
 //! - `limits`: 431, 413, slow heads, idle connections, connection limit, 400 and 404.
@@ -14,6 +15,7 @@
     reason = "a test that meets an unexpected error should fail loudly"
 )]
 
+mod bypass;
 mod config_errors;
 mod deploy;
 mod forwarding;

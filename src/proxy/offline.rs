@@ -1,0 +1,155 @@
+//! A synthetic request decided offline, for `portcullis explain` and `portcullis test`:
+//! the same normalization, routing and policy as a live request, without sockets.
+
+use std::borrow::Cow;
+use std::net::IpAddr;
+
+use http::{HeaderName, HeaderValue, Method, Request, Version};
+
+use super::normalize;
+use super::respond::ProxyError;
+use super::route::RouteTable;
+use crate::config::{Config, RouteId};
+use crate::policy::{Actual, Decision, RequestFacts};
+
+/// What the gateway would do with a request.
+#[derive(Debug)]
+pub struct Offline {
+    /// The route it takes, when it gets that far.
+    pub route: Option<RouteId>,
+    /// The path that would be decided on and forwarded.
+    pub path: Option<String>,
+    /// The client address the policy would see.
+    pub client_ip: IpAddr,
+    /// The decision, or why the request is refused before one.
+    pub verdict: Verdict,
+}
+
+/// A decision, or a refusal before any rule.
+#[derive(Debug)]
+pub enum Verdict {
+    /// The policy decided.
+    Decided(Decision),
+    /// Refused with a 400, 404 or 405 before deciding.
+    Refused {
+        /// The HTTP status.
+        status: u16,
+        /// The reason code.
+        reason: &'static str,
+        /// What was wrong.
+        detail: String,
+    },
+}
+
+impl Offline {
+    /// The answer in the terms of a test case.
+    pub fn actual(&self) -> Actual {
+        match &self.verdict {
+            Verdict::Decided(decision) => Actual {
+                decision: decision.effect.as_str().to_owned(),
+                reason: decision.reason.code().to_owned(),
+                rule: decision.rule.as_ref().map(|rule| rule.to_string()),
+            },
+            Verdict::Refused { reason, .. } => Actual {
+                decision: "refused".to_owned(),
+                reason: (*reason).to_owned(),
+                rule: None,
+            },
+        }
+    }
+}
+
+/// Decides `method url` from `peer` with `headers`, as the gateway running `config` would.
+/// A URL without a host is sent without one (as HTTP/1.0 may).
+pub fn decide(
+    config: &Config,
+    method: &str,
+    url: &str,
+    peer: IpAddr,
+    headers: &[(String, String)],
+) -> Offline {
+    let refused = |client_ip: IpAddr, route: Option<RouteId>, err: ProxyError| Offline {
+        route,
+        path: None,
+        client_ip,
+        verdict: Verdict::Refused {
+            status: err.status().as_u16(),
+            reason: err.reason(),
+            detail: err.to_string(),
+        },
+    };
+    let Ok(method) = Method::from_bytes(method.as_bytes()) else {
+        return refused(
+            peer,
+            None,
+            ProxyError::BadRequest(format!("\"{method}\" is not a method")),
+        );
+    };
+    if method == Method::CONNECT {
+        return refused(peer, None, ProxyError::ConnectRefused);
+    }
+    let mut builder = Request::builder().method(method).uri(url);
+    let has_host = headers
+        .iter()
+        .any(|(name, _)| name.eq_ignore_ascii_case("host"));
+    if !url.starts_with("http") && !has_host {
+        builder = builder.version(Version::HTTP_10);
+    }
+    for (name, value) in headers {
+        let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) else {
+            return refused(
+                peer,
+                None,
+                ProxyError::BadRequest(format!("header \"{name}\" is not valid")),
+            );
+        };
+        builder = builder.header(name, value);
+    }
+    let parts = match builder.body(()) {
+        Ok(request) => request.into_parts().0,
+        Err(err) => {
+            return refused(
+                peer,
+                None,
+                ProxyError::BadRequest(format!("\"{url}\" is not a request target ({err})")),
+            );
+        }
+    };
+
+    let is_trusted = |ip: IpAddr| config.trusted_proxies.iter().any(|net| net.contains(&ip));
+    let (client_ip, _) = normalize::client_ip(&parts.headers, peer, is_trusted);
+    let authority = match normalize::authority(&parts) {
+        Ok(authority) => authority,
+        Err(err) => return refused(client_ip, None, err),
+    };
+    let path = match normalize::path(parts.uri.path()) {
+        Ok(path) => path,
+        Err(err) => return refused(client_ip, None, err),
+    };
+    let routes = RouteTable::new(&config.routes);
+    let Some(route) = routes.select(authority.host.as_deref(), &path) else {
+        return refused(client_ip, None, ProxyError::NoRoute);
+    };
+    let path = match (route.case_insensitive, crate::path::fold_case(&path)) {
+        (true, Cow::Owned(folded)) => Cow::Owned(folded),
+        _ => path,
+    };
+    let header_pairs = normalize::policy_headers(config.policy.header_names(), &parts.headers);
+    let facts = RequestFacts {
+        method: parts.method.as_str(),
+        host: authority.host.as_deref(),
+        path: &path,
+        client_ip,
+        headers: &header_pairs,
+    };
+    let decision = config.policy.evaluate(&facts);
+    Offline {
+        route: Some(route.id.clone()),
+        path: Some(path.into_owned()),
+        client_ip,
+        verdict: Verdict::Decided(decision),
+    }
+}

@@ -1,0 +1,375 @@
+//! Bypass attempts: a corpus of requests that try to reach `/admin` past a policy that
+//! allows `GET /public/**` and keeps `/admin/**` to the office network. Whatever the
+//! gateway answers, the upstream must never receive anything a lenient server would read
+//! as `/admin` — while the legitimate `/public` requests still pass.
+//!
+//! Every attempt runs against two gateways: an allow-list policy on a case-sensitive
+//! route, and a deny-list policy (everything allowed but `/admin/**`) on a
+//! case-insensitive route, where a missed spelling would let the request through.
+
+use std::time::Duration;
+
+use http::{Method, Request, StatusCode, Version};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+use crate::support::*;
+
+const ALLOW_LIST: &str = "\
+lists: { office: [203.0.113.0/24] }
+rules:
+  - id: public-read
+    effect: allow
+    match: { paths: [\"/public/**\"], methods: [GET, HEAD] }
+  - id: admin-office-only
+    effect: deny
+    match: { paths: [\"/admin/**\"] }
+    when: { not_ip: [\"@office\"] }
+  - id: admin-console
+    effect: allow
+    match: { paths: [\"/admin/**\"] }
+    when: { ip: [\"@office\"] }
+";
+
+const DENY_LIST: &str = "\
+lists: { office: [203.0.113.0/24] }
+rules:
+  - id: everything-else
+    effect: allow
+  - id: admin-office-only
+    effect: deny
+    match: { paths: [\"/admin/**\"] }
+    when: { not_ip: [\"@office\"] }
+";
+
+/// How a lenient server (IIS, Tomcat, PHP, a case-insensitive file system) might read a
+/// request target: decoded three times over, backslashes as slashes, case folded,
+/// `;parameters`, NUL tails and trailing dots and spaces dropped, dot segments resolved.
+fn lenient(target: &str) -> String {
+    let mut path = target.split(['?', '#']).next().unwrap_or("").to_owned();
+    for _ in 0..3 {
+        path = percent_decode(&path);
+    }
+    let path = path.replace('\\', "/").to_lowercase();
+    let path = path.split('\0').next().unwrap_or("");
+    let mut segments: Vec<String> = Vec::new();
+    for segment in path.split('/') {
+        let segment = segment.split(';').next().unwrap_or("");
+        match segment {
+            "" | "." => {}
+            ".." => {
+                segments.pop();
+            }
+            _ => {
+                let trimmed = segment.trim_end_matches(['.', ' ', '\t']);
+                if !trimmed.is_empty() {
+                    segments.push(trimmed.to_owned());
+                }
+            }
+        }
+    }
+    format!("/{}", segments.join("/"))
+}
+
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut index = 0;
+    while index < bytes.len() {
+        if bytes[index] == b'%'
+            && let Some(hex) = bytes.get(index + 1..index + 3)
+            && let Ok(byte) = u8::from_str_radix(std::str::from_utf8(hex).unwrap_or("zz"), 16)
+        {
+            out.push(byte);
+            index += 3;
+        } else {
+            out.push(bytes[index]);
+            index += 1;
+        }
+    }
+    // Overlong and invalid sequences (`%c0%ae`) read as the ASCII they imitate, as some
+    // old decoders did.
+    let text = String::from_utf8_lossy(&out).into_owned();
+    text.replace("\u{fffd}\u{fffd}", ".")
+}
+
+fn reads_as_admin(target: &str) -> bool {
+    let path = lenient(target);
+    path == "/admin" || path.starts_with("/admin/")
+}
+
+/// Raw HTTP/1 attempts: (what it tries, the bytes).
+fn raw_attempts() -> Vec<(&'static str, String)> {
+    let get = |target: &str| format!("GET {target} HTTP/1.1\r\nHost: app\r\n\r\n");
+    let with = |target: &str, header: &str| {
+        format!("GET {target} HTTP/1.1\r\nHost: app\r\n{header}\r\n\r\n")
+    };
+    let mut attempts: Vec<(&'static str, String)> = vec![
+        ("plain", get("/admin")),
+        ("trailing slash", get("/admin/")),
+        ("deeper", get("/admin/users")),
+        ("upper case", get("/ADMIN/users")),
+        ("mixed case", get("/aDmIn")),
+        ("encoded letter", get("/%61dmin")),
+        ("encoded upper letter", get("/%41DMIN/users")),
+        ("dot-dot", get("/public/../admin")),
+        ("encoded dot-dot", get("/public/%2e%2e/admin")),
+        ("upper encoded dot-dot", get("/public/%2E%2E/admin")),
+        ("half encoded dot-dot", get("/public/.%2e/admin")),
+        ("other half encoded", get("/public/%2e./admin")),
+        ("encoded slash", get("/public/..%2fadmin")),
+        ("upper encoded slash", get("/public/..%2Fadmin")),
+        ("all encoded", get("/public/%2e%2e%2fadmin")),
+        ("encoded backslash", get("/public/..%5cadmin")),
+        ("raw backslash", get("/public/..\\admin")),
+        ("backslash path", get("/public\\..\\admin")),
+        ("double-encoded dots", get("/public/%252e%252e/admin")),
+        ("double-encoded slash", get("/public/%252e%252e%252fadmin")),
+        ("double encoding assembled", get("/public/%25%32%65%25%32%65/admin")),
+        ("triple encoding", get("/public/%25252e%25252e/admin")),
+        ("dot-dot-semicolon", get("/public/..;/admin")),
+        ("dot-dot with parameter", get("/public/..;x=1/admin")),
+        ("parameter on admin", get("/admin;/users")),
+        ("session parameter", get("/admin;jsessionid=1/users")),
+        ("empty parameter segment", get("/;/admin")),
+        ("double slash", get("//admin")),
+        ("triple slash", get("///admin/users")),
+        ("dot segment", get("/./admin")),
+        ("dot then dot-dot", get("/public/./../admin")),
+        ("trailing dot", get("/admin.")),
+        ("trailing dot segment", get("/admin./users")),
+        ("trailing space", get("/admin%20")),
+        ("trailing space segment", get("/admin%20/users")),
+        ("encoded trailing dot", get("/admin%2e")),
+        ("two trailing dots", get("/admin..")),
+        ("trailing tab", get("/admin%09")),
+        ("NUL byte", get("/admin%00")),
+        ("NUL then dot-dot", get("/public/%00/../admin")),
+        ("overlong dots", get("/public/%c0%ae%c0%ae/admin")),
+        ("overlong slash", get("/public/..%c0%afadmin")),
+        ("IIS %u encoding", get("/%u0061dmin")),
+        ("encoded slash prefix", get("/%2fadmin")),
+        ("encoded slash after", get("/admin%2f")),
+        ("double-encoded slash chain", get("/public/..%252f..%252fadmin")),
+        ("fragment", get("/admin#/public")),
+        ("fragment after public", get("/public/x#/../../admin")),
+        ("query with dots", get("/public/x?/../../admin")),
+        ("absolute form", "GET http://app/admin HTTP/1.1\r\nHost: app\r\n\r\n".to_owned()),
+        (
+            "absolute form with dots",
+            "GET http://app/public/../admin HTTP/1.1\r\nHost: app\r\n\r\n".to_owned(),
+        ),
+        (
+            "absolute form, upper-case scheme and host",
+            "GET HTTP://APP/admin HTTP/1.1\r\nHost: app\r\n\r\n".to_owned(),
+        ),
+        (
+            "absolute form disagreeing with Host",
+            "GET http://admin/admin HTTP/1.1\r\nHost: app\r\n\r\n".to_owned(),
+        ),
+        ("path in Host", "GET /admin HTTP/1.1\r\nHost: app/public\r\n\r\n".to_owned()),
+        (
+            "two Host headers",
+            "GET /admin HTTP/1.1\r\nHost: app\r\nHost: other\r\n\r\n".to_owned(),
+        ),
+        ("HTTP/1.0 without Host", "GET /admin HTTP/1.0\r\n\r\n".to_owned()),
+        ("HTTP/1.0 with dots", "GET /public/../admin HTTP/1.0\r\n\r\n".to_owned()),
+        ("X-Original-URL", with("/public/x", "X-Original-URL: /admin")),
+        ("X-Original-URI", with("/public/x", "X-Original-URI: /admin")),
+        ("X-Rewrite-URL", with("/public/x", "X-Rewrite-URL: /admin")),
+        (
+            "method override",
+            with("/public/x", "X-HTTP-Method-Override: DELETE"),
+        ),
+        ("X-Forwarded-Prefix", with("/public/x", "X-Forwarded-Prefix: /admin")),
+        (
+            "spoofed X-Forwarded-For",
+            with("/admin", "X-Forwarded-For: 203.0.113.5"),
+        ),
+        ("spoofed X-Real-IP", with("/admin", "X-Real-IP: 203.0.113.5")),
+        ("spoofed Forwarded", with("/admin", "Forwarded: for=203.0.113.5")),
+        ("spoofed True-Client-IP", with("/admin", "True-Client-IP: 203.0.113.5")),
+        (
+            "underscore forwarding header",
+            with("/admin", "X-Forwarded_For: 203.0.113.5"),
+        ),
+        ("h2c upgrade", with("/admin", "Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA")),
+        ("websocket upgrade", with("/admin", "Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==")),
+        (
+            "pipelined behind a public request",
+            format!("{}{}", get("/public/x"), with("/admin", "Connection: close")),
+        ),
+        (
+            "smuggled with Content-Length and chunked",
+            "POST /public/x HTTP/1.1\r\nHost: app\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /admin HTTP/1.1\r\nHost: app\r\n\r\n".to_owned(),
+        ),
+        (
+            "smuggled with obfuscated Transfer-Encoding",
+            "POST /public/x HTTP/1.1\r\nHost: app\r\nTransfer-Encoding: xchunked\r\nContent-Length: 38\r\n\r\nGET /admin HTTP/1.1\r\nHost: app\r\n\r\n".to_owned(),
+        ),
+        (
+            "smuggled with two lengths",
+            "POST /public/x HTTP/1.1\r\nHost: app\r\nContent-Length: 0\r\nContent-Length: 38\r\n\r\nGET /admin HTTP/1.1\r\nHost: app\r\n\r\n".to_owned(),
+        ),
+        (
+            "chunked body hiding a request",
+            "POST /public/x HTTP/1.1\r\nHost: app\r\nTransfer-Encoding: chunked\r\n\r\n26\r\nGET /admin HTTP/1.1\r\nHost: app\r\n\r\n\r\n0\r\n\r\n".to_owned(),
+        ),
+        ("CONNECT", "CONNECT app:80 HTTP/1.1\r\nHost: app:80\r\n\r\n".to_owned()),
+        ("asterisk form", "OPTIONS * HTTP/1.1\r\nHost: app\r\n\r\n".to_owned()),
+        ("extra spaces in request line", "GET  /admin  HTTP/1.1\r\nHost: app\r\n\r\n".to_owned()),
+    ];
+    attempts.push((
+        "space in header name",
+        "GET /public/x HTTP/1.1\r\nHost: app\r\nX-Original-URL : /admin\r\n\r\n".to_owned(),
+    ));
+    // Each attempt asks for the connection to close after it, so its answer is complete
+    // when the gateway closes.
+    for (_, bytes) in &mut attempts {
+        if !bytes.contains("Connection: close") {
+            let line_end = bytes.find("\r\n").unwrap_or(0) + 2;
+            bytes.insert_str(line_end, "Connection: close\r\n");
+        }
+    }
+    attempts
+}
+
+/// The legitimate requests, which must still pass: (method, path).
+const LEGITIMATE: &[(&str, &str)] = &[
+    ("GET", "/public/a"),
+    ("GET", "/public/a/b?x=1&y=/../admin"),
+    ("HEAD", "/public/readme.txt"),
+    ("GET", "/public/caf%C3%A9"),
+];
+
+#[tokio::test]
+async fn no_attempt_reaches_the_upstream_as_admin() {
+    let attempts = raw_attempts();
+    assert!(attempts.len() >= 60, "{} attempts", attempts.len());
+    for (policy, case_insensitive) in [(ALLOW_LIST, false), (DENY_LIST, true)] {
+        let up = TestUpstream::start("app").await;
+        let yaml = config(&[up.url()], "").replace(
+            "upstream: app }",
+            &format!("upstream: app, case_insensitive: {case_insensitive} }}"),
+        );
+        let gw = TestGateway::with_policy(&yaml, policy).await;
+
+        for (what, bytes) in &attempts {
+            let before = up.seen().len();
+            let answer = raw_until_closed(gw.addr, bytes.as_bytes(), Duration::from_secs(5)).await;
+            let seen = up.seen();
+            for request in &seen[before..] {
+                assert!(
+                    !reads_as_admin(&request.target),
+                    "{what}: the upstream received {:?} (policy {policy:?})\nanswer: {answer}",
+                    request.target
+                );
+                for header in [
+                    "x-original-url",
+                    "x-original-uri",
+                    "x-rewrite-url",
+                    "x-http-method-override",
+                    "x-forwarded-prefix",
+                ] {
+                    assert!(
+                        request.all(header).is_empty(),
+                        "{what}: {header} reached the upstream"
+                    );
+                }
+            }
+            let status_line = answer.lines().next().unwrap_or("");
+            if reads_as_admin(bytes.split(' ').nth(1).unwrap_or("")) {
+                assert!(
+                    !status_line.contains(" 200 "),
+                    "{what}: answered {status_line:?}"
+                );
+            }
+        }
+
+        // An office address through no trusted proxy is still not the office.
+        let h2: Client<HttpConnector, ClientBody> = Client::builder(TokioExecutor::new())
+            .http2_only(true)
+            .build(HttpConnector::new());
+        for path in [
+            "/admin",
+            "/public/../admin",
+            "/public/%2e%2e/admin",
+            "/ADMIN",
+            "/admin.",
+        ] {
+            let before = up.seen().len();
+            let response = h2.request(get(&gw.url(path))).await.unwrap();
+            assert_eq!(response.version(), Version::HTTP_2);
+            assert!(
+                matches!(
+                    response.status(),
+                    StatusCode::BAD_REQUEST | StatusCode::FORBIDDEN
+                ),
+                "HTTP/2 {path}: {}",
+                response.status()
+            );
+            assert_eq!(
+                up.seen().len(),
+                before,
+                "HTTP/2 {path} reached the upstream"
+            );
+        }
+
+        let http1 = client();
+        for (method, path) in LEGITIMATE {
+            let request = Request::builder()
+                .method(Method::from_bytes(method.as_bytes()).unwrap())
+                .uri(gw.url(path))
+                .body(ClientBody::default())
+                .unwrap();
+            let response = http1.request(request).await.unwrap();
+            assert_eq!(response.status(), StatusCode::OK, "{method} {path}");
+            assert_eq!(up.seen().last().unwrap().target, *path);
+            let response = h2.request(get(&gw.url(path))).await.unwrap();
+            assert_eq!(response.status(), StatusCode::OK, "HTTP/2 {path}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_trusted_proxy_vouches_for_the_office_address() {
+    let up = TestUpstream::start("app").await;
+    let gw = TestGateway::with_policy(
+        &config(&[up.url()], "network: { trusted_proxies: [127.0.0.1] }\n"),
+        ALLOW_LIST,
+    )
+    .await;
+    for (forwarded_for, allowed) in [
+        ("203.0.113.5", true),
+        ("203.0.113.5, 198.51.100.7", false),
+        ("198.51.100.7, 203.0.113.5", true),
+        ("not-an-address", false),
+    ] {
+        let request = format!(
+            "GET /admin/users HTTP/1.1\r\nHost: app\r\nConnection: close\r\nX-Forwarded-For: {forwarded_for}\r\n\r\n"
+        );
+        let answer = raw_until_closed(gw.addr, request.as_bytes(), Duration::from_secs(5)).await;
+        let ok = answer.starts_with("HTTP/1.1 200");
+        assert_eq!(ok, allowed, "{forwarded_for}: {answer}");
+    }
+}
+
+#[test]
+fn the_lenient_reader_reads_what_lenient_servers_read() {
+    for target in [
+        "/admin",
+        "/ADMIN.",
+        "/public/..%5cadmin",
+        "/public/%252e%252e/admin",
+        "/admin;x/y",
+        "/public/%c0%ae%c0%ae/admin",
+        "/admin%00.txt",
+        "/admin%20",
+    ] {
+        assert!(reads_as_admin(target), "{target}");
+    }
+    for target in ["/public/x", "/public/x?/../../admin", "/administrator"] {
+        assert!(!reads_as_admin(target), "{target}");
+    }
+}
