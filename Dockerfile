@@ -12,6 +12,7 @@ RUN cargo build --release --locked && strip target/release/portcullis
 FROM gcr.io/distroless/cc-debian12:nonroot
 COPY --from=build /src/target/release/portcullis /usr/local/bin/portcullis
 COPY deploy/docker/portcullis.yaml /etc/portcullis/portcullis.yaml
+COPY config/policies /etc/portcullis/policies
 USER nonroot:nonroot
 EXPOSE 8080 9090
 ENTRYPOINT ["/usr/local/bin/portcullis"]

@@ -219,7 +219,8 @@ pub fn build(files: &[PathBuf]) -> Result<(PolicySet, PolicySummary), Vec<Config
             } else {
                 rule_origin.insert(raw_rule.id.clone(), origin_of(&file.builder, &id_path));
             }
-            if let Some(rule) = build_rule(&mut file.builder, &base, raw_rule, &lists) {
+            if let Some(rule) = build_rule(&mut file.builder, &base, raw_rule, &lists, &list_origin)
+            {
                 rules.push(rule);
                 summary.rule_origins.push(RuleOrigin {
                     file: file.builder.source.path().to_owned(),
@@ -231,7 +232,9 @@ pub fn build(files: &[PathBuf]) -> Result<(PolicySet, PolicySummary), Vec<Config
     }
 
     for file in parsed {
-        errors.extend(file.builder.errors);
+        let mut file_errors = file.builder.errors;
+        file_errors.sort_by_key(|error| error.position.unwrap_or((usize::MAX, 0)));
+        errors.extend(file_errors);
     }
     if errors.is_empty() {
         Ok((PolicySet::new(rules), summary))
@@ -331,6 +334,7 @@ fn build_rule(
     base: &str,
     raw: &RawRule,
     lists: &HashMap<String, Arc<NetSet>>,
+    defined: &HashMap<String, String>,
 ) -> Option<Rule> {
     let errors_before = builder.errors.len();
     builder.typed(&format!("{base}.id"), check_id("rule id", &raw.id));
@@ -392,7 +396,14 @@ fn build_rule(
         })
         .collect();
 
-    let when = build_when(builder, &format!("{base}.when"), &raw.when, lists, &paths);
+    let when = build_when(
+        builder,
+        &format!("{base}.when"),
+        &raw.when,
+        lists,
+        defined,
+        &paths,
+    );
 
     if let Some(help) = &raw.help {
         let link = ["https://", "http://", "mailto:"]
@@ -444,6 +455,7 @@ fn build_when(
     base: &str,
     raw: &RawWhen,
     lists: &HashMap<String, Arc<NetSet>>,
+    defined: &HashMap<String, String>,
     paths: &[PathGlob],
 ) -> Vec<Condition> {
     let identity = "needs caller identity (JWT or API keys), which this version of portcullis does not support yet; remove it";
@@ -477,12 +489,13 @@ fn build_when(
 
     let mut when = Vec::new();
     if let Some(entries) = &raw.ip
-        && let Some(networks) = networks(builder, &format!("{base}.ip"), entries, lists)
+        && let Some(networks) = networks(builder, &format!("{base}.ip"), entries, lists, defined)
     {
         when.push(Condition::Ip(networks));
     }
     if let Some(entries) = &raw.not_ip
-        && let Some(networks) = networks(builder, &format!("{base}.not_ip"), entries, lists)
+        && let Some(networks) =
+            networks(builder, &format!("{base}.not_ip"), entries, lists, defined)
     {
         when.push(Condition::NotIp(networks));
     }
@@ -501,6 +514,7 @@ fn networks(
     yaml_path: &str,
     entries: &[String],
     lists: &HashMap<String, Arc<NetSet>>,
+    defined: &HashMap<String, String>,
 ) -> Option<Networks> {
     non_empty(builder, yaml_path, entries.len(), "address");
     let mut sets = Vec::new();
@@ -511,9 +525,11 @@ fn networks(
         if let Some(name) = entry.strip_prefix('@') {
             match lists.get(name) {
                 Some(set) => sets.push(Arc::clone(set)),
+                // A list that is defined but broken has its own error already.
+                None if defined.contains_key(name) => ok = false,
                 None => {
                     ok = false;
-                    let help = did_you_mean(name, lists.keys().map(String::as_str))
+                    let help = did_you_mean(name, defined.keys().map(String::as_str))
                         .map(|help| help.replacen('"', "\"@", 1));
                     builder.error_with_help(&entry_path, format!("unknown list \"{entry}\""), help);
                 }

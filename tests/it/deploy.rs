@@ -12,6 +12,9 @@ fn root() -> &'static Path {
 fn the_dockerfile_copies_files_that_exist_and_serves_a_valid_config() {
     let dockerfile = std::fs::read_to_string(root().join("Dockerfile")).unwrap();
     let mut copied_config = None;
+    // The image's /etc/portcullis, rebuilt from the COPY lines.
+    let image = crate::support::Scratch::new();
+    let image_etc = image.write("probe", "").with_file_name("etc");
     for line in dockerfile.lines() {
         let Some(rest) = line.strip_prefix("COPY ") else {
             continue;
@@ -27,11 +30,17 @@ fn the_dockerfile_copies_files_that_exist_and_serves_a_valid_config() {
                 "the Dockerfile copies {source}, which does not exist"
             );
         }
+        if let Some(inside) = destination.strip_prefix("/etc/portcullis") {
+            copy_tree(
+                &root().join(sources[0]),
+                &image_etc.join(inside.trim_start_matches('/')),
+            );
+        }
         if destination.ends_with("portcullis.yaml") {
-            copied_config = Some((sources[0].to_owned(), destination.to_string()));
+            copied_config = Some(destination.to_string());
         }
     }
-    let (source, destination) = copied_config.expect("the Dockerfile copies a config");
+    let destination = copied_config.expect("the Dockerfile copies a config");
     assert!(
         dockerfile.contains(&format!("\"-c\", \"{destination}\"")),
         "CMD serves the copied config"
@@ -49,8 +58,26 @@ fn the_dockerfile_copies_files_that_exist_and_serves_a_valid_config() {
         dockerfile.contains(&format!("FROM rust:{rust_version}")),
         "the build image matches rust-version"
     );
-    if let Err(errors) = portcullis::config::load(&root().join(&source)) {
-        panic!("{source} is invalid:\n{errors}");
+    match portcullis::config::load(&image_etc.join("portcullis.yaml")) {
+        Ok(config) => assert!(
+            config.warnings.is_empty() && !config.policy.rules().is_empty(),
+            "the image's config has no rules or warnings: {:?}",
+            config.warnings
+        ),
+        Err(errors) => panic!("the image's config is invalid:\n{errors}"),
+    }
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    if from.is_dir() {
+        std::fs::create_dir_all(to).unwrap();
+        for entry in std::fs::read_dir(from).unwrap() {
+            let entry = entry.unwrap();
+            copy_tree(&entry.path(), &to.join(entry.file_name()));
+        }
+    } else {
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(from, to).unwrap();
     }
 }
 
@@ -60,16 +87,27 @@ fn the_kubernetes_configmap_holds_a_valid_config() {
     // The manifest is three YAML documents; the ConfigMap is the first. Its embedded file
     // is the block under `portcullis.yaml: |`, indented by four spaces.
     let config_map = text.split("\n---\n").next().unwrap();
-    let embedded: String = config_map
-        .split_once("portcullis.yaml: |\n")
-        .unwrap()
-        .1
-        .lines()
-        .map(|line| line.strip_prefix("    ").unwrap_or(line))
-        .map(|line| format!("{line}\n"))
-        .collect();
-    let config = portcullis::config::from_str(Path::new("configmap/portcullis.yaml"), &embedded)
+    // Each `key: |` block of `data` is a file in the mounted directory.
+    let volume = crate::support::Scratch::new();
+    let data = config_map.split_once("\ndata:\n").unwrap().1;
+    let mut file: Option<(String, String)> = None;
+    for line in data.lines() {
+        if let Some(key) = line.strip_prefix("  ").and_then(|l| l.strip_suffix(": |")) {
+            if let Some((name, body)) = file.take() {
+                volume.write(&name, &body);
+            }
+            file = Some((key.to_owned(), String::new()));
+        } else if let Some((_, body)) = &mut file {
+            body.push_str(line.strip_prefix("    ").unwrap_or(line));
+            body.push('\n');
+        }
+    }
+    let (name, body) = file.unwrap();
+    let last = volume.write(&name, &body);
+    let config = portcullis::config::load(&last.with_file_name("portcullis.yaml"))
         .unwrap_or_else(|errors| panic!("the ConfigMap's config is invalid:\n{errors}"));
+    assert!(config.warnings.is_empty(), "{:?}", config.warnings);
+    assert_eq!(config.policy.rules().len(), 2);
     assert_eq!(
         config.admin.addr.port(),
         9090,

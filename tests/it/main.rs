@@ -7,7 +7,9 @@
 //! - `upstreams`: round robin, passive health, 502 and 504.
 //! - `limits`: 431, 413, slow heads, idle connections, connection limit, 400 and 404.
 //! - `lifecycle`: the binary: graceful shutdown on SIGTERM, exit codes.
+//! - `policy_cli`: `portcullis test`, `explain` and `validate` on policy files.
 //! - `config_errors`: every config error names file, line, column and YAML path.
+//! - `denials`: 403s at each detail level, the HTML page, decision metrics.
 //! - `deploy`: the Dockerfile's and Kubernetes manifests' checkable parts.
 
 #![allow(
@@ -17,9 +19,11 @@
 
 mod bypass;
 mod config_errors;
+mod denials;
 mod deploy;
 mod forwarding;
 mod lifecycle;
 mod limits;
+mod policy_cli;
 mod support;
 mod upstreams;
