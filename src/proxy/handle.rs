@@ -132,6 +132,12 @@ async fn pipeline(
 ) -> Result<Answer, Failure> {
     let limits = &proxy.limits;
     check_limits(&request, limits.max_header_size, limits.max_body_size).map_err(Failure::early)?;
+    // SECURITY: a head with two framings is how requests are smuggled past proxies.
+    if conn.activity.has_ambiguous_framing() {
+        return Err(Failure::early(ProxyError::BadRequest(
+            "the request has both Content-Length and Transfer-Encoding".into(),
+        )));
+    }
     if request.method() == Method::CONNECT {
         return Err(Failure::early(ProxyError::ConnectRefused));
     }
@@ -396,6 +402,7 @@ async fn tunnel(
             return;
         }
     };
+    activity.tunnel_started();
     let mut client = TokioIo::new(client);
     let mut upstream = TokioIo::new(upstream);
     tokio::select! {

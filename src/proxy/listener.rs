@@ -7,7 +7,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -20,6 +20,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::time::Instant;
 
 use super::Proxy;
+use super::framing::{FramingWatch, MAX_HEADERS};
 use super::handle::handle;
 
 /// What a request knows about the connection it arrived on.
@@ -128,6 +129,7 @@ async fn serve_connection(
     let io = TokioIo::new(ActivityIo {
         inner: stream,
         activity: activity.clone(),
+        framing: FramingWatch::new(limits.max_header_size * 2),
     });
 
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -202,9 +204,6 @@ async fn serve_connection(
     }
 }
 
-/// The most header fields a request may have; more is a bare 431 from the parser.
-const MAX_HEADERS: usize = 200;
-
 /// Resolves once the connection has had no bytes in either direction and no request
 /// waiting for its response head for at least `timeout` (at most 1.25 × `timeout`).
 pub async fn idle(activity: &Activity, timeout: Duration) {
@@ -239,9 +238,26 @@ pub struct Activity {
     in_flight: AtomicUsize,
     /// Requests started on this connection so far.
     requests: AtomicU64,
+    /// The number of the first HTTP/1 request head with both `Content-Length` and
+    /// `Transfer-Encoding`, or 0.
+    ambiguous_head: AtomicU64,
+    /// Set once the connection is a tunnel: its bytes are no longer HTTP.
+    tunnelled: AtomicBool,
 }
 
 impl Activity {
+    /// Whether the request being handled (the latest started) had both
+    /// `Content-Length` and `Transfer-Encoding` in its head.
+    pub fn has_ambiguous_framing(&self) -> bool {
+        let head = self.ambiguous_head.load(Ordering::Relaxed);
+        head != 0 && head == self.requests.load(Ordering::Relaxed)
+    }
+
+    /// Marks the connection as a tunnel.
+    pub fn tunnel_started(&self) {
+        self.tunnelled.store(true, Ordering::Relaxed);
+    }
+
     fn snapshot(&self) -> (u64, u64) {
         (
             self.reads.load(Ordering::Relaxed),
@@ -271,6 +287,7 @@ impl Drop for InFlight {
 struct ActivityIo {
     inner: TcpStream,
     activity: Arc<Activity>,
+    framing: FramingWatch,
 }
 
 impl AsyncRead for ActivityIo {
@@ -282,7 +299,14 @@ impl AsyncRead for ActivityIo {
         let before = buf.filled().len();
         let result = ready!(Pin::new(&mut self.inner).poll_read(cx, buf));
         if buf.filled().len() > before {
-            self.activity.reads.fetch_add(1, Ordering::Relaxed);
+            let this = &mut *self;
+            this.activity.reads.fetch_add(1, Ordering::Relaxed);
+            if this.activity.tunnelled.load(Ordering::Relaxed) {
+                this.framing.stop();
+            }
+            if let Some(head) = this.framing.feed(&buf.filled()[before..]) {
+                this.activity.ambiguous_head.store(head, Ordering::Relaxed);
+            }
         }
         Poll::Ready(result)
     }

@@ -4,6 +4,7 @@
 
 mod echo;
 mod forward;
+mod framing;
 mod handle;
 pub mod listener;
 mod normalize;

@@ -110,7 +110,8 @@ fn required_parts_are_named() {
 #[test]
 fn the_shipped_configs_are_valid() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    for file in ["config/portcullis.yaml", "deploy/docker/portcullis.yaml"] {
+    // deploy/docker/portcullis.yaml is checked as the image lays it out, in `deploy`.
+    for file in ["config/portcullis.yaml"] {
         let path = root.join(file);
         if let Err(errors) = portcullis::config::load(&path) {
             panic!("{file} is invalid:\n{errors}");

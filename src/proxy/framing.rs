@@ -1,0 +1,328 @@
+//! A watch on the framing of HTTP/1 requests, read from a client connection's raw bytes.
+//!
+//! hyper accepts a request head that carries both `Content-Length` and
+//! `Transfer-Encoding`: it drops the length, reads the chunked body and closes the
+//! connection afterwards, as RFC 9112 §6.1 allows. We refuse such a request with a 400
+//! instead, and hyper leaves no trace of the dropped length, so this watch follows the
+//! byte stream the way hyper frames it (heads, sized and chunked bodies) and records the
+//! number of the first head that had both. Anything it cannot follow (HTTP/2, a malformed
+//! head, a tunnel) ends the watch; it never guesses.
+
+/// The most header fields a head may have; hyper's parser is set to the same.
+pub const MAX_HEADERS: usize = 200;
+
+/// Follows one connection's request framing.
+#[derive(Debug)]
+pub struct FramingWatch {
+    state: State,
+    /// Bytes of a head that arrived in pieces.
+    partial_head: Vec<u8>,
+    /// The largest head worth following; past it hyper refuses the request anyway.
+    max_head: usize,
+    /// Heads seen so far.
+    heads: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Waiting for (the rest of) a request head.
+    Head,
+    /// Inside a body of known length: this many bytes left.
+    Sized(u64),
+    /// Reading a chunk-size line (its bytes so far are not needed: only its end).
+    ChunkSize {
+        value: u64,
+        digits: u8,
+        in_extension: bool,
+    },
+    /// Inside chunk data: this many bytes left, then CRLF.
+    ChunkData(u64),
+    /// The CRLF after chunk data: how many of its bytes are still due.
+    ChunkEnd(u8),
+    /// Trailer lines after the last chunk; `line_empty` while the current line is empty.
+    Trailers { line_empty: bool },
+    /// Stopped following this connection.
+    Done,
+}
+
+impl FramingWatch {
+    /// A watch for a new connection whose heads may be up to `max_head` bytes.
+    pub fn new(max_head: usize) -> FramingWatch {
+        FramingWatch {
+            state: State::Head,
+            partial_head: Vec::new(),
+            max_head,
+            heads: 0,
+        }
+    }
+
+    /// Stops following the connection (it became a tunnel).
+    pub fn stop(&mut self) {
+        self.state = State::Done;
+        self.partial_head = Vec::new();
+    }
+
+    /// Follows `bytes`, the next bytes read from the client. Returns the number (from 1)
+    /// of a head that had both `Content-Length` and `Transfer-Encoding`; the watch stops
+    /// there, since hyper closes the connection after that request.
+    pub fn feed(&mut self, mut bytes: &[u8]) -> Option<u64> {
+        while !bytes.is_empty() {
+            match self.state {
+                State::Done => return None,
+                State::Head => {
+                    let (used, head) = self.head(bytes);
+                    bytes = &bytes[used..];
+                    match head {
+                        Some(Head::Ambiguous) => {
+                            self.stop();
+                            return Some(self.heads);
+                        }
+                        Some(Head::Body(state)) => self.state = state,
+                        None => {}
+                    }
+                }
+                State::Sized(left) => {
+                    let take = left.min(bytes.len() as u64);
+                    bytes = &bytes[take as usize..];
+                    self.state = if take == left {
+                        State::Head
+                    } else {
+                        State::Sized(left - take)
+                    };
+                }
+                State::ChunkSize {
+                    value,
+                    digits,
+                    in_extension,
+                } => {
+                    let byte = bytes[0];
+                    bytes = &bytes[1..];
+                    self.state = match (byte, in_extension) {
+                        (b'\n', _) if digits == 0 => State::Done,
+                        (b'\n', _) if value == 0 => State::Trailers { line_empty: true },
+                        (b'\n', _) => State::ChunkData(value),
+                        (b'\r', _) => self.state,
+                        (_, true) => self.state,
+                        (b';' | b' ' | b'\t', false) if digits > 0 => State::ChunkSize {
+                            value,
+                            digits,
+                            in_extension: true,
+                        },
+                        (_, false) => match (char::from(byte).to_digit(16), digits) {
+                            // More than 16 hex digits overflows a u64; hyper refuses it too.
+                            (Some(digit), 0..=15) => State::ChunkSize {
+                                value: value * 16 + u64::from(digit),
+                                digits: digits + 1,
+                                in_extension: false,
+                            },
+                            _ => State::Done,
+                        },
+                    };
+                }
+                State::ChunkData(left) => {
+                    let take = left.min(bytes.len() as u64);
+                    bytes = &bytes[take as usize..];
+                    self.state = if take == left {
+                        State::ChunkEnd(2)
+                    } else {
+                        State::ChunkData(left - take)
+                    };
+                }
+                State::ChunkEnd(due) => {
+                    let byte = bytes[0];
+                    bytes = &bytes[1..];
+                    self.state = match (due, byte) {
+                        (2, b'\r') => State::ChunkEnd(1),
+                        (_, b'\n') => State::ChunkSize {
+                            value: 0,
+                            digits: 0,
+                            in_extension: false,
+                        },
+                        _ => State::Done,
+                    };
+                }
+                State::Trailers { line_empty } => {
+                    let byte = bytes[0];
+                    bytes = &bytes[1..];
+                    self.state = match byte {
+                        b'\n' if line_empty => State::Head,
+                        b'\n' => State::Trailers { line_empty: true },
+                        b'\r' => State::Trailers { line_empty },
+                        _ => State::Trailers { line_empty: false },
+                    };
+                }
+            }
+        }
+        None
+    }
+
+    /// Reads head bytes: how many of `bytes` were used, and the framing that follows the
+    /// head once it is complete.
+    fn head(&mut self, bytes: &[u8]) -> (usize, Option<Head>) {
+        // Most heads arrive whole in one read: parse them in place.
+        if self.partial_head.is_empty() {
+            match parse(bytes) {
+                Parsed::Complete(length, head) => {
+                    self.heads += 1;
+                    return (length, Some(head));
+                }
+                Parsed::Partial if bytes.len() <= self.max_head => {
+                    self.partial_head.extend_from_slice(bytes);
+                    return (bytes.len(), None);
+                }
+                Parsed::Partial | Parsed::Invalid => {
+                    self.stop();
+                    return (bytes.len(), None);
+                }
+            }
+        }
+        let before = self.partial_head.len();
+        self.partial_head.extend_from_slice(bytes);
+        match parse(&self.partial_head) {
+            Parsed::Complete(length, head) => {
+                self.heads += 1;
+                self.partial_head.clear();
+                (length - before, Some(head))
+            }
+            Parsed::Partial if self.partial_head.len() <= self.max_head => (bytes.len(), None),
+            Parsed::Partial | Parsed::Invalid => {
+                self.stop();
+                (bytes.len(), None)
+            }
+        }
+    }
+}
+
+/// What a complete head means for the bytes after it.
+enum Head {
+    /// Both `Content-Length` and `Transfer-Encoding`.
+    Ambiguous,
+    /// The body's framing (`Head` again when there is no body).
+    Body(State),
+}
+
+enum Parsed {
+    Complete(usize, Head),
+    Partial,
+    Invalid,
+}
+
+fn parse(bytes: &[u8]) -> Parsed {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut request = httparse::Request::new(&mut headers);
+    let length = match request.parse(bytes) {
+        Ok(httparse::Status::Complete(length)) => length,
+        Ok(httparse::Status::Partial) => return Parsed::Partial,
+        Err(_) => return Parsed::Invalid,
+    };
+    let mut content_length: Option<u64> = None;
+    let mut chunked = None;
+    for header in request.headers.iter() {
+        if header.name.eq_ignore_ascii_case("content-length") {
+            let Some(length) = std::str::from_utf8(header.value)
+                .ok()
+                .and_then(|text| text.trim().parse::<u64>().ok())
+            else {
+                return Parsed::Invalid;
+            };
+            content_length = Some(length);
+        } else if header.name.eq_ignore_ascii_case("transfer-encoding") {
+            // As hyper reads it: the last field line decides whether it ends in chunked.
+            let last = header.value.rsplit(|&b| b == b',').next().unwrap_or(&[]);
+            chunked = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+        }
+    }
+    let head = match (content_length, chunked) {
+        (Some(_), Some(_)) => Head::Ambiguous,
+        // A body hyper will not read as chunked is a request it refuses.
+        (None, Some(false)) => return Parsed::Invalid,
+        (None, Some(true)) => Head::Body(State::ChunkSize {
+            value: 0,
+            digits: 0,
+            in_extension: false,
+        }),
+        (Some(0) | None, None) => Head::Body(State::Head),
+        (Some(length), None) => Head::Body(State::Sized(length)),
+    };
+    // After a protocol switch the bytes are not HTTP: the tunnel stops the watch. A
+    // refused switch leaves a plain request, so the watch goes on until told.
+    Parsed::Complete(length, head)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn feed_all(chunks: &[&[u8]]) -> Option<u64> {
+        let mut watch = FramingWatch::new(64 * 1024);
+        chunks.iter().find_map(|chunk| watch.feed(chunk))
+    }
+
+    fn one_byte_at_a_time(bytes: &[u8]) -> Option<u64> {
+        let mut watch = FramingWatch::new(64 * 1024);
+        bytes.chunks(1).find_map(|byte| watch.feed(byte))
+    }
+
+    const GET: &[u8] = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+    const SIZED: &[u8] = b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 11\r\n\r\nhello world";
+    const CHUNKED: &[u8] =
+        b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n0\r\nX-Trailer: 1\r\n\r\n";
+    const AMBIGUOUS: &[u8] =
+        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
+    const AMBIGUOUS_TE_FIRST: &[u8] =
+        b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\ncontent-length: 4\r\n\r\n0\r\n\r\n";
+
+    #[test]
+    fn finds_the_ambiguous_head_by_number() {
+        assert_eq!(feed_all(&[AMBIGUOUS]), Some(1));
+        assert_eq!(feed_all(&[AMBIGUOUS_TE_FIRST]), Some(1));
+        let stream = [GET, SIZED, CHUNKED, AMBIGUOUS].concat();
+        assert_eq!(feed_all(&[&stream]), Some(4));
+        assert_eq!(one_byte_at_a_time(&stream), Some(4));
+    }
+
+    #[test]
+    fn bodies_that_look_like_heads_are_skipped() {
+        let inner: &[u8] =
+            b"POST / HTTP/1.1\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
+        let sized = [
+            format!(
+                "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: {}\r\n\r\n",
+                inner.len()
+            )
+            .as_bytes(),
+            inner,
+        ]
+        .concat();
+        assert_eq!(feed_all(&[&sized]), None);
+        assert_eq!(one_byte_at_a_time(&sized), None);
+        let chunked = [
+            format!(
+                "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n",
+                inner.len()
+            )
+            .as_bytes(),
+            inner,
+            b"\r\n0\r\n\r\n",
+        ]
+        .concat();
+        assert_eq!(one_byte_at_a_time(&chunked), None);
+        assert_eq!(feed_all(&[&chunked, &sized, AMBIGUOUS]), Some(3));
+    }
+
+    #[test]
+    fn gives_up_on_what_it_cannot_follow() {
+        assert_eq!(
+            feed_all(&[b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", AMBIGUOUS]),
+            None
+        );
+        assert_eq!(feed_all(&[b"\x16\x03\x01garbage\r\n\r\n", AMBIGUOUS]), None);
+        let mut watch = FramingWatch::new(64);
+        assert_eq!(watch.feed(&[b'a'; 100]), None);
+        assert_eq!(watch.feed(AMBIGUOUS), None);
+        let mut tunnel = FramingWatch::new(1024);
+        tunnel.feed(GET);
+        tunnel.stop();
+        assert_eq!(tunnel.feed(AMBIGUOUS), None);
+    }
+}
