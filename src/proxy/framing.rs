@@ -7,6 +7,10 @@
 //! byte stream the way hyper frames it (heads, sized and chunked bodies) and records the
 //! number of the first head that had both. Anything it cannot follow (HTTP/2, a malformed
 //! head, a tunnel) ends the watch; it never guesses.
+//!
+//! It also notes where the latest head that asks for a protocol switch ends, so that a
+//! switch can be refused when the client sent bytes past that head before the upstream
+//! agreed to it (they would otherwise go into the tunnel unchecked).
 
 /// The most header fields a head may have; hyper's parser is set to the same.
 pub const MAX_HEADERS: usize = 200;
@@ -21,6 +25,10 @@ pub struct FramingWatch {
     max_head: usize,
     /// Heads seen so far.
     heads: u64,
+    /// Bytes fed so far.
+    fed: u64,
+    /// The number of the latest head with an `Upgrade` field, and the offset where it ends.
+    upgrade: Option<(u64, u64)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,6 +61,8 @@ impl FramingWatch {
             partial_head: Vec::new(),
             max_head,
             heads: 0,
+            fed: 0,
+            upgrade: None,
         }
     }
 
@@ -65,7 +75,25 @@ impl FramingWatch {
     /// Follows `bytes`, the next bytes read from the client. Returns the number (from 1)
     /// of a head that had both `Content-Length` and `Transfer-Encoding`; the watch stops
     /// there, since hyper closes the connection after that request.
-    pub fn feed(&mut self, mut bytes: &[u8]) -> Option<u64> {
+    pub fn feed(&mut self, bytes: &[u8]) -> Option<u64> {
+        let start = self.fed;
+        self.fed += bytes.len() as u64;
+        self.follow(start, bytes)
+    }
+
+    /// Bytes fed so far.
+    pub fn fed(&self) -> u64 {
+        self.fed
+    }
+
+    /// The number of the latest head that asked for a protocol switch, and the offset in
+    /// the byte stream where that head ends.
+    pub fn upgrade(&self) -> Option<(u64, u64)> {
+        self.upgrade
+    }
+
+    fn follow(&mut self, start: u64, mut bytes: &[u8]) -> Option<u64> {
+        let total = bytes.len();
         while !bytes.is_empty() {
             match self.state {
                 State::Done => return None,
@@ -73,11 +101,17 @@ impl FramingWatch {
                     let (used, head) = self.head(bytes);
                     bytes = &bytes[used..];
                     match head {
-                        Some(Head::Ambiguous) => {
+                        Some((Head::Ambiguous, _)) => {
                             self.stop();
                             return Some(self.heads);
                         }
-                        Some(Head::Body(state)) => self.state = state,
+                        Some((Head::Body(state), upgrade)) => {
+                            self.state = state;
+                            if upgrade {
+                                let end = start + (total - bytes.len()) as u64;
+                                self.upgrade = Some((self.heads, end));
+                            }
+                        }
                         None => {}
                     }
                 }
@@ -158,13 +192,13 @@ impl FramingWatch {
 
     /// Reads head bytes: how many of `bytes` were used, and the framing that follows the
     /// head once it is complete.
-    fn head(&mut self, bytes: &[u8]) -> (usize, Option<Head>) {
+    fn head(&mut self, bytes: &[u8]) -> (usize, Option<(Head, bool)>) {
         // Most heads arrive whole in one read: parse them in place.
         if self.partial_head.is_empty() {
             match parse(bytes) {
-                Parsed::Complete(length, head) => {
+                Parsed::Complete(length, head, upgrade) => {
                     self.heads += 1;
-                    return (length, Some(head));
+                    return (length, Some((head, upgrade)));
                 }
                 Parsed::Partial if bytes.len() <= self.max_head => {
                     self.partial_head.extend_from_slice(bytes);
@@ -179,10 +213,10 @@ impl FramingWatch {
         let before = self.partial_head.len();
         self.partial_head.extend_from_slice(bytes);
         match parse(&self.partial_head) {
-            Parsed::Complete(length, head) => {
+            Parsed::Complete(length, head, upgrade) => {
                 self.heads += 1;
                 self.partial_head.clear();
-                (length - before, Some(head))
+                (length - before, Some((head, upgrade)))
             }
             Parsed::Partial if self.partial_head.len() <= self.max_head => (bytes.len(), None),
             Parsed::Partial | Parsed::Invalid => {
@@ -202,7 +236,8 @@ enum Head {
 }
 
 enum Parsed {
-    Complete(usize, Head),
+    /// The head's length, its framing, and whether it asks for a protocol switch.
+    Complete(usize, Head, bool),
     Partial,
     Invalid,
 }
@@ -217,6 +252,7 @@ fn parse(bytes: &[u8]) -> Parsed {
     };
     let mut content_length: Option<u64> = None;
     let mut chunked = None;
+    let mut upgrade = false;
     for header in request.headers.iter() {
         if header.name.eq_ignore_ascii_case("content-length") {
             let Some(length) = std::str::from_utf8(header.value)
@@ -230,6 +266,8 @@ fn parse(bytes: &[u8]) -> Parsed {
             // As hyper reads it: the last field line decides whether it ends in chunked.
             let last = header.value.rsplit(|&b| b == b',').next().unwrap_or(&[]);
             chunked = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+        } else if header.name.eq_ignore_ascii_case("upgrade") {
+            upgrade = true;
         }
     }
     let head = match (content_length, chunked) {
@@ -246,7 +284,7 @@ fn parse(bytes: &[u8]) -> Parsed {
     };
     // After a protocol switch the bytes are not HTTP: the tunnel stops the watch. A
     // refused switch leaves a plain request, so the watch goes on until told.
-    Parsed::Complete(length, head)
+    Parsed::Complete(length, head, upgrade)
 }
 
 #[cfg(test)]
@@ -308,6 +346,22 @@ mod tests {
         .concat();
         assert_eq!(one_byte_at_a_time(&chunked), None);
         assert_eq!(feed_all(&[&chunked, &sized, AMBIGUOUS]), Some(3));
+    }
+
+    #[test]
+    fn notes_where_an_upgrade_head_ends() {
+        let upgrade =
+            b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n";
+        let mut watch = FramingWatch::new(1024);
+        watch.feed(GET);
+        watch.feed(&upgrade[..10]);
+        watch.feed(&upgrade[10..]);
+        let end = (GET.len() + upgrade.len()) as u64;
+        assert_eq!(watch.upgrade(), Some((2, end)));
+        assert_eq!(watch.fed(), end);
+        watch.feed(b"GET /admin HTTP/1.1\r\n");
+        assert_eq!(watch.upgrade(), Some((2, end)));
+        assert!(watch.fed() > end);
     }
 
     #[test]

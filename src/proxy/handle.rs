@@ -213,6 +213,13 @@ async fn pipeline(
 
     let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
     match client_upgrade {
+        // SECURITY: bytes the client sent before the switch was agreed would go into the
+        // tunnel without ever being read as HTTP; refuse the switch and close.
+        Some(_) if switching && !conn.activity.may_switch_protocols() => {
+            return Err(fail(ProxyError::BadRequest(
+                "the client sent data before the protocol switch was answered".into(),
+            )));
+        }
         Some(client_upgrade) if switching => {
             let upstream_upgrade = hyper::upgrade::on(&mut response);
             tokio::spawn(tunnel(

@@ -243,6 +243,12 @@ pub struct Activity {
     ambiguous_head: AtomicU64,
     /// Set once the connection is a tunnel: its bytes are no longer HTTP.
     tunnelled: AtomicBool,
+    /// Bytes read from the client so far.
+    bytes_read: AtomicU64,
+    /// The number of the latest HTTP/1 head that asked for a protocol switch, or 0.
+    upgrade_head: AtomicU64,
+    /// Where in the byte stream that head ends.
+    upgrade_head_end: AtomicU64,
 }
 
 impl Activity {
@@ -251,6 +257,16 @@ impl Activity {
     pub fn has_ambiguous_framing(&self) -> bool {
         let head = self.ambiguous_head.load(Ordering::Relaxed);
         head != 0 && head == self.requests.load(Ordering::Relaxed)
+    }
+
+    /// Whether the request being handled asked for a protocol switch and the client has
+    /// sent nothing past its head: only then may the connection become a tunnel.
+    pub fn may_switch_protocols(&self) -> bool {
+        let head = self.upgrade_head.load(Ordering::Relaxed);
+        head != 0
+            && head == self.requests.load(Ordering::Relaxed)
+            && self.bytes_read.load(Ordering::Relaxed)
+                == self.upgrade_head_end.load(Ordering::Relaxed)
     }
 
     /// Marks the connection as a tunnel.
@@ -307,6 +323,13 @@ impl AsyncRead for ActivityIo {
             if let Some(head) = this.framing.feed(&buf.filled()[before..]) {
                 this.activity.ambiguous_head.store(head, Ordering::Relaxed);
             }
+            if let Some((head, end)) = this.framing.upgrade() {
+                this.activity.upgrade_head.store(head, Ordering::Relaxed);
+                this.activity.upgrade_head_end.store(end, Ordering::Relaxed);
+            }
+            this.activity
+                .bytes_read
+                .store(this.framing.fed(), Ordering::Relaxed);
         }
         Poll::Ready(result)
     }

@@ -373,3 +373,69 @@ fn the_lenient_reader_reads_what_lenient_servers_read() {
         assert!(!reads_as_admin(target), "{target}");
     }
 }
+
+/// An upstream that agrees to one protocol switch and returns every byte it received
+/// after the request head, until the gateway closes the connection.
+async fn switching_upstream() -> (std::net::SocketAddr, tokio::task::JoinHandle<Vec<u8>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let mut received = Vec::new();
+        let mut buffer = [0u8; 4096];
+        while !received.windows(4).any(|w| w == b"\r\n\r\n") {
+            let read = stream.read(&mut buffer).await.unwrap();
+            assert!(read > 0, "the gateway closed before sending a head");
+            received.extend_from_slice(&buffer[..read]);
+        }
+        stream
+            .write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+            .await
+            .unwrap();
+        let mut rest = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut rest)).await;
+        let head_end = received.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        received.drain(..head_end);
+        received.extend(rest);
+        received
+    });
+    (addr, task)
+}
+
+const UPGRADE: &str = "GET /public/ws HTTP/1.1\r\nHost: app\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
+
+#[tokio::test]
+async fn bytes_sent_before_the_switch_are_never_tunnelled() {
+    let (up, upstream) = switching_upstream().await;
+    let gw = TestGateway::with_policy(&config(&[format!("http://{up}")], ""), ALLOW_LIST).await;
+    let attempt = format!("{UPGRADE}GET /admin HTTP/1.1\r\nHost: app\r\n\r\n");
+    let answer = raw_until_closed(gw.addr, attempt.as_bytes(), Duration::from_secs(5)).await;
+    assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
+    assert!(
+        answer.contains("before the protocol switch was answered"),
+        "{answer}"
+    );
+    let tunnelled = upstream.await.unwrap();
+    assert!(
+        tunnelled.is_empty(),
+        "the upstream received {:?}",
+        String::from_utf8_lossy(&tunnelled)
+    );
+}
+
+#[tokio::test]
+async fn a_refused_switch_keeps_http_and_the_policy_in_force() {
+    let up = TestUpstream::start("app").await;
+    let gw = TestGateway::with_policy(&config(&[up.url()], ""), ALLOW_LIST).await;
+    let attempt = format!("{UPGRADE}GET /admin HTTP/1.1\r\nHost: app\r\nConnection: close\r\n\r\n");
+    let answer = raw_until_closed(gw.addr, attempt.as_bytes(), Duration::from_secs(5)).await;
+    let statuses: Vec<&str> = answer
+        .match_indices("HTTP/1.1 ")
+        .map(|(at, _)| &answer[at + 9..at + 12])
+        .collect();
+    assert_eq!(statuses, ["200", "403"], "{answer}");
+    let seen = up.seen();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].target, "/public/ws");
+}
