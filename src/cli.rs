@@ -1,4 +1,5 @@
-//! The command line: `run`, `validate`, `explain` and `test`, and the flags they share.
+//! The command line: `run`, `validate`, `explain`, `test` and `schema`, and the flags
+//! they share.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -7,6 +8,31 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::config::{self, Config};
 use crate::proxy::offline::{self, Offline, Verdict};
+
+/// Writes a line to stdout. A closed pipe (`portcullis schema | head`) is not an error
+/// worth a panic: the reader has all it wanted.
+macro_rules! out_line {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+
+/// Writes to stdout without a newline; see [`out_line`].
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = write!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+
+/// Writes a line to stderr, ignoring a closed stream.
+macro_rules! err_line {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr().lock(), $($arg)*);
+    }};
+}
 
 /// A reverse-proxy authorization gateway that explains every denial.
 #[derive(Debug, Parser)]
@@ -60,6 +86,12 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print the JSON Schema of a kind of file, for editors and schema checkers.
+    Schema {
+        /// Which file.
+        #[arg(value_enum, default_value_t = SchemaKind::Config)]
+        kind: SchemaKind,
+    },
     /// Run policy test cases; exit 1 if any fails.
     Test {
         /// The config file.
@@ -69,6 +101,17 @@ pub enum Command {
         #[arg(required = true)]
         cases: Vec<PathBuf>,
     },
+}
+
+/// The files `portcullis schema` describes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SchemaKind {
+    /// The config file.
+    Config,
+    /// A policy file.
+    Policy,
+    /// A `portcullis test` case file.
+    Cases,
 }
 
 /// Log line formats.
@@ -102,9 +145,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::from(EXIT_INVALID));
             };
             for warning in &config.warnings {
-                eprintln!("warning: {warning}");
+                err_line!("warning: {warning}");
             }
-            println!("ok: {}", summary(&config));
+            out_line!("ok: {}", summary(&config));
             Ok(ExitCode::SUCCESS)
         }
         Command::Explain {
@@ -121,17 +164,26 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let mut pairs = Vec::new();
             for header in &headers {
                 let Some((name, value)) = header.split_once(':') else {
-                    eprintln!("--header \"{header}\" must be written Name: value");
+                    err_line!("--header \"{header}\" must be written Name: value");
                     return Ok(ExitCode::from(EXIT_INVALID));
                 };
                 pairs.push((name.trim().to_owned(), value.trim().to_owned()));
             }
             let offline = offline::decide(&config, &method, &url, ip, &pairs);
             if json {
-                println!("{}", explain_json(&offline));
+                out_line!("{}", explain_json(&offline));
             } else {
-                print!("{}", explain_text(&method, &url, &offline));
+                out!("{}", explain_text(&method, &url, &offline));
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Schema { kind } => {
+            let kind = match kind {
+                SchemaKind::Config => config::FileKind::Config,
+                SchemaKind::Policy => config::FileKind::Policy,
+                SchemaKind::Cases => config::FileKind::Cases,
+            };
+            out_line!("{:#}", config::schema(kind));
             Ok(ExitCode::SUCCESS)
         }
         Command::Test { config, cases } => {
@@ -143,13 +195,13 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 match config::cases::load(file) {
                     Ok(found) => all.extend(found),
                     Err(errors) => {
-                        eprintln!("{errors}");
+                        err_line!("{errors}");
                         return Ok(ExitCode::from(EXIT_INVALID));
                     }
                 }
             }
             let (report, failed) = run_cases(&config, &all);
-            print!("{report}");
+            out!("{report}");
             Ok(if failed == 0 {
                 ExitCode::SUCCESS
             } else {
@@ -299,9 +351,9 @@ fn load_or_report(path: &std::path::Path) -> Option<Config> {
     match config::load(path) {
         Ok(config) => Some(config),
         Err(errors) => {
-            eprintln!("{errors}");
+            err_line!("{errors}");
             let count = errors.0.len();
-            eprintln!(
+            err_line!(
                 "{}: {count} error{}; nothing was started",
                 path.display(),
                 if count == 1 { "" } else { "s" }

@@ -1,6 +1,7 @@
 //! The `portcullis` binary: parse the command line, set up logging, run the command,
 //! print the error chain, pick the exit code. No logic of its own.
 
+use std::io::Write as _;
 use std::process::ExitCode;
 
 use clap::Parser as _;
@@ -22,7 +23,8 @@ fn main() -> ExitCode {
     match cli::run(cli) {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            // A closed stderr leaves nowhere to say more; the exit code still tells.
+            let _ = writeln!(std::io::stderr().lock(), "error: {err:#}");
             ExitCode::FAILURE
         }
     }

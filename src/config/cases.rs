@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::Path;
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Deserializer};
 
 use super::build::Builder;
@@ -15,27 +16,35 @@ use crate::policy::{Case, CaseRequest, Expected};
 /// The address a case's request comes from when it names none (TEST-NET-1).
 pub const DEFAULT_CASE_IP: &str = "192.0.2.1";
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct RawCases {
+pub struct RawCases {
+    /// Requests and the answers they must get.
     cases: Vec<RawCase>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct RawCase {
+    /// What the case checks, for the report.
     name: String,
+    /// The synthetic request.
     request: RawRequest,
+    /// The answer it must get; absent fields are not checked.
     expect: RawExpect,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct RawRequest {
+    /// The method; GET when absent.
     #[serde(default = "default_method")]
     method: String,
+    /// http://host/path?query, or just a path.
     url: String,
+    /// The address the request comes from; 192.0.2.1 when absent.
     ip: Option<String>,
+    /// Request headers.
     #[serde(default)]
     headers: BTreeMap<String, String>,
 }
@@ -44,11 +53,14 @@ fn default_method() -> String {
     "GET".to_owned()
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct RawExpect {
+    /// allow, deny, or refused (a 400, 404 or 405 before any rule).
     decision: String,
+    /// The reason code, such as ip_not_allowed.
     reason: Option<String>,
+    /// The deciding rule; null for none.
     #[serde(default, deserialize_with = "present")]
     rule: Option<Option<String>>,
 }

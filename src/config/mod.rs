@@ -45,3 +45,32 @@ pub fn from_str(path: &Path, text: &str) -> Result<Config, ConfigErrors> {
     let raw = raw::parse(path, text)?;
     build::build(path, text, raw)
 }
+
+/// The kinds of file portcullis reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileKind {
+    /// The config file (`config/portcullis.yaml`).
+    Config,
+    /// A policy file (`policy.files`).
+    Policy,
+    /// A `portcullis test` case file.
+    Cases,
+}
+
+/// The JSON Schema (draft 2020-12) of a kind of file, for editor completion and checks.
+pub fn schema(kind: FileKind) -> serde_json::Value {
+    let (schema, title) = match kind {
+        FileKind::Config => (schemars::schema_for!(raw::RawConfig), "portcullis config"),
+        FileKind::Policy => (
+            schemars::schema_for!(raw::RawPolicyFile),
+            "portcullis policy file",
+        ),
+        FileKind::Cases => (
+            schemars::schema_for!(cases::RawCases),
+            "portcullis policy cases",
+        ),
+    };
+    let mut value = schema.to_value();
+    value["title"] = title.into();
+    value
+}

@@ -6,39 +6,50 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use schemars::JsonSchema;
 use serde::Deserialize;
 
 use super::error::{ConfigError, ConfigErrors};
 use super::source::Source;
 
-/// The whole config file.
-#[derive(Debug, Deserialize)]
+/// The portcullis config file: listeners, upstreams, routes, policy files and limits.
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawConfig {
+    /// Addresses the gateway accepts client traffic on (HTTP/1.1 and HTTP/2 cleartext). Default: 127.0.0.1:8080.
     #[serde(default = "default_listen")]
     pub listen: Vec<RawListen>,
+    /// The admin listener: /healthz, /readyz and /metrics.
     #[serde(default)]
     pub admin: RawAdmin,
+    /// Which peers are trusted to report the client address, and header handling.
     #[serde(default)]
     pub network: RawNetwork,
+    /// Named sets of servers that routes forward to.
     #[serde(default)]
     pub upstreams: BTreeMap<String, RawUpstream>,
+    /// Host and path prefix to upstream; the most specific route wins.
     #[serde(default)]
     pub routes: Vec<RawRoute>,
+    /// Timeouts and sizes that protect the gateway from its clients.
     #[serde(default)]
     pub limits: RawLimits,
+    /// Graceful shutdown on SIGTERM and SIGINT.
     #[serde(default)]
     pub shutdown: RawShutdown,
+    /// The policy files that decide every request.
     #[serde(default)]
     pub policy: RawPolicy,
+    /// How much a 401 or 403 tells the client.
     #[serde(default)]
     pub denials: RawDenials,
 }
 
-/// One `listen` entry.
-#[derive(Debug, Deserialize)]
+/// An address the gateway accepts client traffic on.
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawListen {
+    /// host:port to listen on; port 0 picks a free port.
     pub addr: String,
 }
 
@@ -48,10 +59,11 @@ fn default_listen() -> Vec<RawListen> {
     }]
 }
 
-/// The `admin` section.
-#[derive(Debug, Deserialize)]
+/// The admin listener: /healthz, /readyz and /metrics.
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawAdmin {
+    /// host:port of the admin listener; keep it off public networks.
     #[serde(default = "default_admin_addr")]
     pub addr: String,
 }
@@ -68,27 +80,34 @@ fn default_admin_addr() -> String {
     "127.0.0.1:9090".to_owned()
 }
 
-/// The `network` section.
-#[derive(Debug, Default, Deserialize)]
+/// Which peers are trusted to report the client address.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawNetwork {
+    /// CIDRs or addresses of proxies whose X-Forwarded-For, Forwarded and X-Request-Id are believed.
     #[serde(default)]
     pub trusted_proxies: Vec<String>,
+    /// Forward X-Original-URL, X-HTTP-Method-Override and their kin instead of stripping them.
     #[serde(default)]
     pub keep_override_headers: bool,
 }
 
-/// One entry of `upstreams`, keyed by its name.
-#[derive(Debug, Deserialize)]
+/// A set of interchangeable servers, keyed by its name.
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawUpstream {
+    /// http://host:port servers (round robin), or builtin:echo.
     pub targets: Vec<String>,
+    /// How long to wait for a TCP connection to a target, e.g. "2s".
     #[serde(default = "default_connect_timeout")]
     pub connect_timeout: String,
+    /// How long to wait for the response head after the request body, e.g. "30s".
     #[serde(default = "default_upstream_timeout")]
     pub timeout: String,
+    /// How long a target that refused a connection is skipped.
     #[serde(default = "default_failure_cooldown")]
     pub failure_cooldown: String,
+    /// How long an unused upstream connection is kept for reuse.
     #[serde(default = "default_keepalive_timeout")]
     pub keepalive_timeout: String,
 }
@@ -109,15 +128,20 @@ fn default_keepalive_timeout() -> String {
     "4s".to_owned()
 }
 
-/// One `routes` entry.
-#[derive(Debug, Deserialize)]
+/// Requests for a host and path prefix go to an upstream.
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawRoute {
+    /// The route id, used in logs and metrics.
     pub id: String,
+    /// The host this route serves: "api.example.com" or "*.example.com"; absent means any host.
     pub host: Option<String>,
+    /// Whole-segment path prefix, in canonical form; "/" matches everything.
     #[serde(default = "default_path_prefix")]
     pub path_prefix: String,
+    /// The name of an upstream.
     pub upstream: String,
+    /// Match, decide and forward the path lower-cased, for upstreams that ignore case.
     #[serde(default)]
     pub case_insensitive: bool,
 }
@@ -126,19 +150,25 @@ fn default_path_prefix() -> String {
     "/".to_owned()
 }
 
-/// The `limits` section: timeouts and sizes that protect the gateway from its clients.
-#[derive(Debug, Deserialize)]
+/// Timeouts and sizes that protect the gateway from its clients.
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawLimits {
+    /// A request head must arrive within this (slowloris defence).
     #[serde(default = "default_header_read_timeout")]
     pub header_read_timeout: String,
+    /// Larger request heads get 431, e.g. "64KiB".
     #[serde(default = "default_max_header_size")]
     pub max_header_size: String,
+    /// Larger request bodies get 413; unlimited when absent.
     #[serde(default)]
     pub max_body_size: Option<String>,
+    /// Connections with no traffic this long are closed.
     #[serde(default = "default_idle_timeout")]
     pub idle_timeout: String,
+    /// Client connections open at once; more are closed at accept.
     #[serde(default = "default_max_connections")]
+    #[schemars(with = "u32", range(min = 1, max = 1_000_000))]
     pub max_connections: String,
 }
 
@@ -170,10 +200,11 @@ fn default_max_connections() -> String {
     "10000".to_owned()
 }
 
-/// The `shutdown` section.
-#[derive(Debug, Deserialize)]
+/// Graceful shutdown on SIGTERM and SIGINT.
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawShutdown {
+    /// How long in-flight requests may take to finish after SIGTERM.
     #[serde(default = "default_grace_period")]
     pub grace_period: String,
 }
@@ -190,25 +221,28 @@ fn default_grace_period() -> String {
     "30s".to_owned()
 }
 
-/// The `policy` section.
-#[derive(Debug, Default, Deserialize)]
+/// The policy files that decide every request.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawPolicy {
+    /// Policy files, relative to this file; the last part of a path may use * and ? wildcards.
     #[serde(default)]
     pub files: Vec<String>,
 }
 
-/// The `denials` section.
-#[derive(Debug, Default, Deserialize)]
+/// How much a 401 or 403 tells the client.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawDenials {
+    /// minimal (reason and request id), standard (+ rule and a hint) or verbose (+ the trace).
     #[serde(default)]
     pub detail: RawDetail,
+    /// Where to ask for access when the deciding rule has no help link.
     pub help_url: Option<String>,
 }
 
-/// `denials.detail`.
-#[derive(Debug, Default, Clone, Copy, Deserialize)]
+/// minimal: reason and request id; standard: also the rule and a hint; verbose: also the trace.
+#[derive(Debug, Default, Clone, Copy, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum RawDetail {
     Minimal,
@@ -217,14 +251,17 @@ pub enum RawDetail {
     Verbose,
 }
 
-/// One policy file.
-#[derive(Debug, Default, Deserialize)]
+/// A portcullis policy file: lists, roles and rules.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawPolicyFile {
+    /// Named lists of networks, referred to as "@name" in ip and not_ip.
     #[serde(default)]
     pub lists: BTreeMap<String, RawList>,
+    /// Roles and the roles they inherit.
     #[serde(default)]
     pub roles: BTreeMap<String, RawRole>,
+    /// Rules: an enforced deny that matches wins, then an enforced allow; anything else is denied.
     #[serde(default)]
     pub rules: Vec<RawRule>,
 }
@@ -234,6 +271,27 @@ pub struct RawPolicyFile {
 pub enum RawList {
     Inline(Vec<String>),
     File(String),
+}
+
+impl JsonSchema for RawList {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "List".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "Networks (CIDRs or addresses), or { file: path } naming a file with one per line.",
+            "oneOf": [
+                { "type": "array", "items": { "type": "string" } },
+                {
+                    "type": "object",
+                    "properties": { "file": { "type": "string" } },
+                    "required": ["file"],
+                    "additionalProperties": false
+                }
+            ]
+        })
+    }
 }
 
 impl<'de> Deserialize<'de> for RawList {
@@ -273,40 +331,48 @@ impl<'de> Deserialize<'de> for RawList {
     }
 }
 
-/// One entry of `roles`.
-#[derive(Debug, Default, Deserialize)]
+/// A role and the roles it inherits.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawRole {
+    /// Roles whose permissions this role also has.
     #[serde(default)]
     pub inherits: Vec<String>,
 }
 
-/// One rule.
-#[derive(Debug, Deserialize)]
+/// A rule: which requests it is about (match), what the caller must satisfy (when), and its effect.
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawRule {
+    /// Unique across all policy files; shown in denials, logs and metrics.
     pub id: String,
+    /// What the rule is for.
     pub description: Option<String>,
+    /// allow or deny.
     pub effect: RawEffect,
+    /// enforce (default) or audit (evaluated and counted, never enforced).
     #[serde(default)]
     pub mode: RawMode,
+    /// Which requests the rule is about; absent means every request.
     #[serde(default, rename = "match")]
     pub matches: RawMatch,
+    /// What the caller must satisfy; absent means every caller.
     #[serde(default)]
     pub when: RawWhen,
+    /// A link where a denied caller can ask for access.
     pub help: Option<String>,
 }
 
-/// `effect`.
-#[derive(Debug, Clone, Copy, Deserialize)]
+/// allow lets matching requests through; deny stops them, and beats any allow.
+#[derive(Debug, Clone, Copy, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum RawEffect {
     Allow,
     Deny,
 }
 
-/// `mode`.
-#[derive(Debug, Default, Clone, Copy, Deserialize)]
+/// enforce: the rule decides; audit: it is evaluated, logged and counted, never enforced.
+#[derive(Debug, Default, Clone, Copy, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum RawMode {
     #[default]
@@ -314,38 +380,69 @@ pub enum RawMode {
     Audit,
 }
 
-/// A rule's `match`.
-#[derive(Debug, Default, Deserialize)]
+/// Which requests a rule is about; every key present must fit.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawMatch {
+    /// Hosts: "api.example.com" or "*.example.com".
     pub hosts: Option<Vec<String>>,
+    /// Path globs on the canonical path: * one segment, ** any number, {name} one segment captured.
     pub paths: Option<Vec<String>>,
+    /// Methods, case-sensitive (GET, POST, ...).
     pub methods: Option<Vec<String>>,
+    /// Header name to a value or list of values; "*" means any value, "{name}" a path capture.
     #[serde(default)]
     pub headers: BTreeMap<String, OneOrMany>,
 }
 
-/// A rule's `when`. The identity, country and client-certificate keys are accepted here so
-/// that `build` can say why they cannot be used yet, instead of "unknown field".
-#[derive(Debug, Default, Deserialize)]
+/// What the caller must satisfy for a rule to match; every key present must hold.
+// The identity, country and client-certificate keys are accepted here so that `build`
+// can say why they cannot be used yet, instead of "unknown field".
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawWhen {
+    // Accepted by the parser only to be refused with a reason; not offered to editors.
+    #[schemars(skip)]
     pub authenticated: Option<serde::de::IgnoredAny>,
+    #[schemars(skip)]
     pub roles: Option<serde::de::IgnoredAny>,
+    #[schemars(skip)]
     pub scopes: Option<serde::de::IgnoredAny>,
+    #[schemars(skip)]
     pub claims: Option<serde::de::IgnoredAny>,
+    /// The client address must be in one of these: CIDRs, addresses or "@list".
     pub ip: Option<Vec<String>>,
+    /// The client address must not be in any of these.
     pub not_ip: Option<Vec<String>>,
+    #[schemars(skip)]
     pub countries: Option<serde::de::IgnoredAny>,
+    #[schemars(skip)]
     pub not_countries: Option<serde::de::IgnoredAny>,
+    /// Header name to a value or list of values the request must carry.
     #[serde(default)]
     pub headers: BTreeMap<String, OneOrMany>,
+    #[schemars(skip)]
     pub mtls: Option<serde::de::IgnoredAny>,
 }
 
 /// A value or a list of values; scalars of any YAML type are read as their text.
 #[derive(Debug)]
 pub struct OneOrMany(pub Vec<String>);
+
+impl JsonSchema for OneOrMany {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "OneOrMany".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "oneOf": [
+                { "type": ["string", "number", "boolean"] },
+                { "type": "array", "items": { "type": "string" } }
+            ]
+        })
+    }
+}
 
 impl<'de> Deserialize<'de> for OneOrMany {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {

@@ -218,3 +218,36 @@ fn validate_warns_about_rules_that_cannot_matter() {
         "{stdout}"
     );
 }
+
+#[test]
+fn schema_describes_each_kind_of_file() {
+    for (kind, keys) in [
+        (
+            "config",
+            &["listen", "upstreams", "routes", "policy", "denials"][..],
+        ),
+        ("policy", &["lists", "roles", "rules"][..]),
+        ("cases", &["cases"][..]),
+    ] {
+        let (code, stdout, _) = run(&["schema", kind]);
+        assert_eq!(code, Some(0), "{kind}");
+        let schema: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+        assert_eq!(
+            schema["$schema"],
+            "https://json-schema.org/draft/2020-12/schema"
+        );
+        assert_eq!(schema["additionalProperties"], false, "{kind}");
+        for key in keys {
+            assert!(
+                schema["properties"].get(key).is_some(),
+                "{kind} lacks {key}"
+            );
+        }
+    }
+    let (_, stdout, _) = run(&["schema", "policy"]);
+    assert!(stdout.contains("\"enforce\"") && stdout.contains("\"audit\""));
+    assert!(
+        !stdout.contains("\"countries\""),
+        "refused keys are not offered"
+    );
+}
