@@ -55,12 +55,18 @@ http { $temp
         proxy_set_header X-Forwarded-Host \$http_host; proxy_set_header X-Request-Id \$request_id;
         add_header X-Request-Id \$request_id always; } } }
 CONF
-cat >"$WORK/portcullis.yaml" <<CONF
+for variant in allow-all demo; do
+    cat >"$WORK/$variant.yaml" <<CONF
 listen: [{ addr: 127.0.0.1:$PROXY_PORT }]
 admin: { addr: 127.0.0.1:$ADMIN_PORT }
 upstreams: { app: { targets: ["http://127.0.0.1:$UPSTREAM_PORT"] } }
 routes: [{ id: all, upstream: app }]
+policy: { files: ["$variant-policies/*.yaml"] }
 CONF
+done
+mkdir -p "$WORK/allow-all-policies" "$WORK/demo-policies"
+echo 'rules: [{ id: allow-all, effect: allow }]' >"$WORK/allow-all-policies/allow-all.yaml"
+cp config/policies/*.yaml "$WORK/demo-policies/"
 
 nginx -c "$WORK/upstream.conf" >/dev/null 2>&1 &
 UPSTREAM_PID=$!
@@ -70,10 +76,11 @@ run() { # requests, stop signal, command... → total instructions
     valgrind --tool=callgrind --callgrind-out-file="$WORK/callgrind.out" "$@" >"$WORK/run.log" 2>&1 &
     local pid=$!
     for _ in $(seq 1 200); do
-        curl -sf "http://127.0.0.1:$PROXY_PORT/" >/dev/null 2>&1 && break
+        curl -sf "http://127.0.0.1:$PROXY_PORT/public/" >/dev/null 2>&1 && break
         sleep 0.1
     done
-    ab -q -k -c 8 -n "$requests" "http://127.0.0.1:$PROXY_PORT/bench" >"$WORK/ab.txt" 2>&1
+    # The demo policy's public-read rule allows this path.
+    ab -q -k -c 8 -n "$requests" "http://127.0.0.1:$PROXY_PORT/public/bench" >"$WORK/ab.txt" 2>&1
     grep -q "^Non-2xx" "$WORK/ab.txt" && { echo "non-2xx answers:" >&2; cat "$WORK/ab.txt" >&2; exit 1; }
     kill "-$signal" "$pid"
     wait "$pid" || true
@@ -89,7 +96,8 @@ per_request() { # name, signal, command...
 }
 
 read -r _ nginx < <(per_request nginx QUIT nginx -c "$WORK/proxy.conf")
-read -r _ portcullis < <(per_request portcullis TERM "$BINARY" --log-level warn run -c "$WORK/portcullis.yaml")
+read -r _ portcullis < <(per_request portcullis TERM "$BINARY" --log-level warn run -c "$WORK/allow-all.yaml")
+read -r _ demo < <(per_request demo TERM "$BINARY" --log-level warn run -c "$WORK/demo.yaml")
 
 echo
 echo "callgrind, ab -k -c 8, ($N2 - $N1) requests; $(date -u +%Y-%m-%dT%H:%MZ)"
@@ -98,3 +106,4 @@ echo "| proxy | user-space instructions per request | vs nginx |"
 echo "|---|---:|---:|"
 echo "| nginx proxy | $nginx | 1.00 |"
 echo "| portcullis (allow all) | $portcullis | $(awk -v a="$portcullis" -v b="$nginx" 'BEGIN { printf "%.2f", a / b }') |"
+echo "| portcullis (demo policy) | $demo | $(awk -v a="$demo" -v b="$nginx" 'BEGIN { printf "%.2f", a / b }') |"

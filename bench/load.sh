@@ -7,7 +7,9 @@
 # Rows:
 #   direct      wrk → upstream                      (the ceiling)
 #   nginx       wrk → nginx reverse proxy → upstream
-#   portcullis  wrk → portcullis → upstream         (every request allowed)
+#   portcullis  wrk → portcullis → upstream         (a policy that allows everything)
+#   demo        wrk → portcullis → upstream         (config/policies/demo.yaml decides)
+#   demo-log    the same, with the decision log on (JSON, one line per request, to a file)
 #
 # Rows are measured in turn, round after round, and each figure is the median over the
 # rounds, so a noisy neighbour on a shared machine skews one sample, not the result.
@@ -17,7 +19,9 @@
 # The upstream is nginx returning a static body. The load generator is pinned to CPU 0,
 # every server to CPU 1, one worker each, so the ratio compares CPU spent per request.
 # Both proxies do the same work: keep-alive upstream pool, X-Forwarded-For/-Proto/-Host,
-# a request id sent upstream and returned, no access log.
+# a request id sent upstream and returned, no access log (portcullis at --log-level warn
+# writes no decision log, except in the demo-log row). Requests go to /public/bench,
+# which the demo policy's public-read rule allows.
 set -euo pipefail
 [ -n "${TRACE:-}" ] && set -x
 cd "$(dirname "$0")/.."
@@ -30,6 +34,10 @@ UPSTREAM_PORT=18081
 NGINX_PROXY_PORT=18082
 PORTCULLIS_PORT=18083
 PORTCULLIS_ADMIN_PORT=18093
+DEMO_PORT=18084
+DEMO_ADMIN_PORT=18094
+DEMO_LOG_PORT=18085
+DEMO_LOG_ADMIN_PORT=18095
 LOAD_CPU=0
 SERVER_CPU=1
 
@@ -95,14 +103,23 @@ nginx_conf proxy "
         }
     }"
 
-cat > "$WORK/portcullis.yaml" <<CONF
-listen: [{ addr: 127.0.0.1:$PORTCULLIS_PORT }]
-admin: { addr: 127.0.0.1:$PORTCULLIS_ADMIN_PORT }
+portcullis_conf() { # name, port, admin port, policy files
+    cat > "$WORK/$1.yaml" <<CONF
+listen: [{ addr: 127.0.0.1:$2 }]
+admin: { addr: 127.0.0.1:$3 }
 upstreams:
   app: { targets: ["http://127.0.0.1:$UPSTREAM_PORT"] }
 routes:
   - { id: all, path_prefix: /, upstream: app }
+policy: { files: [$4] }
 CONF
+}
+mkdir -p "$WORK/policies"
+cp config/policies/*.yaml "$WORK/policies/"
+echo 'rules: [{ id: allow-all, effect: allow }]' >"$WORK/allow-all.yaml"
+portcullis_conf portcullis $PORTCULLIS_PORT $PORTCULLIS_ADMIN_PORT allow-all.yaml
+portcullis_conf demo $DEMO_PORT $DEMO_ADMIN_PORT "policies/*.yaml"
+portcullis_conf demo-log $DEMO_LOG_PORT $DEMO_LOG_ADMIN_PORT "policies/*.yaml"
 
 start() { # log name, command...
     local name=$1; shift
@@ -120,7 +137,8 @@ wait_for() { # port
     exit 1
 }
 
-for port in $UPSTREAM_PORT $NGINX_PROXY_PORT $PORTCULLIS_PORT $PORTCULLIS_ADMIN_PORT; do
+for port in $UPSTREAM_PORT $NGINX_PROXY_PORT $PORTCULLIS_PORT $PORTCULLIS_ADMIN_PORT \
+    $DEMO_PORT $DEMO_ADMIN_PORT $DEMO_LOG_PORT $DEMO_LOG_ADMIN_PORT; do
     if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
         echo "port $port is already in use; stop whatever listens there first" >&2
         exit 1
@@ -131,14 +149,19 @@ start upstream nginx -p "$WORK/upstream" -c "$WORK/upstream/nginx.conf"
 start nginx-proxy nginx -p "$WORK/proxy" -c "$WORK/proxy/nginx.conf"
 start portcullis "$BINARY" --log-level warn run -c "$WORK/portcullis.yaml"
 PORTCULLIS_PID=$!
-wait_for $UPSTREAM_PORT
-wait_for $NGINX_PROXY_PORT
-wait_for $PORTCULLIS_PORT
+start demo "$BINARY" --log-level warn run -c "$WORK/demo.yaml"
+DEMO_PID=$!
+start demo-log "$BINARY" --log-format json run -c "$WORK/demo-log.yaml"
+DEMO_LOG_PID=$!
+for port in $UPSTREAM_PORT $NGINX_PROXY_PORT $PORTCULLIS_PORT $DEMO_PORT $DEMO_LOG_PORT; do
+    wait_for $port
+done
 
 # Check each path answers before measuring it.
-for port in $UPSTREAM_PORT $NGINX_PROXY_PORT $PORTCULLIS_PORT; do
-    curl -sf "http://127.0.0.1:$port/bench" >/dev/null || { echo "port $port does not answer 200" >&2; exit 1; }
+for port in $UPSTREAM_PORT $NGINX_PROXY_PORT $PORTCULLIS_PORT $DEMO_PORT $DEMO_LOG_PORT; do
+    curl -sf "http://127.0.0.1:$port/public/bench" >/dev/null || { echo "port $port does not answer 200" >&2; exit 1; }
 done
+grep -q '"decision":"allow"' "$WORK/demo-log.out" || { echo "the demo-log row writes no decision log" >&2; exit 1; }
 
 to_ms() { # wrk latency such as 812.00us, 1.20ms, 1.01s
     awk -v v="$1" 'BEGIN {
@@ -156,10 +179,10 @@ nginx_worker() { # pid file → the worker's pid
 }
 
 measure() { # row name, port, pid of the proxy (or -) → "rps p50 p99 cpu_us_per_request"
-    taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNECTIONS" -d"$WARMUP" "http://127.0.0.1:$2/bench" >/dev/null
+    taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNECTIONS" -d"$WARMUP" "http://127.0.0.1:$2/public/bench" >/dev/null
     local out ticks_before ticks_after
     [ "$3" != - ] && ticks_before=$(cpu_ticks "$3")
-    out=$(taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNECTIONS" -d"$DURATION" --latency "http://127.0.0.1:$2/bench")
+    out=$(taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNECTIONS" -d"$DURATION" --latency "http://127.0.0.1:$2/public/bench")
     [ "$3" != - ] && ticks_after=$(cpu_ticks "$3")
     echo "$out" >>"$WORK/wrk-$1.txt"
     if echo "$out" | grep -q "Non-2xx"; then echo "$1: non-2xx answers:" >&2; echo "$out" >&2; exit 1; fi
@@ -184,11 +207,15 @@ for round in $(seq 1 "$ROUNDS"); do
     measure direct $UPSTREAM_PORT - >>"$WORK/direct.txt"
     measure nginx $NGINX_PROXY_PORT "$NGINX_PID" >>"$WORK/nginx.txt"
     measure portcullis $PORTCULLIS_PORT "$PORTCULLIS_PID" >>"$WORK/portcullis.txt"
+    measure demo $DEMO_PORT "$DEMO_PID" >>"$WORK/demo.txt"
+    measure demo-log $DEMO_LOG_PORT "$DEMO_LOG_PID" >>"$WORK/demo-log.txt"
+    # The decision log grows by a line per request; start each round with an empty one.
+    : >"$WORK/demo-log.out"
 done
 column_median() { awk -v c="$2" '{ print $c }' "$WORK/$1.txt" | median; }
-for row in direct nginx portcullis; do
+for row in direct nginx portcullis demo demo-log; do
     for column in 1 2 3 4; do
-        printf -v "${row}_$column" '%s' "$(column_median "$row" "$column")"
+        printf -v "${row//-/_}_$column" '%s' "$(column_median "$row" "$column")"
     done
 done
 
@@ -202,3 +229,5 @@ echo "|---|---:|---:|---:|---:|---:|---:|"
 echo "| direct to upstream | $direct_1 | $direct_2 | $direct_3 | | | |"
 echo "| nginx proxy | $nginx_1 | $nginx_2 | $nginx_3 | $nginx_4 | 1.00 | 1.00 |"
 echo "| portcullis (allow all) | $portcullis_1 | $portcullis_2 | $portcullis_3 | $portcullis_4 | $(ratio "$portcullis_1" "$nginx_1") | $(ratio "$portcullis_3" "$nginx_3") |"
+echo "| portcullis (demo policy) | $demo_1 | $demo_2 | $demo_3 | $demo_4 | $(ratio "$demo_1" "$nginx_1") | $(ratio "$demo_3" "$nginx_3") |"
+echo "| portcullis (demo policy, decision log) | $demo_log_1 | $demo_log_2 | $demo_log_3 | $demo_log_4 | $(ratio "$demo_log_1" "$nginx_1") | $(ratio "$demo_log_3" "$nginx_3") |"

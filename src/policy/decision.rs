@@ -181,6 +181,8 @@ impl fmt::Display for Outcome {
 pub struct Step {
     /// The rule.
     pub rule: RuleId,
+    /// The rule's position in file order ([`crate::policy::PolicySet::rules`]).
+    pub position: usize,
     /// Its effect.
     pub effect: Effect,
     /// Its mode; audit steps never change the decision.

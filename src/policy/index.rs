@@ -25,6 +25,8 @@ pub struct Candidate<'p, 'f> {
 /// All rules, indexed by host and path.
 #[derive(Debug, Default)]
 pub struct Index {
+    /// Rules without hosts or paths: they fit every request, no walk needed.
+    everywhere: Vec<u32>,
     any_host: Trie,
     exact: HashMap<String, Trie>,
     suffix: HashMap<String, Trie>,
@@ -37,6 +39,10 @@ impl Index {
         let every_path = PathGlob::everything();
         for (position, rule) in rules.iter().enumerate() {
             let rule_number = u32::try_from(position).expect("fewer than 2^32 rules");
+            if rule.hosts.is_empty() && rule.paths.is_empty() {
+                index.everywhere.push(rule_number);
+                continue;
+            }
             if rule.hosts.is_empty() {
                 index.any_host.insert_rule(rule, rule_number, &every_path);
             }
@@ -64,8 +70,22 @@ impl Index {
         host: Option<&str>,
         path: &'f str,
     ) -> Vec<Candidate<'p, 'f>> {
-        let parts: Vec<&'f str> = split(path).collect();
-        let mut ends: Vec<End> = Vec::new();
+        let mut ends: Vec<End> = self
+            .everywhere
+            .iter()
+            .map(|&rule| End {
+                rule,
+                glob: EVERY_PATH,
+                wild: Vec::new(),
+            })
+            .collect();
+        let no_tries =
+            self.any_host.nodes.is_empty() && self.exact.is_empty() && self.suffix.is_empty();
+        let parts: Vec<&'f str> = if no_tries {
+            Vec::new()
+        } else {
+            split(path).collect()
+        };
         let mut wild = Vec::new();
         self.any_host.walk(0, &parts, 0, &mut wild, &mut ends);
         if let Some(host) = host {

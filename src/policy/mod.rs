@@ -99,6 +99,7 @@ impl PolicySet {
             }
             trace.push(Step {
                 rule: rule.id.clone(),
+                position: candidate.rule,
                 effect: rule.effect,
                 mode: rule.mode,
                 outcome,

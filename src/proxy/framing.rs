@@ -12,9 +12,6 @@
 //! switch can be refused when the client sent bytes past that head before the upstream
 //! agreed to it (they would otherwise go into the tunnel unchecked).
 
-/// The most header fields a head may have; hyper's parser is set to the same.
-pub const MAX_HEADERS: usize = 200;
-
 /// Follows one connection's request framing.
 #[derive(Debug)]
 pub struct FramingWatch {
@@ -242,34 +239,58 @@ enum Parsed {
     Invalid,
 }
 
+/// Reads one request head the way hyper's parser frames it: lines end in LF or CRLF,
+/// empty lines before the request line are skipped, an empty line ends the head. Only
+/// the three fields that decide framing are looked at; a head the parser would refuse
+/// ends the connection anyway, so it does not need to be recognised here.
 fn parse(bytes: &[u8]) -> Parsed {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut request = httparse::Request::new(&mut headers);
-    let length = match request.parse(bytes) {
-        Ok(httparse::Status::Complete(length)) => length,
-        Ok(httparse::Status::Partial) => return Parsed::Partial,
-        Err(_) => return Parsed::Invalid,
+    let Some(start) = bytes.iter().position(|&b| b != b'\r' && b != b'\n') else {
+        return Parsed::Partial;
     };
     let mut content_length: Option<u64> = None;
     let mut chunked = None;
     let mut upgrade = false;
-    for header in request.headers.iter() {
-        if header.name.eq_ignore_ascii_case("content-length") {
-            let Some(length) = std::str::from_utf8(header.value)
+    let mut line_start = start;
+    let mut request_line = true;
+    let length = loop {
+        let Some(newline) = bytes[line_start..].iter().position(|&b| b == b'\n') else {
+            return Parsed::Partial;
+        };
+        let line_end = line_start + newline;
+        let line = &bytes[line_start..line_end];
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        line_start = line_end + 1;
+        if request_line {
+            // HTTP/2's preface and anything else that is not HTTP/1 end the watch.
+            if !(line.ends_with(b" HTTP/1.1") || line.ends_with(b" HTTP/1.0")) {
+                return Parsed::Invalid;
+            }
+            request_line = false;
+            continue;
+        }
+        if line.is_empty() {
+            break line_start;
+        }
+        let Some(colon) = line.iter().position(|&b| b == b':') else {
+            return Parsed::Invalid;
+        };
+        let (name, value) = (&line[..colon], line[colon + 1..].trim_ascii());
+        if name.eq_ignore_ascii_case(b"content-length") {
+            let Some(length) = std::str::from_utf8(value)
                 .ok()
-                .and_then(|text| text.trim().parse::<u64>().ok())
+                .and_then(|text| text.parse::<u64>().ok())
             else {
                 return Parsed::Invalid;
             };
             content_length = Some(length);
-        } else if header.name.eq_ignore_ascii_case("transfer-encoding") {
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
             // As hyper reads it: the last field line decides whether it ends in chunked.
-            let last = header.value.rsplit(|&b| b == b',').next().unwrap_or(&[]);
+            let last = value.rsplit(|&b| b == b',').next().unwrap_or(&[]);
             chunked = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
-        } else if header.name.eq_ignore_ascii_case("upgrade") {
+        } else if name.eq_ignore_ascii_case(b"upgrade") {
             upgrade = true;
         }
-    }
+    };
     let head = match (content_length, chunked) {
         (Some(_), Some(_)) => Head::Ambiguous,
         // A body hyper will not read as chunked is a request it refuses.

@@ -36,14 +36,17 @@ pub async fn handle(
     let trusted = proxy.is_trusted(conn.peer.ip());
     let request_id = request_id(request.headers().get(&X_REQUEST_ID), trusted);
     let version = request.version();
-    let prefers_html = respond::prefers_html(request.headers().get(header::ACCEPT));
 
     let mut response = match pipeline(&proxy, &conn, trusted, &request_id, request).await {
         Ok(Answer::Forwarded { route, response }) => {
             proxy.allowed[route].inc();
             response
         }
-        Ok(Answer::Denied { route, decision }) => {
+        Ok(Answer::Denied {
+            route,
+            decision,
+            html,
+        }) => {
             proxy
                 .metrics
                 .requests
@@ -58,7 +61,7 @@ pub async fn handle(
                 &proxy.policy,
                 &proxy.denials,
                 request_id.to_str().unwrap_or(""),
-                prefers_html,
+                html,
             )
         }
         Err(Failure {
@@ -101,8 +104,12 @@ enum Answer {
         route: usize,
         response: Response<ProxyBody>,
     },
-    /// Denied by the policy.
-    Denied { route: RouteId, decision: Decision },
+    /// Denied by the policy; `html` when the client prefers an HTML page.
+    Denied {
+        route: RouteId,
+        decision: Decision,
+        html: bool,
+    },
 }
 
 /// A request that failed, on the route it took (if it got that far), and whether it was
@@ -169,9 +176,10 @@ async fn pipeline(
         error,
         decided: true,
     };
-    let path = match (route.case_insensitive, crate::path::fold_case(&path)) {
-        (true, Cow::Owned(folded)) => Cow::Owned(folded),
-        _ => path,
+    let path = match path {
+        _ if !route.case_insensitive => path,
+        Cow::Borrowed(text) => crate::path::fold_case(text),
+        Cow::Owned(text) => Cow::Owned(crate::path::fold_case(&text).into_owned()),
     };
 
     let (decision, took) = decide(proxy, &parts, authority.host.as_deref(), &path, client_ip);
@@ -188,6 +196,7 @@ async fn pipeline(
         return Ok(Answer::Denied {
             route: route.id.clone(),
             decision,
+            html: respond::prefers_html(parts.headers.get(header::ACCEPT)),
         });
     }
 
@@ -268,12 +277,10 @@ fn decide(
     let took = started.elapsed();
     proxy.metrics.decision_duration.observe(took.as_secs_f64());
     for step in &decision.trace {
-        if step.outcome == Outcome::Matched {
-            proxy
-                .metrics
-                .rule_matches
-                .with_label_values(&[&step.rule.0, step.effect.as_str(), step.mode.as_str()])
-                .inc();
+        if step.outcome == Outcome::Matched
+            && let Some(counter) = proxy.rule_matches.get(step.position)
+        {
+            counter.inc();
         }
     }
     (decision, took)

@@ -20,7 +20,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::time::Instant;
 
 use super::Proxy;
-use super::framing::{FramingWatch, MAX_HEADERS};
+use super::framing::FramingWatch;
 use super::handle::handle;
 
 /// What a request knows about the connection it arrived on.
@@ -298,6 +298,9 @@ impl Drop for InFlight {
         self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
+
+/// The most header fields a request head may have.
+const MAX_HEADERS: usize = 200;
 
 /// A socket that counts its reads and writes into an [`Activity`].
 struct ActivityIo {

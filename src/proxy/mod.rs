@@ -44,6 +44,8 @@ pub struct Proxy {
     /// `requests_total{route, decision="allow", reason="allowed"}` per route, resolved once
     /// so the hot path does not hash label values; indexed by `Route::index`.
     allowed: Vec<IntCounter>,
+    /// `rule_matches_total{rule, effect, mode}` per rule, in the policy's rule order.
+    rule_matches: Vec<IntCounter>,
 }
 
 impl Proxy {
@@ -68,7 +70,20 @@ impl Proxy {
                 ])
             })
             .collect();
+        let rule_matches = config
+            .policy
+            .rules()
+            .iter()
+            .map(|rule| {
+                metrics.rule_matches.with_label_values(&[
+                    &rule.id.0,
+                    rule.effect.as_str(),
+                    rule.mode.as_str(),
+                ])
+            })
+            .collect();
         Proxy {
+            rule_matches,
             routes: RouteTable::new(&config.routes),
             upstreams,
             trusted_proxies: config.trusted_proxies.clone(),

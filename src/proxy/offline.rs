@@ -133,9 +133,10 @@ pub fn decide(
     let Some(route) = routes.select(authority.host.as_deref(), &path) else {
         return refused(client_ip, None, ProxyError::NoRoute);
     };
-    let path = match (route.case_insensitive, crate::path::fold_case(&path)) {
-        (true, Cow::Owned(folded)) => Cow::Owned(folded),
-        _ => path,
+    let path = match path {
+        _ if !route.case_insensitive => path,
+        Cow::Borrowed(text) => crate::path::fold_case(text),
+        Cow::Owned(text) => Cow::Owned(crate::path::fold_case(&text).into_owned()),
     };
     let header_pairs = normalize::policy_headers(config.policy.header_names(), &parts.headers);
     let facts = RequestFacts {
