@@ -252,8 +252,10 @@ fn parse(bytes: &[u8]) -> Parsed {
     let mut upgrade = false;
     let mut line_start = start;
     let mut request_line = true;
+    // Every head passes through here, so lines are found with memchr and only lines that
+    // can start one of the three names are looked at closely.
     let length = loop {
-        let Some(newline) = bytes[line_start..].iter().position(|&b| b == b'\n') else {
+        let Some(newline) = memchr::memchr(b'\n', &bytes[line_start..]) else {
             return Parsed::Partial;
         };
         let line_end = line_start + newline;
@@ -268,10 +270,12 @@ fn parse(bytes: &[u8]) -> Parsed {
             request_line = false;
             continue;
         }
-        if line.is_empty() {
-            break line_start;
+        match line.first() {
+            None => break line_start,
+            Some(b'c' | b'C' | b't' | b'T' | b'u' | b'U') => {}
+            Some(_) => continue,
         }
-        let Some(colon) = line.iter().position(|&b| b == b':') else {
+        let Some(colon) = memchr::memchr(b':', line) else {
             return Parsed::Invalid;
         };
         let (name, value) = (&line[..colon], line[colon + 1..].trim_ascii());
