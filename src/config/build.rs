@@ -14,9 +14,11 @@ use super::model::{
     AdminSettings, Config, HostPattern, Limits, ListenerSettings, RouteId, RouteSettings, Target,
     UpstreamName, UpstreamSettings,
 };
-use super::model::{DenialSettings, Detail};
+use super::model::{DenialSettings, Detail, ForwardedHeader};
 use super::policy::{self, PolicySummary};
-use super::raw::{RawConfig, RawDenials, RawDetail, RawLimits, RawRoute, RawUpstream};
+use super::raw::{
+    RawConfig, RawDenials, RawDetail, RawForwardedHeader, RawLimits, RawRoute, RawUpstream,
+};
 use super::source::{Source, key_segment};
 use super::units::{parse_duration, parse_size};
 
@@ -158,6 +160,10 @@ pub fn build(path: &Path, text: &str, raw: RawConfig) -> Result<Config, ConfigEr
                 admin: AdminSettings { addr: admin_addr },
                 trusted_proxies,
                 keep_override_headers: raw.network.keep_override_headers,
+                forwarded_header: match raw.network.forwarded_header {
+                    RawForwardedHeader::XForwardedFor => ForwardedHeader::XForwardedFor,
+                    RawForwardedHeader::Forwarded => ForwardedHeader::Forwarded,
+                },
                 upstreams,
                 routes,
                 limits,

@@ -2,7 +2,7 @@
 //! unconditional deny rule always overrides. Warnings never stop a config from loading;
 //! `portcullis validate` prints them and the gateway logs them at startup.
 
-use crate::policy::{Condition, Effect, HostPattern, Mode, PathGlob, Rule, Segment};
+use crate::policy::{Condition, Effect, HostPattern, Mode, NetSet, PathGlob, Rule, Segment};
 
 use super::error::ConfigError;
 use super::model::{Config, RouteSettings};
@@ -20,7 +20,21 @@ pub fn warnings(config: &Config, source: &Source) -> Vec<ConfigError> {
         ));
     }
     let rules = config.policy.rules();
+    let trusted = NetSet::new(config.trusted_proxies.iter().copied());
     for (rule, origin) in rules.iter().zip(&config.policy_summary.rule_origins) {
+        let allows_proxies = rule.effect == Effect::Allow
+            && rule.when.iter().any(|condition| {
+                matches!(condition, Condition::Ip(networks) if networks.intersects(&trusted))
+            });
+        if allows_proxies {
+            warnings.push(origin.problem(format!(
+                "rule \"{}\" allows networks that hold trusted proxies: a request whose forwarding header a proxy garbled is decided on the proxy's own address; keep network.trusted_proxies out of allow lists",
+                rule.id
+            )));
+        }
+        if let Some(problem) = upper_case_on_folded_routes(rule, &config.routes) {
+            warnings.push(origin.problem(format!("rule \"{}\": {problem}", rule.id)));
+        }
         if let Some(problem) = never_matches(rule, &config.routes) {
             warnings
                 .push(origin.problem(format!("rule \"{}\" can never match: {problem}", rule.id)));
@@ -65,6 +79,39 @@ fn never_matches(rule: &Rule, routes: &[RouteSettings]) -> Option<String> {
         return Some("no route accepts its hosts and paths".to_owned());
     }
     None
+}
+
+/// Paths with upper-case letters, on case-insensitive routes the rule reaches: the path
+/// is lower-cased there first, so they never match on those routes.
+fn upper_case_on_folded_routes(rule: &Rule, routes: &[RouteSettings]) -> Option<String> {
+    let glob = rule.paths.iter().find(|glob| {
+        glob.segments().iter().any(|segment| {
+            matches!(segment, Segment::Literal(literal) if literal_has_upper_case(literal))
+        })
+    })?;
+    let route = routes
+        .iter()
+        .find(|route| route.case_insensitive && reaches(route, rule))?;
+    Some(format!(
+        "path \"{glob}\" has upper-case letters, but route \"{}\" lower-cases paths before deciding, so the rule never matches there; write it in lower case",
+        route.id
+    ))
+}
+
+/// Upper-case letters outside percent-encodings (whose hex digits stay upper-case).
+fn literal_has_upper_case(literal: &str) -> bool {
+    let mut hex_left = 0;
+    literal.bytes().any(|byte| {
+        if hex_left > 0 {
+            hex_left -= 1;
+            false
+        } else if byte == b'%' {
+            hex_left = 2;
+            false
+        } else {
+            byte.is_ascii_uppercase()
+        }
+    })
 }
 
 /// Whether some request `route` accepts could fit the rule's hosts and paths.

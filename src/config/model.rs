@@ -28,6 +28,8 @@ pub struct Config {
     /// Forward `X-Original-URL`, `X-HTTP-Method-Override` and their kin instead of
     /// stripping them (for upstreams that need them and do their own checks).
     pub keep_override_headers: bool,
+    /// The header trusted proxies report the client address in.
+    pub forwarded_header: ForwardedHeader,
     /// Upstreams in name order.
     pub upstreams: Vec<UpstreamSettings>,
     /// Routes in file order.
@@ -45,6 +47,15 @@ pub struct Config {
     /// Problems that do not stop the config from loading (rules that can never match,
     /// rules shadowed by a deny), for `portcullis validate` and the startup log.
     pub warnings: Vec<ConfigError>,
+}
+
+/// The header a trusted proxy reports the client address in (`network.forwarded_header`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ForwardedHeader {
+    /// `X-Forwarded-For`: a comma-separated list of addresses.
+    XForwardedFor,
+    /// RFC 7239 `Forwarded`: the `for=` parameter of each element.
+    Forwarded,
 }
 
 /// How much a 401 or 403 tells the client.

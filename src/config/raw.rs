@@ -90,6 +90,18 @@ pub struct RawNetwork {
     /// Forward X-Original-URL, X-HTTP-Method-Override and their kin instead of stripping them.
     #[serde(default)]
     pub keep_override_headers: bool,
+    /// Which header a trusted proxy reports the client address in.
+    #[serde(default)]
+    pub forwarded_header: RawForwardedHeader,
+}
+
+/// x-forwarded-for (the default) or forwarded (RFC 7239); only this one is read.
+#[derive(Debug, Default, Clone, Copy, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum RawForwardedHeader {
+    #[default]
+    XForwardedFor,
+    Forwarded,
 }
 
 /// A set of interchangeable servers, keyed by its name.
@@ -354,10 +366,10 @@ pub struct RawRule {
     #[serde(default)]
     pub mode: RawMode,
     /// Which requests the rule is about; absent means every request.
-    #[serde(default, rename = "match")]
+    #[serde(default, rename = "match", deserialize_with = "not_null_value")]
     pub matches: RawMatch,
     /// What the caller must satisfy; absent means every caller.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "not_null_value")]
     pub when: RawWhen,
     /// A link where a denied caller can ask for access.
     pub help: Option<String>,
@@ -385,13 +397,16 @@ pub enum RawMode {
 #[serde(deny_unknown_fields)]
 pub struct RawMatch {
     /// Hosts: "api.example.com" or "*.example.com".
+    #[serde(default, deserialize_with = "not_null")]
     pub hosts: Option<Vec<String>>,
     /// Path globs on the canonical path: * one segment, ** any number, {name} one segment captured.
+    #[serde(default, deserialize_with = "not_null")]
     pub paths: Option<Vec<String>>,
     /// Methods, case-sensitive (GET, POST, ...).
+    #[serde(default, deserialize_with = "not_null")]
     pub methods: Option<Vec<String>>,
     /// Header name to a value or list of values; "*" means any value, "{name}" a path capture.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "not_null_value")]
     pub headers: BTreeMap<String, OneOrMany>,
 }
 
@@ -403,26 +418,56 @@ pub struct RawMatch {
 pub struct RawWhen {
     // Accepted by the parser only to be refused with a reason; not offered to editors.
     #[schemars(skip)]
+    #[serde(default, deserialize_with = "not_null")]
     pub authenticated: Option<serde::de::IgnoredAny>,
     #[schemars(skip)]
+    #[serde(default, deserialize_with = "not_null")]
     pub roles: Option<serde::de::IgnoredAny>,
     #[schemars(skip)]
+    #[serde(default, deserialize_with = "not_null")]
     pub scopes: Option<serde::de::IgnoredAny>,
     #[schemars(skip)]
+    #[serde(default, deserialize_with = "not_null")]
     pub claims: Option<serde::de::IgnoredAny>,
     /// The client address must be in one of these: CIDRs, addresses or "@list".
+    #[serde(default, deserialize_with = "not_null")]
     pub ip: Option<Vec<String>>,
     /// The client address must not be in any of these.
+    #[serde(default, deserialize_with = "not_null")]
     pub not_ip: Option<Vec<String>>,
     #[schemars(skip)]
+    #[serde(default, deserialize_with = "not_null")]
     pub countries: Option<serde::de::IgnoredAny>,
     #[schemars(skip)]
+    #[serde(default, deserialize_with = "not_null")]
     pub not_countries: Option<serde::de::IgnoredAny>,
     /// Header name to a value or list of values the request must carry.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "not_null_value")]
     pub headers: BTreeMap<String, OneOrMany>,
     #[schemars(skip)]
+    #[serde(default, deserialize_with = "not_null")]
     pub mtls: Option<serde::de::IgnoredAny>,
+}
+
+/// For keys whose absence means "every request" or "every caller": an explicit empty
+/// value (`ip:` with nothing after it, `~`, or every entry commented out) is refused,
+/// because reading it as absent would silently widen the rule.
+fn not_null<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    not_null_value(deserializer).map(Some)
+}
+
+/// [`not_null`] for keys with a default value.
+fn not_null_value<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(deserializer)?
+        .ok_or_else(|| serde::de::Error::custom("has no value; write one, or remove the key"))
 }
 
 /// A value or a list of values; scalars of any YAML type are read as their text.

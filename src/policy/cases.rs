@@ -24,7 +24,8 @@ pub struct CaseRequest {
     pub method: String,
     /// `http://host/path?query`, or just `/path` (no host).
     pub url: String,
-    /// The client's address, as the gateway would decide it.
+    /// The socket peer the request comes from; a trusted proxy's forwarding header among
+    /// `headers` is believed as it would be live.
     pub ip: IpAddr,
     /// Extra request headers.
     pub headers: Vec<(String, String)>,

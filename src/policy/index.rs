@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 
+use super::decision::Effect;
 use super::rule::{HostPattern, PathGlob, Rule, Segment, split};
 
 /// Marks an index entry for a rule without `paths` (every path).
@@ -88,6 +89,16 @@ impl Index {
         };
         let mut wild = Vec::new();
         self.any_host.walk(0, &parts, 0, &mut wild, &mut ends);
+        if host.is_none() {
+            // SECURITY: a request that names no host (HTTP/1.0) still meets every deny
+            // rule that names hosts; it cannot be shown to be outside them.
+            let mut host_ends = Vec::new();
+            for trie in self.exact.values().chain(self.suffix.values()) {
+                trie.walk(0, &parts, 0, &mut wild, &mut host_ends);
+            }
+            host_ends.retain(|end| rules[end.rule as usize].effect == Effect::Deny);
+            ends.extend(host_ends);
+        }
         if let Some(host) = host {
             if let Some(trie) = self.exact.get(host) {
                 trie.walk(0, &parts, 0, &mut wild, &mut ends);

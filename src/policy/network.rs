@@ -69,6 +69,11 @@ impl NetSet {
                 .all(|&(start, end)| spans(&self.v6, start, end))
     }
 
+    /// Whether some address is in both sets.
+    pub fn intersects(&self, other: &NetSet) -> bool {
+        overlap(&self.v4, &other.v4) || overlap(&self.v6, &other.v6)
+    }
+
     /// Whether the set holds every address (`0.0.0.0/0` and `::/0`).
     pub fn is_everything(&self) -> bool {
         self.v4 == [(0, u32::MAX)] && self.v6 == [(0, u128::MAX)]
@@ -102,6 +107,20 @@ fn within<T: Ord + Copy>(ranges: &[(T, T)], value: T) -> bool {
     // The last range starting at or before `value` is the only one that can hold it.
     let after = ranges.partition_point(|&(start, _)| start <= value);
     after > 0 && ranges[after - 1].1 >= value
+}
+
+fn overlap<T: Ord + Copy>(a: &[(T, T)], b: &[(T, T)]) -> bool {
+    let (mut i, mut j) = (0, 0);
+    while i < a.len() && j < b.len() {
+        if a[i].1 < b[j].0 {
+            i += 1;
+        } else if b[j].1 < a[i].0 {
+            j += 1;
+        } else {
+            return true;
+        }
+    }
+    false
 }
 
 fn spans<T: Ord + Copy>(ranges: &[(T, T)], start: T, end: T) -> bool {
@@ -154,6 +173,11 @@ impl Networks {
     /// Whether the networks hold no address at all (an empty list).
     pub fn is_empty(&self) -> bool {
         self.sets.iter().all(|set| set.is_empty())
+    }
+
+    /// Whether some address is in both these networks and `set`.
+    pub fn intersects(&self, set: &NetSet) -> bool {
+        self.sets.iter().any(|own| own.intersects(set))
     }
 
     /// Whether the networks hold every address.
@@ -212,6 +236,15 @@ mod tests {
         assert_eq!(merged.prefixes(), 4);
         assert!(set(&["0.0.0.0/0", "::/0"]).is_everything());
         assert!(!set(&["0.0.0.0/0"]).is_everything());
+    }
+
+    #[test]
+    fn intersects() {
+        let office = set(&["10.0.0.0/8", "2001:db8::/32"]);
+        assert!(office.intersects(&set(&["10.1.0.0/16"])));
+        assert!(office.intersects(&set(&["0.0.0.0/0"])));
+        assert!(office.intersects(&set(&["192.0.2.0/24", "2001:db8:1::/48"])));
+        assert!(!office.intersects(&set(&["11.0.0.0/8", "192.0.2.0/24", "2001:db9::/32"])));
     }
 
     #[test]

@@ -381,6 +381,15 @@ fn hosts_narrow_rules() {
         req("GET", "/x").host(None),
         (DENY, None, "no_matching_allow"),
     );
+    // A request without a host cannot be shown to be outside a deny rule's hosts.
+    check(
+        vec![
+            allow("all").paths(&["/**"]),
+            deny("no-admin-host").hosts(&["admin.example"]),
+        ],
+        req("GET", "/x").host(None),
+        (DENY, Some("no-admin-host"), "explicit_deny"),
+    );
     check(
         rules(),
         req("GET", "/ops/1").host(Some("a.b.internal.example")),
@@ -509,4 +518,64 @@ fn index_returns_only_rules_for_this_path() {
         (ALLOW, Some("r42"), "allowed"),
     );
     assert_eq!(decision.trace.len(), 1);
+}
+
+/// The index against the reference matcher: for many globs and paths drawn from a small
+/// alphabet, the rules the index returns are exactly those with a path that matches,
+/// with the same captures.
+#[test]
+fn index_agrees_with_the_reference_matcher() {
+    const SEGMENTS: [&str; 6] = ["a", "b", "*", "**", "{x}", ""];
+    const PATH_SEGMENTS: [&str; 4] = ["a", "b", "c", ""];
+    let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = |bound: usize| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state % bound as u64) as usize
+    };
+    let mut globs = Vec::new();
+    while globs.len() < 60 {
+        let length = 1 + next(4);
+        let text: String = (0..length)
+            .map(|_| format!("/{}", SEGMENTS[next(SEGMENTS.len())]))
+            .collect();
+        if let Ok(glob) = PathGlob::parse(&text) {
+            globs.push(glob);
+        }
+    }
+    let rules: Vec<Rule> = globs
+        .iter()
+        .enumerate()
+        .map(|(n, glob)| {
+            let mut rule = allow(&format!("r{n}")).0;
+            rule.paths = vec![glob.clone()];
+            rule
+        })
+        .collect();
+    let set = PolicySet::new(rules);
+    for _ in 0..2000 {
+        let length = 1 + next(5);
+        let path: String = (0..length)
+            .map(|_| format!("/{}", PATH_SEGMENTS[next(PATH_SEGMENTS.len())]))
+            .collect();
+        let expected: Vec<(usize, Vec<(&str, &str)>)> = globs
+            .iter()
+            .enumerate()
+            .filter_map(|(n, glob)| glob.matches(&path).map(|captures| (n, captures)))
+            .collect();
+        let found: Vec<(usize, Vec<(&str, &str)>)> = set
+            .index
+            .candidates(&set.rules, Some("app.example"), &path)
+            .into_iter()
+            .map(|candidate| (candidate.rule, candidate.captures))
+            .collect();
+        let expected_rules: Vec<usize> = expected.iter().map(|(n, _)| *n).collect();
+        let found_rules: Vec<usize> = found.iter().map(|(n, _)| *n).collect();
+        assert_eq!(found_rules, expected_rules, "{path}");
+        for ((n, want), (_, got)) in expected.iter().zip(&found) {
+            // With `**` before a capture, several splits match; both take the first.
+            assert_eq!(got, want, "{path} against {}", globs[*n]);
+        }
+    }
 }

@@ -248,6 +248,9 @@ fn parse(bytes: &[u8]) -> Parsed {
         return Parsed::Partial;
     };
     let mut content_length: Option<u64> = None;
+    // A length hyper skips unread because Transfer-Encoding came first still counts.
+    let mut length_field = false;
+    let mut length_invalid = false;
     let mut chunked = None;
     let mut upgrade = false;
     let mut line_start = start;
@@ -280,13 +283,14 @@ fn parse(bytes: &[u8]) -> Parsed {
         };
         let (name, value) = (&line[..colon], line[colon + 1..].trim_ascii());
         if name.eq_ignore_ascii_case(b"content-length") {
-            let Some(length) = std::str::from_utf8(value)
+            length_field = true;
+            match std::str::from_utf8(value)
                 .ok()
                 .and_then(|text| text.parse::<u64>().ok())
-            else {
-                return Parsed::Invalid;
-            };
-            content_length = Some(length);
+            {
+                Some(length) => content_length = Some(length),
+                None => length_invalid = true,
+            }
         } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
             // As hyper reads it: the last field line decides whether it ends in chunked.
             let last = value.rsplit(|&b| b == b',').next().unwrap_or(&[]);
@@ -295,6 +299,12 @@ fn parse(bytes: &[u8]) -> Parsed {
             upgrade = true;
         }
     };
+    if length_field && chunked.is_some() {
+        return Parsed::Complete(length, Head::Ambiguous, upgrade);
+    }
+    if length_invalid {
+        return Parsed::Invalid;
+    }
     let head = match (content_length, chunked) {
         (Some(_), Some(_)) => Head::Ambiguous,
         // A body hyper will not read as chunked is a request it refuses.
@@ -339,6 +349,9 @@ mod tests {
     fn finds_the_ambiguous_head_by_number() {
         assert_eq!(feed_all(&[AMBIGUOUS]), Some(1));
         assert_eq!(feed_all(&[AMBIGUOUS_TE_FIRST]), Some(1));
+        let unreadable_length =
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Length: 4, 4\r\n\r\n0\r\n\r\n";
+        assert_eq!(feed_all(&[unreadable_length]), Some(1));
         let stream = [GET, SIZED, CHUNKED, AMBIGUOUS].concat();
         assert_eq!(feed_all(&[&stream]), Some(4));
         assert_eq!(one_byte_at_a_time(&stream), Some(4));

@@ -36,6 +36,7 @@ pub async fn handle(
     let trusted = proxy.is_trusted(conn.peer.ip());
     let request_id = request_id(request.headers().get(&X_REQUEST_ID), trusted);
     let version = request.version();
+    let method = request.method().clone();
 
     let mut response = match pipeline(&proxy, &conn, trusted, &request_id, request).await {
         Ok(Answer::Forwarded { route, response }) => {
@@ -76,7 +77,7 @@ pub async fn handle(
                 .with_label_values(&[route_label, DecisionLabel::Error.as_str(), err.reason()])
                 .inc();
             if !decided {
-                log_undecided(&request_id, route.as_ref(), &err);
+                log_undecided(&request_id, route.as_ref(), &method, conn.peer.ip(), &err);
             }
             let mut response = respond::error(&err, &request_id);
             // After a malformed or oversized request the rest of the connection's bytes
@@ -145,6 +146,7 @@ async fn pipeline(
             "the request has both Content-Length and Transfer-Encoding".into(),
         )));
     }
+    normalize::method(request.method()).map_err(Failure::early)?;
     if request.method() == Method::CONNECT {
         return Err(Failure::early(ProxyError::ConnectRefused));
     }
@@ -157,8 +159,12 @@ async fn pipeline(
 
     let authority = normalize::authority(&parts).map_err(Failure::early)?;
     let path = normalize::path(parts.uri.path()).map_err(Failure::early)?;
-    let (client_ip, forwarding_problem) =
-        normalize::client_ip(&parts.headers, conn.peer.ip(), |ip| proxy.is_trusted(ip));
+    let (client_ip, forwarding_problem) = normalize::client_ip(
+        &parts.headers,
+        conn.peer.ip(),
+        proxy.forwarded_header,
+        |ip| proxy.is_trusted(ip),
+    );
     if let Some(problem) = forwarding_problem {
         tracing::warn!(
             request.id = request_id.to_str().unwrap_or(""),
@@ -330,12 +336,21 @@ fn log_decision(
 }
 
 /// The decision-log line of a request refused before it could be decided.
-fn log_undecided(request_id: &HeaderValue, route: Option<&RouteId>, error: &ProxyError) {
+/// (Its path is not logged: it had no canonical form, or none was needed to refuse it.)
+fn log_undecided(
+    request_id: &HeaderValue,
+    route: Option<&RouteId>,
+    method: &Method,
+    peer: std::net::IpAddr,
+    error: &ProxyError,
+) {
     tracing::info!(
         target: "portcullis::decision",
         decision = "error",
         request.id = request_id.to_str().unwrap_or(""),
         route.id = route.map(|id| &*id.0),
+        http.method = %method,
+        client.ip = %peer.to_canonical(),
         decision.reason = error.reason(),
         "decision"
     );

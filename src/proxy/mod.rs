@@ -20,7 +20,7 @@ use bytes::Bytes;
 use ipnet::IpNet;
 use prometheus::IntCounter;
 
-use crate::config::{Config, DenialSettings, Limits};
+use crate::config::{Config, DenialSettings, ForwardedHeader, Limits};
 use crate::policy::PolicySet;
 use crate::telemetry::{DecisionLabel, Metrics};
 
@@ -37,6 +37,7 @@ pub struct Proxy {
     upstreams: Vec<Upstream>,
     trusted_proxies: Vec<IpNet>,
     keep_override_headers: bool,
+    forwarded_header: ForwardedHeader,
     limits: Limits,
     policy: Arc<PolicySet>,
     denials: DenialSettings,
@@ -88,6 +89,7 @@ impl Proxy {
             upstreams,
             trusted_proxies: config.trusted_proxies.clone(),
             keep_override_headers: config.keep_override_headers,
+            forwarded_header: config.forwarded_header,
             limits: config.limits.clone(),
             policy: Arc::clone(&config.policy),
             denials: config.denials.clone(),

@@ -7,6 +7,8 @@ use std::borrow::Cow;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use http::header::{FORWARDED, HOST};
+
+use crate::config::ForwardedHeader;
 use http::request::Parts;
 use http::uri::PathAndQuery;
 use http::{HeaderMap, HeaderName};
@@ -106,76 +108,66 @@ fn parse_host(value: &[u8]) -> Option<String> {
 }
 
 /// The client's address: the socket peer, or, when the peer is a trusted proxy, the
-/// rightmost address of `X-Forwarded-For` (or else RFC 7239 `Forwarded`) that is not itself
-/// a trusted proxy. A trusted peer's malformed header is not believed: the peer is the
-/// client then, and the problem is returned for the log.
+/// rightmost address in `header` that is not itself a trusted proxy. The chain is read
+/// from the right, where the trusted proxies wrote, and reading stops at the first
+/// address that is not theirs: everything left of it was written by the client. A
+/// malformed entry met before that is not believed: the peer is the client then, and
+/// the problem is returned for the log.
 pub fn client_ip(
     headers: &HeaderMap,
     peer: IpAddr,
+    header: ForwardedHeader,
     is_trusted: impl Fn(IpAddr) -> bool,
 ) -> (IpAddr, Option<&'static str>) {
     let peer = peer.to_canonical();
     if !is_trusted(peer) {
         return (peer, None);
     }
-    let chain = if headers.contains_key(X_FORWARDED_FOR) {
-        forwarded_for_chain(headers)
-    } else if headers.contains_key(FORWARDED) {
-        forwarded_chain(headers)
-    } else {
-        return (peer, None);
+    let name = match header {
+        ForwardedHeader::XForwardedFor => X_FORWARDED_FOR,
+        ForwardedHeader::Forwarded => FORWARDED,
     };
-    let Some(chain) = chain else {
-        return (
-            peer,
-            Some("malformed X-Forwarded-For or Forwarded header from a trusted proxy"),
-        );
-    };
-    // SECURITY: only hops appended by our trusted proxies are believed, so walk from the
-    // right and stop at the first address that is not one of them; anything left of it
-    // was written by the client.
-    let client = chain
-        .iter()
-        .rev()
-        .find(|ip| !is_trusted(**ip))
-        .or(chain.first())
-        .copied()
-        .unwrap_or(peer);
-    (client, None)
+    let lines: Vec<&HeaderValue> = headers.get_all(&name).iter().collect();
+    let mut leftmost_trusted = None;
+    for line in lines.iter().rev() {
+        let Ok(text) = line.to_str() else {
+            return (peer, Some(MALFORMED));
+        };
+        for entry in text.rsplit(',') {
+            let address = match header {
+                ForwardedHeader::XForwardedFor => node_address(entry.trim()),
+                ForwardedHeader::Forwarded => forwarded_for(entry),
+            };
+            match address {
+                // SECURITY: the first address that is not one of our proxies is the
+                // client; whatever lies left of it is the client's own claim.
+                Some(ip) if !is_trusted(ip) => return (ip, None),
+                Some(ip) => leftmost_trusted = Some(ip),
+                None => return (peer, Some(MALFORMED)),
+            }
+        }
+    }
+    // Every hop was a trusted proxy: the first of them is the client.
+    (leftmost_trusted.unwrap_or(peer), None)
 }
+
+const MALFORMED: &str = "malformed forwarding header from a trusted proxy";
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
-/// Every address of every `X-Forwarded-For` line, in order; `None` if one is not an address.
-fn forwarded_for_chain(headers: &HeaderMap) -> Option<Vec<IpAddr>> {
-    let mut chain = Vec::new();
-    for value in headers.get_all(X_FORWARDED_FOR) {
-        for entry in value.to_str().ok()?.split(',') {
-            chain.push(node_address(entry.trim())?);
-        }
-    }
-    (!chain.is_empty()).then_some(chain)
-}
-
-/// The `for=` address of every `Forwarded` element, in order; `None` when one is missing,
-/// obfuscated, `unknown` or malformed, since the hop it stands for cannot be placed.
-fn forwarded_chain(headers: &HeaderMap) -> Option<Vec<IpAddr>> {
-    let mut chain = Vec::new();
-    for value in headers.get_all(FORWARDED) {
-        for element in value.to_str().ok()?.split(',') {
-            let node = element
-                .split(';')
-                .filter_map(|pair| pair.split_once('='))
-                .find(|(name, _)| name.trim().eq_ignore_ascii_case("for"))
-                .map(|(_, value)| value.trim())?;
-            let node = match node.strip_prefix('"') {
-                Some(quoted) => quoted.strip_suffix('"')?,
-                None => node,
-            };
-            chain.push(node_address(node)?);
-        }
-    }
-    (!chain.is_empty()).then_some(chain)
+/// The `for=` address of one `Forwarded` element; `None` when it is missing, obfuscated,
+/// `unknown` or malformed, since the hop it stands for cannot be placed.
+fn forwarded_for(element: &str) -> Option<IpAddr> {
+    let node = element
+        .split(';')
+        .filter_map(|pair| pair.split_once('='))
+        .find(|(name, _)| name.trim().eq_ignore_ascii_case("for"))
+        .map(|(_, value)| value.trim())?;
+    let node = match node.strip_prefix('"') {
+        Some(quoted) => quoted.strip_suffix('"')?,
+        None => node,
+    };
+    node_address(node)
 }
 
 /// `192.0.2.1`, `192.0.2.1:4711`, `2001:db8::1` or `[2001:db8::1]:4711`.
@@ -204,18 +196,40 @@ fn valid_port(digits: &str) -> bool {
     !digits.is_empty() && digits.len() <= 5 && digits.bytes().all(|b| b.is_ascii_digit())
 }
 
+/// Stands in for a header value with bytes that are not text.
+const NOT_TEXT: &str = "\u{fffd}";
+
 /// The request headers the policy looks at, as `(name, value)` text pairs.
 pub fn policy_headers<'h>(names: &'h [String], headers: &'h HeaderMap) -> Vec<(&'h str, &'h str)> {
     let mut pairs = Vec::new();
     for name in names {
         for value in headers.get_all(name.as_str()) {
-            // A value that is not text cannot equal any value a policy file can hold.
-            if let Ok(text) = value.to_str() {
-                pairs.push((name.as_str(), text));
-            }
+            // A value that is not text cannot equal any value a policy file can hold, but it
+            // is present: `"*"` must still see it.
+            let text = value.to_str().unwrap_or(NOT_TEXT);
+            pairs.push((name.as_str(), text));
         }
     }
     pairs
+}
+
+/// Refuses a standard method written in another case (`delete`): methods are
+/// case-sensitive, so rules for `DELETE` would not apply, yet some servers upper-case the
+/// method and run their `DELETE` handler.
+pub fn method(method: &http::Method) -> Result<(), ProxyError> {
+    const STANDARD: [&str; 9] = [
+        "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
+    ];
+    let text = method.as_str();
+    match STANDARD
+        .iter()
+        .find(|standard| standard.eq_ignore_ascii_case(text))
+    {
+        Some(standard) if *standard != text => Err(ProxyError::BadRequest(format!(
+            "the method \"{text}\" must be written \"{standard}\" (methods are case-sensitive)"
+        ))),
+        _ => Ok(()),
+    }
 }
 
 /// The canonical spelling of the request path (see [`crate::path::canonical`]); a path
@@ -307,8 +321,13 @@ mod tests {
                 HeaderValue::from_str(value).unwrap(),
             );
         }
+        let header = if pairs.iter().any(|(name, _)| *name == "forwarded") {
+            ForwardedHeader::Forwarded
+        } else {
+            ForwardedHeader::XForwardedFor
+        };
         let trusted: Vec<ipnet::IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
-        let (ip, problem) = client_ip(&headers, peer.parse().unwrap(), |ip| {
+        let (ip, problem) = client_ip(&headers, peer.parse().unwrap(), header, |ip| {
             trusted.iter().any(|net| net.contains(&ip))
         });
         (ip.to_string(), problem.is_some())
@@ -368,8 +387,28 @@ mod tests {
                 "203.0.113.9",
                 false,
             ),
+            // The client's own garbage left of the real address does not matter.
+            (
+                vec![("x-forwarded-for", "nonsense, 6.6.6.6")],
+                "10.0.0.1",
+                "6.6.6.6",
+                false,
+            ),
+            (
+                vec![("x-forwarded-for", "10.1.1.1, x, 6.6.6.6")],
+                "10.0.0.1",
+                "6.6.6.6",
+                false,
+            ),
+            // A malformed hop where our proxies wrote is not believed.
             (
                 vec![("x-forwarded-for", "6.6.6.6, nonsense")],
+                "10.0.0.1",
+                "10.0.0.1",
+                true,
+            ),
+            (
+                vec![("x-forwarded-for", "6.6.6.6, 10.0.0.9, x")],
                 "10.0.0.1",
                 "10.0.0.1",
                 true,
@@ -408,13 +447,20 @@ mod tests {
                 "10.0.0.1",
                 true,
             ),
+            // Only the configured header is read.
             (
                 vec![
-                    ("x-forwarded-for", "203.0.113.9"),
-                    ("forwarded", "for=6.6.6.6"),
+                    ("x-forwarded-for", "6.6.6.6"),
+                    ("forwarded", "for=203.0.113.9"),
                 ],
                 "10.0.0.1",
                 "203.0.113.9",
+                false,
+            ),
+            (
+                vec![("forwarded", "for=6.6.6.6")],
+                "192.0.2.1",
+                "192.0.2.1",
                 false,
             ),
             (vec![], "10.0.0.1", "10.0.0.1", false),
@@ -425,6 +471,33 @@ mod tests {
                 (want.to_owned(), malformed),
                 "{pairs:?} via {peer}"
             );
+        }
+    }
+
+    #[test]
+    fn policy_headers_keep_values_that_are_not_text() {
+        let mut headers = HeaderMap::new();
+        headers.append("x-debug", HeaderValue::from_bytes(b"caf\xe9").unwrap());
+        headers.append("x-env", HeaderValue::from_static("staging"));
+        headers.append("x-other", HeaderValue::from_static("ignored"));
+        let names = vec!["x-debug".to_owned(), "x-env".to_owned()];
+        assert_eq!(
+            policy_headers(&names, &headers),
+            [("x-debug", NOT_TEXT), ("x-env", "staging")]
+        );
+    }
+
+    #[test]
+    fn methods_are_case_sensitive() {
+        for (method, ok) in [
+            ("GET", true),
+            ("PURGE", true),
+            ("purge", true),
+            ("get", false),
+            ("Delete", false),
+        ] {
+            let method = http::Method::from_bytes(method.as_bytes()).unwrap();
+            assert_eq!(super::method(&method).is_ok(), ok, "{method}");
         }
     }
 

@@ -85,6 +85,9 @@ pub fn decide(
             ProxyError::BadRequest(format!("\"{method}\" is not a method")),
         );
     };
+    if let Err(err) = normalize::method(&method) {
+        return refused(peer, None, err);
+    }
     if method == Method::CONNECT {
         return refused(peer, None, ProxyError::ConnectRefused);
     }
@@ -119,8 +122,12 @@ pub fn decide(
         }
     };
 
-    let is_trusted = |ip: IpAddr| config.trusted_proxies.iter().any(|net| net.contains(&ip));
-    let (client_ip, _) = normalize::client_ip(&parts.headers, peer, is_trusted);
+    let is_trusted = |ip: IpAddr| {
+        let ip = ip.to_canonical();
+        config.trusted_proxies.iter().any(|net| net.contains(&ip))
+    };
+    let (client_ip, _) =
+        normalize::client_ip(&parts.headers, peer, config.forwarded_header, is_trusted);
     let authority = match normalize::authority(&parts) {
         Ok(authority) => authority,
         Err(err) => return refused(client_ip, None, err),

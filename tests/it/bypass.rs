@@ -94,6 +94,14 @@ fn percent_decode(text: &str) -> String {
     text.replace("\u{fffd}\u{fffd}", ".")
 }
 
+/// The path part of an absolute-form target (`http://app/admin` → `/admin`).
+fn origin_form(target: &str) -> &str {
+    match target.split_once("://") {
+        Some((_, rest)) => rest.find('/').map_or("/", |at| &rest[at..]),
+        None => target,
+    }
+}
+
 fn reads_as_admin(target: &str) -> bool {
     let path = lenient(target);
     path == "/admin" || path.starts_with("/admin/")
@@ -217,6 +225,9 @@ fn raw_attempts() -> Vec<(&'static str, String)> {
             "POST /public/x HTTP/1.1\r\nHost: app\r\nTransfer-Encoding: chunked\r\n\r\n26\r\nGET /admin HTTP/1.1\r\nHost: app\r\n\r\n\r\n0\r\n\r\n".to_owned(),
         ),
         ("CONNECT", "CONNECT app:80 HTTP/1.1\r\nHost: app:80\r\n\r\n".to_owned()),
+        ("lower-case method", "delete /admin/users HTTP/1.1\r\nHost: app\r\n\r\n".to_owned()),
+        ("lower-case GET", "get /admin HTTP/1.1\r\nHost: app\r\n\r\n".to_owned()),
+        ("lower-case method on a public path", "post /public/x HTTP/1.1\r\nHost: app\r\nContent-Length: 0\r\n\r\n".to_owned()),
         ("asterisk form", "OPTIONS * HTTP/1.1\r\nHost: app\r\n\r\n".to_owned()),
         ("extra spaces in request line", "GET  /admin  HTTP/1.1\r\nHost: app\r\n\r\n".to_owned()),
     ];
@@ -279,7 +290,8 @@ async fn no_attempt_reaches_the_upstream_as_admin() {
                 }
             }
             let status_line = answer.lines().next().unwrap_or("");
-            if reads_as_admin(bytes.split(' ').nth(1).unwrap_or("")) {
+            let target = bytes.split(' ').nth(1).unwrap_or("");
+            if reads_as_admin(origin_form(target)) {
                 assert!(
                     !status_line.contains(" 200 "),
                     "{what}: answered {status_line:?}"
@@ -335,16 +347,22 @@ async fn no_attempt_reaches_the_upstream_as_admin() {
 #[tokio::test]
 async fn a_trusted_proxy_vouches_for_the_office_address() {
     let up = TestUpstream::start("app").await;
+    // The proxy itself (127.0.0.1) sits inside the office network here, the case where
+    // believing the wrong hop would let anyone in.
+    let policy = ALLOW_LIST.replace("[203.0.113.0/24]", "[203.0.113.0/24, 127.0.0.1]");
     let gw = TestGateway::with_policy(
         &config(&[up.url()], "network: { trusted_proxies: [127.0.0.1] }\n"),
-        ALLOW_LIST,
+        &policy,
     )
     .await;
     for (forwarded_for, allowed) in [
         ("203.0.113.5", true),
         ("203.0.113.5, 198.51.100.7", false),
         ("198.51.100.7, 203.0.113.5", true),
-        ("not-an-address", false),
+        // The client's garbage left of its real address changes nothing.
+        ("not-an-address, 198.51.100.7", false),
+        ("203.0.113.5, not-an-address, 198.51.100.7", false),
+        ("127.0.0.1, 198.51.100.7", false),
     ] {
         let request = format!(
             "GET /admin/users HTTP/1.1\r\nHost: app\r\nConnection: close\r\nX-Forwarded-For: {forwarded_for}\r\n\r\n"
@@ -352,6 +370,34 @@ async fn a_trusted_proxy_vouches_for_the_office_address() {
         let answer = raw_until_closed(gw.addr, request.as_bytes(), Duration::from_secs(5)).await;
         let ok = answer.starts_with("HTTP/1.1 200");
         assert_eq!(ok, allowed, "{forwarded_for}: {answer}");
+    }
+
+    // With `forwarded_header: forwarded`, only RFC 7239 `Forwarded` is read.
+    let gw = TestGateway::with_policy(
+        &config(
+            &[up.url()],
+            "network: { trusted_proxies: [127.0.0.1], forwarded_header: forwarded }\n",
+        ),
+        ALLOW_LIST,
+    )
+    .await;
+    for (headers, allowed) in [
+        ("Forwarded: for=203.0.113.5", true),
+        ("Forwarded: for=203.0.113.5, for=198.51.100.7", false),
+        (
+            "X-Forwarded-For: 203.0.113.5\r\nForwarded: for=198.51.100.7",
+            false,
+        ),
+    ] {
+        let request = format!(
+            "GET /admin/users HTTP/1.1\r\nHost: app\r\nConnection: close\r\n{headers}\r\n\r\n"
+        );
+        let answer = raw_until_closed(gw.addr, request.as_bytes(), Duration::from_secs(5)).await;
+        assert_eq!(
+            answer.starts_with("HTTP/1.1 200"),
+            allowed,
+            "{headers}: {answer}"
+        );
     }
 }
 

@@ -443,6 +443,9 @@ async fn ambiguous_framing_never_smuggles_a_request() {
         ("", "Content-Length: 5\r\nTransfer-Encoding: chunked"),
         ("", "Transfer-Encoding: chunked\r\nContent-Length: 5"),
         (fine, "content-length: 5\r\ntransfer-encoding: CHUNKED"),
+        // hyper does not even read a length that follows Transfer-Encoding.
+        ("", "Transfer-Encoding: chunked\r\nContent-Length: 5, 5"),
+        ("", "Transfer-Encoding: chunked\r\nContent-Length: five"),
     ] {
         let request = format!(
             "{before}POST /upload HTTP/1.1\r\nHost: a\r\n{framing}\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n"

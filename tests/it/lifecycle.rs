@@ -5,6 +5,7 @@ use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use http::StatusCode;
@@ -18,6 +19,8 @@ struct Process {
     child: Child,
     addr: SocketAddr,
     admin: SocketAddr,
+    /// Every log line the process wrote, as it arrives.
+    log: Arc<Mutex<Vec<String>>>,
 }
 
 impl Process {
@@ -32,9 +35,12 @@ impl Process {
             .unwrap();
         let stderr = child.stderr.take().unwrap();
         let (sender, receiver) = std::sync::mpsc::channel();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let lines = log.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
+                lines.lock().unwrap().push(line.clone());
                 let Ok(event) = serde_json::from_str::<serde_json::Value>(&line) else {
                     continue;
                 };
@@ -64,7 +70,27 @@ impl Process {
             child,
             addr: addr.unwrap(),
             admin: admin.unwrap(),
+            log,
         }
+    }
+
+    /// The decision-log lines so far, once there are at least `count` (bounded wait).
+    fn decisions(&self, count: usize) -> Vec<serde_json::Value> {
+        for _ in 0..200 {
+            let found: Vec<serde_json::Value> = self
+                .log
+                .lock()
+                .unwrap()
+                .iter()
+                .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+                .filter(|event| event["target"] == "portcullis::decision")
+                .collect();
+            if found.len() >= count {
+                return found;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        panic!("fewer than {count} decision-log lines");
     }
 
     /// Sends a signal with the shell's built-in `kill`, which every POSIX system has
@@ -318,5 +344,60 @@ async fn large_bodies_stream_both_ways_with_flat_memory() {
     assert!(
         peak < 64 * 1024 * 1024,
         "the gateway peaked at {peak} bytes resident"
+    );
+}
+
+#[tokio::test]
+async fn every_request_gets_one_decision_log_line_without_secrets() {
+    let up = TestUpstream::start("app").await;
+    let scratch = Scratch::new();
+    scratch.write(
+        "rules.yaml",
+        "rules:\n  - { id: read, effect: allow, match: { paths: [\"/public/**\"] } }\n  - { id: staged, effect: deny, mode: audit, match: { paths: [\"/public/new\"] } }\n",
+    );
+    let config = scratch.write(
+        "gw.yaml",
+        &process_config(&up.url(), "").replace("allow-all.yaml", "rules.yaml"),
+    );
+    let process = Process::start(&config);
+    let secret = "Bearer eyJ.secret-token.sig";
+    for path in ["/public/new", "/admin/users", "/a%2fb"] {
+        let request = http::Request::get(format!("http://{}{path}", process.addr))
+            .header("authorization", secret)
+            .header("x-api-key", "key-secret-123")
+            .body(ClientBody::default())
+            .unwrap();
+        client().request(request).await.unwrap();
+    }
+    let decisions = tokio::task::spawn_blocking(move || {
+        let decisions = process.decisions(3);
+        let text = process.log.lock().unwrap().join("\n");
+        (decisions, text)
+    })
+    .await
+    .unwrap();
+    let (decisions, text) = decisions;
+    assert_eq!(decisions.len(), 3, "{decisions:#?}");
+    let allowed = &decisions[0];
+    assert_eq!(allowed["decision"], "allow");
+    assert_eq!(allowed["decision.reason"], "allowed");
+    assert_eq!(allowed["rule.id"], "read");
+    assert_eq!(allowed["route.id"], "main");
+    assert_eq!(allowed["http.method"], "GET");
+    assert_eq!(allowed["url.path"], "/public/new");
+    assert_eq!(allowed["client.ip"], "127.0.0.1");
+    assert_eq!(allowed["audit"], "staged:would_deny");
+    assert!(allowed["decision.micros"].is_u64());
+    assert_eq!(allowed["request.id"].as_str().unwrap().len(), 26);
+    let denied = &decisions[1];
+    assert_eq!(denied["decision"], "deny");
+    assert_eq!(denied["decision.reason"], "no_matching_allow");
+    assert_eq!(denied["url.path"], "/admin/users");
+    let refused = &decisions[2];
+    assert_eq!(refused["decision"], "error");
+    assert_eq!(refused["decision.reason"], "bad_request");
+    assert!(
+        !text.contains("secret-token") && !text.contains("key-secret"),
+        "{text}"
     );
 }
