@@ -26,6 +26,9 @@ pub struct FramingWatch {
     fed: u64,
     /// The number of the latest head with an `Upgrade` field, and the offset where it ends.
     upgrade: Option<(u64, u64)>,
+    /// The number of the latest head whose request target has a `#fragment`, which the
+    /// URI parser drops without a trace.
+    fragment: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,6 +63,7 @@ impl FramingWatch {
             heads: 0,
             fed: 0,
             upgrade: None,
+            fragment: None,
         }
     }
 
@@ -89,6 +93,11 @@ impl FramingWatch {
         self.upgrade
     }
 
+    /// The number of the latest head whose request target had a `#fragment`.
+    pub fn fragment(&self) -> Option<u64> {
+        self.fragment
+    }
+
     fn follow(&mut self, start: u64, mut bytes: &[u8]) -> Option<u64> {
         let total = bytes.len();
         while !bytes.is_empty() {
@@ -102,9 +111,12 @@ impl FramingWatch {
                             self.stop();
                             return Some(self.heads);
                         }
-                        Some((Head::Body(state), upgrade)) => {
+                        Some((Head::Body(state), seen)) => {
                             self.state = state;
-                            if upgrade {
+                            if seen.fragment {
+                                self.fragment = Some(self.heads);
+                            }
+                            if seen.upgrade {
                                 let end = start + (total - bytes.len()) as u64;
                                 self.upgrade = Some((self.heads, end));
                             }
@@ -189,13 +201,13 @@ impl FramingWatch {
 
     /// Reads head bytes: how many of `bytes` were used, and the framing that follows the
     /// head once it is complete.
-    fn head(&mut self, bytes: &[u8]) -> (usize, Option<(Head, bool)>) {
+    fn head(&mut self, bytes: &[u8]) -> (usize, Option<(Head, Seen)>) {
         // Most heads arrive whole in one read: parse them in place.
         if self.partial_head.is_empty() {
             match parse(bytes) {
-                Parsed::Complete(length, head, upgrade) => {
+                Parsed::Complete(length, head, seen) => {
                     self.heads += 1;
-                    return (length, Some((head, upgrade)));
+                    return (length, Some((head, seen)));
                 }
                 Parsed::Partial if bytes.len() <= self.max_head => {
                     self.partial_head.extend_from_slice(bytes);
@@ -210,10 +222,10 @@ impl FramingWatch {
         let before = self.partial_head.len();
         self.partial_head.extend_from_slice(bytes);
         match parse(&self.partial_head) {
-            Parsed::Complete(length, head, upgrade) => {
+            Parsed::Complete(length, head, seen) => {
                 self.heads += 1;
                 self.partial_head.clear();
-                (length - before, Some((head, upgrade)))
+                (length - before, Some((head, seen)))
             }
             Parsed::Partial if self.partial_head.len() <= self.max_head => (bytes.len(), None),
             Parsed::Partial | Parsed::Invalid => {
@@ -232,9 +244,18 @@ enum Head {
     Body(State),
 }
 
+/// What else a head showed.
+#[derive(Debug, Clone, Copy, Default)]
+struct Seen {
+    /// An `Upgrade` field: the head asks for a protocol switch.
+    upgrade: bool,
+    /// A `#` in the request target.
+    fragment: bool,
+}
+
 enum Parsed {
-    /// The head's length, its framing, and whether it asks for a protocol switch.
-    Complete(usize, Head, bool),
+    /// The head's length, its framing, and what else it showed.
+    Complete(usize, Head, Seen),
     Partial,
     Invalid,
 }
@@ -252,7 +273,7 @@ fn parse(bytes: &[u8]) -> Parsed {
     let mut length_field = false;
     let mut length_invalid = false;
     let mut chunked = None;
-    let mut upgrade = false;
+    let mut seen = Seen::default();
     let mut line_start = start;
     let mut request_line = true;
     // Every head passes through here, so lines are found with memchr and only lines that
@@ -270,6 +291,7 @@ fn parse(bytes: &[u8]) -> Parsed {
             if !(line.ends_with(b" HTTP/1.1") || line.ends_with(b" HTTP/1.0")) {
                 return Parsed::Invalid;
             }
+            seen.fragment = memchr::memchr(b'#', line).is_some();
             request_line = false;
             continue;
         }
@@ -296,11 +318,11 @@ fn parse(bytes: &[u8]) -> Parsed {
             let last = value.rsplit(|&b| b == b',').next().unwrap_or(&[]);
             chunked = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
         } else if name.eq_ignore_ascii_case(b"upgrade") {
-            upgrade = true;
+            seen.upgrade = true;
         }
     };
     if length_field && chunked.is_some() {
-        return Parsed::Complete(length, Head::Ambiguous, upgrade);
+        return Parsed::Complete(length, Head::Ambiguous, seen);
     }
     if length_invalid {
         return Parsed::Invalid;
@@ -319,7 +341,7 @@ fn parse(bytes: &[u8]) -> Parsed {
     };
     // After a protocol switch the bytes are not HTTP: the tunnel stops the watch. A
     // refused switch leaves a plain request, so the watch goes on until told.
-    Parsed::Complete(length, head, upgrade)
+    Parsed::Complete(length, head, seen)
 }
 
 #[cfg(test)]
@@ -400,6 +422,17 @@ mod tests {
         watch.feed(b"GET /admin HTTP/1.1\r\n");
         assert_eq!(watch.upgrade(), Some((2, end)));
         assert!(watch.fed() > end);
+    }
+
+    #[test]
+    fn notes_heads_with_a_fragment() {
+        let mut watch = FramingWatch::new(1024);
+        watch.feed(GET);
+        assert_eq!(watch.fragment(), None);
+        watch.feed(b"GET /admin#/public HTTP/1.1\r\nHost: a\r\n\r\n");
+        assert_eq!(watch.fragment(), Some(2));
+        watch.feed(GET);
+        assert_eq!(watch.fragment(), Some(2));
     }
 
     #[test]

@@ -146,6 +146,13 @@ async fn pipeline(
             "the request has both Content-Length and Transfer-Encoding".into(),
         )));
     }
+    // SECURITY: a client never sends a fragment; one that does is probing how the parts
+    // of the target are split.
+    if conn.activity.has_fragment() {
+        return Err(Failure::early(ProxyError::BadRequest(
+            "the request target has a #fragment".into(),
+        )));
+    }
     normalize::method(request.method()).map_err(Failure::early)?;
     if request.method() == Method::CONNECT {
         return Err(Failure::early(ProxyError::ConnectRefused));

@@ -241,6 +241,8 @@ pub struct Activity {
     /// The number of the first HTTP/1 request head with both `Content-Length` and
     /// `Transfer-Encoding`, or 0.
     ambiguous_head: AtomicU64,
+    /// The number of the latest HTTP/1 request head whose target had a `#fragment`, or 0.
+    fragment_head: AtomicU64,
     /// Set once the connection is a tunnel: its bytes are no longer HTTP.
     tunnelled: AtomicBool,
     /// Bytes read from the client so far.
@@ -267,6 +269,13 @@ impl Activity {
             && head == self.requests.load(Ordering::Relaxed)
             && self.bytes_read.load(Ordering::Relaxed)
                 == self.upgrade_head_end.load(Ordering::Relaxed)
+    }
+
+    /// Whether the request being handled had a `#fragment` in its request target, which
+    /// the URI parser drops silently.
+    pub fn has_fragment(&self) -> bool {
+        let head = self.fragment_head.load(Ordering::Relaxed);
+        head != 0 && head == self.requests.load(Ordering::Relaxed)
     }
 
     /// Marks the connection as a tunnel.
@@ -325,6 +334,9 @@ impl AsyncRead for ActivityIo {
             }
             if let Some(head) = this.framing.feed(&buf.filled()[before..]) {
                 this.activity.ambiguous_head.store(head, Ordering::Relaxed);
+            }
+            if let Some(head) = this.framing.fragment() {
+                this.activity.fragment_head.store(head, Ordering::Relaxed);
             }
             if let Some((head, end)) = this.framing.upgrade() {
                 this.activity.upgrade_head.store(head, Ordering::Relaxed);

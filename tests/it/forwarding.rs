@@ -482,15 +482,24 @@ async fn ambiguous_framing_never_smuggles_a_request() {
 }
 
 #[tokio::test]
-async fn a_target_that_is_only_a_fragment_reaches_the_upstream_as_the_root() {
+async fn a_fragment_in_the_request_target_is_a_400() {
     let up = TestUpstream::start("a").await;
     let gw = TestGateway::start(&config(&[up.url()], "")).await;
+    for target in ["http://a.example#x", "/public#frag", "/a?q=1#x"] {
+        let request =
+            format!("GET {target} HTTP/1.1\r\nHost: a.example\r\nConnection: close\r\n\r\n");
+        let answer = raw_until_closed(gw.addr, request.as_bytes(), Duration::from_secs(5)).await;
+        assert!(answer.starts_with("HTTP/1.1 400"), "{target}: {answer}");
+        assert!(answer.contains("#fragment"), "{answer}");
+    }
+    // A later request on the same connection is judged on its own.
     let answer = raw_until_closed(
         gw.addr,
-        b"GET http://a.example#x HTTP/1.1\r\nHost: a.example\r\nConnection: close\r\n\r\n",
+        b"GET /a HTTP/1.1\r\nHost: a.example\r\n\r\nGET /b HTTP/1.1\r\nHost: a.example\r\nConnection: close\r\n\r\n",
         Duration::from_secs(5),
     )
     .await;
-    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
-    assert_eq!(up.seen()[0].target, "/");
+    assert_eq!(answer.matches("HTTP/1.1 200").count(), 2, "{answer}");
+    assert!(up.seen().iter().all(|seen| !seen.target.contains('#')));
+    assert_eq!(up.seen().len(), 2);
 }
