@@ -19,8 +19,8 @@ use std::time::Duration;
 use criterion::{Criterion, criterion_group, criterion_main};
 use ipnet::IpNet;
 use portcullis::policy::{
-    Condition, Effect, HeaderCondition, HostPattern, MethodSet, Mode, NetSet, Networks, PathGlob,
-    PolicySet, RequestFacts, Rule, RuleId, ValuePattern,
+    Condition, Effect, HeaderCondition, HostPattern, MethodSet, NetSet, Networks, PathGlob,
+    PolicySet, RequestFacts, Rule, ValuePattern,
 };
 
 /// A mix of rule shapes, as a large deployment would have: per-service allows with
@@ -35,18 +35,7 @@ fn rules(count: usize) -> Vec<Rule> {
     let office = Networks::new(vec![office], "@office".to_owned());
     (0..count)
         .map(|n| {
-            let mut rule = Rule {
-                id: RuleId(Arc::from(format!("rule-{n}"))),
-                description: None,
-                effect: Effect::Allow,
-                mode: Mode::Enforce,
-                hosts: Vec::new(),
-                paths: Vec::new(),
-                methods: None,
-                headers: Vec::new(),
-                when: Vec::new(),
-                help: None,
-            };
+            let mut rule = Rule::new(&format!("rule-{n}"), Effect::Allow);
             let service = n / 4;
             match n % 4 {
                 0 => {

@@ -34,6 +34,23 @@ pub struct Rule {
 }
 
 impl Rule {
+    /// An enforced rule with this id and effect about every request from every caller;
+    /// set its fields to narrow it.
+    pub fn new(id: &str, effect: Effect) -> Rule {
+        Rule {
+            id: RuleId(std::sync::Arc::from(id)),
+            description: None,
+            effect,
+            mode: Mode::Enforce,
+            hosts: Vec::new(),
+            paths: Vec::new(),
+            methods: None,
+            headers: Vec::new(),
+            when: Vec::new(),
+            help: None,
+        }
+    }
+
     /// Judges a request whose host and path this rule's `hosts` and `paths` fit (the index
     /// guarantees that). `captures` are the path's captured segments.
     pub fn check(&self, facts: &RequestFacts<'_>, captures: &[(&str, &str)]) -> Outcome {

@@ -19,18 +19,7 @@ fn deny(id: &str) -> RuleSpec {
 }
 
 fn spec(id: &str, effect: Effect) -> RuleSpec {
-    RuleSpec(Rule {
-        id: RuleId(Arc::from(id)),
-        description: None,
-        effect,
-        mode: Mode::Enforce,
-        hosts: Vec::new(),
-        paths: Vec::new(),
-        methods: None,
-        headers: Vec::new(),
-        when: Vec::new(),
-        help: None,
-    })
+    RuleSpec(Rule::new(id, effect))
 }
 
 fn networks(cidrs: &[&str]) -> Networks {
