@@ -10,7 +10,7 @@ use super::source::Source;
 
 /// Every warning for `config`, whose own file is `source`.
 pub fn warnings(config: &Config, source: &Source) -> Vec<ConfigError> {
-    let mut warnings = Vec::new();
+    let mut warnings = config.policy_summary.warnings.clone();
     if config.policy_summary.files.is_empty() {
         warnings.push(ConfigError::at(
             source.path(),
@@ -22,13 +22,20 @@ pub fn warnings(config: &Config, source: &Source) -> Vec<ConfigError> {
     let rules = config.policy.rules();
     let trusted = NetSet::new(config.trusted_proxies.iter().copied());
     for (rule, origin) in rules.iter().zip(&config.policy_summary.rule_origins) {
-        let allows_proxies = rule.effect == Effect::Allow
-            && rule.when.iter().any(|condition| {
-                matches!(condition, Condition::Ip(networks) if networks.intersects(&trusted))
+        // A request whose forwarding header a proxy garbled is decided on the proxy's own
+        // address: an allow list that holds it, or a deny rule that spares it, lets such
+        // a request through.
+        let spares_proxies = rule
+            .when
+            .iter()
+            .any(|condition| match (condition, rule.effect) {
+                (Condition::Ip(networks), Effect::Allow)
+                | (Condition::NotIp(networks), Effect::Deny) => networks.intersects(&trusted),
+                _ => false,
             });
-        if allows_proxies {
+        if spares_proxies {
             warnings.push(origin.problem(format!(
-                "rule \"{}\" allows networks that hold trusted proxies: a request whose forwarding header a proxy garbled is decided on the proxy's own address; keep network.trusted_proxies out of allow lists",
+                "rule \"{}\" lets trusted proxies through by their own address, which is what a request with a garbled forwarding header is decided on; keep network.trusted_proxies out of allow lists and deny exceptions",
                 rule.id
             )));
         }

@@ -34,6 +34,8 @@ pub struct PolicySummary {
     pub lists: Vec<(String, usize)>,
     /// Where each rule is written, in the policy set's rule order.
     pub rule_origins: Vec<RuleOrigin>,
+    /// Problems that do not stop loading, such as an empty list.
+    pub warnings: Vec<ConfigError>,
 }
 
 /// Where a rule is written.
@@ -157,6 +159,7 @@ pub fn build(files: &[PathBuf]) -> Result<(PolicySet, PolicySummary), Vec<Config
         files: files.to_vec(),
         lists: Vec::new(),
         rule_origins: Vec::new(),
+        warnings: Vec::new(),
     };
     let mut list_origin: HashMap<String, String> = HashMap::new();
     for file in &mut parsed {
@@ -178,6 +181,15 @@ pub fn build(files: &[PathBuf]) -> Result<(PolicySet, PolicySummary), Vec<Config
             }
             list_origin.insert(name.clone(), origin_of(&file.builder, &base));
             if let Some(set) = build_list(&mut file.builder, &base, raw_list, &mut errors) {
+                if set.is_empty() {
+                    let position = file.builder.source.locate(&base);
+                    summary.warnings.push(ConfigError::at(
+                        file.builder.source.path(),
+                        position,
+                        base.clone(),
+                        format!("list \"{name}\" holds no networks: ip conditions naming it never hold, and not_ip ones always do"),
+                    ));
+                }
                 summary.lists.push((name.clone(), set.prefixes()));
                 lists.insert(name.clone(), Arc::new(set));
             }
@@ -386,6 +398,11 @@ fn build_rule(
         MethodSet::new(methods.iter().map(String::as_str))
     });
 
+    no_empty_map(
+        builder,
+        &format!("{base}.match.headers"),
+        &raw.matches.headers,
+    );
     let headers = raw
         .matches
         .headers
@@ -439,6 +456,20 @@ fn build_rule(
         when,
         help: raw.help.clone(),
     })
+}
+
+/// `headers: {}` is written but says nothing: surely conditions that were commented out.
+fn no_empty_map<V>(
+    builder: &mut Builder,
+    yaml_path: &str,
+    map: &std::collections::BTreeMap<String, V>,
+) {
+    if map.is_empty() && builder.source.locate(yaml_path).is_some() {
+        builder.error(
+            yaml_path,
+            "holds no headers; write at least one, or remove the key",
+        );
+    }
 }
 
 fn non_empty(builder: &mut Builder, yaml_path: &str, len: usize, what: &str) {
@@ -499,6 +530,7 @@ fn build_when(
     {
         when.push(Condition::NotIp(networks));
     }
+    no_empty_map(builder, &format!("{base}.headers"), &raw.headers);
     for (name, values) in &raw.headers {
         let yaml_path = format!("{base}.headers.{}", key_segment(name));
         if let Some(header) = header_condition(builder, &yaml_path, name, values, paths) {

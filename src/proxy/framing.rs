@@ -26,8 +26,8 @@ pub struct FramingWatch {
     fed: u64,
     /// The number of the latest head with an `Upgrade` field, and the offset where it ends.
     upgrade: Option<(u64, u64)>,
-    /// The number of the latest head whose request target has a `#fragment`, which the
-    /// URI parser drops without a trace.
+    /// The number of the first head whose request target has a `#fragment`, which the
+    /// URI parser drops without a trace (that request's 400 closes the connection).
     fragment: Option<u64>,
 }
 
@@ -37,18 +37,31 @@ enum State {
     Head,
     /// Inside a body of known length: this many bytes left.
     Sized(u64),
-    /// Reading a chunk-size line (its bytes so far are not needed: only its end).
-    ChunkSize {
-        value: u64,
-        digits: u8,
-        in_extension: bool,
-    },
-    /// Inside chunk data: this many bytes left, then CRLF.
+    /// The chunked states below are hyper's (`proto/h1/decode.rs`), byte for byte, so
+    /// both agree on where a chunked body ends. First, the chunk size's first digit.
+    ChunkStart,
+    /// More size digits, so far this value.
+    ChunkSize(u64),
+    /// Blanks after the size.
+    ChunkSizeBlank(u64),
+    /// A chunk extension, up to CR.
+    ChunkExtension(u64),
+    /// The LF that ends the size line.
+    ChunkSizeLf(u64),
+    /// Inside chunk data: this many bytes left.
     ChunkData(u64),
-    /// The CRLF after chunk data: how many of its bytes are still due.
-    ChunkEnd(u8),
-    /// Trailer lines after the last chunk; `line_empty` while the current line is empty.
-    Trailers { line_empty: bool },
+    /// The CR after chunk data.
+    ChunkDataCr,
+    /// The LF after chunk data.
+    ChunkDataLf,
+    /// After the last chunk: CR ends the body, anything else starts a trailer line.
+    EndCr,
+    /// Inside a trailer line, up to CR.
+    Trailer,
+    /// The LF that ends a trailer line.
+    TrailerLf,
+    /// The LF that ends the body.
+    EndLf,
     /// Stopped following this connection.
     Done,
 }
@@ -93,7 +106,7 @@ impl FramingWatch {
         self.upgrade
     }
 
-    /// The number of the latest head whose request target had a `#fragment`.
+    /// The number of the first head whose request target had a `#fragment`.
     pub fn fragment(&self) -> Option<u64> {
         self.fragment
     }
@@ -113,7 +126,7 @@ impl FramingWatch {
                         }
                         Some((Head::Body(state), seen)) => {
                             self.state = state;
-                            if seen.fragment {
+                            if seen.fragment && self.fragment.is_none() {
                                 self.fragment = Some(self.heads);
                             }
                             if seen.upgrade {
@@ -133,66 +146,19 @@ impl FramingWatch {
                         State::Sized(left - take)
                     };
                 }
-                State::ChunkSize {
-                    value,
-                    digits,
-                    in_extension,
-                } => {
-                    let byte = bytes[0];
-                    bytes = &bytes[1..];
-                    self.state = match (byte, in_extension) {
-                        (b'\n', _) if digits == 0 => State::Done,
-                        (b'\n', _) if value == 0 => State::Trailers { line_empty: true },
-                        (b'\n', _) => State::ChunkData(value),
-                        (b'\r', _) => self.state,
-                        (_, true) => self.state,
-                        (b';' | b' ' | b'\t', false) if digits > 0 => State::ChunkSize {
-                            value,
-                            digits,
-                            in_extension: true,
-                        },
-                        (_, false) => match (char::from(byte).to_digit(16), digits) {
-                            // More than 16 hex digits overflows a u64; hyper refuses it too.
-                            (Some(digit), 0..=15) => State::ChunkSize {
-                                value: value * 16 + u64::from(digit),
-                                digits: digits + 1,
-                                in_extension: false,
-                            },
-                            _ => State::Done,
-                        },
-                    };
-                }
                 State::ChunkData(left) => {
                     let take = left.min(bytes.len() as u64);
                     bytes = &bytes[take as usize..];
                     self.state = if take == left {
-                        State::ChunkEnd(2)
+                        State::ChunkDataCr
                     } else {
                         State::ChunkData(left - take)
                     };
                 }
-                State::ChunkEnd(due) => {
+                state => {
                     let byte = bytes[0];
                     bytes = &bytes[1..];
-                    self.state = match (due, byte) {
-                        (2, b'\r') => State::ChunkEnd(1),
-                        (_, b'\n') => State::ChunkSize {
-                            value: 0,
-                            digits: 0,
-                            in_extension: false,
-                        },
-                        _ => State::Done,
-                    };
-                }
-                State::Trailers { line_empty } => {
-                    let byte = bytes[0];
-                    bytes = &bytes[1..];
-                    self.state = match byte {
-                        b'\n' if line_empty => State::Head,
-                        b'\n' => State::Trailers { line_empty: true },
-                        b'\r' => State::Trailers { line_empty },
-                        _ => State::Trailers { line_empty: false },
-                    };
+                    self.state = chunked_step(state, byte);
                 }
             }
         }
@@ -233,6 +199,44 @@ impl FramingWatch {
                 (bytes.len(), None)
             }
         }
+    }
+}
+
+/// One byte of chunked framing, as hyper's decoder takes it; anything hyper refuses
+/// (it then closes the connection) ends the watch.
+fn chunked_step(state: State, byte: u8) -> State {
+    let digit = char::from(byte).to_digit(16).map(u64::from);
+    let grow = |value: u64, digit: u64| {
+        value
+            .checked_mul(16)
+            .and_then(|value| value.checked_add(digit))
+            .map_or(State::Done, State::ChunkSize)
+    };
+    match (state, byte) {
+        (State::ChunkStart, _) => digit.map_or(State::Done, |digit| grow(0, digit)),
+        (State::ChunkSize(value), _) if digit.is_some() => grow(value, digit.unwrap_or(0)),
+        (State::ChunkSize(value) | State::ChunkSizeBlank(value), b'\t' | b' ') => {
+            State::ChunkSizeBlank(value)
+        }
+        (State::ChunkSize(value) | State::ChunkSizeBlank(value), b';') => {
+            State::ChunkExtension(value)
+        }
+        (
+            State::ChunkSize(value) | State::ChunkSizeBlank(value) | State::ChunkExtension(value),
+            b'\r',
+        ) => State::ChunkSizeLf(value),
+        (State::ChunkExtension(_), b'\n') => State::Done,
+        (State::ChunkExtension(value), _) => State::ChunkExtension(value),
+        (State::ChunkSizeLf(0), b'\n') => State::EndCr,
+        (State::ChunkSizeLf(value), b'\n') => State::ChunkData(value),
+        (State::ChunkDataCr, b'\r') => State::ChunkDataLf,
+        (State::ChunkDataLf, b'\n') => State::ChunkStart,
+        (State::EndCr, b'\r') => State::EndLf,
+        (State::Trailer, b'\r') => State::TrailerLf,
+        (State::EndCr | State::Trailer, _) => State::Trailer,
+        (State::TrailerLf, b'\n') => State::EndCr,
+        (State::EndLf, b'\n') => State::Head,
+        _ => State::Done,
     }
 }
 
@@ -291,7 +295,11 @@ fn parse(bytes: &[u8]) -> Parsed {
             if !(line.ends_with(b" HTTP/1.1") || line.ends_with(b" HTTP/1.0")) {
                 return Parsed::Invalid;
             }
-            seen.fragment = memchr::memchr(b'#', line).is_some();
+            // The target lies between the first and the last space (a method may hold `#`).
+            let target_start = memchr::memchr(b' ', line).map_or(0, |at| at + 1);
+            let target_end = memchr::memrchr(b' ', line).unwrap_or(line.len());
+            seen.fragment = target_start <= target_end
+                && memchr::memchr(b'#', &line[target_start..target_end]).is_some();
             request_line = false;
             continue;
         }
@@ -331,11 +339,7 @@ fn parse(bytes: &[u8]) -> Parsed {
         (Some(_), Some(_)) => Head::Ambiguous,
         // A body hyper will not read as chunked is a request it refuses.
         (None, Some(false)) => return Parsed::Invalid,
-        (None, Some(true)) => Head::Body(State::ChunkSize {
-            value: 0,
-            digits: 0,
-            in_extension: false,
-        }),
+        (None, Some(true)) => Head::Body(State::ChunkStart),
         (Some(0) | None, None) => Head::Body(State::Head),
         (Some(length), None) => Head::Body(State::Sized(length)),
     };
@@ -431,8 +435,31 @@ mod tests {
         assert_eq!(watch.fragment(), None);
         watch.feed(b"GET /admin#/public HTTP/1.1\r\nHost: a\r\n\r\n");
         assert_eq!(watch.fragment(), Some(2));
-        watch.feed(GET);
-        assert_eq!(watch.fragment(), Some(2));
+        watch.feed(b"GET /b#y HTTP/1.1\r\nHost: a\r\n\r\n");
+        assert_eq!(watch.fragment(), Some(2), "the first one counts");
+        let mut method = FramingWatch::new(1024);
+        method.feed(b"GE#T / HTTP/1.1\r\nHost: a\r\n\r\n");
+        assert_eq!(method.fragment(), None);
+    }
+
+    #[test]
+    fn chunked_bodies_end_where_hyper_ends_them() {
+        // A bare LF does not end a trailer line for hyper, so this is one request.
+        let trailer_lf = b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nX: 1\nGET /x HTTP/1.1\r\n\r\n";
+        let mut watch = FramingWatch::new(1024);
+        watch.feed(trailer_lf);
+        assert_eq!(watch.heads, 1);
+        // Leading zeros in a chunk size are fine however many there are.
+        let zeros = [
+            &b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n00000000000000000005\r\nhello\r\n0\r\n\r\n"[..],
+            AMBIGUOUS,
+        ]
+        .concat();
+        assert_eq!(feed_all(&[&zeros]), Some(2));
+        // A size line must end in CRLF.
+        let mut bare = FramingWatch::new(1024);
+        bare.feed(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\nhello");
+        assert_eq!(bare.state, State::Done);
     }
 
     #[test]

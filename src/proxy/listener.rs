@@ -126,10 +126,14 @@ async fn serve_connection(
     // SECURITY: a connection must start its first request within header_read_timeout of
     // opening, whatever it sends meanwhile (nothing, half a preface, HTTP/2 pings).
     let first_request_due = Instant::now() + limits.header_read_timeout;
+    // Heads over our limit get a problem+json 431 from `handle`; twice the limit is the
+    // parser's hard cap, past which hyper answers a bare 431 and closes. The framing
+    // watch follows heads as large as hyper reads.
+    let head_buffer = (limits.max_header_size * 2).max(8192);
     let io = TokioIo::new(ActivityIo {
         inner: stream,
         activity: activity.clone(),
-        framing: FramingWatch::new(limits.max_header_size * 2),
+        framing: FramingWatch::new(head_buffer),
     });
 
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -142,9 +146,7 @@ async fn serve_connection(
         })
         .header_read_timeout(limits.header_read_timeout)
         .max_headers(MAX_HEADERS)
-        // Heads over our limit get a problem+json 431 from `handle`; twice the limit is
-        // the parser's hard cap, past which hyper answers a bare 431 and closes.
-        .max_buf_size((limits.max_header_size * 2).max(8192));
+        .max_buf_size(head_buffer);
     builder
         .http2()
         .timer(TokioTimer::new())

@@ -130,10 +130,12 @@ pub fn client_ip(
     let lines: Vec<&HeaderValue> = headers.get_all(&name).iter().collect();
     let mut leftmost_trusted = None;
     for line in lines.iter().rev() {
-        let Ok(text) = line.to_str() else {
-            return (peer, Some(MALFORMED));
-        };
-        for entry in text.rsplit(',') {
+        // Entries are read one at a time from the right, so bytes a client put left of
+        // its real address (even ones that are not text) are never looked at.
+        for entry in line.as_bytes().rsplit(|&b| b == b',') {
+            let Ok(entry) = std::str::from_utf8(entry) else {
+                return (peer, Some(MALFORMED));
+            };
             let address = match header {
                 ForwardedHeader::XForwardedFor => node_address(entry.trim()),
                 ForwardedHeader::Forwarded => forwarded_for(entry),
@@ -318,7 +320,7 @@ mod tests {
         for (name, value) in pairs {
             headers.append(
                 HeaderName::from_bytes(name.as_bytes()).unwrap(),
-                HeaderValue::from_str(value).unwrap(),
+                HeaderValue::from_bytes(value.as_bytes()).unwrap(),
             );
         }
         let header = if pairs.iter().any(|(name, _)| *name == "forwarded") {
@@ -396,6 +398,12 @@ mod tests {
             ),
             (
                 vec![("x-forwarded-for", "10.1.1.1, x, 6.6.6.6")],
+                "10.0.0.1",
+                "6.6.6.6",
+                false,
+            ),
+            (
+                vec![("x-forwarded-for", "caf\u{e9}, 6.6.6.6")],
                 "10.0.0.1",
                 "6.6.6.6",
                 false,

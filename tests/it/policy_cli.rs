@@ -251,3 +251,49 @@ fn schema_describes_each_kind_of_file() {
         "refused keys are not offered"
     );
 }
+
+#[test]
+fn validate_warns_about_empty_lists_and_proxies_in_allow_lists() {
+    let scratch = Scratch::new();
+    scratch.write(
+        "rules.yaml",
+        "lists: { empty: [], inside: [10.0.0.0/8] }\nrules:\n  - { id: blocked, effect: deny, when: { ip: [\"@empty\"] } }\n  - { id: cluster, effect: allow, when: { ip: [\"@inside\"] } }\n  - { id: spare, effect: deny, match: { paths: [\"/admin/**\"] }, when: { not_ip: [10.1.0.0/16] } }\n",
+    );
+    let config = scratch.write(
+        "gw.yaml",
+        "upstreams: { app: { targets: [builtin:echo] } }\nroutes: [{ id: r, upstream: app }]\nnetwork: { trusted_proxies: [10.0.0.0/8] }\npolicy: { files: [rules.yaml] }\n",
+    );
+    let (code, _, stderr) = run(&["validate", "-c", config.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{stderr}");
+    for needle in [
+        "lists.empty: list \"empty\" holds no networks",
+        "rule \"blocked\" can never match: ip [@empty] holds no address",
+        "rule \"cluster\" lets trusted proxies through by their own address",
+        "rule \"spare\" lets trusted proxies through by their own address",
+    ] {
+        assert!(stderr.contains(needle), "{needle} missing from\n{stderr}");
+    }
+
+    scratch.write(
+        "rules.yaml",
+        "rules:\n  - { id: a, effect: allow, match: { headers: {} } }\n",
+    );
+    let (code, _, stderr) = run(&["validate", "-c", config.to_str().unwrap()]);
+    assert_eq!(code, Some(2));
+    assert!(
+        stderr.contains(
+            "rules[0].match.headers: holds no headers; write at least one, or remove the key"
+        ),
+        "{stderr}"
+    );
+    scratch.write(
+        "rules.yaml",
+        "rules:\n  - id: a\n    effect: allow\n    when:\n      ip:\n",
+    );
+    let (code, _, stderr) = run(&["validate", "-c", config.to_str().unwrap()]);
+    assert_eq!(code, Some(2));
+    assert!(
+        stderr.contains(":5:9: rules[0].when.ip: has no value; write one, or remove the key"),
+        "{stderr}"
+    );
+}
