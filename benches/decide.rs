@@ -96,6 +96,7 @@ fn decisions(c: &mut Criterion) {
                 path,
                 client_ip,
                 headers: &header_pairs,
+                principal: None,
             };
             // The scenario decides the way its name says, or the benchmark measures nothing.
             let decision = set.evaluate(&facts);

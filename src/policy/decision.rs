@@ -90,6 +90,35 @@ pub enum Reason {
         /// The networks the rule names, for operators only.
         networks: String,
     },
+    /// The closest rule needs an identified caller and the request carried no credentials.
+    CredentialsMissing,
+    /// The caller lacks a role the closest rule needs.
+    MissingRole {
+        /// The roles needed: all of them, or one of them when `one_of`.
+        required: Vec<String>,
+        /// Whether one of `required` would do.
+        one_of: bool,
+        /// The caller's roles, inherited ones included.
+        present: Vec<String>,
+    },
+    /// The caller's token or key lacks a scope the closest rule needs.
+    MissingScope {
+        /// The scopes needed: all of them, or one of them when `one_of`.
+        required: Vec<String>,
+        /// Whether one of `required` would do.
+        one_of: bool,
+        /// The caller's scopes.
+        present: Vec<String>,
+    },
+    /// A claim of the caller (such as its tenant) does not match the resource.
+    TenantMismatch {
+        /// The claim's name.
+        claim: String,
+        /// What the rule wanted, for operators.
+        expected: String,
+        /// What the claim held, for operators.
+        found: String,
+    },
 }
 
 impl Reason {
@@ -102,13 +131,19 @@ impl Reason {
             Reason::MethodNotAllowed { .. } => "method_not_allowed",
             Reason::IpNotAllowed { .. } => "ip_not_allowed",
             Reason::IpDenied { .. } => "ip_denied",
+            Reason::CredentialsMissing => "credentials_missing",
+            Reason::MissingRole { .. } => "missing_role",
+            Reason::MissingScope { .. } => "missing_scope",
+            Reason::TenantMismatch { .. } => "tenant_mismatch",
         }
     }
 
-    /// The HTTP status of a denial for this reason.
+    /// The HTTP status of a denial for this reason: 401 when the caller must identify
+    /// itself, 403 when it is identified (or need not be) and still may not.
     pub fn status(&self) -> u16 {
         match self {
             Reason::Allowed => 200,
+            Reason::CredentialsMissing => 401,
             _ => 403,
         }
     }
@@ -132,7 +167,28 @@ impl Reason {
             ),
             Reason::IpNotAllowed { .. } => "Your network is not allowed for this path.".to_owned(),
             Reason::IpDenied { .. } => "Requests from your network are blocked.".to_owned(),
+            Reason::CredentialsMissing => {
+                "This request needs credentials: send a token or an API key.".to_owned()
+            }
+            Reason::MissingRole {
+                required, one_of, ..
+            } => format!("This request needs {}.", needs("role", required, *one_of)),
+            Reason::MissingScope {
+                required, one_of, ..
+            } => format!("This request needs {}.", needs("scope", required, *one_of)),
+            Reason::TenantMismatch { .. } => {
+                "This resource belongs to another tenant or owner.".to_owned()
+            }
         }
+    }
+}
+
+/// "role editor", "roles editor and staff", "one of the roles editor or admin".
+fn needs(what: &str, required: &[String], one_of: bool) -> String {
+    match (required, one_of) {
+        ([only], _) => format!("{what} {only}"),
+        (_, true) => format!("one of the {what}s {}", required.join(" or ")),
+        (_, false) => format!("{what}s {}", required.join(" and ")),
     }
 }
 
@@ -151,7 +207,41 @@ impl fmt::Display for Reason {
                 write!(f, "client {ip} does not satisfy {networks}")
             }
             Reason::IpDenied { ip, networks } => write!(f, "client {ip} matches {networks}"),
+            Reason::CredentialsMissing => f.write_str("the request carried no credentials"),
+            Reason::MissingRole {
+                required,
+                one_of,
+                present,
+            } => write!(
+                f,
+                "requires {}; caller has {}",
+                needs("role", required, *one_of),
+                listed(present)
+            ),
+            Reason::MissingScope {
+                required,
+                one_of,
+                present,
+            } => write!(
+                f,
+                "requires {}; token has {}",
+                needs("scope", required, *one_of),
+                listed(present)
+            ),
+            Reason::TenantMismatch {
+                claim,
+                expected,
+                found,
+            } => write!(f, "claim {claim} must be {expected}; it is {found}"),
         }
+    }
+}
+
+fn listed(items: &[String]) -> String {
+    if items.is_empty() {
+        "none".to_owned()
+    } else {
+        items.join(", ")
     }
 }
 

@@ -3,6 +3,8 @@
 
 use std::net::IpAddr;
 
+use super::principal::Principal;
+
 /// One request, as the policy sees it.
 #[derive(Debug, Clone, Copy)]
 pub struct RequestFacts<'a> {
@@ -18,6 +20,8 @@ pub struct RequestFacts<'a> {
     /// The request headers the policy refers to ([`crate::policy::PolicySet::header_names`]),
     /// names lower-case, one pair per field line.
     pub headers: &'a [(&'a str, &'a str)],
+    /// The identified caller, or `None` for an anonymous request.
+    pub principal: Option<&'a Principal>,
 }
 
 impl RequestFacts<'_> {

@@ -14,19 +14,27 @@
 //! 4. audit rules are judged and traced, and never change the outcome.
 
 mod cases;
+mod claims;
 mod decision;
 mod facts;
 mod headers;
 mod index;
 mod network;
+mod principal;
+mod roles;
 mod rule;
+mod scopes;
 
 pub use cases::{Actual, Case, CaseRequest, Expected};
+pub use claims::{ClaimPattern, ClaimsCondition};
 pub use decision::{Decision, Effect, Mode, Outcome, Reason, RuleId, Step};
 pub use facts::RequestFacts;
 pub use headers::{HeaderCondition, ValuePattern};
 pub use network::{NetSet, Networks};
+pub use principal::{ClaimValue, Principal};
+pub use roles::{RoleGraph, RolesCondition};
 pub use rule::{Condition, HostPattern, MethodSet, PathGlob, Rule, Segment};
+pub use scopes::ScopesCondition;
 
 use index::Index;
 
@@ -36,11 +44,17 @@ pub struct PolicySet {
     rules: Vec<Rule>,
     index: Index,
     header_names: Vec<String>,
+    roles: RoleGraph,
 }
 
 impl PolicySet {
     /// Compiles `rules`, in file order (which orders explanations, never effects).
     pub fn new(rules: Vec<Rule>) -> PolicySet {
+        PolicySet::with_roles(rules, RoleGraph::default())
+    }
+
+    /// Compiles `rules` with the roles they inherit.
+    pub fn with_roles(rules: Vec<Rule>, roles: RoleGraph) -> PolicySet {
         let mut header_names: Vec<String> = rules
             .iter()
             .flat_map(|rule| {
@@ -58,6 +72,7 @@ impl PolicySet {
             index: Index::new(&rules),
             rules,
             header_names,
+            roles,
         }
     }
 
@@ -75,13 +90,17 @@ impl PolicySet {
     /// Decides one request. Never fails: anything that does not allow, denies.
     pub fn evaluate(&self, facts: &RequestFacts<'_>) -> Decision {
         let candidates = self.index.candidates(&self.rules, facts.host, facts.path);
+        let roles = match facts.principal {
+            Some(principal) if !candidates.is_empty() => self.roles.effective(&principal.roles),
+            _ => Vec::new(),
+        };
         let mut trace = Vec::with_capacity(candidates.len());
         let mut deny: Option<&Rule> = None;
         let mut allow: Option<&Rule> = None;
         let mut closest: Option<(&Rule, Reason)> = None;
         for candidate in &candidates {
             let rule = &self.rules[candidate.rule];
-            let outcome = rule.check(facts, &candidate.captures);
+            let outcome = rule.check(facts, &candidate.captures, &roles);
             if rule.mode == Mode::Enforce {
                 match (&outcome, rule.effect) {
                     (Outcome::Matched, Effect::Deny) => {

@@ -3,10 +3,13 @@
 
 use std::fmt;
 
+use super::claims::ClaimsCondition;
 use super::decision::{Effect, Mode, Outcome, Reason, RuleId};
 use super::facts::RequestFacts;
 use super::headers::HeaderCondition;
 use super::network::Networks;
+use super::roles::RolesCondition;
+use super::scopes::ScopesCondition;
 
 /// One compiled rule.
 #[derive(Debug, Clone)]
@@ -53,7 +56,12 @@ impl Rule {
 
     /// Judges a request whose host and path this rule's `hosts` and `paths` fit (the index
     /// guarantees that). `captures` are the path's captured segments.
-    pub fn check(&self, facts: &RequestFacts<'_>, captures: &[(&str, &str)]) -> Outcome {
+    pub fn check(
+        &self,
+        facts: &RequestFacts<'_>,
+        captures: &[(&str, &str)],
+        roles: &[&str],
+    ) -> Outcome {
         if let Some(header) = self.headers.iter().find(|h| !h.holds(facts, captures)) {
             return Outcome::NotApplicable(Reason::NoMatchingAllow {
                 unmet: Some(header.describe()),
@@ -62,7 +70,7 @@ impl Rule {
         if let Some(reason) = self
             .when
             .iter()
-            .find_map(|condition| condition.failure(facts, captures))
+            .find_map(|condition| condition.failure(facts, captures, roles))
         {
             return Outcome::ConditionFailed(reason);
         }
@@ -87,7 +95,7 @@ impl Rule {
                     ip: facts.client_ip,
                     networks: networks.label().to_owned(),
                 }),
-                Condition::Header(_) => None,
+                _ => None,
             })
             .unwrap_or(Reason::ExplicitDeny)
     }
@@ -103,6 +111,14 @@ impl Rule {
 /// One `when` condition.
 #[derive(Debug, Clone)]
 pub enum Condition {
+    /// The caller must be identified.
+    Authenticated,
+    /// The caller's roles, inherited ones included.
+    Roles(RolesCondition),
+    /// The caller's scopes.
+    Scopes(ScopesCondition),
+    /// The caller's claims.
+    Claims(ClaimsCondition),
     /// The client address must be in one of these networks.
     Ip(Networks),
     /// The client address must not be in any of these networks.
@@ -113,11 +129,34 @@ pub enum Condition {
 
 impl Condition {
     /// `None` when the condition holds, otherwise the reason it failed.
-    fn failure(&self, facts: &RequestFacts<'_>, captures: &[(&str, &str)]) -> Option<Reason> {
+    fn failure(
+        &self,
+        facts: &RequestFacts<'_>,
+        captures: &[(&str, &str)],
+        roles: &[&str],
+    ) -> Option<Reason> {
+        // Identity conditions: an anonymous request cannot satisfy them, and the answer
+        // to that is a 401 asking for credentials, not a 403.
+        match (self, facts.principal) {
+            (Condition::Authenticated, None)
+            | (Condition::Roles(_), None)
+            | (Condition::Scopes(_), None)
+            | (Condition::Claims(_), None) => return Some(Reason::CredentialsMissing),
+            (Condition::Authenticated, Some(_)) => return None,
+            (Condition::Roles(condition), Some(_)) => return condition.failure(roles),
+            (Condition::Scopes(condition), Some(principal)) => {
+                return condition.failure(&principal.scopes);
+            }
+            (Condition::Claims(condition), Some(principal)) => {
+                return condition.failure(principal, captures);
+            }
+            _ => {}
+        }
         let holds = match self {
             Condition::Ip(networks) => networks.contains(facts.client_ip),
             Condition::NotIp(networks) => !networks.contains(facts.client_ip),
             Condition::Header(header) => header.holds(facts, captures),
+            _ => true,
         };
         if holds {
             return None;
@@ -134,6 +173,7 @@ impl Condition {
             Condition::Header(header) => Reason::NoMatchingAllow {
                 unmet: Some(header.describe()),
             },
+            _ => return None,
         })
     }
 }

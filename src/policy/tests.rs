@@ -78,6 +78,30 @@ impl RuleSpec {
         self.0.headers.push(header(name, values));
         self
     }
+    fn roles_any(mut self, roles: &[&str]) -> Self {
+        self.0.when.push(Condition::Roles(RolesCondition {
+            any: roles.iter().map(|r| (*r).to_owned()).collect(),
+            all: Vec::new(),
+        }));
+        self
+    }
+    fn scopes_all(mut self, scopes: &[&str]) -> Self {
+        self.0.when.push(Condition::Scopes(ScopesCondition {
+            any: Vec::new(),
+            all: scopes.iter().map(|s| (*s).to_owned()).collect(),
+        }));
+        self
+    }
+    fn claim_capture(mut self, claim: &str, capture: &str) -> Self {
+        self.0.when.push(Condition::Claims(ClaimsCondition {
+            claims: vec![(claim.to_owned(), ClaimPattern::Capture(capture.to_owned()))],
+        }));
+        self
+    }
+    fn authenticated(mut self) -> Self {
+        self.0.when.push(Condition::Authenticated);
+        self
+    }
     fn audit(mut self) -> Self {
         self.0.mode = Mode::Audit;
         self
@@ -90,6 +114,7 @@ struct Req {
     path: &'static str,
     ip: IpAddr,
     headers: Vec<(&'static str, &'static str)>,
+    principal: Option<Principal>,
 }
 
 fn req(method: &'static str, path: &'static str) -> Req {
@@ -99,6 +124,7 @@ fn req(method: &'static str, path: &'static str) -> Req {
         path,
         ip: "192.0.2.1".parse().unwrap(),
         headers: Vec::new(),
+        principal: None,
     }
 }
 
@@ -115,19 +141,34 @@ impl Req {
         self.headers.push((name, value));
         self
     }
+    fn by_caller(mut self, roles: &[&str], scopes: &[&str], claims: &[(&str, ClaimValue)]) -> Self {
+        self.principal = Some(Principal {
+            subject: "alice".to_owned(),
+            issuer: "test".to_owned(),
+            roles: roles.iter().map(|r| (*r).to_owned()).collect(),
+            scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
+            claims: claims
+                .iter()
+                .map(|(name, value)| ((*name).to_owned(), value.clone()))
+                .collect(),
+        });
+        self
+    }
 }
 
 /// The expected answer: effect, deciding rule, reason code.
 type Expect = (Effect, Option<&'static str>, &'static str);
 
 fn decide(rules: Vec<RuleSpec>, req: &Req) -> Decision {
-    let set = PolicySet::new(rules.into_iter().map(|r| r.0).collect());
+    let roles = RoleGraph::new(&[("admin".to_owned(), vec!["editor".to_owned()])]).unwrap();
+    let set = PolicySet::with_roles(rules.into_iter().map(|r| r.0).collect(), roles);
     let facts = RequestFacts {
         method: req.method,
         host: req.host,
         path: req.path,
         client_ip: req.ip,
         headers: &req.headers,
+        principal: req.principal.as_ref(),
     };
     set.evaluate(&facts)
 }
@@ -567,4 +608,135 @@ fn index_agrees_with_the_reference_matcher() {
             assert_eq!(got, want, "{path} against {}", globs[*n]);
         }
     }
+}
+
+/// DESIGN.md's tenant-orders rule: members of a tenant manage that tenant's orders.
+fn tenant_policy() -> Vec<RuleSpec> {
+    vec![
+        allow("tenant-orders")
+            .paths(&["/tenants/{tenant}/orders/**"])
+            .methods(&["GET", "POST"])
+            .roles_any(&["editor"])
+            .scopes_all(&["orders:write"])
+            .claim_capture("tenant", "tenant"),
+        allow("profile").paths(&["/me"]).authenticated(),
+    ]
+}
+
+fn acme() -> (&'static str, ClaimValue) {
+    ("tenant", ClaimValue::String("acme".to_owned()))
+}
+
+#[test]
+fn identity_reasons() {
+    let cases: Vec<(Req, Expect)> = vec![
+        (
+            req("POST", "/tenants/acme/orders/7").by_caller(
+                &["editor"],
+                &["orders:write"],
+                &[acme()],
+            ),
+            (ALLOW, Some("tenant-orders"), "allowed"),
+        ),
+        (
+            req("POST", "/tenants/acme/orders/7"),
+            (DENY, Some("tenant-orders"), "credentials_missing"),
+        ),
+        (
+            req("POST", "/tenants/acme/orders/7").by_caller(
+                &["viewer"],
+                &["orders:write"],
+                &[acme()],
+            ),
+            (DENY, Some("tenant-orders"), "missing_role"),
+        ),
+        (
+            req("POST", "/tenants/acme/orders/7").by_caller(
+                &["admin"],
+                &["orders:write"],
+                &[acme()],
+            ),
+            (ALLOW, Some("tenant-orders"), "allowed"),
+        ),
+        (
+            req("POST", "/tenants/acme/orders/7").by_caller(
+                &["editor"],
+                &["orders:read"],
+                &[acme()],
+            ),
+            (DENY, Some("tenant-orders"), "missing_scope"),
+        ),
+        (
+            req("POST", "/tenants/globex/orders/7").by_caller(
+                &["editor"],
+                &["orders:write"],
+                &[acme()],
+            ),
+            (DENY, Some("tenant-orders"), "tenant_mismatch"),
+        ),
+        (
+            req("POST", "/tenants/globex/orders/7").by_caller(
+                &["editor"],
+                &["orders:write"],
+                &[(
+                    "tenant",
+                    ClaimValue::List(vec![
+                        ClaimValue::String("acme".to_owned()),
+                        ClaimValue::String("globex".to_owned()),
+                    ]),
+                )],
+            ),
+            (ALLOW, Some("tenant-orders"), "allowed"),
+        ),
+        (
+            req("POST", "/tenants/acme/orders/7").by_caller(&["editor"], &["orders:write"], &[]),
+            (DENY, Some("tenant-orders"), "tenant_mismatch"),
+        ),
+        (
+            req("GET", "/me"),
+            (DENY, Some("profile"), "credentials_missing"),
+        ),
+        (
+            req("GET", "/me").by_caller(&[], &[], &[]),
+            (ALLOW, Some("profile"), "allowed"),
+        ),
+    ];
+    for (req, expect) in cases {
+        check(tenant_policy(), req, expect);
+    }
+}
+
+#[test]
+fn identity_explanations() {
+    let decision = decide(
+        tenant_policy(),
+        &req("POST", "/tenants/acme/orders/7").by_caller(&["editor"], &["orders:read"], &[acme()]),
+    );
+    assert_eq!(decision.reason.status(), 403);
+    assert_eq!(
+        decision.reason.hint(),
+        "This request needs scope orders:write."
+    );
+    assert_eq!(
+        decision.reason.to_string(),
+        "requires scope orders:write; token has orders:read"
+    );
+    let anonymous = decide(tenant_policy(), &req("GET", "/me"));
+    assert_eq!(anonymous.reason.status(), 401);
+    let other_tenant = decide(
+        tenant_policy(),
+        &req("GET", "/tenants/globex/orders/1").by_caller(
+            &["editor"],
+            &["orders:write"],
+            &[acme()],
+        ),
+    );
+    assert_eq!(
+        other_tenant.reason.to_string(),
+        "claim tenant must be {tenant}; it is \"acme\""
+    );
+    assert_eq!(
+        other_tenant.reason.hint(),
+        "This resource belongs to another tenant or owner."
+    );
 }

@@ -285,6 +285,7 @@ fn decide(
         path,
         client_ip,
         headers: &headers,
+        principal: None,
     };
     let decision = policy.evaluate(&facts);
     let took = started.elapsed();

@@ -152,6 +152,7 @@ pub fn decide(
         path: &path,
         client_ip,
         headers: &header_pairs,
+        principal: None,
     };
     let decision = config.policy.evaluate(&facts);
     Offline {
