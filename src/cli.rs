@@ -82,6 +82,10 @@ pub enum Command {
         /// A request header, `Name: value`; repeat for several.
         #[arg(long = "header", value_name = "NAME:VALUE")]
         headers: Vec<String>,
+        /// Decide as this simulated caller instead of verifying credentials:
+        /// `sub=alice,roles=editor,scopes=orders:read,claims.tenant=acme`.
+        #[arg(long = "as", value_name = "CALLER")]
+        principal: Option<String>,
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
@@ -156,6 +160,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             url,
             ip,
             headers,
+            principal,
             json,
         } => {
             let Some(config) = load_or_report(&config) else {
@@ -169,7 +174,15 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 };
                 pairs.push((name.trim().to_owned(), value.trim().to_owned()));
             }
-            let offline = offline::decide(&config, &method, &url, ip, &pairs);
+            let principal = match principal.as_deref().map(crate::policy::parse_principal) {
+                None => None,
+                Some(Ok(principal)) => Some(principal),
+                Some(Err(problem)) => {
+                    err_line!("--as: {problem}");
+                    return Ok(ExitCode::from(EXIT_INVALID));
+                }
+            };
+            let offline = offline::decide(&config, &method, &url, ip, &pairs, principal.as_ref());
             if json {
                 out_line!("{}", explain_json(&offline));
             } else {
@@ -224,6 +237,7 @@ pub fn run_cases(config: &Config, cases: &[crate::policy::Case]) -> (String, usi
             &request.url,
             request.ip,
             &request.headers,
+            request.principal.as_ref(),
         );
         let differences = case.expect.differences(&offline.actual());
         if differences.is_empty() {

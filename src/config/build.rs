@@ -14,10 +14,14 @@ use super::model::{
     AdminSettings, Config, HostPattern, Limits, ListenerSettings, RouteId, RouteSettings, Target,
     UpstreamName, UpstreamSettings,
 };
-use super::model::{DenialSettings, Detail, ForwardedHeader};
+use super::model::{
+    ApiKeyEntry, ApiKeySettings, DenialSettings, Detail, ForwardHeaderNames, ForwardedHeader,
+    IdentitySettings,
+};
 use super::policy::{self, PolicySummary};
 use super::raw::{
-    RawConfig, RawDenials, RawDetail, RawForwardedHeader, RawLimits, RawRoute, RawUpstream,
+    RawConfig, RawDenials, RawDetail, RawForwardedHeader, RawIdentity, RawLimits, RawRoute,
+    RawUpstream,
 };
 use super::source::{Source, key_segment};
 use super::units::{parse_duration, parse_size};
@@ -132,6 +136,7 @@ pub fn build(path: &Path, text: &str, raw: RawConfig) -> Result<Config, ConfigEr
     let limits = build_limits(&mut builder, &raw.limits);
     let shutdown_grace = builder.duration("shutdown.grace_period", &raw.shutdown.grace_period);
     let denials = build_denials(&mut builder, &raw.denials);
+    let identity = build_identity(&mut builder, &raw.identity);
 
     let base_dir = path.parent().unwrap_or(Path::new(""));
     let mut policy_files = Vec::new();
@@ -150,10 +155,14 @@ pub fn build(path: &Path, text: &str, raw: RawConfig) -> Result<Config, ConfigEr
         Err(errors) => (None, PolicySummary::default(), errors),
     };
 
-    match (admin_addr, limits, shutdown_grace, policy_set) {
-        (Some(admin_addr), Some(limits), Some(shutdown_grace), Some(policy_set))
-            if builder.errors.is_empty() =>
-        {
+    match (admin_addr, limits, shutdown_grace, policy_set, identity) {
+        (
+            Some(admin_addr),
+            Some(limits),
+            Some(shutdown_grace),
+            Some(policy_set),
+            Some(identity),
+        ) if builder.errors.is_empty() => {
             let mut config = Config {
                 file: path.to_owned(),
                 listeners,
@@ -171,6 +180,7 @@ pub fn build(path: &Path, text: &str, raw: RawConfig) -> Result<Config, ConfigEr
                 policy: Arc::new(policy_set),
                 policy_summary,
                 denials,
+                identity,
                 warnings: Vec::new(),
             };
             config.warnings = lint::warnings(&config, &builder.source);
@@ -184,6 +194,103 @@ pub fn build(path: &Path, text: &str, raw: RawConfig) -> Result<Config, ConfigEr
             Err(ConfigErrors(errors))
         }
     }
+}
+
+fn build_identity(builder: &mut Builder, raw: &RawIdentity) -> Option<IdentitySettings> {
+    if raw.jwt.is_some() {
+        builder.error(
+            "identity.jwt",
+            "JWT verification is not supported by this version of portcullis yet; use identity.api_keys",
+        );
+    }
+    let header = |builder: &mut Builder, yaml_path: &str, name: &str| {
+        builder.typed(
+            yaml_path,
+            http::HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| format!("\"{name}\" is not a header name")),
+        )
+    };
+    let forward = &raw.forward_headers;
+    let subject = header(
+        builder,
+        "identity.forward_headers.subject",
+        &forward.subject,
+    );
+    let roles = header(builder, "identity.forward_headers.roles", &forward.roles);
+    let scopes = header(builder, "identity.forward_headers.scopes", &forward.scopes);
+
+    let api_keys = match &raw.api_keys {
+        None => None,
+        Some(raw_keys) => {
+            let key_header = header(builder, "identity.api_keys.header", &raw_keys.header);
+            let mut keys: Vec<ApiKeyEntry> = Vec::new();
+            if raw_keys.keys.is_empty() {
+                builder.error(
+                    "identity.api_keys.keys",
+                    "list at least one key, or remove api_keys",
+                );
+            }
+            for (index, raw_key) in raw_keys.keys.iter().enumerate() {
+                let base = format!("identity.api_keys.keys[{index}]");
+                builder.typed(&format!("{base}.id"), check_id("key id", &raw_key.id));
+                if keys.iter().any(|key| key.id == raw_key.id) {
+                    builder.error(
+                        &format!("{base}.id"),
+                        format!("duplicate key id \"{}\"", raw_key.id),
+                    );
+                }
+                let Some(sha256) =
+                    builder.typed(&format!("{base}.sha256"), parse_sha256(&raw_key.sha256))
+                else {
+                    continue;
+                };
+                if let Some(other) = keys.iter().find(|key| key.sha256 == sha256) {
+                    builder.error(
+                        &format!("{base}.sha256"),
+                        format!("the same key as \"{}\"; each key must be unique", other.id),
+                    );
+                }
+                keys.push(ApiKeyEntry {
+                    id: raw_key.id.clone(),
+                    sha256,
+                    roles: raw_key.roles.clone(),
+                    scopes: raw_key.scopes.clone(),
+                });
+            }
+            Some(key_header.map(|header| ApiKeySettings { header, keys }))
+        }
+    };
+    let api_keys = match api_keys {
+        None => None,
+        Some(Some(settings)) => Some(settings),
+        Some(None) => return None,
+    };
+    Some(IdentitySettings {
+        api_keys,
+        forward: ForwardHeaderNames {
+            subject: subject?,
+            roles: roles?,
+            scopes: scopes?,
+        },
+    })
+}
+
+/// 64 hex digits → 32 bytes.
+fn parse_sha256(text: &str) -> Result<[u8; 32], String> {
+    let wrong = || {
+        format!(
+            "\"{text}\" is not a SHA-256 digest (64 hex digits); compute one with: printf %s \"$KEY\" | sha256sum"
+        )
+    };
+    if text.len() != 64 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(wrong());
+    }
+    let mut digest = [0u8; 32];
+    for (index, byte) in digest.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(text.get(index * 2..index * 2 + 2).ok_or_else(wrong)?, 16)
+            .map_err(|_| wrong())?;
+    }
+    Ok(digest)
 }
 
 fn build_denials(builder: &mut Builder, raw: &RawDenials) -> DenialSettings {

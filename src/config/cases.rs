@@ -47,6 +47,9 @@ struct RawRequest {
     /// Request headers.
     #[serde(default)]
     headers: BTreeMap<String, String>,
+    /// A simulated caller: sub=alice,roles=editor,scopes=orders:read,claims.tenant=acme.
+    #[serde(rename = "as")]
+    principal: Option<String>,
 }
 
 fn default_method() -> String {
@@ -111,7 +114,16 @@ pub fn load(path: &Path) -> Result<Vec<Case>, ConfigErrors> {
             Some((line, _)) => format!("{}:{line}", path.display()),
             None => path.display().to_string(),
         };
-        if let Some(ip) = ip {
+        let principal = match &raw_case.request.principal {
+            None => Some(None),
+            Some(spec) => builder
+                .typed(
+                    &format!("{base}.request.as"),
+                    crate::policy::parse_principal(spec),
+                )
+                .map(Some),
+        };
+        if let (Some(ip), Some(principal)) = (ip, principal) {
             cases.push(Case {
                 name: raw_case.name,
                 origin,
@@ -120,6 +132,7 @@ pub fn load(path: &Path) -> Result<Vec<Case>, ConfigErrors> {
                     url: raw_case.request.url,
                     ip,
                     headers: raw_case.request.headers.into_iter().collect(),
+                    principal,
                 },
                 expect: Expected {
                     decision: raw_case.expect.decision,

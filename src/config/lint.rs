@@ -39,6 +39,21 @@ pub fn warnings(config: &Config, source: &Source) -> Vec<ConfigError> {
                 rule.id
             )));
         }
+        let needs_identity = rule.when.iter().any(|condition| {
+            matches!(
+                condition,
+                Condition::Authenticated
+                    | Condition::Roles(_)
+                    | Condition::Scopes(_)
+                    | Condition::Claims(_)
+            )
+        });
+        if needs_identity && config.identity.api_keys.is_none() {
+            warnings.push(origin.problem(format!(
+                "rule \"{}\" needs an identified caller, but identity configures no credentials: every request is anonymous and meets it with 401 credentials_missing",
+                rule.id
+            )));
+        }
         if let Some(problem) = upper_case_on_folded_routes(rule, &config.routes) {
             warnings.push(origin.problem(format!("rule \"{}\": {problem}", rule.id)));
         }

@@ -23,8 +23,9 @@ mod units;
 
 pub use error::{ConfigError, ConfigErrors};
 pub use model::{
-    AdminSettings, Config, DenialSettings, Detail, ForwardedHeader, HostPattern, Limits,
-    ListenerSettings, RouteId, RouteSettings, Target, UpstreamName, UpstreamSettings,
+    AdminSettings, ApiKeyEntry, ApiKeySettings, Config, DenialSettings, Detail, ForwardHeaderNames,
+    ForwardedHeader, HostPattern, IdentitySettings, Limits, ListenerSettings, RouteId,
+    RouteSettings, Target, UpstreamName, UpstreamSettings,
 };
 pub use policy::{PolicySummary, parse_list_file};
 pub use units::{format_duration, parse_duration, parse_size};

@@ -44,9 +44,53 @@ pub struct Config {
     pub policy_summary: PolicySummary,
     /// How much a denial tells the client.
     pub denials: DenialSettings,
+    /// How callers are identified.
+    pub identity: IdentitySettings,
     /// Problems that do not stop the config from loading (rules that can never match,
     /// rules shadowed by a deny), for `portcullis validate` and the startup log.
     pub warnings: Vec<ConfigError>,
+}
+
+/// The `identity` section.
+#[derive(Debug, Clone)]
+pub struct IdentitySettings {
+    /// API keys, when configured.
+    pub api_keys: Option<ApiKeySettings>,
+    /// Headers that carry the verified identity upstream.
+    pub forward: ForwardHeaderNames,
+}
+
+/// `identity.api_keys`.
+#[derive(Debug, Clone)]
+pub struct ApiKeySettings {
+    /// The request header that carries a key.
+    pub header: http::HeaderName,
+    /// The keys.
+    pub keys: Vec<ApiKeyEntry>,
+}
+
+/// One API key, known only by its digest.
+#[derive(Debug, Clone)]
+pub struct ApiKeyEntry {
+    /// The principal it stands for.
+    pub id: String,
+    /// SHA-256 of the key.
+    pub sha256: [u8; 32],
+    /// Roles it grants.
+    pub roles: Vec<String>,
+    /// Scopes it grants.
+    pub scopes: Vec<String>,
+}
+
+/// `identity.forward_headers`.
+#[derive(Debug, Clone)]
+pub struct ForwardHeaderNames {
+    /// The principal's subject.
+    pub subject: http::HeaderName,
+    /// Its roles, comma-separated.
+    pub roles: http::HeaderName,
+    /// Its scopes, space-separated.
+    pub scopes: http::HeaderName,
 }
 
 /// The header a trusted proxy reports the client address in (`network.forwarded_header`).

@@ -14,12 +14,14 @@ use ipnet::IpNet;
 use super::build::{Builder, check_id, parse_host_pattern, parse_network};
 use super::error::{ConfigError, did_you_mean};
 use super::raw::{
-    OneOrMany, RawEffect, RawList, RawMode, RawPolicyFile, RawRule, RawWhen, parse_policy,
+    OneOrMany, RawAnyAll, RawClaim, RawEffect, RawList, RawMode, RawPolicyFile, RawRule, RawWhen,
+    parse_policy,
 };
 use super::source::{Source, key_segment};
 use crate::policy::{
-    Condition, Effect, HeaderCondition, MethodSet, Mode, NetSet, Networks, PathGlob, PolicySet,
-    Rule, RuleId, Segment, ValuePattern,
+    ClaimPattern, ClaimValue, ClaimsCondition, Condition, Effect, HeaderCondition, MethodSet, Mode,
+    NetSet, Networks, PathGlob, PolicySet, RoleGraph, RolesCondition, Rule, RuleId,
+    ScopesCondition, Segment, ValuePattern,
 };
 
 /// The most errors reported for one list file; past this the file is surely not a list.
@@ -200,6 +202,26 @@ pub fn build(files: &[PathBuf]) -> Result<(PolicySet, PolicySummary), Vec<Config
         .iter()
         .flat_map(|file| file.raw.roles.keys().cloned())
         .collect();
+    let role_pairs: Vec<(String, Vec<String>)> = parsed
+        .iter()
+        .flat_map(|file| file.raw.roles.iter())
+        .map(|(name, role)| (name.clone(), role.inherits.clone()))
+        .collect();
+    let role_graph = match RoleGraph::new(&role_pairs) {
+        Ok(graph) => graph,
+        Err(cycle) => {
+            let first = cycle.split(" → ").next().unwrap_or("").to_owned();
+            if let Some(file) = parsed
+                .iter_mut()
+                .find(|file| file.raw.roles.contains_key(&first))
+            {
+                let base = format!("roles.{}", key_segment(&first));
+                file.builder
+                    .error(&base, format!("roles inherit in a cycle: {cycle}"));
+            }
+            RoleGraph::default()
+        }
+    };
     let mut rules = Vec::new();
     let mut rule_origin: HashMap<String, String> = HashMap::new();
     for file in &mut parsed {
@@ -249,7 +271,7 @@ pub fn build(files: &[PathBuf]) -> Result<(PolicySet, PolicySummary), Vec<Config
         errors.extend(file_errors);
     }
     if errors.is_empty() {
-        Ok((PolicySet::new(rules), summary))
+        Ok((PolicySet::with_roles(rules, role_graph), summary))
     } else {
         Err(errors)
     }
@@ -472,6 +494,21 @@ fn no_empty_map<V>(
     }
 }
 
+/// `{ any: [...], all: [...] }`, at least one of them non-empty.
+fn any_all(
+    builder: &mut Builder,
+    yaml_path: &str,
+    raw: &RawAnyAll,
+) -> Option<(Vec<String>, Vec<String>)> {
+    let any = raw.any.clone().unwrap_or_default();
+    let all = raw.all.clone().unwrap_or_default();
+    if any.is_empty() && all.is_empty() {
+        builder.error(yaml_path, "name at least one in any: [...] or all: [...]");
+        return None;
+    }
+    Some((any, all))
+}
+
 fn non_empty(builder: &mut Builder, yaml_path: &str, len: usize, what: &str) {
     if len == 0 {
         builder.error(
@@ -489,16 +526,51 @@ fn build_when(
     defined: &HashMap<String, String>,
     paths: &[PathGlob],
 ) -> Vec<Condition> {
-    let identity = "needs caller identity (JWT or API keys), which this version of portcullis does not support yet; remove it";
-    for (key, present) in [
-        ("authenticated", raw.authenticated.is_some()),
-        ("roles", raw.roles.is_some()),
-        ("scopes", raw.scopes.is_some()),
-        ("claims", raw.claims.is_some()),
-    ] {
-        if present {
-            builder.error(&format!("{base}.{key}"), identity);
+    let mut when = Vec::new();
+    match raw.authenticated {
+        Some(true) => when.push(Condition::Authenticated),
+        Some(false) => builder.error(
+            &format!("{base}.authenticated"),
+            "authenticated: false would match every caller; remove the key instead",
+        ),
+        None => {}
+    }
+    if let Some(roles) = &raw.roles
+        && let Some((any, all)) = any_all(builder, &format!("{base}.roles"), roles)
+    {
+        when.push(Condition::Roles(RolesCondition { any, all }));
+    }
+    if let Some(scopes) = &raw.scopes
+        && let Some((any, all)) = any_all(builder, &format!("{base}.scopes"), scopes)
+    {
+        when.push(Condition::Scopes(ScopesCondition { any, all }));
+    }
+    if let Some(claims) = &raw.claims {
+        let mut patterns = Vec::new();
+        if claims.is_empty() {
+            builder.error(
+                &format!("{base}.claims"),
+                "holds no claims; write at least one, or remove the key",
+            );
         }
+        for (name, value) in claims {
+            let yaml_path = format!("{base}.claims.{}", key_segment(name));
+            let pattern = match value {
+                RawClaim::String(text) => match capture_name(text) {
+                    Some(capture) => {
+                        if !captured_by_every_path(builder, &yaml_path, text, capture, paths) {
+                            continue;
+                        }
+                        ClaimPattern::Capture(capture.to_owned())
+                    }
+                    None => ClaimPattern::Value(ClaimValue::String(text.clone())),
+                },
+                RawClaim::Number(number) => ClaimPattern::Value(ClaimValue::Number(*number)),
+                RawClaim::Bool(value) => ClaimPattern::Value(ClaimValue::Bool(*value)),
+            };
+            patterns.push((name.clone(), pattern));
+        }
+        when.push(Condition::Claims(ClaimsCondition { claims: patterns }));
     }
     for (key, present) in [
         ("countries", raw.countries.is_some()),
@@ -518,7 +590,6 @@ fn build_when(
         );
     }
 
-    let mut when = Vec::new();
     if let Some(entries) = &raw.ip
         && let Some(networks) = networks(builder, &format!("{base}.ip"), entries, lists, defined)
     {
@@ -598,22 +669,8 @@ fn header_condition(
     for value in &values.0 {
         let pattern = if value == "*" {
             ValuePattern::Present
-        } else if let Some(capture) = value.strip_prefix('{').and_then(|v| v.strip_suffix('}')) {
-            let missing: Vec<&str> = paths
-                .iter()
-                .filter(|glob| !glob.capture_names().any(|n| n == capture))
-                .map(PathGlob::as_str)
-                .collect();
-            if paths.is_empty() || !missing.is_empty() {
-                let message = if paths.is_empty() {
-                    format!("\"{value}\" refers to a path capture, but the rule has no paths")
-                } else {
-                    format!(
-                        "\"{value}\" refers to a path capture that path \"{}\" does not have",
-                        missing.join("\", \"")
-                    )
-                };
-                builder.error(yaml_path, message);
+        } else if let Some(capture) = capture_name(value) {
+            if !captured_by_every_path(builder, yaml_path, value, capture, paths) {
                 return None;
             }
             ValuePattern::Capture(capture.to_owned())
@@ -626,6 +683,44 @@ fn header_condition(
         name: header.as_str().to_owned(),
         values: patterns,
     })
+}
+
+/// `"{tenant}"` → `tenant`.
+fn capture_name(value: &str) -> Option<&str> {
+    value.strip_prefix('{').and_then(|v| v.strip_suffix('}'))
+}
+
+/// Whether every path of the rule captures `capture`; reports it at `yaml_path` if not.
+fn captured_by_every_path(
+    builder: &mut Builder,
+    yaml_path: &str,
+    value: &str,
+    capture: &str,
+    paths: &[PathGlob],
+) -> bool {
+    let missing: Vec<&str> = paths
+        .iter()
+        .filter(|glob| !glob.capture_names().any(|n| n == capture))
+        .map(PathGlob::as_str)
+        .collect();
+    if paths.is_empty() {
+        builder.error(
+            yaml_path,
+            format!("\"{value}\" refers to a path capture, but the rule has no paths"),
+        );
+        return false;
+    }
+    if !missing.is_empty() {
+        builder.error(
+            yaml_path,
+            format!(
+                "\"{value}\" refers to a path capture that path \"{}\" does not have",
+                missing.join("\", \"")
+            ),
+        );
+        return false;
+    }
+    true
 }
 
 /// A path glob whose literal segments are canonical, so it can match canonical paths.

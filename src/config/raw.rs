@@ -43,6 +43,92 @@ pub struct RawConfig {
     /// How much a 401 or 403 tells the client.
     #[serde(default)]
     pub denials: RawDenials,
+    /// Who callers are: API keys (and, later, tokens), and the headers that tell the upstream.
+    #[serde(default)]
+    pub identity: RawIdentity,
+}
+
+/// How callers are identified.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawIdentity {
+    /// API keys, stored as SHA-256 digests.
+    pub api_keys: Option<RawApiKeys>,
+    /// Headers that carry the verified identity upstream; copies from clients are removed.
+    #[serde(default)]
+    pub forward_headers: RawForwardHeaders,
+    // Accepted only to be refused with a reason until JWT verification lands.
+    #[schemars(skip)]
+    #[serde(default, deserialize_with = "not_null")]
+    pub jwt: Option<serde::de::IgnoredAny>,
+}
+
+/// API keys: the header they arrive in and the keys.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawApiKeys {
+    /// The request header that carries the key.
+    #[serde(default = "default_api_key_header")]
+    pub header: String,
+    /// The keys.
+    pub keys: Vec<RawApiKey>,
+}
+
+fn default_api_key_header() -> String {
+    "X-Api-Key".to_owned()
+}
+
+/// One API key: never the key itself, only its SHA-256 digest.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawApiKey {
+    /// The principal the key stands for (logged, and forwarded as the subject).
+    pub id: String,
+    /// Hex SHA-256 of the key: `printf %s "$KEY" | sha256sum`.
+    pub sha256: String,
+    /// Roles the key grants.
+    #[serde(default)]
+    pub roles: Vec<String>,
+    /// Scopes the key grants.
+    #[serde(default)]
+    pub scopes: Vec<String>,
+}
+
+/// Header names for the verified identity.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawForwardHeaders {
+    /// The principal's subject.
+    #[serde(default = "default_subject_header")]
+    pub subject: String,
+    /// Its roles, comma-separated.
+    #[serde(default = "default_roles_header")]
+    pub roles: String,
+    /// Its scopes, space-separated.
+    #[serde(default = "default_scopes_header")]
+    pub scopes: String,
+}
+
+impl Default for RawForwardHeaders {
+    fn default() -> Self {
+        RawForwardHeaders {
+            subject: default_subject_header(),
+            roles: default_roles_header(),
+            scopes: default_scopes_header(),
+        }
+    }
+}
+
+fn default_subject_header() -> String {
+    "X-Auth-Subject".to_owned()
+}
+
+fn default_roles_header() -> String {
+    "X-Auth-Roles".to_owned()
+}
+
+fn default_scopes_header() -> String {
+    "X-Auth-Scopes".to_owned()
 }
 
 /// An address the gateway accepts client traffic on.
@@ -416,19 +502,18 @@ pub struct RawMatch {
 #[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawWhen {
-    // Accepted by the parser only to be refused with a reason; not offered to editors.
-    #[schemars(skip)]
+    /// true: the caller must be identified.
     #[serde(default, deserialize_with = "not_null")]
-    pub authenticated: Option<serde::de::IgnoredAny>,
-    #[schemars(skip)]
+    pub authenticated: Option<bool>,
+    /// The caller's roles (inherited ones included): any of, and all of.
     #[serde(default, deserialize_with = "not_null")]
-    pub roles: Option<serde::de::IgnoredAny>,
-    #[schemars(skip)]
+    pub roles: Option<RawAnyAll>,
+    /// The caller's scopes: any of, and all of.
     #[serde(default, deserialize_with = "not_null")]
-    pub scopes: Option<serde::de::IgnoredAny>,
-    #[schemars(skip)]
+    pub scopes: Option<RawAnyAll>,
+    /// Claim name to the value it must have (or hold, for an array claim); "{name}" is a path capture.
     #[serde(default, deserialize_with = "not_null")]
-    pub claims: Option<serde::de::IgnoredAny>,
+    pub claims: Option<BTreeMap<String, RawClaim>>,
     /// The client address must be in one of these: CIDRs, addresses or "@list".
     #[serde(default, deserialize_with = "not_null")]
     pub ip: Option<Vec<String>>,
@@ -468,6 +553,64 @@ where
 {
     Option::<T>::deserialize(deserializer)?
         .ok_or_else(|| serde::de::Error::custom("has no value; write one, or remove the key"))
+}
+
+/// `{ any: [...], all: [...] }`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawAnyAll {
+    /// At least one of these.
+    #[serde(default, deserialize_with = "not_null")]
+    pub any: Option<Vec<String>>,
+    /// Every one of these.
+    #[serde(default, deserialize_with = "not_null")]
+    pub all: Option<Vec<String>>,
+}
+
+/// A claim value: a string, number or boolean.
+#[derive(Debug, Clone)]
+pub enum RawClaim {
+    String(String),
+    Number(f64),
+    Bool(bool),
+}
+
+impl JsonSchema for RawClaim {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Claim".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({ "type": ["string", "number", "boolean"] })
+    }
+}
+
+impl<'de> Deserialize<'de> for RawClaim {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = RawClaim;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string, number or boolean")
+            }
+            fn visit_str<E: serde::de::Error>(self, value: &str) -> Result<RawClaim, E> {
+                Ok(RawClaim::String(value.to_owned()))
+            }
+            fn visit_bool<E: serde::de::Error>(self, value: bool) -> Result<RawClaim, E> {
+                Ok(RawClaim::Bool(value))
+            }
+            fn visit_i64<E: serde::de::Error>(self, value: i64) -> Result<RawClaim, E> {
+                Ok(RawClaim::Number(value as f64))
+            }
+            fn visit_u64<E: serde::de::Error>(self, value: u64) -> Result<RawClaim, E> {
+                Ok(RawClaim::Number(value as f64))
+            }
+            fn visit_f64<E: serde::de::Error>(self, value: f64) -> Result<RawClaim, E> {
+                Ok(RawClaim::Number(value))
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
 }
 
 /// A value or a list of values; scalars of any YAML type are read as their text.

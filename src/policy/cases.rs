@@ -4,8 +4,10 @@
 
 use std::net::IpAddr;
 
+use super::principal::{ClaimValue, Principal};
+
 /// One case: a synthetic request and what it must get.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Case {
     /// A name to report it by.
     pub name: String,
@@ -18,7 +20,7 @@ pub struct Case {
 }
 
 /// A synthetic request, as a client would send it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct CaseRequest {
     /// The method.
     pub method: String,
@@ -29,6 +31,54 @@ pub struct CaseRequest {
     pub ip: IpAddr,
     /// Extra request headers.
     pub headers: Vec<(String, String)>,
+    /// A simulated caller (`as:`), standing in for whatever credentials say.
+    pub principal: Option<Principal>,
+}
+
+/// Reads a simulated caller: `sub=alice,roles=editor,roles=admin,scopes=orders:read,claims.tenant=acme`.
+/// Repeat `roles` or `scopes` for several; a claim that reads as a number or `true`/`false`
+/// is one.
+pub fn parse_principal(spec: &str) -> Result<Principal, String> {
+    let mut principal = Principal {
+        issuer: "simulated".to_owned(),
+        ..Principal::default()
+    };
+    for part in spec
+        .split(',')
+        .map(str::trim)
+        .filter(|part| !part.is_empty())
+    {
+        let Some((key, value)) = part.split_once('=') else {
+            return Err(format!("\"{part}\" is not key=value"));
+        };
+        match key.trim() {
+            "sub" | "subject" => principal.subject = value.to_owned(),
+            "roles" | "role" => principal.roles.push(value.to_owned()),
+            "scopes" | "scope" => principal.scopes.push(value.to_owned()),
+            other => match other.strip_prefix("claims.") {
+                Some(claim) if !claim.is_empty() => {
+                    let value = match value {
+                        "true" => ClaimValue::Bool(true),
+                        "false" => ClaimValue::Bool(false),
+                        _ => value
+                            .parse::<f64>()
+                            .map(ClaimValue::Number)
+                            .unwrap_or_else(|_| ClaimValue::String(value.to_owned())),
+                    };
+                    principal.claims.push((claim.to_owned(), value));
+                }
+                _ => {
+                    return Err(format!(
+                        "unknown key \"{other}\": use sub, roles, scopes or claims.NAME"
+                    ));
+                }
+            },
+        }
+    }
+    if principal.subject.is_empty() {
+        principal.subject = "simulated".to_owned();
+    }
+    Ok(principal)
 }
 
 /// What a case expects; an absent field is not checked.
@@ -85,6 +135,27 @@ impl Expected {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn simulated_callers() {
+        let principal =
+            parse_principal("sub=alice, roles=editor,roles=admin,scopes=orders:read,claims.tenant=acme,claims.level=3")
+                .unwrap();
+        assert_eq!(principal.subject, "alice");
+        assert_eq!(principal.roles, ["editor", "admin"]);
+        assert_eq!(principal.scopes, ["orders:read"]);
+        assert_eq!(
+            principal.claim("tenant"),
+            Some(&ClaimValue::String("acme".into()))
+        );
+        assert_eq!(principal.claim("level"), Some(&ClaimValue::Number(3.0)));
+        assert!(
+            parse_principal("group=x")
+                .unwrap_err()
+                .contains("unknown key")
+        );
+        assert!(parse_principal("alice").is_err());
+    }
 
     #[test]
     fn differences_name_each_field() {

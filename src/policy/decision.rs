@@ -92,6 +92,12 @@ pub enum Reason {
     },
     /// The closest rule needs an identified caller and the request carried no credentials.
     CredentialsMissing,
+    /// The request carried credentials that are not valid (an unknown API key); says
+    /// what was wrong without echoing the credential.
+    TokenInvalid {
+        /// What was wrong, for operators and the client.
+        problem: String,
+    },
     /// The caller lacks a role the closest rule needs.
     MissingRole {
         /// The roles needed: all of them, or one of them when `one_of`.
@@ -132,6 +138,7 @@ impl Reason {
             Reason::IpNotAllowed { .. } => "ip_not_allowed",
             Reason::IpDenied { .. } => "ip_denied",
             Reason::CredentialsMissing => "credentials_missing",
+            Reason::TokenInvalid { .. } => "token_invalid",
             Reason::MissingRole { .. } => "missing_role",
             Reason::MissingScope { .. } => "missing_scope",
             Reason::TenantMismatch { .. } => "tenant_mismatch",
@@ -143,7 +150,7 @@ impl Reason {
     pub fn status(&self) -> u16 {
         match self {
             Reason::Allowed => 200,
-            Reason::CredentialsMissing => 401,
+            Reason::CredentialsMissing | Reason::TokenInvalid { .. } => 401,
             _ => 403,
         }
     }
@@ -169,6 +176,9 @@ impl Reason {
             Reason::IpDenied { .. } => "Requests from your network are blocked.".to_owned(),
             Reason::CredentialsMissing => {
                 "This request needs credentials: send a token or an API key.".to_owned()
+            }
+            Reason::TokenInvalid { problem } => {
+                format!("The credentials sent are not valid: {problem}. Send valid ones.")
             }
             Reason::MissingRole {
                 required, one_of, ..
@@ -208,6 +218,7 @@ impl fmt::Display for Reason {
             }
             Reason::IpDenied { ip, networks } => write!(f, "client {ip} matches {networks}"),
             Reason::CredentialsMissing => f.write_str("the request carried no credentials"),
+            Reason::TokenInvalid { problem } => write!(f, "invalid credentials: {problem}"),
             Reason::MissingRole {
                 required,
                 one_of,
@@ -296,6 +307,16 @@ pub struct Decision {
 }
 
 impl Decision {
+    /// The answer for a request whose credentials were refused before any rule: 401.
+    pub fn unauthenticated(reason: Reason) -> Decision {
+        Decision {
+            effect: Effect::Deny,
+            rule: None,
+            reason,
+            trace: Vec::new(),
+        }
+    }
+
     /// Whether the request may be forwarded.
     pub fn is_allowed(&self) -> bool {
         self.effect == Effect::Allow

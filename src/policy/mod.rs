@@ -25,7 +25,7 @@ mod roles;
 mod rule;
 mod scopes;
 
-pub use cases::{Actual, Case, CaseRequest, Expected};
+pub use cases::{Actual, Case, CaseRequest, Expected, parse_principal};
 pub use claims::{ClaimPattern, ClaimsCondition};
 pub use decision::{Decision, Effect, Mode, Outcome, Reason, RuleId, Step};
 pub use facts::RequestFacts;

@@ -21,7 +21,7 @@ use super::listener::{self, Activity, ConnMeta, ConnectionGuard};
 use super::respond::{self, ProxyError};
 use super::{Proxy, ProxyBody, normalize};
 use crate::config::RouteId;
-use crate::policy::{Decision, Outcome, RequestFacts};
+use crate::policy::{Decision, Outcome, Principal, RequestFacts};
 use crate::telemetry::{self, DecisionLabel, NO_ROUTE_LABEL};
 
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -61,6 +61,7 @@ pub async fn handle(
                 &decision,
                 &proxy.policy,
                 &proxy.denials,
+                proxy.identity.challenge(),
                 request_id.to_str().unwrap_or(""),
                 html,
             )
@@ -195,16 +196,31 @@ async fn pipeline(
         Cow::Owned(text) => Cow::Owned(crate::path::fold_case(&text).into_owned()),
     };
 
-    let (decision, took) = decide(proxy, &parts, authority.host.as_deref(), &path, client_ip);
-    log_decision(
+    let identified = proxy.identity.authenticate(&parts.headers);
+    let principal = identified.as_ref().ok().and_then(Option::as_ref);
+    let (decision, took) = match &identified {
+        Ok(_) => decide(
+            proxy,
+            &parts,
+            authority.host.as_deref(),
+            &path,
+            client_ip,
+            principal,
+        ),
+        Err(rejection) => (
+            Decision::unauthenticated(rejection.reason()),
+            Duration::ZERO,
+        ),
+    };
+    let decided = Decided {
         request_id,
-        &route.id,
-        &parts.method,
-        &path,
+        route: &route.id,
+        method: &parts.method,
+        path: &path,
         client_ip,
-        &decision,
-        took,
-    );
+        principal,
+    };
+    log_decision(&decided, &decision, took);
     if !decision.is_allowed() {
         return Ok(Answer::Denied {
             route: route.id.clone(),
@@ -226,6 +242,10 @@ async fn pipeline(
         host: authority.host_header.as_ref(),
     };
     forward::request_headers(&mut parts.headers, &client, upgrade);
+    let principal = identified.ok().flatten();
+    proxy
+        .identity
+        .forward_headers(&mut parts.headers, principal.as_ref());
     parts.headers.insert(X_REQUEST_ID, request_id.clone());
     let upstream = &proxy.upstreams[route.upstream];
     let mut response = upstream
@@ -275,6 +295,7 @@ fn decide(
     host: Option<&str>,
     path: &str,
     client_ip: std::net::IpAddr,
+    principal: Option<&Principal>,
 ) -> (Decision, Duration) {
     let started = Instant::now();
     let policy = &proxy.policy;
@@ -285,7 +306,7 @@ fn decide(
         path,
         client_ip,
         headers: &headers,
-        principal: None,
+        principal,
     };
     let decision = policy.evaluate(&facts);
     let took = started.elapsed();
@@ -301,15 +322,25 @@ fn decide(
 }
 
 /// The decision-log line: one per decided request, the full trace at debug.
-fn log_decision(
-    request_id: &HeaderValue,
-    route: &RouteId,
-    method: &http::Method,
-    path: &str,
+/// The facts of a decided request that its decision-log line names.
+struct Decided<'a> {
+    request_id: &'a HeaderValue,
+    route: &'a RouteId,
+    method: &'a Method,
+    path: &'a str,
     client_ip: std::net::IpAddr,
-    decision: &Decision,
-    took: Duration,
-) {
+    principal: Option<&'a Principal>,
+}
+
+fn log_decision(decided: &Decided<'_>, decision: &Decision, took: Duration) {
+    let Decided {
+        request_id,
+        route,
+        method,
+        path,
+        client_ip,
+        principal,
+    } = *decided;
     let audit: Vec<String> = decision
         .audit_matches()
         .map(|step| format!("{}:would_{}", step.rule, step.effect.as_str()))
@@ -322,6 +353,7 @@ fn log_decision(
         http.method = %method,
         url.path = path,
         client.ip = %client_ip,
+        principal.id = principal.map(|principal| principal.subject.as_str()),
         decision.reason = decision.reason.code(),
         rule.id = decision.rule.as_ref().map(|rule| &*rule.0),
         audit = audit.join(","),

@@ -21,6 +21,7 @@ use ipnet::IpNet;
 use prometheus::IntCounter;
 
 use crate::config::{Config, DenialSettings, ForwardedHeader, Limits};
+use crate::identity::Identity;
 use crate::policy::PolicySet;
 use crate::telemetry::{DecisionLabel, Metrics};
 
@@ -40,6 +41,7 @@ pub struct Proxy {
     forwarded_header: ForwardedHeader,
     limits: Limits,
     policy: Arc<PolicySet>,
+    identity: Identity,
     denials: DenialSettings,
     metrics: Arc<Metrics>,
     /// `requests_total{route, decision="allow", reason="allowed"}` per route, resolved once
@@ -92,6 +94,7 @@ impl Proxy {
             forwarded_header: config.forwarded_header,
             limits: config.limits.clone(),
             policy: Arc::clone(&config.policy),
+            identity: Identity::new(&config.identity),
             denials: config.denials.clone(),
             metrics,
             allowed,

@@ -10,7 +10,8 @@ use super::normalize;
 use super::respond::ProxyError;
 use super::route::RouteTable;
 use crate::config::{Config, RouteId};
-use crate::policy::{Actual, Decision, RequestFacts};
+use crate::identity::Identity;
+use crate::policy::{Actual, Decision, Principal, RequestFacts};
 
 /// What the gateway would do with a request.
 #[derive(Debug)]
@@ -60,13 +61,15 @@ impl Offline {
 }
 
 /// Decides `method url` from `peer` with `headers`, as the gateway running `config` would.
-/// A URL without a host is sent without one (as HTTP/1.0 may).
+/// A URL without a host is sent without one (as HTTP/1.0 may). Credentials among the
+/// headers are verified as live; `simulated` stands in for them instead.
 pub fn decide(
     config: &Config,
     method: &str,
     url: &str,
     peer: IpAddr,
     headers: &[(String, String)],
+    simulated: Option<&Principal>,
 ) -> Offline {
     let refused = |client_ip: IpAddr, route: Option<RouteId>, err: ProxyError| Offline {
         route,
@@ -145,6 +148,21 @@ pub fn decide(
         Cow::Borrowed(text) => crate::path::fold_case(text),
         Cow::Owned(text) => Cow::Owned(crate::path::fold_case(&text).into_owned()),
     };
+    let verified = match simulated {
+        Some(principal) => Ok(Some(principal.clone())),
+        None => Identity::new(&config.identity).authenticate(&parts.headers),
+    };
+    let principal = match verified {
+        Ok(principal) => principal,
+        Err(rejection) => {
+            return Offline {
+                route: Some(route.id.clone()),
+                path: Some(path.into_owned()),
+                client_ip,
+                verdict: Verdict::Decided(Decision::unauthenticated(rejection.reason())),
+            };
+        }
+    };
     let header_pairs = normalize::policy_headers(config.policy.header_names(), &parts.headers);
     let facts = RequestFacts {
         method: parts.method.as_str(),
@@ -152,7 +170,7 @@ pub fn decide(
         path: &path,
         client_ip,
         headers: &header_pairs,
-        principal: None,
+        principal: principal.as_ref(),
     };
     let decision = config.policy.evaluate(&facts);
     Offline {

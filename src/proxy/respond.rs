@@ -4,14 +4,14 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{CACHE_CONTROL, CONTENT_TYPE, VARY};
+use http::header::{CACHE_CONTROL, CONTENT_TYPE, VARY, WWW_AUTHENTICATE};
 use http::{HeaderName, HeaderValue, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 
 use super::ProxyBody;
 use super::forward::BoxError;
 use crate::config::{DenialSettings, Detail, format_duration};
-use crate::policy::{Decision, Outcome, PolicySet};
+use crate::policy::{Decision, Outcome, PolicySet, Reason};
 
 /// Something went wrong with a request; says whose fault it was through its status.
 #[derive(Debug, thiserror::Error)]
@@ -207,6 +207,7 @@ pub fn denied(
     decision: &Decision,
     policy: &PolicySet,
     settings: &DenialSettings,
+    challenge: Option<&HeaderValue>,
     request_id: &str,
     html: bool,
 ) -> Response<ProxyBody> {
@@ -318,6 +319,33 @@ pub fn denied(
     headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     headers.insert(VARY, HeaderValue::from_static("accept"));
     headers.insert(X_PORTCULLIS_REASON, HeaderValue::from_static(reason));
+    // RFC 9110 §15.5.2: a 401 says how to authenticate; RFC 6750 §3.1: a token that lacks
+    // a scope gets a 403 naming the scope it needs.
+    match &decision.reason {
+        Reason::CredentialsMissing => {
+            if let Some(challenge) = challenge {
+                headers.insert(WWW_AUTHENTICATE, challenge.clone());
+            }
+        }
+        Reason::TokenInvalid { .. } => {
+            if let Some(challenge) = challenge
+                && let Ok(text) = challenge.to_str()
+                && let Ok(value) =
+                    HeaderValue::from_str(&format!("{text}, error=\"invalid_token\""))
+            {
+                headers.insert(WWW_AUTHENTICATE, value);
+            }
+        }
+        Reason::MissingScope { required, .. } => {
+            if let Ok(value) = HeaderValue::from_str(&format!(
+                "Bearer error=\"insufficient_scope\", scope=\"{}\"",
+                required.join(" ")
+            )) {
+                headers.insert(WWW_AUTHENTICATE, value);
+            }
+        }
+        _ => {}
+    }
     if let Some(rule) = rule
         && let Ok(value) = HeaderValue::from_str(rule)
     {

@@ -10,6 +10,7 @@
 //! - `policy_cli`: `portcullis test`, `explain` and `validate` on policy files.
 //! - `config_errors`: every config error names file, line, column and YAML path.
 //! - `denials`: 403s at each detail level, the HTML page, decision metrics.
+//! - `identity`: API keys, 401 versus 403, identity headers upstream.
 //! - `deploy`: the Dockerfile's and Kubernetes manifests' checkable parts.
 
 #![allow(
@@ -22,6 +23,7 @@ mod config_errors;
 mod denials;
 mod deploy;
 mod forwarding;
+mod identity;
 mod lifecycle;
 mod limits;
 mod policy_cli;

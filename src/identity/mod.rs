@@ -1,0 +1,109 @@
+//! Credentials → [`Principal`]: who is calling, before the policy decides.
+//!
+//! `authenticate` does no I/O: everything it needs is loaded with the config. Today the
+//! credentials are API keys (`api_keys.rs`); tokens and client certificates come next.
+//! This module also owns the identity headers: the ones it sets upstream are removed from
+//! every incoming request first, so a client can never claim an identity.
+
+mod api_keys;
+
+use http::{HeaderMap, HeaderValue};
+
+use crate::config::{ForwardHeaderNames, IdentitySettings};
+use crate::policy::{Principal, Reason};
+use api_keys::ApiKeys;
+
+/// The configured ways of identifying callers.
+#[derive(Debug)]
+pub struct Identity {
+    api_keys: Option<ApiKeys>,
+    forward: ForwardHeaderNames,
+    challenge: Option<HeaderValue>,
+}
+
+/// Credentials that were sent but are not valid: a 401 before any rule.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Rejection {
+    /// An API key that matches no configured key.
+    #[error("the API key is not recognised")]
+    UnknownApiKey,
+    /// More than one API key header.
+    #[error("the request carries more than one API key")]
+    SeveralApiKeys,
+}
+
+impl Rejection {
+    /// The reason a denial gives for it.
+    pub fn reason(&self) -> Reason {
+        Reason::TokenInvalid {
+            problem: self.to_string(),
+        }
+    }
+}
+
+impl Identity {
+    /// Identity as configured.
+    pub fn new(settings: &IdentitySettings) -> Identity {
+        let challenge = settings.api_keys.as_ref().and_then(|keys| {
+            HeaderValue::from_str(&format!(
+                "ApiKey realm=\"portcullis\", header=\"{}\"",
+                keys.header
+            ))
+            .ok()
+        });
+        Identity {
+            api_keys: settings.api_keys.as_ref().map(ApiKeys::new),
+            forward: settings.forward.clone(),
+            challenge,
+        }
+    }
+
+    /// Who sent `headers`: `Ok(None)` for a request without credentials, an error for
+    /// credentials that are not valid.
+    pub fn authenticate(&self, headers: &HeaderMap) -> Result<Option<Principal>, Rejection> {
+        match &self.api_keys {
+            Some(keys) => keys.identify(headers),
+            None => Ok(None),
+        }
+    }
+
+    /// The `WWW-Authenticate` challenge a 401 carries: how to send credentials.
+    pub fn challenge(&self) -> Option<&HeaderValue> {
+        self.challenge.as_ref()
+    }
+
+    /// Before forwarding: removes the client's copies of the identity headers and its
+    /// credentials, then sets the identity headers for `principal`.
+    pub fn forward_headers(&self, headers: &mut HeaderMap, principal: Option<&Principal>) {
+        // SECURITY: only the gateway speaks for who the caller is.
+        for name in [
+            &self.forward.subject,
+            &self.forward.roles,
+            &self.forward.scopes,
+        ] {
+            headers.remove(name);
+        }
+        // The key is a secret the upstream does not need.
+        if let Some(keys) = &self.api_keys {
+            headers.remove(keys.header());
+        }
+        let Some(principal) = principal else {
+            return;
+        };
+        let pairs = [
+            (&self.forward.subject, principal.subject.clone()),
+            (&self.forward.roles, principal.roles.join(",")),
+            (&self.forward.scopes, principal.scopes.join(" ")),
+        ];
+        for (name, value) in pairs {
+            if value.is_empty() {
+                continue;
+            }
+            // Values come from config or verified credentials; one that is not a valid
+            // header value is left out rather than forwarded mangled.
+            if let Ok(value) = HeaderValue::from_str(&value) {
+                headers.insert(name.clone(), value);
+            }
+        }
+    }
+}

@@ -1,0 +1,176 @@
+//! Callers identified by API keys through the real proxy: 401 versus 403, the challenge
+//! headers, role inheritance, and the identity headers the upstream gets (and that a
+//! client can never set).
+
+use http::{Request, StatusCode};
+use http_body_util::BodyExt;
+
+use crate::support::*;
+
+const IDENTITY: &str = "\
+identity:
+  api_keys:
+    header: X-Api-Key
+    keys:
+      - { id: ci-bot, sha256: f82da6e2b2e51c046a2eaf10964ef184b69c0aee9892f10a2a7b657477d407e6, roles: [deployer], scopes: [\"deploy:write\"] }
+      - { id: ops, sha256: 32323cfa9ec9d62750daad0836a4cf3d7b60d23723b7852a529667deed01669f, roles: [admin], scopes: [\"deploy:read\"] }
+";
+
+const POLICY: &str = "\
+roles:
+  deployer: {}
+  admin: { inherits: [deployer] }
+rules:
+  - id: public
+    effect: allow
+    match: { paths: [\"/public/**\"] }
+  - id: deploys
+    effect: allow
+    match: { paths: [\"/deploys/**\"] }
+    when: { roles: { any: [deployer] }, scopes: { all: [\"deploy:write\"] } }
+  - id: whoami
+    effect: allow
+    match: { paths: [\"/whoami\"] }
+    when: { authenticated: true }
+";
+
+async fn gateway() -> (TestUpstream, TestGateway) {
+    let up = TestUpstream::start("app").await;
+    let gw = TestGateway::with_policy(&config(&[up.url()], IDENTITY), POLICY).await;
+    (up, gw)
+}
+
+async fn send(url: &str, headers: &[(&str, &str)]) -> (StatusCode, http::HeaderMap, String) {
+    let mut request = Request::get(url);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = client()
+        .request(request.body(ClientBody::default()).unwrap())
+        .await
+        .unwrap();
+    let status = response.status();
+    let headers = response.headers().clone();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    (status, headers, String::from_utf8(body.to_vec()).unwrap())
+}
+
+#[tokio::test]
+async fn a_valid_key_identifies_the_caller_to_the_upstream() {
+    let (up, gw) = gateway().await;
+    let (status, _, _) = send(
+        &gw.url("/deploys/42"),
+        &[
+            ("x-api-key", "ci-secret"),
+            ("x-auth-subject", "admin"),
+            ("x-auth-roles", "admin"),
+        ],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let seen = &up.seen()[0];
+    assert_eq!(seen.one("x-auth-subject"), Some("ci-bot"));
+    assert_eq!(seen.one("x-auth-roles"), Some("deployer"));
+    assert_eq!(seen.one("x-auth-scopes"), Some("deploy:write"));
+    assert_eq!(seen.one("x-api-key"), None, "the key is not forwarded");
+
+    // An anonymous request to a public path: the client's identity headers are dropped.
+    let (status, _, _) = send(
+        &gw.url("/public/x"),
+        &[
+            ("x-auth-subject", "admin"),
+            ("x-auth-scopes", "deploy:write"),
+        ],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let seen = &up.seen()[1];
+    assert_eq!(seen.one("x-auth-subject"), None);
+    assert_eq!(seen.one("x-auth-scopes"), None);
+}
+
+#[tokio::test]
+async fn no_credentials_is_a_401_with_a_challenge() {
+    let (up, gw) = gateway().await;
+    let (status, headers, body) = send(&gw.url("/deploys/42"), &[]).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        headers["www-authenticate"],
+        "ApiKey realm=\"portcullis\", header=\"x-api-key\""
+    );
+    assert_eq!(headers["x-portcullis-reason"], "credentials_missing");
+    let problem: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(problem["status"], 401);
+    assert_eq!(problem["title"], "Unauthorized");
+    assert_eq!(problem["rule"], "deploys");
+    assert!(up.seen().is_empty());
+}
+
+#[tokio::test]
+async fn a_wrong_key_is_a_401_that_never_echoes_it() {
+    let (up, gw) = gateway().await;
+    for path in ["/deploys/42", "/public/x"] {
+        let (status, headers, body) =
+            send(&gw.url(path), &[("x-api-key", "guessed-secret-value")]).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{path}");
+        assert_eq!(headers["x-portcullis-reason"], "token_invalid");
+        assert_eq!(
+            headers["www-authenticate"],
+            "ApiKey realm=\"portcullis\", header=\"x-api-key\", error=\"invalid_token\""
+        );
+        assert!(!body.contains("guessed-secret-value"), "{body}");
+        assert!(body.contains("not recognised"), "{body}");
+    }
+    let (status, _, _) = send(
+        &gw.url("/public/x"),
+        &[("x-api-key", "ci-secret"), ("x-api-key", "ops-secret")],
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(up.seen().is_empty());
+}
+
+#[tokio::test]
+async fn an_identified_caller_lacking_a_scope_or_role_is_a_403() {
+    let (_up, gw) = gateway().await;
+    // ops is an admin, which inherits deployer, but holds only deploy:read.
+    let (status, headers, body) =
+        send(&gw.url("/deploys/42"), &[("x-api-key", "ops-secret")]).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(headers["x-portcullis-reason"], "missing_scope");
+    assert_eq!(
+        headers["www-authenticate"],
+        "Bearer error=\"insufficient_scope\", scope=\"deploy:write\""
+    );
+    let problem: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(problem["detail"], "This request needs scope deploy:write.");
+
+    let (status, _, _) = send(&gw.url("/whoami"), &[("x-api-key", "ops-secret")]).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, headers, _) = send(&gw.url("/whoami"), &[]).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(headers["x-portcullis-reason"], "credentials_missing");
+}
+
+#[tokio::test]
+async fn role_inheritance_and_missing_roles() {
+    let up = TestUpstream::start("app").await;
+    let policy = POLICY.replace(
+        "when: { roles: { any: [deployer] }, scopes: { all: [\"deploy:write\"] } }",
+        "when: { roles: { any: [deployer] }, scopes: { any: [\"deploy:write\", \"deploy:read\"] } }",
+    );
+    let gw = TestGateway::with_policy(&config(&[up.url()], IDENTITY), &policy).await;
+    let (status, _, _) = send(&gw.url("/deploys/1"), &[("x-api-key", "ops-secret")]).await;
+    assert_eq!(status, StatusCode::OK, "admin inherits deployer");
+
+    let narrower = policy.replace(
+        "roles: { any: [deployer] }",
+        "roles: { all: [deployer, auditor] }",
+    );
+    let gw = TestGateway::with_policy(&config(&[up.url()], IDENTITY), &narrower).await;
+    let (status, headers, body) = send(&gw.url("/deploys/1"), &[("x-api-key", "ops-secret")]).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(headers["x-portcullis-reason"], "missing_role");
+    let problem: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(problem["detail"], "This request needs role auditor.");
+}
