@@ -150,10 +150,26 @@ pub fn build(path: &Path, text: &str, raw: RawConfig) -> Result<Config, ConfigEr
             }
         }
     }
-    let (policy_set, policy_summary, policy_errors) = match policy::build(&policy_files) {
+    let (policy_set, policy_summary, mut policy_errors) = match policy::build(&policy_files) {
         Ok((set, summary)) => (Some(set), summary, Vec::new()),
         Err(errors) => (None, PolicySummary::default(), errors),
     };
+    if let (Some(set), Some(identity)) = (&policy_set, &identity)
+        && identity.api_keys.is_none()
+    {
+        for (rule, origin) in set.rules().iter().zip(&policy_summary.rule_origins) {
+            if rule
+                .when
+                .iter()
+                .any(|condition| condition.is_about_identity())
+            {
+                policy_errors.push(origin.problem(format!(
+                    "rule \"{}\" needs an identified caller, but identity configures no credentials (identity.api_keys); every request would be anonymous",
+                    rule.id
+                )));
+            }
+        }
+    }
 
     match (admin_addr, limits, shutdown_grace, policy_set, identity) {
         (
@@ -162,7 +178,7 @@ pub fn build(path: &Path, text: &str, raw: RawConfig) -> Result<Config, ConfigEr
             Some(shutdown_grace),
             Some(policy_set),
             Some(identity),
-        ) if builder.errors.is_empty() => {
+        ) if builder.errors.is_empty() && policy_errors.is_empty() => {
             let mut config = Config {
                 file: path.to_owned(),
                 listeners,
@@ -250,6 +266,14 @@ fn build_identity(builder: &mut Builder, raw: &RawIdentity) -> Option<IdentitySe
                         format!("the same key as \"{}\"; each key must be unique", other.id),
                     );
                 }
+                for (field, values, comma) in [
+                    ("roles", &raw_key.roles, false),
+                    ("scopes", &raw_key.scopes, true),
+                ] {
+                    for (at, value) in values.iter().enumerate() {
+                        builder.typed(&format!("{base}.{field}[{at}]"), check_token(value, comma));
+                    }
+                }
                 keys.push(ApiKeyEntry {
                     id: raw_key.id.clone(),
                     sha256,
@@ -275,6 +299,27 @@ fn build_identity(builder: &mut Builder, raw: &RawIdentity) -> Option<IdentitySe
     })
 }
 
+/// A role or scope name: the characters RFC 6750 allows in a scope token (no space, `"`
+/// or `\`), and for roles no `,` either, since roles are forwarded comma-separated.
+pub(super) fn check_token(text: &str, comma_allowed: bool) -> Result<(), String> {
+    let valid = !text.is_empty()
+        && text
+            .bytes()
+            .all(|b| matches!(b, 0x21 | 0x23..=0x5B | 0x5D..=0x7E) && (comma_allowed || b != b','));
+    if valid {
+        Ok(())
+    } else {
+        Err(format!(
+            "\"{text}\" is not a valid name: printable ASCII without spaces, quotes or backslashes{}",
+            if comma_allowed {
+                ""
+            } else {
+                " (and no commas)"
+            }
+        ))
+    }
+}
+
 /// 64 hex digits → 32 bytes.
 fn parse_sha256(text: &str) -> Result<[u8; 32], String> {
     let wrong = || {
@@ -284,6 +329,12 @@ fn parse_sha256(text: &str) -> Result<[u8; 32], String> {
     };
     if text.len() != 64 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(wrong());
+    }
+    // SECURITY: `printf %s "$KEY" | sha256sum` with KEY unset gives this digest, and an
+    // empty header would then be a valid key.
+    if text.eq_ignore_ascii_case("e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855")
+    {
+        return Err("is the SHA-256 of an empty key (was the variable unset?)".to_owned());
     }
     let mut digest = [0u8; 32];
     for (index, byte) in digest.iter_mut().enumerate() {

@@ -39,18 +39,9 @@ pub fn warnings(config: &Config, source: &Source) -> Vec<ConfigError> {
                 rule.id
             )));
         }
-        let needs_identity = rule.when.iter().any(|condition| {
-            matches!(
-                condition,
-                Condition::Authenticated
-                    | Condition::Roles(_)
-                    | Condition::Scopes(_)
-                    | Condition::Claims(_)
-            )
-        });
-        if needs_identity && config.identity.api_keys.is_none() {
+        if let Some(name) = owned_header_named(rule, config) {
             warnings.push(origin.problem(format!(
-                "rule \"{}\" needs an identified caller, but identity configures no credentials: every request is anonymous and meets it with 401 credentials_missing",
+                "rule \"{}\" looks at header {name}, which the gateway removes from every request before deciding; the condition never sees it",
                 rule.id
             )));
         }
@@ -79,6 +70,33 @@ pub fn warnings(config: &Config, source: &Source) -> Vec<ConfigError> {
         }
     }
     warnings
+}
+
+/// A header the rule looks at that the gateway owns (identity headers, the API key).
+fn owned_header_named<'c>(rule: &Rule, config: &'c Config) -> Option<&'c str> {
+    let identity = &config.identity;
+    let mut owned = vec![
+        &identity.forward.subject,
+        &identity.forward.roles,
+        &identity.forward.scopes,
+    ];
+    if let Some(keys) = &identity.api_keys {
+        owned.push(&keys.header);
+    }
+    let named = rule
+        .headers
+        .iter()
+        .map(|header| header.name.as_str())
+        .chain(rule.when.iter().filter_map(|condition| match condition {
+            Condition::Header(header) => Some(header.name.as_str()),
+            _ => None,
+        }));
+    for name in named {
+        if let Some(found) = owned.iter().find(|owned| owned.as_str() == name) {
+            return Some(found.as_str());
+        }
+    }
+    None
 }
 
 /// Why `rule` can never match a request, if it cannot.

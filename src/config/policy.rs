@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use ipnet::IpNet;
 
-use super::build::{Builder, check_id, parse_host_pattern, parse_network};
+use super::build::{Builder, check_id, check_token, parse_host_pattern, parse_network};
 use super::error::{ConfigError, did_you_mean};
 use super::raw::{
     OneOrMany, RawAnyAll, RawClaim, RawEffect, RawList, RawMode, RawPolicyFile, RawRule, RawWhen,
@@ -224,10 +224,19 @@ pub fn build(files: &[PathBuf]) -> Result<(PolicySet, PolicySummary), Vec<Config
     };
     let mut rules = Vec::new();
     let mut rule_origin: HashMap<String, String> = HashMap::new();
+    let mut role_origin: HashMap<String, String> = HashMap::new();
     for file in &mut parsed {
         for (name, role) in &file.raw.roles {
             let base = format!("roles.{}", key_segment(name));
             file.builder.typed(&base, check_id("role name", name));
+            if let Some(origin) = role_origin.get(name) {
+                file.builder.error(
+                    &base,
+                    format!("role \"{name}\" is already defined in {origin}"),
+                );
+            } else {
+                role_origin.insert(name.clone(), origin_of(&file.builder, &base));
+            }
             for (index, parent) in role.inherits.iter().enumerate() {
                 if !role_names.contains(parent) {
                     let help = did_you_mean(parent, role_names.iter().map(String::as_str));
@@ -499,6 +508,7 @@ fn any_all(
     builder: &mut Builder,
     yaml_path: &str,
     raw: &RawAnyAll,
+    comma_allowed: bool,
 ) -> Option<(Vec<String>, Vec<String>)> {
     let any = raw.any.clone().unwrap_or_default();
     let all = raw.all.clone().unwrap_or_default();
@@ -506,7 +516,18 @@ fn any_all(
         builder.error(yaml_path, "name at least one in any: [...] or all: [...]");
         return None;
     }
-    Some((any, all))
+    let mut ok = true;
+    for (key, names) in [("any", &any), ("all", &all)] {
+        for (index, name) in names.iter().enumerate() {
+            ok &= builder
+                .typed(
+                    &format!("{yaml_path}.{key}[{index}]"),
+                    check_token(name, comma_allowed),
+                )
+                .is_some();
+        }
+    }
+    ok.then_some((any, all))
 }
 
 fn non_empty(builder: &mut Builder, yaml_path: &str, len: usize, what: &str) {
@@ -536,12 +557,12 @@ fn build_when(
         None => {}
     }
     if let Some(roles) = &raw.roles
-        && let Some((any, all)) = any_all(builder, &format!("{base}.roles"), roles)
+        && let Some((any, all)) = any_all(builder, &format!("{base}.roles"), roles, false)
     {
         when.push(Condition::Roles(RolesCondition { any, all }));
     }
     if let Some(scopes) = &raw.scopes
-        && let Some((any, all)) = any_all(builder, &format!("{base}.scopes"), scopes)
+        && let Some((any, all)) = any_all(builder, &format!("{base}.scopes"), scopes, true)
     {
         when.push(Condition::Scopes(ScopesCondition { any, all }));
     }

@@ -27,7 +27,7 @@ pub enum Rejection {
     /// An API key that matches no configured key.
     #[error("the API key is not recognised")]
     UnknownApiKey,
-    /// More than one API key header.
+    /// More than one API key header: a malformed request (400), not a bad credential.
     #[error("the request carries more than one API key")]
     SeveralApiKeys,
 }
@@ -72,21 +72,42 @@ impl Identity {
         self.challenge.as_ref()
     }
 
-    /// Before forwarding: removes the client's copies of the identity headers and its
-    /// credentials, then sets the identity headers for `principal`.
-    pub fn forward_headers(&self, headers: &mut HeaderMap, principal: Option<&Principal>) {
-        // SECURITY: only the gateway speaks for who the caller is.
-        for name in [
+    /// The challenge for an identified caller whose credential lacks scopes (RFC 6750
+    /// §3.1, in the scheme of the credential it used).
+    pub fn insufficient_scope(&self, needed: Option<&str>) -> Option<HeaderValue> {
+        let challenge = self.challenge.as_ref()?.to_str().ok()?;
+        let scope = needed
+            .map(|scope| format!(", scope=\"{scope}\""))
+            .unwrap_or_default();
+        HeaderValue::from_str(&format!("{challenge}, error=\"insufficient_scope\"{scope}")).ok()
+    }
+
+    /// Right after `authenticate`, before anything looks at the headers: removes the
+    /// client's copies of the identity headers and its credentials.
+    pub fn strip_client_claims(&self, headers: &mut HeaderMap) {
+        // SECURITY: only the gateway speaks for who the caller is, to the policy and to
+        // the upstream alike.
+        for name in self.owned_headers() {
+            headers.remove(name);
+        }
+    }
+
+    /// The header names the gateway owns: the identity headers it sets, and the API key
+    /// header (a secret neither the policy nor the upstream needs).
+    pub fn owned_headers(&self) -> Vec<&http::HeaderName> {
+        let mut names = vec![
             &self.forward.subject,
             &self.forward.roles,
             &self.forward.scopes,
-        ] {
-            headers.remove(name);
-        }
-        // The key is a secret the upstream does not need.
+        ];
         if let Some(keys) = &self.api_keys {
-            headers.remove(keys.header());
+            names.push(keys.header());
         }
+        names
+    }
+
+    /// Before forwarding an allowed request: sets the identity headers for `principal`.
+    pub fn forward_headers(&self, headers: &mut HeaderMap, principal: Option<&Principal>) {
         let Some(principal) = principal else {
             return;
         };

@@ -109,10 +109,20 @@ impl PolicySet {
                     (Outcome::Matched, Effect::Allow) => {
                         allow.get_or_insert(rule);
                     }
+                    // The first close rule explains the denial, except that a rule only
+                    // credentials stand between wins: the answer is then a 401 that asks
+                    // for them, not a 403.
                     (
                         Outcome::NotApplicable(reason) | Outcome::ConditionFailed(reason),
                         Effect::Allow,
-                    ) if closest.is_none() => closest = Some((rule, reason.clone())),
+                    ) if closest.is_none()
+                        || (*reason == Reason::CredentialsMissing
+                            && closest.as_ref().is_some_and(|(_, first)| {
+                                *first != Reason::CredentialsMissing
+                            })) =>
+                    {
+                        closest = Some((rule, reason.clone()));
+                    }
                     _ => {}
                 }
             }

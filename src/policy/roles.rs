@@ -61,6 +61,12 @@ fn collect<'a>(
             cycle.push(parent);
             return Err(cycle.join(" → "));
         }
+        // A role granted already, and not on the current path, has been explored in full
+        // (cycles through it included): walking it again would only repeat work, which
+        // on a lattice of diamonds grows exponentially.
+        if granted.iter().any(|known| known == parent) {
+            continue;
+        }
         path.push(parent);
         collect(parent, parents, granted, path)?;
         path.pop();
@@ -126,6 +132,22 @@ mod tests {
             graph.effective(&granted),
             ["admin", "auditor", "editor", "viewer"]
         );
+    }
+
+    #[test]
+    fn a_lattice_of_diamonds_builds_quickly() {
+        // Each level inherits both roles of the next: 2^40 paths, 80 roles.
+        let mut pairs: Vec<(String, Vec<String>)> = Vec::new();
+        for level in 0..40 {
+            for side in ["a", "b"] {
+                pairs.push((
+                    format!("{side}{level}"),
+                    vec![format!("a{}", level + 1), format!("b{}", level + 1)],
+                ));
+            }
+        }
+        let graph = RoleGraph::new(&pairs).unwrap();
+        assert_eq!(graph.effective(&["a0".to_owned()]).len(), 81);
     }
 
     #[test]

@@ -67,12 +67,26 @@ impl Rule {
                 unmet: Some(header.describe()),
             });
         }
-        if let Some(reason) = self
+        // Conditions credentials cannot change come first, then the identity ones, so
+        // that a caller is asked to authenticate (401) only when that would help.
+        let (identity, other): (Vec<&Condition>, Vec<&Condition>) = self
             .when
+            .iter()
+            .partition(|condition| condition.is_about_identity());
+        if let Some(reason) = other
             .iter()
             .find_map(|condition| condition.failure(facts, captures, roles))
         {
             return Outcome::ConditionFailed(reason);
+        }
+        let identity_failure = identity
+            .iter()
+            .find_map(|condition| condition.failure(facts, captures, roles));
+        match identity_failure {
+            Some(reason) if reason != Reason::CredentialsMissing => {
+                return Outcome::ConditionFailed(reason);
+            }
+            _ => {}
         }
         if let Some(methods) = &self.methods
             && !methods.contains(facts.method)
@@ -82,7 +96,10 @@ impl Rule {
                 allowed: methods.names(),
             });
         }
-        Outcome::Matched
+        match identity_failure {
+            Some(reason) => Outcome::ConditionFailed(reason),
+            None => Outcome::Matched,
+        }
     }
 
     /// Why this rule, having matched as an enforced deny rule, denies: `ip_denied` when it
@@ -128,6 +145,17 @@ pub enum Condition {
 }
 
 impl Condition {
+    /// Whether the condition is about who the caller is.
+    pub fn is_about_identity(&self) -> bool {
+        matches!(
+            self,
+            Condition::Authenticated
+                | Condition::Roles(_)
+                | Condition::Scopes(_)
+                | Condition::Claims(_)
+        )
+    }
+
     /// `None` when the condition holds, otherwise the reason it failed.
     fn failure(
         &self,

@@ -740,3 +740,53 @@ fn identity_explanations() {
         "This resource belongs to another tenant or owner."
     );
 }
+
+#[test]
+fn a_401_only_when_credentials_would_help() {
+    let rules = || {
+        vec![
+            allow("office-staff")
+                .paths(&["/staff/**"])
+                .methods(&["GET"])
+                .ip(&["10.0.0.0/8"])
+                .authenticated(),
+            allow("members").paths(&["/members/**"]).authenticated(),
+            allow("members-from-office")
+                .paths(&["/members/**"])
+                .ip(&["10.0.0.0/8"]),
+        ]
+    };
+    // Outside the office, credentials would not help: 403.
+    check(
+        rules(),
+        req("GET", "/staff/x"),
+        (DENY, Some("office-staff"), "ip_not_allowed"),
+    );
+    // The wrong method: credentials would not help either.
+    check(
+        rules(),
+        req("DELETE", "/staff/x").from("10.1.1.1"),
+        (DENY, Some("office-staff"), "method_not_allowed"),
+    );
+    check(
+        rules(),
+        req("GET", "/staff/x").from("10.1.1.1"),
+        (DENY, Some("office-staff"), "credentials_missing"),
+    );
+    // A later rule that only needs credentials wins over an earlier near miss.
+    let mut reordered = rules();
+    reordered.rotate_left(1);
+    let decision = check(
+        reordered,
+        req("GET", "/members/x"),
+        (DENY, Some("members"), "credentials_missing"),
+    );
+    assert_eq!(decision.reason.status(), 401);
+    let mut ip_first = rules();
+    ip_first.swap(1, 2);
+    check(
+        ip_first,
+        req("GET", "/members/x"),
+        (DENY, Some("members"), "credentials_missing"),
+    );
+}

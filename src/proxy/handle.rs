@@ -21,6 +21,7 @@ use super::listener::{self, Activity, ConnMeta, ConnectionGuard};
 use super::respond::{self, ProxyError};
 use super::{Proxy, ProxyBody, normalize};
 use crate::config::RouteId;
+use crate::identity::Rejection;
 use crate::policy::{Decision, Outcome, Principal, RequestFacts};
 use crate::telemetry::{self, DecisionLabel, NO_ROUTE_LABEL};
 
@@ -61,7 +62,7 @@ pub async fn handle(
                 &decision,
                 &proxy.policy,
                 &proxy.denials,
-                proxy.identity.challenge(),
+                &proxy.identity,
                 request_id.to_str().unwrap_or(""),
                 html,
             )
@@ -197,6 +198,10 @@ async fn pipeline(
     };
 
     let identified = proxy.identity.authenticate(&parts.headers);
+    proxy.identity.strip_client_claims(&mut parts.headers);
+    if let Err(rejection @ Rejection::SeveralApiKeys) = &identified {
+        return Err(fail(ProxyError::BadRequest(rejection.to_string())));
+    }
     let principal = identified.as_ref().ok().and_then(Option::as_ref);
     let (decision, took) = match &identified {
         Ok(_) => decide(

@@ -148,12 +148,22 @@ pub fn decide(
         Cow::Borrowed(text) => crate::path::fold_case(text),
         Cow::Owned(text) => Cow::Owned(crate::path::fold_case(&text).into_owned()),
     };
+    let identity = Identity::new(&config.identity);
     let verified = match simulated {
         Some(principal) => Ok(Some(principal.clone())),
-        None => Identity::new(&config.identity).authenticate(&parts.headers),
+        None => identity.authenticate(&parts.headers),
     };
+    let mut headers = parts.headers.clone();
+    identity.strip_client_claims(&mut headers);
     let principal = match verified {
         Ok(principal) => principal,
+        Err(rejection @ crate::identity::Rejection::SeveralApiKeys) => {
+            return refused(
+                client_ip,
+                Some(route.id.clone()),
+                ProxyError::BadRequest(rejection.to_string()),
+            );
+        }
         Err(rejection) => {
             return Offline {
                 route: Some(route.id.clone()),
@@ -163,7 +173,7 @@ pub fn decide(
             };
         }
     };
-    let header_pairs = normalize::policy_headers(config.policy.header_names(), &parts.headers);
+    let header_pairs = normalize::policy_headers(config.policy.header_names(), &headers);
     let facts = RequestFacts {
         method: parts.method.as_str(),
         host: authority.host.as_deref(),

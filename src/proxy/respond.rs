@@ -11,6 +11,7 @@ use http_body_util::{BodyExt, Full};
 use super::ProxyBody;
 use super::forward::BoxError;
 use crate::config::{DenialSettings, Detail, format_duration};
+use crate::identity::Identity;
 use crate::policy::{Decision, Outcome, PolicySet, Reason};
 
 /// Something went wrong with a request; says whose fault it was through its status.
@@ -207,7 +208,7 @@ pub fn denied(
     decision: &Decision,
     policy: &PolicySet,
     settings: &DenialSettings,
-    challenge: Option<&HeaderValue>,
+    identity: &Identity,
     request_id: &str,
     html: bool,
 ) -> Response<ProxyBody> {
@@ -321,6 +322,7 @@ pub fn denied(
     headers.insert(X_PORTCULLIS_REASON, HeaderValue::from_static(reason));
     // RFC 9110 §15.5.2: a 401 says how to authenticate; RFC 6750 §3.1: a token that lacks
     // a scope gets a 403 naming the scope it needs.
+    let challenge = identity.challenge();
     match &decision.reason {
         Reason::CredentialsMissing => {
             if let Some(challenge) = challenge {
@@ -336,11 +338,13 @@ pub fn denied(
                 headers.insert(WWW_AUTHENTICATE, value);
             }
         }
-        Reason::MissingScope { required, .. } => {
-            if let Ok(value) = HeaderValue::from_str(&format!(
-                "Bearer error=\"insufficient_scope\", scope=\"{}\"",
-                required.join(" ")
-            )) {
+        Reason::MissingScope {
+            required, one_of, ..
+        } => {
+            // The scope attribute lists what is needed; for one of several, that is none
+            // in particular.
+            let needed = (!*one_of).then(|| required.join(" "));
+            if let Some(value) = identity.insufficient_scope(needed.as_deref()) {
                 headers.insert(WWW_AUTHENTICATE, value);
             }
         }

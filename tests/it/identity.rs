@@ -121,12 +121,13 @@ async fn a_wrong_key_is_a_401_that_never_echoes_it() {
         assert!(!body.contains("guessed-secret-value"), "{body}");
         assert!(body.contains("not recognised"), "{body}");
     }
-    let (status, _, _) = send(
+    let (status, _, body) = send(
         &gw.url("/public/x"),
         &[("x-api-key", "ci-secret"), ("x-api-key", "ops-secret")],
     )
     .await;
-    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(body.contains("more than one API key"), "{body}");
     assert!(up.seen().is_empty());
 }
 
@@ -140,7 +141,7 @@ async fn an_identified_caller_lacking_a_scope_or_role_is_a_403() {
     assert_eq!(headers["x-portcullis-reason"], "missing_scope");
     assert_eq!(
         headers["www-authenticate"],
-        "Bearer error=\"insufficient_scope\", scope=\"deploy:write\""
+        "ApiKey realm=\"portcullis\", header=\"x-api-key\", error=\"insufficient_scope\", scope=\"deploy:write\""
     );
     let problem: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(problem["detail"], "This request needs scope deploy:write.");
@@ -173,4 +174,53 @@ async fn role_inheritance_and_missing_roles() {
     assert_eq!(headers["x-portcullis-reason"], "missing_role");
     let problem: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(problem["detail"], "This request needs role auditor.");
+}
+
+#[tokio::test]
+async fn rules_never_see_identity_headers_a_client_sent() {
+    let up = TestUpstream::start("app").await;
+    let policy = "rules:\n  - { id: by-header, effect: allow, when: { headers: { x-auth-roles: admin } } }\n";
+    let gw = TestGateway::with_policy(&config(&[up.url()], IDENTITY), policy).await;
+    let (status, headers, _) = send(&gw.url("/anything"), &[("x-auth-roles", "admin")]).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(headers["x-portcullis-reason"], "no_matching_allow");
+    assert!(up.seen().is_empty());
+}
+
+#[test]
+fn key_configuration_mistakes_are_errors() {
+    let scratch = Scratch::new();
+    scratch.write(
+        "p.yaml",
+        "rules: [{ id: a, effect: allow, when: { authenticated: true } }]\n",
+    );
+    let with = |identity: &str| {
+        let path = scratch.write(
+            "gw.yaml",
+            &format!("upstreams: {{ app: {{ targets: [builtin:echo] }} }}\nroutes: [{{ id: r, upstream: app }}]\npolicy: {{ files: [p.yaml] }}\n{identity}"),
+        );
+        match portcullis::config::load(&path) {
+            Ok(_) => String::new(),
+            Err(errors) => errors.to_string(),
+        }
+    };
+    assert!(
+        with("").contains("needs an identified caller, but identity configures no credentials")
+    );
+    let empty = with(
+        "identity: { api_keys: { keys: [{ id: k, sha256: e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855 }] } }\n",
+    );
+    assert!(empty.contains("is the SHA-256 of an empty key"), "{empty}");
+    let bad_role = with(
+        "identity: { api_keys: { keys: [{ id: k, sha256: f82da6e2b2e51c046a2eaf10964ef184b69c0aee9892f10a2a7b657477d407e6, roles: [\"a,b\"] }] } }\n",
+    );
+    assert!(
+        bad_role.contains("keys[0].roles[0]: \"a,b\" is not a valid name"),
+        "{bad_role}"
+    );
+    let jwt = with("identity: { jwt: [] }\n");
+    assert!(
+        jwt.contains("identity.jwt: JWT verification is not supported"),
+        "{jwt}"
+    );
 }
