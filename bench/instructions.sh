@@ -64,6 +64,8 @@ routes: [{ id: all, upstream: app }]
 policy: { files: ["$variant-policies/*.yaml"] }
 CONF
 done
+# The demo policy has a rule for API-key callers; give it the demo's key.
+sed -n '/^identity:/,/^$/p' config/portcullis.yaml >>"$WORK/demo.yaml"
 mkdir -p "$WORK/allow-all-policies" "$WORK/demo-policies"
 echo 'rules: [{ id: allow-all, effect: allow }]' >"$WORK/allow-all-policies/allow-all.yaml"
 cp config/policies/*.yaml "$WORK/demo-policies/"
@@ -84,7 +86,10 @@ run() { # requests, stop signal, command... → total instructions
     grep -q "^Non-2xx" "$WORK/ab.txt" && { echo "non-2xx answers:" >&2; cat "$WORK/ab.txt" >&2; exit 1; }
     kill "-$signal" "$pid"
     wait "$pid" || true
-    awk '/^summary:/ { print $2 }' "$WORK/callgrind.out"
+    local total
+    total=$(awk '/^summary:/ { print $2 }' "$WORK/callgrind.out")
+    [ -n "$total" ] && [ "$total" -gt 0 ] || { echo "the run under callgrind failed:" >&2; cat "$WORK/run.log" >&2; exit 1; }
+    echo "$total"
 }
 
 per_request() { # name, signal, command...

@@ -120,6 +120,10 @@ echo 'rules: [{ id: allow-all, effect: allow }]' >"$WORK/allow-all.yaml"
 portcullis_conf portcullis $PORTCULLIS_PORT $PORTCULLIS_ADMIN_PORT allow-all.yaml
 portcullis_conf demo $DEMO_PORT $DEMO_ADMIN_PORT "policies/*.yaml"
 portcullis_conf demo-log $DEMO_LOG_PORT $DEMO_LOG_ADMIN_PORT "policies/*.yaml"
+# The demo policy has a rule for API-key callers; give it the demo's key.
+for name in demo demo-log; do
+    sed -n '/^identity:/,/^$/p' config/portcullis.yaml >>"$WORK/$name.yaml"
+done
 
 start() { # log name, command...
     local name=$1; shift
