@@ -39,6 +39,12 @@ pub fn warnings(config: &Config, source: &Source) -> Vec<ConfigError> {
                 rule.id
             )));
         }
+        if let Some(role) = unknown_role(rule, config) {
+            warnings.push(origin.problem(format!(
+                "rule \"{}\" names role \"{role}\", which no policy file declares and no API key grants; a typo here never matches",
+                rule.id
+            )));
+        }
         if let Some(name) = owned_header_named(rule, config) {
             warnings.push(origin.problem(format!(
                 "rule \"{}\" looks at header {name}, which the gateway removes from every request before deciding; the condition never sees it",
@@ -70,6 +76,27 @@ pub fn warnings(config: &Config, source: &Source) -> Vec<ConfigError> {
         }
     }
     warnings
+}
+
+/// A role a `roles` condition names that nothing declares or grants.
+fn unknown_role<'r>(rule: &'r Rule, config: &Config) -> Option<&'r str> {
+    let granted = |role: &str| {
+        config.policy.roles().declares(role)
+            || config.identity.api_keys.as_ref().is_some_and(|keys| {
+                keys.keys
+                    .iter()
+                    .any(|key| key.roles.iter().any(|granted| granted == role))
+            })
+    };
+    rule.when.iter().find_map(|condition| match condition {
+        Condition::Roles(roles) => roles
+            .any
+            .iter()
+            .chain(&roles.all)
+            .find(|role| !granted(role))
+            .map(String::as_str),
+        _ => None,
+    })
 }
 
 /// A header the rule looks at that the gateway owns (identity headers, the API key).

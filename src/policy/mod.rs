@@ -148,6 +148,11 @@ impl PolicySet {
         }
     }
 
+    /// The declared roles and what they inherit.
+    pub fn roles(&self) -> &RoleGraph {
+        &self.roles
+    }
+
     /// The rule with this id.
     pub fn rule(&self, id: &RuleId) -> Option<&Rule> {
         self.rules.iter().find(|rule| rule.id == *id)

@@ -31,6 +31,11 @@ impl RoleGraph {
         Ok(RoleGraph { grants })
     }
 
+    /// Whether `role` is declared in a policy file's `roles`.
+    pub fn declares(&self, role: &str) -> bool {
+        self.grants.contains_key(role)
+    }
+
     /// The roles `granted` amount to, inherited ones included, each once.
     pub fn effective<'a>(&'a self, granted: &'a [String]) -> Vec<&'a str> {
         let mut roles: Vec<&str> = Vec::with_capacity(granted.len());

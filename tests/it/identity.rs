@@ -224,3 +224,23 @@ fn key_configuration_mistakes_are_errors() {
         "{jwt}"
     );
 }
+
+#[test]
+fn a_role_nothing_grants_is_a_warning() {
+    let scratch = Scratch::new();
+    scratch.write(
+        "p.yaml",
+        "rules: [{ id: no-banned, effect: deny, when: { roles: { any: [baned] } } }, { id: ok, effect: allow, when: { roles: { any: [deployer] } } }]\n",
+    );
+    let path = scratch.write(
+        "gw.yaml",
+        &format!("upstreams: {{ app: {{ targets: [builtin:echo] }} }}\nroutes: [{{ id: r, upstream: app }}]\npolicy: {{ files: [p.yaml] }}\n{IDENTITY}"),
+    );
+    let config = portcullis::config::load(&path).unwrap();
+    let warnings: Vec<String> = config.warnings.iter().map(ToString::to_string).collect();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(
+        warnings[0].contains("rule \"no-banned\" names role \"baned\", which no policy file declares and no API key grants"),
+        "{warnings:?}"
+    );
+}
