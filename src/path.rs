@@ -330,4 +330,42 @@ mod tests {
             assert!(message.contains(problem), "{raw}: {message}");
         }
     }
+
+    /// Random paths from an alphabet rich in the characters that matter: whatever comes
+    /// in, canonical() answers without panicking, its answers are fixed points, and they
+    /// hold no dot segments, empty segments or encodings of `/`.
+    #[test]
+    fn random_paths_never_panic_and_canonical_forms_are_stable() {
+        const PIECES: [&str; 22] = [
+            "/", "a", "B", ".", "..", "%2e", "%2E", "%2f", "%25", "%32", "%65", ";", "=", "\\",
+            "%5c", "%00", "%c3", "%a9", "~", " ", "é", "%",
+        ];
+        let mut state: u64 = 0x853c_49e6_748f_ea9b;
+        let mut next = |bound: usize| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % bound as u64) as usize
+        };
+        for _ in 0..20_000 {
+            let length = 1 + next(12);
+            let raw: String = std::iter::once("/")
+                .chain((0..length).map(|_| PIECES[next(PIECES.len())]))
+                .collect();
+            if let Ok(once) = canonical(&raw) {
+                let twice = canonical(&once).unwrap_or_else(|err| panic!("{raw} → {once}: {err}"));
+                assert_eq!(twice, once, "{raw}");
+                assert!(once.starts_with('/'), "{raw} → {once}");
+                assert!(!once.contains("//"), "{raw} → {once}");
+                let lower = once.to_ascii_lowercase();
+                assert!(
+                    !lower.contains("%2f") && !lower.contains("%5c"),
+                    "{raw} → {once}"
+                );
+                for segment in once.split('/') {
+                    assert!(segment != "." && segment != "..", "{raw} → {once}");
+                }
+            }
+        }
+    }
 }

@@ -477,4 +477,50 @@ mod tests {
         tunnel.stop();
         assert_eq!(tunnel.feed(AMBIGUOUS), None);
     }
+
+    /// Random bytes shaped like requests: the watch never panics, never grows its buffer
+    /// past the limit, and stops for good once it gives up.
+    #[test]
+    fn random_input_never_panics() {
+        const PIECES: [&[u8]; 16] = [
+            b"GET / HTTP/1.1\r\n",
+            b"POST /x HTTP/1.1\r\n",
+            b"Host: a\r\n",
+            b"Content-Length: 3\r\n",
+            b"Transfer-Encoding: chunked\r\n",
+            b"Upgrade: websocket\r\n",
+            b"\r\n",
+            b"\n",
+            b"abc",
+            b"0\r\n",
+            b"5;x\r\n",
+            b"ffffffffffffffffff\r\n",
+            b"#",
+            b"\r",
+            b"\x00\xff",
+            b"PRI * HTTP/2.0\r\n",
+        ];
+        let mut state: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut next = |bound: usize| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % bound as u64) as usize
+        };
+        for _ in 0..5_000 {
+            let mut watch = FramingWatch::new(256);
+            for _ in 0..(1 + next(40)) {
+                let piece = PIECES[next(PIECES.len())];
+                let cut = next(piece.len() + 1);
+                let _ = watch.feed(&piece[..cut]);
+                let _ = watch.feed(&piece[cut..]);
+                assert!(watch.partial_head.len() <= 256 + piece.len());
+                if watch.state == State::Done {
+                    assert!(watch.partial_head.is_empty());
+                    assert_eq!(watch.feed(AMBIGUOUS), None);
+                    break;
+                }
+            }
+        }
+    }
 }
