@@ -16,11 +16,11 @@ use super::model::{
 };
 use super::model::{
     ApiKeyEntry, ApiKeySettings, DenialSettings, Detail, ForwardHeaderNames, ForwardedHeader,
-    IdentitySettings,
+    IdentitySettings, JwtSettings, TokenSource,
 };
 use super::policy::{self, PolicySummary};
 use super::raw::{
-    RawConfig, RawDenials, RawDetail, RawForwardedHeader, RawIdentity, RawLimits, RawRoute,
+    RawConfig, RawDenials, RawDetail, RawForwardedHeader, RawIdentity, RawJwt, RawLimits, RawRoute,
     RawUpstream,
 };
 use super::source::{Source, key_segment};
@@ -136,7 +136,11 @@ pub fn build(path: &Path, text: &str, raw: RawConfig) -> Result<Config, ConfigEr
     let limits = build_limits(&mut builder, &raw.limits);
     let shutdown_grace = builder.duration("shutdown.grace_period", &raw.shutdown.grace_period);
     let denials = build_denials(&mut builder, &raw.denials);
-    let identity = build_identity(&mut builder, &raw.identity);
+    let identity = build_identity(
+        &mut builder,
+        &raw.identity,
+        path.parent().unwrap_or(Path::new("")),
+    );
 
     let base_dir = path.parent().unwrap_or(Path::new(""));
     let mut policy_files = Vec::new();
@@ -156,6 +160,7 @@ pub fn build(path: &Path, text: &str, raw: RawConfig) -> Result<Config, ConfigEr
     };
     if let (Some(set), Some(identity)) = (&policy_set, &identity)
         && identity.api_keys.is_none()
+        && identity.jwt.is_empty()
     {
         for (rule, origin) in set.rules().iter().zip(&policy_summary.rule_origins) {
             if rule
@@ -164,7 +169,7 @@ pub fn build(path: &Path, text: &str, raw: RawConfig) -> Result<Config, ConfigEr
                 .any(|condition| condition.is_about_identity())
             {
                 policy_errors.push(origin.problem(format!(
-                    "rule \"{}\" needs an identified caller, but identity configures no credentials (identity.api_keys); every request would be anonymous",
+                    "rule \"{}\" needs an identified caller, but identity configures no credentials (identity.api_keys or identity.jwt); every request would be anonymous",
                     rule.id
                 )));
             }
@@ -212,12 +217,23 @@ pub fn build(path: &Path, text: &str, raw: RawConfig) -> Result<Config, ConfigEr
     }
 }
 
-fn build_identity(builder: &mut Builder, raw: &RawIdentity) -> Option<IdentitySettings> {
-    if raw.jwt.is_some() {
-        builder.error(
-            "identity.jwt",
-            "JWT verification is not supported by this version of portcullis yet; use identity.api_keys",
-        );
+fn build_identity(
+    builder: &mut Builder,
+    raw: &RawIdentity,
+    base_dir: &Path,
+) -> Option<IdentitySettings> {
+    let mut jwt = Vec::new();
+    let mut jwt_ok = true;
+    for (index, raw_jwt) in raw.jwt.iter().enumerate() {
+        match build_jwt(
+            builder,
+            &format!("identity.jwt[{index}]"),
+            raw_jwt,
+            base_dir,
+        ) {
+            Some(settings) => jwt.push(settings),
+            None => jwt_ok = false,
+        }
     }
     let header = |builder: &mut Builder, yaml_path: &str, name: &str| {
         builder.typed(
@@ -289,13 +305,103 @@ fn build_identity(builder: &mut Builder, raw: &RawIdentity) -> Option<IdentitySe
         Some(Some(settings)) => Some(settings),
         Some(None) => return None,
     };
+    if !jwt_ok {
+        return None;
+    }
     Some(IdentitySettings {
         api_keys,
+        jwt,
         forward: ForwardHeaderNames {
             subject: subject?,
             roles: roles?,
             scopes: scopes?,
         },
+    })
+}
+
+fn build_jwt(
+    builder: &mut Builder,
+    base: &str,
+    raw: &RawJwt,
+    base_dir: &Path,
+) -> Option<JwtSettings> {
+    let errors_before = builder.errors.len();
+    builder.typed(&format!("{base}.id"), check_id("issuer id", &raw.id));
+    if raw.issuer.is_empty() {
+        builder.error(
+            &format!("{base}.issuer"),
+            "must name the issuer, exactly as tokens carry it in iss",
+        );
+    }
+    if raw.audiences.is_empty() {
+        builder.error(&format!("{base}.audiences"), "list at least one audience");
+    }
+    let mut algorithms = Vec::new();
+    if raw.algorithms.is_empty() {
+        builder.error(
+            &format!("{base}.algorithms"),
+            "list the algorithms this issuer signs with, e.g. [RS256]",
+        );
+    }
+    for (index, name) in raw.algorithms.iter().enumerate() {
+        let yaml_path = format!("{base}.algorithms[{index}]");
+        match name.parse::<jsonwebtoken::Algorithm>() {
+            Ok(algorithm) if name.starts_with("HS") => {
+                let _ = algorithm;
+                builder.error(&yaml_path, format!("{name} needs a shared secret, which this version of portcullis does not support yet; use an asymmetric algorithm"));
+            }
+            Ok(algorithm) => algorithms.push(algorithm),
+            Err(_) => builder.error(&yaml_path, format!("\"{name}\" is not an algorithm: RS256/384/512, PS256/384/512, ES256/384 or EdDSA")),
+        }
+    }
+    let keys = match &raw.jwks_file {
+        None => {
+            builder.error(
+                &format!("{base}.jwks_file"),
+                "name the issuer's key set (jwks_url is not supported by this version yet)",
+            );
+            None
+        }
+        Some(file) => {
+            let file_path = base_dir.join(file);
+            let parsed = std::fs::read_to_string(&file_path)
+                .map_err(|err| format!("cannot read \"{}\": {err}", file_path.display()))
+                .and_then(|text| {
+                    serde_json::from_str::<jsonwebtoken::jwk::JwkSet>(&text)
+                        .map_err(|err| format!("\"{}\" is not a JWKS: {err}", file_path.display()))
+                });
+            builder.typed(&format!("{base}.jwks_file"), parsed)
+        }
+    };
+    let mut sources = Vec::new();
+    for (index, source) in raw.from.iter().enumerate() {
+        let yaml_path = format!("{base}.from[{index}]");
+        let parsed = match (&source.header, &source.cookie, &source.query) {
+            (Some(header), None, None) => http::HeaderName::from_bytes(header.as_bytes())
+                .map(|name| TokenSource::Header { name, prefix: source.prefix.clone().unwrap_or_default() })
+                .map_err(|_| format!("\"{header}\" is not a header name")),
+            (None, Some(cookie), None) if source.prefix.is_none() => Ok(TokenSource::Cookie(cookie.clone())),
+            (None, None, Some(query)) if source.prefix.is_none() => Ok(TokenSource::Query(query.clone())),
+            _ => Err("write one of { header: NAME, prefix: \"Bearer \" }, { cookie: NAME } or { query: NAME }".to_owned()),
+        };
+        if let Some(source) = builder.typed(&yaml_path, parsed) {
+            sources.push(source);
+        }
+    }
+    let leeway = builder.typed(&format!("{base}.leeway"), parse_duration(&raw.leeway));
+    if builder.errors.len() > errors_before {
+        return None;
+    }
+    Some(JwtSettings {
+        id: raw.id.clone(),
+        issuer: raw.issuer.clone(),
+        audiences: raw.audiences.clone(),
+        keys: keys?,
+        algorithms,
+        sources,
+        scopes_claim: raw.scopes_claim.clone(),
+        roles_claim: raw.roles_claim.clone(),
+        leeway: leeway?,
     })
 }
 

@@ -24,8 +24,8 @@ mod units;
 pub use error::{ConfigError, ConfigErrors};
 pub use model::{
     AdminSettings, ApiKeyEntry, ApiKeySettings, Config, DenialSettings, Detail, ForwardHeaderNames,
-    ForwardedHeader, HostPattern, IdentitySettings, Limits, ListenerSettings, RouteId,
-    RouteSettings, Target, UpstreamName, UpstreamSettings,
+    ForwardedHeader, HostPattern, IdentitySettings, JwtSettings, Limits, ListenerSettings, RouteId,
+    RouteSettings, Target, TokenSource, UpstreamName, UpstreamSettings,
 };
 pub use policy::{PolicySummary, parse_list_file};
 pub use units::{format_duration, parse_duration, parse_size};

@@ -56,8 +56,49 @@ pub struct Config {
 pub struct IdentitySettings {
     /// API keys, when configured.
     pub api_keys: Option<ApiKeySettings>,
+    /// Token issuers.
+    pub jwt: Vec<JwtSettings>,
     /// Headers that carry the verified identity upstream.
     pub forward: ForwardHeaderNames,
+}
+
+/// One token issuer (`identity.jwt[]`).
+#[derive(Debug, Clone)]
+pub struct JwtSettings {
+    /// A name for logs.
+    pub id: String,
+    /// The exact `iss` of its tokens.
+    pub issuer: String,
+    /// Tokens must name one of these in `aud`.
+    pub audiences: Vec<String>,
+    /// Its signing keys.
+    pub keys: jsonwebtoken::jwk::JwkSet,
+    /// Accepted algorithms.
+    pub algorithms: Vec<jsonwebtoken::Algorithm>,
+    /// Where tokens are read from, in order.
+    pub sources: Vec<TokenSource>,
+    /// The claim with scopes.
+    pub scopes_claim: String,
+    /// The claim with roles.
+    pub roles_claim: String,
+    /// Allowed clock skew.
+    pub leeway: Duration,
+}
+
+/// Where a token is read from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenSource {
+    /// A header, after a prefix (`Bearer `).
+    Header {
+        /// The header.
+        name: http::HeaderName,
+        /// Removed from the front of the value; a value without it is not a token.
+        prefix: String,
+    },
+    /// A cookie.
+    Cookie(String),
+    /// A query parameter.
+    Query(String),
 }
 
 /// `identity.api_keys`.

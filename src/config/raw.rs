@@ -57,10 +57,73 @@ pub struct RawIdentity {
     /// Headers that carry the verified identity upstream; copies from clients are removed.
     #[serde(default)]
     pub forward_headers: RawForwardHeaders,
-    // Accepted only to be refused with a reason until JWT verification lands.
-    #[schemars(skip)]
-    #[serde(default, deserialize_with = "not_null")]
-    pub jwt: Option<serde::de::IgnoredAny>,
+    /// Token issuers; a token's `iss` picks one.
+    #[serde(default)]
+    pub jwt: Vec<RawJwt>,
+}
+
+/// One token issuer.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawJwt {
+    /// A name for logs and metrics.
+    pub id: String,
+    /// The `iss` its tokens carry, exactly.
+    pub issuer: String,
+    /// Tokens must name one of these in `aud`.
+    pub audiences: Vec<String>,
+    /// A JWKS file, relative to the config file.
+    pub jwks_file: Option<String>,
+    /// Algorithms accepted: RS256/384/512, PS256/384/512, ES256/384, EdDSA, HS256/384/512.
+    pub algorithms: Vec<String>,
+    /// Where tokens are read from, in order; default `Authorization: Bearer`.
+    #[serde(default = "default_token_sources")]
+    pub from: Vec<RawTokenSource>,
+    /// The claim holding scopes: a space-separated string or an array.
+    #[serde(default = "default_scopes_claim")]
+    pub scopes_claim: String,
+    /// The claim holding roles: an array or a string.
+    #[serde(default = "default_roles_claim")]
+    pub roles_claim: String,
+    /// Allowed clock skew for exp and nbf.
+    #[serde(default = "default_leeway")]
+    pub leeway: String,
+}
+
+/// One place a token may be: `{ header: Authorization, prefix: "Bearer " }`,
+/// `{ cookie: session }` or `{ query: access_token }`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawTokenSource {
+    /// A request header.
+    pub header: Option<String>,
+    /// The header value's prefix, which is removed.
+    pub prefix: Option<String>,
+    /// A cookie name.
+    pub cookie: Option<String>,
+    /// A query parameter name.
+    pub query: Option<String>,
+}
+
+fn default_token_sources() -> Vec<RawTokenSource> {
+    vec![RawTokenSource {
+        header: Some("Authorization".to_owned()),
+        prefix: Some("Bearer ".to_owned()),
+        cookie: None,
+        query: None,
+    }]
+}
+
+fn default_scopes_claim() -> String {
+    "scope".to_owned()
+}
+
+fn default_roles_claim() -> String {
+    "roles".to_owned()
+}
+
+fn default_leeway() -> String {
+    "30s".to_owned()
 }
 
 /// API keys: the header they arrive in and the keys.

@@ -6,17 +6,20 @@
 //! every incoming request first, so a client can never claim an identity.
 
 mod api_keys;
+mod jwt;
 
 use http::{HeaderMap, HeaderValue};
 
 use crate::config::{ForwardHeaderNames, IdentitySettings};
 use crate::policy::{Principal, Reason};
 use api_keys::ApiKeys;
+use jwt::Issuers;
 
 /// The configured ways of identifying callers.
 #[derive(Debug)]
 pub struct Identity {
     api_keys: Option<ApiKeys>,
+    issuers: Issuers,
     forward: ForwardHeaderNames,
     challenge: Option<HeaderValue>,
 }
@@ -30,13 +33,19 @@ pub enum Rejection {
     /// More than one API key header: a malformed request (400), not a bad credential.
     #[error("the request carries more than one API key")]
     SeveralApiKeys,
+    /// A token that does not verify.
+    #[error("{}", .0)]
+    Token(Reason),
 }
 
 impl Rejection {
     /// The reason a denial gives for it.
     pub fn reason(&self) -> Reason {
-        Reason::TokenInvalid {
-            problem: self.to_string(),
+        match self {
+            Rejection::Token(reason) => reason.clone(),
+            _ => Reason::TokenInvalid {
+                problem: self.to_string(),
+            },
         }
     }
 }
@@ -44,15 +53,20 @@ impl Rejection {
 impl Identity {
     /// Identity as configured.
     pub fn new(settings: &IdentitySettings) -> Identity {
-        let challenge = settings.api_keys.as_ref().and_then(|keys| {
-            HeaderValue::from_str(&format!(
-                "ApiKey realm=\"portcullis\", header=\"{}\"",
-                keys.header
-            ))
-            .ok()
-        });
+        let challenge = if settings.jwt.is_empty() {
+            settings.api_keys.as_ref().and_then(|keys| {
+                HeaderValue::from_str(&format!(
+                    "ApiKey realm=\"portcullis\", header=\"{}\"",
+                    keys.header
+                ))
+                .ok()
+            })
+        } else {
+            Some(HeaderValue::from_static("Bearer realm=\"portcullis\""))
+        };
         Identity {
             api_keys: settings.api_keys.as_ref().map(ApiKeys::new),
+            issuers: Issuers::new(&settings.jwt),
             forward: settings.forward.clone(),
             challenge,
         }
@@ -60,7 +74,20 @@ impl Identity {
 
     /// Who sent `headers`: `Ok(None)` for a request without credentials, an error for
     /// credentials that are not valid.
-    pub fn authenticate(&self, headers: &HeaderMap) -> Result<Option<Principal>, Rejection> {
+    pub fn authenticate(
+        &self,
+        headers: &HeaderMap,
+        query: Option<&str>,
+    ) -> Result<Option<Principal>, Rejection> {
+        if !self.issuers.is_empty()
+            && let Some(token) = self.issuers.find_token(headers, query)
+        {
+            return self
+                .issuers
+                .verify(&token)
+                .map(Some)
+                .map_err(|rejection| Rejection::Token(rejection.0));
+        }
         match &self.api_keys {
             Some(keys) => keys.identify(headers),
             None => Ok(None),

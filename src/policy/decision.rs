@@ -92,6 +92,18 @@ pub enum Reason {
     },
     /// The closest rule needs an identified caller and the request carried no credentials.
     CredentialsMissing,
+    /// The token has expired.
+    TokenExpired {
+        /// How long ago, in seconds.
+        seconds_ago: u64,
+    },
+    /// The token is for another audience.
+    TokenWrongAudience {
+        /// The audiences the issuer's tokens must name here.
+        expected: Vec<String>,
+    },
+    /// The token comes from an issuer the gateway does not trust.
+    TokenWrongIssuer,
     /// The request carried credentials that are not valid (an unknown API key); says
     /// what was wrong without echoing the credential.
     TokenInvalid {
@@ -139,6 +151,9 @@ impl Reason {
             Reason::IpDenied { .. } => "ip_denied",
             Reason::CredentialsMissing => "credentials_missing",
             Reason::TokenInvalid { .. } => "token_invalid",
+            Reason::TokenExpired { .. } => "token_expired",
+            Reason::TokenWrongAudience { .. } => "token_wrong_audience",
+            Reason::TokenWrongIssuer => "token_wrong_issuer",
             Reason::MissingRole { .. } => "missing_role",
             Reason::MissingScope { .. } => "missing_scope",
             Reason::TenantMismatch { .. } => "tenant_mismatch",
@@ -150,7 +165,11 @@ impl Reason {
     pub fn status(&self) -> u16 {
         match self {
             Reason::Allowed => 200,
-            Reason::CredentialsMissing | Reason::TokenInvalid { .. } => 401,
+            Reason::CredentialsMissing
+            | Reason::TokenInvalid { .. }
+            | Reason::TokenExpired { .. }
+            | Reason::TokenWrongAudience { .. }
+            | Reason::TokenWrongIssuer => 401,
             _ => 403,
         }
     }
@@ -179,6 +198,17 @@ impl Reason {
             }
             Reason::TokenInvalid { problem } => {
                 format!("The credentials sent are not valid: {problem}. Send valid ones.")
+            }
+            Reason::TokenExpired { seconds_ago } => format!(
+                "The token expired {} ago; get a new one.",
+                elapsed(*seconds_ago)
+            ),
+            Reason::TokenWrongAudience { expected } => format!(
+                "The token is for another audience; this service accepts {}.",
+                expected.join(" or ")
+            ),
+            Reason::TokenWrongIssuer => {
+                "The token comes from an issuer this service does not trust.".to_owned()
             }
             Reason::MissingRole {
                 required, one_of, ..
@@ -219,6 +249,13 @@ impl fmt::Display for Reason {
             Reason::IpDenied { ip, networks } => write!(f, "client {ip} matches {networks}"),
             Reason::CredentialsMissing => f.write_str("the request carried no credentials"),
             Reason::TokenInvalid { problem } => write!(f, "invalid credentials: {problem}"),
+            Reason::TokenExpired { seconds_ago } => {
+                write!(f, "token expired {} ago", elapsed(*seconds_ago))
+            }
+            Reason::TokenWrongAudience { expected } => {
+                write!(f, "token audience is not {}", expected.join(" or "))
+            }
+            Reason::TokenWrongIssuer => f.write_str("token issuer is not trusted"),
             Reason::MissingRole {
                 required,
                 one_of,
@@ -245,6 +282,16 @@ impl fmt::Display for Reason {
                 found,
             } => write!(f, "claim {claim} must be {expected}; it is {found}"),
         }
+    }
+}
+
+/// `3m12s`, `2h5m`, `40s`.
+fn elapsed(seconds: u64) -> String {
+    let (hours, minutes, seconds) = (seconds / 3600, seconds / 60 % 60, seconds % 60);
+    match (hours, minutes) {
+        (0, 0) => format!("{seconds}s"),
+        (0, _) => format!("{minutes}m{seconds}s"),
+        _ => format!("{hours}h{minutes}m"),
     }
 }
 

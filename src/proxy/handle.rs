@@ -197,7 +197,9 @@ async fn pipeline(
         Cow::Owned(text) => Cow::Owned(crate::path::fold_case(&text).into_owned()),
     };
 
-    let identified = proxy.identity.authenticate(&parts.headers);
+    let identified = proxy
+        .identity
+        .authenticate(&parts.headers, parts.uri.query());
     proxy.identity.strip_client_claims(&mut parts.headers);
     if let Err(rejection @ Rejection::SeveralApiKeys) = &identified {
         return Err(fail(ProxyError::BadRequest(rejection.to_string())));

@@ -151,7 +151,7 @@ pub fn decide(
     let identity = Identity::new(&config.identity);
     let verified = match simulated {
         Some(principal) => Ok(Some(principal.clone())),
-        None => identity.authenticate(&parts.headers),
+        None => identity.authenticate(&parts.headers, parts.uri.query()),
     };
     let mut headers = parts.headers.clone();
     identity.strip_client_claims(&mut headers);

@@ -329,7 +329,10 @@ pub fn denied(
                 headers.insert(WWW_AUTHENTICATE, challenge.clone());
             }
         }
-        Reason::TokenInvalid { .. } => {
+        Reason::TokenInvalid { .. }
+        | Reason::TokenExpired { .. }
+        | Reason::TokenWrongAudience { .. }
+        | Reason::TokenWrongIssuer => {
             if let Some(challenge) = challenge
                 && let Ok(text) = challenge.to_str()
                 && let Ok(value) =

@@ -218,11 +218,18 @@ fn key_configuration_mistakes_are_errors() {
         bad_role.contains("keys[0].roles[0]: \"a,b\" is not a valid name"),
         "{bad_role}"
     );
-    let jwt = with("identity: { jwt: [] }\n");
+    let jwt = with(
+        "identity: { jwt: [{ id: corp, issuer: \"https://idp/\", audiences: [api], algorithms: [HS256, XY9], jwks_file: missing.json }] }\n",
+    );
     assert!(
-        jwt.contains("identity.jwt: JWT verification is not supported"),
+        jwt.contains("algorithms[0]: HS256 needs a shared secret"),
         "{jwt}"
     );
+    assert!(
+        jwt.contains("algorithms[1]: \"XY9\" is not an algorithm"),
+        "{jwt}"
+    );
+    assert!(jwt.contains("jwks_file: cannot read"), "{jwt}");
 }
 
 #[test]

@@ -24,6 +24,7 @@ mod denials;
 mod deploy;
 mod forwarding;
 mod identity;
+mod jwt;
 mod lifecycle;
 mod limits;
 mod policy_cli;

@@ -1,0 +1,271 @@
+//! Tokens signed with real keys generated here (P-256 and Ed25519), checked against a
+//! JWKS file, through the real proxy.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use aws_lc_rs::rand::SystemRandom;
+use aws_lc_rs::signature::{
+    ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, Ed25519KeyPair, KeyPair,
+};
+use http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
+
+use crate::support::*;
+
+fn b64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n = chunk.iter().fold(0u32, |n, b| (n << 8) | u32::from(*b)) << (8 * (3 - chunk.len()));
+        for i in 0..=chunk.len() {
+            out.push(char::from(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize]));
+        }
+    }
+    out
+}
+
+struct Keys {
+    ec: Vec<u8>,
+    ed: Vec<u8>,
+    jwks: String,
+}
+
+fn keys() -> Keys {
+    let rng = SystemRandom::new();
+    let ec = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
+    let ec_pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, ec.as_ref()).unwrap();
+    let point = ec_pair.public_key().as_ref();
+    let ed = Ed25519KeyPair::generate_pkcs8(&rng).unwrap();
+    let ed_pair = Ed25519KeyPair::from_pkcs8(ed.as_ref()).unwrap();
+    let jwks = serde_json::json!({ "keys": [
+        { "kty": "EC", "crv": "P-256", "kid": "ec-1", "alg": "ES256", "use": "sig",
+          "x": b64(&point[1..33]), "y": b64(&point[33..65]) },
+        { "kty": "OKP", "crv": "Ed25519", "kid": "ed-1", "alg": "EdDSA", "use": "sig",
+          "x": b64(ed_pair.public_key().as_ref()) },
+    ]});
+    Keys {
+        ec: ec.as_ref().to_vec(),
+        ed: ed.as_ref().to_vec(),
+        jwks: jwks.to_string(),
+    }
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+fn token(keys: &Keys, algorithm: Algorithm, kid: &str, claims: serde_json::Value) -> String {
+    let mut header = Header::new(algorithm);
+    header.kid = Some(kid.to_owned());
+    let key = match algorithm {
+        Algorithm::EdDSA => EncodingKey::from_ed_der(&keys.ed),
+        _ => EncodingKey::from_ec_der(&keys.ec),
+    };
+    encode(&header, &claims, &key).unwrap()
+}
+
+fn claims(overrides: serde_json::Value) -> serde_json::Value {
+    let mut claims = serde_json::json!({
+        "iss": "https://idp.example/", "aud": "orders-api", "sub": "alice",
+        "exp": now() + 600, "scope": "orders:read orders:write", "roles": ["editor"],
+        "tenant": "acme",
+    });
+    for (name, value) in overrides.as_object().unwrap() {
+        claims[name] = value.clone();
+    }
+    claims
+}
+
+const POLICY: &str = "\
+rules:
+  - id: tenant-orders
+    effect: allow
+    match: { paths: [\"/tenants/{tenant}/orders/**\"] }
+    when:
+      roles: { any: [editor] }
+      scopes: { all: [\"orders:write\"] }
+      claims: { tenant: \"{tenant}\" }
+";
+
+/// The gateway, its upstream, and the directory holding the JWKS (kept while in use).
+async fn gateway(keys: &Keys) -> (TestUpstream, TestGateway, Scratch) {
+    let up = TestUpstream::start("app").await;
+    let scratch = Scratch::new();
+    let jwks = scratch.write("jwks.json", &keys.jwks);
+    let identity = format!(
+        "identity:\n  jwt:\n    - id: corp\n      issuer: https://idp.example/\n      audiences: [orders-api]\n      jwks_file: {}\n      algorithms: [ES256, EdDSA]\n      from: [{{ header: Authorization, prefix: \"Bearer \" }}, {{ cookie: session }}]\n      leeway: 5s\n",
+        jwks.display()
+    );
+    let gw = TestGateway::with_policy(&config(&[up.url()], &identity), POLICY).await;
+    (up, gw, scratch)
+}
+
+async fn send(
+    gw: &TestGateway,
+    path: &str,
+    header: (&str, String),
+) -> (StatusCode, http::HeaderMap, String) {
+    let request = Request::get(gw.url(path))
+        .header(header.0, header.1)
+        .body(ClientBody::default())
+        .unwrap();
+    let response = client().request(request).await.unwrap();
+    let status = response.status();
+    let headers = response.headers().clone();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    (status, headers, String::from_utf8(body.to_vec()).unwrap())
+}
+
+#[tokio::test]
+async fn tokens_from_trusted_keys_identify_callers() {
+    let keys = keys();
+    let (up, gw, _jwks) = gateway(&keys).await;
+    for (algorithm, kid) in [(Algorithm::ES256, "ec-1"), (Algorithm::EdDSA, "ed-1")] {
+        let bearer = format!(
+            "Bearer {}",
+            token(&keys, algorithm, kid, claims(serde_json::json!({})))
+        );
+        let (status, _, body) =
+            send(&gw, "/tenants/acme/orders/7", ("authorization", bearer)).await;
+        assert_eq!(status, StatusCode::OK, "{algorithm:?}: {body}");
+    }
+    assert_eq!(up.seen()[0].one("x-auth-subject"), Some("alice"));
+    let cookie = format!(
+        "theme=dark; session={}",
+        token(
+            &keys,
+            Algorithm::ES256,
+            "ec-1",
+            claims(serde_json::json!({}))
+        )
+    );
+    let (status, _, _) = send(&gw, "/tenants/acme/orders/7", ("cookie", cookie)).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, headers, _) = send(
+        &gw,
+        "/tenants/globex/orders/7",
+        (
+            "authorization",
+            format!(
+                "Bearer {}",
+                token(
+                    &keys,
+                    Algorithm::ES256,
+                    "ec-1",
+                    claims(serde_json::json!({}))
+                )
+            ),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(headers["x-portcullis-reason"], "tenant_mismatch");
+}
+
+#[tokio::test]
+async fn bad_tokens_are_401s_that_say_why() {
+    let keys = keys();
+    let (up, gw, _jwks) = gateway(&keys).await;
+    let valid = token(
+        &keys,
+        Algorithm::ES256,
+        "ec-1",
+        claims(serde_json::json!({})),
+    );
+    let mut tampered = valid.clone();
+    tampered.insert(valid.find('.').unwrap() + 5, 'A');
+    let none = format!(
+        "{}.{}.",
+        b64(br#"{"alg":"none","typ":"JWT"}"#),
+        b64(claims(serde_json::json!({})).to_string().as_bytes())
+    );
+    for (what, token, reason, needle) in [
+        (
+            "expired",
+            token(
+                &keys,
+                Algorithm::ES256,
+                "ec-1",
+                claims(serde_json::json!({ "exp": now() - 192 })),
+            ),
+            "token_expired",
+            "expired 3m",
+        ),
+        (
+            "wrong audience",
+            token(
+                &keys,
+                Algorithm::ES256,
+                "ec-1",
+                claims(serde_json::json!({ "aud": "billing" })),
+            ),
+            "token_wrong_audience",
+            "orders-api",
+        ),
+        (
+            "wrong issuer",
+            token(
+                &keys,
+                Algorithm::ES256,
+                "ec-1",
+                claims(serde_json::json!({ "iss": "https://evil.example/" })),
+            ),
+            "token_wrong_issuer",
+            "does not trust",
+        ),
+        (
+            "not yet valid",
+            token(
+                &keys,
+                Algorithm::ES256,
+                "ec-1",
+                claims(serde_json::json!({ "nbf": now() + 600 })),
+            ),
+            "token_invalid",
+            "not valid yet",
+        ),
+        (
+            "unknown kid",
+            token(
+                &keys,
+                Algorithm::ES256,
+                "ec-9",
+                claims(serde_json::json!({})),
+            ),
+            "token_invalid",
+            "key is not in",
+        ),
+        ("alg none", none, "token_invalid", "not a well-formed"),
+        ("tampered", tampered, "token_invalid", "not valid"),
+        (
+            "truncated",
+            valid[..valid.len() - 10].to_owned(),
+            "token_invalid",
+            "not valid",
+        ),
+    ] {
+        let (status, headers, body) = send(
+            &gw,
+            "/tenants/acme/orders/7",
+            ("authorization", format!("Bearer {token}")),
+        )
+        .await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{what}: {body}");
+        assert_eq!(headers["x-portcullis-reason"], reason, "{what}: {body}");
+        assert!(body.contains(needle), "{what}: {body}");
+        assert!(!body.contains(&token), "{what}: the body echoes the token");
+        assert_eq!(
+            headers["www-authenticate"], "Bearer realm=\"portcullis\", error=\"invalid_token\"",
+            "{what}"
+        );
+    }
+    let (status, headers, _) =
+        send(&gw, "/tenants/acme/orders/7", ("x-other", String::new())).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(headers["www-authenticate"], "Bearer realm=\"portcullis\"");
+    assert!(up.seen().is_empty());
+}
