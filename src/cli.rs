@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::config::{self, Config};
-use crate::proxy::offline::{self, Offline, Verdict};
+use crate::proxy::offline::{self, Caller, Offline, Verdict};
 
 /// Writes a line to stdout. A closed pipe (`portcullis schema | head`) is not an error
 /// worth a panic: the reader has all it wanted.
@@ -84,8 +84,12 @@ pub enum Command {
         headers: Vec<String>,
         /// Decide as this simulated caller instead of verifying credentials:
         /// `sub=alice,roles=editor,scopes=orders:read,claims.tenant=acme`.
-        #[arg(long = "as", value_name = "CALLER")]
+        #[arg(long = "as", value_name = "CALLER", conflicts_with = "token")]
         principal: Option<String>,
+        /// Decide as the caller this token stands for, verified with the configured
+        /// issuers' keys.
+        #[arg(long, value_name = "JWT")]
+        token: Option<String>,
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
@@ -161,6 +165,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             ip,
             headers,
             principal,
+            token,
             json,
         } => {
             let Some(config) = load_or_report(&config) else {
@@ -174,15 +179,19 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 };
                 pairs.push((name.trim().to_owned(), value.trim().to_owned()));
             }
-            let principal = match principal.as_deref().map(crate::policy::parse_principal) {
-                None => None,
-                Some(Ok(principal)) => Some(principal),
-                Some(Err(problem)) => {
+            let caller = match (
+                principal.as_deref().map(crate::policy::parse_principal),
+                token,
+            ) {
+                (Some(Err(problem)), _) => {
                     err_line!("--as: {problem}");
                     return Ok(ExitCode::from(EXIT_INVALID));
                 }
+                (Some(Ok(principal)), _) => Caller::Simulated(principal),
+                (None, Some(token)) => Caller::Token(token),
+                (None, None) => Caller::FromRequest,
             };
-            let offline = offline::decide(&config, &method, &url, ip, &pairs, principal.as_ref());
+            let offline = offline::decide(&config, &method, &url, ip, &pairs, &caller);
             if json {
                 out_line!("{}", explain_json(&offline));
             } else {
@@ -237,7 +246,10 @@ pub fn run_cases(config: &Config, cases: &[crate::policy::Case]) -> (String, usi
             &request.url,
             request.ip,
             &request.headers,
-            request.principal.as_ref(),
+            &request
+                .principal
+                .clone()
+                .map_or(Caller::FromRequest, Caller::Simulated),
         );
         let differences = case.expect.differences(&offline.actual());
         if differences.is_empty() {

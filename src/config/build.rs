@@ -311,6 +311,7 @@ fn build_identity(
     Some(IdentitySettings {
         api_keys,
         jwt,
+        strip_authorization: raw.strip_authorization,
         forward: ForwardHeaderNames {
             subject: subject?,
             roles: roles?,

@@ -58,6 +58,8 @@ pub struct IdentitySettings {
     pub api_keys: Option<ApiKeySettings>,
     /// Token issuers.
     pub jwt: Vec<JwtSettings>,
+    /// Remove `Authorization` before forwarding.
+    pub strip_authorization: bool,
     /// Headers that carry the verified identity upstream.
     pub forward: ForwardHeaderNames,
 }

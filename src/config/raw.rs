@@ -60,6 +60,10 @@ pub struct RawIdentity {
     /// Token issuers; a token's `iss` picks one.
     #[serde(default)]
     pub jwt: Vec<RawJwt>,
+    /// Remove `Authorization` before forwarding (the upstream then sees only the
+    /// identity headers).
+    #[serde(default)]
+    pub strip_authorization: bool,
 }
 
 /// One token issuer.

@@ -22,6 +22,7 @@ pub struct Identity {
     issuers: Issuers,
     forward: ForwardHeaderNames,
     challenge: Option<HeaderValue>,
+    strip_authorization: bool,
 }
 
 /// Credentials that were sent but are not valid: a 401 before any rule.
@@ -69,6 +70,7 @@ impl Identity {
             issuers: Issuers::new(&settings.jwt),
             forward: settings.forward.clone(),
             challenge,
+            strip_authorization: settings.strip_authorization,
         }
     }
 
@@ -92,6 +94,19 @@ impl Identity {
             Some(keys) => keys.identify(headers),
             None => Ok(None),
         }
+    }
+
+    /// Verifies a token handed over directly (`explain --token`), as if it had come in a
+    /// request.
+    pub fn verify_token(&self, token: &str) -> Result<Principal, Rejection> {
+        if self.issuers.is_empty() {
+            return Err(Rejection::Token(Reason::TokenInvalid {
+                problem: "no token issuer is configured (identity.jwt)".to_owned(),
+            }));
+        }
+        self.issuers
+            .verify(token)
+            .map_err(|rejection| Rejection::Token(rejection.0))
     }
 
     /// The `WWW-Authenticate` challenge a 401 carries: how to send credentials.
@@ -133,8 +148,12 @@ impl Identity {
         names
     }
 
-    /// Before forwarding an allowed request: sets the identity headers for `principal`.
+    /// Before forwarding an allowed request: sets the identity headers for `principal`,
+    /// and removes `Authorization` when configured to.
     pub fn forward_headers(&self, headers: &mut HeaderMap, principal: Option<&Principal>) {
+        if self.strip_authorization {
+            headers.remove(http::header::AUTHORIZATION);
+        }
         let Some(principal) = principal else {
             return;
         };

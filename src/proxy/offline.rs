@@ -13,6 +13,17 @@ use crate::config::{Config, RouteId};
 use crate::identity::Identity;
 use crate::policy::{Actual, Decision, Principal, RequestFacts};
 
+/// Who the synthetic request comes from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Caller {
+    /// Whoever its headers' credentials say (none: anonymous).
+    FromRequest,
+    /// A simulated principal (`--as`), no verification.
+    Simulated(Principal),
+    /// This token, verified as live (`--token`).
+    Token(String),
+}
+
 /// What the gateway would do with a request.
 #[derive(Debug)]
 pub struct Offline {
@@ -62,14 +73,14 @@ impl Offline {
 
 /// Decides `method url` from `peer` with `headers`, as the gateway running `config` would.
 /// A URL without a host is sent without one (as HTTP/1.0 may). Credentials among the
-/// headers are verified as live; `simulated` stands in for them instead.
+/// headers are verified as live, unless `caller` says otherwise.
 pub fn decide(
     config: &Config,
     method: &str,
     url: &str,
     peer: IpAddr,
     headers: &[(String, String)],
-    simulated: Option<&Principal>,
+    caller: &Caller,
 ) -> Offline {
     let refused = |client_ip: IpAddr, route: Option<RouteId>, err: ProxyError| Offline {
         route,
@@ -149,9 +160,10 @@ pub fn decide(
         Cow::Owned(text) => Cow::Owned(crate::path::fold_case(&text).into_owned()),
     };
     let identity = Identity::new(&config.identity);
-    let verified = match simulated {
-        Some(principal) => Ok(Some(principal.clone())),
-        None => identity.authenticate(&parts.headers, parts.uri.query()),
+    let verified = match caller {
+        Caller::Simulated(principal) => Ok(Some(principal.clone())),
+        Caller::Token(token) => identity.verify_token(token).map(Some),
+        Caller::FromRequest => identity.authenticate(&parts.headers, parts.uri.query()),
     };
     let mut headers = parts.headers.clone();
     identity.strip_client_claims(&mut headers);

@@ -93,11 +93,15 @@ rules:
 
 /// The gateway, its upstream, and the directory holding the JWKS (kept while in use).
 async fn gateway(keys: &Keys) -> (TestUpstream, TestGateway, Scratch) {
+    gateway_with(keys, "").await
+}
+
+async fn gateway_with(keys: &Keys, extra: &str) -> (TestUpstream, TestGateway, Scratch) {
     let up = TestUpstream::start("app").await;
     let scratch = Scratch::new();
     let jwks = scratch.write("jwks.json", &keys.jwks);
     let identity = format!(
-        "identity:\n  jwt:\n    - id: corp\n      issuer: https://idp.example/\n      audiences: [orders-api]\n      jwks_file: {}\n      algorithms: [ES256, EdDSA]\n      from: [{{ header: Authorization, prefix: \"Bearer \" }}, {{ cookie: session }}]\n      leeway: 5s\n",
+        "identity:\n  jwt:\n    - id: corp\n      issuer: https://idp.example/\n      audiences: [orders-api]\n      jwks_file: {}\n      algorithms: [ES256, EdDSA]\n      from: [{{ header: Authorization, prefix: \"Bearer \" }}, {{ cookie: session }}]\n      leeway: 5s\n{extra}",
         jwks.display()
     );
     let gw = TestGateway::with_policy(&config(&[up.url()], &identity), POLICY).await;
@@ -268,4 +272,74 @@ async fn bad_tokens_are_401s_that_say_why() {
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert_eq!(headers["www-authenticate"], "Bearer realm=\"portcullis\"");
     assert!(up.seen().is_empty());
+}
+
+#[tokio::test]
+async fn authorization_is_forwarded_unless_stripped() {
+    let keys = keys();
+    let bearer = format!(
+        "Bearer {}",
+        token(
+            &keys,
+            Algorithm::ES256,
+            "ec-1",
+            claims(serde_json::json!({}))
+        )
+    );
+    let (up, gw, _jwks) = gateway(&keys).await;
+    send(
+        &gw,
+        "/tenants/acme/orders/1",
+        ("authorization", bearer.clone()),
+    )
+    .await;
+    assert_eq!(up.seen()[0].one("authorization"), Some(bearer.as_str()));
+    let (up, gw, _jwks) = gateway_with(&keys, "  strip_authorization: true\n").await;
+    let (status, _, _) = send(&gw, "/tenants/acme/orders/1", ("authorization", bearer)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(up.seen()[0].one("authorization"), None);
+    assert_eq!(up.seen()[0].one("x-auth-subject"), Some("alice"));
+}
+
+#[test]
+fn explain_verifies_a_token_offline() {
+    let keys = keys();
+    let scratch = Scratch::new();
+    let jwks = scratch.write("jwks.json", &keys.jwks);
+    scratch.write("p.yaml", POLICY);
+    let config = scratch.write(
+        "gw.yaml",
+        &format!(
+            "upstreams: {{ app: {{ targets: [builtin:echo] }} }}\nroutes: [{{ id: r, upstream: app }}]\npolicy: {{ files: [p.yaml] }}\nidentity:\n  jwt:\n    - {{ id: corp, issuer: \"https://idp.example/\", audiences: [orders-api], jwks_file: {}, algorithms: [ES256] }}\n",
+            jwks.display()
+        ),
+    );
+    let explain = |token: &str, url: &str| {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+            .args(["explain", "--json", "-c"])
+            .arg(&config)
+            .args(["--url", url, "--token", token])
+            .output()
+            .unwrap();
+        serde_json::from_slice::<serde_json::Value>(&output.stdout).unwrap()
+    };
+    let good = token(
+        &keys,
+        Algorithm::ES256,
+        "ec-1",
+        claims(serde_json::json!({})),
+    );
+    let answer = explain(&good, "/tenants/acme/orders/1");
+    assert_eq!(answer["decision"], "allow", "{answer}");
+    let answer = explain(&good, "/tenants/globex/orders/1");
+    assert_eq!(answer["reason"], "tenant_mismatch", "{answer}");
+    let expired = token(
+        &keys,
+        Algorithm::ES256,
+        "ec-1",
+        claims(serde_json::json!({ "exp": now() - 3600 })),
+    );
+    let answer = explain(&expired, "/tenants/acme/orders/1");
+    assert_eq!(answer["reason"], "token_expired", "{answer}");
+    assert_eq!(answer["status"], 401);
 }
