@@ -2,7 +2,11 @@
 //! by its `kid`, then verified by jsonwebtoken: signature, algorithm (only the issuer's
 //! list; `none` never), `exp`/`nbf` with leeway, `iss`, `aud`.
 
+use std::collections::HashMap;
+use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
+
+use sha2::{Digest, Sha256};
 
 use http::HeaderMap;
 use jsonwebtoken::{DecodingKey, Validation, decode, decode_header};
@@ -10,10 +14,25 @@ use jsonwebtoken::{DecodingKey, Validation, decode, decode_header};
 use crate::config::{JwtSettings, TokenSource};
 use crate::policy::{ClaimValue, Principal, Reason};
 
-/// The configured issuers.
+/// The configured issuers, and the tokens they recently vouched for.
 #[derive(Debug)]
 pub struct Issuers {
     issuers: Vec<JwtSettings>,
+    cache: Mutex<HashMap<[u8; 32], Cached>>,
+}
+
+/// How many verified tokens are remembered; past this, expired ones are dropped, and if
+/// none had expired, the whole cache (a flood of distinct tokens must not grow memory).
+const CACHE_ENTRIES: usize = 10_000;
+
+/// A verified token's principal, good until the token expires.
+#[derive(Debug, Clone)]
+struct Cached {
+    principal: Principal,
+    /// `exp` plus the issuer's leeway, in Unix seconds.
+    good_until: u64,
+    /// `nbf` minus the leeway, in Unix seconds.
+    good_from: u64,
 }
 
 /// Why a token was refused; becomes a 401 reason.
@@ -25,6 +44,7 @@ impl Issuers {
     pub fn new(issuers: &[JwtSettings]) -> Issuers {
         Issuers {
             issuers: issuers.to_vec(),
+            cache: Mutex::new(HashMap::new()),
         }
     }
 
@@ -41,8 +61,47 @@ impl Issuers {
             .find_map(|source| token_in(source, headers, query))
     }
 
-    /// Verifies `token` and makes it a principal.
+    /// Verifies `token` and makes it a principal. A token verified before and still
+    /// within its validity is answered from the cache, keyed by the token's SHA-256,
+    /// without another signature check.
     pub fn verify(&self, token: &str) -> Result<Principal, TokenRejection> {
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let now = unix_now();
+        if let Ok(cache) = self.cache.lock()
+            && let Some(cached) = cache.get(&digest)
+            && cached.good_from <= now
+            && now < cached.good_until
+        {
+            return Ok(cached.principal.clone());
+        }
+        let (principal, good_from, good_until) = self.verify_uncached(token)?;
+        if let Ok(mut cache) = self.cache.lock() {
+            if cache.len() >= CACHE_ENTRIES {
+                cache.retain(|_, cached| now < cached.good_until);
+                if cache.len() >= CACHE_ENTRIES {
+                    cache.clear();
+                }
+            }
+            cache.insert(
+                digest,
+                Cached {
+                    principal: principal.clone(),
+                    good_from,
+                    good_until,
+                },
+            );
+        }
+        Ok(principal)
+    }
+
+    /// How many verified tokens are cached.
+    #[cfg(test)]
+    fn cached(&self) -> usize {
+        self.cache.lock().map_or(0, |cache| cache.len())
+    }
+
+    /// The signature and claim checks, and the window in which the token stays valid.
+    fn verify_uncached(&self, token: &str) -> Result<(Principal, u64, u64), TokenRejection> {
         let invalid = |problem: &str| {
             TokenRejection(Reason::TokenInvalid {
                 problem: problem.to_owned(),
@@ -94,7 +153,11 @@ impl Issuers {
                 _ => invalid("the token does not verify"),
             }
         })?;
-        Ok(principal(issuer, &data.claims))
+        let leeway = issuer.leeway.as_secs();
+        let number = |name: &str| data.claims.get(name).and_then(serde_json::Value::as_u64);
+        let good_until = number("exp").unwrap_or(0).saturating_add(leeway);
+        let good_from = number("nbf").unwrap_or(0).saturating_sub(leeway);
+        Ok((principal(issuer, &data.claims), good_from, good_until))
     }
 }
 
@@ -139,10 +202,13 @@ fn expired_ago(token: &str) -> u64 {
     let exp = unverified_claims(token)
         .and_then(|claims| claims.get("exp")?.as_u64())
         .unwrap_or(0);
-    let now = SystemTime::now()
+    unix_now().saturating_sub(exp)
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |since| since.as_secs());
-    now.saturating_sub(exp)
+        .map_or(0, |since| since.as_secs())
 }
 
 fn base64url(text: &str) -> Option<Vec<u8>> {
@@ -216,5 +282,70 @@ fn claim_value(value: &serde_json::Value) -> ClaimValue {
             ClaimValue::List(items.iter().map(claim_value).collect())
         }
         _ => ClaimValue::Other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use aws_lc_rs::rand::SystemRandom;
+    use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair};
+    use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
+
+    use super::*;
+
+    fn b64(bytes: &[u8]) -> String {
+        const ALPHABET: &[u8; 64] =
+            b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+        let mut out = String::new();
+        for chunk in bytes.chunks(3) {
+            let n =
+                chunk.iter().fold(0u32, |n, b| (n << 8) | u32::from(*b)) << (8 * (3 - chunk.len()));
+            for i in 0..=chunk.len() {
+                out.push(char::from(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize]));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn verified_tokens_are_cached_until_they_expire() {
+        let pkcs8 = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).unwrap();
+        let pair = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap();
+        let jwks = serde_json::json!({ "keys": [{ "kty": "OKP", "crv": "Ed25519", "kid": "k",
+            "x": b64(pair.public_key().as_ref()) }] });
+        let issuers = Issuers::new(&[JwtSettings {
+            id: "corp".into(),
+            issuer: "https://idp/".into(),
+            audiences: vec!["api".into()],
+            keys: serde_json::from_value(jwks).unwrap(),
+            algorithms: vec![Algorithm::EdDSA],
+            sources: Vec::new(),
+            scopes_claim: "scope".into(),
+            roles_claim: "roles".into(),
+            leeway: Duration::from_secs(0),
+        }]);
+        let sign = |exp: u64| {
+            let mut header = Header::new(Algorithm::EdDSA);
+            header.kid = Some("k".into());
+            let claims = serde_json::json!({ "iss": "https://idp/", "aud": "api", "sub": "alice",
+                "exp": exp, "scope": "a b" });
+            encode(&header, &claims, &EncodingKey::from_ed_der(pkcs8.as_ref())).unwrap()
+        };
+        let token = sign(unix_now() + 600);
+        let first = issuers.verify(&token).unwrap();
+        assert_eq!(issuers.cached(), 1);
+        let second = issuers.verify(&token).unwrap();
+        assert_eq!(first, second);
+        assert_eq!(second.scopes, ["a", "b"]);
+        assert!(issuers.verify(&sign(unix_now() - 10)).is_err());
+        assert_eq!(issuers.cached(), 1, "refused tokens are not cached");
+        let mut tampered = token.clone();
+        tampered.push('A');
+        assert!(
+            issuers.verify(&tampered).is_err(),
+            "a different token misses the cache"
+        );
     }
 }
