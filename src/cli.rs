@@ -94,6 +94,39 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Mint a signed token (for trying policies: the demo's key is in config/keys).
+    Token {
+        /// The PEM private key to sign with (Ed25519 for EdDSA, P-256 for ES256, RSA for RS256).
+        #[arg(long)]
+        key: PathBuf,
+        /// The signing algorithm.
+        #[arg(long, default_value = "EdDSA")]
+        algorithm: String,
+        /// The key id (`kid`) the verifier's key set knows the key by.
+        #[arg(long)]
+        kid: Option<String>,
+        /// `iss`.
+        #[arg(long)]
+        issuer: String,
+        /// `aud`.
+        #[arg(long)]
+        audience: String,
+        /// `sub`.
+        #[arg(long, default_value = "demo-user")]
+        sub: String,
+        /// A role (repeat for several).
+        #[arg(long = "role")]
+        roles: Vec<String>,
+        /// A scope (repeat for several).
+        #[arg(long = "scope")]
+        scopes: Vec<String>,
+        /// Another claim, `name=value` (repeat for several).
+        #[arg(long = "claim", value_name = "NAME=VALUE")]
+        claims: Vec<String>,
+        /// How long the token is valid, e.g. 1h.
+        #[arg(long, default_value = "1h")]
+        ttl: String,
+    },
     /// Print the JSON Schema of a kind of file, for editors and schema checkers.
     Schema {
         /// Which file.
@@ -199,6 +232,41 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Token {
+            key,
+            algorithm,
+            kid,
+            issuer,
+            audience,
+            sub,
+            roles,
+            scopes,
+            claims,
+            ttl,
+        } => {
+            let minted = mint(&TokenRequest {
+                key: &key,
+                algorithm: &algorithm,
+                kid,
+                issuer,
+                audience,
+                sub,
+                roles,
+                scopes,
+                claims: &claims,
+                ttl: &ttl,
+            });
+            match minted {
+                Ok(token) => {
+                    out_line!("{token}");
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(problem) => {
+                    err_line!("{problem}");
+                    Ok(ExitCode::from(EXIT_INVALID))
+                }
+            }
+        }
         Command::Schema { kind } => {
             let kind = match kind {
                 SchemaKind::Config => config::FileKind::Config,
@@ -231,6 +299,69 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             })
         }
     }
+}
+
+/// What `portcullis token` signs.
+struct TokenRequest<'a> {
+    key: &'a std::path::Path,
+    algorithm: &'a str,
+    kid: Option<String>,
+    issuer: String,
+    audience: String,
+    sub: String,
+    roles: Vec<String>,
+    scopes: Vec<String>,
+    claims: &'a [String],
+    ttl: &'a str,
+}
+
+/// Signs a token for trying policies.
+fn mint(request: &TokenRequest<'_>) -> Result<String, String> {
+    use jsonwebtoken::{Algorithm, EncodingKey, Header};
+    let algorithm: Algorithm = request
+        .algorithm
+        .parse()
+        .map_err(|_| format!("\"{}\" is not an algorithm", request.algorithm))?;
+    let pem = std::fs::read(request.key)
+        .map_err(|err| format!("cannot read {}: {err}", request.key.display()))?;
+    let key = match algorithm {
+        Algorithm::EdDSA => EncodingKey::from_ed_pem(&pem),
+        Algorithm::ES256 | Algorithm::ES384 => EncodingKey::from_ec_pem(&pem),
+        _ => EncodingKey::from_rsa_pem(&pem),
+    }
+    .map_err(|err| {
+        format!(
+            "{} is not a PEM private key for {}: {err}",
+            request.key.display(),
+            request.algorithm
+        )
+    })?;
+    let ttl = config::parse_duration(request.ttl)?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_secs());
+    let mut claims = serde_json::json!({
+        "iss": request.issuer,
+        "aud": request.audience,
+        "sub": request.sub,
+        "iat": now,
+        "exp": now + ttl.as_secs(),
+    });
+    if !request.roles.is_empty() {
+        claims["roles"] = request.roles.clone().into();
+    }
+    if !request.scopes.is_empty() {
+        claims["scope"] = request.scopes.join(" ").into();
+    }
+    for claim in request.claims {
+        let (name, value) = claim
+            .split_once('=')
+            .ok_or_else(|| format!("--claim \"{claim}\" must be name=value"))?;
+        claims[name] = value.into();
+    }
+    let mut header = Header::new(algorithm);
+    header.kid = request.kid.clone();
+    jsonwebtoken::encode(&header, &claims, &key).map_err(|err| format!("signing failed: {err}"))
 }
 
 /// Runs `cases` against `config`: a line per case, the differences under each failure,

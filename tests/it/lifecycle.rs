@@ -255,7 +255,7 @@ fn validate_prints_ok_and_a_summary() {
     );
     assert_eq!(
         String::from_utf8(output.stdout).unwrap(),
-        "ok: config/portcullis.yaml listening on 127.0.0.1:8080; 1 route; 1 upstream with 1 target; 6 rules in 1 policy file; 1 list of 2 networks; admin on 127.0.0.1:9090\n"
+        "ok: config/portcullis.yaml listening on 127.0.0.1:8080; 1 route; 1 upstream with 1 target; 7 rules in 1 policy file; 1 list of 2 networks; admin on 127.0.0.1:9090\n"
     );
 }
 

@@ -297,3 +297,55 @@ fn validate_warns_about_empty_lists_and_proxies_in_allow_lists() {
         "{stderr}"
     );
 }
+
+#[test]
+fn the_demo_key_mints_tokens_the_demo_accepts() {
+    let (code, token, stderr) = run(&[
+        "token",
+        "--key",
+        "config/keys/demo-signing-key.pem",
+        "--kid",
+        "demo",
+        "--issuer",
+        "https://demo.portcullis.local/",
+        "--audience",
+        "demo-api",
+        "--sub",
+        "alice",
+        "--role",
+        "editor",
+        "--scope",
+        "orders:write",
+        "--claim",
+        "tenant=acme",
+        "--ttl",
+        "5m",
+    ]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let token = token.trim();
+    assert_eq!(token.split('.').count(), 3, "{token}");
+    for (path, decision, reason) in [
+        ("/tenants/acme/orders/7", "allow", "allowed"),
+        ("/tenants/globex/orders/7", "deny", "tenant_mismatch"),
+    ] {
+        let (code, stdout, _) = run(&["explain", "--json", "--url", path, "--token", token]);
+        assert_eq!(code, Some(0));
+        let answer: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+        assert_eq!(answer["decision"], decision, "{path}: {answer}");
+        assert_eq!(answer["reason"], reason, "{path}: {answer}");
+    }
+    let (code, _, stderr) = run(&[
+        "token",
+        "--key",
+        "config/keys/demo-jwks.json",
+        "--issuer",
+        "i",
+        "--audience",
+        "a",
+    ]);
+    assert_eq!(code, Some(2));
+    assert!(
+        stderr.contains("is not a PEM private key for EdDSA"),
+        "{stderr}"
+    );
+}
