@@ -24,6 +24,7 @@ cleanup() {
 trap cleanup EXIT
 
 cp -r config/policies "$work/policies"
+cp -r config/keys "$work/keys"
 sed -e 's/addr: 127.0.0.1:8080/addr: 127.0.0.1:0/' -e 's/addr: 127.0.0.1:9090/addr: 127.0.0.1:0/' \
     config/portcullis.yaml >"$work/gw.yaml"
 target/debug/portcullis --log-format json run -c "$work/gw.yaml" >"$work/log" 2>&1 &

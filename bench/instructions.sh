@@ -69,6 +69,7 @@ sed -n '/^identity:/,/^$/p' config/portcullis.yaml >>"$WORK/demo.yaml"
 mkdir -p "$WORK/allow-all-policies" "$WORK/demo-policies"
 echo 'rules: [{ id: allow-all, effect: allow }]' >"$WORK/allow-all-policies/allow-all.yaml"
 cp config/policies/*.yaml "$WORK/demo-policies/"
+cp -r config/keys "$WORK/keys"
 
 nginx -c "$WORK/upstream.conf" >/dev/null 2>&1 &
 UPSTREAM_PID=$!

@@ -116,6 +116,7 @@ CONF
 }
 mkdir -p "$WORK/policies"
 cp config/policies/*.yaml "$WORK/policies/"
+cp -r config/keys "$WORK/keys"
 echo 'rules: [{ id: allow-all, effect: allow }]' >"$WORK/allow-all.yaml"
 portcullis_conf portcullis $PORTCULLIS_PORT $PORTCULLIS_ADMIN_PORT allow-all.yaml
 portcullis_conf demo $DEMO_PORT $DEMO_ADMIN_PORT "policies/*.yaml"
