@@ -225,6 +225,22 @@ fn build_identity(
     let mut jwt = Vec::new();
     let mut jwt_ok = true;
     for (index, raw_jwt) in raw.jwt.iter().enumerate() {
+        let earlier = &raw.jwt[..index];
+        if earlier.iter().any(|other| other.issuer == raw_jwt.issuer) {
+            builder.error(
+                &format!("identity.jwt[{index}].issuer"),
+                format!(
+                    "issuer \"{}\" is configured twice; a token's iss picks one entry",
+                    raw_jwt.issuer
+                ),
+            );
+        }
+        if earlier.iter().any(|other| other.id == raw_jwt.id) {
+            builder.error(
+                &format!("identity.jwt[{index}].id"),
+                format!("duplicate issuer id \"{}\"", raw_jwt.id),
+            );
+        }
         match build_jwt(
             builder,
             &format!("identity.jwt[{index}]"),
@@ -389,7 +405,17 @@ fn build_jwt(
             sources.push(source);
         }
     }
-    let leeway = builder.typed(&format!("{base}.leeway"), parse_duration(&raw.leeway));
+    let leeway = builder.typed(
+        &format!("{base}.leeway"),
+        parse_duration(&raw.leeway).and_then(|leeway| {
+            // A long leeway quietly turns off expiry.
+            if leeway > Duration::from_secs(300) {
+                Err("must be at most 5m: clock skew, not a grace period".to_owned())
+            } else {
+                Ok(leeway)
+            }
+        }),
+    );
     if builder.errors.len() > errors_before {
         return None;
     }

@@ -53,18 +53,28 @@ impl Issuers {
         self.issuers.is_empty()
     }
 
-    /// The first token in the places any issuer reads, in order.
-    pub fn find_token(&self, headers: &HeaderMap, query: Option<&str>) -> Option<String> {
+    /// The first token in the places any issuer reads, in order, and where it was.
+    pub fn find_token(
+        &self,
+        headers: &HeaderMap,
+        query: Option<&str>,
+    ) -> Option<(String, TokenSource)> {
         self.issuers
             .iter()
             .flat_map(|issuer| issuer.sources.iter())
-            .find_map(|source| token_in(source, headers, query))
+            .find_map(|source| {
+                token_in(source, headers, query).map(|token| (token, source.clone()))
+            })
     }
 
     /// Verifies `token` and makes it a principal. A token verified before and still
     /// within its validity is answered from the cache, keyed by the token's SHA-256,
     /// without another signature check.
-    pub fn verify(&self, token: &str) -> Result<Principal, TokenRejection> {
+    pub fn verify(
+        &self,
+        token: &str,
+        source: Option<&TokenSource>,
+    ) -> Result<Principal, TokenRejection> {
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         let now = unix_now();
         if let Ok(cache) = self.cache.lock()
@@ -74,7 +84,7 @@ impl Issuers {
         {
             return Ok(cached.principal.clone());
         }
-        let (principal, good_from, good_until) = self.verify_uncached(token)?;
+        let (principal, good_from, good_until) = self.verify_uncached(token, source)?;
         if let Ok(mut cache) = self.cache.lock() {
             if cache.len() >= CACHE_ENTRIES {
                 cache.retain(|_, cached| now < cached.good_until);
@@ -101,7 +111,11 @@ impl Issuers {
     }
 
     /// The signature and claim checks, and the window in which the token stays valid.
-    fn verify_uncached(&self, token: &str) -> Result<(Principal, u64, u64), TokenRejection> {
+    fn verify_uncached(
+        &self,
+        token: &str,
+        source: Option<&TokenSource>,
+    ) -> Result<(Principal, u64, u64), TokenRejection> {
         let invalid = |problem: &str| {
             TokenRejection(Reason::TokenInvalid {
                 problem: problem.to_owned(),
@@ -118,6 +132,15 @@ impl Issuers {
             .iter()
             .find(|issuer| issuer.issuer == claimed_issuer)
             .ok_or(TokenRejection(Reason::TokenWrongIssuer))?;
+        // SECURITY: a token counts only where its own issuer reads tokens (a header-only
+        // issuer's tokens are not taken from another issuer's cookie or query).
+        if let Some(source) = source
+            && !issuer.sources.contains(source)
+        {
+            return Err(invalid(
+                "the token was sent where its issuer's tokens are not read",
+            ));
+        }
         if !issuer.algorithms.contains(&header.alg) {
             return Err(invalid("the token's algorithm is not accepted"));
         }
@@ -135,6 +158,8 @@ impl Issuers {
         validation.set_audience(&issuer.audiences);
         validation.leeway = issuer.leeway.as_secs();
         validation.validate_nbf = true;
+        // jsonwebtoken checks `aud` only when the token has one: require it.
+        validation.set_required_spec_claims(&["exp", "iss", "aud"]);
         let data = decode::<serde_json::Value>(token, &key, &validation).map_err(|err| {
             use jsonwebtoken::errors::ErrorKind;
             match err.kind() {
@@ -167,7 +192,12 @@ fn token_in(source: &TokenSource, headers: &HeaderMap, query: Option<&str>) -> O
             .get_all(name)
             .iter()
             .filter_map(|value| value.to_str().ok())
-            .find_map(|value| value.strip_prefix(prefix.as_str()))
+            .find_map(|value| {
+                // The scheme in a prefix (`Bearer `) is case-insensitive (RFC 9110 §11.1).
+                let head = value.get(..prefix.len())?;
+                head.eq_ignore_ascii_case(prefix)
+                    .then(|| &value[prefix.len()..])
+            })
             .map(|token| token.trim().to_owned()),
         TokenSource::Cookie(cookie) => headers
             .get_all(http::header::COOKIE)
@@ -250,6 +280,16 @@ fn principal(issuer: &JwtSettings, claims: &serde_json::Value) -> Principal {
             _ => Vec::new(),
         }
     };
+    // Roles travel upstream comma-separated and scopes space-separated: a value that
+    // holds the separator would read as several there, so it is dropped.
+    let roles = strings(claims.get(&issuer.roles_claim), false)
+        .into_iter()
+        .filter(|role| !role.contains(',') && !role.contains(char::is_whitespace))
+        .collect();
+    let scopes = strings(claims.get(&issuer.scopes_claim), true)
+        .into_iter()
+        .filter(|scope| !scope.contains(char::is_whitespace))
+        .collect();
     Principal {
         subject: claims
             .get("sub")
@@ -257,8 +297,8 @@ fn principal(issuer: &JwtSettings, claims: &serde_json::Value) -> Principal {
             .unwrap_or("")
             .to_owned(),
         issuer: issuer.issuer.clone(),
-        roles: strings(claims.get(&issuer.roles_claim), false),
-        scopes: strings(claims.get(&issuer.scopes_claim), true),
+        roles,
+        scopes,
         claims: claims
             .as_object()
             .map(|object| {
@@ -334,17 +374,17 @@ mod tests {
             encode(&header, &claims, &EncodingKey::from_ed_der(pkcs8.as_ref())).unwrap()
         };
         let token = sign(unix_now() + 600);
-        let first = issuers.verify(&token).unwrap();
+        let first = issuers.verify(&token, None).unwrap();
         assert_eq!(issuers.cached(), 1);
-        let second = issuers.verify(&token).unwrap();
+        let second = issuers.verify(&token, None).unwrap();
         assert_eq!(first, second);
         assert_eq!(second.scopes, ["a", "b"]);
-        assert!(issuers.verify(&sign(unix_now() - 10)).is_err());
+        assert!(issuers.verify(&sign(unix_now() - 10), None).is_err());
         assert_eq!(issuers.cached(), 1, "refused tokens are not cached");
         let mut tampered = token.clone();
         tampered.push('A');
         assert!(
-            issuers.verify(&tampered).is_err(),
+            issuers.verify(&tampered, None).is_err(),
             "a different token misses the cache"
         );
     }

@@ -82,11 +82,11 @@ impl Identity {
         query: Option<&str>,
     ) -> Result<Option<Principal>, Rejection> {
         if !self.issuers.is_empty()
-            && let Some(token) = self.issuers.find_token(headers, query)
+            && let Some((token, source)) = self.issuers.find_token(headers, query)
         {
             return self
                 .issuers
-                .verify(&token)
+                .verify(&token, Some(&source))
                 .map(Some)
                 .map_err(|rejection| Rejection::Token(rejection.0));
         }
@@ -105,7 +105,7 @@ impl Identity {
             }));
         }
         self.issuers
-            .verify(token)
+            .verify(token, None)
             .map_err(|rejection| Rejection::Token(rejection.0))
     }
 

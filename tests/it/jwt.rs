@@ -137,6 +137,18 @@ async fn tokens_from_trusted_keys_identify_callers() {
             send(&gw, "/tenants/acme/orders/7", ("authorization", bearer)).await;
         assert_eq!(status, StatusCode::OK, "{algorithm:?}: {body}");
     }
+    // The scheme is case-insensitive.
+    let lower = format!(
+        "bearer {}",
+        token(
+            &keys,
+            Algorithm::ES256,
+            "ec-1",
+            claims(serde_json::json!({}))
+        )
+    );
+    let (status, _, _) = send(&gw, "/tenants/acme/orders/7", ("authorization", lower)).await;
+    assert_eq!(status, StatusCode::OK);
     assert_eq!(up.seen()[0].one("x-auth-subject"), Some("alice"));
     let cookie = format!(
         "theme=dark; session={}",
@@ -244,6 +256,16 @@ async fn bad_tokens_are_401s_that_say_why() {
             "key is not in",
         ),
         ("alg none", none, "token_invalid", "not a well-formed"),
+        (
+            "no audience",
+            token(&keys, Algorithm::ES256, "ec-1", {
+                let mut claims = claims(serde_json::json!({}));
+                claims.as_object_mut().unwrap().remove("aud");
+                claims
+            }),
+            "token_invalid",
+            "no aud claim",
+        ),
         ("tampered", tampered, "token_invalid", "not valid"),
         (
             "truncated",
