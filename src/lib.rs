@@ -11,3 +11,6 @@ pub mod path;
 pub mod policy;
 pub mod proxy;
 pub mod telemetry;
+
+#[cfg(test)]
+mod testing;

@@ -340,13 +340,8 @@ mod tests {
             "/", "a", "B", ".", "..", "%2e", "%2E", "%2f", "%25", "%32", "%65", ";", "=", "\\",
             "%5c", "%00", "%c3", "%a9", "~", " ", "é", "%",
         ];
-        let mut state: u64 = 0x853c_49e6_748f_ea9b;
-        let mut next = |bound: usize| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state % bound as u64) as usize
-        };
+        let mut random = crate::testing::Xorshift::new(0x853c_49e6_748f_ea9b);
+        let mut next = |bound: usize| random.below(bound);
         for _ in 0..20_000 {
             let length = 1 + next(12);
             let raw: String = std::iter::once("/")

@@ -40,6 +40,11 @@ pub enum Rejection {
 }
 
 impl Rejection {
+    /// Whether the request itself is malformed (a 400), not its credential (a 401).
+    pub fn is_malformed_request(&self) -> bool {
+        matches!(self, Rejection::SeveralApiKeys)
+    }
+
     /// The reason a denial gives for it.
     pub fn reason(&self) -> Reason {
         match self {
@@ -136,16 +141,15 @@ impl Identity {
 
     /// The header names the gateway owns: the identity headers it sets, and the API key
     /// header (a secret neither the policy nor the upstream needs).
-    pub fn owned_headers(&self) -> Vec<&http::HeaderName> {
-        let mut names = vec![
+    fn owned_headers(&self) -> impl Iterator<Item = &http::HeaderName> {
+        // Runs on every request: no allocation.
+        [
             &self.forward.subject,
             &self.forward.roles,
             &self.forward.scopes,
-        ];
-        if let Some(keys) = &self.api_keys {
-            names.push(keys.header());
-        }
-        names
+        ]
+        .into_iter()
+        .chain(self.api_keys.as_ref().map(ApiKeys::header))
     }
 
     /// Before forwarding an allowed request: sets the identity headers for `principal`,

@@ -11,9 +11,6 @@ use std::hash::{BuildHasherDefault, Hasher};
 use super::decision::Effect;
 use super::rule::{HostPattern, PathGlob, Rule, Segment, split};
 
-/// Marks an index entry for a rule without `paths` (every path).
-const EVERY_PATH: u32 = u32::MAX;
-
 /// A rule whose hosts and paths fit the request, with the path's captures.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Candidate<'p, 'f> {
@@ -27,7 +24,7 @@ pub struct Candidate<'p, 'f> {
 #[derive(Debug, Default)]
 pub struct Index {
     /// Rules without hosts or paths: they fit every request, no walk needed.
-    everywhere: Vec<u32>,
+    everywhere: Vec<usize>,
     any_host: Trie,
     exact: HashMap<String, Trie>,
     suffix: HashMap<String, Trie>,
@@ -38,8 +35,7 @@ impl Index {
     pub fn new(rules: &[Rule]) -> Index {
         let mut index = Index::default();
         let every_path = PathGlob::everything();
-        for (position, rule) in rules.iter().enumerate() {
-            let rule_number = u32::try_from(position).expect("fewer than 2^32 rules");
+        for (rule_number, rule) in rules.iter().enumerate() {
             if rule.hosts.is_empty() && rule.paths.is_empty() {
                 index.everywhere.push(rule_number);
                 continue;
@@ -76,7 +72,7 @@ impl Index {
             .iter()
             .map(|&rule| End {
                 rule,
-                glob: EVERY_PATH,
+                glob: None,
                 wild: Vec::new(),
             })
             .collect();
@@ -96,7 +92,7 @@ impl Index {
             for trie in self.exact.values().chain(self.suffix.values()) {
                 trie.walk(0, &parts, 0, &mut wild, &mut host_ends);
             }
-            host_ends.retain(|end| rules[end.rule as usize].effect == Effect::Deny);
+            host_ends.retain(|end| rules[end.rule].effect == Effect::Deny);
             ends.extend(host_ends);
         }
         if let Some(host) = host {
@@ -115,20 +111,21 @@ impl Index {
         ends.dedup_by_key(|end| end.rule);
         ends.into_iter()
             .map(|end| {
-                let rule = end.rule as usize;
-                let captures = if end.wild.is_empty() || end.glob == EVERY_PATH {
-                    Vec::new()
-                } else {
-                    let glob = &rules[rule].paths[end.glob as usize];
-                    glob.segments()
-                        .iter()
-                        .filter_map(|segment| match segment {
-                            Segment::Single(name) => Some(name.as_deref()),
-                            _ => None,
-                        })
-                        .zip(end.wild.iter())
-                        .filter_map(|(name, &at)| Some((name?, parts[at])))
-                        .collect()
+                let rule = end.rule;
+                let captures = match end.glob {
+                    Some(glob) if !end.wild.is_empty() => {
+                        let glob = &rules[rule].paths[glob];
+                        glob.segments()
+                            .iter()
+                            .filter_map(|segment| match segment {
+                                Segment::Single(name) => Some(name.as_deref()),
+                                _ => None,
+                            })
+                            .zip(end.wild.iter())
+                            .filter_map(|(name, &at)| Some((name?, parts[at])))
+                            .collect()
+                    }
+                    _ => Vec::new(),
                 };
                 Candidate { rule, captures }
             })
@@ -138,8 +135,9 @@ impl Index {
 
 /// A glob that ended at a trie node the path reached.
 struct End {
-    rule: u32,
-    glob: u32,
+    rule: usize,
+    /// Which of the rule's paths; `None` for a rule without paths.
+    glob: Option<usize>,
     /// Path positions of the segments that `*` and `{name}` took, in order.
     wild: Vec<usize>,
 }
@@ -151,30 +149,29 @@ struct Trie {
 
 #[derive(Debug, Default)]
 struct Node {
-    literals: HashMap<Box<str>, u32, BuildHasherDefault<SegmentHasher>>,
-    single: Option<u32>,
-    rest: Option<u32>,
-    ends: Vec<(u32, u32)>,
+    literals: HashMap<Box<str>, usize, BuildHasherDefault<SegmentHasher>>,
+    single: Option<usize>,
+    rest: Option<usize>,
+    ends: Vec<(usize, Option<usize>)>,
 }
 
 impl Trie {
-    fn insert_rule(&mut self, rule: &Rule, rule_number: u32, every_path: &PathGlob) {
+    fn insert_rule(&mut self, rule: &Rule, rule_number: usize, every_path: &PathGlob) {
         if rule.paths.is_empty() {
-            self.insert(every_path.segments(), rule_number, EVERY_PATH);
+            self.insert(every_path.segments(), rule_number, None);
         }
         for (glob_number, glob) in rule.paths.iter().enumerate() {
-            let glob_number = u32::try_from(glob_number).expect("fewer than 2^32 paths per rule");
-            self.insert(glob.segments(), rule_number, glob_number);
+            self.insert(glob.segments(), rule_number, Some(glob_number));
         }
     }
 
-    fn insert(&mut self, segments: &[Segment], rule: u32, glob: u32) {
+    fn insert(&mut self, segments: &[Segment], rule: usize, glob: Option<usize>) {
         if self.nodes.is_empty() {
             self.nodes.push(Node::default());
         }
         let mut at = 0usize;
         for segment in segments {
-            let next = self.nodes.len() as u32;
+            let next = self.nodes.len();
             let node = &mut self.nodes[at];
             let (child, created) = match segment {
                 Segment::Literal(text) => match node.literals.get(text.as_str()) {
@@ -202,20 +199,20 @@ impl Trie {
             if created {
                 self.nodes.push(Node::default());
             }
-            at = child as usize;
+            at = child;
         }
         self.nodes[at].ends.push((rule, glob));
     }
 
     fn walk(
         &self,
-        at: u32,
+        at: usize,
         parts: &[&str],
         next: usize,
         wild: &mut Vec<usize>,
         out: &mut Vec<End>,
     ) {
-        let Some(node) = self.nodes.get(at as usize) else {
+        let Some(node) = self.nodes.get(at) else {
             return;
         };
         if next == parts.len() {

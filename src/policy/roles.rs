@@ -2,81 +2,85 @@
 //! condition. A role grants every role it inherits, transitively; cycles are refused
 //! when the graph is built.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use super::decision::Reason;
 
-/// Every role and the roles it grants, itself included.
+/// Every declared role and the roles it inherits directly.
 #[derive(Debug, Clone, Default)]
 pub struct RoleGraph {
-    grants: HashMap<String, Vec<String>>,
+    inherits: HashMap<String, Vec<String>>,
 }
 
 impl RoleGraph {
     /// Builds the graph from `(role, inherits)` pairs. An inheritance cycle is an error
     /// naming it (`admin → editor → admin`); roles that are named but not defined grant
     /// only themselves (the caller checks references).
+    ///
+    /// Nothing here recurses, so no depth of inheritance a policy file writes can
+    /// exhaust the stack.
     pub fn new(roles: &[(String, Vec<String>)]) -> Result<RoleGraph, String> {
-        let parents: HashMap<&str, &[String]> = roles
-            .iter()
-            .map(|(role, inherits)| (role.as_str(), inherits.as_slice()))
-            .collect();
-        let mut grants = HashMap::new();
-        for (role, _) in roles {
-            let mut granted: Vec<String> = Vec::new();
-            let mut path = vec![role.as_str()];
-            collect(role, &parents, &mut granted, &mut path)?;
-            grants.insert(role.clone(), granted);
+        let inherits: HashMap<String, Vec<String>> = roles.iter().cloned().collect();
+        // Depth-first search with an explicit stack; a role met again while it is still
+        // on the stack closes a cycle.
+        let mut finished: HashSet<&str> = HashSet::new();
+        for (start, _) in roles {
+            if finished.contains(start.as_str()) {
+                continue;
+            }
+            let mut stack: Vec<(&str, usize)> = vec![(start.as_str(), 0)];
+            let mut on_stack: HashSet<&str> = HashSet::from([start.as_str()]);
+            while let Some((role, next)) = stack.last_mut() {
+                let parents = inherits.get(*role).map_or(&[][..], Vec::as_slice);
+                let Some(parent) = parents.get(*next) else {
+                    finished.insert(role);
+                    on_stack.remove(role);
+                    stack.pop();
+                    continue;
+                };
+                *next += 1;
+                let parent = parent.as_str();
+                if on_stack.contains(parent) {
+                    let at = stack
+                        .iter()
+                        .position(|(on_stack, _)| *on_stack == parent)
+                        .unwrap_or(0);
+                    let mut cycle: Vec<&str> = stack[at..].iter().map(|(role, _)| *role).collect();
+                    cycle.push(parent);
+                    return Err(cycle.join(" → "));
+                }
+                if !finished.contains(parent) {
+                    on_stack.insert(parent);
+                    stack.push((parent, 0));
+                }
+            }
         }
-        Ok(RoleGraph { grants })
+        Ok(RoleGraph { inherits })
     }
 
     /// Whether `role` is declared in a policy file's `roles`.
     pub fn declares(&self, role: &str) -> bool {
-        self.grants.contains_key(role)
+        self.inherits.contains_key(role)
     }
 
-    /// The roles `granted` amount to, inherited ones included, each once.
+    /// The roles `granted` amount to, inherited ones included, each once, sorted.
     pub fn effective<'a>(&'a self, granted: &'a [String]) -> Vec<&'a str> {
-        let mut roles: Vec<&str> = Vec::with_capacity(granted.len());
-        for role in granted {
-            match self.grants.get(role) {
-                Some(all) => roles.extend(all.iter().map(String::as_str)),
-                None => roles.push(role),
+        let mut roles: Vec<&str> = granted.iter().map(String::as_str).collect();
+        let mut next = 0;
+        // Breadth-first over what the granted roles inherit; `roles` is the queue and
+        // the visited set at once (a caller's roles are few).
+        while let Some(&role) = roles.get(next) {
+            next += 1;
+            for parent in self.inherits.get(role).into_iter().flatten() {
+                if !roles.contains(&parent.as_str()) {
+                    roles.push(parent);
+                }
             }
         }
         roles.sort_unstable();
         roles.dedup();
         roles
     }
-}
-
-fn collect<'a>(
-    role: &'a str,
-    parents: &HashMap<&'a str, &'a [String]>,
-    granted: &mut Vec<String>,
-    path: &mut Vec<&'a str>,
-) -> Result<(), String> {
-    if !granted.iter().any(|known| known == role) {
-        granted.push(role.to_owned());
-    }
-    for parent in parents.get(role).copied().unwrap_or(&[]) {
-        if path.contains(&parent.as_str()) {
-            let mut cycle: Vec<&str> = path.clone();
-            cycle.push(parent);
-            return Err(cycle.join(" → "));
-        }
-        // A role granted already, and not on the current path, has been explored in full
-        // (cycles through it included): walking it again would only repeat work, which
-        // on a lattice of diamonds grows exponentially.
-        if granted.iter().any(|known| known == parent) {
-            continue;
-        }
-        path.push(parent);
-        collect(parent, parents, granted, path)?;
-        path.pop();
-    }
-    Ok(())
 }
 
 /// `roles: { any: [...], all: [...] }`: the caller's roles (inherited included) must hold
@@ -153,6 +157,15 @@ mod tests {
         }
         let graph = RoleGraph::new(&pairs).unwrap();
         assert_eq!(graph.effective(&["a0".to_owned()]).len(), 81);
+    }
+
+    #[test]
+    fn a_long_chain_neither_recurses_nor_repeats() {
+        let pairs: Vec<(String, Vec<String>)> = (0..100_000)
+            .map(|n| (format!("r{n}"), vec![format!("r{}", n + 1)]))
+            .collect();
+        let graph = RoleGraph::new(&pairs).unwrap();
+        assert_eq!(graph.effective(&["r99990".to_owned()]).len(), 11);
     }
 
     #[test]

@@ -116,13 +116,6 @@ impl Rule {
             })
             .unwrap_or(Reason::ExplicitDeny)
     }
-
-    /// Whether the rule names networks in `when`.
-    pub fn has_network_condition(&self) -> bool {
-        self.when
-            .iter()
-            .any(|c| matches!(c, Condition::Ip(_) | Condition::NotIp(_)))
-    }
 }
 
 /// One `when` condition.
@@ -348,8 +341,8 @@ impl PathGlob {
         covers(&self.segments, &other.segments)
     }
 
-    /// Whether `path` (canonical) fits, with its captures. A slow reference used by tests
-    /// and lints; requests go through the index.
+    /// Whether `path` (canonical) fits, with its captures: the slow reference the index is
+    /// tested against; requests go through the index.
     pub fn matches<'p>(&self, path: &'p str) -> Option<Vec<(&str, &'p str)>> {
         let parts: Vec<&str> = split(path).collect();
         let mut captures = Vec::new();

@@ -557,13 +557,8 @@ fn index_returns_only_rules_for_this_path() {
 fn index_agrees_with_the_reference_matcher() {
     const SEGMENTS: [&str; 6] = ["a", "b", "*", "**", "{x}", ""];
     const PATH_SEGMENTS: [&str; 4] = ["a", "b", "c", ""];
-    let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
-    let mut next = |bound: usize| {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        (state % bound as u64) as usize
-    };
+    let mut random = crate::testing::Xorshift::new(0x9e37_79b9_7f4a_7c15);
+    let mut next = |bound: usize| random.below(bound);
     let mut globs = Vec::new();
     while globs.len() < 60 {
         let length = 1 + next(4);

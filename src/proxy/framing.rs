@@ -500,13 +500,8 @@ mod tests {
             b"\x00\xff",
             b"PRI * HTTP/2.0\r\n",
         ];
-        let mut state: u64 = 0x2545_f491_4f6c_dd1d;
-        let mut next = |bound: usize| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state % bound as u64) as usize
-        };
+        let mut random = crate::testing::Xorshift::new(0x2545_f491_4f6c_dd1d);
+        let mut next = |bound: usize| random.below(bound);
         for _ in 0..5_000 {
             let mut watch = FramingWatch::new(256);
             for _ in 0..(1 + next(40)) {

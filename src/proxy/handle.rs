@@ -21,7 +21,6 @@ use super::listener::{self, Activity, ConnMeta, ConnectionGuard};
 use super::respond::{self, ProxyError};
 use super::{Proxy, ProxyBody, normalize};
 use crate::config::RouteId;
-use crate::identity::Rejection;
 use crate::policy::{Decision, Outcome, Principal, RequestFacts};
 use crate::telemetry::{self, DecisionLabel, NO_ROUTE_LABEL};
 
@@ -191,17 +190,15 @@ async fn pipeline(
         error,
         decided: true,
     };
-    let path = match path {
-        _ if !route.case_insensitive => path,
-        Cow::Borrowed(text) => crate::path::fold_case(text),
-        Cow::Owned(text) => Cow::Owned(crate::path::fold_case(&text).into_owned()),
-    };
+    let path = route.decision_path(path);
 
     let identified = proxy
         .identity
         .authenticate(&parts.headers, parts.uri.query());
     proxy.identity.strip_client_claims(&mut parts.headers);
-    if let Err(rejection @ Rejection::SeveralApiKeys) = &identified {
+    if let Err(rejection) = &identified
+        && rejection.is_malformed_request()
+    {
         return Err(fail(ProxyError::BadRequest(rejection.to_string())));
     }
     let principal = identified.as_ref().ok().and_then(Option::as_ref);
@@ -348,6 +345,10 @@ fn log_decision(decided: &Decided<'_>, decision: &Decision, took: Duration) {
         client_ip,
         principal,
     } = *decided;
+    // The line is built only when someone reads it: this runs on every request.
+    if !tracing::enabled!(target: "portcullis::decision", tracing::Level::INFO) {
+        return;
+    }
     let audit: Vec<String> = decision
         .audit_matches()
         .map(|step| format!("{}:would_{}", step.rule, step.effect.as_str()))

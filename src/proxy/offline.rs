@@ -1,7 +1,6 @@
 //! A synthetic request decided offline, for `portcullis explain` and `portcullis test`:
 //! the same normalization, routing and policy as a live request, without sockets.
 
-use std::borrow::Cow;
 use std::net::IpAddr;
 
 use http::{HeaderName, HeaderValue, Method, Request, Version};
@@ -154,11 +153,7 @@ pub fn decide(
     let Some(route) = routes.select(authority.host.as_deref(), &path) else {
         return refused(client_ip, None, ProxyError::NoRoute);
     };
-    let path = match path {
-        _ if !route.case_insensitive => path,
-        Cow::Borrowed(text) => crate::path::fold_case(text),
-        Cow::Owned(text) => Cow::Owned(crate::path::fold_case(&text).into_owned()),
-    };
+    let path = route.decision_path(path);
     let identity = Identity::new(&config.identity);
     let verified = match caller {
         Caller::Simulated(principal) => Ok(Some(principal.clone())),
@@ -169,7 +164,7 @@ pub fn decide(
     identity.strip_client_claims(&mut headers);
     let principal = match verified {
         Ok(principal) => principal,
-        Err(rejection @ crate::identity::Rejection::SeveralApiKeys) => {
+        Err(rejection) if rejection.is_malformed_request() => {
             return refused(
                 client_ip,
                 Some(route.id.clone()),

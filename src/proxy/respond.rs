@@ -329,10 +329,8 @@ pub fn denied(
                 headers.insert(WWW_AUTHENTICATE, challenge.clone());
             }
         }
-        Reason::TokenInvalid { .. }
-        | Reason::TokenExpired { .. }
-        | Reason::TokenWrongAudience { .. }
-        | Reason::TokenWrongIssuer => {
+        // Every other 401 is a credential that was refused.
+        reason if reason.status() == 401 => {
             if let Some(challenge) = challenge
                 && let Ok(text) = challenge.to_str()
                 && let Ok(value) =

@@ -1,6 +1,8 @@
 //! Host + path → route. The most specific route wins: longest path prefix first, then an
 //! exact host over a wildcard over no host, then file order.
 
+use std::borrow::Cow;
+
 use crate::config::{HostPattern, RouteId, RouteSettings};
 
 /// A route ready to match.
@@ -22,6 +24,18 @@ pub struct Route {
 #[derive(Debug, Clone)]
 pub struct RouteTable {
     routes: Vec<Route>,
+}
+
+impl Route {
+    /// The path the policy decides on and the upstream receives: `path` itself, or
+    /// lower-cased on a case-insensitive route.
+    pub fn decision_path<'p>(&self, path: Cow<'p, str>) -> Cow<'p, str> {
+        match path {
+            _ if !self.case_insensitive => path,
+            Cow::Borrowed(text) => crate::path::fold_case(text),
+            Cow::Owned(text) => Cow::Owned(crate::path::fold_case(&text).into_owned()),
+        }
+    }
 }
 
 impl RouteTable {
