@@ -1,4 +1,4 @@
-//! Identification cost per request: verifying a JWT (ES256, EdDSA) the first time (a
+//! Identification cost per request: verifying a JWT (RS256, ES256, EdDSA) the first time (a
 //! cache miss: signature and claim checks) and again (a cache hit), and an API key.
 //!
 //!     cargo bench --bench identify
@@ -9,9 +9,12 @@
 )]
 
 use std::hint::black_box;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use aws_lc_rs::encoding::AsDer;
 use aws_lc_rs::rand::SystemRandom;
+use aws_lc_rs::rsa::{KeySize, PublicKeyComponents};
 use aws_lc_rs::signature::{
     ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, Ed25519KeyPair, KeyPair,
 };
@@ -19,9 +22,10 @@ use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use http::{HeaderMap, HeaderName};
 use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
 use portcullis::config::{
-    ApiKeyEntry, ApiKeySettings, ForwardHeaderNames, IdentitySettings, JwtSettings,
+    ApiKeyEntry, ApiKeySettings, ForwardHeaderNames, IdentitySettings, JwtSettings, KeySource,
 };
-use portcullis::identity::Identity;
+use portcullis::identity::{Identity, KeySet};
+use portcullis::telemetry::Metrics;
 use sha2::{Digest, Sha256};
 
 fn b64(bytes: &[u8]) -> String {
@@ -47,7 +51,8 @@ fn settings(jwks: serde_json::Value, algorithm: Algorithm) -> IdentitySettings {
             id: "corp".into(),
             issuer: "https://idp/".into(),
             audiences: vec!["api".into()],
-            keys: serde_json::from_value(jwks).unwrap(),
+            keys: KeySource::File(Arc::new(KeySet::parse(&jwks.to_string()).unwrap())),
+            secret: None,
             algorithms: vec![algorithm],
             sources: Vec::new(),
             scopes_claim: "scope".into(),
@@ -83,7 +88,21 @@ fn identify(c: &mut Criterion) {
     let point = ec_pair.public_key().as_ref().to_vec();
     let ed = Ed25519KeyPair::generate_pkcs8(&rng).unwrap();
     let ed_pair = Ed25519KeyPair::from_pkcs8(ed.as_ref()).unwrap();
+    let rsa = aws_lc_rs::rsa::KeyPair::generate(KeySize::Rsa2048).unwrap();
+    let rsa_public = PublicKeyComponents::<Vec<u8>>::from(rsa.public_key());
+    let rsa_pem = {
+        use base64::Engine as _;
+        let der = base64::engine::general_purpose::STANDARD.encode(rsa.as_der().unwrap().as_ref());
+        format!("-----BEGIN PRIVATE KEY-----\n{der}\n-----END PRIVATE KEY-----\n")
+    };
     let cases = [
+        (
+            "RS256",
+            Algorithm::RS256,
+            serde_json::json!({ "keys": [{ "kty": "RSA", "kid": "k",
+                "n": b64(&rsa_public.n), "e": b64(&rsa_public.e) }] }),
+            EncodingKey::from_rsa_pem(rsa_pem.as_bytes()).unwrap(),
+        ),
         (
             "ES256",
             Algorithm::ES256,
@@ -103,14 +122,15 @@ fn identify(c: &mut Criterion) {
     for (name, algorithm, jwks, key) in cases {
         let settings = settings(jwks, algorithm);
         let token = token(algorithm, &key);
-        let identity = Identity::new(&settings);
+        let metrics = Metrics::new();
+        let identity = Identity::new(&settings, &metrics);
         identity.verify_token(&token).unwrap();
         group.bench_function(format!("{name}/cache-hit"), |b| {
             b.iter(|| identity.verify_token(black_box(&token)).unwrap())
         });
         group.bench_function(format!("{name}/cache-miss"), |b| {
             b.iter_batched(
-                || Identity::new(&settings),
+                || Identity::new(&settings, &metrics),
                 |fresh| fresh.verify_token(black_box(&token)).unwrap(),
                 BatchSize::SmallInput,
             )

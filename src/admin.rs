@@ -18,6 +18,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
+use crate::identity::Identity;
 use crate::telemetry::Metrics;
 
 /// What `/readyz` reports.
@@ -35,6 +36,8 @@ pub struct AdminState {
     pub metrics: Arc<Metrics>,
     /// The state `/readyz` reports.
     pub readiness: Arc<Readiness>,
+    /// Whose token keys `/readyz` checks.
+    pub identity: Arc<Identity>,
 }
 
 /// Admin connections served at once; more are closed at accept.
@@ -99,7 +102,15 @@ fn serve(state: &AdminState, request: &Request<Incoming>) -> Response<Full<Bytes
                     "not ready: listeners are not bound yet\n",
                 )
             } else {
-                text(StatusCode::OK, "ready\n")
+                let unavailable = state.identity.unavailable();
+                if unavailable.is_empty() {
+                    text(StatusCode::OK, "ready\n")
+                } else {
+                    text(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        format!("not ready: {}\n", unavailable.join("; ")),
+                    )
+                }
             }
         }
         "/metrics" => {

@@ -45,6 +45,10 @@ impl Gateway {
         let metrics = Arc::new(Metrics::new());
         let proxy = Arc::new(Proxy::new(config, metrics.clone()));
         let readiness = Arc::new(Readiness::default());
+        // Keys first, so that the first requests find them; an issuer whose keys cannot be
+        // fetched is logged, keeps being retried, and holds `/readyz` back.
+        let identity = Arc::clone(proxy.identity());
+        identity.load_keys().await;
 
         let mut bound = Vec::new();
         for settings in &config.listeners {
@@ -77,9 +81,13 @@ impl Gateway {
             .local_addr()
             .context("reading the admin listener's address")?;
         tracing::info!(addr = %admin_addr, "admin listening");
+        for keys in identity.remote_key_sets() {
+            tasks.spawn(Arc::clone(keys).keep_fresh());
+        }
         let admin_state = Arc::new(AdminState {
             metrics,
             readiness: readiness.clone(),
+            identity,
         });
         tasks.spawn(admin::run(admin_listener, admin_state));
         readiness.listeners_bound.store(true, Ordering::Relaxed);

@@ -224,7 +224,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 (None, Some(token)) => Caller::Token(token),
                 (None, None) => Caller::FromRequest,
             };
-            let offline = offline::decide(&config, &method, &url, ip, &pairs, &caller);
+            let identity = offline::identity(&config);
+            let offline = offline::decide(&config, &identity, &method, &url, ip, &pairs, &caller);
             if json {
                 out_line!("{}", explain_json(&offline));
             } else {
@@ -369,10 +370,12 @@ fn mint(request: &TokenRequest<'_>) -> Result<String, String> {
 pub fn run_cases(config: &Config, cases: &[crate::policy::Case]) -> (String, usize) {
     let mut report = String::new();
     let mut failed = 0;
+    let identity = offline::identity(config);
     for case in cases {
         let request = &case.request;
         let offline = offline::decide(
             config,
+            &identity,
             &request.method,
             &request.url,
             request.ip,

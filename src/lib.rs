@@ -11,6 +11,7 @@ pub mod path;
 pub mod policy;
 pub mod proxy;
 pub mod telemetry;
+pub mod tls;
 
 #[cfg(test)]
 mod testing;

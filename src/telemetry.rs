@@ -35,6 +35,8 @@ pub mod names {
     pub const RULE_MATCHES_TOTAL: &str = "portcullis_rule_matches_total";
     /// Rules in the loaded policy.
     pub const POLICY_RULES: &str = "portcullis_policy_rules";
+    /// Fetches of an issuer's `jwks_url`, by issuer and result (`ok`, `error`).
+    pub const JWKS_REFRESHES_TOTAL: &str = "portcullis_jwks_refreshes_total";
 }
 
 /// The `decision` label of [`names::REQUESTS_TOTAL`].
@@ -111,6 +113,8 @@ pub struct Metrics {
     pub rule_matches: IntCounterVec,
     /// [`names::POLICY_RULES`].
     pub policy_rules: IntGauge,
+    /// [`names::JWKS_REFRESHES_TOTAL`].
+    pub jwks_refreshes: IntCounterVec,
 }
 
 /// Decision-time buckets from 1µs to 10ms: a decision is a few microseconds.
@@ -191,7 +195,17 @@ impl Metrics {
         let policy_rules = IntGauge::new(names::POLICY_RULES, "Rules in the loaded policy.")
             .expect("static metric definition is valid");
 
-        let collectors: [Box<dyn prometheus::core::Collector>; 10] = [
+        let jwks_refreshes = IntCounterVec::new(
+            Opts::new(
+                names::JWKS_REFRESHES_TOTAL,
+                "Fetches of token issuers' key sets, by issuer and result.",
+            ),
+            &["issuer", "result"],
+        )
+        .expect("static metric definition is valid");
+
+        let collectors: [Box<dyn prometheus::core::Collector>; 11] = [
+            Box::new(jwks_refreshes.clone()),
             Box::new(decision_duration.clone()),
             Box::new(rule_matches.clone()),
             Box::new(policy_rules.clone()),
@@ -219,6 +233,7 @@ impl Metrics {
             decision_duration,
             rule_matches,
             policy_rules,
+            jwks_refreshes,
         }
     }
 

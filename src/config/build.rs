@@ -16,15 +16,16 @@ use super::model::{
 };
 use super::model::{
     ApiKeyEntry, ApiKeySettings, DenialSettings, Detail, ForwardHeaderNames, ForwardedHeader,
-    IdentitySettings, JwtSettings, TokenSource,
+    IdentitySettings, JwtSettings, KeySource, RemoteKeys, Secret, TokenSource,
 };
 use super::policy::{self, PolicySummary};
 use super::raw::{
     RawConfig, RawDenials, RawDetail, RawForwardedHeader, RawIdentity, RawJwt, RawLimits, RawRoute,
-    RawUpstream,
+    RawSecret, RawUpstream,
 };
 use super::source::{Source, key_segment};
 use super::units::{parse_duration, parse_size};
+use crate::identity::KeySet;
 
 /// The longest duration any setting accepts, which keeps deadline arithmetic far from overflow.
 const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
@@ -363,33 +364,39 @@ fn build_jwt(
     for (index, name) in raw.algorithms.iter().enumerate() {
         let yaml_path = format!("{base}.algorithms[{index}]");
         match name.parse::<jsonwebtoken::Algorithm>() {
-            Ok(algorithm) if name.starts_with("HS") => {
-                let _ = algorithm;
-                builder.error(&yaml_path, format!("{name} needs a shared secret, which this version of portcullis does not support yet; use an asymmetric algorithm"));
-            }
             Ok(algorithm) => algorithms.push(algorithm),
-            Err(_) => builder.error(&yaml_path, format!("\"{name}\" is not an algorithm: RS256/384/512, PS256/384/512, ES256/384 or EdDSA")),
+            Err(_) => builder.error(&yaml_path, format!("\"{name}\" is not an algorithm: RS256/384/512, PS256/384/512, ES256/384, EdDSA or HS256/384/512")),
         }
     }
-    let keys = match &raw.jwks_file {
-        None => {
+    let hmac = algorithms
+        .iter()
+        .filter_map(|algorithm| hmac_key_bytes(*algorithm))
+        .max();
+    let asymmetric = algorithms
+        .iter()
+        .any(|algorithm| hmac_key_bytes(*algorithm).is_none());
+    let secret = match (&raw.secret, hmac) {
+        (None, Some(_)) => {
             builder.error(
-                &format!("{base}.jwks_file"),
-                "name the issuer's key set (jwks_url is not supported by this version yet)",
+                &format!("{base}.algorithms"),
+                "HS256/384/512 need the shared secret: add secret: { file: PATH } or { env: NAME }",
             );
             None
         }
-        Some(file) => {
-            let file_path = base_dir.join(file);
-            let parsed = std::fs::read_to_string(&file_path)
-                .map_err(|err| format!("cannot read \"{}\": {err}", file_path.display()))
-                .and_then(|text| {
-                    serde_json::from_str::<jsonwebtoken::jwk::JwkSet>(&text)
-                        .map_err(|err| format!("\"{}\" is not a JWKS: {err}", file_path.display()))
-                });
-            builder.typed(&format!("{base}.jwks_file"), parsed)
+        (Some(_), None) => {
+            builder.error(
+                &format!("{base}.secret"),
+                "a secret is used only for HS256/384/512, and algorithms lists none of them",
+            );
+            None
         }
+        (Some(secret), Some(least)) => builder.typed(
+            &format!("{base}.secret"),
+            read_secret(secret, base_dir, least),
+        ),
+        (None, None) => None,
     };
+    let keys = build_key_source(builder, base, raw, base_dir, asymmetric);
     let mut sources = Vec::new();
     for (index, source) in raw.from.iter().enumerate() {
         let yaml_path = format!("{base}.from[{index}]");
@@ -424,12 +431,148 @@ fn build_jwt(
         issuer: raw.issuer.clone(),
         audiences: raw.audiences.clone(),
         keys: keys?,
+        secret,
         algorithms,
         sources,
         scopes_claim: raw.scopes_claim.clone(),
         roles_claim: raw.roles_claim.clone(),
         leeway: leeway?,
     })
+}
+
+/// For an HMAC algorithm, the least secret length RFC 7518 §3.2 allows (the hash's size).
+fn hmac_key_bytes(algorithm: jsonwebtoken::Algorithm) -> Option<usize> {
+    use jsonwebtoken::Algorithm::{HS256, HS384, HS512};
+    match algorithm {
+        HS256 => Some(32),
+        HS384 => Some(48),
+        HS512 => Some(64),
+        _ => None,
+    }
+}
+
+fn read_secret(raw: &RawSecret, base_dir: &Path, least: usize) -> Result<Secret, String> {
+    let bytes = match (&raw.file, &raw.env) {
+        (Some(file), None) => {
+            let path = base_dir.join(file);
+            let mut bytes = std::fs::read(&path)
+                .map_err(|err| format!("cannot read \"{}\": {err}", path.display()))?;
+            while bytes
+                .last()
+                .is_some_and(|byte| matches!(byte, b'\n' | b'\r'))
+            {
+                bytes.pop();
+            }
+            bytes
+        }
+        (None, Some(name)) => std::env::var_os(name)
+            .ok_or_else(|| format!("the environment variable {name} is not set"))?
+            .into_encoded_bytes(),
+        _ => return Err("write one of { file: PATH } or { env: NAME }".to_owned()),
+    };
+    if bytes.len() < least {
+        return Err(format!(
+            "the secret is {} bytes; the algorithms listed need at least {least} (RFC 7518 §3.2)",
+            bytes.len()
+        ));
+    }
+    Ok(Secret(bytes.into()))
+}
+
+/// `jwks_file` or `jwks_url` (exactly one when asymmetric algorithms are listed), and the
+/// settings of a URL.
+fn build_key_source(
+    builder: &mut Builder,
+    base: &str,
+    raw: &RawJwt,
+    base_dir: &Path,
+    asymmetric: bool,
+) -> Option<KeySource> {
+    if raw.jwks_url.is_none() && raw.jwks_ca.is_some() {
+        builder.error(
+            &format!("{base}.jwks_ca"),
+            "jwks_ca is for an https jwks_url; this issuer has none",
+        );
+    }
+    match (&raw.jwks_file, &raw.jwks_url) {
+        (Some(_), Some(_)) => {
+            builder.error(
+                &format!("{base}.jwks_url"),
+                "write jwks_file or jwks_url, not both",
+            );
+            None
+        }
+        (None, None) if asymmetric => {
+            builder.error(&format!("{base}.algorithms"), "RS*, PS*, ES* and EdDSA need the issuer's public keys: add jwks_url (fetched and refreshed) or jwks_file");
+            None
+        }
+        (None, None) => Some(KeySource::None),
+        (Some(_), None) | (None, Some(_)) if !asymmetric => {
+            let key = if raw.jwks_file.is_some() {
+                "jwks_file"
+            } else {
+                "jwks_url"
+            };
+            builder.error(&format!("{base}.{key}"), "public keys are used only for RS*, PS*, ES* and EdDSA, and algorithms lists none of them");
+            None
+        }
+        (Some(file), None) => {
+            let file_path = base_dir.join(file);
+            let parsed = std::fs::read_to_string(&file_path)
+                .map_err(|err| format!("cannot read \"{}\": {err}", file_path.display()))
+                .and_then(|text| {
+                    KeySet::parse(&text)
+                        .map_err(|err| format!("\"{}\": {err}", file_path.display()))
+                });
+            builder
+                .typed(&format!("{base}.jwks_file"), parsed)
+                .map(|keys| KeySource::File(Arc::new(keys)))
+        }
+        (None, Some(url)) => {
+            let url = builder.typed(&format!("{base}.jwks_url"), parse_fetch_url(url));
+            let ca = match &raw.jwks_ca {
+                Some(file) => builder
+                    .typed(
+                        &format!("{base}.jwks_ca"),
+                        crate::tls::read_certificates(&base_dir.join(file)),
+                    )
+                    .map(Some),
+                None => Some(None),
+            };
+            let refresh = builder.duration(&format!("{base}.jwks_refresh"), &raw.jwks_refresh);
+            let min_refresh =
+                builder.duration(&format!("{base}.jwks_min_refresh"), &raw.jwks_min_refresh);
+            if let (Some(refresh), Some(min_refresh)) = (refresh, min_refresh)
+                && min_refresh > refresh
+            {
+                builder.error(
+                    &format!("{base}.jwks_min_refresh"),
+                    "must not be longer than jwks_refresh",
+                );
+            }
+            Some(KeySource::Url(RemoteKeys {
+                url: url?,
+                ca: ca?,
+                refresh: refresh?,
+                min_refresh: min_refresh?,
+            }))
+        }
+    }
+}
+
+/// An absolute `http` or `https` URL with a host.
+fn parse_fetch_url(text: &str) -> Result<http::Uri, String> {
+    let url: http::Uri = text
+        .parse()
+        .map_err(|err| format!("\"{text}\" is not a URL: {err}"))?;
+    match url.scheme_str() {
+        Some("http" | "https") => {}
+        _ => return Err(format!("\"{text}\" must start with https:// (or http://)")),
+    }
+    if url.host().is_none_or(str::is_empty) {
+        return Err(format!("\"{text}\" names no host"));
+    }
+    Ok(url)
 }
 
 /// A role or scope name: the characters RFC 6750 allows in a scope token (no space, `"`

@@ -5,7 +5,7 @@
 use crate::policy::{Condition, Effect, HostPattern, Mode, NetSet, PathGlob, Rule, Segment};
 
 use super::error::ConfigError;
-use super::model::{Config, RouteSettings};
+use super::model::{Config, KeySource, RouteSettings};
 use super::source::Source;
 
 /// Every warning for `config`, whose own file is `source`.
@@ -18,6 +18,20 @@ pub fn warnings(config: &Config, source: &Source) -> Vec<ConfigError> {
             "policy.files",
             "no policy files: every request is denied (no_matching_allow); name rule files in policy.files",
         ));
+    }
+    for (index, issuer) in config.identity.jwt.iter().enumerate() {
+        if let KeySource::Url(remote) = &issuer.keys
+            && remote.url.scheme_str() == Some("http")
+            && !is_loopback(remote.url.host().unwrap_or(""))
+        {
+            let yaml_path = format!("identity.jwt[{index}].jwks_url");
+            warnings.push(ConfigError::at(
+                source.path(),
+                source.locate(&yaml_path),
+                &yaml_path,
+                "the key set is fetched over plain http: anyone on the path can swap in their own keys and sign tokens; use https",
+            ));
+        }
     }
     let rules = config.policy.rules();
     let trusted = NetSet::new(config.trusted_proxies.iter().copied());
@@ -76,6 +90,14 @@ pub fn warnings(config: &Config, source: &Source) -> Vec<ConfigError> {
         }
     }
     warnings
+}
+
+fn is_loopback(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// A role a `roles` condition names that nothing declares or grants.

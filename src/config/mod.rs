@@ -24,8 +24,9 @@ mod units;
 pub use error::{ConfigError, ConfigErrors};
 pub use model::{
     AdminSettings, ApiKeyEntry, ApiKeySettings, Config, DenialSettings, Detail, ForwardHeaderNames,
-    ForwardedHeader, HostPattern, IdentitySettings, JwtSettings, Limits, ListenerSettings, RouteId,
-    RouteSettings, Target, TokenSource, UpstreamName, UpstreamSettings,
+    ForwardedHeader, HostPattern, IdentitySettings, JwtSettings, KeySource, Limits,
+    ListenerSettings, RemoteKeys, RouteId, RouteSettings, Secret, Target, TokenSource,
+    UpstreamName, UpstreamSettings,
 };
 pub use policy::{PolicySummary, parse_list_file};
 pub use units::{format_duration, parse_duration, parse_size};

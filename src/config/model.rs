@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
+use crate::identity::KeySet;
 pub use crate::policy::HostPattern;
 use crate::policy::PolicySet;
 
@@ -73,8 +74,10 @@ pub struct JwtSettings {
     pub issuer: String,
     /// Tokens must name one of these in `aud`.
     pub audiences: Vec<String>,
-    /// Its signing keys.
-    pub keys: jsonwebtoken::jwk::JwkSet,
+    /// Where its public keys come from.
+    pub keys: KeySource,
+    /// The shared secret for HS256/384/512, when configured.
+    pub secret: Option<Secret>,
     /// Accepted algorithms.
     pub algorithms: Vec<jsonwebtoken::Algorithm>,
     /// Where tokens are read from, in order.
@@ -85,6 +88,40 @@ pub struct JwtSettings {
     pub roles_claim: String,
     /// Allowed clock skew.
     pub leeway: Duration,
+}
+
+/// Where an issuer's public keys come from.
+#[derive(Debug, Clone)]
+pub enum KeySource {
+    /// None: the issuer signs only with its shared secret.
+    None,
+    /// A JWKS file, read with the config.
+    File(Arc<KeySet>),
+    /// A JWKS URL, fetched at start and refreshed.
+    Url(RemoteKeys),
+}
+
+/// `jwks_url` and how it is kept fresh.
+#[derive(Debug, Clone)]
+pub struct RemoteKeys {
+    /// An absolute http or https URL.
+    pub url: http::Uri,
+    /// The CAs trusted for https, instead of the system's.
+    pub ca: Option<Vec<rustls::pki_types::CertificateDer<'static>>>,
+    /// How often the key set is fetched again.
+    pub refresh: Duration,
+    /// The least time between two fetches.
+    pub min_refresh: Duration,
+}
+
+/// A shared secret. Its `Debug` never shows it.
+#[derive(Clone)]
+pub struct Secret(pub Arc<[u8]>);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Secret({} bytes)", self.0.len())
+    }
 }
 
 /// Where a token is read from.

@@ -78,6 +78,19 @@ pub struct RawJwt {
     pub audiences: Vec<String>,
     /// A JWKS file, relative to the config file.
     pub jwks_file: Option<String>,
+    /// The issuer's JWKS URL (http or https), fetched at start and refreshed.
+    pub jwks_url: Option<String>,
+    /// PEM file of the CAs trusted for an https `jwks_url`, instead of the system's.
+    pub jwks_ca: Option<String>,
+    /// How often the key set at `jwks_url` is fetched again.
+    #[serde(default = "default_jwks_refresh")]
+    pub jwks_refresh: String,
+    /// The least time between two fetches of `jwks_url`: a token with an unknown `kid`
+    /// triggers a fetch only this long after the last one.
+    #[serde(default = "default_jwks_min_refresh")]
+    pub jwks_min_refresh: String,
+    /// The shared secret for HS256/384/512 tokens.
+    pub secret: Option<RawSecret>,
     /// Algorithms accepted: RS256/384/512, PS256/384/512, ES256/384, EdDSA, HS256/384/512.
     pub algorithms: Vec<String>,
     /// Where tokens are read from, in order; default `Authorization: Bearer`.
@@ -92,6 +105,25 @@ pub struct RawJwt {
     /// Allowed clock skew for exp and nbf.
     #[serde(default = "default_leeway")]
     pub leeway: String,
+}
+
+/// Where an HMAC secret is read from: `{ file: PATH }` (its bytes, trailing line breaks
+/// removed) or `{ env: NAME }`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawSecret {
+    /// A file holding the secret, relative to the config file.
+    pub file: Option<String>,
+    /// An environment variable holding the secret.
+    pub env: Option<String>,
+}
+
+fn default_jwks_refresh() -> String {
+    "5m".to_owned()
+}
+
+fn default_jwks_min_refresh() -> String {
+    "30s".to_owned()
 }
 
 /// One place a token may be: `{ header: Authorization, prefix: "Bearer " }`,

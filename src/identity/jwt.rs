@@ -1,24 +1,31 @@
 //! JWTs: a token found in the configured places, its issuer picked by its `iss`, its key
-//! by its `kid`, then verified by jsonwebtoken: signature, algorithm (only the issuer's
-//! list; `none` never), `exp`/`nbf` with leeway, `iss`, `aud`.
+//! by its `kid` (or the issuer's shared secret for HS*), then verified by jsonwebtoken:
+//! signature, algorithm (only the issuer's list; `none` never), `exp`/`nbf` with leeway,
+//! `iss`, `aud`.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use sha2::{Digest, Sha256};
 
 use http::HeaderMap;
-use jsonwebtoken::{DecodingKey, Validation, decode, decode_header};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode, decode_header};
 
-use crate::config::{JwtSettings, TokenSource};
+use super::jwks::{IssuerKeys, Refreshed};
+use crate::config::{JwtSettings, KeySource, TokenSource};
 use crate::policy::{ClaimValue, Principal, Reason};
+use crate::telemetry::Metrics;
 
-/// The configured issuers, and the tokens they recently vouched for.
-#[derive(Debug)]
+/// The configured issuers, their keys, and the tokens they recently vouched for.
 pub struct Issuers {
-    issuers: Vec<JwtSettings>,
+    issuers: Vec<Issuer>,
     cache: Mutex<HashMap<[u8; 32], Cached>>,
+}
+
+struct Issuer {
+    settings: JwtSettings,
+    keys: Arc<IssuerKeys>,
 }
 
 /// How many verified tokens are remembered; past this, expired ones are dropped, and if
@@ -37,15 +44,72 @@ struct Cached {
 
 /// Why a token was refused; becomes a 401 reason.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TokenRejection(pub Reason);
+pub struct TokenRejection {
+    /// The reason the denial gives.
+    pub reason: Reason,
+    /// The issuer (by position) whose fetched keys lack the token's key: a fetch may
+    /// find it.
+    pub stale_keys: Option<usize>,
+}
+
+impl From<Reason> for TokenRejection {
+    fn from(reason: Reason) -> TokenRejection {
+        TokenRejection {
+            reason,
+            stale_keys: None,
+        }
+    }
+}
 
 impl Issuers {
-    /// Issuers as configured.
-    pub fn new(issuers: &[JwtSettings]) -> Issuers {
+    /// Issuers as configured; keys from a `jwks_url` are not fetched until
+    /// [`Issuers::key_sets`]' owners ask.
+    pub fn new(issuers: &[JwtSettings], metrics: &Metrics) -> Issuers {
+        let issuers = issuers
+            .iter()
+            .map(|settings| {
+                let keys = match &settings.keys {
+                    KeySource::None => IssuerKeys::fixed(&settings.id, None),
+                    KeySource::File(keys) => IssuerKeys::fixed(&settings.id, Some(keys.clone())),
+                    KeySource::Url(remote) => {
+                        let counter = |result: &str| {
+                            metrics
+                                .jwks_refreshes
+                                .with_label_values(&[settings.id.as_str(), result])
+                        };
+                        IssuerKeys::remote(&settings.id, remote, counter("ok"), counter("error"))
+                    }
+                };
+                Issuer {
+                    settings: settings.clone(),
+                    keys: Arc::new(keys),
+                }
+            })
+            .collect();
         Issuers {
-            issuers: issuers.to_vec(),
+            issuers,
             cache: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Every issuer's keys.
+    pub fn key_sets(&self) -> impl Iterator<Item = &Arc<IssuerKeys>> {
+        self.issuers.iter().map(|issuer| &issuer.keys)
+    }
+
+    /// Fetches the keys of the issuer at `index` (rate limited); when they changed,
+    /// forgets the verified tokens, since a key may have been withdrawn.
+    pub async fn refresh(&self, index: usize) -> Refreshed {
+        let Some(issuer) = self.issuers.get(index) else {
+            return Refreshed::NotRemote;
+        };
+        let refreshed = issuer.keys.refresh().await;
+        if refreshed == Refreshed::Changed
+            && let Ok(mut cache) = self.cache.lock()
+        {
+            cache.clear();
+        }
+        refreshed
     }
 
     /// Whether any issuer is configured.
@@ -53,18 +117,28 @@ impl Issuers {
         self.issuers.is_empty()
     }
 
-    /// The first token in the places any issuer reads, in order, and where it was.
+    /// The first token in the places any issuer reads, in order, and where it was. Two
+    /// tokens in that place are an error: the gateway would verify one while the upstream
+    /// might read the other.
     pub fn find_token(
         &self,
         headers: &HeaderMap,
         query: Option<&str>,
-    ) -> Option<(String, TokenSource)> {
-        self.issuers
+    ) -> Result<Option<(String, TokenSource)>, SeveralTokens> {
+        for source in self
+            .issuers
             .iter()
-            .flat_map(|issuer| issuer.sources.iter())
-            .find_map(|source| {
-                token_in(source, headers, query).map(|token| (token, source.clone()))
-            })
+            .flat_map(|issuer| issuer.settings.sources.iter())
+        {
+            let mut tokens = tokens_in(source, headers, query);
+            if let Some(token) = tokens.next() {
+                if tokens.next().is_some() {
+                    return Err(SeveralTokens);
+                }
+                return Ok(Some((token.to_owned(), source.clone())));
+            }
+        }
+        Ok(None)
     }
 
     /// Verifies `token` and makes it a principal. A token verified before and still
@@ -117,7 +191,7 @@ impl Issuers {
         source: Option<&TokenSource>,
     ) -> Result<(Principal, u64, u64), TokenRejection> {
         let invalid = |problem: &str| {
-            TokenRejection(Reason::TokenInvalid {
+            TokenRejection::from(Reason::TokenInvalid {
                 problem: problem.to_owned(),
             })
         };
@@ -127,11 +201,18 @@ impl Issuers {
         // it; nothing else is believed until then.
         let claimed_issuer =
             unverified_issuer(token).ok_or_else(|| invalid("the token has no iss claim"))?;
-        let issuer = self
+        let (
+            index,
+            Issuer {
+                settings: issuer,
+                keys,
+            },
+        ) = self
             .issuers
             .iter()
-            .find(|issuer| issuer.issuer == claimed_issuer)
-            .ok_or(TokenRejection(Reason::TokenWrongIssuer))?;
+            .enumerate()
+            .find(|(_, issuer)| issuer.settings.issuer == claimed_issuer)
+            .ok_or(TokenRejection::from(Reason::TokenWrongIssuer))?;
         // SECURITY: a token counts only where its own issuer reads tokens (a header-only
         // issuer's tokens are not taken from another issuer's cookie or query).
         if let Some(source) = source
@@ -144,14 +225,37 @@ impl Issuers {
         if !issuer.algorithms.contains(&header.alg) {
             return Err(invalid("the token's algorithm is not accepted"));
         }
-        let jwk = match &header.kid {
-            Some(kid) => issuer.keys.find(kid),
-            None if issuer.keys.keys.len() == 1 => issuer.keys.keys.first(),
-            None => None,
-        }
-        .ok_or_else(|| invalid("the token's key is not in the issuer's key set"))?;
-        let key = DecodingKey::from_jwk(jwk)
-            .map_err(|_| invalid("the issuer's key cannot check this token"))?;
+        let key = if is_hmac(header.alg) {
+            // SECURITY: an HMAC token is checked only with the configured secret, never
+            // with a published key's bytes (which would let anyone sign).
+            let secret = issuer
+                .secret
+                .as_ref()
+                .ok_or_else(|| invalid("the token's algorithm is not accepted"))?;
+            DecodingKey::from_secret(&secret.0)
+                .map_err(|_| invalid("the issuer's secret cannot check this token"))?
+        } else {
+            let stale = |problem: &str| TokenRejection {
+                stale_keys: keys.is_remote().then_some(index),
+                ..invalid(problem)
+            };
+            let set = keys
+                .current()
+                .ok_or_else(|| stale("the issuer's signing keys have not been loaded"))?;
+            let jwk = set
+                .find(header.kid.as_deref())
+                .ok_or_else(|| stale("the token's key is not in the issuer's key set"))?;
+            // A key published for one algorithm is not used with another.
+            if let Some(published) = jwk.common.key_algorithm
+                && Algorithm::try_from(published).ok() != Some(header.alg)
+            {
+                return Err(invalid(
+                    "the token's algorithm is not the one its key is for",
+                ));
+            }
+            DecodingKey::from_jwk(jwk)
+                .map_err(|_| invalid("the issuer's key cannot check this token"))?
+        };
         let mut validation = Validation::new(header.alg);
         validation.algorithms = vec![header.alg];
         validation.set_issuer(&[&issuer.issuer]);
@@ -163,18 +267,21 @@ impl Issuers {
         let data = decode::<serde_json::Value>(token, &key, &validation).map_err(|err| {
             use jsonwebtoken::errors::ErrorKind;
             match err.kind() {
-                ErrorKind::ExpiredSignature => TokenRejection(Reason::TokenExpired {
+                ErrorKind::ExpiredSignature => Reason::TokenExpired {
                     seconds_ago: expired_ago(token),
-                }),
-                ErrorKind::InvalidAudience => TokenRejection(Reason::TokenWrongAudience {
+                }
+                .into(),
+                ErrorKind::InvalidAudience => Reason::TokenWrongAudience {
                     expected: issuer.audiences.clone(),
-                }),
-                ErrorKind::InvalidIssuer => TokenRejection(Reason::TokenWrongIssuer),
+                }
+                .into(),
+                ErrorKind::InvalidIssuer => Reason::TokenWrongIssuer.into(),
                 ErrorKind::ImmatureSignature => invalid("the token is not valid yet"),
                 ErrorKind::InvalidSignature => invalid("the token's signature does not verify"),
-                ErrorKind::MissingRequiredClaim(claim) => TokenRejection(Reason::TokenInvalid {
+                ErrorKind::MissingRequiredClaim(claim) => Reason::TokenInvalid {
                     problem: format!("the token has no {claim} claim"),
-                }),
+                }
+                .into(),
                 _ => invalid("the token does not verify"),
             }
         })?;
@@ -186,32 +293,54 @@ impl Issuers {
     }
 }
 
-fn token_in(source: &TokenSource, headers: &HeaderMap, query: Option<&str>) -> Option<String> {
+fn is_hmac(algorithm: Algorithm) -> bool {
+    matches!(
+        algorithm,
+        Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512
+    )
+}
+
+/// A request with two tokens in the place a token was found first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SeveralTokens;
+
+/// The tokens in one place, in order.
+fn tokens_in<'r>(
+    source: &'r TokenSource,
+    headers: &'r HeaderMap,
+    query: Option<&'r str>,
+) -> Box<dyn Iterator<Item = &'r str> + 'r> {
     match source {
-        TokenSource::Header { name, prefix } => headers
-            .get_all(name)
-            .iter()
-            .filter_map(|value| value.to_str().ok())
-            .find_map(|value| {
-                // The scheme in a prefix (`Bearer `) is case-insensitive (RFC 9110 §11.1).
-                let head = value.get(..prefix.len())?;
-                head.eq_ignore_ascii_case(prefix)
-                    .then(|| &value[prefix.len()..])
-            })
-            .map(|token| token.trim().to_owned()),
-        TokenSource::Cookie(cookie) => headers
-            .get_all(http::header::COOKIE)
-            .iter()
-            .filter_map(|value| value.to_str().ok())
-            .flat_map(|value| value.split(';'))
-            .filter_map(|pair| pair.trim().split_once('='))
-            .find(|(name, _)| name == cookie)
-            .map(|(_, value)| value.to_owned()),
-        TokenSource::Query(parameter) => query?
-            .split('&')
-            .filter_map(|pair| pair.split_once('='))
-            .find(|(name, _)| name == parameter)
-            .map(|(_, value)| value.to_owned()),
+        TokenSource::Header { name, prefix } => Box::new(
+            headers
+                .get_all(name)
+                .iter()
+                .filter_map(|value| value.to_str().ok())
+                .filter_map(|value| {
+                    // The scheme in a prefix (`Bearer `) is case-insensitive (RFC 9110 §11.1).
+                    let head = value.get(..prefix.len())?;
+                    head.eq_ignore_ascii_case(prefix)
+                        .then(|| value[prefix.len()..].trim())
+                }),
+        ),
+        TokenSource::Cookie(cookie) => Box::new(
+            headers
+                .get_all(http::header::COOKIE)
+                .iter()
+                .filter_map(|value| value.to_str().ok())
+                .flat_map(|value| value.split(';'))
+                .filter_map(|pair| pair.trim().split_once('='))
+                .filter(move |(name, _)| name == cookie)
+                .map(|(_, value)| value),
+        ),
+        TokenSource::Query(parameter) => Box::new(
+            query
+                .unwrap_or("")
+                .split('&')
+                .filter_map(|pair| pair.split_once('='))
+                .filter(move |(name, _)| name == parameter)
+                .map(|(_, value)| value),
+        ),
     }
 }
 
@@ -319,17 +448,22 @@ mod tests {
         let pair = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap();
         let jwks = serde_json::json!({ "keys": [{ "kty": "OKP", "crv": "Ed25519", "kid": "k",
             "x": b64(pair.public_key().as_ref()) }] });
-        let issuers = Issuers::new(&[JwtSettings {
-            id: "corp".into(),
-            issuer: "https://idp/".into(),
-            audiences: vec!["api".into()],
-            keys: serde_json::from_value(jwks).unwrap(),
-            algorithms: vec![Algorithm::EdDSA],
-            sources: Vec::new(),
-            scopes_claim: "scope".into(),
-            roles_claim: "roles".into(),
-            leeway: Duration::from_secs(0),
-        }]);
+        let keys = crate::identity::KeySet::parse(&jwks.to_string()).unwrap();
+        let issuers = Issuers::new(
+            &[JwtSettings {
+                id: "corp".into(),
+                issuer: "https://idp/".into(),
+                audiences: vec!["api".into()],
+                keys: KeySource::File(Arc::new(keys)),
+                secret: None,
+                algorithms: vec![Algorithm::EdDSA],
+                sources: Vec::new(),
+                scopes_claim: "scope".into(),
+                roles_claim: "roles".into(),
+                leeway: Duration::from_secs(0),
+            }],
+            &Metrics::new(),
+        );
         let sign = |exp: u64| {
             let mut header = Header::new(Algorithm::EdDSA);
             header.kid = Some("k".into());

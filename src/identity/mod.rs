@@ -1,22 +1,28 @@
 //! Credentials → [`Principal`]: who is calling, before the policy decides.
 //!
-//! `authenticate` does no I/O: everything it needs is loaded with the config. Today the
-//! credentials are API keys (`api_keys.rs`); tokens and client certificates come next.
-//! This module also owns the identity headers: the ones it sets upstream are removed from
-//! every incoming request first, so a client can never claim an identity.
+//! `authenticate` does no I/O. The credentials are API keys (`api_keys.rs`) and JWTs
+//! (`jwt.rs`), whose issuers' keys `jwks.rs` loads and keeps fresh; when a token names a
+//! key its issuer's fetched set lacks, the caller may [`Identity::refresh_keys`] and try
+//! once more. This module also owns the identity headers: the ones it sets upstream are
+//! removed from every incoming request first, so a client can never claim an identity.
 
 mod api_keys;
+mod jwks;
 mod jwt;
+
+use std::sync::Arc;
 
 use http::{HeaderMap, HeaderValue};
 
 use crate::config::{ForwardHeaderNames, IdentitySettings};
 use crate::policy::{Principal, Reason};
+use crate::telemetry::Metrics;
 use api_keys::ApiKeys;
-use jwt::Issuers;
+use jwt::{Issuers, TokenRejection};
+
+pub use jwks::{IssuerKeys, KeySet, Refreshed};
 
 /// The configured ways of identifying callers.
-#[derive(Debug)]
 pub struct Identity {
     api_keys: Option<ApiKeys>,
     issuers: Issuers,
@@ -34,31 +40,44 @@ pub enum Rejection {
     /// More than one API key header: a malformed request (400), not a bad credential.
     #[error("the request carries more than one API key")]
     SeveralApiKeys,
+    /// Two tokens where one was expected: a malformed request (400).
+    #[error("the request carries more than one token in the same place")]
+    SeveralTokens,
     /// A token that does not verify.
-    #[error("{}", .0)]
-    Token(Reason),
+    #[error("{}", .0.reason)]
+    Token(TokenRejection),
 }
 
 impl Rejection {
     /// Whether the request itself is malformed (a 400), not its credential (a 401).
     pub fn is_malformed_request(&self) -> bool {
-        matches!(self, Rejection::SeveralApiKeys)
+        matches!(self, Rejection::SeveralApiKeys | Rejection::SeveralTokens)
     }
 
     /// The reason a denial gives for it.
     pub fn reason(&self) -> Reason {
         match self {
-            Rejection::Token(reason) => reason.clone(),
+            Rejection::Token(rejection) => rejection.reason.clone(),
             _ => Reason::TokenInvalid {
                 problem: self.to_string(),
             },
         }
     }
+
+    /// The issuer whose fetched keys lack the token's key: after
+    /// [`Identity::refresh_keys`] the token may verify.
+    pub fn stale_keys(&self) -> Option<usize> {
+        match self {
+            Rejection::Token(rejection) => rejection.stale_keys,
+            _ => None,
+        }
+    }
 }
 
 impl Identity {
-    /// Identity as configured.
-    pub fn new(settings: &IdentitySettings) -> Identity {
+    /// Identity as configured. Keys at a `jwks_url` are not fetched until
+    /// [`Identity::load_keys`].
+    pub fn new(settings: &IdentitySettings, metrics: &Metrics) -> Identity {
         let challenge = if settings.jwt.is_empty() {
             settings.api_keys.as_ref().and_then(|keys| {
                 HeaderValue::from_str(&format!(
@@ -72,7 +91,7 @@ impl Identity {
         };
         Identity {
             api_keys: settings.api_keys.as_ref().map(ApiKeys::new),
-            issuers: Issuers::new(&settings.jwt),
+            issuers: Issuers::new(&settings.jwt, metrics),
             forward: settings.forward.clone(),
             challenge,
             strip_authorization: settings.strip_authorization,
@@ -87,13 +106,16 @@ impl Identity {
         query: Option<&str>,
     ) -> Result<Option<Principal>, Rejection> {
         if !self.issuers.is_empty()
-            && let Some((token, source)) = self.issuers.find_token(headers, query)
+            && let Some((token, source)) = self
+                .issuers
+                .find_token(headers, query)
+                .map_err(|_| Rejection::SeveralTokens)?
         {
             return self
                 .issuers
                 .verify(&token, Some(&source))
                 .map(Some)
-                .map_err(|rejection| Rejection::Token(rejection.0));
+                .map_err(Rejection::Token);
         }
         match &self.api_keys {
             Some(keys) => keys.identify(headers),
@@ -105,13 +127,46 @@ impl Identity {
     /// request.
     pub fn verify_token(&self, token: &str) -> Result<Principal, Rejection> {
         if self.issuers.is_empty() {
-            return Err(Rejection::Token(Reason::TokenInvalid {
-                problem: "no token issuer is configured (identity.jwt)".to_owned(),
-            }));
+            return Err(Rejection::Token(
+                Reason::TokenInvalid {
+                    problem: "no token issuer is configured (identity.jwt)".to_owned(),
+                }
+                .into(),
+            ));
         }
+        self.issuers.verify(token, None).map_err(Rejection::Token)
+    }
+
+    /// Fetches every `jwks_url` key set once, all at the same time; a fetch that fails is
+    /// logged and counted, and its issuer's tokens are refused until one succeeds.
+    pub async fn load_keys(&self) {
+        let mut fetches = tokio::task::JoinSet::new();
+        for keys in self.remote_key_sets() {
+            let keys = Arc::clone(keys);
+            fetches.spawn(async move { keys.refresh().await });
+        }
+        while fetches.join_next().await.is_some() {}
+    }
+
+    /// The issuers whose keys come from a `jwks_url`, to keep fresh.
+    pub fn remote_key_sets(&self) -> impl Iterator<Item = &Arc<IssuerKeys>> {
+        self.issuers.key_sets().filter(|keys| keys.is_remote())
+    }
+
+    /// Fetches the keys of the issuer a [`Rejection::stale_keys`] named, unless they were
+    /// fetched less than its `jwks_min_refresh` ago. When a fetch is in flight, waits for
+    /// it: the keys may have changed either way, so the caller tries once more.
+    pub async fn refresh_keys(&self, issuer: usize) {
+        self.issuers.refresh(issuer).await;
+    }
+
+    /// Why some tokens cannot be verified at all (an issuer whose keys were never
+    /// loaded), for `/readyz`.
+    pub fn unavailable(&self) -> Vec<String> {
         self.issuers
-            .verify(token, None)
-            .map_err(|rejection| Rejection::Token(rejection.0))
+            .key_sets()
+            .filter_map(|keys| keys.unavailable())
+            .collect()
     }
 
     /// The `WWW-Authenticate` challenge a 401 carries: how to send credentials.

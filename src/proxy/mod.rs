@@ -41,7 +41,7 @@ pub struct Proxy {
     forwarded_header: ForwardedHeader,
     limits: Limits,
     policy: Arc<PolicySet>,
-    identity: Identity,
+    identity: Arc<Identity>,
     denials: DenialSettings,
     metrics: Arc<Metrics>,
     /// `requests_total{route, decision="allow", reason="allowed"}` per route, resolved once
@@ -94,11 +94,16 @@ impl Proxy {
             forwarded_header: config.forwarded_header,
             limits: config.limits.clone(),
             policy: Arc::clone(&config.policy),
-            identity: Identity::new(&config.identity),
+            identity: Arc::new(Identity::new(&config.identity, &metrics)),
             denials: config.denials.clone(),
             metrics,
             allowed,
         }
+    }
+
+    /// The identity setup, whose key sets the gateway keeps fresh and `/readyz` reports.
+    pub fn identity(&self) -> &Arc<Identity> {
+        &self.identity
     }
 
     /// Whether forwarding headers from this socket peer are believed.

@@ -11,6 +11,7 @@ use super::route::RouteTable;
 use crate::config::{Config, RouteId};
 use crate::identity::Identity;
 use crate::policy::{Actual, Decision, Principal, RequestFacts};
+use crate::telemetry::Metrics;
 
 /// Who the synthetic request comes from.
 #[derive(Debug, Clone, PartialEq)]
@@ -70,11 +71,33 @@ impl Offline {
     }
 }
 
+/// The identity setup of `config` with its issuers' `jwks_url` key sets fetched once, as
+/// the gateway does at start. A fetch that fails is reported on stderr; that issuer's
+/// tokens are then refused, as they would be live.
+pub fn identity(config: &Config) -> Identity {
+    let identity = Identity::new(&config.identity, &Metrics::new());
+    if identity.remote_key_sets().next().is_some() {
+        match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(runtime) => runtime.block_on(identity.load_keys()),
+            Err(err) => eprintln!("cannot fetch token keys: {err}"),
+        }
+        for problem in identity.unavailable() {
+            eprintln!("warning: {problem}");
+        }
+    }
+    identity
+}
+
 /// Decides `method url` from `peer` with `headers`, as the gateway running `config` would.
 /// A URL without a host is sent without one (as HTTP/1.0 may). Credentials among the
-/// headers are verified as live, unless `caller` says otherwise.
+/// headers are verified as live with `identity` (see [`identity`]), unless `caller` says
+/// otherwise.
 pub fn decide(
     config: &Config,
+    identity: &Identity,
     method: &str,
     url: &str,
     peer: IpAddr,
@@ -154,7 +177,6 @@ pub fn decide(
         return refused(client_ip, None, ProxyError::NoRoute);
     };
     let path = route.decision_path(path);
-    let identity = Identity::new(&config.identity);
     let verified = match caller {
         Caller::Simulated(principal) => Ok(Some(principal.clone())),
         Caller::Token(token) => identity.verify_token(token).map(Some),

@@ -117,3 +117,42 @@ fn the_shipped_configs_are_valid() {
         Err(errors) => panic!("config/portcullis.yaml is invalid:\n{errors}"),
     }
 }
+
+#[test]
+fn token_issuers_need_their_keys_and_secrets() {
+    let yaml = format!(
+        "{VALID_TAIL}identity:
+  jwt:
+    - id: a
+      issuer: https://a/
+      audiences: [api]
+      algorithms: [RS256, HS256]
+      jwks_file: keys.json
+      jwks_url: https://a/keys
+    - id: b
+      issuer: https://b/
+      audiences: [api]
+      algorithms: [HS384]
+      secret: {{ env: PORTCULLIS_TEST_UNSET_SECRET }}
+      jwks_ca: ca.pem
+    - id: c
+      issuer: https://c/
+      audiences: [api]
+      algorithms: [ES256]
+      jwks_url: ftp://c/keys
+      jwks_refresh: 10s
+      jwks_min_refresh: 1m
+      secret: {{ file: secret, env: SECRET }}
+"
+    );
+    assert_eq!(
+        errors(&yaml),
+        r#"gw.yaml:8:19: identity.jwt[0].algorithms: HS256/384/512 need the shared secret: add secret: { file: PATH } or { env: NAME }
+gw.yaml:10:17: identity.jwt[0].jwks_url: write jwks_file or jwks_url, not both
+gw.yaml:15:15: identity.jwt[1].secret: the environment variable PORTCULLIS_TEST_UNSET_SECRET is not set
+gw.yaml:16:16: identity.jwt[1].jwks_ca: jwks_ca is for an https jwks_url; this issuer has none
+gw.yaml:21:17: identity.jwt[2].jwks_url: "ftp://c/keys" must start with https:// (or http://)
+gw.yaml:23:25: identity.jwt[2].jwks_min_refresh: must not be longer than jwks_refresh
+gw.yaml:24:15: identity.jwt[2].secret: a secret is used only for HS256/384/512, and algorithms lists none of them"#
+    );
+}

@@ -219,10 +219,10 @@ fn key_configuration_mistakes_are_errors() {
         "{bad_role}"
     );
     let jwt = with(
-        "identity: { jwt: [{ id: corp, issuer: \"https://idp/\", audiences: [api], algorithms: [HS256, XY9], jwks_file: missing.json }] }\n",
+        "identity: { jwt: [{ id: corp, issuer: \"https://idp/\", audiences: [api], algorithms: [HS256, XY9, ES256], jwks_file: missing.json }] }\n",
     );
     assert!(
-        jwt.contains("algorithms[0]: HS256 needs a shared secret"),
+        jwt.contains("algorithms: HS256/384/512 need the shared secret"),
         "{jwt}"
     );
     assert!(

@@ -11,6 +11,8 @@
 //! - `config_errors`: every config error names file, line, column and YAML path.
 //! - `denials`: 403s at each detail level, the HTML page, decision metrics.
 //! - `identity`: API keys, 401 versus 403, identity headers upstream.
+//! - `jwt`: tokens against a JWKS file: every way a token is refused, `explain --token`.
+//! - `jwks`: key sets over HTTP(S): RSA and HMAC, rotation, rate limit, outages.
 //! - `deploy`: the Dockerfile's and Kubernetes manifests' checkable parts.
 
 #![allow(
@@ -24,6 +26,7 @@ mod denials;
 mod deploy;
 mod forwarding;
 mod identity;
+mod jwks;
 mod jwt;
 mod lifecycle;
 mod limits;

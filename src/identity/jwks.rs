@@ -1,0 +1,347 @@
+//! Issuers' public keys: a JWKS document read from a file with the config, or fetched
+//! from a URL at start and again on an interval and when a token names a key the set
+//! lacks. A failed fetch keeps the last good set; fetches are at most one per
+//! `min_refresh`, however many unknown `kid`s arrive.
+
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper_util::rt::TokioIo;
+use jsonwebtoken::jwk::{AlgorithmParameters, Jwk, PublicKeyUse};
+use prometheus::IntCounter;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+
+use crate::config::RemoteKeys;
+
+/// A JWKS document's signing keys.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KeySet {
+    keys: Vec<Jwk>,
+}
+
+/// The largest key set document read (IdPs publish a handful of keys, a few KiB).
+const MAX_DOCUMENT: usize = 1 << 20;
+
+/// How long one fetch may take, from connecting to the last body byte.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl KeySet {
+    /// The signing keys in a JWKS document. Keys for encryption, symmetric keys (a
+    /// shared secret has no place in a published set; HMAC takes the configured
+    /// `secret` only) and keys of types this build does not know are skipped, so one odd
+    /// key does not cost the issuer its whole set.
+    pub fn parse(text: &str) -> Result<KeySet, String> {
+        #[derive(serde::Deserialize)]
+        struct Document {
+            keys: Vec<serde_json::Value>,
+        }
+        let document: Document = serde_json::from_str(text)
+            .map_err(|err| format!("not a JWKS document ({{\"keys\": [...]}}): {err}"))?;
+        let listed = document.keys.len();
+        let keys: Vec<Jwk> = document
+            .keys
+            .into_iter()
+            .filter_map(|key| serde_json::from_value::<Jwk>(key).ok())
+            .filter(|key| {
+                !matches!(key.common.public_key_use, Some(PublicKeyUse::Encryption))
+                    && matches!(
+                        key.algorithm,
+                        AlgorithmParameters::RSA(_)
+                            | AlgorithmParameters::EllipticCurve(_)
+                            | AlgorithmParameters::OctetKeyPair(_)
+                    )
+            })
+            .collect();
+        if keys.is_empty() {
+            return Err(format!(
+                "the key set holds no usable signing key ({listed} listed; RSA, EC and OKP keys for signatures are read)"
+            ));
+        }
+        Ok(KeySet { keys })
+    }
+
+    /// The key a token's `kid` names; a token without a `kid` may use a set's only key.
+    pub fn find(&self, kid: Option<&str>) -> Option<&Jwk> {
+        match kid {
+            Some(kid) => self
+                .keys
+                .iter()
+                .find(|key| key.common.key_id.as_deref() == Some(kid)),
+            None if self.keys.len() == 1 => self.keys.first(),
+            None => None,
+        }
+    }
+
+    /// How many keys the set holds (never none).
+    pub fn key_count(&self) -> usize {
+        self.keys.len()
+    }
+}
+
+/// One issuer's keys as they are now, and, for a `jwks_url`, how they are renewed.
+pub struct IssuerKeys {
+    issuer: String,
+    current: RwLock<Option<Arc<KeySet>>>,
+    remote: Option<Remote>,
+}
+
+struct Remote {
+    settings: RemoteKeys,
+    /// The TLS setup for https, or why there is none (no CA certificates found).
+    tls: Result<Arc<rustls::ClientConfig>, String>,
+    /// When the last fetch ended; held across a fetch, so concurrent callers wait for
+    /// the one in flight and then find it recent.
+    last_attempt: tokio::sync::Mutex<Option<Instant>>,
+    /// Why the last fetch failed, until one succeeds.
+    last_error: Mutex<Option<String>>,
+    succeeded: IntCounter,
+    failed: IntCounter,
+}
+
+/// What a fetch attempt did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refreshed {
+    /// The set was fetched and differs from the one before.
+    Changed,
+    /// The set was fetched and is the same.
+    Unchanged,
+    /// The fetch failed; the last good set (if any) stays.
+    Failed,
+    /// A fetch happened less than `min_refresh` ago; nothing was fetched.
+    TooSoon,
+    /// The keys come from a file; there is nothing to fetch.
+    NotRemote,
+}
+
+impl IssuerKeys {
+    /// Keys from a file, never renewed.
+    pub fn fixed(issuer: &str, keys: Option<Arc<KeySet>>) -> IssuerKeys {
+        IssuerKeys {
+            issuer: issuer.to_owned(),
+            current: RwLock::new(keys),
+            remote: None,
+        }
+    }
+
+    /// Keys from `settings.url`, none until the first fetch succeeds. `succeeded` and
+    /// `failed` count fetches.
+    pub fn remote(
+        issuer: &str,
+        settings: &RemoteKeys,
+        succeeded: IntCounter,
+        failed: IntCounter,
+    ) -> IssuerKeys {
+        let tls = if settings.url.scheme_str() == Some("https") {
+            crate::tls::client_config(settings.ca.as_deref())
+        } else {
+            Err("TLS is not used for http URLs".to_owned())
+        };
+        IssuerKeys {
+            issuer: issuer.to_owned(),
+            current: RwLock::new(None),
+            remote: Some(Remote {
+                settings: settings.clone(),
+                tls,
+                last_attempt: tokio::sync::Mutex::new(None),
+                last_error: Mutex::new(None),
+                succeeded,
+                failed,
+            }),
+        }
+    }
+
+    /// The keys now.
+    pub fn current(&self) -> Option<Arc<KeySet>> {
+        self.current.read().ok().and_then(|keys| keys.clone())
+    }
+
+    /// Whether the keys come from a URL and can be fetched again.
+    pub fn is_remote(&self) -> bool {
+        self.remote.is_some()
+    }
+
+    /// Why tokens of this issuer cannot be verified at all, for `/readyz`: `None` once
+    /// keys are loaded (or when the issuer needs none).
+    pub fn unavailable(&self) -> Option<String> {
+        let remote = self.remote.as_ref()?;
+        if self.current().is_some() {
+            return None;
+        }
+        let why = remote
+            .last_error
+            .lock()
+            .ok()
+            .and_then(|error| error.clone())
+            .unwrap_or_else(|| "not fetched yet".to_owned());
+        Some(format!(
+            "issuer {}: no keys loaded from {}: {why}",
+            self.issuer, remote.settings.url
+        ))
+    }
+
+    /// Fetches the key set now, unless a fetch ended less than `min_refresh` ago (a
+    /// caller arriving while one is in flight waits for it, then finds it recent).
+    pub async fn refresh(&self) -> Refreshed {
+        let Some(remote) = &self.remote else {
+            return Refreshed::NotRemote;
+        };
+        let mut last_attempt = remote.last_attempt.lock().await;
+        if last_attempt.is_some_and(|at| at.elapsed() < remote.settings.min_refresh) {
+            return Refreshed::TooSoon;
+        }
+        let fetched = tokio::time::timeout(FETCH_TIMEOUT, fetch(remote))
+            .await
+            .unwrap_or_else(|_| Err(format!("no answer within {}s", FETCH_TIMEOUT.as_secs())))
+            .and_then(|text| KeySet::parse(&text));
+        *last_attempt = Some(Instant::now());
+        match fetched {
+            Ok(keys) => {
+                remote.succeeded.inc();
+                if let Ok(mut error) = remote.last_error.lock() {
+                    *error = None;
+                }
+                let Ok(mut current) = self.current.write() else {
+                    return Refreshed::Failed;
+                };
+                if current.as_deref() == Some(&keys) {
+                    return Refreshed::Unchanged;
+                }
+                tracing::info!(issuer = %self.issuer, keys = keys.key_count(), url = %remote.settings.url, "token signing keys loaded");
+                *current = Some(Arc::new(keys));
+                Refreshed::Changed
+            }
+            Err(error) => {
+                remote.failed.inc();
+                let kept = if self.current().is_some() {
+                    "keeping the keys loaded before"
+                } else {
+                    "no keys loaded yet: this issuer's tokens are refused"
+                };
+                tracing::warn!(issuer = %self.issuer, url = %remote.settings.url, %error, "cannot fetch token signing keys; {kept}");
+                if let Ok(mut last) = remote.last_error.lock() {
+                    *last = Some(error);
+                }
+                Refreshed::Failed
+            }
+        }
+    }
+
+    /// Keeps a `jwks_url` set fresh for the life of the process: every `refresh`, or every
+    /// `min_refresh` while no set was ever loaded. The first fetch is the caller's.
+    pub async fn keep_fresh(self: Arc<Self>) {
+        let Some(remote) = &self.remote else {
+            return;
+        };
+        loop {
+            let wait = if self.current().is_some() {
+                remote.settings.refresh
+            } else {
+                remote.settings.min_refresh
+            };
+            tokio::time::sleep(wait).await;
+            self.refresh().await;
+        }
+    }
+}
+
+/// GETs the key set document: one request on a fresh connection, no redirects followed,
+/// at most [`MAX_DOCUMENT`] bytes.
+async fn fetch(remote: &Remote) -> Result<String, String> {
+    let url = &remote.settings.url;
+    let host = url.host().ok_or("the URL has no host")?;
+    // `Uri::host` keeps an IPv6 literal's brackets.
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let https = url.scheme_str() == Some("https");
+    let port = url.port_u16().unwrap_or(if https { 443 } else { 80 });
+    let tcp = TcpStream::connect((host, port))
+        .await
+        .map_err(|err| format!("cannot connect: {err}"))?;
+    let authority = url.authority().map_or(host, |authority| authority.as_str());
+    let request = Request::get(
+        url.path_and_query()
+            .map_or("/", |path_and_query| path_and_query.as_str()),
+    )
+    .header(http::header::HOST, authority)
+    .header(
+        http::header::ACCEPT,
+        "application/jwk-set+json, application/json",
+    )
+    .header(
+        http::header::USER_AGENT,
+        concat!("portcullis/", env!("CARGO_PKG_VERSION")),
+    )
+    .body(Empty::<Bytes>::new())
+    .map_err(|err| format!("cannot build the request: {err}"))?;
+    if https {
+        let tls = remote.tls.as_ref().map_err(Clone::clone)?;
+        let name = rustls::pki_types::ServerName::try_from(host.to_owned())
+            .map_err(|err| format!("\"{host}\" is not a TLS server name: {err}"))?;
+        let stream = tokio_rustls::TlsConnector::from(Arc::clone(tls))
+            .connect(name, tcp)
+            .await
+            .map_err(|err| format!("TLS handshake failed: {err}"))?;
+        get(stream, request).await
+    } else {
+        get(tcp, request).await
+    }
+}
+
+async fn get<T>(io: T, request: Request<Empty<Bytes>>) -> Result<String, String>
+where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+        .await
+        .map_err(|err| format!("HTTP handshake failed: {err}"))?;
+    // The connection ends with this exchange: the task ends when the response is read or
+    // the fetch's timeout drops the future that owns `sender`.
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|err| format!("request failed: {err}"))?;
+    if response.status() != StatusCode::OK {
+        return Err(format!(
+            "answered {} (expected 200 with the key set; redirects are not followed)",
+            response.status()
+        ));
+    }
+    let body = Limited::new(response.into_body(), MAX_DOCUMENT)
+        .collect()
+        .await
+        .map_err(|err| format!("reading the key set failed: {err}"))?
+        .to_bytes();
+    String::from_utf8(body.to_vec()).map_err(|_| "the key set is not UTF-8 text".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_signing_keys_of_known_types_are_kept() {
+        let text = r#"{"keys": [
+            {"kty": "oct", "kid": "secret", "k": "c2VjcmV0"},
+            {"kty": "OKP", "crv": "Ed25519", "kid": "enc", "use": "enc", "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"},
+            {"kty": "XYZ", "kid": "future"},
+            {"kty": "OKP", "crv": "Ed25519", "kid": "sig", "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}
+        ]}"#;
+        let set = KeySet::parse(text).unwrap();
+        assert_eq!(set.key_count(), 1);
+        assert!(set.find(Some("sig")).is_some());
+        assert!(
+            set.find(None).is_some(),
+            "a set's only key serves kid-less tokens"
+        );
+        assert!(set.find(Some("secret")).is_none());
+        let error = KeySet::parse(r#"{"keys": [{"kty": "oct", "k": "c2VjcmV0"}]}"#).unwrap_err();
+        assert!(error.contains("no usable signing key"), "{error}");
+        assert!(KeySet::parse("[]").is_err());
+    }
+}
