@@ -10,6 +10,8 @@
 #   portcullis  wrk → portcullis → upstream         (a policy that allows everything)
 #   demo        wrk → portcullis → upstream         (config/policies/demo.yaml decides)
 #   demo-log    the same, with the decision log on (JSON, one line per request, to a file)
+#   jwt         wrk → portcullis → upstream         (every request carries a bearer token,
+#               EdDSA, verified against the demo key set; a rule requires its scope)
 #
 # Rows are measured in turn, round after round, and each figure is the median over the
 # rounds, so a noisy neighbour on a shared machine skews one sample, not the result.
@@ -38,6 +40,8 @@ DEMO_PORT=18084
 DEMO_ADMIN_PORT=18094
 DEMO_LOG_PORT=18085
 DEMO_LOG_ADMIN_PORT=18095
+JWT_PORT=18086
+JWT_ADMIN_PORT=18096
 LOAD_CPU=0
 SERVER_CPU=1
 
@@ -121,10 +125,16 @@ echo 'rules: [{ id: allow-all, effect: allow }]' >"$WORK/allow-all.yaml"
 portcullis_conf portcullis $PORTCULLIS_PORT $PORTCULLIS_ADMIN_PORT allow-all.yaml
 portcullis_conf demo $DEMO_PORT $DEMO_ADMIN_PORT "policies/*.yaml"
 portcullis_conf demo-log $DEMO_LOG_PORT $DEMO_LOG_ADMIN_PORT "policies/*.yaml"
-# The demo policy has a rule for API-key callers; give it the demo's key.
-for name in demo demo-log; do
+echo 'rules: [{ id: token-holders, effect: allow, when: { scopes: { all: ["bench:read"] } } }]' >"$WORK/token-holders.yaml"
+portcullis_conf jwt $JWT_PORT $JWT_ADMIN_PORT token-holders.yaml
+# The demo policy has a rule for API-key callers, the jwt row needs the demo token
+# issuer: give them the demo config's identity section.
+for name in demo demo-log jwt; do
     sed -n '/^identity:/,/^$/p' config/portcullis.yaml >>"$WORK/$name.yaml"
 done
+# One token for the whole run, as a client reusing its access token would send it.
+TOKEN=$("$BINARY" token --key config/keys/demo-signing-key.pem --kid demo \
+    --issuer https://demo.portcullis.local/ --audience demo-api --sub bench --scope bench:read --ttl 2h)
 
 start() { # log name, command...
     local name=$1; shift
@@ -143,7 +153,7 @@ wait_for() { # port
 }
 
 for port in $UPSTREAM_PORT $NGINX_PROXY_PORT $PORTCULLIS_PORT $PORTCULLIS_ADMIN_PORT \
-    $DEMO_PORT $DEMO_ADMIN_PORT $DEMO_LOG_PORT $DEMO_LOG_ADMIN_PORT; do
+    $DEMO_PORT $DEMO_ADMIN_PORT $DEMO_LOG_PORT $DEMO_LOG_ADMIN_PORT $JWT_PORT $JWT_ADMIN_PORT; do
     if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
         echo "port $port is already in use; stop whatever listens there first" >&2
         exit 1
@@ -158,7 +168,9 @@ start demo "$BINARY" --log-level warn run -c "$WORK/demo.yaml"
 DEMO_PID=$!
 start demo-log "$BINARY" --log-format json run -c "$WORK/demo-log.yaml"
 DEMO_LOG_PID=$!
-for port in $UPSTREAM_PORT $NGINX_PROXY_PORT $PORTCULLIS_PORT $DEMO_PORT $DEMO_LOG_PORT; do
+start jwt "$BINARY" --log-level warn run -c "$WORK/jwt.yaml"
+JWT_PID=$!
+for port in $UPSTREAM_PORT $NGINX_PROXY_PORT $PORTCULLIS_PORT $DEMO_PORT $DEMO_LOG_PORT $JWT_PORT; do
     wait_for $port
 done
 
@@ -166,6 +178,10 @@ done
 for port in $UPSTREAM_PORT $NGINX_PROXY_PORT $PORTCULLIS_PORT $DEMO_PORT $DEMO_LOG_PORT; do
     curl -sf "http://127.0.0.1:$port/public/bench" >/dev/null || { echo "port $port does not answer 200" >&2; exit 1; }
 done
+curl -sf -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$JWT_PORT/public/bench" >/dev/null ||
+    { echo "the jwt row does not answer 200 with the token" >&2; exit 1; }
+[ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$JWT_PORT/public/bench")" = 401 ] ||
+    { echo "the jwt row answers without a token" >&2; exit 1; }
 grep -q '"decision":"allow"' "$WORK/demo-log.out" || { echo "the demo-log row writes no decision log" >&2; exit 1; }
 
 to_ms() { # wrk latency such as 812.00us, 1.20ms, 1.01s
@@ -183,11 +199,13 @@ nginx_worker() { # pid file → the worker's pid
     ps -o pid= --ppid "$master" | tr -d ' ' | head -n 1
 }
 
-measure() { # row name, port, pid of the proxy (or -) → "rps p50 p99 cpu_us_per_request"
-    taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNECTIONS" -d"$WARMUP" "http://127.0.0.1:$2/public/bench" >/dev/null
+measure() { # row name, port, pid of the proxy (or -), [header] → "rps p50 p99 cpu_us_per_request"
+    local header=()
+    [ -n "${4:-}" ] && header=(-H "$4")
+    taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNECTIONS" -d"$WARMUP" "${header[@]}" "http://127.0.0.1:$2/public/bench" >/dev/null
     local out ticks_before ticks_after
     [ "$3" != - ] && ticks_before=$(cpu_ticks "$3")
-    out=$(taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNECTIONS" -d"$DURATION" --latency "http://127.0.0.1:$2/public/bench")
+    out=$(taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNECTIONS" -d"$DURATION" --latency "${header[@]}" "http://127.0.0.1:$2/public/bench")
     [ "$3" != - ] && ticks_after=$(cpu_ticks "$3")
     echo "$out" >>"$WORK/wrk-$1.txt"
     if echo "$out" | grep -q "Non-2xx"; then echo "$1: non-2xx answers:" >&2; echo "$out" >&2; exit 1; fi
@@ -214,11 +232,12 @@ for round in $(seq 1 "$ROUNDS"); do
     measure portcullis $PORTCULLIS_PORT "$PORTCULLIS_PID" >>"$WORK/portcullis.txt"
     measure demo $DEMO_PORT "$DEMO_PID" >>"$WORK/demo.txt"
     measure demo-log $DEMO_LOG_PORT "$DEMO_LOG_PID" >>"$WORK/demo-log.txt"
+    measure jwt $JWT_PORT "$JWT_PID" "Authorization: Bearer $TOKEN" >>"$WORK/jwt.txt"
     # The decision log grows by a line per request; start each round with an empty one.
     : >"$WORK/demo-log.out"
 done
 column_median() { awk -v c="$2" '{ print $c }' "$WORK/$1.txt" | median; }
-for row in direct nginx portcullis demo demo-log; do
+for row in direct nginx portcullis demo demo-log jwt; do
     for column in 1 2 3 4; do
         printf -v "${row//-/_}_$column" '%s' "$(column_median "$row" "$column")"
     done
@@ -236,3 +255,6 @@ echo "| nginx proxy | $nginx_1 | $nginx_2 | $nginx_3 | $nginx_4 | 1.00 | 1.00 |"
 echo "| portcullis (allow all) | $portcullis_1 | $portcullis_2 | $portcullis_3 | $portcullis_4 | $(ratio "$portcullis_1" "$nginx_1") | $(ratio "$portcullis_3" "$nginx_3") |"
 echo "| portcullis (demo policy) | $demo_1 | $demo_2 | $demo_3 | $demo_4 | $(ratio "$demo_1" "$nginx_1") | $(ratio "$demo_3" "$nginx_3") |"
 echo "| portcullis (demo policy, decision log) | $demo_log_1 | $demo_log_2 | $demo_log_3 | $demo_log_4 | $(ratio "$demo_log_1" "$nginx_1") | $(ratio "$demo_log_3" "$nginx_3") |"
+echo "| portcullis (JWT, warm cache) | $jwt_1 | $jwt_2 | $jwt_3 | $jwt_4 | $(ratio "$jwt_1" "$nginx_1") | $(ratio "$jwt_3" "$nginx_3") |"
+echo
+echo "JWT row vs allow-all row: req/s $(ratio "$jwt_1" "$portcullis_1")×, CPU per request $(ratio "$jwt_4" "$portcullis_4")×"

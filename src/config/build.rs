@@ -452,24 +452,25 @@ fn hmac_key_bytes(algorithm: jsonwebtoken::Algorithm) -> Option<usize> {
 }
 
 fn read_secret(raw: &RawSecret, base_dir: &Path, least: usize) -> Result<Secret, String> {
-    let bytes = match (&raw.file, &raw.env) {
+    let mut bytes = match (&raw.file, &raw.env) {
         (Some(file), None) => {
             let path = base_dir.join(file);
-            let mut bytes = std::fs::read(&path)
-                .map_err(|err| format!("cannot read \"{}\": {err}", path.display()))?;
-            while bytes
-                .last()
-                .is_some_and(|byte| matches!(byte, b'\n' | b'\r'))
-            {
-                bytes.pop();
-            }
-            bytes
+            std::fs::read(&path)
+                .map_err(|err| format!("cannot read \"{}\": {err}", path.display()))?
         }
         (None, Some(name)) => std::env::var_os(name)
             .ok_or_else(|| format!("the environment variable {name} is not set"))?
             .into_encoded_bytes(),
         _ => return Err("write one of { file: PATH } or { env: NAME }".to_owned()),
     };
+    // A secret written with `echo` or kept in a Kubernetes Secret often ends in a line
+    // break that its issuer never signed with.
+    while bytes
+        .last()
+        .is_some_and(|byte| matches!(byte, b'\n' | b'\r'))
+    {
+        bytes.pop();
+    }
     if bytes.len() < least {
         return Err(format!(
             "the secret is {} bytes; the algorithms listed need at least {least} (RFC 7518 §3.2)",
@@ -488,11 +489,28 @@ fn build_key_source(
     base_dir: &Path,
     asymmetric: bool,
 ) -> Option<KeySource> {
-    if raw.jwks_url.is_none() && raw.jwks_ca.is_some() {
+    let https = raw
+        .jwks_url
+        .as_deref()
+        .is_some_and(|url| url.starts_with("https://"));
+    if raw.jwks_ca.is_some() && !https {
         builder.error(
             &format!("{base}.jwks_ca"),
             "jwks_ca is for an https jwks_url; this issuer has none",
         );
+    }
+    if raw.jwks_url.is_none() {
+        for (key, value) in [
+            ("jwks_refresh", &raw.jwks_refresh),
+            ("jwks_min_refresh", &raw.jwks_min_refresh),
+        ] {
+            if value.is_some() {
+                builder.error(
+                    &format!("{base}.{key}"),
+                    format!("{key} is for a jwks_url; this issuer has none"),
+                );
+            }
+        }
     }
     match (&raw.jwks_file, &raw.jwks_url) {
         (Some(_), Some(_)) => {
@@ -531,17 +549,26 @@ fn build_key_source(
         (None, Some(url)) => {
             let url = builder.typed(&format!("{base}.jwks_url"), parse_fetch_url(url));
             let ca = match &raw.jwks_ca {
-                Some(file) => builder
+                Some(file) if https => builder
                     .typed(
                         &format!("{base}.jwks_ca"),
                         crate::tls::read_certificates(&base_dir.join(file)),
                     )
                     .map(Some),
-                None => Some(None),
+                _ => Some(None),
             };
-            let refresh = builder.duration(&format!("{base}.jwks_refresh"), &raw.jwks_refresh);
-            let min_refresh =
-                builder.duration(&format!("{base}.jwks_min_refresh"), &raw.jwks_min_refresh);
+            // Floors keep a typo from turning the gateway against the IdP.
+            let mut interval = |key: &str, value: &Option<String>, default: &str, least: u64| {
+                let yaml_path = format!("{base}.{key}");
+                let duration = builder.duration(&yaml_path, value.as_deref().unwrap_or(default))?;
+                if duration < Duration::from_secs(least) {
+                    builder.error(&yaml_path, format!("must be at least {least}s"));
+                    return None;
+                }
+                Some(duration)
+            };
+            let refresh = interval("jwks_refresh", &raw.jwks_refresh, "5m", 10);
+            let min_refresh = interval("jwks_min_refresh", &raw.jwks_min_refresh, "30s", 1);
             if let (Some(refresh), Some(min_refresh)) = (refresh, min_refresh)
                 && min_refresh > refresh
             {
@@ -571,6 +598,15 @@ fn parse_fetch_url(text: &str) -> Result<http::Uri, String> {
     }
     if url.host().is_none_or(str::is_empty) {
         return Err(format!("\"{text}\" names no host"));
+    }
+    // Credentials in the URL would travel in logs and on /readyz.
+    if url
+        .authority()
+        .is_some_and(|authority| authority.as_str().contains('@'))
+    {
+        return Err(format!(
+            "\"{text}\" must not carry credentials (user:password@)"
+        ));
     }
     Ok(url)
 }

@@ -82,13 +82,11 @@ pub struct RawJwt {
     pub jwks_url: Option<String>,
     /// PEM file of the CAs trusted for an https `jwks_url`, instead of the system's.
     pub jwks_ca: Option<String>,
-    /// How often the key set at `jwks_url` is fetched again.
-    #[serde(default = "default_jwks_refresh")]
-    pub jwks_refresh: String,
+    /// How often the key set at `jwks_url` is fetched again (default 5m, at least 10s).
+    pub jwks_refresh: Option<String>,
     /// The least time between two fetches of `jwks_url`: a token with an unknown `kid`
-    /// triggers a fetch only this long after the last one.
-    #[serde(default = "default_jwks_min_refresh")]
-    pub jwks_min_refresh: String,
+    /// triggers a fetch only this long after the last one (default 30s, at least 1s).
+    pub jwks_min_refresh: Option<String>,
     /// The shared secret for HS256/384/512 tokens.
     pub secret: Option<RawSecret>,
     /// Algorithms accepted: RS256/384/512, PS256/384/512, ES256/384, EdDSA, HS256/384/512.
@@ -116,14 +114,6 @@ pub struct RawSecret {
     pub file: Option<String>,
     /// An environment variable holding the secret.
     pub env: Option<String>,
-}
-
-fn default_jwks_refresh() -> String {
-    "5m".to_owned()
-}
-
-fn default_jwks_min_refresh() -> String {
-    "30s".to_owned()
 }
 
 /// One place a token may be: `{ header: Authorization, prefix: "Bearer " }`,

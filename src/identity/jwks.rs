@@ -2,7 +2,11 @@
 //! from a URL at start and again on an interval and when a token names a key the set
 //! lacks. A failed fetch keeps the last good set; fetches are at most one per
 //! `min_refresh`, however many unknown `kid`s arrive.
+//!
+//! This module knows key sets and how to fetch them; it knows nothing of tokens, claims
+//! or requests (`jwt.rs` decides which key a token needs and whether a fetch may help).
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -10,6 +14,7 @@ use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Empty, Limited};
 use hyper_util::rt::TokioIo;
+use jsonwebtoken::Algorithm;
 use jsonwebtoken::jwk::{AlgorithmParameters, Jwk, PublicKeyUse};
 use prometheus::IntCounter;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -28,6 +33,9 @@ const MAX_DOCUMENT: usize = 1 << 20;
 
 /// How long one fetch may take, from connecting to the last body byte.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long connecting may take, within [`FETCH_TIMEOUT`].
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
 impl KeySet {
     /// The signing keys in a JWKS document. Keys for encryption, symmetric keys (a
@@ -64,16 +72,26 @@ impl KeySet {
         Ok(KeySet { keys })
     }
 
-    /// The key a token's `kid` names; a token without a `kid` may use a set's only key.
-    pub fn find(&self, kid: Option<&str>) -> Option<&Jwk> {
-        match kid {
-            Some(kid) => self
-                .keys
-                .iter()
-                .find(|key| key.common.key_id.as_deref() == Some(kid)),
-            None if self.keys.len() == 1 => self.keys.first(),
-            None => None,
-        }
+    /// The key a token's `kid` names that fits `algorithm` (its type, and its `alg` when
+    /// it names one); a token without a `kid` may use a set's only key.
+    pub fn find(&self, kid: Option<&str>, algorithm: Algorithm) -> Option<&Jwk> {
+        self.named(kid).find(|key| fits(key, algorithm))
+    }
+
+    /// Whether the set holds a key `kid` names, whatever its algorithm.
+    pub fn names(&self, kid: Option<&str>) -> bool {
+        self.named(kid).next().is_some()
+    }
+
+    fn named<'s>(&'s self, kid: Option<&str>) -> impl Iterator<Item = &'s Jwk> {
+        let only = (kid.is_none() && self.keys.len() == 1)
+            .then(|| self.keys.first())
+            .flatten();
+        let kid = kid.map(str::to_owned);
+        self.keys
+            .iter()
+            .filter(move |key| kid.is_some() && key.common.key_id == kid)
+            .chain(only)
     }
 
     /// How many keys the set holds (never none).
@@ -82,10 +100,31 @@ impl KeySet {
     }
 }
 
+/// Whether `key` can check a signature made with `algorithm`.
+fn fits(key: &Jwk, algorithm: Algorithm) -> bool {
+    use Algorithm::{ES256, ES384, EdDSA, PS256, PS384, PS512, RS256, RS384, RS512};
+    // A key published for one algorithm is not used with another.
+    let named = key
+        .common
+        .key_algorithm
+        .is_none_or(|published| Algorithm::try_from(published).ok() == Some(algorithm));
+    let family = match key.algorithm {
+        AlgorithmParameters::RSA(_) => {
+            matches!(algorithm, RS256 | RS384 | RS512 | PS256 | PS384 | PS512)
+        }
+        AlgorithmParameters::EllipticCurve(_) => matches!(algorithm, ES256 | ES384),
+        AlgorithmParameters::OctetKeyPair(_) => algorithm == EdDSA,
+        _ => false,
+    };
+    named && family
+}
+
 /// One issuer's keys as they are now, and, for a `jwks_url`, how they are renewed.
 pub struct IssuerKeys {
     issuer: String,
     current: RwLock<Option<Arc<KeySet>>>,
+    /// Counts changes of `current`, so that what was verified with older keys can tell.
+    generation: AtomicU64,
     remote: Option<Remote>,
 }
 
@@ -123,6 +162,7 @@ impl IssuerKeys {
         IssuerKeys {
             issuer: issuer.to_owned(),
             current: RwLock::new(keys),
+            generation: AtomicU64::new(0),
             remote: None,
         }
     }
@@ -143,6 +183,7 @@ impl IssuerKeys {
         IssuerKeys {
             issuer: issuer.to_owned(),
             current: RwLock::new(None),
+            generation: AtomicU64::new(0),
             remote: Some(Remote {
                 settings: settings.clone(),
                 tls,
@@ -157,6 +198,11 @@ impl IssuerKeys {
     /// The keys now.
     pub fn current(&self) -> Option<Arc<KeySet>> {
         self.current.read().ok().and_then(|keys| keys.clone())
+    }
+
+    /// Which keys `current` returns: a number that changes whenever they do.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 
     /// Whether the keys come from a URL and can be fetched again.
@@ -185,7 +231,20 @@ impl IssuerKeys {
 
     /// Fetches the key set now, unless a fetch ended less than `min_refresh` ago (a
     /// caller arriving while one is in flight waits for it, then finds it recent).
-    pub async fn refresh(&self) -> Refreshed {
+    ///
+    /// The fetch runs as a task of its own: a caller that goes away (a request whose
+    /// client hung up) does not cancel it, so it cannot undo the rate limit.
+    pub async fn refresh(self: &Arc<Self>) -> Refreshed {
+        if self.remote.is_none() {
+            return Refreshed::NotRemote;
+        }
+        let keys = Arc::clone(self);
+        tokio::spawn(async move { keys.refresh_now().await })
+            .await
+            .unwrap_or(Refreshed::Failed)
+    }
+
+    async fn refresh_now(&self) -> Refreshed {
         let Some(remote) = &self.remote else {
             return Refreshed::NotRemote;
         };
@@ -198,21 +257,26 @@ impl IssuerKeys {
             .unwrap_or_else(|_| Err(format!("no answer within {}s", FETCH_TIMEOUT.as_secs())))
             .and_then(|text| KeySet::parse(&text));
         *last_attempt = Some(Instant::now());
-        match fetched {
-            Ok(keys) => {
+        let stored = fetched.and_then(|keys| {
+            let mut current = self
+                .current
+                .write()
+                .map_err(|_| "the key store is unusable after a panic".to_owned())?;
+            if current.as_deref() == Some(&keys) {
+                return Ok(Refreshed::Unchanged);
+            }
+            tracing::info!(issuer.id = %self.issuer, jwks.url = %remote.settings.url, jwks.keys = keys.key_count(), "token signing keys loaded");
+            *current = Some(Arc::new(keys));
+            self.generation.fetch_add(1, Ordering::AcqRel);
+            Ok(Refreshed::Changed)
+        });
+        match stored {
+            Ok(refreshed) => {
                 remote.succeeded.inc();
                 if let Ok(mut error) = remote.last_error.lock() {
                     *error = None;
                 }
-                let Ok(mut current) = self.current.write() else {
-                    return Refreshed::Failed;
-                };
-                if current.as_deref() == Some(&keys) {
-                    return Refreshed::Unchanged;
-                }
-                tracing::info!(issuer = %self.issuer, keys = keys.key_count(), url = %remote.settings.url, "token signing keys loaded");
-                *current = Some(Arc::new(keys));
-                Refreshed::Changed
+                refreshed
             }
             Err(error) => {
                 remote.failed.inc();
@@ -221,7 +285,7 @@ impl IssuerKeys {
                 } else {
                     "no keys loaded yet: this issuer's tokens are refused"
                 };
-                tracing::warn!(issuer = %self.issuer, url = %remote.settings.url, %error, "cannot fetch token signing keys; {kept}");
+                tracing::warn!(issuer.id = %self.issuer, jwks.url = %remote.settings.url, %error, "cannot fetch token signing keys; {kept}");
                 if let Ok(mut last) = remote.last_error.lock() {
                     *last = Some(error);
                 }
@@ -243,7 +307,7 @@ impl IssuerKeys {
                 remote.settings.min_refresh
             };
             tokio::time::sleep(wait).await;
-            self.refresh().await;
+            self.refresh_now().await;
         }
     }
 }
@@ -257,8 +321,9 @@ async fn fetch(remote: &Remote) -> Result<String, String> {
     let host = host.trim_start_matches('[').trim_end_matches(']');
     let https = url.scheme_str() == Some("https");
     let port = url.port_u16().unwrap_or(if https { 443 } else { 80 });
-    let tcp = TcpStream::connect((host, port))
+    let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect((host, port)))
         .await
+        .map_err(|_| format!("cannot connect within {}s", CONNECT_TIMEOUT.as_secs()))?
         .map_err(|err| format!("cannot connect: {err}"))?;
     let authority = url.authority().map_or(host, |authority| authority.as_str());
     let request = Request::get(
@@ -334,14 +399,42 @@ mod tests {
         ]}"#;
         let set = KeySet::parse(text).unwrap();
         assert_eq!(set.key_count(), 1);
-        assert!(set.find(Some("sig")).is_some());
+        assert!(set.find(Some("sig"), Algorithm::EdDSA).is_some());
         assert!(
-            set.find(None).is_some(),
+            set.find(None, Algorithm::EdDSA).is_some(),
             "a set's only key serves kid-less tokens"
         );
-        assert!(set.find(Some("secret")).is_none());
+        assert!(
+            set.find(Some("sig"), Algorithm::ES256).is_none(),
+            "wrong key type"
+        );
+        assert!(set.names(Some("sig")));
+        assert!(!set.names(Some("secret")));
         let error = KeySet::parse(r#"{"keys": [{"kty": "oct", "k": "c2VjcmV0"}]}"#).unwrap_err();
         assert!(error.contains("no usable signing key"), "{error}");
         assert!(KeySet::parse("[]").is_err());
+    }
+
+    #[test]
+    fn a_shared_kid_picks_the_key_that_fits_the_algorithm() {
+        let text = r#"{"keys": [
+            {"kty": "EC", "crv": "P-256", "kid": "dup", "alg": "ES256", "x": "AA", "y": "AA"},
+            {"kty": "OKP", "crv": "Ed25519", "kid": "dup", "x": "AA"},
+            {"kty": "OKP", "crv": "Ed25519", "x": "AA"}
+        ]}"#;
+        let set = KeySet::parse(text).unwrap();
+        let kty = |algorithm| {
+            set.find(Some("dup"), algorithm)
+                .map(|key| matches!(key.algorithm, AlgorithmParameters::OctetKeyPair(_)))
+        };
+        assert_eq!(kty(Algorithm::EdDSA), Some(true));
+        assert_eq!(kty(Algorithm::ES256), Some(false));
+        assert_eq!(kty(Algorithm::ES384), None, "the EC key is for ES256 only");
+        assert_eq!(kty(Algorithm::RS256), None);
+        assert!(set.names(Some("dup")));
+        assert!(
+            set.find(None, Algorithm::EdDSA).is_none(),
+            "no kid, several keys"
+        );
     }
 }

@@ -32,10 +32,15 @@ struct Issuer {
 /// none had expired, the whole cache (a flood of distinct tokens must not grow memory).
 const CACHE_ENTRIES: usize = 10_000;
 
-/// A verified token's principal, good until the token expires.
+/// A verified token's principal, good until the token expires or its issuer's keys
+/// change.
 #[derive(Debug, Clone)]
 struct Cached {
     principal: Principal,
+    /// The issuer that vouched for it, by position.
+    issuer: usize,
+    /// That issuer's key generation when the token was checked.
+    generation: u64,
     /// `exp` plus the issuer's leeway, in Unix seconds.
     good_until: u64,
     /// `nbf` minus the leeway, in Unix seconds.
@@ -49,7 +54,7 @@ pub struct TokenRejection {
     pub reason: Reason,
     /// The issuer (by position) whose fetched keys lack the token's key: a fetch may
     /// find it.
-    pub stale_keys: Option<usize>,
+    pub(super) stale_keys: Option<usize>,
 }
 
 impl From<Reason> for TokenRejection {
@@ -97,19 +102,13 @@ impl Issuers {
         self.issuers.iter().map(|issuer| &issuer.keys)
     }
 
-    /// Fetches the keys of the issuer at `index` (rate limited); when they changed,
-    /// forgets the verified tokens, since a key may have been withdrawn.
+    /// Fetches the keys of the issuer at `index` (rate limited). Tokens it verified with
+    /// keys that changed since are checked again on their next use (see `Cached`).
     pub async fn refresh(&self, index: usize) -> Refreshed {
-        let Some(issuer) = self.issuers.get(index) else {
-            return Refreshed::NotRemote;
-        };
-        let refreshed = issuer.keys.refresh().await;
-        if refreshed == Refreshed::Changed
-            && let Ok(mut cache) = self.cache.lock()
-        {
-            cache.clear();
+        match self.issuers.get(index) {
+            Some(issuer) => issuer.keys.refresh().await,
+            None => Refreshed::NotRemote,
         }
-        refreshed
     }
 
     /// Whether any issuer is configured.
@@ -130,20 +129,17 @@ impl Issuers {
             .iter()
             .flat_map(|issuer| issuer.settings.sources.iter())
         {
-            let mut tokens = tokens_in(source, headers, query);
-            if let Some(token) = tokens.next() {
-                if tokens.next().is_some() {
-                    return Err(SeveralTokens);
-                }
-                return Ok(Some((token.to_owned(), source.clone())));
+            if let Some(token) = token_in(source, headers, query)? {
+                return Ok(Some((token, source.clone())));
             }
         }
         Ok(None)
     }
 
-    /// Verifies `token` and makes it a principal. A token verified before and still
-    /// within its validity is answered from the cache, keyed by the token's SHA-256,
-    /// without another signature check.
+    /// Verifies `token` and makes it a principal. A token verified before, still within
+    /// its validity, sent where its issuer reads tokens, and checked with the issuer's
+    /// current keys is answered from the cache, keyed by the token's SHA-256, without
+    /// another signature check.
     pub fn verify(
         &self,
         token: &str,
@@ -155,10 +151,13 @@ impl Issuers {
             && let Some(cached) = cache.get(&digest)
             && cached.good_from <= now
             && now < cached.good_until
+            && let Some(issuer) = self.issuers.get(cached.issuer)
+            && issuer.keys.generation() == cached.generation
+            && source.is_none_or(|source| issuer.settings.sources.contains(source))
         {
             return Ok(cached.principal.clone());
         }
-        let (principal, good_from, good_until) = self.verify_uncached(token, source)?;
+        let verified = self.verify_uncached(token, source)?;
         if let Ok(mut cache) = self.cache.lock() {
             if cache.len() >= CACHE_ENTRIES {
                 cache.retain(|_, cached| now < cached.good_until);
@@ -166,16 +165,9 @@ impl Issuers {
                     cache.clear();
                 }
             }
-            cache.insert(
-                digest,
-                Cached {
-                    principal: principal.clone(),
-                    good_from,
-                    good_until,
-                },
-            );
+            cache.insert(digest, verified.clone());
         }
-        Ok(principal)
+        Ok(verified.principal)
     }
 
     /// How many verified tokens are cached.
@@ -189,7 +181,7 @@ impl Issuers {
         &self,
         token: &str,
         source: Option<&TokenSource>,
-    ) -> Result<(Principal, u64, u64), TokenRejection> {
+    ) -> Result<Cached, TokenRejection> {
         let invalid = |problem: &str| {
             TokenRejection::from(Reason::TokenInvalid {
                 problem: problem.to_owned(),
@@ -225,6 +217,8 @@ impl Issuers {
         if !issuer.algorithms.contains(&header.alg) {
             return Err(invalid("the token's algorithm is not accepted"));
         }
+        // Read before the keys: if they change meanwhile, the cache entry is born stale.
+        let generation = keys.generation();
         let key = if is_hmac(header.alg) {
             // SECURITY: an HMAC token is checked only with the configured secret, never
             // with a published key's bytes (which would let anyone sign).
@@ -235,6 +229,7 @@ impl Issuers {
             DecodingKey::from_secret(&secret.0)
                 .map_err(|_| invalid("the issuer's secret cannot check this token"))?
         } else {
+            // A fetch can only help a token that names its key, or when none were loaded.
             let stale = |problem: &str| TokenRejection {
                 stale_keys: keys.is_remote().then_some(index),
                 ..invalid(problem)
@@ -242,17 +237,16 @@ impl Issuers {
             let set = keys
                 .current()
                 .ok_or_else(|| stale("the issuer's signing keys have not been loaded"))?;
-            let jwk = set
-                .find(header.kid.as_deref())
-                .ok_or_else(|| stale("the token's key is not in the issuer's key set"))?;
-            // A key published for one algorithm is not used with another.
-            if let Some(published) = jwk.common.key_algorithm
-                && Algorithm::try_from(published).ok() != Some(header.alg)
-            {
-                return Err(invalid(
-                    "the token's algorithm is not the one its key is for",
-                ));
-            }
+            let kid = header.kid.as_deref();
+            let jwk = set.find(kid, header.alg).ok_or_else(|| {
+                if set.names(kid) {
+                    invalid("the token's algorithm is not the one its key is for")
+                } else if kid.is_some() {
+                    stale("the token's key is not in the issuer's key set")
+                } else {
+                    invalid("the token names no key (kid) and the issuer has several")
+                }
+            })?;
             DecodingKey::from_jwk(jwk)
                 .map_err(|_| invalid("the issuer's key cannot check this token"))?
         };
@@ -289,7 +283,13 @@ impl Issuers {
         let number = |name: &str| data.claims.get(name).and_then(serde_json::Value::as_u64);
         let good_until = number("exp").unwrap_or(0).saturating_add(leeway);
         let good_from = number("nbf").unwrap_or(0).saturating_sub(leeway);
-        Ok((principal(issuer, &data.claims), good_from, good_until))
+        Ok(Cached {
+            principal: principal(issuer, &data.claims),
+            issuer: index,
+            generation,
+            good_from,
+            good_until,
+        })
     }
 }
 
@@ -304,44 +304,92 @@ fn is_hmac(algorithm: Algorithm) -> bool {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SeveralTokens;
 
-/// The tokens in one place, in order.
-fn tokens_in<'r>(
-    source: &'r TokenSource,
-    headers: &'r HeaderMap,
-    query: Option<&'r str>,
-) -> Box<dyn Iterator<Item = &'r str> + 'r> {
+/// The token in one place, if any. A second candidate there makes the request
+/// ambiguous, and candidates are counted loosely on purpose: any second value of the
+/// header (whatever its scheme or encoding), any second cookie or query parameter of the
+/// name (bytes compared; query names percent-decoded), since the upstream may read
+/// whichever the gateway did not.
+fn token_in(
+    source: &TokenSource,
+    headers: &HeaderMap,
+    query: Option<&str>,
+) -> Result<Option<String>, SeveralTokens> {
+    fn only<T>(mut found: impl Iterator<Item = T>) -> Result<Option<T>, SeveralTokens> {
+        let first = found.next();
+        if first.is_some() && found.next().is_some() {
+            return Err(SeveralTokens);
+        }
+        Ok(first)
+    }
     match source {
-        TokenSource::Header { name, prefix } => Box::new(
-            headers
-                .get_all(name)
-                .iter()
-                .filter_map(|value| value.to_str().ok())
-                .filter_map(|value| {
-                    // The scheme in a prefix (`Bearer `) is case-insensitive (RFC 9110 §11.1).
-                    let head = value.get(..prefix.len())?;
-                    head.eq_ignore_ascii_case(prefix)
-                        .then(|| value[prefix.len()..].trim())
-                }),
-        ),
-        TokenSource::Cookie(cookie) => Box::new(
+        TokenSource::Header { name, prefix } => {
+            let values = headers.get_all(name);
+            let token = values.iter().find_map(|value| {
+                let value = value.to_str().ok()?;
+                // The scheme in a prefix (`Bearer `) is case-insensitive (RFC 9110 §11.1).
+                let head = value.get(..prefix.len())?;
+                head.eq_ignore_ascii_case(prefix)
+                    .then(|| value[prefix.len()..].trim().to_owned())
+            });
+            if token.is_some() && values.iter().nth(1).is_some() {
+                return Err(SeveralTokens);
+            }
+            Ok(token)
+        }
+        TokenSource::Cookie(cookie) => only(
             headers
                 .get_all(http::header::COOKIE)
                 .iter()
-                .filter_map(|value| value.to_str().ok())
-                .flat_map(|value| value.split(';'))
-                .filter_map(|pair| pair.trim().split_once('='))
-                .filter(move |(name, _)| name == cookie)
-                .map(|(_, value)| value),
-        ),
-        TokenSource::Query(parameter) => Box::new(
+                .flat_map(|value| value.as_bytes().split(|byte| *byte == b';'))
+                .filter_map(|pair| {
+                    let at = pair.iter().position(|byte| *byte == b'=')?;
+                    (pair[..at].trim_ascii() == cookie.as_bytes()).then(|| &pair[at + 1..])
+                }),
+        )
+        .map(|value| value.map(|value| String::from_utf8_lossy(value.trim_ascii()).into_owned())),
+        TokenSource::Query(parameter) => only(
             query
                 .unwrap_or("")
                 .split('&')
                 .filter_map(|pair| pair.split_once('='))
-                .filter(move |(name, _)| name == parameter)
-                .map(|(_, value)| value),
+                .filter(|(name, _)| form_decode(name) == parameter.as_str())
+                .map(|(_, value)| form_decode(value).into_owned()),
         ),
     }
+}
+
+/// A query component as a form decoder reads it: `%XX` escapes decoded, `+` a space.
+/// Invalid escapes stay as written, and bytes that do not make UTF-8 are replaced.
+fn form_decode(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.contains(['%', '+']) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let bytes = text.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut at = 0;
+    while at < bytes.len() {
+        let hex = |offset: usize| {
+            bytes
+                .get(at + offset)
+                .and_then(|byte| (*byte as char).to_digit(16))
+        };
+        match bytes[at] {
+            b'%' if let (Some(high), Some(low)) = (hex(1), hex(2)) => {
+                // Two hex digits make at most 255.
+                decoded.push(u8::try_from(high * 16 + low).unwrap_or(b'%'));
+                at += 3;
+            }
+            b'+' => {
+                decoded.push(b' ');
+                at += 1;
+            }
+            byte => {
+                decoded.push(byte);
+                at += 1;
+            }
+        }
+    }
+    std::borrow::Cow::Owned(String::from_utf8_lossy(&decoded).into_owned())
 }
 
 /// The `iss` of a token, before its signature is checked.

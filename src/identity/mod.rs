@@ -1,16 +1,21 @@
 //! Credentials → [`Principal`]: who is calling, before the policy decides.
 //!
 //! `authenticate` does no I/O. The credentials are API keys (`api_keys.rs`) and JWTs
-//! (`jwt.rs`), whose issuers' keys `jwks.rs` loads and keeps fresh; when a token names a
-//! key its issuer's fetched set lacks, the caller may [`Identity::refresh_keys`] and try
-//! once more. This module also owns the identity headers: the ones it sets upstream are
-//! removed from every incoming request first, so a client can never claim an identity.
+//! (`jwt.rs`), whose issuers' keys `jwks.rs` loads and keeps fresh; `identify` is
+//! `authenticate` plus, when a token names a key its issuer's fetched set lacks, one
+//! rate-limited fetch of that set and a second try. This module also owns the identity
+//! headers: the ones it sets upstream are removed from every incoming request first, so a
+//! client can never claim an identity.
+//!
+//! It knows nothing of routes, rules or responses: it says who the caller is, or why the
+//! credentials are refused.
 
 mod api_keys;
 mod jwks;
 mod jwt;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::{HeaderMap, HeaderValue};
 
@@ -21,6 +26,9 @@ use api_keys::ApiKeys;
 use jwt::{Issuers, TokenRejection};
 
 pub use jwks::{IssuerKeys, KeySet, Refreshed};
+
+/// How long a request waits for a fetch of its token's key set.
+pub const REFRESH_WAIT: Duration = Duration::from_secs(2);
 
 /// The configured ways of identifying callers.
 pub struct Identity {
@@ -64,9 +72,9 @@ impl Rejection {
         }
     }
 
-    /// The issuer whose fetched keys lack the token's key: after
-    /// [`Identity::refresh_keys`] the token may verify.
-    pub fn stale_keys(&self) -> Option<usize> {
+    /// The issuer whose fetched keys lack the token's key: after a fetch the token may
+    /// verify.
+    fn stale_keys(&self) -> Option<usize> {
         match self {
             Rejection::Token(rejection) => rejection.stale_keys,
             _ => None,
@@ -153,11 +161,23 @@ impl Identity {
         self.issuers.key_sets().filter(|keys| keys.is_remote())
     }
 
-    /// Fetches the keys of the issuer a [`Rejection::stale_keys`] named, unless they were
-    /// fetched less than its `jwks_min_refresh` ago. When a fetch is in flight, waits for
-    /// it: the keys may have changed either way, so the caller tries once more.
-    pub async fn refresh_keys(&self, issuer: usize) {
-        self.issuers.refresh(issuer).await;
+    /// [`Identity::authenticate`], and for a token whose key the issuer's fetched set
+    /// lacks (a rotation), one fetch of the set (at most one per `jwks_min_refresh`,
+    /// however many such tokens arrive) and a second try. A request waits for the fetch
+    /// at most [`REFRESH_WAIT`]; the fetch itself goes on.
+    pub async fn identify(
+        &self,
+        headers: &HeaderMap,
+        query: Option<&str>,
+    ) -> Result<Option<Principal>, Rejection> {
+        let identified = self.authenticate(headers, query);
+        let Some(issuer) = identified.as_ref().err().and_then(Rejection::stale_keys) else {
+            return identified;
+        };
+        // Try again whatever this call did: the fetch it waited for may have been
+        // another request's.
+        let _ = tokio::time::timeout(REFRESH_WAIT, self.issuers.refresh(issuer)).await;
+        self.authenticate(headers, query)
     }
 
     /// Why some tokens cannot be verified at all (an issuer whose keys were never

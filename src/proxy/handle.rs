@@ -192,20 +192,10 @@ async fn pipeline(
     };
     let path = route.decision_path(path);
 
-    let mut identified = proxy
+    let identified = proxy
         .identity
-        .authenticate(&parts.headers, parts.uri.query());
-    // A token for a key the issuer's fetched set lacks (a rotation): fetch the set again,
-    // at most once per `jwks_min_refresh` however many such tokens arrive, and retry (the
-    // fetch may have been another request's, so retry whatever this call did).
-    if let Err(rejection) = &identified
-        && let Some(issuer) = rejection.stale_keys()
-    {
-        proxy.identity.refresh_keys(issuer).await;
-        identified = proxy
-            .identity
-            .authenticate(&parts.headers, parts.uri.query());
-    }
+        .identify(&parts.headers, parts.uri.query())
+        .await;
     proxy.identity.strip_client_claims(&mut parts.headers);
     if let Err(rejection) = &identified
         && rejection.is_malformed_request()

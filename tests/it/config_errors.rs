@@ -156,3 +156,40 @@ gw.yaml:23:25: identity.jwt[2].jwks_min_refresh: must not be longer than jwks_re
 gw.yaml:24:15: identity.jwt[2].secret: a secret is used only for HS256/384/512, and algorithms lists none of them"#
     );
 }
+
+#[test]
+fn key_set_urls_are_checked() {
+    let yaml = format!(
+        "{VALID_TAIL}identity:
+  jwt:
+    - id: a
+      issuer: https://a/
+      audiences: [api]
+      algorithms: [RS256]
+      jwks_url: http://a/keys
+      jwks_ca: ca.pem
+      jwks_refresh: 1s
+      jwks_min_refresh: 100ms
+    - id: b
+      issuer: https://b/
+      audiences: [api]
+      algorithms: [RS256]
+      jwks_file: b.json
+      jwks_refresh: 1m
+    - id: c
+      issuer: https://c/
+      audiences: [api]
+      algorithms: [RS256]
+      jwks_url: https://user:secret@c/keys
+"
+    );
+    assert_eq!(
+        errors(&yaml),
+        r#"gw.yaml:10:16: identity.jwt[0].jwks_ca: jwks_ca is for an https jwks_url; this issuer has none
+gw.yaml:11:21: identity.jwt[0].jwks_refresh: must be at least 10s
+gw.yaml:12:25: identity.jwt[0].jwks_min_refresh: must be at least 1s
+gw.yaml:17:18: identity.jwt[1].jwks_file: cannot read "b.json": No such file or directory (os error 2)
+gw.yaml:18:21: identity.jwt[1].jwks_refresh: jwks_refresh is for a jwks_url; this issuer has none
+gw.yaml:23:17: identity.jwt[2].jwks_url: "https://user:secret@c/keys" must not carry credentials (user:password@)"#
+    );
+}

@@ -1,5 +1,5 @@
 //! Tokens signed with real keys generated here (P-256 and Ed25519), checked against a
-//! JWKS file, through the real proxy.
+//! JWKS served over HTTP on loopback, through the real proxy; and `explain --token`.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -84,21 +84,20 @@ rules:
       claims: { tenant: \"{tenant}\" }
 ";
 
-/// The gateway, its upstream, and the directory holding the JWKS (kept while in use).
-async fn gateway(keys: &Keys) -> (TestUpstream, TestGateway, Scratch) {
+/// The gateway, its upstream, and the server of its JWKS (kept while in use).
+async fn gateway(keys: &Keys) -> (TestUpstream, TestGateway, KeyServer) {
     gateway_with(keys, "").await
 }
 
-async fn gateway_with(keys: &Keys, extra: &str) -> (TestUpstream, TestGateway, Scratch) {
+async fn gateway_with(keys: &Keys, extra: &str) -> (TestUpstream, TestGateway, KeyServer) {
     let up = TestUpstream::start("app").await;
-    let scratch = Scratch::new();
-    let jwks = scratch.write("jwks.json", &keys.jwks);
+    let server = KeyServer::start(keys.jwks.clone(), None).await;
     let identity = format!(
-        "identity:\n  jwt:\n    - id: corp\n      issuer: https://idp.example/\n      audiences: [orders-api]\n      jwks_file: {}\n      algorithms: [ES256, EdDSA]\n      from: [{{ header: Authorization, prefix: \"Bearer \" }}, {{ cookie: session }}]\n      leeway: 5s\n{extra}",
-        jwks.display()
+        "identity:\n  jwt:\n    - id: corp\n      issuer: https://idp.example/\n      audiences: [orders-api]\n      jwks_url: {}\n      algorithms: [ES256, EdDSA]\n      from: [{{ header: Authorization, prefix: \"Bearer \" }}, {{ cookie: session }}]\n      leeway: 5s\n{extra}",
+        server.url()
     );
     let gw = TestGateway::with_policy(&config(&[up.url()], &identity), POLICY).await;
-    (up, gw, scratch)
+    (up, gw, server)
 }
 
 async fn send(
@@ -316,17 +315,19 @@ async fn authorization_is_forwarded_unless_stripped() {
     assert_eq!(up.seen()[0].one("x-auth-subject"), Some("alice"));
 }
 
-#[test]
-fn explain_verifies_a_token_offline() {
+/// `explain` runs in its own process: the key server answers from this runtime's
+/// workers while the test thread waits for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn explain_verifies_a_token_offline() {
     let keys = keys();
+    let server = KeyServer::start(keys.jwks.clone(), None).await;
     let scratch = Scratch::new();
-    let jwks = scratch.write("jwks.json", &keys.jwks);
     scratch.write("p.yaml", POLICY);
     let config = scratch.write(
         "gw.yaml",
         &format!(
-            "upstreams: {{ app: {{ targets: [builtin:echo] }} }}\nroutes: [{{ id: r, upstream: app }}]\npolicy: {{ files: [p.yaml] }}\nidentity:\n  jwt:\n    - {{ id: corp, issuer: \"https://idp.example/\", audiences: [orders-api], jwks_file: {}, algorithms: [ES256] }}\n",
-            jwks.display()
+            "upstreams: {{ app: {{ targets: [builtin:echo] }} }}\nroutes: [{{ id: r, upstream: app }}]\npolicy: {{ files: [p.yaml] }}\nidentity:\n  jwt:\n    - {{ id: corp, issuer: \"https://idp.example/\", audiences: [orders-api], jwks_url: \"{}\", algorithms: [ES256] }}\n",
+            server.url()
         ),
     );
     let explain = |token: &str, url: &str| {
@@ -357,4 +358,15 @@ fn explain_verifies_a_token_offline() {
     let answer = explain(&expired, "/tenants/acme/orders/1");
     assert_eq!(answer["reason"], "token_expired", "{answer}");
     assert_eq!(answer["status"], 401);
+    assert_eq!(server.fetches(), 3, "each explain fetched the key set once");
+    // With the key server gone, explain says why the token cannot be checked.
+    drop(server);
+    let answer = explain(&good, "/tenants/acme/orders/1");
+    assert_eq!(answer["reason"], "token_invalid", "{answer}");
+    assert!(
+        answer["explanation"]
+            .as_str()
+            .is_some_and(|detail| detail.contains("have not been loaded")),
+        "{answer}"
+    );
 }

@@ -403,3 +403,97 @@ pub fn metric(text: &str, series: &str) -> f64 {
         .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
         .unwrap_or(0.0)
 }
+
+/// A key set server: serves its document at `/jwks.json` (after a delay, when slowed
+/// down), counts fetches, and stops (refusing connections) when dropped.
+pub struct KeyServer {
+    addr: SocketAddr,
+    https: bool,
+    document: Arc<Mutex<String>>,
+    fetches: Arc<AtomicUsize>,
+    delay_ms: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl KeyServer {
+    pub async fn start(document: String, tls: Option<Arc<rustls::ServerConfig>>) -> KeyServer {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let document = Arc::new(Mutex::new(document));
+        let fetches = Arc::new(AtomicUsize::new(0));
+        let https = tls.is_some();
+        let delay_ms = Arc::new(AtomicUsize::new(0));
+        let served = (document.clone(), fetches.clone(), delay_ms.clone());
+        let task = tokio::spawn(async move {
+            let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let (document, fetches, delay_ms) = served.clone();
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |request: Request<hyper::body::Incoming>| {
+                        let found = request.uri().path() == "/jwks.json";
+                        if found {
+                            fetches.fetch_add(1, Ordering::SeqCst);
+                        }
+                        let body = document.lock().unwrap().clone();
+                        let delay = Duration::from_millis(delay_ms.load(Ordering::SeqCst) as u64);
+                        async move {
+                            tokio::time::sleep(delay).await;
+                            let mut response = Response::new(Full::new(Bytes::from(body)));
+                            if !found {
+                                *response.status_mut() = StatusCode::NOT_FOUND;
+                            }
+                            Ok::<_, std::convert::Infallible>(response)
+                        }
+                    });
+                    let http = hyper::server::conn::http1::Builder::new();
+                    match acceptor {
+                        Some(acceptor) => {
+                            if let Ok(stream) = acceptor.accept(stream).await {
+                                let _ = http.serve_connection(TokioIo::new(stream), service).await;
+                            }
+                        }
+                        None => {
+                            let _ = http.serve_connection(TokioIo::new(stream), service).await;
+                        }
+                    }
+                });
+            }
+        });
+        KeyServer {
+            addr,
+            https,
+            document,
+            fetches,
+            delay_ms,
+            task,
+        }
+    }
+
+    /// Answers each fetch only after `ms` milliseconds.
+    pub fn slow_down(&self, ms: usize) {
+        self.delay_ms.store(ms, Ordering::SeqCst);
+    }
+
+    pub fn url(&self) -> String {
+        let scheme = if self.https { "https" } else { "http" };
+        format!("{scheme}://{}/jwks.json", self.addr)
+    }
+
+    pub fn publish(&self, document: String) {
+        *self.document.lock().unwrap() = document;
+    }
+
+    pub fn fetches(&self) -> usize {
+        self.fetches.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for KeyServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
