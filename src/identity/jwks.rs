@@ -141,21 +141,6 @@ struct Remote {
     failed: IntCounter,
 }
 
-/// What a fetch attempt did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refreshed {
-    /// The set was fetched and differs from the one before.
-    Changed,
-    /// The set was fetched and is the same.
-    Unchanged,
-    /// The fetch failed; the last good set (if any) stays.
-    Failed,
-    /// A fetch happened less than `min_refresh` ago; nothing was fetched.
-    TooSoon,
-    /// The keys come from a file; there is nothing to fetch.
-    NotRemote,
-}
-
 impl IssuerKeys {
     /// Keys from a file, never renewed.
     pub fn fixed(issuer: &str, keys: Option<Arc<KeySet>>) -> IssuerKeys {
@@ -234,23 +219,23 @@ impl IssuerKeys {
     ///
     /// The fetch runs as a task of its own: a caller that goes away (a request whose
     /// client hung up) does not cancel it, so it cannot undo the rate limit.
-    pub async fn refresh(self: &Arc<Self>) -> Refreshed {
+    pub async fn refresh(self: &Arc<Self>) {
         if self.remote.is_none() {
-            return Refreshed::NotRemote;
+            return;
         }
         let keys = Arc::clone(self);
-        tokio::spawn(async move { keys.refresh_now().await })
-            .await
-            .unwrap_or(Refreshed::Failed)
+        // The task cannot panic short of a bug; either way the request goes on with the
+        // keys there are.
+        let _ = tokio::spawn(async move { keys.refresh_now().await }).await;
     }
 
-    async fn refresh_now(&self) -> Refreshed {
+    async fn refresh_now(&self) {
         let Some(remote) = &self.remote else {
-            return Refreshed::NotRemote;
+            return;
         };
         let mut last_attempt = remote.last_attempt.lock().await;
         if last_attempt.is_some_and(|at| at.elapsed() < remote.settings.min_refresh) {
-            return Refreshed::TooSoon;
+            return;
         }
         let fetched = tokio::time::timeout(FETCH_TIMEOUT, fetch(remote))
             .await
@@ -263,20 +248,19 @@ impl IssuerKeys {
                 .write()
                 .map_err(|_| "the key store is unusable after a panic".to_owned())?;
             if current.as_deref() == Some(&keys) {
-                return Ok(Refreshed::Unchanged);
+                return Ok(());
             }
             tracing::info!(issuer.id = %self.issuer, jwks.url = %remote.settings.url, jwks.keys = keys.key_count(), "token signing keys loaded");
             *current = Some(Arc::new(keys));
             self.generation.fetch_add(1, Ordering::AcqRel);
-            Ok(Refreshed::Changed)
+            Ok(())
         });
         match stored {
-            Ok(refreshed) => {
+            Ok(()) => {
                 remote.succeeded.inc();
                 if let Ok(mut error) = remote.last_error.lock() {
                     *error = None;
                 }
-                refreshed
             }
             Err(error) => {
                 remote.failed.inc();
@@ -289,7 +273,6 @@ impl IssuerKeys {
                 if let Ok(mut last) = remote.last_error.lock() {
                     *last = Some(error);
                 }
-                Refreshed::Failed
             }
         }
     }

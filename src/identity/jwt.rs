@@ -12,7 +12,7 @@ use sha2::{Digest, Sha256};
 use http::HeaderMap;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode, decode_header};
 
-use super::jwks::{IssuerKeys, Refreshed};
+use super::jwks::IssuerKeys;
 use crate::config::{JwtSettings, KeySource, TokenSource};
 use crate::policy::{ClaimValue, Principal, Reason};
 use crate::telemetry::Metrics;
@@ -104,10 +104,9 @@ impl Issuers {
 
     /// Fetches the keys of the issuer at `index` (rate limited). Tokens it verified with
     /// keys that changed since are checked again on their next use (see `Cached`).
-    pub async fn refresh(&self, index: usize) -> Refreshed {
-        match self.issuers.get(index) {
-            Some(issuer) => issuer.keys.refresh().await,
-            None => Refreshed::NotRemote,
+    pub async fn refresh(&self, index: usize) {
+        if let Some(issuer) = self.issuers.get(index) {
+            issuer.keys.refresh().await;
         }
     }
 

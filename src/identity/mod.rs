@@ -25,7 +25,7 @@ use crate::telemetry::Metrics;
 use api_keys::ApiKeys;
 use jwt::{Issuers, TokenRejection};
 
-pub use jwks::{IssuerKeys, KeySet, Refreshed};
+pub use jwks::{IssuerKeys, KeySet};
 
 /// How long a request waits for a fetch of its token's key set.
 pub const REFRESH_WAIT: Duration = Duration::from_secs(2);
