@@ -55,7 +55,7 @@ http { $temp
         proxy_set_header X-Forwarded-Host \$http_host; proxy_set_header X-Request-Id \$request_id;
         add_header X-Request-Id \$request_id always; } } }
 CONF
-for variant in allow-all demo; do
+for variant in allow-all demo jwt; do
     cat >"$WORK/$variant.yaml" <<CONF
 listen: [{ addr: 127.0.0.1:$PROXY_PORT }]
 admin: { addr: 127.0.0.1:$ADMIN_PORT }
@@ -64,10 +64,18 @@ routes: [{ id: all, upstream: app }]
 policy: { files: ["$variant-policies/*.yaml"] }
 CONF
 done
-# The demo policy has a rule for API-key callers; give it the demo's key.
-sed -n '/^identity:/,/^$/p' config/portcullis.yaml >>"$WORK/demo.yaml"
-mkdir -p "$WORK/allow-all-policies" "$WORK/demo-policies"
+# The demo policy has a rule for API-key callers, the jwt variant needs the demo token
+# issuer: give them the demo config's identity section.
+for variant in demo jwt; do
+    sed -n '/^identity:/,/^$/p' config/portcullis.yaml >>"$WORK/$variant.yaml"
+done
+mkdir -p "$WORK/allow-all-policies" "$WORK/demo-policies" "$WORK/jwt-policies"
 echo 'rules: [{ id: allow-all, effect: allow }]' >"$WORK/allow-all-policies/allow-all.yaml"
+echo 'rules: [{ id: token-holders, effect: allow, when: { scopes: { all: ["bench:read"] } } }]' >"$WORK/jwt-policies/token-holders.yaml"
+# One token for every request of the jwt variant: after the first, each check is a cache hit.
+TOKEN=$("$BINARY" token --key config/keys/demo-signing-key.pem --kid demo \
+    --issuer https://demo.portcullis.local/ --audience demo-api --sub bench --scope bench:read --ttl 2h)
+AB_HEADERS=()
 cp config/policies/*.yaml "$WORK/demo-policies/"
 cp -r config/keys "$WORK/keys"
 
@@ -79,11 +87,11 @@ run() { # requests, stop signal, command... → total instructions
     valgrind --tool=callgrind --callgrind-out-file="$WORK/callgrind.out" "$@" >"$WORK/run.log" 2>&1 &
     local pid=$!
     for _ in $(seq 1 200); do
-        curl -sf "http://127.0.0.1:$PROXY_PORT/public/" >/dev/null 2>&1 && break
+        curl -s -o /dev/null "http://127.0.0.1:$PROXY_PORT/public/" 2>/dev/null && break
         sleep 0.1
     done
     # The demo policy's public-read rule allows this path.
-    ab -q -k -c 8 -n "$requests" "http://127.0.0.1:$PROXY_PORT/public/bench" >"$WORK/ab.txt" 2>&1
+    ab -q -k -c 8 -n "$requests" "${AB_HEADERS[@]}" "http://127.0.0.1:$PROXY_PORT/public/bench" >"$WORK/ab.txt" 2>&1
     grep -q "^Non-2xx" "$WORK/ab.txt" && { echo "non-2xx answers:" >&2; cat "$WORK/ab.txt" >&2; exit 1; }
     kill "-$signal" "$pid"
     wait "$pid" || true
@@ -104,6 +112,8 @@ per_request() { # name, signal, command...
 read -r _ nginx < <(per_request nginx QUIT nginx -c "$WORK/proxy.conf")
 read -r _ portcullis < <(per_request portcullis TERM "$BINARY" --log-level warn run -c "$WORK/allow-all.yaml")
 read -r _ demo < <(per_request demo TERM "$BINARY" --log-level warn run -c "$WORK/demo.yaml")
+AB_HEADERS=(-H "Authorization: Bearer $TOKEN")
+read -r _ jwt < <(per_request jwt TERM "$BINARY" --log-level warn run -c "$WORK/jwt.yaml")
 
 echo
 echo "callgrind, ab -k -c 8, ($N2 - $N1) requests; $(date -u +%Y-%m-%dT%H:%MZ)"
@@ -113,3 +123,4 @@ echo "|---|---:|---:|"
 echo "| nginx proxy | $nginx | 1.00 |"
 echo "| portcullis (allow all) | $portcullis | $(awk -v a="$portcullis" -v b="$nginx" 'BEGIN { printf "%.2f", a / b }') |"
 echo "| portcullis (demo policy) | $demo | $(awk -v a="$demo" -v b="$nginx" 'BEGIN { printf "%.2f", a / b }') |"
+echo "| portcullis (JWT, warm cache) | $jwt | $(awk -v a="$jwt" -v b="$nginx" 'BEGIN { printf "%.2f", a / b }') |"
