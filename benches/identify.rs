@@ -123,14 +123,14 @@ fn identify(c: &mut Criterion) {
         let settings = settings(jwks, algorithm);
         let token = token(algorithm, &key);
         let metrics = Metrics::new();
-        let identity = Identity::new(&settings, &metrics);
+        let identity = Identity::new(&settings, &metrics, None);
         identity.verify_token(&token).unwrap();
         group.bench_function(format!("{name}/cache-hit"), |b| {
             b.iter(|| identity.verify_token(black_box(&token)).unwrap())
         });
         group.bench_function(format!("{name}/cache-miss"), |b| {
             b.iter_batched(
-                || Identity::new(&settings, &metrics),
+                || Identity::new(&settings, &metrics, None),
                 |fresh| fresh.verify_token(black_box(&token)).unwrap(),
                 BatchSize::SmallInput,
             )

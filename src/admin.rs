@@ -1,5 +1,6 @@
-//! The admin listener: `/healthz`, `/readyz` and `/metrics`, on its own address
-//! (loopback by default) so that clients of the proxy can never reach it.
+//! The admin listener: `/healthz`, `/readyz`, `/metrics`, `/policy`, `POST /reload` and
+//! `POST /explain`, on its own address (loopback by default) so that clients of the
+//! proxy can never reach it.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -8,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use bytes::Bytes;
 use http::header::{CACHE_CONTROL, CONTENT_TYPE};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -18,7 +19,9 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
-use crate::identity::Identity;
+use crate::policy::parse_principal;
+use crate::proxy::offline::{self, Caller};
+use crate::reload::{Live, Reloader};
 use crate::telemetry::Metrics;
 
 /// What `/readyz` reports.
@@ -36,8 +39,10 @@ pub struct AdminState {
     pub metrics: Arc<Metrics>,
     /// The state `/readyz` reports.
     pub readiness: Arc<Readiness>,
-    /// Whose token keys `/readyz` checks.
-    pub identity: Arc<Identity>,
+    /// The serving state, whose token keys `/readyz` checks.
+    pub live: Live,
+    /// What `/policy` reports and `POST /reload` runs.
+    pub reloader: Arc<Reloader>,
 }
 
 /// Admin connections served at once; more are closed at accept.
@@ -68,7 +73,7 @@ pub async fn run(listener: TcpListener, state: Arc<AdminState>) {
             let _permit = permit;
             let service = service_fn(move |request| {
                 let state = state.clone();
-                async move { Ok::<_, Infallible>(serve(&state, &request)) }
+                async move { Ok::<_, Infallible>(serve(&state, request).await) }
             });
             if let Err(err) = builder
                 .serve_connection(TokioIo::new(stream), service)
@@ -80,14 +85,35 @@ pub async fn run(listener: TcpListener, state: Arc<AdminState>) {
     }
 }
 
-fn serve(state: &AdminState, request: &Request<Incoming>) -> Response<Full<Bytes>> {
+async fn serve(state: &AdminState, request: Request<Incoming>) -> Response<Full<Bytes>> {
+    if request.method() == Method::POST {
+        return match request.uri().path() {
+            "/reload" => match state.reloader.reload("POST /reload").await {
+                Ok(status) => json(
+                    StatusCode::OK,
+                    &serde_json::json!({ "result": "ok", "policy": status }),
+                ),
+                Err(failure) => json(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    &serde_json::json!({ "result": "error", "error": failure,
+                        "policy": state.reloader.status() }),
+                ),
+            },
+            "/explain" => explain(state, request).await,
+            _ => text(
+                StatusCode::NOT_FOUND,
+                "not found: POST is served at /reload and /explain\n",
+            ),
+        };
+    }
     if request.method() != Method::GET && request.method() != Method::HEAD {
         return text(
             StatusCode::METHOD_NOT_ALLOWED,
-            "only GET and HEAD are served here\n",
+            "only GET, HEAD and POST are served here\n",
         );
     }
     match request.uri().path() {
+        "/policy" => json(StatusCode::OK, &state.reloader.status()),
         "/healthz" => text(StatusCode::OK, "ok\n"),
         "/readyz" => {
             let readiness = &state.readiness;
@@ -102,7 +128,7 @@ fn serve(state: &AdminState, request: &Request<Incoming>) -> Response<Full<Bytes
                     "not ready: listeners are not bound yet\n",
                 )
             } else {
-                let unavailable = state.identity.unavailable();
+                let unavailable = state.live.load().identity().unavailable();
                 if unavailable.is_empty() {
                     text(StatusCode::OK, "ready\n")
                 } else {
@@ -123,9 +149,88 @@ fn serve(state: &AdminState, request: &Request<Incoming>) -> Response<Full<Bytes
         }
         _ => text(
             StatusCode::NOT_FOUND,
-            "not found: the admin listener serves /healthz, /readyz and /metrics\n",
+            "not found: the admin listener serves /healthz, /readyz, /metrics, /policy and POST /reload\n",
         ),
     }
+}
+
+/// `POST /explain`: what `portcullis explain --json` answers, for a request described in
+/// JSON, decided by the serving state (its policy, and its token keys as loaded).
+async fn explain(state: &AdminState, request: Request<Incoming>) -> Response<Full<Bytes>> {
+    /// The largest description read.
+    const MAX_BODY: usize = 64 * 1024;
+
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Explain {
+        #[serde(default = "default_method")]
+        method: String,
+        url: String,
+        ip: Option<std::net::IpAddr>,
+        #[serde(default)]
+        headers: std::collections::BTreeMap<String, String>,
+        #[serde(rename = "as")]
+        principal: Option<String>,
+        token: Option<String>,
+    }
+    fn default_method() -> String {
+        "GET".to_owned()
+    }
+
+    let bad = |problem: String| {
+        json(
+            StatusCode::BAD_REQUEST,
+            &serde_json::json!({ "error": problem,
+                "expected": { "method": "GET", "url": "https://host/path", "ip": "203.0.113.7",
+                    "headers": { "X-Api-Key": "..." }, "as": "sub=alice,roles=editor", "token": "JWT" } }),
+        )
+    };
+    let body = match http_body_util::Limited::new(request.into_body(), MAX_BODY)
+        .collect()
+        .await
+    {
+        Ok(body) => body.to_bytes(),
+        Err(err) => return bad(format!("cannot read the body: {err}")),
+    };
+    let asked: Explain = match serde_json::from_slice(&body) {
+        Ok(asked) => asked,
+        Err(err) => return bad(format!("not a request description: {err}")),
+    };
+    let caller = match (asked.principal.as_deref().map(parse_principal), asked.token) {
+        (Some(Err(problem)), _) => return bad(format!("as: {problem}")),
+        (Some(Ok(principal)), _) => Caller::Simulated(principal),
+        (None, Some(token)) => Caller::Token(token),
+        (None, None) => Caller::FromRequest,
+    };
+    let ip = match asked.ip {
+        Some(ip) => ip,
+        None => match crate::config::cases::DEFAULT_CASE_IP.parse() {
+            Ok(ip) => ip,
+            Err(_) => return bad("no ip given".to_owned()),
+        },
+    };
+    let headers: Vec<(String, String)> = asked.headers.into_iter().collect();
+    let proxy = state.live.load_full();
+    let answer = offline::decide(
+        proxy.config(),
+        proxy.identity(),
+        &asked.method,
+        &asked.url,
+        ip,
+        &headers,
+        &caller,
+    );
+    json(StatusCode::OK, &answer.to_json())
+}
+
+fn json(status: StatusCode, value: &impl serde::Serialize) -> Response<Full<Bytes>> {
+    let mut body = serde_json::to_vec_pretty(value).unwrap_or_default();
+    body.push(b'\n');
+    let mut response = text(status, body);
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
 }
 
 fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {

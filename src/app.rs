@@ -11,10 +11,13 @@ use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
+use arc_swap::ArcSwap;
+
 use crate::admin::{self, AdminState, Readiness};
 use crate::config::Config;
 use crate::proxy::Proxy;
 use crate::proxy::listener::{self, Listeners};
+use crate::reload::{self, Live, Reloader};
 use crate::telemetry::Metrics;
 
 /// A running gateway: listeners bound and serving.
@@ -26,6 +29,7 @@ pub struct Gateway {
     connections: Arc<Semaphore>,
     max_connections: usize,
     grace: Duration,
+    reloader: Arc<Reloader>,
     tasks: JoinSet<()>,
 }
 
@@ -43,12 +47,12 @@ impl Gateway {
     /// address cannot be bound.
     pub async fn start(config: &Config) -> anyhow::Result<Gateway> {
         let metrics = Arc::new(Metrics::new());
-        let proxy = Arc::new(Proxy::new(config, metrics.clone()));
+        let proxy = Proxy::new(config, metrics.clone(), None);
         let readiness = Arc::new(Readiness::default());
         // Keys first, so that the first requests find them; an issuer whose keys cannot be
         // fetched is logged, keeps being retried, and holds `/readyz` back.
-        let identity = Arc::clone(proxy.identity());
-        identity.load_keys().await;
+        proxy.identity().load_keys().await;
+        let live: Live = Arc::new(ArcSwap::from_pointee(proxy));
 
         let mut bound = Vec::new();
         for settings in &config.listeners {
@@ -75,19 +79,28 @@ impl Gateway {
                 .context("reading a bound listener's address")?;
             tracing::info!(addr = %addr, "listening");
             listen_addrs.push(addr);
-            tasks.spawn(listener::run(listener, proxy.clone(), listeners.clone()));
+            tasks.spawn(listener::run(listener, live.clone(), listeners.clone()));
         }
         let admin_addr = admin_listener
             .local_addr()
             .context("reading the admin listener's address")?;
         tracing::info!(addr = %admin_addr, "admin listening");
-        for keys in identity.remote_key_sets() {
-            tasks.spawn(Arc::clone(keys).keep_fresh());
+        let reloader = Reloader::new(config, live.clone(), metrics.clone());
+        if config.watch {
+            match reload::watch(reloader.clone()) {
+                Ok(watching) => {
+                    tasks.spawn(watching);
+                }
+                Err(problem) => {
+                    tracing::warn!("{problem}; files are reloaded only on SIGHUP and POST /reload")
+                }
+            }
         }
         let admin_state = Arc::new(AdminState {
             metrics,
             readiness: readiness.clone(),
-            identity,
+            live,
+            reloader: reloader.clone(),
         });
         tasks.spawn(admin::run(admin_listener, admin_state));
         readiness.listeners_bound.store(true, Ordering::Relaxed);
@@ -100,6 +113,7 @@ impl Gateway {
             connections,
             max_connections: config.limits.max_connections,
             grace: config.shutdown_grace,
+            reloader,
             tasks,
         })
     }
@@ -114,6 +128,12 @@ impl Gateway {
         self.admin_addr
     }
 
+    /// Reads the config and policy files again and serves new requests with them, as
+    /// SIGHUP does.
+    pub fn reloader(&self) -> &Arc<Reloader> {
+        &self.reloader
+    }
+
     /// Stops accepting, asks every connection to finish its in-flight requests, and waits
     /// for them up to the grace period.
     pub async fn shutdown(mut self) -> Drained {
@@ -123,6 +143,7 @@ impl Gateway {
         let all = u32::try_from(self.max_connections).unwrap_or(u32::MAX);
         let drained = tokio::time::timeout(self.grace, self.connections.acquire_many(all)).await;
         self.tasks.abort_all();
+        self.reloader.stop();
         match drained {
             Ok(_) => Drained::Clean,
             Err(_) => {
@@ -136,6 +157,7 @@ impl Gateway {
 pub async fn run(config: Config) -> anyhow::Result<()> {
     // Handlers first: a signal that arrives once the listeners are up must drain, not kill.
     let signal = shutdown_signal()?;
+    let mut hangups = hangup_signal()?;
     let gateway = Gateway::start(&config).await?;
     tracing::info!(
         config = %config.file.display(),
@@ -147,7 +169,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     for warning in &config.warnings {
         tracing::warn!("{warning}");
     }
-    signal.await;
+    tokio::pin!(signal);
+    loop {
+        tokio::select! {
+            () = &mut signal => break,
+            Some(()) = hangups.recv() => {
+                tracing::info!("SIGHUP received: reloading");
+                let _ = gateway.reloader().reload("SIGHUP").await;
+            }
+        }
+    }
     tracing::info!(
         grace_period = %crate::config::format_duration(config.shutdown_grace),
         "shutting down: finishing in-flight requests"
@@ -177,6 +208,29 @@ fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
             _ = interrupt.recv() => tracing::info!("SIGINT received"),
         }
     })
+}
+
+/// SIGHUP, once per signal.
+#[cfg(unix)]
+fn hangup_signal() -> anyhow::Result<tokio::sync::mpsc::Receiver<()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hangup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    let (sender, receiver) = tokio::sync::mpsc::channel(1);
+    tokio::spawn(async move {
+        while hangup.recv().await.is_some() {
+            // One pending reload is enough: signals while it waits join it.
+            let _ = sender.try_send(());
+        }
+    });
+    Ok(receiver)
+}
+
+/// No SIGHUP here: reloads come from file changes and `POST /reload`.
+#[cfg(not(unix))]
+fn hangup_signal() -> anyhow::Result<tokio::sync::mpsc::Receiver<()>> {
+    let (sender, receiver) = tokio::sync::mpsc::channel(1);
+    std::mem::forget(sender);
+    Ok(receiver)
 }
 
 /// Waits for Ctrl-C.

@@ -227,7 +227,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let identity = offline::identity(&config);
             let offline = offline::decide(&config, &identity, &method, &url, ip, &pairs, &caller);
             if json {
-                out_line!("{}", explain_json(&offline));
+                out_line!("{}", offline.to_json());
             } else {
                 out!("{}", explain_text(&method, &url, &offline));
             }
@@ -462,48 +462,6 @@ fn explain_text(method: &str, url: &str, offline: &Offline) -> String {
         }
     }
     text
-}
-
-/// The JSON form of `portcullis explain`.
-fn explain_json(offline: &Offline) -> String {
-    let mut out = serde_json::json!({
-        "route": offline.route.as_ref().map(|route| route.to_string()),
-        "path": offline.path,
-        "client_ip": offline.client_ip.to_string(),
-    });
-    match &offline.verdict {
-        Verdict::Refused {
-            status,
-            reason,
-            detail,
-        } => {
-            out["decision"] = "refused".into();
-            out["status"] = (*status).into();
-            out["reason"] = (*reason).into();
-            out["explanation"] = detail.as_str().into();
-        }
-        Verdict::Decided(decision) => {
-            out["decision"] = decision.effect.as_str().into();
-            out["status"] = decision.reason.status().into();
-            out["reason"] = decision.reason.code().into();
-            out["rule"] = decision.rule.as_ref().map(|rule| rule.to_string()).into();
-            out["explanation"] = decision.reason.to_string().into();
-            out["hint"] = decision.reason.hint().into();
-            out["trace"] = decision
-                .trace
-                .iter()
-                .map(|step| {
-                    serde_json::json!({
-                        "rule": step.rule.to_string(),
-                        "effect": step.effect.as_str(),
-                        "mode": step.mode.as_str(),
-                        "outcome": step.outcome.to_string(),
-                    })
-                })
-                .collect();
-        }
-    }
-    out.to_string()
 }
 
 /// Loads a config, printing every error to stderr when it is invalid.

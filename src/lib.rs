@@ -10,6 +10,7 @@ pub mod identity;
 pub mod path;
 pub mod policy;
 pub mod proxy;
+pub mod reload;
 pub mod telemetry;
 pub mod tls;
 

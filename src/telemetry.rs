@@ -37,6 +37,10 @@ pub mod names {
     pub const POLICY_RULES: &str = "portcullis_policy_rules";
     /// Fetches of an issuer's `jwks_url`, by issuer and result (`ok`, `error`).
     pub const JWKS_REFRESHES_TOTAL: &str = "portcullis_jwks_refreshes_total";
+    /// Reloads of the config and policy files, by result (`ok`, `error`).
+    pub const POLICY_RELOADS_TOTAL: &str = "portcullis_policy_reloads_total";
+    /// Always 1, labelled with the hash of the files serving now.
+    pub const POLICY_INFO: &str = "portcullis_policy_info";
 }
 
 /// The `decision` label of [`names::REQUESTS_TOTAL`].
@@ -115,6 +119,10 @@ pub struct Metrics {
     pub policy_rules: IntGauge,
     /// [`names::JWKS_REFRESHES_TOTAL`].
     pub jwks_refreshes: IntCounterVec,
+    /// [`names::POLICY_RELOADS_TOTAL`].
+    pub policy_reloads: IntCounterVec,
+    /// [`names::POLICY_INFO`].
+    pub policy_info: IntGaugeVec,
 }
 
 /// Decision-time buckets from 1µs to 10ms: a decision is a few microseconds.
@@ -204,8 +212,30 @@ impl Metrics {
         )
         .expect("static metric definition is valid");
 
-        let collectors: [Box<dyn prometheus::core::Collector>; 11] = [
+        let policy_reloads = IntCounterVec::new(
+            Opts::new(
+                names::POLICY_RELOADS_TOTAL,
+                "Reloads of the config and policy files, by result.",
+            ),
+            &["result"],
+        )
+        .expect("static metric definition is valid");
+        for result in ["ok", "error"] {
+            policy_reloads.with_label_values(&[result]);
+        }
+        let policy_info = IntGaugeVec::new(
+            Opts::new(
+                names::POLICY_INFO,
+                "Always 1; the hash of the config and policy files serving now is in the label.",
+            ),
+            &["hash"],
+        )
+        .expect("static metric definition is valid");
+
+        let collectors: [Box<dyn prometheus::core::Collector>; 13] = [
             Box::new(jwks_refreshes.clone()),
+            Box::new(policy_reloads.clone()),
+            Box::new(policy_info.clone()),
             Box::new(decision_duration.clone()),
             Box::new(rule_matches.clone()),
             Box::new(policy_rules.clone()),
@@ -234,6 +264,8 @@ impl Metrics {
             rule_matches,
             policy_rules,
             jwks_refreshes,
+            policy_reloads,
+            policy_info,
         }
     }
 

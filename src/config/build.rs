@@ -185,7 +185,21 @@ pub fn build(path: &Path, text: &str, raw: RawConfig) -> Result<Config, ConfigEr
             Some(policy_set),
             Some(identity),
         ) if builder.errors.is_empty() && policy_errors.is_empty() => {
+            let hash = {
+                use sha2::{Digest, Sha256};
+                let mut digest = Sha256::new();
+                policy::digest_file(&mut digest, path, text);
+                digest.update(policy_summary.digest);
+                let digest: [u8; 32] = digest.finalize().into();
+                digest[..8]
+                    .iter()
+                    .map(|byte| format!("{byte:02x}"))
+                    .collect()
+            };
             let mut config = Config {
+                hash,
+                policy_patterns: raw.policy.files.clone(),
+                watch: raw.policy.watch,
                 file: path.to_owned(),
                 listeners,
                 admin: AdminSettings { addr: admin_addr },

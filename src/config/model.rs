@@ -43,6 +43,13 @@ pub struct Config {
     pub policy: Arc<PolicySet>,
     /// Which policy files and lists were loaded.
     pub policy_summary: PolicySummary,
+    /// `policy.files` as written (globs, relative to the config file's directory).
+    pub policy_patterns: Vec<String>,
+    /// `policy.watch`: reload when a watched directory changes.
+    pub watch: bool,
+    /// A short hash of the config file and every policy and list file, naming what is
+    /// serving (`portcullis_policy_info`, `/policy`).
+    pub hash: String,
     /// How much a denial tells the client.
     pub denials: DenialSettings,
     /// How callers are identified.
@@ -102,7 +109,7 @@ pub enum KeySource {
 }
 
 /// `jwks_url` and how it is kept fresh.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct RemoteKeys {
     /// An absolute http or https URL.
     pub url: http::Uri,

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use ipnet::IpNet;
+use sha2::{Digest, Sha256};
 
 use super::build::{Builder, check_id, check_token, parse_host_pattern, parse_network};
 use super::error::{ConfigError, did_you_mean};
@@ -38,6 +39,8 @@ pub struct PolicySummary {
     pub rule_origins: Vec<RuleOrigin>,
     /// Problems that do not stop loading, such as an empty list.
     pub warnings: Vec<ConfigError>,
+    /// SHA-256 over every policy and list file read, names and contents, in order.
+    pub digest: [u8; 32],
 }
 
 /// Where a rule is written.
@@ -126,6 +129,15 @@ fn wildcard_match(pattern: &str, text: &str) -> bool {
     pattern[p..].iter().all(|&c| c == '*')
 }
 
+/// Adds a file to a digest: its name and contents, each length-prefixed so that no two
+/// sets of files hash alike.
+pub(super) fn digest_file(digest: &mut Sha256, path: &Path, text: &str) {
+    for part in [path.to_string_lossy().as_bytes(), text.as_bytes()] {
+        digest.update((part.len() as u64).to_be_bytes());
+        digest.update(part);
+    }
+}
+
 /// One parsed policy file, with the builder that places its errors.
 struct File {
     builder: Builder,
@@ -136,6 +148,7 @@ struct File {
 pub fn build(files: &[PathBuf]) -> Result<(PolicySet, PolicySummary), Vec<ConfigError>> {
     let mut errors = Vec::new();
     let mut parsed = Vec::new();
+    let mut digest = Sha256::new();
     for path in files {
         let text = match std::fs::read_to_string(path) {
             Ok(text) => text,
@@ -144,6 +157,7 @@ pub fn build(files: &[PathBuf]) -> Result<(PolicySet, PolicySummary), Vec<Config
                 continue;
             }
         };
+        digest_file(&mut digest, path, &text);
         match parse_policy(path, &text) {
             Ok(raw) => parsed.push(File {
                 builder: Builder {
@@ -162,6 +176,7 @@ pub fn build(files: &[PathBuf]) -> Result<(PolicySet, PolicySummary), Vec<Config
         lists: Vec::new(),
         rule_origins: Vec::new(),
         warnings: Vec::new(),
+        digest: [0; 32],
     };
     let mut list_origin: HashMap<String, String> = HashMap::new();
     for file in &mut parsed {
@@ -182,7 +197,9 @@ pub fn build(files: &[PathBuf]) -> Result<(PolicySet, PolicySummary), Vec<Config
                 continue;
             }
             list_origin.insert(name.clone(), origin_of(&file.builder, &base));
-            if let Some(set) = build_list(&mut file.builder, &base, raw_list, &mut errors) {
+            if let Some(set) =
+                build_list(&mut file.builder, &base, raw_list, &mut errors, &mut digest)
+            {
                 if set.is_empty() {
                     let position = file.builder.source.locate(&base);
                     summary.warnings.push(ConfigError::at(
@@ -280,6 +297,7 @@ pub fn build(files: &[PathBuf]) -> Result<(PolicySet, PolicySummary), Vec<Config
         errors.extend(file_errors);
     }
     if errors.is_empty() {
+        summary.digest = digest.finalize().into();
         Ok((PolicySet::with_roles(rules, role_graph), summary))
     } else {
         Err(errors)
@@ -300,6 +318,7 @@ fn build_list(
     base: &str,
     raw: &RawList,
     errors: &mut Vec<ConfigError>,
+    digest: &mut Sha256,
 ) -> Option<NetSet> {
     match raw {
         RawList::Inline(entries) => {
@@ -326,6 +345,7 @@ fn build_list(
                     return None;
                 }
             };
+            digest_file(digest, &path, &text);
             let (set, list_errors) = parse_list_file(&path, &text);
             let failed = !list_errors.is_empty();
             errors.extend(list_errors);

@@ -409,12 +409,29 @@ fn default_grace_period() -> String {
 }
 
 /// The policy files that decide every request.
-#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawPolicy {
     /// Policy files, relative to this file; the last part of a path may use * and ? wildcards.
     #[serde(default)]
     pub files: Vec<String>,
+    /// Reload when a file changes in the config file's or the policy files' directories
+    /// (SIGHUP and POST /reload always work).
+    #[serde(default = "default_true")]
+    pub watch: bool,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+impl Default for RawPolicy {
+    fn default() -> RawPolicy {
+        RawPolicy {
+            files: Vec::new(),
+            watch: true,
+        }
+    }
 }
 
 /// How much a 401 or 403 tells the client.

@@ -69,10 +69,29 @@ impl From<Reason> for TokenRejection {
 impl Issuers {
     /// Issuers as configured; keys from a `jwks_url` are not fetched until
     /// [`Issuers::key_sets`]' owners ask.
-    pub fn new(issuers: &[JwtSettings], metrics: &Metrics) -> Issuers {
+    pub fn new(issuers: &[JwtSettings], metrics: &Metrics, previous: Option<&Issuers>) -> Issuers {
         let issuers = issuers
             .iter()
             .map(|settings| {
+                // A reload keeps the fetched keys (and their refresh schedule) of an issuer
+                // whose key source did not change.
+                let kept = previous.and_then(|previous| {
+                    previous
+                        .issuers
+                        .iter()
+                        .find(|old| {
+                            old.settings.id == settings.id
+                                && matches!((&old.settings.keys, &settings.keys),
+                                    (KeySource::Url(old), KeySource::Url(new)) if old == new)
+                        })
+                        .map(|old| Arc::clone(&old.keys))
+                });
+                if let Some(keys) = kept {
+                    return Issuer {
+                        settings: settings.clone(),
+                        keys,
+                    };
+                }
                 let keys = match &settings.keys {
                     KeySource::None => IssuerKeys::fixed(&settings.id, None),
                     KeySource::File(keys) => IssuerKeys::fixed(&settings.id, Some(keys.clone())),
@@ -510,6 +529,7 @@ mod tests {
                 leeway: Duration::from_secs(0),
             }],
             &Metrics::new(),
+            None,
         );
         let sign = |exp: u64| {
             let mut header = Header::new(Algorithm::EdDSA);

@@ -84,8 +84,13 @@ impl Rejection {
 
 impl Identity {
     /// Identity as configured. Keys at a `jwks_url` are not fetched until
-    /// [`Identity::load_keys`].
-    pub fn new(settings: &IdentitySettings, metrics: &Metrics) -> Identity {
+    /// [`Identity::load_keys`]; on a reload, an issuer whose key source is unchanged keeps
+    /// the key set of `previous`.
+    pub fn new(
+        settings: &IdentitySettings,
+        metrics: &Metrics,
+        previous: Option<&Identity>,
+    ) -> Identity {
         let challenge = if settings.jwt.is_empty() {
             settings.api_keys.as_ref().and_then(|keys| {
                 HeaderValue::from_str(&format!(
@@ -99,7 +104,11 @@ impl Identity {
         };
         Identity {
             api_keys: settings.api_keys.as_ref().map(ApiKeys::new),
-            issuers: Issuers::new(&settings.jwt, metrics),
+            issuers: Issuers::new(
+                &settings.jwt,
+                metrics,
+                previous.map(|previous| &previous.issuers),
+            ),
             forward: settings.forward.clone(),
             challenge,
             strip_authorization: settings.strip_authorization,
@@ -145,11 +154,15 @@ impl Identity {
         self.issuers.verify(token, None).map_err(Rejection::Token)
     }
 
-    /// Fetches every `jwks_url` key set once, all at the same time; a fetch that fails is
-    /// logged and counted, and its issuer's tokens are refused until one succeeds.
+    /// Fetches every `jwks_url` key set that has no keys yet once, all at the same time;
+    /// a fetch that fails is logged and counted, and its issuer's tokens are refused until
+    /// one succeeds.
     pub async fn load_keys(&self) {
         let mut fetches = tokio::task::JoinSet::new();
-        for keys in self.remote_key_sets() {
+        for keys in self
+            .remote_key_sets()
+            .filter(|keys| keys.current().is_none())
+        {
             let keys = Arc::clone(keys);
             fetches.spawn(async move { keys.refresh().await });
         }

@@ -19,9 +19,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::time::Instant;
 
-use super::Proxy;
 use super::framing::FramingWatch;
 use super::handle::handle;
+use crate::config::Limits;
+use crate::reload::Live;
 
 /// What a request knows about the connection it arrived on.
 #[derive(Clone)]
@@ -59,7 +60,7 @@ pub struct Listeners {
 }
 
 /// Accepts connections on `listener` until shutdown, serving each on its own task.
-pub async fn run(listener: TcpListener, proxy: Arc<Proxy>, listeners: Listeners) {
+pub async fn run(listener: TcpListener, live: Live, listeners: Listeners) {
     let local = match listener.local_addr() {
         Ok(addr) => addr,
         Err(err) => {
@@ -82,6 +83,9 @@ pub async fn run(listener: TcpListener, proxy: Arc<Proxy>, listeners: Listeners)
                 continue;
             }
         };
+        // The state serving now: its limits hold for this connection; each request takes
+        // the state current when it arrives.
+        let proxy = live.load_full();
         let Ok(permit) = listeners.connections.clone().try_acquire_owned() else {
             proxy.metrics.connections_rejected.inc();
             tracing::debug!(client.addr = %peer, "connection limit reached; closing new connection");
@@ -107,7 +111,8 @@ pub async fn run(listener: TcpListener, proxy: Arc<Proxy>, listeners: Listeners)
         tokio::spawn(serve_connection(
             stream,
             meta,
-            proxy.clone(),
+            proxy.limits.clone(),
+            live.clone(),
             listeners.shutdown.clone(),
         ));
     }
@@ -118,10 +123,10 @@ pub async fn run(listener: TcpListener, proxy: Arc<Proxy>, listeners: Listeners)
 async fn serve_connection(
     stream: TcpStream,
     meta: ConnMeta,
-    proxy: Arc<Proxy>,
+    limits: Limits,
+    live: Live,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let limits = proxy.limits.clone();
     let activity = meta.activity.clone();
     // SECURITY: a connection must start its first request within header_read_timeout of
     // opening, whatever it sends meanwhile (nothing, half a preface, HTTP/2 pings).
@@ -156,7 +161,7 @@ async fn serve_connection(
     let meta = Arc::new(meta);
     let service = service_fn(move |request| {
         let in_flight = InFlight::start(&meta.activity);
-        let proxy = proxy.clone();
+        let proxy = live.load_full();
         let meta = meta.clone();
         async move {
             let response = handle(proxy, meta, request).await;

@@ -49,11 +49,14 @@ pub struct Proxy {
     allowed: Vec<IntCounter>,
     /// `rule_matches_total{rule, effect, mode}` per rule, in the policy's rule order.
     rule_matches: Vec<IntCounter>,
+    /// The config this state was built from (for `/explain` and reloads).
+    config: Arc<Config>,
 }
 
 impl Proxy {
-    /// Builds routes and upstream clients from a validated config.
-    pub fn new(config: &Config, metrics: Arc<Metrics>) -> Proxy {
+    /// Builds routes and upstream clients from a validated config. A reload passes the
+    /// state it replaces, whose token issuers' key sets carry over where unchanged.
+    pub fn new(config: &Config, metrics: Arc<Metrics>, previous: Option<&Proxy>) -> Proxy {
         metrics
             .policy_rules
             .set(i64::try_from(config.policy.rules().len()).unwrap_or(i64::MAX));
@@ -94,7 +97,12 @@ impl Proxy {
             forwarded_header: config.forwarded_header,
             limits: config.limits.clone(),
             policy: Arc::clone(&config.policy),
-            identity: Arc::new(Identity::new(&config.identity, &metrics)),
+            identity: Arc::new(Identity::new(
+                &config.identity,
+                &metrics,
+                previous.map(|previous| &*previous.identity),
+            )),
+            config: Arc::new(config.clone()),
             denials: config.denials.clone(),
             metrics,
             allowed,
@@ -104,6 +112,16 @@ impl Proxy {
     /// The identity setup, whose key sets the gateway keeps fresh and `/readyz` reports.
     pub fn identity(&self) -> &Arc<Identity> {
         &self.identity
+    }
+
+    /// The config this state was built from.
+    pub fn config(&self) -> &Arc<Config> {
+        &self.config
+    }
+
+    /// The metrics it records into.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     /// Whether forwarding headers from this socket peer are believed.

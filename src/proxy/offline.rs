@@ -54,6 +54,48 @@ pub enum Verdict {
 }
 
 impl Offline {
+    /// The answer as `explain --json` and `POST /explain` give it.
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut out = serde_json::json!({
+            "route": self.route.as_ref().map(|route| route.to_string()),
+            "path": self.path,
+            "client_ip": self.client_ip.to_string(),
+        });
+        match &self.verdict {
+            Verdict::Refused {
+                status,
+                reason,
+                detail,
+            } => {
+                out["decision"] = "refused".into();
+                out["status"] = (*status).into();
+                out["reason"] = (*reason).into();
+                out["explanation"] = detail.as_str().into();
+            }
+            Verdict::Decided(decision) => {
+                out["decision"] = decision.effect.as_str().into();
+                out["status"] = decision.reason.status().into();
+                out["reason"] = decision.reason.code().into();
+                out["rule"] = decision.rule.as_ref().map(|rule| rule.to_string()).into();
+                out["explanation"] = decision.reason.to_string().into();
+                out["hint"] = decision.reason.hint().into();
+                out["trace"] = decision
+                    .trace
+                    .iter()
+                    .map(|step| {
+                        serde_json::json!({
+                            "rule": step.rule.to_string(),
+                            "effect": step.effect.as_str(),
+                            "mode": step.mode.as_str(),
+                            "outcome": step.outcome.to_string(),
+                        })
+                    })
+                    .collect();
+            }
+        }
+        out
+    }
+
     /// The answer in the terms of a test case.
     pub fn actual(&self) -> Actual {
         match &self.verdict {
@@ -75,7 +117,7 @@ impl Offline {
 /// the gateway does at start. A fetch that fails is reported on stderr; that issuer's
 /// tokens are then refused, as they would be live.
 pub fn identity(config: &Config) -> Identity {
-    let identity = Identity::new(&config.identity, &Metrics::new());
+    let identity = Identity::new(&config.identity, &Metrics::new(), None);
     if identity.remote_key_sets().next().is_some() {
         match tokio::runtime::Builder::new_current_thread()
             .enable_all()

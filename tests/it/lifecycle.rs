@@ -1,5 +1,5 @@
 //! The binary as an operator runs it: start, validate, exit codes, and the graceful
-//! drain on SIGTERM and SIGINT.
+//! drain on SIGTERM and SIGINT, and the reload on SIGHUP.
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -399,5 +399,53 @@ async fn every_request_gets_one_decision_log_line_without_secrets() {
     assert!(
         !text.contains("secret-token") && !text.contains("key-secret"),
         "{text}"
+    );
+}
+
+#[tokio::test]
+async fn sighup_reloads_the_policy() {
+    let up = TestUpstream::start("a").await;
+    let scratch = Scratch::new();
+    scratch.write(
+        "policy.yaml",
+        "rules: [{ id: allow-a, effect: allow, match: { paths: [\"/a\"] } }]\n",
+    );
+    // Not watching: only the signal can make it read the file again.
+    let config = scratch.write(
+        "gw.yaml",
+        &process_config(&up.url(), "").replace(
+            "policy: { files: [allow-all.yaml] }",
+            "policy: { files: [policy.yaml], watch: false }",
+        ),
+    );
+    let process = Process::start(&config);
+    let status = |path: &str| {
+        let url = format!("http://{}{path}", process.addr);
+        async move { client().request(get(&url)).await.unwrap().status() }
+    };
+    assert_eq!(status("/b").await, StatusCode::FORBIDDEN);
+    scratch.write(
+        "policy.yaml",
+        "rules: [{ id: allow-b, effect: allow, match: { paths: [\"/b\"] } }]\n",
+    );
+    assert_eq!(status("/b").await, StatusCode::FORBIDDEN);
+    process.signal("HUP");
+    let mut answered = StatusCode::FORBIDDEN;
+    for _ in 0..100 {
+        answered = status("/b").await;
+        if answered == StatusCode::OK {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(answered, StatusCode::OK, "the signal reloaded the policy");
+    assert!(
+        process
+            .log
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|line| line.contains("SIGHUP received")),
+        "the reload is logged"
     );
 }

@@ -8,6 +8,8 @@
 //! - `limits`: 431, 413, slow heads, idle connections, connection limit, 400 and 404.
 //! - `lifecycle`: the binary: graceful shutdown on SIGTERM, exit codes.
 //! - `policy_cli`: `portcullis test`, `explain` and `validate` on policy files.
+//! - `reload`: live reload by `POST /reload` and by file changes, broken files, traffic
+//!   across reloads.
 //! - `config_errors`: every config error names file, line, column and YAML path.
 //! - `denials`: 403s at each detail level, the HTML page, decision metrics.
 //! - `identity`: API keys, 401 versus 403, identity headers upstream.
@@ -31,5 +33,6 @@ mod jwt;
 mod lifecycle;
 mod limits;
 mod policy_cli;
+mod reload;
 mod support;
 mod upstreams;

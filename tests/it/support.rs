@@ -54,6 +54,11 @@ impl Scratch {
         std::fs::write(&path, text).unwrap();
         path
     }
+
+    /// The directory.
+    pub fn path(&self) -> &std::path::Path {
+        &self.0
+    }
 }
 
 impl Drop for Scratch {
@@ -83,13 +88,24 @@ impl TestGateway {
 
     /// Starts a gateway from config text and one policy file.
     pub async fn with_policy(yaml: &str, policy: &str) -> TestGateway {
+        TestGateway::with_policy_watching(yaml, policy, true).await
+    }
+
+    /// Starts a gateway from config text and one policy file, watching its directory
+    /// for changes or not.
+    pub async fn with_policy_watching(yaml: &str, policy: &str, watch: bool) -> TestGateway {
         let scratch = Scratch::new();
         scratch.write("policy.yaml", policy);
         let path = scratch.write(
             "gw.yaml",
-            &format!("{yaml}\npolicy: {{ files: [policy.yaml] }}\n"),
+            &format!("{yaml}\npolicy: {{ files: [policy.yaml], watch: {watch} }}\n"),
         );
-        let config = portcullis::config::load(&path)
+        TestGateway::from_file(&path, scratch).await
+    }
+
+    /// Starts a gateway from the config file at `path`, keeping `scratch` while it runs.
+    pub async fn from_file(path: &std::path::Path, scratch: Scratch) -> TestGateway {
+        let config = portcullis::config::load(path)
             .unwrap_or_else(|errors| panic!("test config is invalid:\n{errors}"));
         let gateway = Gateway::start(&config).await.expect("gateway starts");
         TestGateway {
@@ -103,6 +119,23 @@ impl TestGateway {
     /// `http://addr` + `path`.
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
+    }
+
+    /// Writes a file beside its config (`gw.yaml`) and policy (`policy.yaml`).
+    pub fn write(&self, name: &str, text: &str) -> PathBuf {
+        self._scratch.write(name, text)
+    }
+
+    /// A request to the admin listener: its status and body.
+    pub async fn admin(&self, method: http::Method, path: &str) -> (StatusCode, String) {
+        let request = Request::builder()
+            .method(method)
+            .uri(format!("http://{}{path}", self.admin))
+            .body(ClientBody::default())
+            .unwrap();
+        let response = client().request(request).await.expect("admin answers");
+        let status = response.status();
+        (status, body_text(response).await)
     }
 
     /// The `/metrics` text.

@@ -1,0 +1,421 @@
+//! Live reload of the config and policy files: read again, compiled and checked in full,
+//! then swapped in at once for new requests, while in-flight requests finish under the
+//! state they started with. A file that does not load keeps the old state serving; the
+//! error is logged, counted and shown on `/policy`.
+//!
+//! Triggers: a change in a watched directory (the config file's and the policy files'; a
+//! directory, not a file, so that editors' rename-over and the Kubernetes ConfigMap
+//! `..data` symlink swap are seen), SIGHUP, and `POST /reload`. One reload runs at a time.
+//!
+//! This module knows when and how to replace the serving state; what the state does with
+//! a request is `proxy`'s business.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
+use notify_debouncer_full::notify::{EventKind, RecommendedWatcher, RecursiveMode};
+use notify_debouncer_full::{DebounceEventResult, Debouncer, RecommendedCache, new_debouncer};
+
+use crate::config::{self, Config};
+use crate::proxy::Proxy;
+use crate::telemetry::Metrics;
+
+/// The state requests are served with now; each request takes the one current when it
+/// arrives.
+pub type Live = Arc<ArcSwap<Proxy>>;
+
+/// How long file events are gathered before one reload: an editor's save or a ConfigMap
+/// update is several events.
+const DEBOUNCE: Duration = Duration::from_millis(250);
+
+/// What `/policy` reports.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Status {
+    /// The hash of the config and policy files serving now.
+    pub hash: String,
+    /// When they were loaded (RFC 3339, UTC).
+    pub loaded_at: String,
+    /// The config file.
+    pub config: String,
+    /// The policy files, in the order they were read.
+    pub files: Vec<String>,
+    /// Rules in the serving policy.
+    pub rules: usize,
+    /// Reloads since start, by result.
+    pub reloads: Reloads,
+    /// The last reload that failed, while no later one succeeded.
+    pub last_error: Option<Failure>,
+    /// Settings changed in the files that take effect only after a restart.
+    pub restart_needed: Vec<String>,
+}
+
+/// Reload counts.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Reloads {
+    /// Reloads that replaced the serving state.
+    pub ok: u64,
+    /// Reloads that kept it because a file did not load.
+    pub error: u64,
+}
+
+/// A failed reload.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Failure {
+    /// When (RFC 3339, UTC).
+    pub at: String,
+    /// Each error, with file, line, column and YAML path.
+    pub errors: Vec<String>,
+}
+
+/// What cannot change without a restart, as the gateway started.
+#[derive(Debug, Clone)]
+pub struct Fixed {
+    /// The client listeners' addresses, as configured.
+    pub listen: Vec<SocketAddr>,
+    /// The admin listener's address, as configured.
+    pub admin: SocketAddr,
+    /// `limits.max_connections`.
+    pub max_connections: usize,
+}
+
+impl Fixed {
+    /// What `config` sets of the things that need a restart.
+    pub fn of(config: &Config) -> Fixed {
+        Fixed {
+            listen: config
+                .listeners
+                .iter()
+                .map(|listener| listener.addr)
+                .collect(),
+            admin: config.admin.addr,
+            max_connections: config.limits.max_connections,
+        }
+    }
+
+    /// What `config` changes of it, in words.
+    fn changes(&self, config: &Config) -> Vec<String> {
+        let now = Fixed::of(config);
+        let mut changes = Vec::new();
+        if now.listen != self.listen {
+            changes.push(format!(
+                "listen: {} (serving on {})",
+                addresses(&now.listen),
+                addresses(&self.listen)
+            ));
+        }
+        if now.admin != self.admin {
+            changes.push(format!(
+                "admin.addr: {} (serving on {})",
+                now.admin, self.admin
+            ));
+        }
+        if now.max_connections != self.max_connections {
+            changes.push(format!(
+                "limits.max_connections: {} (enforcing {})",
+                now.max_connections, self.max_connections
+            ));
+        }
+        changes
+    }
+}
+
+fn addresses(addrs: &[SocketAddr]) -> String {
+    let addrs: Vec<String> = addrs.iter().map(ToString::to_string).collect();
+    addrs.join(", ")
+}
+
+/// Replaces the serving state when asked to.
+pub struct Reloader {
+    config_path: PathBuf,
+    live: Live,
+    metrics: Arc<Metrics>,
+    fixed: Fixed,
+    status: Mutex<Status>,
+    /// Held for the whole of a reload; holds the tasks keeping the serving key sets fresh.
+    running: tokio::sync::Mutex<Vec<tokio::task::AbortHandle>>,
+}
+
+impl Reloader {
+    /// A reloader for the state `config` built, serving in `live`; starts keeping its
+    /// token issuers' key sets fresh.
+    pub fn new(config: &Config, live: Live, metrics: Arc<Metrics>) -> Arc<Reloader> {
+        metrics
+            .policy_info
+            .with_label_values(&[&config.hash])
+            .set(1);
+        let tasks = keep_keys_fresh(&live.load());
+        Arc::new(Reloader {
+            config_path: config.file.clone(),
+            fixed: Fixed::of(config),
+            status: Mutex::new(Status {
+                hash: config.hash.clone(),
+                loaded_at: rfc3339(SystemTime::now()),
+                config: config.file.display().to_string(),
+                files: files(config),
+                rules: config.policy.rules().len(),
+                reloads: Reloads::default(),
+                last_error: None,
+                restart_needed: Vec::new(),
+            }),
+            running: tokio::sync::Mutex::new(tasks),
+            live,
+            metrics,
+        })
+    }
+
+    /// What `/policy` shows.
+    pub fn status(&self) -> Status {
+        self.status
+            .lock()
+            .map(|status| status.clone())
+            .unwrap_or_else(|poisoned| poisoned.into_inner().clone())
+    }
+
+    /// Reads the config file and everything it names again; when all of it loads, the
+    /// new state serves every request from now on. `why` is for the log.
+    pub async fn reload(&self, why: &str) -> Result<Status, Failure> {
+        let mut running = self.running.lock().await;
+        let path = self.config_path.clone();
+        let loaded = tokio::task::spawn_blocking(move || config::load(&path))
+            .await
+            .unwrap_or_else(|err| {
+                Err(config::ConfigErrors::from(config::ConfigError::unreadable(
+                    &self.config_path,
+                    &std::io::Error::other(err.to_string()),
+                )))
+            });
+        let config = match loaded {
+            Ok(config) => config,
+            Err(errors) => return Err(self.failed(why, &errors)),
+        };
+        let previous = self.live.load_full();
+        let proxy = Arc::new(Proxy::new(&config, self.metrics.clone(), Some(&previous)));
+        // Issuers new to this config fetch their keys before they serve; the others keep
+        // theirs.
+        proxy.identity().load_keys().await;
+        let tasks = keep_keys_fresh(&proxy);
+        self.live.store(proxy);
+        for task in running.drain(..) {
+            task.abort();
+        }
+        *running = tasks;
+
+        let restart_needed = self.fixed.changes(&config);
+        for change in &restart_needed {
+            tracing::warn!(
+                reload.trigger = why,
+                "changed but needs a restart to take effect: {change}"
+            );
+        }
+        for warning in &config.warnings {
+            tracing::warn!("{warning}");
+        }
+        self.metrics.policy_reloads.with_label_values(&["ok"]).inc();
+        self.metrics.policy_info.reset();
+        self.metrics
+            .policy_info
+            .with_label_values(&[&config.hash])
+            .set(1);
+        let status = self.update(|status| {
+            status.hash = config.hash.clone();
+            status.loaded_at = rfc3339(SystemTime::now());
+            status.files = files(&config);
+            status.rules = config.policy.rules().len();
+            status.reloads.ok += 1;
+            status.last_error = None;
+            status.restart_needed = restart_needed;
+        });
+        tracing::info!(
+            reload.trigger = why,
+            policy.hash = %config.hash,
+            policy.rules = status.rules,
+            "reloaded; new requests are served with it"
+        );
+        Ok(status)
+    }
+
+    fn failed(&self, why: &str, errors: &config::ConfigErrors) -> Failure {
+        let failure = Failure {
+            at: rfc3339(SystemTime::now()),
+            errors: errors.0.iter().map(ToString::to_string).collect(),
+        };
+        tracing::error!(
+            reload.trigger = why,
+            "reload failed; still serving the files loaded before:\n{errors}"
+        );
+        self.metrics
+            .policy_reloads
+            .with_label_values(&["error"])
+            .inc();
+        self.update(|status| {
+            status.reloads.error += 1;
+            status.last_error = Some(failure.clone());
+        });
+        failure
+    }
+
+    fn update(&self, change: impl FnOnce(&mut Status)) -> Status {
+        let mut status = self
+            .status
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        change(&mut status);
+        status.clone()
+    }
+
+    /// The directories whose changes trigger a reload: the config file's, and each
+    /// policy file's and `policy.files` pattern's.
+    fn watched(&self) -> BTreeSet<PathBuf> {
+        let proxy = self.live.load();
+        let config = proxy.config();
+        let base = config.file.parent().unwrap_or(Path::new("."));
+        let mut dirs = BTreeSet::new();
+        dirs.insert(base.to_path_buf());
+        for file in &config.policy_summary.files {
+            if let Some(dir) = file.parent() {
+                dirs.insert(dir.to_path_buf());
+            }
+        }
+        for pattern in &config.policy_patterns {
+            let literal: PathBuf = Path::new(pattern)
+                .components()
+                .take_while(|part| !part.as_os_str().to_string_lossy().contains(['*', '?', '[']))
+                .collect();
+            let dir = base.join(literal);
+            // A pattern naming a file: its directory.
+            if dir.is_dir() {
+                dirs.insert(dir);
+            } else if let Some(parent) = dir.parent() {
+                dirs.insert(parent.to_path_buf());
+            }
+        }
+        dirs.retain(|dir| dir.is_dir());
+        dirs
+    }
+
+    /// Stops the tasks keeping key sets fresh (at shutdown).
+    pub fn stop(&self) {
+        if let Ok(mut running) = self.running.try_lock() {
+            for task in running.drain(..) {
+                task.abort();
+            }
+        }
+    }
+}
+
+fn files(config: &Config) -> Vec<String> {
+    config
+        .policy_summary
+        .files
+        .iter()
+        .map(|file| file.display().to_string())
+        .collect()
+}
+
+fn keep_keys_fresh(proxy: &Proxy) -> Vec<tokio::task::AbortHandle> {
+    proxy
+        .identity()
+        .remote_key_sets()
+        .map(|keys| tokio::spawn(Arc::clone(keys).keep_fresh()).abort_handle())
+        .collect()
+}
+
+impl Drop for Reloader {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Reloads whenever a file changes in a watched directory, for as long as the returned
+/// future runs. After each reload the watched directories follow the new config.
+pub fn watch(
+    reloader: Arc<Reloader>,
+) -> Result<impl std::future::Future<Output = ()> + Send + 'static, String> {
+    // One pending trigger is enough: events while a reload is waiting join it.
+    let (trigger, mut triggered) = tokio::sync::mpsc::channel::<()>(1);
+    let mut debouncer = new_debouncer(DEBOUNCE, None, move |result: DebounceEventResult| {
+        let changed = result.is_ok_and(|events| {
+            events.iter().any(|event| {
+                // Reading files (ours, during a reload) is not a change.
+                matches!(
+                    event.kind,
+                    EventKind::Create(_) | EventKind::Modify(_) | EventKind::Remove(_)
+                )
+            })
+        });
+        if changed {
+            let _ = trigger.try_send(());
+        }
+    })
+    .map_err(|err| format!("cannot watch files: {err}"))?;
+    let mut watching = BTreeSet::new();
+    follow(&mut debouncer, &mut watching, reloader.watched());
+    tracing::info!(
+        dirs = ?watching.iter().map(|dir| dir.display().to_string()).collect::<Vec<_>>(),
+        "watching for changes"
+    );
+    Ok(async move {
+        while triggered.recv().await.is_some() {
+            let _ = reloader.reload("file change").await;
+            follow(&mut debouncer, &mut watching, reloader.watched());
+        }
+    })
+}
+
+type Watcher = Debouncer<RecommendedWatcher, RecommendedCache>;
+
+/// Watches `wanted` and no longer what else `watching` held.
+fn follow(debouncer: &mut Watcher, watching: &mut BTreeSet<PathBuf>, wanted: BTreeSet<PathBuf>) {
+    for dir in watching.difference(&wanted) {
+        let _ = debouncer.unwatch(dir);
+    }
+    for dir in wanted.difference(watching) {
+        if let Err(err) = debouncer.watch(dir, RecursiveMode::NonRecursive) {
+            tracing::warn!(error = %err, dir = %dir.display(), "cannot watch for changes; use SIGHUP or POST /reload");
+        }
+    }
+    *watching = wanted;
+}
+
+/// `time` as RFC 3339 in UTC, to the second.
+pub fn rfc3339(time: SystemTime) -> String {
+    let seconds = time
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |since| since.as_secs());
+    let days = (seconds / 86_400) as i64;
+    let rest = seconds % 86_400;
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rest / 3_600,
+        rest % 3_600 / 60,
+        rest % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_are_rfc3339() {
+        let at = |seconds| rfc3339(SystemTime::UNIX_EPOCH + Duration::from_secs(seconds));
+        assert_eq!(at(0), "1970-01-01T00:00:00Z");
+        assert_eq!(at(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(at(1_795_910_399), "2026-11-28T23:59:59Z");
+        assert_eq!(at(4_107_542_400), "2100-03-01T00:00:00Z");
+    }
+}
