@@ -41,6 +41,23 @@ pub mod names {
     pub const POLICY_RELOADS_TOTAL: &str = "portcullis_policy_reloads_total";
     /// Always 1, labelled with the hash of the files serving now.
     pub const POLICY_INFO: &str = "portcullis_policy_info";
+
+    /// Every metric name, for checks of what dashboards and alerts refer to.
+    pub const ALL: &[&str] = &[
+        REQUESTS_TOTAL,
+        REQUEST_DURATION,
+        UPSTREAM_DURATION,
+        UPSTREAM_ERRORS_TOTAL,
+        CONNECTIONS_ACTIVE,
+        CONNECTIONS_REJECTED_TOTAL,
+        BUILD_INFO,
+        DECISION_DURATION,
+        RULE_MATCHES_TOTAL,
+        POLICY_RULES,
+        JWKS_REFRESHES_TOTAL,
+        POLICY_RELOADS_TOTAL,
+        POLICY_INFO,
+    ];
 }
 
 /// The `decision` label of [`names::REQUESTS_TOTAL`].
@@ -90,9 +107,9 @@ impl UpstreamErrorKind {
 /// The route label for requests that matched no route.
 pub const NO_ROUTE_LABEL: &str = "-";
 
-/// Latency buckets from 50µs to 60s: a proxy hop is microseconds, an upstream may be seconds.
+/// Latency buckets from 10µs to 60s: a proxy hop is microseconds, an upstream may be seconds.
 const LATENCY_BUCKETS: &[f64] = &[
-    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
     2.5, 5.0, 10.0, 30.0, 60.0,
 ];
 

@@ -1,6 +1,8 @@
 //! What can be checked of the deployment files without a container engine: the paths the
-//! Dockerfile copies exist, the config it serves is valid, and the Kubernetes ConfigMap
-//! holds a valid config whose ports match the probes.
+//! Dockerfile copies exist, the config it serves is valid, the Kubernetes ConfigMap
+//! holds a valid config whose ports match the probes, and the Grafana dashboard and
+//! Prometheus alerts refer only to metrics the gateway exports. (`.ci/prometheus-check.sh`
+//! has promtool parse and test them.)
 
 use std::path::Path;
 
@@ -123,4 +125,57 @@ fn the_kubernetes_configmap_holds_a_valid_config() {
         config.shutdown_grace.as_secs() < 30,
         "the drain finishes before Kubernetes kills the pod"
     );
+}
+
+#[test]
+fn dashboards_and_alerts_name_only_exported_metrics() {
+    use portcullis::telemetry::names::ALL;
+    for file in [
+        "deploy/grafana/portcullis.json",
+        "deploy/prometheus/alerts.yaml",
+        "deploy/prometheus/alerts.test.yaml",
+    ] {
+        let text = std::fs::read_to_string(root().join(file)).unwrap();
+        let mut named = 0;
+        for (at, _) in text.match_indices("portcullis_") {
+            let name: String = text[at..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            let base = ["_bucket", "_count", "_sum"]
+                .iter()
+                .find_map(|suffix| name.strip_suffix(suffix))
+                .unwrap_or(&name);
+            assert!(
+                ALL.contains(&base) || ALL.contains(&name.as_str()),
+                "{file} refers to {name}, which the gateway does not export"
+            );
+            named += 1;
+        }
+        assert!(named > 0, "{file} names no metric");
+    }
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(root().join("deploy/grafana/portcullis.json")).unwrap(),
+    )
+    .unwrap();
+    let titles: Vec<&str> = dashboard["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|panel| panel["title"].as_str())
+        .collect();
+    for wanted in [
+        "Requests by decision",
+        "Top denial reasons",
+        "Top deciding deny rules",
+        "Audit rules: what they would do",
+        "Whole request",
+        "Upstream errors",
+        "Reloads",
+    ] {
+        assert!(
+            titles.contains(&wanted),
+            "the dashboard lacks {wanted}: {titles:?}"
+        );
+    }
 }
