@@ -87,6 +87,18 @@ pub async fn run(listener: TcpListener, state: Arc<AdminState>) {
 
 async fn serve(state: &AdminState, request: Request<Incoming>) -> Response<Full<Bytes>> {
     if request.method() == Method::POST {
+        // SECURITY: a web page can make a browser POST to a loopback address without
+        // asking (a "simple" cross-site request). Browsers mark their requests; tools such
+        // as curl do not. Admin changes are for tools.
+        let from_browser = ["origin", "sec-fetch-site", "sec-fetch-mode"]
+            .iter()
+            .any(|name| request.headers().contains_key(*name));
+        if from_browser {
+            return text(
+                StatusCode::FORBIDDEN,
+                "admin POSTs are not accepted from browsers; use curl or another tool\n",
+            );
+        }
         return match request.uri().path() {
             "/reload" => match state.reloader.reload("POST /reload").await {
                 Ok(status) => json(
@@ -159,6 +171,9 @@ async fn serve(state: &AdminState, request: Request<Incoming>) -> Response<Full<
 async fn explain(state: &AdminState, request: Request<Incoming>) -> Response<Full<Bytes>> {
     /// The largest description read.
     const MAX_BODY: usize = 64 * 1024;
+    /// How long the description may take to arrive: a trickled body must not hold one
+    /// of the admin listener's few connections.
+    const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
     #[derive(serde::Deserialize)]
     #[serde(deny_unknown_fields)]
@@ -185,20 +200,29 @@ async fn explain(state: &AdminState, request: Request<Incoming>) -> Response<Ful
                     "headers": { "X-Api-Key": "..." }, "as": "sub=alice,roles=editor", "token": "JWT" } }),
         )
     };
-    let body = match http_body_util::Limited::new(request.into_body(), MAX_BODY)
-        .collect()
-        .await
-    {
-        Ok(body) => body.to_bytes(),
-        Err(err) => return bad(format!("cannot read the body: {err}")),
+    let read = tokio::time::timeout(
+        BODY_TIMEOUT,
+        http_body_util::Limited::new(request.into_body(), MAX_BODY).collect(),
+    )
+    .await;
+    let body = match read {
+        Ok(Ok(body)) => body.to_bytes(),
+        Ok(Err(err)) => return bad(format!("cannot read the body: {err}")),
+        Err(_) => {
+            return text(
+                StatusCode::REQUEST_TIMEOUT,
+                "the request body did not arrive in time\n",
+            );
+        }
     };
     let asked: Explain = match serde_json::from_slice(&body) {
         Ok(asked) => asked,
         Err(err) => return bad(format!("not a request description: {err}")),
     };
     let caller = match (asked.principal.as_deref().map(parse_principal), asked.token) {
-        (Some(Err(problem)), _) => return bad(format!("as: {problem}")),
-        (Some(Ok(principal)), _) => Caller::Simulated(principal),
+        (Some(_), Some(_)) => return bad("give as or token, not both".to_owned()),
+        (Some(Err(problem)), None) => return bad(format!("as: {problem}")),
+        (Some(Ok(principal)), None) => Caller::Simulated(principal),
         (None, Some(token)) => Caller::Token(token),
         (None, None) => Caller::FromRequest,
     };

@@ -47,7 +47,8 @@ impl Gateway {
     /// address cannot be bound.
     pub async fn start(config: &Config) -> anyhow::Result<Gateway> {
         let metrics = Arc::new(Metrics::new());
-        let proxy = Proxy::new(config, metrics.clone(), None);
+        let proxy = Proxy::new(config, metrics.clone(), None).map_err(anyhow::Error::msg)?;
+        proxy.serving();
         let readiness = Arc::new(Readiness::default());
         // Keys first, so that the first requests find them; an issuer whose keys cannot be
         // fetched is logged, keeps being retried, and holds `/readyz` back.
@@ -175,7 +176,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             () = &mut signal => break,
             Some(()) = hangups.recv() => {
                 tracing::info!("SIGHUP received: reloading");
-                let _ = gateway.reloader().reload("SIGHUP").await;
+                // In its own task: a SIGTERM during a slow reload still drains at once.
+                let reloader = Arc::clone(gateway.reloader());
+                tokio::spawn(async move { reloader.reload("SIGHUP").await });
             }
         }
     }

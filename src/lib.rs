@@ -6,6 +6,7 @@ pub mod admin;
 pub mod app;
 pub mod cli;
 pub mod config;
+pub mod decision_log;
 pub mod identity;
 pub mod path;
 pub mod policy;

@@ -21,6 +21,7 @@ use notify_debouncer_full::notify::{EventKind, RecommendedWatcher, RecursiveMode
 use notify_debouncer_full::{DebounceEventResult, Debouncer, RecommendedCache, new_debouncer};
 
 use crate::config::{self, Config};
+use crate::identity::IssuerKeys;
 use crate::proxy::Proxy;
 use crate::telemetry::Metrics;
 
@@ -80,6 +81,10 @@ pub struct Fixed {
     pub admin: SocketAddr,
     /// `limits.max_connections`.
     pub max_connections: usize,
+    /// `shutdown.grace_period`.
+    pub grace: Duration,
+    /// `policy.watch`.
+    pub watch: bool,
 }
 
 impl Fixed {
@@ -93,6 +98,8 @@ impl Fixed {
                 .collect(),
             admin: config.admin.addr,
             max_connections: config.limits.max_connections,
+            grace: config.shutdown_grace,
+            watch: config.watch,
         }
     }
 
@@ -119,6 +126,19 @@ impl Fixed {
                 now.max_connections, self.max_connections
             ));
         }
+        if now.grace != self.grace {
+            changes.push(format!(
+                "shutdown.grace_period: {} (in force: {})",
+                config::format_duration(now.grace),
+                config::format_duration(self.grace)
+            ));
+        }
+        if now.watch != self.watch {
+            changes.push(format!(
+                "policy.watch: {} (in force: {})",
+                now.watch, self.watch
+            ));
+        }
         changes
     }
 }
@@ -135,8 +155,11 @@ pub struct Reloader {
     metrics: Arc<Metrics>,
     fixed: Fixed,
     status: Mutex<Status>,
-    /// Held for the whole of a reload; holds the tasks keeping the serving key sets fresh.
-    running: tokio::sync::Mutex<Vec<tokio::task::AbortHandle>>,
+    /// Held for the whole of a reload: one at a time.
+    reloading: tokio::sync::Mutex<()>,
+    /// The tasks keeping the serving key sets fresh, one per set; a set carried over by a
+    /// reload keeps its task (and so its schedule).
+    refreshing: Mutex<Vec<(Arc<IssuerKeys>, tokio::task::AbortHandle)>>,
 }
 
 impl Reloader {
@@ -147,7 +170,7 @@ impl Reloader {
             .policy_info
             .with_label_values(&[&config.hash])
             .set(1);
-        let tasks = keep_keys_fresh(&live.load());
+        let refreshing = keep_keys_fresh(&live.load(), Vec::new());
         Arc::new(Reloader {
             config_path: config.file.clone(),
             fixed: Fixed::of(config),
@@ -161,7 +184,8 @@ impl Reloader {
                 last_error: None,
                 restart_needed: Vec::new(),
             }),
-            running: tokio::sync::Mutex::new(tasks),
+            reloading: tokio::sync::Mutex::new(()),
+            refreshing: Mutex::new(refreshing),
             live,
             metrics,
         })
@@ -177,8 +201,23 @@ impl Reloader {
 
     /// Reads the config file and everything it names again; when all of it loads, the
     /// new state serves every request from now on. `why` is for the log.
-    pub async fn reload(&self, why: &str) -> Result<Status, Failure> {
-        let mut running = self.running.lock().await;
+    ///
+    /// The reload runs as a task of its own: a caller that goes away (an admin client
+    /// hanging up) does not stop it halfway, and a signal handler is not held up by it.
+    pub async fn reload(self: &Arc<Self>, why: &'static str) -> Result<Status, Failure> {
+        let reloader = Arc::clone(self);
+        tokio::spawn(async move { reloader.reload_now(why).await })
+            .await
+            .unwrap_or_else(|err| {
+                Err(Failure {
+                    at: rfc3339(SystemTime::now()),
+                    errors: vec![format!("the reload stopped: {err}")],
+                })
+            })
+    }
+
+    async fn reload_now(&self, why: &str) -> Result<Status, Failure> {
+        let _one_at_a_time = self.reloading.lock().await;
         let path = self.config_path.clone();
         let loaded = tokio::task::spawn_blocking(move || config::load(&path))
             .await
@@ -193,16 +232,50 @@ impl Reloader {
             Err(errors) => return Err(self.failed(why, &errors)),
         };
         let previous = self.live.load_full();
-        let proxy = Arc::new(Proxy::new(&config, self.metrics.clone(), Some(&previous)));
-        // Issuers new to this config fetch their keys before they serve; the others keep
-        // theirs.
+        let proxy = match Proxy::new(&config, self.metrics.clone(), Some(&previous)) {
+            Ok(proxy) => Arc::new(proxy),
+            Err(problem) => {
+                let errors = config::ConfigErrors::from(config::ConfigError::at(
+                    &config.file,
+                    None,
+                    "log.decisions",
+                    problem,
+                ));
+                return Err(self.failed(why, &errors));
+            }
+        };
+        // Issuers new to this config (or with a new key source) fetch their keys before
+        // they serve; the others keep theirs. A new issuer without keys would refuse
+        // every token it signed: the reload fails instead, and the old state serves on.
         proxy.identity().load_keys().await;
-        let tasks = keep_keys_fresh(&proxy);
-        self.live.store(proxy);
-        for task in running.drain(..) {
-            task.abort();
+        let unavailable: Vec<String> = proxy
+            .identity()
+            .remote_key_sets()
+            .filter(|keys| {
+                !previous
+                    .identity()
+                    .remote_key_sets()
+                    .any(|old| Arc::ptr_eq(old, keys))
+            })
+            .filter_map(|keys| keys.unavailable())
+            .collect();
+        if !unavailable.is_empty() {
+            let errors = config::ConfigErrors(
+                unavailable
+                    .into_iter()
+                    .map(|problem| {
+                        config::ConfigError::at(&config.file, None, "identity.jwt", problem)
+                    })
+                    .collect(),
+            );
+            return Err(self.failed(why, &errors));
         }
-        *running = tasks;
+        proxy.serving();
+        self.live.store(Arc::clone(&proxy));
+        if let Ok(mut refreshing) = self.refreshing.lock() {
+            let before = std::mem::take(&mut *refreshing);
+            *refreshing = keep_keys_fresh(&proxy, before);
+        }
 
         let restart_needed = self.fixed.changes(&config);
         for change in &restart_needed {
@@ -215,11 +288,16 @@ impl Reloader {
             tracing::warn!("{warning}");
         }
         self.metrics.policy_reloads.with_label_values(&["ok"]).inc();
-        self.metrics.policy_info.reset();
+        // The new hash first, then the old one removed: a scrape between sees both, never
+        // neither.
+        let old_hash = self.status().hash;
         self.metrics
             .policy_info
             .with_label_values(&[&config.hash])
             .set(1);
+        if old_hash != config.hash {
+            let _ = self.metrics.policy_info.remove_label_values(&[&old_hash]);
+        }
         let status = self.update(|status| {
             status.hash = config.hash.clone();
             status.loaded_at = rfc3339(SystemTime::now());
@@ -272,13 +350,21 @@ impl Reloader {
     fn watched(&self) -> BTreeSet<PathBuf> {
         let proxy = self.live.load();
         let config = proxy.config();
-        let base = config.file.parent().unwrap_or(Path::new("."));
+        // `-c portcullis.yaml` has the parent "", which names no directory.
+        let dir_of = |file: &Path| match file.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let base = dir_of(&config.file);
         let mut dirs = BTreeSet::new();
-        dirs.insert(base.to_path_buf());
-        for file in &config.policy_summary.files {
-            if let Some(dir) = file.parent() {
-                dirs.insert(dir.to_path_buf());
-            }
+        dirs.insert(base.clone());
+        for file in config
+            .policy_summary
+            .files
+            .iter()
+            .chain(&config.policy_summary.list_files)
+        {
+            dirs.insert(dir_of(file));
         }
         for pattern in &config.policy_patterns {
             let literal: PathBuf = Path::new(pattern)
@@ -299,8 +385,8 @@ impl Reloader {
 
     /// Stops the tasks keeping key sets fresh (at shutdown).
     pub fn stop(&self) {
-        if let Ok(mut running) = self.running.try_lock() {
-            for task in running.drain(..) {
+        if let Ok(mut refreshing) = self.refreshing.lock() {
+            for (_, task) in refreshing.drain(..) {
                 task.abort();
             }
         }
@@ -316,12 +402,26 @@ fn files(config: &Config) -> Vec<String> {
         .collect()
 }
 
-fn keep_keys_fresh(proxy: &Proxy) -> Vec<tokio::task::AbortHandle> {
-    proxy
-        .identity()
-        .remote_key_sets()
-        .map(|keys| tokio::spawn(Arc::clone(keys).keep_fresh()).abort_handle())
-        .collect()
+/// The tasks keeping `proxy`'s fetched key sets fresh: those of `before` whose set it
+/// still uses, and new ones for new sets. The others are stopped.
+fn keep_keys_fresh(
+    proxy: &Proxy,
+    mut before: Vec<(Arc<IssuerKeys>, tokio::task::AbortHandle)>,
+) -> Vec<(Arc<IssuerKeys>, tokio::task::AbortHandle)> {
+    let mut now = Vec::new();
+    for keys in proxy.identity().remote_key_sets() {
+        match before.iter().position(|(kept, _)| Arc::ptr_eq(kept, keys)) {
+            Some(position) => now.push(before.swap_remove(position)),
+            None => now.push((
+                Arc::clone(keys),
+                tokio::spawn(Arc::clone(keys).keep_fresh()).abort_handle(),
+            )),
+        }
+    }
+    for (_, task) in before {
+        task.abort();
+    }
+    now
 }
 
 impl Drop for Reloader {
@@ -338,15 +438,15 @@ pub fn watch(
     // One pending trigger is enough: events while a reload is waiting join it.
     let (trigger, mut triggered) = tokio::sync::mpsc::channel::<()>(1);
     let mut debouncer = new_debouncer(DEBOUNCE, None, move |result: DebounceEventResult| {
-        let changed = result.is_ok_and(|events| {
-            events.iter().any(|event| {
-                // Reading files (ours, during a reload) is not a change.
-                matches!(
-                    event.kind,
-                    EventKind::Create(_) | EventKind::Modify(_) | EventKind::Remove(_)
-                )
-            })
-        });
+        let changed = match result {
+            // Reading files (ours, during a reload) is not a change; anything else may be,
+            // including `Other` (the kernel's queue overflowed: events were lost).
+            Ok(events) => events
+                .iter()
+                .any(|event| !matches!(event.kind, EventKind::Access(_))),
+            // A watch that failed may have missed a change: reload to be sure.
+            Err(_) => true,
+        };
         if changed {
             let _ = trigger.try_send(());
         }
@@ -368,12 +468,14 @@ pub fn watch(
 
 type Watcher = Debouncer<RecommendedWatcher, RecommendedCache>;
 
-/// Watches `wanted` and no longer what else `watching` held.
+/// Watches `wanted`, and no longer what `watching` held. Every directory is watched
+/// afresh: one that was replaced (deleted and made again, a symlink swapped) under the
+/// same name would otherwise keep a watch on the old one.
 fn follow(debouncer: &mut Watcher, watching: &mut BTreeSet<PathBuf>, wanted: BTreeSet<PathBuf>) {
-    for dir in watching.difference(&wanted) {
+    for dir in watching.iter() {
         let _ = debouncer.unwatch(dir);
     }
-    for dir in wanted.difference(watching) {
+    for dir in &wanted {
         if let Err(err) = debouncer.watch(dir, RecursiveMode::NonRecursive) {
             tracing::warn!(error = %err, dir = %dir.display(), "cannot watch for changes; use SIGHUP or POST /reload");
         }

@@ -109,8 +109,8 @@ pub const NO_ROUTE_LABEL: &str = "-";
 
 /// Latency buckets from 10µs to 60s: a proxy hop is microseconds, an upstream may be seconds.
 const LATENCY_BUCKETS: &[f64] = &[
-    0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
-    2.5, 5.0, 10.0, 30.0, 60.0,
+    0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 ];
 
 /// Every metric the gateway exports, registered in one registry.
@@ -323,7 +323,7 @@ pub fn new_request_id() -> [u8; 26] {
 
 /// A per-thread splitmix64 stream seeded from the OS-keyed `RandomState`. Request ids need
 /// uniqueness, not secrecy, so a fast generator is enough.
-fn next_random() -> u64 {
+pub(crate) fn next_random() -> u64 {
     thread_local! {
         static STATE: Cell<u64> = Cell::new({
             let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();

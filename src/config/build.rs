@@ -18,10 +18,11 @@ use super::model::{
     ApiKeyEntry, ApiKeySettings, DenialSettings, Detail, ForwardHeaderNames, ForwardedHeader,
     IdentitySettings, JwtSettings, KeySource, RemoteKeys, Secret, TokenSource,
 };
+use super::model::{DecisionSink, LogSettings};
 use super::policy::{self, PolicySummary};
 use super::raw::{
-    RawConfig, RawDenials, RawDetail, RawForwardedHeader, RawIdentity, RawJwt, RawLimits, RawRoute,
-    RawSecret, RawUpstream,
+    RawConfig, RawDenials, RawDetail, RawForwardedHeader, RawIdentity, RawJwt, RawLimits, RawLog,
+    RawRoute, RawSecret, RawUpstream,
 };
 use super::source::{Source, key_segment};
 use super::units::{parse_duration, parse_size};
@@ -144,6 +145,7 @@ pub fn build(path: &Path, text: &str, raw: RawConfig) -> Result<Config, ConfigEr
     );
 
     let base_dir = path.parent().unwrap_or(Path::new(""));
+    let log = build_log(&mut builder, &raw.log, base_dir);
     let mut policy_files = Vec::new();
     for (index, pattern) in raw.policy.files.iter().enumerate() {
         let yaml_path = format!("policy.files[{index}]");
@@ -217,6 +219,7 @@ pub fn build(path: &Path, text: &str, raw: RawConfig) -> Result<Config, ConfigEr
                 policy_summary,
                 denials,
                 identity,
+                log,
                 warnings: Vec::new(),
             };
             config.warnings = lint::warnings(&config, &builder.source);
@@ -229,6 +232,29 @@ pub fn build(path: &Path, text: &str, raw: RawConfig) -> Result<Config, ConfigEr
             errors.extend(policy_errors);
             Err(ConfigErrors(errors))
         }
+    }
+}
+
+fn build_log(builder: &mut Builder, raw: &RawLog, base_dir: &Path) -> LogSettings {
+    let decisions = match raw.decisions.as_str() {
+        "log" => DecisionSink::Log,
+        "stdout" => DecisionSink::Stdout,
+        "" => {
+            builder.error("log.decisions", "write log, stdout or a file path");
+            DecisionSink::Log
+        }
+        file => DecisionSink::File(base_dir.join(file)),
+    };
+    let sample_allows = raw.sample_allows;
+    if !(0.0..=1.0).contains(&sample_allows) {
+        builder.error(
+            "log.sample_allows",
+            format!("{sample_allows} is not a share between 0 and 1 (0.1 logs one allowed request in ten)"),
+        );
+    }
+    LogSettings {
+        decisions,
+        sample_allows: sample_allows.clamp(0.0, 1.0),
     }
 }
 

@@ -23,10 +23,10 @@ mod units;
 
 pub use error::{ConfigError, ConfigErrors};
 pub use model::{
-    AdminSettings, ApiKeyEntry, ApiKeySettings, Config, DenialSettings, Detail, ForwardHeaderNames,
-    ForwardedHeader, HostPattern, IdentitySettings, JwtSettings, KeySource, Limits,
-    ListenerSettings, RemoteKeys, RouteId, RouteSettings, Secret, Target, TokenSource,
-    UpstreamName, UpstreamSettings,
+    AdminSettings, ApiKeyEntry, ApiKeySettings, Config, DecisionSink, DenialSettings, Detail,
+    ForwardHeaderNames, ForwardedHeader, HostPattern, IdentitySettings, JwtSettings, KeySource,
+    Limits, ListenerSettings, LogSettings, RemoteKeys, RouteId, RouteSettings, Secret, Target,
+    TokenSource, UpstreamName, UpstreamSettings,
 };
 pub use policy::{PolicySummary, parse_list_file};
 pub use units::{format_duration, parse_duration, parse_size};

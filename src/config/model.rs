@@ -54,9 +54,31 @@ pub struct Config {
     pub denials: DenialSettings,
     /// How callers are identified.
     pub identity: IdentitySettings,
+    /// The decision log.
+    pub log: LogSettings,
     /// Problems that do not stop the config from loading (rules that can never match,
     /// rules shadowed by a deny), for `portcullis validate` and the startup log.
     pub warnings: Vec<ConfigError>,
+}
+
+/// The `log` section.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogSettings {
+    /// Where decision lines go.
+    pub decisions: DecisionSink,
+    /// The share of allowed requests logged; denials and errors are always logged.
+    pub sample_allows: f64,
+}
+
+/// Where decision lines go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DecisionSink {
+    /// The process log (stderr), as events of target `portcullis::decision` at info.
+    Log,
+    /// Standard output, a JSON line each.
+    Stdout,
+    /// A file, appended to, a JSON line each.
+    File(PathBuf),
 }
 
 /// The `identity` section.

@@ -41,6 +41,8 @@ pub struct PolicySummary {
     pub warnings: Vec<ConfigError>,
     /// SHA-256 over every policy and list file read, names and contents, in order.
     pub digest: [u8; 32],
+    /// The list files read (`lists: { name: { file: ... } }`).
+    pub list_files: Vec<PathBuf>,
 }
 
 /// Where a rule is written.
@@ -177,6 +179,7 @@ pub fn build(files: &[PathBuf]) -> Result<(PolicySet, PolicySummary), Vec<Config
         rule_origins: Vec::new(),
         warnings: Vec::new(),
         digest: [0; 32],
+        list_files: Vec::new(),
     };
     let mut list_origin: HashMap<String, String> = HashMap::new();
     for file in &mut parsed {
@@ -197,9 +200,14 @@ pub fn build(files: &[PathBuf]) -> Result<(PolicySet, PolicySummary), Vec<Config
                 continue;
             }
             list_origin.insert(name.clone(), origin_of(&file.builder, &base));
-            if let Some(set) =
-                build_list(&mut file.builder, &base, raw_list, &mut errors, &mut digest)
-            {
+            if let Some(set) = build_list(
+                &mut file.builder,
+                &base,
+                raw_list,
+                &mut errors,
+                &mut digest,
+                &mut summary.list_files,
+            ) {
                 if set.is_empty() {
                     let position = file.builder.source.locate(&base);
                     summary.warnings.push(ConfigError::at(
@@ -319,6 +327,7 @@ fn build_list(
     raw: &RawList,
     errors: &mut Vec<ConfigError>,
     digest: &mut Sha256,
+    list_files: &mut Vec<PathBuf>,
 ) -> Option<NetSet> {
     match raw {
         RawList::Inline(entries) => {
@@ -346,6 +355,7 @@ fn build_list(
                 }
             };
             digest_file(digest, &path, &text);
+            list_files.push(path.clone());
             let (set, list_errors) = parse_list_file(&path, &text);
             let failed = !list_errors.is_empty();
             errors.extend(list_errors);

@@ -46,6 +46,39 @@ pub struct RawConfig {
     /// Who callers are: API keys (and, later, tokens), and the headers that tell the upstream.
     #[serde(default)]
     pub identity: RawIdentity,
+    /// The decision log.
+    #[serde(default)]
+    pub log: RawLog,
+}
+
+/// The decision log: one JSON line per decided request.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawLog {
+    /// Where decision lines go: `log` (the process log on stderr, as events of target
+    /// portcullis::decision), `stdout`, or a file path (appended to; reopened on reload).
+    #[serde(default = "default_decisions")]
+    pub decisions: String,
+    /// The share of allowed requests logged, 0 to 1; denials and errors are always logged.
+    #[serde(default = "default_sample_allows")]
+    pub sample_allows: f64,
+}
+
+impl Default for RawLog {
+    fn default() -> RawLog {
+        RawLog {
+            decisions: default_decisions(),
+            sample_allows: default_sample_allows(),
+        }
+    }
+}
+
+fn default_decisions() -> String {
+    "log".to_owned()
+}
+
+fn default_sample_allows() -> f64 {
+    1.0
 }
 
 /// How callers are identified.

@@ -21,6 +21,7 @@ use super::listener::{self, Activity, ConnMeta, ConnectionGuard};
 use super::respond::{self, ProxyError};
 use super::{Proxy, ProxyBody, normalize};
 use crate::config::RouteId;
+use crate::decision_log::{Decided, Refused};
 use crate::policy::{Decision, Outcome, Principal, RequestFacts};
 use crate::telemetry::{self, DecisionLabel, NO_ROUTE_LABEL};
 
@@ -78,7 +79,13 @@ pub async fn handle(
                 .with_label_values(&[route_label, DecisionLabel::Error.as_str(), err.reason()])
                 .inc();
             if !decided {
-                log_undecided(&request_id, route.as_ref(), &method, conn.peer.ip(), &err);
+                proxy.decision_log.refused(&Refused {
+                    request_id: request_id.to_str().unwrap_or(""),
+                    route: route.as_ref().map(|id| &*id.0),
+                    method: method.as_str(),
+                    peer: conn.peer.ip(),
+                    reason: err.reason(),
+                });
             }
             let mut response = respond::error(&err, &request_id);
             // After a malformed or oversized request the rest of the connection's bytes
@@ -218,14 +225,14 @@ async fn pipeline(
         ),
     };
     let decided = Decided {
-        request_id,
-        route: &route.id,
-        method: &parts.method,
+        request_id: request_id.to_str().unwrap_or(""),
+        route: &route.id.0,
+        method: parts.method.as_str(),
         path: &path,
         client_ip,
         principal,
     };
-    log_decision(&decided, &decision, took);
+    proxy.decision_log.decided(&decided, &decision, took);
     if !decision.is_allowed() {
         return Ok(Answer::Denied {
             route: route.id.clone(),
@@ -324,85 +331,6 @@ fn decide(
         }
     }
     (decision, took)
-}
-
-/// The decision-log line: one per decided request, the full trace at debug.
-/// The facts of a decided request that its decision-log line names.
-struct Decided<'a> {
-    request_id: &'a HeaderValue,
-    route: &'a RouteId,
-    method: &'a Method,
-    path: &'a str,
-    client_ip: std::net::IpAddr,
-    principal: Option<&'a Principal>,
-}
-
-fn log_decision(decided: &Decided<'_>, decision: &Decision, took: Duration) {
-    let Decided {
-        request_id,
-        route,
-        method,
-        path,
-        client_ip,
-        principal,
-    } = *decided;
-    // The line is built only when someone reads it: this runs on every request.
-    if !tracing::enabled!(target: "portcullis::decision", tracing::Level::INFO) {
-        return;
-    }
-    let audit: Vec<String> = decision
-        .audit_matches()
-        .map(|step| format!("{}:would_{}", step.rule, step.effect.as_str()))
-        .collect();
-    tracing::info!(
-        target: "portcullis::decision",
-        decision = decision.effect.as_str(),
-        request.id = request_id.to_str().unwrap_or(""),
-        route.id = %route,
-        http.method = %method,
-        url.path = path,
-        client.ip = %client_ip,
-        principal.id = principal.map(|principal| principal.subject.as_str()),
-        decision.reason = decision.reason.code(),
-        rule.id = decision.rule.as_ref().map(|rule| &*rule.0),
-        audit = audit.join(","),
-        decision.micros = took.as_micros() as u64,
-        "decision"
-    );
-    if tracing::enabled!(target: "portcullis::decision", tracing::Level::DEBUG) {
-        for step in &decision.trace {
-            tracing::debug!(
-                target: "portcullis::decision",
-                outcome = %step.outcome,
-                request.id = request_id.to_str().unwrap_or(""),
-                rule.id = %step.rule,
-                rule.effect = step.effect.as_str(),
-                rule.mode = step.mode.as_str(),
-                "rule considered"
-            );
-        }
-    }
-}
-
-/// The decision-log line of a request refused before it could be decided.
-/// (Its path is not logged: it had no canonical form, or none was needed to refuse it.)
-fn log_undecided(
-    request_id: &HeaderValue,
-    route: Option<&RouteId>,
-    method: &Method,
-    peer: std::net::IpAddr,
-    error: &ProxyError,
-) {
-    tracing::info!(
-        target: "portcullis::decision",
-        decision = "error",
-        request.id = request_id.to_str().unwrap_or(""),
-        route.id = route.map(|id| &*id.0),
-        http.method = %method,
-        client.ip = %peer.to_canonical(),
-        decision.reason = error.reason(),
-        "decision"
-    );
 }
 
 /// Refuses heads over `max_header_size` (431) and declared bodies over `max_body_size`

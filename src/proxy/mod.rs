@@ -21,6 +21,7 @@ use ipnet::IpNet;
 use prometheus::IntCounter;
 
 use crate::config::{Config, DenialSettings, ForwardedHeader, Limits};
+use crate::decision_log::DecisionLog;
 use crate::identity::Identity;
 use crate::policy::PolicySet;
 use crate::telemetry::{DecisionLabel, Metrics};
@@ -51,15 +52,19 @@ pub struct Proxy {
     rule_matches: Vec<IntCounter>,
     /// The config this state was built from (for `/explain` and reloads).
     config: Arc<Config>,
+    decision_log: DecisionLog,
 }
 
 impl Proxy {
-    /// Builds routes and upstream clients from a validated config. A reload passes the
-    /// state it replaces, whose token issuers' key sets carry over where unchanged.
-    pub fn new(config: &Config, metrics: Arc<Metrics>, previous: Option<&Proxy>) -> Proxy {
-        metrics
-            .policy_rules
-            .set(i64::try_from(config.policy.rules().len()).unwrap_or(i64::MAX));
+    /// Builds routes and upstream clients from a validated config, and opens its decision
+    /// log. A reload passes the state it replaces, whose token issuers' key sets carry
+    /// over where unchanged.
+    pub fn new(
+        config: &Config,
+        metrics: Arc<Metrics>,
+        previous: Option<&Proxy>,
+    ) -> Result<Proxy, String> {
+        let decision_log = DecisionLog::open(&config.log)?;
         let upstreams = config
             .upstreams
             .iter()
@@ -88,7 +93,8 @@ impl Proxy {
                 ])
             })
             .collect();
-        Proxy {
+        Ok(Proxy {
+            decision_log,
             rule_matches,
             routes: RouteTable::new(&config.routes),
             upstreams,
@@ -106,7 +112,14 @@ impl Proxy {
             denials: config.denials.clone(),
             metrics,
             allowed,
-        }
+        })
+    }
+
+    /// Marks this state as the one serving, in the metrics that describe it.
+    pub fn serving(&self) {
+        self.metrics
+            .policy_rules
+            .set(i64::try_from(self.config.policy.rules().len()).unwrap_or(i64::MAX));
     }
 
     /// The identity setup, whose key sets the gateway keeps fresh and `/readyz` reports.

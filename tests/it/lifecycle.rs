@@ -439,13 +439,20 @@ async fn sighup_reloads_the_policy() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(answered, StatusCode::OK, "the signal reloaded the policy");
-    assert!(
+    // The log is read by another thread: give it a moment.
+    let logged = || {
         process
             .log
             .lock()
             .unwrap()
             .iter()
-            .any(|line| line.contains("SIGHUP received")),
-        "the reload is logged"
-    );
+            .any(|line| line.contains("SIGHUP received"))
+    };
+    for _ in 0..100 {
+        if logged() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(logged(), "the reload is logged");
 }

@@ -12,6 +12,7 @@
 //!   across reloads.
 //! - `config_errors`: every config error names file, line, column and YAML path.
 //! - `denials`: 403s at each detail level, the HTML page, decision metrics.
+//! - `decision_log`: decision lines in a file, sampled allows.
 //! - `identity`: API keys, 401 versus 403, identity headers upstream.
 //! - `jwt`: tokens against a JWKS file: every way a token is refused, `explain --token`.
 //! - `jwks`: key sets over HTTP(S): RSA and HMAC, rotation, rate limit, outages.
@@ -24,6 +25,7 @@
 
 mod bypass;
 mod config_errors;
+mod decision_log;
 mod denials;
 mod deploy;
 mod forwarding;

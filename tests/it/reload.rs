@@ -146,14 +146,21 @@ async fn a_broken_file_keeps_the_old_policy_serving() {
 #[tokio::test]
 async fn changed_files_reload_whether_written_in_place_or_renamed_over() {
     let up = TestUpstream::start("app").await;
-    let gw = TestGateway::with_policy(&config(&[up.url()], ""), ALLOW_A).await;
+    let gw = TestGateway::with_policy_watching(&config(&[up.url()], ""), ALLOW_A, true).await;
     assert_eq!(status(&gw, "/b").await, StatusCode::FORBIDDEN);
     gw.write("policy.yaml", ALLOW_B);
     eventually(&gw, "/b", StatusCode::OK).await;
 
-    // An editor's save: a new file renamed over the old one.
-    let staged = gw.write(".policy.yaml.swp", ALLOW_A);
-    std::fs::rename(&staged, staged.with_file_name("policy.yaml")).unwrap();
+    // A new file renamed over the old one, written outside the watched directory so that
+    // only the rename happens in it.
+    let elsewhere = Scratch::new();
+    let staged = elsewhere.write("policy.yaml", ALLOW_A);
+    let target = gw.write("probe", "").with_file_name("policy.yaml");
+    std::fs::remove_file(target.with_file_name("probe")).unwrap();
+    // Let the events of the probe pass, then rename.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(status(&gw, "/a").await, StatusCode::FORBIDDEN);
+    std::fs::rename(&staged, &target).unwrap();
     eventually(&gw, "/a", StatusCode::OK).await;
     assert_eq!(status(&gw, "/b").await, StatusCode::FORBIDDEN);
 
@@ -197,7 +204,11 @@ async fn a_configmap_symlink_swap_reloads() {
     let gw = TestGateway::from_file(&dir.join("gw.yaml"), scratch).await;
     assert_eq!(status(&gw, "/a").await, StatusCode::OK);
 
+    // Kubelet writes the new version, then swaps the link: reloads the new directory may
+    // cause meanwhile still read the old version through `..data`.
     version("..2026_11_28_02", ALLOW_B);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(status(&gw, "/b").await, StatusCode::FORBIDDEN);
     std::os::unix::fs::symlink("..2026_11_28_02", dir.join("..data_tmp")).unwrap();
     std::fs::rename(dir.join("..data_tmp"), dir.join("..data")).unwrap();
     eventually(&gw, "/b", StatusCode::OK).await;
@@ -351,4 +362,69 @@ async fn post_explain_decides_with_the_serving_policy() {
         StatusCode::FORBIDDEN,
         "the proxy decides it like any path"
     );
+}
+
+#[tokio::test]
+async fn a_request_in_flight_finishes_under_the_state_it_started_with() {
+    let up = TestUpstream::start("app").await;
+    let allow_slow = "rules:\n  - { id: slow, effect: allow, match: { paths: [\"/slow/**\"] } }\n";
+    let gw = Arc::new(
+        TestGateway::with_policy_watching(&config(&[up.url()], ""), allow_slow, false).await,
+    );
+    let in_flight = {
+        let gw = gw.clone();
+        tokio::spawn(async move {
+            let response = client().request(get(&gw.url("/slow/800"))).await.unwrap();
+            (response.status(), body_text(response).await)
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    gw.write("policy.yaml", ALLOW_A);
+    assert_eq!(gw.admin(Method::POST, "/reload").await.0, StatusCode::OK);
+    assert_eq!(
+        status(&gw, "/slow/1").await,
+        StatusCode::FORBIDDEN,
+        "new requests: new policy"
+    );
+    let (code, body) = in_flight.await.unwrap();
+    assert_eq!(code, StatusCode::OK);
+    assert_eq!(body, "slept 800ms");
+}
+
+#[tokio::test]
+async fn a_changed_list_file_reloads() {
+    let up = TestUpstream::start("app").await;
+    let policy = "lists:\n  office: { file: office.txt }\nrules:\n  - { id: office, effect: allow, when: { ip: [\"@office\"] } }\n";
+    let scratch = Scratch::new();
+    scratch.write("office.txt", "203.0.113.0/24\n");
+    scratch.write("policy.yaml", policy);
+    let path = scratch.write(
+        "gw.yaml",
+        &format!(
+            "{}\npolicy: {{ files: [policy.yaml] }}\n",
+            config(&[up.url()], "")
+        ),
+    );
+    let gw = TestGateway::from_file(&path, scratch).await;
+    assert_eq!(status(&gw, "/").await, StatusCode::FORBIDDEN);
+    gw.write("office.txt", "203.0.113.0/24\n127.0.0.1/32\n");
+    eventually(&gw, "/", StatusCode::OK).await;
+}
+
+#[tokio::test]
+async fn admin_changes_are_refused_from_browsers() {
+    let up = TestUpstream::start("app").await;
+    let gw = TestGateway::with_policy_watching(&config(&[up.url()], ""), ALLOW_A, false).await;
+    for (name, value) in [
+        ("origin", "https://evil.example"),
+        ("sec-fetch-site", "cross-site"),
+    ] {
+        let request = http::Request::post(format!("http://{}/reload", gw.admin))
+            .header(name, value)
+            .body(ClientBody::default())
+            .unwrap();
+        let response = client().request(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::FORBIDDEN, "{name}");
+    }
+    assert_eq!(policy(&gw).await["reloads"]["ok"], 0);
 }

@@ -86,9 +86,10 @@ impl TestGateway {
         TestGateway::with_policy(yaml, ALLOW_ALL).await
     }
 
-    /// Starts a gateway from config text and one policy file.
+    /// Starts a gateway from config text and one policy file, not watching its files
+    /// (the reload tests watch).
     pub async fn with_policy(yaml: &str, policy: &str) -> TestGateway {
-        TestGateway::with_policy_watching(yaml, policy, true).await
+        TestGateway::with_policy_watching(yaml, policy, false).await
     }
 
     /// Starts a gateway from config text and one policy file, watching its directory
@@ -119,6 +120,11 @@ impl TestGateway {
     /// `http://addr` + `path`.
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
+    }
+
+    /// The path of a file beside its config.
+    pub fn file(&self, name: &str) -> PathBuf {
+        self._scratch.path().join(name)
     }
 
     /// Writes a file beside its config (`gw.yaml`) and policy (`policy.yaml`).

@@ -1,0 +1,229 @@
+//! The decision log: one JSON line per request the gateway decided (and per request it
+//! refused before deciding), to the process log, stdout or a file. Allowed requests may
+//! be sampled; denials and errors are always logged. A line names the principal by its
+//! subject, never a token or key.
+//!
+//! This module knows the line's fields and where it goes; the request flow that fills
+//! them is `proxy`'s.
+
+use std::fs::File;
+use std::io::Write;
+use std::net::IpAddr;
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime};
+
+use crate::config::{DecisionSink, LogSettings};
+use crate::policy::{Decision, Effect, Principal};
+
+/// What a decision-log line says of a decided request.
+pub struct Decided<'a> {
+    /// The request id (also in the response and sent upstream).
+    pub request_id: &'a str,
+    /// The route it took.
+    pub route: &'a str,
+    /// Its method.
+    pub method: &'a str,
+    /// The canonical path decided on.
+    pub path: &'a str,
+    /// The client address the policy saw.
+    pub client_ip: IpAddr,
+    /// Who called, when identified.
+    pub principal: Option<&'a Principal>,
+}
+
+/// What a decision-log line says of a request refused before it could be decided. (Its
+/// path is not logged: it had no canonical form, or none was needed to refuse it.)
+pub struct Refused<'a> {
+    /// The request id.
+    pub request_id: &'a str,
+    /// The route, when one was chosen.
+    pub route: Option<&'a str>,
+    /// Its method.
+    pub method: &'a str,
+    /// The socket peer.
+    pub peer: IpAddr,
+    /// The reason code of the refusal.
+    pub reason: &'a str,
+}
+
+/// Where lines go, and how many allowed requests are logged.
+pub struct DecisionLog {
+    sink: Sink,
+    sample_allows: f64,
+}
+
+enum Sink {
+    Log,
+    Stdout,
+    File(Mutex<File>),
+}
+
+impl DecisionLog {
+    /// Opens the log `settings` describe: a file is created if missing and appended to.
+    pub fn open(settings: &LogSettings) -> Result<DecisionLog, String> {
+        let sink = match &settings.decisions {
+            DecisionSink::Log => Sink::Log,
+            DecisionSink::Stdout => Sink::Stdout,
+            DecisionSink::File(path) => Sink::File(Mutex::new(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .map_err(|err| {
+                        format!("cannot open the decision log \"{}\": {err}", path.display())
+                    })?,
+            )),
+        };
+        Ok(DecisionLog {
+            sink,
+            sample_allows: settings.sample_allows,
+        })
+    }
+
+    /// Logs a decided request (an allowed one as sampled), with the full trace at debug
+    /// when the sink is the process log.
+    pub fn decided(&self, request: &Decided<'_>, decision: &Decision, took: Duration) {
+        if decision.effect == Effect::Allow && !sampled(self.sample_allows) {
+            return;
+        }
+        // The line is built only when someone reads it: this runs on every request.
+        if matches!(self.sink, Sink::Log)
+            && !tracing::enabled!(target: "portcullis::decision", tracing::Level::INFO)
+        {
+            return;
+        }
+        let audit: Vec<String> = decision
+            .audit_matches()
+            .map(|step| format!("{}:would_{}", step.rule, step.effect.as_str()))
+            .collect();
+        let principal = request
+            .principal
+            .map(|principal| principal.subject.as_str());
+        let rule = decision.rule.as_ref().map(|rule| &*rule.0);
+        match &self.sink {
+            Sink::Log => {
+                tracing::info!(
+                    target: "portcullis::decision",
+                    decision = decision.effect.as_str(),
+                    request.id = request.request_id,
+                    route.id = request.route,
+                    http.method = request.method,
+                    url.path = request.path,
+                    client.ip = %request.client_ip,
+                    principal.id = principal,
+                    decision.reason = decision.reason.code(),
+                    rule.id = rule,
+                    audit = audit.join(","),
+                    decision.micros = took.as_micros() as u64,
+                    "decision"
+                );
+                if tracing::enabled!(target: "portcullis::decision", tracing::Level::DEBUG) {
+                    for step in &decision.trace {
+                        tracing::debug!(
+                            target: "portcullis::decision",
+                            outcome = %step.outcome,
+                            request.id = request.request_id,
+                            rule.id = %step.rule,
+                            rule.effect = step.effect.as_str(),
+                            rule.mode = step.mode.as_str(),
+                            "rule considered"
+                        );
+                    }
+                }
+            }
+            sink => {
+                let trace: Vec<serde_json::Value> = decision
+                    .trace
+                    .iter()
+                    .map(|step| {
+                        serde_json::json!({ "rule": &*step.rule.0, "effect": step.effect.as_str(),
+                            "mode": step.mode.as_str(), "outcome": step.outcome.to_string() })
+                    })
+                    .collect();
+                write_line(
+                    sink,
+                    &serde_json::json!({
+                        "timestamp": timestamp(),
+                        "decision": decision.effect.as_str(),
+                        "request.id": request.request_id,
+                        "route.id": request.route,
+                        "http.method": request.method,
+                        "url.path": request.path,
+                        "client.ip": request.client_ip.to_string(),
+                        "principal.id": principal,
+                        "decision.reason": decision.reason.code(),
+                        "rule.id": rule,
+                        "audit": audit,
+                        "decision.micros": took.as_micros() as u64,
+                        "trace": trace,
+                    }),
+                );
+            }
+        }
+    }
+
+    /// Logs a request refused before it was decided.
+    pub fn refused(&self, request: &Refused<'_>) {
+        match &self.sink {
+            Sink::Log => tracing::info!(
+                target: "portcullis::decision",
+                decision = "error",
+                request.id = request.request_id,
+                route.id = request.route,
+                http.method = request.method,
+                client.ip = %request.peer.to_canonical(),
+                decision.reason = request.reason,
+                "decision"
+            ),
+            sink => write_line(
+                sink,
+                &serde_json::json!({
+                    "timestamp": timestamp(),
+                    "decision": "error",
+                    "request.id": request.request_id,
+                    "route.id": request.route,
+                    "http.method": request.method,
+                    "client.ip": request.peer.to_canonical().to_string(),
+                    "decision.reason": request.reason,
+                }),
+            ),
+        }
+    }
+}
+
+/// Whether this allowed request is among the logged share.
+fn sampled(share: f64) -> bool {
+    if share >= 1.0 {
+        return true;
+    }
+    // The top 53 bits of a random word, as a fraction in [0, 1).
+    let draw = (crate::telemetry::next_random() >> 11) as f64 / (1u64 << 53) as f64;
+    draw < share
+}
+
+fn write_line(sink: &Sink, line: &serde_json::Value) {
+    let mut text = line.to_string();
+    text.push('\n');
+    let written = match sink {
+        Sink::Stdout => std::io::stdout().lock().write_all(text.as_bytes()),
+        Sink::File(file) => match file.lock() {
+            // One write per line on a file opened for appending: lines never interleave.
+            Ok(mut file) => file.write_all(text.as_bytes()),
+            Err(_) => Ok(()),
+        },
+        Sink::Log => Ok(()),
+    };
+    if let Err(err) = written {
+        tracing::warn!(error = %err, "cannot write the decision log");
+    }
+}
+
+/// Now, RFC 3339 in UTC with milliseconds.
+fn timestamp() -> String {
+    let now = SystemTime::now();
+    let millis = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |since| since.subsec_millis());
+    let seconds = crate::reload::rfc3339(now);
+    format!("{}.{millis:03}Z", seconds.trim_end_matches('Z'))
+}

@@ -1,0 +1,117 @@
+//! The decision log written to a file: one JSON line per decided or refused request,
+//! allowed requests sampled, denials always there, the file reopened on reload.
+
+use std::time::Duration;
+
+use http::{Method, StatusCode};
+
+use crate::support::*;
+
+const POLICY: &str = "rules:\n  - { id: allow-a, effect: allow, match: { paths: [\"/a\"] } }\n  - { id: watch-b, effect: deny, mode: audit, match: { paths: [\"/b\"] } }\n";
+
+fn lines(gw: &TestGateway) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(gw.file("decisions.log"))
+        .unwrap_or_default()
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("each line is JSON"))
+        .collect()
+}
+
+#[tokio::test]
+async fn denials_are_always_logged_and_allows_as_sampled() {
+    let up = TestUpstream::start("app").await;
+    let gw = TestGateway::with_policy(
+        &config(
+            &[up.url()],
+            "log: { decisions: decisions.log, sample_allows: 0 }\nidentity: { api_keys: { keys: [{ id: bot, sha256: 2bb80d537b1da3e38bd30361aa855686bde0eacd7162fef6a25fe97bf527a25b }] } }\n",
+        ),
+        POLICY,
+    )
+    .await;
+    let send = |path: &'static str, key: Option<&'static str>| {
+        let url = gw.url(path);
+        async move {
+            let mut request = http::Request::get(url);
+            if let Some(key) = key {
+                request = request.header("x-api-key", key);
+            }
+            let request = request.body(ClientBody::default()).unwrap();
+            client().request(request).await.unwrap().status()
+        }
+    };
+    for _ in 0..3 {
+        assert_eq!(send("/a", None).await, StatusCode::OK);
+    }
+    assert_eq!(send("/b", Some("secret")).await, StatusCode::FORBIDDEN);
+    let refused = raw_exchange(
+        gw.addr,
+        b"delete /a HTTP/1.1\r\nHost: x\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(refused.starts_with("HTTP/1.1 400"), "{refused}");
+
+    let logged = lines(&gw);
+    assert_eq!(
+        logged.len(),
+        2,
+        "one denial, one refusal, no allow: {logged:?}"
+    );
+    let denial = &logged[0];
+    assert_eq!(denial["decision"], "deny");
+    assert_eq!(denial["decision.reason"], "no_matching_allow");
+    assert_eq!(denial["url.path"], "/b");
+    assert_eq!(denial["route.id"], "main");
+    assert_eq!(denial["principal.id"], "bot");
+    assert_eq!(denial["audit"][0], "watch-b:would_deny");
+    assert_eq!(denial["request.id"].as_str().unwrap().len(), 26);
+    assert!(denial["timestamp"].as_str().unwrap().ends_with('Z'));
+    assert!(
+        denial["trace"]
+            .as_array()
+            .is_some_and(|trace| !trace.is_empty())
+    );
+    assert_eq!(logged[1]["decision"], "error");
+    assert_eq!(logged[1]["decision.reason"], "bad_request");
+    let text = std::fs::read_to_string(gw.file("decisions.log")).unwrap();
+    assert!(!text.contains("secret"), "the key never reaches the log");
+
+    // Every allow logged after a reload to sample_allows: 1; the file is appended to.
+    gw.write(
+        "gw.yaml",
+        &format!(
+            "{}\npolicy: {{ files: [policy.yaml], watch: false }}\n",
+            config(&[up.url()], "log: { decisions: decisions.log }\n")
+        ),
+    );
+    assert_eq!(gw.admin(Method::POST, "/reload").await.0, StatusCode::OK);
+    assert_eq!(send("/a", None).await, StatusCode::OK);
+    let logged = lines(&gw);
+    assert_eq!(logged.len(), 3, "{logged:?}");
+    assert_eq!(logged[2]["decision"], "allow");
+    assert_eq!(logged[2]["rule.id"], "allow-a");
+}
+
+#[tokio::test]
+async fn a_decision_log_that_cannot_be_opened_fails_the_reload() {
+    let up = TestUpstream::start("app").await;
+    let gw = TestGateway::with_policy(&config(&[up.url()], ""), POLICY).await;
+    gw.write(
+        "gw.yaml",
+        &format!(
+            "{}\npolicy: {{ files: [policy.yaml], watch: false }}\n",
+            config(
+                &[up.url()],
+                "log: { decisions: no-such-dir/decisions.log }\n"
+            )
+        ),
+    );
+    let (code, body) = gw.admin(Method::POST, "/reload").await;
+    assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert!(body.contains("cannot open the decision log"), "{body}");
+    assert_eq!(
+        client().request(get(&gw.url("/a"))).await.unwrap().status(),
+        StatusCode::OK,
+        "the old state serves on"
+    );
+}
