@@ -140,6 +140,22 @@ async fn a_verbose_denial_carries_the_trace() {
             "outcome": "condition failed: client 127.0.0.1 does not satisfy @office"
         }])
     );
+    // An audit rule that matched shows what it would have done.
+    let request = Request::post(gw.url("/public/staged"))
+        .body(ClientBody::default())
+        .unwrap();
+    let (status, _, body) = send(request).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let problem = json(&body);
+    let audit: Vec<&serde_json::Value> = problem["trace"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|step| step["mode"] == "audit")
+        .collect();
+    assert_eq!(audit.len(), 1, "{problem}");
+    assert_eq!(audit[0]["rule"], "staged");
+    assert_eq!(audit[0]["effect"], "deny");
 }
 
 #[tokio::test]
