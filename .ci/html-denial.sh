@@ -14,7 +14,6 @@ if ! command -v chromium >/dev/null; then
     DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq chromium >/dev/null
 fi
 
-cargo build --quiet --locked
 work=$(mktemp -d)
 pid=""
 cleanup() {
@@ -23,20 +22,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-cp -r config/policies "$work/policies"
-cp -r config/keys "$work/keys"
-sed -e 's/addr: 127.0.0.1:8080/addr: 127.0.0.1:0/' -e 's/addr: 127.0.0.1:9090/addr: 127.0.0.1:0/' \
-    config/portcullis.yaml >"$work/gw.yaml"
-target/debug/portcullis --log-format json run -c "$work/gw.yaml" >"$work/log" 2>&1 &
-pid=$!
-
-addr=""
-for _ in $(seq 100); do
-    addr=$(grep -m1 '"message":"listening"' "$work/log" | sed -n 's/.*"addr":"\([^"]*\)".*/\1/p' || true)
-    [ -n "$addr" ] && break
-    sleep 0.1
-done
-[ -n "$addr" ] || { echo "the gateway did not start:"; cat "$work/log"; exit 1; }
+. .ci/demo-gateway.sh
+start_demo_gateway
 
 url="http://$addr/admin/users"
 browse() {

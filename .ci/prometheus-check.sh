@@ -36,7 +36,6 @@ for index, expr in enumerate(exprs):
 PY
 promtool check rules "$work_rules"
 
-cargo build --quiet --locked
 work=$(mktemp -d)
 pid=""
 cleanup() {
@@ -45,21 +44,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-cp -r config/policies "$work/policies"
-cp -r config/keys "$work/keys"
-sed -e 's/addr: 127.0.0.1:8080/addr: 127.0.0.1:0/' -e 's/addr: 127.0.0.1:9090/addr: 127.0.0.1:0/' \
-    config/portcullis.yaml >"$work/gw.yaml"
-target/debug/portcullis --log-format json run -c "$work/gw.yaml" >"$work/log" 2>&1 &
-pid=$!
-
-addr="" admin=""
-for _ in $(seq 100); do
-    addr=$(grep -m1 '"message":"listening"' "$work/log" | sed -n 's/.*"addr":"\([^"]*\)".*/\1/p' || true)
-    admin=$(grep -m1 '"message":"admin listening"' "$work/log" | sed -n 's/.*"addr":"\([^"]*\)".*/\1/p' || true)
-    [ -n "$addr" ] && [ -n "$admin" ] && break
-    sleep 0.1
-done
-[ -n "$addr" ] && [ -n "$admin" ] || { echo "the gateway did not start:"; cat "$work/log"; exit 1; }
+. .ci/demo-gateway.sh
+start_demo_gateway
 
 # Traffic of every kind the demo makes: allowed, denied (403 and 401), refused (400:
 # a standard method in another case), and a reload.
