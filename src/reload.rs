@@ -383,6 +383,15 @@ impl Reloader {
         dirs
     }
 
+    /// The files the serving state writes (its decision log), as [`resolved`] names them.
+    fn written(&self) -> BTreeSet<PathBuf> {
+        let proxy = self.live.load();
+        match &proxy.config().log.decisions {
+            config::DecisionSink::File(path) => BTreeSet::from([resolved(path)]),
+            _ => BTreeSet::new(),
+        }
+    }
+
     /// Stops the tasks keeping key sets fresh (at shutdown).
     pub fn stop(&self) {
         if let Ok(mut refreshing) = self.refreshing.lock() {
@@ -437,13 +446,25 @@ pub fn watch(
 ) -> Result<impl std::future::Future<Output = ()> + Send + 'static, String> {
     // One pending trigger is enough: events while a reload is waiting join it.
     let (trigger, mut triggered) = tokio::sync::mpsc::channel::<()>(1);
+    // Files the gateway writes itself (a decision log beside the config): their changes
+    // are not edits, and would otherwise reload on every request.
+    let written = Arc::new(Mutex::new(reloader.written()));
+    let own = Arc::clone(&written);
     let mut debouncer = new_debouncer(DEBOUNCE, None, move |result: DebounceEventResult| {
         let changed = match result {
             // Reading files (ours, during a reload) is not a change; anything else may be,
             // including `Other` (the kernel's queue overflowed: events were lost).
-            Ok(events) => events
-                .iter()
-                .any(|event| !matches!(event.kind, EventKind::Access(_))),
+            Ok(events) => {
+                let own = own.lock().map(|own| own.clone()).unwrap_or_default();
+                events.iter().any(|event| {
+                    !matches!(event.kind, EventKind::Access(_))
+                        && (event.paths.is_empty()
+                            || event
+                                .paths
+                                .iter()
+                                .any(|path| !own.contains(&resolved(path))))
+                })
+            }
             // A watch that failed may have missed a change: reload to be sure.
             Err(_) => true,
         };
@@ -462,11 +483,28 @@ pub fn watch(
         while triggered.recv().await.is_some() {
             let _ = reloader.reload("file change").await;
             follow(&mut debouncer, &mut watching, reloader.watched());
+            if let Ok(mut written) = written.lock() {
+                *written = reloader.written();
+            }
         }
     })
 }
 
 type Watcher = Debouncer<RecommendedWatcher, RecommendedCache>;
+
+/// One name for a file however it was reached: its directory resolved (symlinks,
+/// relative parts), then its own name. The file itself may not exist any more.
+fn resolved(path: &Path) -> PathBuf {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return path.to_path_buf();
+    };
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    std::fs::canonicalize(dir).map_or_else(|_| path.to_path_buf(), |dir| dir.join(name))
+}
 
 /// Watches `wanted`, and no longer what `watching` held. Every directory is watched
 /// afresh: one that was replaced (deleted and made again, a symlink swapped) under the

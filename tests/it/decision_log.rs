@@ -115,3 +115,38 @@ async fn a_decision_log_that_cannot_be_opened_fails_the_reload() {
         "the old state serves on"
     );
 }
+
+#[tokio::test]
+async fn a_decision_log_beside_the_config_does_not_trigger_reloads() {
+    let up = TestUpstream::start("app").await;
+    let gw = TestGateway::with_policy_watching(
+        &config(&[up.url()], "log: { decisions: decisions.log }\n"),
+        POLICY,
+        true,
+    )
+    .await;
+    for _ in 0..5 {
+        assert_eq!(
+            client().request(get(&gw.url("/a"))).await.unwrap().status(),
+            StatusCode::OK
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(lines(&gw).len(), 5);
+    // Past the watcher's gathering time: any reload the appends caused has happened.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let (_, body) = gw.admin(Method::GET, "/policy").await;
+    let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(status["reloads"]["ok"], 0, "{status}");
+    // An edit beside it still does.
+    gw.write("policy.yaml", "rules: [{ id: allow-all, effect: allow }]\n");
+    for _ in 0..100 {
+        let (_, body) = gw.admin(Method::GET, "/policy").await;
+        let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+        if status["reloads"]["ok"] == 1 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the policy edit was not reloaded");
+}
