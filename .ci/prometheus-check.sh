@@ -39,7 +39,10 @@ promtool check rules "$work_rules"
 work=$(mktemp -d)
 pid=""
 cleanup() {
-    [ -n "$pid" ] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null
+    if [ -n "$pid" ]; then
+        kill "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    fi
     rm -rf "$work" "$work_rules"
 }
 trap cleanup EXIT
@@ -52,7 +55,7 @@ start_demo_gateway
 expect() { # status, curl arguments...
     local want=$1 got
     shift
-    got=$(curl -s -o /dev/null -w '%{http_code}' "$@")
+    got=$(curl -s --max-time 10 -o /dev/null -w '%{http_code}' "$@")
     [ "$got" = "$want" ] || { echo "curl $*: answered $got, expected $want"; exit 1; }
 }
 expect 200 "http://$addr/public/docs"
@@ -60,9 +63,9 @@ expect 403 "http://$addr/admin/users"
 expect 401 "http://$addr/reports/q3"
 expect 200 -H 'X-Api-Key: demo-key' "http://$addr/reports/q3"
 expect 400 -X delete "http://$addr/public/docs"
-curl -sf -X POST "http://$admin/reload" >/dev/null
+curl -sf --max-time 30 -X POST "http://$admin/reload" >/dev/null
 
-curl -sf "http://$admin/metrics" >"$work/metrics"
+curl -sf --max-time 10 "http://$admin/metrics" >"$work/metrics"
 # promtool prints lint findings (and may still exit 0): any output is a failure.
 problems=$(promtool check metrics <"$work/metrics" 2>&1) || true
 [ -z "$problems" ] || { echo "promtool check metrics:"; echo "$problems"; exit 1; }
@@ -71,4 +74,8 @@ for name in portcullis_requests_total portcullis_rule_matches_total portcullis_d
     portcullis_policy_rules portcullis_connections_active portcullis_build_info; do
     grep -q "^$name" "$work/metrics" || { echo "/metrics lacks $name"; exit 1; }
 done
+# Exactly the one reload asked for: nothing the gateway writes (its log sits beside the
+# config) made it reload again.
+grep -qx 'portcullis_policy_reloads_total{result="ok"} 1' "$work/metrics" ||
+    { echo "expected exactly one reload:"; grep portcullis_policy_reloads_total "$work/metrics"; exit 1; }
 echo "prometheus: metrics, scrape config, alert rules and their tests ok"

@@ -170,18 +170,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     for warning in &config.warnings {
         tracing::warn!("{warning}");
     }
-    tokio::pin!(signal);
-    loop {
-        tokio::select! {
-            () = &mut signal => break,
-            Some(()) = hangups.recv() => {
-                tracing::info!("SIGHUP received: reloading");
-                // In its own task: a SIGTERM during a slow reload still drains at once.
-                let reloader = Arc::clone(gateway.reloader());
-                tokio::spawn(async move { reloader.reload("SIGHUP").await });
-            }
+    // Reloads on SIGHUP in a task of their own, one after another (signals that arrive
+    // during one make one more): a SIGTERM during a slow reload still drains at once.
+    let reloader = Arc::clone(gateway.reloader());
+    let reloads = tokio::spawn(async move {
+        while hangups.recv().await.is_some() {
+            tracing::info!("SIGHUP received: reloading");
+            let _ = reloader.reload("SIGHUP").await;
         }
-    }
+    });
+    signal.await;
+    reloads.abort();
     tracing::info!(
         grace_period = %crate::config::format_duration(config.shutdown_grace),
         "shutting down: finishing in-flight requests"

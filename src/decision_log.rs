@@ -6,10 +6,10 @@
 //! This module knows the line's fields and where it goes; the request flow that fills
 //! them is `proxy`'s.
 
-use std::fs::File;
 use std::io::Write;
 use std::net::IpAddr;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{SyncSender, TrySendError};
 use std::time::{Duration, SystemTime};
 
 use crate::config::{DecisionSink, LogSettings};
@@ -53,26 +53,36 @@ pub struct DecisionLog {
 }
 
 enum Sink {
+    /// The process log, through `tracing`.
     Log,
-    Stdout,
-    File(Mutex<File>),
+    /// Lines for the writer thread (stdout or a file): a full disk or a reader that stops
+    /// reading a pipe must not stall request handling, so lines that do not fit are
+    /// dropped and counted.
+    Writer {
+        lines: SyncSender<String>,
+        dropped: AtomicU64,
+    },
 }
+
+/// Lines waiting for the writer thread, at most.
+const QUEUE: usize = 8192;
 
 impl DecisionLog {
     /// Opens the log `settings` describe: a file is created if missing and appended to.
     pub fn open(settings: &LogSettings) -> Result<DecisionLog, String> {
         let sink = match &settings.decisions {
             DecisionSink::Log => Sink::Log,
-            DecisionSink::Stdout => Sink::Stdout,
-            DecisionSink::File(path) => Sink::File(Mutex::new(
-                std::fs::OpenOptions::new()
+            DecisionSink::Stdout => writer(Box::new(std::io::stdout()), "stdout")?,
+            DecisionSink::File(path) => {
+                let file = std::fs::OpenOptions::new()
                     .create(true)
                     .append(true)
                     .open(path)
                     .map_err(|err| {
                         format!("cannot open the decision log \"{}\": {err}", path.display())
-                    })?,
-            )),
+                    })?;
+                writer(Box::new(file), &path.display().to_string())?
+            }
         };
         Ok(DecisionLog {
             sink,
@@ -201,20 +211,54 @@ fn sampled(share: f64) -> bool {
     draw < share
 }
 
+/// A thread writing each line it is sent to `out` (the process's stdout, or a file
+/// opened for appending: one write per line, so lines never interleave). It ends when the
+/// sink is dropped, with the state that used it.
+fn writer(mut out: Box<dyn Write + Send>, name: &str) -> Result<Sink, String> {
+    let (lines, queued) = std::sync::mpsc::sync_channel::<String>(QUEUE);
+    let what = name.to_owned();
+    std::thread::Builder::new()
+        .name("decision-log".to_owned())
+        .spawn(move || {
+            let mut failing = false;
+            for line in queued {
+                let written = out.write_all(line.as_bytes()).and_then(|()| out.flush());
+                // One warning when writing starts failing, one when it works again.
+                match written {
+                    Err(err) if !failing => {
+                        failing = true;
+                        tracing::warn!(error = %err, log = %what, "cannot write the decision log; dropping lines until it works again");
+                    }
+                    Ok(()) if failing => {
+                        failing = false;
+                        tracing::info!(log = %what, "writing the decision log again");
+                    }
+                    _ => {}
+                }
+            }
+        })
+        .map_err(|err| format!("cannot start the decision-log writer: {err}"))?;
+    Ok(Sink::Writer {
+        lines,
+        dropped: AtomicU64::new(0),
+    })
+}
+
 fn write_line(sink: &Sink, line: &serde_json::Value) {
+    let Sink::Writer { lines, dropped } = sink else {
+        return;
+    };
     let mut text = line.to_string();
     text.push('\n');
-    let written = match sink {
-        Sink::Stdout => std::io::stdout().lock().write_all(text.as_bytes()),
-        Sink::File(file) => match file.lock() {
-            // One write per line on a file opened for appending: lines never interleave.
-            Ok(mut file) => file.write_all(text.as_bytes()),
-            Err(_) => Ok(()),
-        },
-        Sink::Log => Ok(()),
-    };
-    if let Err(err) = written {
-        tracing::warn!(error = %err, "cannot write the decision log");
+    match lines.try_send(text) {
+        Ok(()) => {}
+        Err(TrySendError::Full(_)) => {
+            // A warning for the first line dropped, then one per 10,000.
+            if dropped.fetch_add(1, Ordering::Relaxed) % 10_000 == 0 {
+                tracing::warn!("the decision log cannot keep up; dropping lines");
+            }
+        }
+        Err(TrySendError::Disconnected(_)) => {}
     }
 }
 

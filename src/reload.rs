@@ -13,6 +13,7 @@
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -160,6 +161,8 @@ pub struct Reloader {
     /// The tasks keeping the serving key sets fresh, one per set; a set carried over by a
     /// reload keeps its task (and so its schedule).
     refreshing: Mutex<Vec<(Arc<IssuerKeys>, tokio::task::AbortHandle)>>,
+    /// Set by `stop`: a reload that ends later starts no refresh task.
+    stopped: AtomicBool,
 }
 
 impl Reloader {
@@ -186,6 +189,7 @@ impl Reloader {
             }),
             reloading: tokio::sync::Mutex::new(()),
             refreshing: Mutex::new(refreshing),
+            stopped: AtomicBool::new(false),
             live,
             metrics,
         })
@@ -272,9 +276,16 @@ impl Reloader {
         }
         proxy.serving();
         self.live.store(Arc::clone(&proxy));
-        if let Ok(mut refreshing) = self.refreshing.lock() {
-            let before = std::mem::take(&mut *refreshing);
-            *refreshing = keep_keys_fresh(&proxy, before);
+        {
+            let mut refreshing = self
+                .refreshing
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            // After `stop` (shutdown), nothing is kept fresh any more.
+            if !self.stopped.load(Ordering::Acquire) {
+                let before = std::mem::take(&mut *refreshing);
+                *refreshing = keep_keys_fresh(&proxy, before);
+            }
         }
 
         let restart_needed = self.fixed.changes(&config);
@@ -288,6 +299,7 @@ impl Reloader {
             tracing::warn!("{warning}");
         }
         self.metrics.policy_reloads.with_label_values(&["ok"]).inc();
+        self.metrics.policy_last_reload_successful.set(1);
         // The new hash first, then the old one removed: a scrape between sees both, never
         // neither.
         let old_hash = self.status().hash;
@@ -329,6 +341,7 @@ impl Reloader {
             .policy_reloads
             .with_label_values(&["error"])
             .inc();
+        self.metrics.policy_last_reload_successful.set(0);
         self.update(|status| {
             status.reloads.error += 1;
             status.last_error = Some(failure.clone());
@@ -383,21 +396,15 @@ impl Reloader {
         dirs
     }
 
-    /// The files the serving state writes (its decision log), as [`resolved`] names them.
-    fn written(&self) -> BTreeSet<PathBuf> {
-        let proxy = self.live.load();
-        match &proxy.config().log.decisions {
-            config::DecisionSink::File(path) => BTreeSet::from([resolved(path)]),
-            _ => BTreeSet::new(),
-        }
-    }
-
-    /// Stops the tasks keeping key sets fresh (at shutdown).
+    /// Stops the tasks keeping key sets fresh (at shutdown), for good.
     pub fn stop(&self) {
-        if let Ok(mut refreshing) = self.refreshing.lock() {
-            for (_, task) in refreshing.drain(..) {
-                task.abort();
-            }
+        let mut refreshing = self
+            .refreshing
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        self.stopped.store(true, Ordering::Release);
+        for (_, task) in refreshing.drain(..) {
+            task.abort();
         }
     }
 }
@@ -446,23 +453,24 @@ pub fn watch(
 ) -> Result<impl std::future::Future<Output = ()> + Send + 'static, String> {
     // One pending trigger is enough: events while a reload is waiting join it.
     let (trigger, mut triggered) = tokio::sync::mpsc::channel::<()>(1);
-    // Files the gateway writes itself (a decision log beside the config): their changes
-    // are not edits, and would otherwise reload on every request.
-    let written = Arc::new(Mutex::new(reloader.written()));
-    let own = Arc::clone(&written);
+    // Only changes to what the config reads count: a log written beside the config (the
+    // decision log, the process log) or an editor's swap file must not reload the gateway
+    // on every line or keystroke.
+    let relevant = Arc::new(Mutex::new(Relevant::of(reloader.live.load().config())));
+    let wanted = Arc::clone(&relevant);
     let mut debouncer = new_debouncer(DEBOUNCE, None, move |result: DebounceEventResult| {
         let changed = match result {
-            // Reading files (ours, during a reload) is not a change; anything else may be,
-            // including `Other` (the kernel's queue overflowed: events were lost).
+            // Reading files (ours, during a reload) is not a change. An event without a
+            // path (`Other`: the kernel's queue overflowed, events were lost) may be one.
             Ok(events) => {
-                let own = own.lock().map(|own| own.clone()).unwrap_or_default();
+                let wanted = wanted
+                    .lock()
+                    .map(|wanted| wanted.clone())
+                    .unwrap_or_else(|poisoned| poisoned.into_inner().clone());
                 events.iter().any(|event| {
                     !matches!(event.kind, EventKind::Access(_))
                         && (event.paths.is_empty()
-                            || event
-                                .paths
-                                .iter()
-                                .any(|path| !own.contains(&resolved(path))))
+                            || event.paths.iter().any(|path| wanted.touched_by(path)))
                 })
             }
             // A watch that failed may have missed a change: reload to be sure.
@@ -483,14 +491,68 @@ pub fn watch(
         while triggered.recv().await.is_some() {
             let _ = reloader.reload("file change").await;
             follow(&mut debouncer, &mut watching, reloader.watched());
-            if let Ok(mut written) = written.lock() {
-                *written = reloader.written();
+            let now = Relevant::of(reloader.live.load().config());
+            match relevant.lock() {
+                Ok(mut relevant) => *relevant = now,
+                Err(poisoned) => *poisoned.into_inner() = now,
             }
         }
     })
 }
 
 type Watcher = Debouncer<RecommendedWatcher, RecommendedCache>;
+
+/// What a change must touch to be worth a reload: a file the config read (the config
+/// file, policy and list files), a new file a `policy.files` pattern would take, or an
+/// entry of a Kubernetes ConfigMap volume's own (`..data`, `..2026_11_28_…`).
+#[derive(Debug, Clone, Default)]
+struct Relevant {
+    files: BTreeSet<PathBuf>,
+    /// Each pattern's directory (resolved) and file-name wildcard.
+    patterns: Vec<(PathBuf, String)>,
+}
+
+impl Relevant {
+    fn of(config: &Config) -> Relevant {
+        let files = std::iter::once(&config.file)
+            .chain(&config.policy_summary.files)
+            .chain(&config.policy_summary.list_files)
+            .map(|file| resolved(file))
+            .collect();
+        let base = config.file.parent().unwrap_or(Path::new(""));
+        let patterns = config
+            .policy_patterns
+            .iter()
+            .filter_map(|pattern| {
+                let full = resolved(&base.join(pattern));
+                let name = full.file_name()?.to_str()?.to_owned();
+                Some((full.parent()?.to_path_buf(), name))
+            })
+            .collect();
+        Relevant { files, patterns }
+    }
+
+    fn touched_by(&self, path: &Path) -> bool {
+        let name = path
+            .file_name()
+            .and_then(|name| name.to_str())
+            .unwrap_or("");
+        if name.starts_with("..") {
+            return true;
+        }
+        let path = resolved(path);
+        if self.files.contains(&path) {
+            return true;
+        }
+        // Hidden files (editors' swap files) are never policy files.
+        !name.starts_with('.')
+            && path.parent().is_some_and(|dir| {
+                self.patterns.iter().any(|(pattern_dir, glob)| {
+                    pattern_dir == dir && config::wildcard_match(glob, name)
+                })
+            })
+    }
+}
 
 /// One name for a file however it was reached: its directory resolved (symlinks,
 /// relative parts), then its own name. The file itself may not exist any more.

@@ -41,6 +41,8 @@ pub mod names {
     pub const POLICY_RELOADS_TOTAL: &str = "portcullis_policy_reloads_total";
     /// Always 1, labelled with the hash of the files serving now.
     pub const POLICY_INFO: &str = "portcullis_policy_info";
+    /// 1 when the last reload succeeded (or none was tried), 0 while the last one failed.
+    pub const POLICY_LAST_RELOAD_SUCCESSFUL: &str = "portcullis_policy_last_reload_successful";
 
     /// Every metric name, for checks of what dashboards and alerts refer to.
     pub const ALL: &[&str] = &[
@@ -57,6 +59,7 @@ pub mod names {
         JWKS_REFRESHES_TOTAL,
         POLICY_RELOADS_TOTAL,
         POLICY_INFO,
+        POLICY_LAST_RELOAD_SUCCESSFUL,
     ];
 }
 
@@ -140,6 +143,8 @@ pub struct Metrics {
     pub policy_reloads: IntCounterVec,
     /// [`names::POLICY_INFO`].
     pub policy_info: IntGaugeVec,
+    /// [`names::POLICY_LAST_RELOAD_SUCCESSFUL`].
+    pub policy_last_reload_successful: IntGauge,
 }
 
 /// Decision-time buckets from 1µs to 10ms: a decision is a few microseconds.
@@ -249,7 +254,15 @@ impl Metrics {
         )
         .expect("static metric definition is valid");
 
-        let collectors: [Box<dyn prometheus::core::Collector>; 13] = [
+        let policy_last_reload_successful = IntGauge::new(
+            names::POLICY_LAST_RELOAD_SUCCESSFUL,
+            "1 when the last reload succeeded (or none was tried), 0 while the last one failed.",
+        )
+        .expect("static metric definition is valid");
+        policy_last_reload_successful.set(1);
+
+        let collectors: [Box<dyn prometheus::core::Collector>; 14] = [
+            Box::new(policy_last_reload_successful.clone()),
             Box::new(jwks_refreshes.clone()),
             Box::new(policy_reloads.clone()),
             Box::new(policy_info.clone()),
@@ -283,6 +296,7 @@ impl Metrics {
             jwks_refreshes,
             policy_reloads,
             policy_info,
+            policy_last_reload_successful,
         }
     }
 

@@ -28,7 +28,7 @@ pub use model::{
     Limits, ListenerSettings, LogSettings, RemoteKeys, RouteId, RouteSettings, Secret, Target,
     TokenSource, UpstreamName, UpstreamSettings,
 };
-pub use policy::{PolicySummary, parse_list_file};
+pub use policy::{PolicySummary, parse_list_file, wildcard_match};
 pub use units::{format_duration, parse_duration, parse_size};
 
 use std::path::Path;

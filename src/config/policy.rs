@@ -107,7 +107,7 @@ pub fn expand(base: &Path, pattern: &str) -> Result<Vec<PathBuf>, String> {
 }
 
 /// `*` any run of characters, `?` one character.
-fn wildcard_match(pattern: &str, text: &str) -> bool {
+pub fn wildcard_match(pattern: &str, text: &str) -> bool {
     let pattern: Vec<char> = pattern.chars().collect();
     let text: Vec<char> = text.chars().collect();
     // Classic two-pointer glob match with one backtrack point.

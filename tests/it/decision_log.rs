@@ -9,12 +9,24 @@ use crate::support::*;
 
 const POLICY: &str = "rules:\n  - { id: allow-a, effect: allow, match: { paths: [\"/a\"] } }\n  - { id: watch-b, effect: deny, mode: audit, match: { paths: [\"/b\"] } }\n";
 
-fn lines(gw: &TestGateway) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(gw.file("decisions.log"))
-        .unwrap_or_default()
-        .lines()
-        .map(|line| serde_json::from_str(line).expect("each line is JSON"))
-        .collect()
+/// The log's lines once it has `count` (a writer thread writes them: waits at most 5 s),
+/// after a moment for any line beyond them to show.
+async fn lines(gw: &TestGateway, count: usize) -> Vec<serde_json::Value> {
+    let read = || -> Vec<serde_json::Value> {
+        std::fs::read_to_string(gw.file("decisions.log"))
+            .unwrap_or_default()
+            .lines()
+            .map(|line| serde_json::from_str(line).expect("each line is JSON"))
+            .collect()
+    };
+    for _ in 0..100 {
+        if read().len() >= count {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    read()
 }
 
 #[tokio::test]
@@ -51,7 +63,7 @@ async fn denials_are_always_logged_and_allows_as_sampled() {
     .await;
     assert!(refused.starts_with("HTTP/1.1 400"), "{refused}");
 
-    let logged = lines(&gw);
+    let logged = lines(&gw, 2).await;
     assert_eq!(
         logged.len(),
         2,
@@ -86,7 +98,7 @@ async fn denials_are_always_logged_and_allows_as_sampled() {
     );
     assert_eq!(gw.admin(Method::POST, "/reload").await.0, StatusCode::OK);
     assert_eq!(send("/a", None).await, StatusCode::OK);
-    let logged = lines(&gw);
+    let logged = lines(&gw, 3).await;
     assert_eq!(logged.len(), 3, "{logged:?}");
     assert_eq!(logged[2]["decision"], "allow");
     assert_eq!(logged[2]["rule.id"], "allow-a");
@@ -132,7 +144,7 @@ async fn a_decision_log_beside_the_config_does_not_trigger_reloads() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(lines(&gw).len(), 5);
+    assert_eq!(lines(&gw, 5).await.len(), 5);
     // Past the watcher's gathering time: any reload the appends caused has happened.
     tokio::time::sleep(Duration::from_millis(700)).await;
     let (_, body) = gw.admin(Method::GET, "/policy").await;
