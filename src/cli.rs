@@ -96,7 +96,8 @@ pub enum Command {
     },
     /// Mint a signed token (for trying policies: the demo's key is in config/keys).
     Token {
-        /// The PEM private key to sign with (Ed25519 for EdDSA, P-256 for ES256, RSA for RS256).
+        /// The PEM private key to sign with (Ed25519 for EdDSA, P-256 for ES256, RSA for
+        /// RS256), or for HS256/384/512 the secret file, read as `secret: { file }` reads it.
         #[arg(long)]
         key: PathBuf,
         /// The signing algorithm.
@@ -326,6 +327,17 @@ fn mint(request: &TokenRequest<'_>) -> Result<String, String> {
     let pem = std::fs::read(request.key)
         .map_err(|err| format!("cannot read {}: {err}", request.key.display()))?;
     let key = match algorithm {
+        Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512 => {
+            // As the gateway reads a secret file: trailing line breaks are not the secret.
+            let mut secret = pem.clone();
+            while secret
+                .last()
+                .is_some_and(|byte| matches!(byte, b'\n' | b'\r'))
+            {
+                secret.pop();
+            }
+            EncodingKey::from_secret(&secret)
+        }
         Algorithm::EdDSA => EncodingKey::from_ed_pem(&pem),
         Algorithm::ES256 | Algorithm::ES384 => EncodingKey::from_ec_pem(&pem),
         _ => EncodingKey::from_rsa_pem(&pem),

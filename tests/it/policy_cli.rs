@@ -349,3 +349,48 @@ fn the_demo_key_mints_tokens_the_demo_accepts() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_secret_file_mints_hmac_tokens_the_gateway_accepts() {
+    let scratch = Scratch::new();
+    let secret = scratch.write(
+        "hmac.secret",
+        "a shared secret of at least thirty-two bytes\n",
+    );
+    scratch.write(
+        "p.yaml",
+        "rules: [{ id: partners, effect: allow, when: { scopes: { all: [\"partner:read\"] } } }]\n",
+    );
+    let config = scratch.write(
+        "gw.yaml",
+        "upstreams: { app: { targets: [builtin:echo] } }\nroutes: [{ id: r, upstream: app }]\npolicy: { files: [p.yaml] }\nidentity:\n  jwt:\n    - { id: partner, issuer: \"https://partner.example/\", audiences: [api], algorithms: [HS256], secret: { file: hmac.secret } }\n",
+    );
+    let (code, token, stderr) = run(&[
+        "token",
+        "--key",
+        secret.to_str().unwrap(),
+        "--algorithm",
+        "HS256",
+        "--issuer",
+        "https://partner.example/",
+        "--audience",
+        "api",
+        "--scope",
+        "partner:read",
+    ]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let (code, stdout, _) = run(&[
+        "explain",
+        "--json",
+        "-c",
+        config.to_str().unwrap(),
+        "--url",
+        "/reports",
+        "--token",
+        token.trim(),
+    ]);
+    assert_eq!(code, Some(0));
+    let answer: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(answer["decision"], "allow", "{answer}");
+    assert_eq!(answer["rule"], "partners", "{answer}");
+}
