@@ -288,6 +288,8 @@ impl Reloader {
             }
         }
 
+        forget_removed(&self.metrics, previous.config(), &config);
+
         let restart_needed = self.fixed.changes(&config);
         for change in &restart_needed {
             tracing::warn!(
@@ -407,6 +409,36 @@ impl Reloader {
             task.abort();
         }
     }
+}
+
+/// Drops the metric series of rules, routes, upstreams and issuers that `before` had and
+/// `after` has not (a rule whose effect or mode changed keeps its id: its old series goes
+/// with the old combination only when the id is gone).
+fn forget_removed(metrics: &Metrics, before: &Config, after: &Config) {
+    fn gone<'a>(
+        before: impl Iterator<Item = &'a str>,
+        after: impl Iterator<Item = &'a str>,
+    ) -> Vec<&'a str> {
+        let after: BTreeSet<&str> = after.collect();
+        before.filter(|id| !after.contains(id)).collect()
+    }
+    let rules = gone(
+        before.policy.rules().iter().map(|rule| &*rule.id.0),
+        after.policy.rules().iter().map(|rule| &*rule.id.0),
+    );
+    let routes = gone(
+        before.routes.iter().map(|route| &*route.id.0),
+        after.routes.iter().map(|route| &*route.id.0),
+    );
+    let upstreams = gone(
+        before.upstreams.iter().map(|upstream| &*upstream.name.0),
+        after.upstreams.iter().map(|upstream| &*upstream.name.0),
+    );
+    let issuers = gone(
+        before.identity.jwt.iter().map(|issuer| issuer.id.as_str()),
+        after.identity.jwt.iter().map(|issuer| issuer.id.as_str()),
+    );
+    metrics.forget(&rules, &routes, &upstreams, &issuers);
 }
 
 fn files(config: &Config) -> Vec<String> {

@@ -300,6 +300,17 @@ impl Metrics {
         }
     }
 
+    /// Drops the series of rules, routes, upstreams and token issuers that are no longer
+    /// configured (after a reload), so that dashboards stop showing them. Each name is a
+    /// label value: `rules` of `rule`, `routes` of `route`, and so on.
+    pub fn forget(&self, rules: &[&str], routes: &[&str], upstreams: &[&str], issuers: &[&str]) {
+        forget_series(&self.rule_matches, "rule", rules);
+        forget_series(&self.requests, "route", routes);
+        forget_series(&self.upstream_duration, "upstream", upstreams);
+        forget_series(&self.upstream_errors, "upstream", upstreams);
+        forget_series(&self.jwks_refreshes, "issuer", issuers);
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn encode(&self) -> String {
         let mut text = Vec::new();
@@ -314,6 +325,32 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Metrics::new()
+    }
+}
+
+/// Removes every series of `vec` whose `label` is one of `gone`.
+fn forget_series<B: prometheus::core::MetricVecBuilder>(
+    vec: &prometheus::core::MetricVec<B>,
+    label: &str,
+    gone: &[&str],
+) {
+    use prometheus::core::Collector as _;
+    if gone.is_empty() {
+        return;
+    }
+    for family in vec.collect() {
+        for metric in family.get_metric() {
+            let labels: std::collections::HashMap<&str, &str> = metric
+                .get_label()
+                .iter()
+                .map(|pair| (pair.name(), pair.value()))
+                .collect();
+            if labels.get(label).is_some_and(|value| gone.contains(value)) {
+                // The series was just listed; it can only be gone if another reload
+                // removed it meanwhile.
+                let _ = vec.remove(&labels);
+            }
+        }
     }
 }
 

@@ -100,6 +100,10 @@ async fn post_reload_serves_the_edited_policy_and_reports_it() {
         ),
         1.0
     );
+    assert!(
+        !metrics.contains("rule=\"allow-a\""),
+        "the removed rule's series is gone:\n{metrics}"
+    );
 }
 
 #[tokio::test]
