@@ -18,8 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
-use notify_debouncer_full::notify::{EventKind, RecommendedWatcher, RecursiveMode};
-use notify_debouncer_full::{DebounceEventResult, Debouncer, RecommendedCache, new_debouncer};
+use notify::{Event, EventKind, RecommendedWatcher, RecursiveMode, Watcher as _};
 
 use crate::config::{self, Config};
 use crate::identity::IssuerKeys;
@@ -394,8 +393,11 @@ impl Reloader {
                 dirs.insert(parent.to_path_buf());
             }
         }
-        dirs.retain(|dir| dir.is_dir());
-        dirs
+        // Watched as resolved, so that events name files as `Relevant` does.
+        dirs.into_iter()
+            .filter(|dir| dir.is_dir())
+            .map(|dir| std::fs::canonicalize(&dir).unwrap_or(dir))
+            .collect()
     }
 
     /// Stops the tasks keeping key sets fresh (at shutdown), for good.
@@ -478,32 +480,30 @@ impl Drop for Reloader {
     }
 }
 
-/// Reloads whenever a file changes in a watched directory, for as long as the returned
-/// future runs. After each reload the watched directories follow the new config.
+/// Reloads whenever a file the config reads changes, for as long as the returned future
+/// runs. After each reload the watched directories follow the new config.
 pub fn watch(
     reloader: Arc<Reloader>,
 ) -> Result<impl std::future::Future<Output = ()> + Send + 'static, String> {
-    // One pending trigger is enough: events while a reload is waiting join it.
+    // One pending trigger is enough: events while one waits or a reload runs join it.
     let (trigger, mut triggered) = tokio::sync::mpsc::channel::<()>(1);
-    // Only changes to what the config reads count: a log written beside the config (the
-    // decision log, the process log) or an editor's swap file must not reload the gateway
-    // on every line or keystroke.
-    let relevant = Arc::new(Mutex::new(Relevant::of(reloader.live.load().config())));
+    // Only changes to what the config reads count. The filter runs for every event in a
+    // watched directory, including each line a log beside the config gets, so it is a
+    // lookup, with no system call.
+    let relevant = Arc::new(std::sync::RwLock::new(Relevant::of(
+        reloader.live.load().config(),
+    )));
     let wanted = Arc::clone(&relevant);
-    let mut debouncer = new_debouncer(DEBOUNCE, None, move |result: DebounceEventResult| {
+    let mut watcher = notify::recommended_watcher(move |result: notify::Result<Event>| {
         let changed = match result {
             // Reading files (ours, during a reload) is not a change. An event without a
             // path (`Other`: the kernel's queue overflowed, events were lost) may be one.
-            Ok(events) => {
-                let wanted = wanted
-                    .lock()
-                    .map(|wanted| wanted.clone())
-                    .unwrap_or_else(|poisoned| poisoned.into_inner().clone());
-                events.iter().any(|event| {
-                    !matches!(event.kind, EventKind::Access(_))
-                        && (event.paths.is_empty()
-                            || event.paths.iter().any(|path| wanted.touched_by(path)))
-                })
+            Ok(event) => {
+                !matches!(event.kind, EventKind::Access(_))
+                    && (event.paths.is_empty()
+                        || wanted.read().map_or(true, |wanted| {
+                            event.paths.iter().any(|path| wanted.touched_by(path))
+                        }))
             }
             // A watch that failed may have missed a change: reload to be sure.
             Err(_) => true,
@@ -514,25 +514,26 @@ pub fn watch(
     })
     .map_err(|err| format!("cannot watch files: {err}"))?;
     let mut watching = BTreeSet::new();
-    follow(&mut debouncer, &mut watching, reloader.watched());
+    follow(&mut watcher, &mut watching, reloader.watched());
     tracing::info!(
         dirs = ?watching.iter().map(|dir| dir.display().to_string()).collect::<Vec<_>>(),
         "watching for changes"
     );
     Ok(async move {
         while triggered.recv().await.is_some() {
+            // An editor's save or a ConfigMap update is several events: gather them.
+            tokio::time::sleep(DEBOUNCE).await;
+            while triggered.try_recv().is_ok() {}
             let _ = reloader.reload("file change").await;
-            follow(&mut debouncer, &mut watching, reloader.watched());
+            follow(&mut watcher, &mut watching, reloader.watched());
             let now = Relevant::of(reloader.live.load().config());
-            match relevant.lock() {
+            match relevant.write() {
                 Ok(mut relevant) => *relevant = now,
                 Err(poisoned) => *poisoned.into_inner() = now,
             }
         }
     })
 }
-
-type Watcher = Debouncer<RecommendedWatcher, RecommendedCache>;
 
 /// What a change must touch to be worth a reload: a file the config read (the config
 /// file, policy and list files), a new file a `policy.files` pattern would take, or an
@@ -564,16 +565,13 @@ impl Relevant {
         Relevant { files, patterns }
     }
 
+    /// Whether an event's path (a watched directory, resolved, joined with a name) is one.
     fn touched_by(&self, path: &Path) -> bool {
         let name = path
             .file_name()
             .and_then(|name| name.to_str())
             .unwrap_or("");
-        if name.starts_with("..") {
-            return true;
-        }
-        let path = resolved(path);
-        if self.files.contains(&path) {
+        if name.starts_with("..") || self.files.contains(path) {
             return true;
         }
         // Hidden files (editors' swap files) are never policy files.
@@ -603,12 +601,16 @@ fn resolved(path: &Path) -> PathBuf {
 /// Watches `wanted`, and no longer what `watching` held. Every directory is watched
 /// afresh: one that was replaced (deleted and made again, a symlink swapped) under the
 /// same name would otherwise keep a watch on the old one.
-fn follow(debouncer: &mut Watcher, watching: &mut BTreeSet<PathBuf>, wanted: BTreeSet<PathBuf>) {
+fn follow(
+    watcher: &mut RecommendedWatcher,
+    watching: &mut BTreeSet<PathBuf>,
+    wanted: BTreeSet<PathBuf>,
+) {
     for dir in watching.iter() {
-        let _ = debouncer.unwatch(dir);
+        let _ = watcher.unwatch(dir);
     }
     for dir in &wanted {
-        if let Err(err) = debouncer.watch(dir, RecursiveMode::NonRecursive) {
+        if let Err(err) = watcher.watch(dir, RecursiveMode::NonRecursive) {
             tracing::warn!(error = %err, dir = %dir.display(), "cannot watch for changes; use SIGHUP or POST /reload");
         }
     }
