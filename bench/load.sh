@@ -136,9 +136,13 @@ done
 TOKEN=$("$BINARY" token --key config/keys/demo-signing-key.pem --kid demo \
     --issuer https://demo.portcullis.local/ --audience demo-api --sub bench --scope bench:read --ttl 2h)
 
+# The servers' output goes to a directory of its own: the configs' directory is watched
+# for changes, and a log written there on every request would have every instance look
+# at each line (a production layout keeps logs elsewhere too).
+mkdir -p "$WORK/logs"
 start() { # log name, command...
     local name=$1; shift
-    taskset -c "$SERVER_CPU" "$@" >"$WORK/$name.out" 2>&1 &
+    taskset -c "$SERVER_CPU" "$@" >"$WORK/logs/$name.out" 2>&1 &
     PIDS+=($!)
 }
 
@@ -148,7 +152,7 @@ wait_for() { # port
         sleep 0.1
     done
     echo "nothing listens on port $1; logs:" >&2
-    tail -n 20 "$WORK"/*.out >&2 || true
+    tail -n 20 "$WORK"/logs/*.out >&2 || true
     exit 1
 }
 
@@ -182,7 +186,7 @@ curl -sf -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$JWT_PORT/public/be
     { echo "the jwt row does not answer 200 with the token" >&2; exit 1; }
 [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$JWT_PORT/public/bench")" = 401 ] ||
     { echo "the jwt row answers without a token" >&2; exit 1; }
-grep -q '"decision":"allow"' "$WORK/demo-log.out" || { echo "the demo-log row writes no decision log" >&2; exit 1; }
+grep -q '"decision":"allow"' "$WORK/logs/demo-log.out" || { echo "the demo-log row writes no decision log" >&2; exit 1; }
 
 to_ms() { # wrk latency such as 812.00us, 1.20ms, 1.01s
     awk -v v="$1" 'BEGIN {
@@ -234,7 +238,7 @@ for round in $(seq 1 "$ROUNDS"); do
     measure demo-log $DEMO_LOG_PORT "$DEMO_LOG_PID" >>"$WORK/demo-log.txt"
     measure jwt $JWT_PORT "$JWT_PID" "Authorization: Bearer $TOKEN" >>"$WORK/jwt.txt"
     # The decision log grows by a line per request; start each round with an empty one.
-    : >"$WORK/demo-log.out"
+    : >"$WORK/logs/demo-log.out"
 done
 column_median() { awk -v c="$2" '{ print $c }' "$WORK/$1.txt" | median; }
 for row in direct nginx portcullis demo demo-log jwt; do
