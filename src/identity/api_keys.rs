@@ -2,6 +2,8 @@
 //! hashed on arrival and compared with every configured digest in constant time, so
 //! neither the comparison nor which key matched shows in the timing.
 
+use std::sync::Arc;
+
 use http::{HeaderMap, HeaderName};
 use sha2::{Digest, Sha256};
 use subtle::{ConditionallySelectable, ConstantTimeEq};
@@ -15,6 +17,8 @@ use crate::policy::Principal;
 pub struct ApiKeys {
     header: HeaderName,
     keys: Vec<ApiKeyEntry>,
+    /// Each key's principal, built once: a request shares it.
+    principals: Vec<Arc<Principal>>,
 }
 
 impl ApiKeys {
@@ -23,6 +27,19 @@ impl ApiKeys {
         ApiKeys {
             header: settings.header.clone(),
             keys: settings.keys.clone(),
+            principals: settings
+                .keys
+                .iter()
+                .map(|key| {
+                    Arc::new(Principal {
+                        subject: key.id.clone(),
+                        issuer: "api-key".to_owned(),
+                        roles: key.roles.clone(),
+                        scopes: key.scopes.clone(),
+                        claims: Vec::new(),
+                    })
+                })
+                .collect(),
         }
     }
 
@@ -32,7 +49,7 @@ impl ApiKeys {
     }
 
     /// The principal of the key in `headers`, `None` without a key.
-    pub fn identify(&self, headers: &HeaderMap) -> Result<Option<Principal>, Rejection> {
+    pub fn identify(&self, headers: &HeaderMap) -> Result<Option<Arc<Principal>>, Rejection> {
         let mut values = headers.get_all(&self.header).iter();
         let Some(value) = values.next() else {
             return Ok(None);
@@ -53,17 +70,11 @@ impl ApiKeys {
         if !bool::from(found) {
             return Err(Rejection::UnknownApiKey);
         }
-        let key = self
-            .keys
+        let principal = self
+            .principals
             .get(index as usize)
             .ok_or(Rejection::UnknownApiKey)?;
-        Ok(Some(Principal {
-            subject: key.id.clone(),
-            issuer: "api-key".to_owned(),
-            roles: key.roles.clone(),
-            scopes: key.scopes.clone(),
-            claims: Vec::new(),
-        }))
+        Ok(Some(Arc::clone(principal)))
     }
 }
 
@@ -78,10 +89,10 @@ mod tests {
             roles: vec![format!("{id}-role")],
             scopes: vec!["deploy:write".to_owned()],
         };
-        ApiKeys {
+        ApiKeys::new(&ApiKeySettings {
             header: HeaderName::from_static("x-api-key"),
             keys: vec![entry("ci-bot", "s3cret"), entry("ops", "other")],
-        }
+        })
     }
 
     fn with(values: &[&str]) -> HeaderMap {

@@ -36,7 +36,7 @@ const CACHE_ENTRIES: usize = 10_000;
 /// change.
 #[derive(Debug, Clone)]
 struct Cached {
-    principal: Principal,
+    principal: Arc<Principal>,
     /// The issuer that vouched for it, by position.
     issuer: usize,
     /// That issuer's key generation when the token was checked.
@@ -162,7 +162,7 @@ impl Issuers {
         &self,
         token: &str,
         source: Option<&TokenSource>,
-    ) -> Result<Principal, TokenRejection> {
+    ) -> Result<Arc<Principal>, TokenRejection> {
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         let now = unix_now();
         if let Ok(cache) = self.cache.lock()
@@ -173,7 +173,7 @@ impl Issuers {
             && issuer.keys.generation() == cached.generation
             && source.is_none_or(|source| issuer.settings.sources.contains(source))
         {
-            return Ok(cached.principal.clone());
+            return Ok(Arc::clone(&cached.principal));
         }
         let verified = self.verify_uncached(token, source)?;
         if let Ok(mut cache) = self.cache.lock() {
@@ -302,7 +302,7 @@ impl Issuers {
         let good_until = number("exp").unwrap_or(0).saturating_add(leeway);
         let good_from = number("nbf").unwrap_or(0).saturating_sub(leeway);
         Ok(Cached {
-            principal: principal(issuer, &data.claims),
+            principal: Arc::new(principal(issuer, &data.claims)),
             issuer: index,
             generation,
             good_from,

@@ -121,7 +121,7 @@ impl Identity {
         &self,
         headers: &HeaderMap,
         query: Option<&str>,
-    ) -> Result<Option<Principal>, Rejection> {
+    ) -> Result<Option<Arc<Principal>>, Rejection> {
         if !self.issuers.is_empty()
             && let Some((token, source)) = self
                 .issuers
@@ -142,7 +142,7 @@ impl Identity {
 
     /// Verifies a token handed over directly (`explain --token`), as if it had come in a
     /// request.
-    pub fn verify_token(&self, token: &str) -> Result<Principal, Rejection> {
+    pub fn verify_token(&self, token: &str) -> Result<Arc<Principal>, Rejection> {
         if self.issuers.is_empty() {
             return Err(Rejection::Token(
                 Reason::TokenInvalid {
@@ -182,7 +182,7 @@ impl Identity {
         &self,
         headers: &HeaderMap,
         query: Option<&str>,
-    ) -> Result<Option<Principal>, Rejection> {
+    ) -> Result<Option<Arc<Principal>>, Rejection> {
         let identified = self.authenticate(headers, query);
         let Some(issuer) = identified.as_ref().err().and_then(Rejection::stale_keys) else {
             return identified;

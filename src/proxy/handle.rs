@@ -209,7 +209,7 @@ async fn pipeline(
     {
         return Err(fail(ProxyError::BadRequest(rejection.to_string())));
     }
-    let principal = identified.as_ref().ok().and_then(Option::as_ref);
+    let principal = identified.as_ref().ok().and_then(Option::as_deref);
     let (decision, took) = match &identified {
         Ok(_) => decide(
             proxy,
@@ -257,7 +257,7 @@ async fn pipeline(
     let principal = identified.ok().flatten();
     proxy
         .identity
-        .forward_headers(&mut parts.headers, principal.as_ref());
+        .forward_headers(&mut parts.headers, principal.as_deref());
     parts.headers.insert(X_REQUEST_ID, request_id.clone());
     let upstream = &proxy.upstreams[route.upstream];
     let mut response = upstream

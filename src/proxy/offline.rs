@@ -220,7 +220,7 @@ pub fn decide(
     };
     let path = route.decision_path(path);
     let verified = match caller {
-        Caller::Simulated(principal) => Ok(Some(principal.clone())),
+        Caller::Simulated(principal) => Ok(Some(std::sync::Arc::new(principal.clone()))),
         Caller::Token(token) => identity.verify_token(token).map(Some),
         Caller::FromRequest => identity.authenticate(&parts.headers, parts.uri.query()),
     };
@@ -251,7 +251,7 @@ pub fn decide(
         path: &path,
         client_ip,
         headers: &header_pairs,
-        principal: principal.as_ref(),
+        principal: principal.as_deref(),
     };
     let decision = config.policy.evaluate(&facts);
     Offline {
