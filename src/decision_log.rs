@@ -271,3 +271,18 @@ fn timestamp() -> String {
     let seconds = crate::reload::rfc3339(now);
     format!("{}.{millis:03}Z", seconds.trim_end_matches('Z'))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn allows_are_sampled_at_the_share_asked() {
+        let logged = |share: f64| (0..10_000).filter(|_| sampled(share)).count();
+        assert_eq!(logged(0.0), 0);
+        assert_eq!(logged(1.0), 10_000);
+        // 10,000 draws at one in ten: 1,000 expected, with a standard deviation of 30.
+        let tenth = logged(0.1);
+        assert!((700..1_300).contains(&tenth), "{tenth}");
+    }
+}
