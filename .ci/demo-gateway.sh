@@ -1,7 +1,17 @@
 # Sourced by the CI checks that need the demo running: starts the shipped demo config on
 # free loopback ports from a copy in "$work" (which the caller creates and removes), logging
 # JSON to "$work/log", and sets pid, addr (the client listener) and admin.
-# The caller kills "$pid" when done.
+# The caller calls stop_demo_gateway when done (from its EXIT trap).
+pid=""
+
+# Stops the gateway, if one was started; never fails, so an EXIT trap goes on.
+stop_demo_gateway() {
+    if [ -n "$pid" ]; then
+        kill "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    fi
+}
+
 start_demo_gateway() {
     cargo build --quiet --locked
     cp -r config/policies "$work/policies"

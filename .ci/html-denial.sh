@@ -14,18 +14,13 @@ if ! command -v chromium >/dev/null; then
     DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq chromium >/dev/null
 fi
 
+. .ci/demo-gateway.sh
 work=$(mktemp -d)
-pid=""
 cleanup() {
-    if [ -n "$pid" ]; then
-        kill "$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
-    fi
+    stop_demo_gateway
     rm -rf "$work"
 }
 trap cleanup EXIT
-
-. .ci/demo-gateway.sh
 start_demo_gateway
 
 url="http://$addr/admin/users"

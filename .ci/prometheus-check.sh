@@ -9,8 +9,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-work_rules=$(mktemp --suffix=.yaml)
-trap 'rm -f "$work_rules"' EXIT
+. .ci/demo-gateway.sh
+work=$(mktemp -d)
+cleanup() {
+    stop_demo_gateway
+    rm -rf "$work"
+}
+trap cleanup EXIT
 
 if ! command -v promtool >/dev/null; then
     sudo_cmd=""
@@ -24,7 +29,7 @@ promtool test rules deploy/prometheus/alerts.test.yaml
 
 # The dashboard's queries parse: each becomes a recording rule for promtool to check, with
 # Grafana's variables given values.
-python3 - deploy/grafana/portcullis.json >"$work_rules" <<'PY'
+python3 - deploy/grafana/portcullis.json >"$work/dashboard-rules.yaml" <<'PY'
 import json, sys
 dashboard = json.load(open(sys.argv[1]))
 exprs = [target["expr"] for panel in dashboard["panels"] for target in panel.get("targets", [])]
@@ -34,20 +39,8 @@ for index, expr in enumerate(exprs):
     expr = expr.replace("$__rate_interval", "5m").replace("$__range", "1h").replace("$instance", ".*")
     print(f"      - record: dashboard:query_{index}\n        expr: {json.dumps(expr)}")
 PY
-promtool check rules "$work_rules"
+promtool check rules "$work/dashboard-rules.yaml"
 
-work=$(mktemp -d)
-pid=""
-cleanup() {
-    if [ -n "$pid" ]; then
-        kill "$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
-    fi
-    rm -rf "$work" "$work_rules"
-}
-trap cleanup EXIT
-
-. .ci/demo-gateway.sh
 start_demo_gateway
 
 # Traffic of every kind the demo makes: allowed, denied (403 and 401), refused (400:

@@ -95,39 +95,7 @@ pub enum Command {
         json: bool,
     },
     /// Mint a signed token (for trying policies: the demo's key is in config/keys).
-    Token {
-        /// The PEM private key to sign with (Ed25519 for EdDSA, P-256 for ES256, RSA for
-        /// RS256), or for HS256/384/512 the secret file, read as `secret: { file }` reads it.
-        #[arg(long)]
-        key: PathBuf,
-        /// The signing algorithm.
-        #[arg(long, default_value = "EdDSA")]
-        algorithm: String,
-        /// The key id (`kid`) the verifier's key set knows the key by.
-        #[arg(long)]
-        kid: Option<String>,
-        /// `iss`.
-        #[arg(long)]
-        issuer: String,
-        /// `aud`.
-        #[arg(long)]
-        audience: String,
-        /// `sub`.
-        #[arg(long, default_value = "demo-user")]
-        sub: String,
-        /// A role (repeat for several).
-        #[arg(long = "role")]
-        roles: Vec<String>,
-        /// A scope (repeat for several).
-        #[arg(long = "scope")]
-        scopes: Vec<String>,
-        /// Another claim, `name=value` (repeat for several).
-        #[arg(long = "claim", value_name = "NAME=VALUE")]
-        claims: Vec<String>,
-        /// How long the token is valid, e.g. 1h.
-        #[arg(long, default_value = "1h")]
-        ttl: String,
-    },
+    Token(TokenArgs),
     /// Print the JSON Schema of a kind of file, for editors and schema checkers.
     Schema {
         /// Which file.
@@ -234,30 +202,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Token {
-            key,
-            algorithm,
-            kid,
-            issuer,
-            audience,
-            sub,
-            roles,
-            scopes,
-            claims,
-            ttl,
-        } => {
-            let minted = mint(&TokenRequest {
-                key: &key,
-                algorithm: &algorithm,
-                kid,
-                issuer,
-                audience,
-                sub,
-                roles,
-                scopes,
-                claims: &claims,
-                ttl: &ttl,
-            });
+        Command::Token(request) => {
+            let minted = mint(&request);
             match minted {
                 Ok(token) => {
                     out_line!("{token}");
@@ -304,39 +250,53 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 /// What `portcullis token` signs.
-struct TokenRequest<'a> {
-    key: &'a std::path::Path,
-    algorithm: &'a str,
+#[derive(Debug, clap::Args)]
+pub struct TokenArgs {
+    /// The PEM private key to sign with (Ed25519 for EdDSA, P-256 for ES256, RSA for
+    /// RS256), or for HS256/384/512 the secret file, read as `secret: { file }` reads it.
+    #[arg(long)]
+    key: PathBuf,
+    /// The signing algorithm.
+    #[arg(long, default_value = "EdDSA")]
+    algorithm: String,
+    /// The key id (`kid`) the verifier's key set knows the key by.
+    #[arg(long)]
     kid: Option<String>,
+    /// `iss`.
+    #[arg(long)]
     issuer: String,
+    /// `aud`.
+    #[arg(long)]
     audience: String,
+    /// `sub`.
+    #[arg(long, default_value = "demo-user")]
     sub: String,
+    /// A role (repeat for several).
+    #[arg(long = "role")]
     roles: Vec<String>,
+    /// A scope (repeat for several).
+    #[arg(long = "scope")]
     scopes: Vec<String>,
-    claims: &'a [String],
-    ttl: &'a str,
+    /// Another claim, `name=value` (repeat for several).
+    #[arg(long = "claim", value_name = "NAME=VALUE")]
+    claims: Vec<String>,
+    /// How long the token is valid, e.g. 1h.
+    #[arg(long, default_value = "1h")]
+    ttl: String,
 }
 
 /// Signs a token for trying policies.
-fn mint(request: &TokenRequest<'_>) -> Result<String, String> {
+fn mint(request: &TokenArgs) -> Result<String, String> {
     use jsonwebtoken::{Algorithm, EncodingKey, Header};
     let algorithm: Algorithm = request
         .algorithm
         .parse()
         .map_err(|_| format!("\"{}\" is not an algorithm", request.algorithm))?;
-    let pem = std::fs::read(request.key)
+    let pem = std::fs::read(&request.key)
         .map_err(|err| format!("cannot read {}: {err}", request.key.display()))?;
     let key = match algorithm {
         Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512 => {
-            // As the gateway reads a secret file: trailing line breaks are not the secret.
-            let mut secret = pem.clone();
-            while secret
-                .last()
-                .is_some_and(|byte| matches!(byte, b'\n' | b'\r'))
-            {
-                secret.pop();
-            }
-            EncodingKey::from_secret(&secret)
+            EncodingKey::from_secret(&config::secret_bytes(pem.clone()))
         }
         Algorithm::EdDSA => EncodingKey::from_ed_pem(&pem),
         Algorithm::ES256 | Algorithm::ES384 => EncodingKey::from_ec_pem(&pem),
@@ -349,7 +309,7 @@ fn mint(request: &TokenRequest<'_>) -> Result<String, String> {
             request.algorithm
         )
     })?;
-    let ttl = config::parse_duration(request.ttl)?;
+    let ttl = config::parse_duration(&request.ttl)?;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |since| since.as_secs());
@@ -366,7 +326,7 @@ fn mint(request: &TokenRequest<'_>) -> Result<String, String> {
     if !request.scopes.is_empty() {
         claims["scope"] = request.scopes.join(" ").into();
     }
-    for claim in request.claims {
+    for claim in &request.claims {
         let (name, value) = claim
             .split_once('=')
             .ok_or_else(|| format!("--claim \"{claim}\" must be name=value"))?;

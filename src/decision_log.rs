@@ -18,7 +18,7 @@ use crate::policy::{Decision, Effect, Principal};
 /// What a decision-log line says of a decided request.
 pub struct Decided<'a> {
     /// The request id (also in the response and sent upstream).
-    pub request_id: &'a str,
+    pub request_id: &'a http::HeaderValue,
     /// The route it took.
     pub route: &'a str,
     /// Its method.
@@ -102,6 +102,7 @@ impl DecisionLog {
         {
             return;
         }
+        let request_id = request.request_id.to_str().unwrap_or("");
         let audit: Vec<String> = decision
             .audit_matches()
             .map(|step| format!("{}:would_{}", step.rule, step.effect.as_str()))
@@ -115,7 +116,7 @@ impl DecisionLog {
                 tracing::info!(
                     target: "portcullis::decision",
                     decision = decision.effect.as_str(),
-                    request.id = request.request_id,
+                    request.id = request_id,
                     route.id = request.route,
                     http.method = request.method,
                     url.path = request.path,
@@ -132,7 +133,7 @@ impl DecisionLog {
                         tracing::debug!(
                             target: "portcullis::decision",
                             outcome = %step.outcome,
-                            request.id = request.request_id,
+                            request.id = request_id,
                             rule.id = %step.rule,
                             rule.effect = step.effect.as_str(),
                             rule.mode = step.mode.as_str(),
@@ -155,7 +156,7 @@ impl DecisionLog {
                     &serde_json::json!({
                         "timestamp": timestamp(),
                         "decision": decision.effect.as_str(),
-                        "request.id": request.request_id,
+                        "request.id": request_id,
                         "route.id": request.route,
                         "http.method": request.method,
                         "url.path": request.path,

@@ -359,47 +359,6 @@ impl Reloader {
         status.clone()
     }
 
-    /// The directories whose changes trigger a reload: the config file's, and each
-    /// policy file's and `policy.files` pattern's.
-    fn watched(&self) -> BTreeSet<PathBuf> {
-        let proxy = self.live.load();
-        let config = proxy.config();
-        // `-c portcullis.yaml` has the parent "", which names no directory.
-        let dir_of = |file: &Path| match file.parent() {
-            Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
-        let base = dir_of(&config.file);
-        let mut dirs = BTreeSet::new();
-        dirs.insert(base.clone());
-        for file in config
-            .policy_summary
-            .files
-            .iter()
-            .chain(&config.policy_summary.list_files)
-        {
-            dirs.insert(dir_of(file));
-        }
-        for pattern in &config.policy_patterns {
-            let literal: PathBuf = Path::new(pattern)
-                .components()
-                .take_while(|part| !part.as_os_str().to_string_lossy().contains(['*', '?', '[']))
-                .collect();
-            let dir = base.join(literal);
-            // A pattern naming a file: its directory.
-            if dir.is_dir() {
-                dirs.insert(dir);
-            } else if let Some(parent) = dir.parent() {
-                dirs.insert(parent.to_path_buf());
-            }
-        }
-        // Watched as resolved, so that events name files as `Relevant` does.
-        dirs.into_iter()
-            .filter(|dir| dir.is_dir())
-            .map(|dir| std::fs::canonicalize(&dir).unwrap_or(dir))
-            .collect()
-    }
-
     /// Stops the tasks keeping key sets fresh (at shutdown), for good.
     pub fn stop(&self) {
         let mut refreshing = self
@@ -490,9 +449,9 @@ pub fn watch(
     // Only changes to what the config reads count. The filter runs for every event in a
     // watched directory, including each line a log beside the config gets, so it is a
     // lookup, with no system call.
-    let relevant = Arc::new(std::sync::RwLock::new(Relevant::of(
-        reloader.live.load().config(),
-    )));
+    let first = Relevant::of(reloader.live.load().config());
+    let mut watching = BTreeSet::new();
+    let relevant = Arc::new(std::sync::RwLock::new(first.clone()));
     let wanted = Arc::clone(&relevant);
     let mut watcher = notify::recommended_watcher(move |result: notify::Result<Event>| {
         let changed = match result {
@@ -513,8 +472,7 @@ pub fn watch(
         }
     })
     .map_err(|err| format!("cannot watch files: {err}"))?;
-    let mut watching = BTreeSet::new();
-    follow(&mut watcher, &mut watching, reloader.watched());
+    follow(&mut watcher, &mut watching, first.dirs());
     tracing::info!(
         dirs = ?watching.iter().map(|dir| dir.display().to_string()).collect::<Vec<_>>(),
         "watching for changes"
@@ -525,8 +483,8 @@ pub fn watch(
             tokio::time::sleep(DEBOUNCE).await;
             while triggered.try_recv().is_ok() {}
             let _ = reloader.reload("file change").await;
-            follow(&mut watcher, &mut watching, reloader.watched());
             let now = Relevant::of(reloader.live.load().config());
+            follow(&mut watcher, &mut watching, now.dirs());
             match relevant.write() {
                 Ok(mut relevant) => *relevant = now,
                 Err(poisoned) => *poisoned.into_inner() = now,
@@ -563,6 +521,18 @@ impl Relevant {
             })
             .collect();
         Relevant { files, patterns }
+    }
+
+    /// The directories to watch: those of the files and of the patterns, as resolved
+    /// (so that events name files as `files` does).
+    fn dirs(&self) -> BTreeSet<PathBuf> {
+        self.files
+            .iter()
+            .filter_map(|file| file.parent())
+            .chain(self.patterns.iter().map(|(dir, _)| dir.as_path()))
+            .filter(|dir| dir.is_dir())
+            .map(Path::to_path_buf)
+            .collect()
     }
 
     /// Whether an event's path (a watched directory, resolved, joined with a name) is one.

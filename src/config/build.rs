@@ -491,8 +491,21 @@ fn hmac_key_bytes(algorithm: jsonwebtoken::Algorithm) -> Option<usize> {
     }
 }
 
+/// A shared secret as read from a file or the environment: without its trailing line
+/// breaks, which a secret written with `echo` or kept in a Kubernetes Secret often ends in
+/// and its issuer never signed with.
+pub fn secret_bytes(mut bytes: Vec<u8>) -> Vec<u8> {
+    while bytes
+        .last()
+        .is_some_and(|byte| matches!(byte, b'\n' | b'\r'))
+    {
+        bytes.pop();
+    }
+    bytes
+}
+
 fn read_secret(raw: &RawSecret, base_dir: &Path, least: usize) -> Result<Secret, String> {
-    let mut bytes = match (&raw.file, &raw.env) {
+    let bytes = match (&raw.file, &raw.env) {
         (Some(file), None) => {
             let path = base_dir.join(file);
             std::fs::read(&path)
@@ -503,14 +516,7 @@ fn read_secret(raw: &RawSecret, base_dir: &Path, least: usize) -> Result<Secret,
             .into_encoded_bytes(),
         _ => return Err("write one of { file: PATH } or { env: NAME }".to_owned()),
     };
-    // A secret written with `echo` or kept in a Kubernetes Secret often ends in a line
-    // break that its issuer never signed with.
-    while bytes
-        .last()
-        .is_some_and(|byte| matches!(byte, b'\n' | b'\r'))
-    {
-        bytes.pop();
-    }
+    let bytes = secret_bytes(bytes);
     if bytes.len() < least {
         return Err(format!(
             "the secret is {} bytes; the algorithms listed need at least {least} (RFC 7518 §3.2)",

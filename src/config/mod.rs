@@ -21,6 +21,7 @@ mod raw;
 mod source;
 mod units;
 
+pub use build::secret_bytes;
 pub use error::{ConfigError, ConfigErrors};
 pub use model::{
     AdminSettings, ApiKeyEntry, ApiKeySettings, Config, DecisionSink, DenialSettings, Detail,

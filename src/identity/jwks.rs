@@ -217,16 +217,22 @@ impl IssuerKeys {
     /// Fetches the key set now, unless a fetch ended less than `min_refresh` ago (a
     /// caller arriving while one is in flight waits for it, then finds it recent).
     ///
-    /// The fetch runs as a task of its own: a caller that goes away (a request whose
-    /// client hung up) does not cancel it, so it cannot undo the rate limit.
-    pub async fn refresh(self: &Arc<Self>) {
-        if self.remote.is_none() {
-            return;
-        }
+    /// The fetch starts at once, as a task of its own: a caller that goes away (a request
+    /// whose client hung up) does not cancel it, so it cannot undo the rate limit. The
+    /// returned future waits for it.
+    pub fn refresh(self: &Arc<Self>) -> impl Future<Output = ()> + Send + 'static {
         let keys = Arc::clone(self);
-        // The task cannot panic short of a bug; either way the request goes on with the
-        // keys there are.
-        let _ = tokio::spawn(async move { keys.refresh_now().await }).await;
+        let task = self
+            .remote
+            .is_some()
+            .then(|| tokio::spawn(async move { keys.refresh_now().await }));
+        async move {
+            if let Some(task) = task {
+                // The task cannot panic short of a bug; either way the caller goes on
+                // with the keys there are.
+                let _ = task.await;
+            }
+        }
     }
 
     async fn refresh_now(&self) {

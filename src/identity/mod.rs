@@ -158,15 +158,15 @@ impl Identity {
     /// a fetch that fails is logged and counted, and its issuer's tokens are refused until
     /// one succeeds.
     pub async fn load_keys(&self) {
-        let mut fetches = tokio::task::JoinSet::new();
-        for keys in self
+        // Every fetch starts before the first is waited for.
+        let fetches: Vec<_> = self
             .remote_key_sets()
             .filter(|keys| keys.current().is_none())
-        {
-            let keys = Arc::clone(keys);
-            fetches.spawn(async move { keys.refresh().await });
+            .map(IssuerKeys::refresh)
+            .collect();
+        for fetch in fetches {
+            fetch.await;
         }
-        while fetches.join_next().await.is_some() {}
     }
 
     /// The issuers whose keys come from a `jwks_url`, to keep fresh.

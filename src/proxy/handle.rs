@@ -225,7 +225,7 @@ async fn pipeline(
         ),
     };
     let decided = Decided {
-        request_id: request_id.to_str().unwrap_or(""),
+        request_id,
         route: &route.id.0,
         method: parts.method.as_str(),
         path: &path,

@@ -132,11 +132,6 @@ impl Proxy {
         &self.config
     }
 
-    /// The metrics it records into.
-    pub fn metrics(&self) -> &Arc<Metrics> {
-        &self.metrics
-    }
-
     /// Whether forwarding headers from this socket peer are believed.
     fn is_trusted(&self, peer: IpAddr) -> bool {
         let peer = peer.to_canonical();

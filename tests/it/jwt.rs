@@ -129,28 +129,18 @@ async fn tokens_from_trusted_keys_identify_callers() {
             send(&gw, "/tenants/acme/orders/7", ("authorization", bearer)).await;
         assert_eq!(status, StatusCode::OK, "{algorithm:?}: {body}");
     }
-    // The scheme is case-insensitive.
-    let lower = format!(
-        "bearer {}",
-        token(
-            &keys,
-            Algorithm::ES256,
-            "ec-1",
-            claims(serde_json::json!({}))
-        )
+    let valid = token(
+        &keys,
+        Algorithm::ES256,
+        "ec-1",
+        claims(serde_json::json!({})),
     );
+    // The scheme is case-insensitive.
+    let lower = format!("bearer {valid}");
     let (status, _, _) = send(&gw, "/tenants/acme/orders/7", ("authorization", lower)).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(up.seen()[0].one("x-auth-subject"), Some("alice"));
-    let cookie = format!(
-        "theme=dark; session={}",
-        token(
-            &keys,
-            Algorithm::ES256,
-            "ec-1",
-            claims(serde_json::json!({}))
-        )
-    );
+    let cookie = format!("theme=dark; session={valid}");
     let (status, _, _) = send(&gw, "/tenants/acme/orders/7", ("cookie", cookie)).await;
     assert_eq!(status, StatusCode::OK);
     let (status, headers, _) = send(
