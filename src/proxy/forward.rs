@@ -11,8 +11,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::uri::Uri;
-use http::{Request, Response, Version};
+use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -20,7 +19,7 @@ use prometheus::{Histogram, IntCounter};
 
 use super::ProxyBody;
 use super::echo;
-use super::pool::{Pool, SendError};
+use super::pool::{Exchanged, Pool, SendError, Switched};
 use super::respond::ProxyError;
 use crate::config::{Target, UpstreamName, UpstreamSettings};
 use crate::telemetry::{Metrics, UpstreamErrorKind};
@@ -49,9 +48,15 @@ struct TargetState {
     down_until: AtomicU64,
 }
 
+/// What the upstream answered, and its connection when it switched protocols.
+pub struct Forwarded {
+    pub response: Response<ProxyBody>,
+    pub switched: Option<Switched>,
+}
+
 /// The outcome of one attempt on one target.
 enum Attempt {
-    Answered(Response<ProxyBody>),
+    Answered(Forwarded),
     /// Nothing reached the target: the request is handed back to try another.
     ConnectFailed(std::io::Error, Box<Request<RequestBody>>),
     Failed(ProxyError),
@@ -107,7 +112,7 @@ impl Upstream {
         parts: http::request::Parts,
         body: Incoming,
         body_limit: Option<u64>,
-    ) -> Result<Response<ProxyBody>, ProxyError> {
+    ) -> Result<Forwarded, ProxyError> {
         let Some(first) = self.pick(None) else {
             return Err(self.unreachable("the upstream has no targets".into()));
         };
@@ -132,7 +137,7 @@ impl Upstream {
         }
     }
 
-    async fn attempt(&self, index: usize, mut request: Request<RequestBody>) -> Attempt {
+    async fn attempt(&self, index: usize, request: Request<RequestBody>) -> Attempt {
         let target = &self.targets[index];
         let progress = request.body().progress.clone();
         let Some(pool) = &target.pool else {
@@ -140,55 +145,33 @@ impl Upstream {
                 .answered_in_time(&progress, echo::respond(request))
                 .await
             {
-                Some(Ok(response)) => Attempt::Answered(response),
+                Some(Ok(response)) => Attempt::Answered(Forwarded {
+                    response,
+                    switched: None,
+                }),
                 Some(Err(err)) => Attempt::Failed(err),
                 None => Attempt::Failed(self.timed_out()),
             };
         };
-        // hyper's HTTP/1 client writes the origin form; Host is already set.
-        // A target that was only a fragment (`http://host#x`) leaves an empty origin form
-        // that still reads as `/`; writing the root explicitly sends what was routed on.
-        let origin_form = match request.uri().path_and_query() {
-            Some(origin) if !(origin.path() == "/" && origin.query().is_none()) => origin.clone(),
-            _ => http::uri::PathAndQuery::from_static("/"),
-        };
-        let mut uri = http::uri::Parts::default();
-        uri.path_and_query = Some(origin_form);
-        *request.uri_mut() = match Uri::from_parts(uri) {
-            Ok(uri) => uri,
-            Err(err) => {
-                return Attempt::Failed(ProxyError::BadRequest(format!(
-                    "the request target cannot be forwarded ({err})"
-                )));
-            }
-        };
-        *request.version_mut() = Version::HTTP_11;
-        // hyper assumes a GET or HEAD without a length has no body and would drop one sent
-        // chunked; say explicitly that it is chunked so it is forwarded, not lost.
-        let body = request.body();
-        if !body.is_end_stream() && body.size_hint().exact().is_none() {
-            request.headers_mut().insert(
-                header::TRANSFER_ENCODING,
-                HeaderValue::from_static("chunked"),
-            );
-        }
-
         let started = Instant::now();
         match self.answered_in_time(&progress, pool.send(request)).await {
-            Some(Ok(response)) => {
+            Some(Ok(Exchanged { response, switched })) => {
                 self.duration.observe(started.elapsed().as_secs_f64());
-                Attempt::Answered(response.map(|body| body.map_err(BoxError::from).boxed_unsync()))
+                Attempt::Answered(Forwarded {
+                    response: response.map(BodyExt::boxed_unsync),
+                    switched,
+                })
             }
             Some(Err(SendError::Connect(error, request))) => {
                 self.connect_errors.inc();
                 Attempt::ConnectFailed(error, request)
             }
             Some(Err(SendError::Failed(err))) => {
-                if let Some(limit) = body_too_large(&err) {
+                if let Some(limit) = body_too_large(err.as_ref()) {
                     return Attempt::Failed(ProxyError::BodyTooLarge { limit });
                 }
                 self.protocol_errors.inc();
-                Attempt::Failed(self.unreachable(err.into()))
+                Attempt::Failed(self.unreachable(err))
             }
             None => Attempt::Failed(self.timed_out()),
         }

@@ -15,9 +15,11 @@ use http_body::Body as _;
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
+use tokio::io::AsyncWriteExt as _;
 
 use super::forward::{self, ClientFacts};
 use super::listener::{self, Activity, ConnMeta, ConnectionGuard};
+use super::pool::Switched;
 use super::respond::{self, ProxyError};
 use super::{Proxy, ProxyBody, normalize};
 use crate::config::RouteId;
@@ -260,22 +262,24 @@ async fn pipeline(
         .forward_headers(&mut parts.headers, principal.as_deref());
     parts.headers.insert(X_REQUEST_ID, request_id.clone());
     let upstream = &proxy.upstreams[route.upstream];
-    let mut response = upstream
+    let forward::Forwarded {
+        mut response,
+        switched,
+    } = upstream
         .send(parts, body, limits.max_body_size)
         .await
         .map_err(fail)?;
 
     let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
-    match client_upgrade {
+    match (client_upgrade, switched) {
         // SECURITY: bytes the client sent before the switch was agreed would go into the
         // tunnel without ever being read as HTTP; refuse the switch and close.
-        Some(_) if switching && !conn.activity.may_switch_protocols() => {
+        (Some(_), _) if switching && !conn.activity.may_switch_protocols() => {
             return Err(fail(ProxyError::BadRequest(
                 "the client sent data before the protocol switch was answered".into(),
             )));
         }
-        Some(client_upgrade) if switching => {
-            let upstream_upgrade = hyper::upgrade::on(&mut response);
+        (Some(client_upgrade), Some(upstream_upgrade)) if switching => {
             tokio::spawn(tunnel(
                 client_upgrade,
                 upstream_upgrade,
@@ -396,13 +400,13 @@ fn requested_upgrade(request: &Request<Incoming>) -> Option<HeaderValue> {
 /// tunnel keeps the client connection's slot (`guard`) and closes when idle.
 async fn tunnel(
     client: OnUpgrade,
-    upstream: OnUpgrade,
+    upstream: Switched,
     _guard: Arc<ConnectionGuard>,
     activity: Arc<Activity>,
     idle_timeout: Duration,
 ) {
-    let (client, upstream) = match tokio::try_join!(client, upstream) {
-        Ok(both) => both,
+    let client = match client.await {
+        Ok(client) => client,
         Err(err) => {
             tracing::debug!(error = %err, "protocol switch failed");
             return;
@@ -410,9 +414,17 @@ async fn tunnel(
     };
     activity.tunnel_started();
     let mut client = TokioIo::new(client);
-    let mut upstream = TokioIo::new(upstream);
+    let Switched {
+        stream: mut upstream,
+        early,
+    } = upstream;
+    let copy = async {
+        // What the upstream sent right after its 101 is the first of the new protocol.
+        client.write_all(&early).await?;
+        tokio::io::copy_bidirectional(&mut client, &mut upstream).await
+    };
     tokio::select! {
-        copied = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {
+        copied = copy => {
             if let Err(err) = copied {
                 tracing::debug!(error = %err, "tunnel closed with an error");
             }

@@ -6,6 +6,7 @@ mod echo;
 mod forward;
 mod framing;
 mod handle;
+mod http1;
 pub mod listener;
 mod normalize;
 pub mod offline;

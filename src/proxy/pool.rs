@@ -1,34 +1,58 @@
-//! Keep-alive connections to one upstream target, on hyper's HTTP/1 client.
+//! Keep-alive HTTP/1.1 connections to one upstream target.
 //!
 //! A connection is taken from the idle stack (most recently used first, so warm
 //! connections stay warm) or opened, carries one request, and goes back on the stack
-//! once its response body has been read to the end. A connection whose response was
-//! abandoned half-read is dropped, never reused.
+//! once its response has been read to its end with nothing after it. A response cut
+//! short, a body abandoned half-read, `Connection: close`, a body that ends with the
+//! connection, or a request body the upstream stopped reading all close the connection
+//! instead: it is reused only when we know exactly where the last response ended.
+//!
+//! The request's own task does the I/O, so a request costs no hand-over to a
+//! connection task and back; `http1.rs` has the wire format.
 
+use std::future::Future as _;
+use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http::{Request, Response};
+use bytes::{Buf, Bytes, BytesMut};
+use http::{Request, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
-use hyper::client::conn::http1;
-use hyper_util::rt::TokioIo;
+use http_body_util::BodyExt;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::forward::RequestBody;
+use super::forward::{BoxError, RequestBody};
+use super::http1::{self, Decoded, Framing, Malformed, Parsed, RequestFraming, ResponseHead};
 
 /// How many idle connections a target keeps.
 const MAX_IDLE: usize = 512;
+/// The largest response head accepted.
+const MAX_HEAD: usize = 64 * 1024;
+/// How much room each read asks for.
+const READ_SIZE: usize = 16 * 1024;
 
 /// Why a request did not get a response.
 pub enum SendError {
     /// No connection could be made; the request was not sent and is handed back.
-    Connect(std::io::Error, Box<Request<RequestBody>>),
+    Connect(io::Error, Box<Request<RequestBody>>),
     /// The request was (at least partly) sent, or the connection broke.
-    Failed(hyper::Error),
+    Failed(BoxError),
+}
+
+/// A response from the upstream, and the connection itself when it switched protocols.
+pub struct Exchanged {
+    pub response: Response<UpstreamBody>,
+    pub switched: Option<Switched>,
+}
+
+/// An upstream connection after a `101 Switching Protocols`, for the tunnel.
+pub struct Switched {
+    pub stream: TcpStream,
+    /// Bytes the upstream sent after the 101, already read.
+    pub early: Bytes,
 }
 
 /// The connections to one target.
@@ -43,8 +67,39 @@ pub struct Pool {
 }
 
 struct Idle {
-    sender: http1::SendRequest<RequestBody>,
+    connection: Connection,
     since: Instant,
+}
+
+/// One open connection and what has been read from it but not yet used.
+pub struct Connection {
+    stream: TcpStream,
+    read: BytesMut,
+}
+
+/// How an exchange on one connection failed.
+#[derive(Debug, thiserror::Error)]
+enum ExchangeError {
+    /// The connection closed before a byte of the response arrived.
+    #[error("the upstream closed the connection without answering")]
+    Closed,
+    #[error("the upstream connection failed: {0}")]
+    Io(#[from] io::Error),
+    #[error(transparent)]
+    Malformed(#[from] Malformed),
+    /// Reading the client's body failed (it broke off, or passed the body limit).
+    #[error(transparent)]
+    Body(BoxError),
+}
+
+impl From<ExchangeError> for SendError {
+    fn from(err: ExchangeError) -> SendError {
+        match err {
+            // Passed on as it is, so the caller can tell the body limit from the rest.
+            ExchangeError::Body(err) => SendError::Failed(err),
+            err => SendError::Failed(err.into()),
+        }
+    }
 }
 
 impl Pool {
@@ -62,82 +117,126 @@ impl Pool {
         })
     }
 
-    /// Sends `request` on an idle connection, or a new one. A request that an idle
-    /// connection could not take (it had just closed) is sent once more on a new one.
+    /// Sends `request` on an idle connection, or a new one. When an idle connection turns
+    /// out to have been closed by the upstream before it answered, a request without a
+    /// body whose method is idempotent is sent once more on a new connection.
     pub async fn send(
         self: &Arc<Pool>,
-        mut request: Request<RequestBody>,
-    ) -> Result<Response<PooledBody>, SendError> {
-        if let Some(mut sender) = self.take_idle() {
-            match sender.try_send_request(request).await {
-                Ok(response) => return Ok(self.hand_out(sender, response)),
-                Err(mut err) => match err.take_message() {
-                    Some(unsent) => request = unsent,
-                    None => return Err(SendError::Failed(err.into_error())),
-                },
+        request: Request<RequestBody>,
+    ) -> Result<Exchanged, SendError> {
+        let (parts, mut body) = request.into_parts();
+        let framing = if body.is_end_stream() {
+            RequestFraming::Empty
+        } else {
+            match body.size_hint().exact() {
+                Some(length) => RequestFraming::Length(length),
+                None => RequestFraming::Chunked,
+            }
+        };
+        let mut head = Vec::with_capacity(256 + 48 * parts.headers.len());
+        http1::write_request_head(&mut head, &parts, framing);
+        let exchange = Exchange {
+            head: &head,
+            framing,
+            head_request: parts.method == http::Method::HEAD,
+            upgrade: parts.headers.contains_key(http::header::UPGRADE),
+        };
+        if let Some(connection) = self.take_idle() {
+            match exchange.run(connection, &mut body).await {
+                Ok((head, connection)) => {
+                    return Ok(self.hand_out(head, connection, exchange.upgrade));
+                }
+                Err(ExchangeError::Closed)
+                    if framing == RequestFraming::Empty && parts.method.is_idempotent() =>
+                {
+                    tracing::debug!(target = %self.authority, "idle upstream connection was closed; sending on a new one");
+                }
+                Err(err) => return Err(err.into()),
             }
         }
-        let mut sender = match self.connect().await {
-            Ok(sender) => sender,
-            Err(err) => return Err(SendError::Connect(err, Box::new(request))),
+        let connection = match self.connect().await {
+            Ok(connection) => connection,
+            Err(err) => {
+                return Err(SendError::Connect(
+                    err,
+                    Box::new(Request::from_parts(parts, body)),
+                ));
+            }
         };
-        match sender.send_request(request).await {
-            Ok(response) => Ok(self.hand_out(sender, response)),
-            Err(err) => Err(SendError::Failed(err)),
+        match exchange.run(connection, &mut body).await {
+            Ok((head, connection)) => Ok(self.hand_out(head, connection, exchange.upgrade)),
+            Err(err) => Err(err.into()),
         }
     }
 
-    /// The most recently used idle connection that is still open and ready.
-    fn take_idle(&self) -> Option<http1::SendRequest<RequestBody>> {
+    /// The most recently used idle connection that is still open.
+    fn take_idle(&self) -> Option<Connection> {
         let mut idle = self
             .idle
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        while let Some(Idle { sender, since }) = idle.pop() {
-            if sender.is_ready() && since.elapsed() < self.keepalive_timeout {
-                return Some(sender);
+        while let Some(Idle { connection, since }) = idle.pop() {
+            if since.elapsed() < self.keepalive_timeout && connection.is_quiet() {
+                return Some(connection);
             }
         }
         None
     }
 
-    async fn connect(&self) -> std::io::Result<http1::SendRequest<RequestBody>> {
+    async fn connect(&self) -> io::Result<Connection> {
         let stream = tokio::time::timeout(
             self.connect_timeout,
             TcpStream::connect(self.authority.as_str()),
         )
         .await
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
         stream.set_nodelay(true)?;
-        let (sender, connection) = http1::Builder::new()
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(std::io::Error::other)?;
-        tokio::spawn(async move {
-            if let Err(err) = connection.with_upgrades().await {
-                tracing::debug!(error = %err, "upstream connection ended with an error");
-            }
-        });
-        Ok(sender)
-    }
-
-    /// Wraps the response body so that the connection returns to the pool when the body
-    /// has been read to its end. A protocol switch keeps the connection for the tunnel.
-    fn hand_out(
-        self: &Arc<Pool>,
-        sender: http1::SendRequest<RequestBody>,
-        response: Response<Incoming>,
-    ) -> Response<PooledBody> {
-        let reusable = response.status() != http::StatusCode::SWITCHING_PROTOCOLS;
-        let pool = self.clone();
-        response.map(|inner| PooledBody {
-            inner,
-            finished: false,
-            sender: reusable.then_some((pool, sender)),
+        Ok(Connection {
+            stream,
+            read: BytesMut::with_capacity(READ_SIZE),
         })
     }
 
-    fn put(&self, sender: http1::SendRequest<RequestBody>) {
+    /// Puts the response together. A body already in the buffer is taken at once, so the
+    /// connection is back in the pool before the response leaves; a protocol switch
+    /// the client asked for hands the connection to the tunnel.
+    fn hand_out(
+        self: &Arc<Pool>,
+        head: ResponseHead,
+        connection: Connection,
+        upgrade: bool,
+    ) -> Exchanged {
+        let ResponseHead {
+            status,
+            headers,
+            framing,
+            keep_alive,
+        } = head;
+        let mut switched = None;
+        let mut body = UpstreamBody {
+            framing,
+            connection: None,
+            pool: keep_alive.then(|| self.clone()),
+            pending: None,
+            done: false,
+        };
+        if status == StatusCode::SWITCHING_PROTOCOLS && upgrade {
+            body.done = true;
+            switched = Some(Switched {
+                stream: connection.stream,
+                early: connection.read.freeze(),
+            });
+        } else {
+            body.connection = Some(connection);
+            body.settle();
+        }
+        let mut response = Response::new(body);
+        *response.status_mut() = status;
+        *response.headers_mut() = headers;
+        Exchanged { response, switched }
+    }
+
+    fn put(&self, connection: Connection) {
         let mut idle = self
             .idle
             .lock()
@@ -151,56 +250,297 @@ impl Pool {
         idle.drain(..expired);
         if idle.len() < MAX_IDLE {
             idle.push(Idle {
-                sender,
+                connection,
                 since: Instant::now(),
             });
         }
     }
 }
 
-/// An upstream response body that gives its connection back to the pool once finished.
-pub struct PooledBody {
-    inner: Incoming,
-    /// The body reported its end (chunked bodies do so only by ending).
-    finished: bool,
-    sender: Option<(Arc<Pool>, http1::SendRequest<RequestBody>)>,
+impl Connection {
+    /// Whether an idle connection has had nothing arrive: a close from the upstream, or
+    /// bytes nobody asked for, rule it out. Asks the runtime's readiness first, so that
+    /// the usual case costs no system call.
+    fn is_quiet(&self) -> bool {
+        let mut context = Context::from_waker(Waker::noop());
+        match self.stream.poll_read_ready(&mut context) {
+            Poll::Pending => true,
+            Poll::Ready(Err(_)) => false,
+            // Readiness can be left over from the last read; a read that would block
+            // settles it.
+            Poll::Ready(Ok(())) => matches!(
+                self.stream.try_read(&mut [0u8; 1]),
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock
+            ),
+        }
+    }
 }
 
-impl Body for PooledBody {
+/// One request's trip over one connection.
+struct Exchange<'a> {
+    head: &'a [u8],
+    framing: RequestFraming,
+    head_request: bool,
+    /// The request asks to switch protocols.
+    upgrade: bool,
+}
+
+impl Exchange<'_> {
+    /// Writes the request and reads the response head. A response that arrives while the
+    /// body is still being sent ends the upload, and the connection's reuse with it.
+    async fn run(
+        &self,
+        mut connection: Connection,
+        body: &mut RequestBody,
+    ) -> Result<(ResponseHead, Connection), ExchangeError> {
+        let sent = if self.framing == RequestFraming::Empty {
+            connection
+                .stream
+                .write_all(self.head)
+                .await
+                .map_err(ExchangeError::Io)
+        } else {
+            let Connection { stream, read } = &mut connection;
+            let (mut reader, mut writer) = stream.split();
+            let upload = async {
+                writer.write_all(self.head).await?;
+                send_body(&mut writer, body, self.framing).await
+            };
+            let early = read_head(&mut reader, read, self.head_request);
+            tokio::select! {
+                biased;
+                sent = upload => sent,
+                head = early => {
+                    let mut head = head?;
+                    head.keep_alive = false;
+                    return Ok((head, connection));
+                }
+            }
+        };
+        let mut head = match sent {
+            Ok(()) => self.read_head(&mut connection).await?,
+            // The upstream may have answered before it stopped reading (a refusal of a
+            // large body, say); that answer is passed on.
+            Err(ExchangeError::Io(err)) => match self.read_head(&mut connection).await {
+                Ok(mut head) => {
+                    head.keep_alive = false;
+                    head
+                }
+                Err(ExchangeError::Closed) => return Err(ExchangeError::Closed),
+                Err(_) => return Err(ExchangeError::Io(err)),
+            },
+            Err(err) => return Err(err),
+        };
+        if head.status == StatusCode::SWITCHING_PROTOCOLS && !self.upgrade {
+            // Unasked for: passed on as a plain response (which the caller refuses), and
+            // the connection is not reused.
+            head.keep_alive = false;
+        }
+        Ok((head, connection))
+    }
+
+    async fn read_head(&self, connection: &mut Connection) -> Result<ResponseHead, ExchangeError> {
+        read_head(
+            &mut connection.stream,
+            &mut connection.read,
+            self.head_request,
+        )
+        .await
+    }
+}
+
+/// Sends the request body in the request's framing. Trailer fields are not forwarded.
+async fn send_body<W: AsyncWrite + Unpin>(
+    writer: &mut W,
+    body: &mut RequestBody,
+    framing: RequestFraming,
+) -> Result<(), ExchangeError> {
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame.map_err(ExchangeError::Body)?.into_data() else {
+            continue;
+        };
+        if data.is_empty() {
+            continue;
+        }
+        if framing == RequestFraming::Chunked {
+            let start = Bytes::from(http1::chunk_start(data.len()));
+            let mut chunk = Buf::chain(Buf::chain(start, data), &b"\r\n"[..]);
+            writer.write_all_buf(&mut chunk).await?;
+        } else {
+            writer.write_all(&data).await?;
+        }
+    }
+    if framing == RequestFraming::Chunked {
+        writer.write_all(b"0\r\n\r\n").await?;
+    }
+    Ok(())
+}
+
+/// Reads until `read` starts with a final response head, skipping interim (1xx) ones.
+async fn read_head<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    read: &mut BytesMut,
+    head_request: bool,
+) -> Result<ResponseHead, ExchangeError> {
+    let mut answered = !read.is_empty();
+    loop {
+        if !read.is_empty() {
+            match http1::parse_response(read, head_request)? {
+                Parsed::Final(head, length) => {
+                    read.advance(length);
+                    return Ok(head);
+                }
+                Parsed::Interim(length) => {
+                    read.advance(length);
+                    continue;
+                }
+                Parsed::Partial if read.len() >= MAX_HEAD => {
+                    return Err(Malformed(format!("a head larger than {MAX_HEAD} bytes")).into());
+                }
+                Parsed::Partial => {}
+            }
+        }
+        read.reserve(READ_SIZE);
+        match reader.read_buf(read).await {
+            Ok(0) if !answered => return Err(ExchangeError::Closed),
+            Ok(0) => return Err(Malformed("the connection closed inside its head".into()).into()),
+            Ok(_) => answered = true,
+            Err(err) if !answered && is_reset(&err) => return Err(ExchangeError::Closed),
+            Err(err) => return Err(err.into()),
+        }
+    }
+}
+
+fn is_reset(err: &io::Error) -> bool {
+    matches!(
+        err.kind(),
+        io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::BrokenPipe
+    )
+}
+
+/// An upstream response body. It gives its connection back to the pool once read to
+/// the end with nothing left over, and closes it otherwise.
+pub struct UpstreamBody {
+    framing: Framing,
+    /// The connection while the body is still arriving on it.
+    connection: Option<Connection>,
+    /// Where the connection goes afterwards, when it may be reused.
+    pool: Option<Arc<Pool>>,
+    /// Body bytes taken off the connection and not yet handed out.
+    pending: Option<Bytes>,
+    done: bool,
+}
+
+impl UpstreamBody {
+    /// Takes what the read buffer already holds of the body; when that is all of it, the
+    /// connection is released at once.
+    fn settle(&mut self) {
+        let Some(connection) = &mut self.connection else {
+            return;
+        };
+        match self.framing.decode(&mut connection.read) {
+            Ok(Decoded::Data(data)) => {
+                self.pending = Some(data);
+                if self.framing.is_done() {
+                    self.finish();
+                }
+            }
+            Ok(Decoded::End) => self.finish(),
+            // Errors come again, and are reported, when the body is polled.
+            Ok(Decoded::NeedMore) | Err(_) => {}
+        }
+    }
+
+    /// The body has ended: the connection goes back to the pool if it may be reused and
+    /// nothing follows the body, and is closed otherwise.
+    fn finish(&mut self) {
+        self.done = true;
+        if let Some(connection) = self.connection.take()
+            && connection.read.is_empty()
+            && let Some(pool) = self.pool.take()
+        {
+            pool.put(connection);
+        }
+    }
+
+    fn fail(&mut self, err: impl Into<BoxError>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.done = true;
+        self.connection = None;
+        Poll::Ready(Some(Err(err.into())))
+    }
+}
+
+impl Body for UpstreamBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        match &polled {
-            // A broken body leaves the connection in an unknown state.
-            Poll::Ready(Some(Err(_))) => self.sender = None,
-            Poll::Ready(None) => self.finished = true,
-            _ => {}
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        if let Some(data) = this.pending.take() {
+            return Poll::Ready(Some(Ok(Frame::data(data))));
         }
-        polled
+        loop {
+            if this.done {
+                return Poll::Ready(None);
+            }
+            let Some(connection) = &mut this.connection else {
+                this.done = true;
+                return Poll::Ready(None);
+            };
+            match this.framing.decode(&mut connection.read) {
+                Ok(Decoded::Data(data)) => {
+                    if this.framing.is_done() {
+                        this.finish();
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Ok(Decoded::End) => {
+                    this.finish();
+                    return Poll::Ready(None);
+                }
+                Ok(Decoded::NeedMore) => {}
+                Err(err) => return this.fail(err),
+            }
+            connection.read.reserve(READ_SIZE);
+            let read = {
+                let future = connection.stream.read_buf(&mut connection.read);
+                std::pin::pin!(future).poll(cx)
+            };
+            match read {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(0)) if this.framing == Framing::UntilClose => {
+                    // The end of the connection is the end of this body; it is not reused.
+                    this.pool = None;
+                    this.finish();
+                }
+                Poll::Ready(Ok(0)) => {
+                    return this.fail("the upstream closed the connection before the body ended");
+                }
+                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Err(err)) => return this.fail(err),
+            }
+        }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.done && self.pending.is_none()
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-impl Drop for PooledBody {
-    fn drop(&mut self) {
-        // INVARIANT: a connection is reused only after its whole response was read;
-        // hyper then has it ready for the next request.
-        if (self.finished || self.inner.is_end_stream())
-            && let Some((pool, sender)) = self.sender.take()
-        {
-            pool.put(sender);
+        let pending = self.pending.as_ref().map_or(0, |data| data.len() as u64);
+        match (&self.framing, self.done) {
+            (_, true) | (Framing::Empty, _) => SizeHint::with_exact(pending),
+            (Framing::Length(left), false) => SizeHint::with_exact(pending + left),
+            _ => {
+                let mut hint = SizeHint::new();
+                hint.set_lower(pending);
+                hint
+            }
         }
     }
 }

@@ -1,0 +1,582 @@
+//! HTTP/1.1 on upstream connections, as bytes: request heads written, response heads
+//! parsed, response bodies framed (RFC 9112). No I/O here; `pool.rs` moves the bytes.
+//!
+//! SECURITY: a pooled connection carries many clients' requests one after another, so
+//! where one response ends decides whose the next bytes are. Every response whose length
+//! is in any doubt (two framings, a malformed length, bytes after its end) is either
+//! refused or read to the connection's close, never guessed at.
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{StatusCode, Version, request};
+
+/// The most header fields an upstream response may have.
+const MAX_HEADERS: usize = 128;
+/// The longest chunk-size line (size plus extensions) accepted.
+const MAX_CHUNK_LINE: usize = 4096;
+/// The most bytes of trailer fields accepted (they are read and dropped).
+const MAX_TRAILERS: usize = 16 * 1024;
+
+/// How the request body is sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RequestFraming {
+    /// No body.
+    Empty,
+    /// A body of this many bytes, sent as they are.
+    Length(u64),
+    /// A body of unknown length, sent in chunks.
+    Chunked,
+}
+
+/// Writes the request line and header fields for the upstream. The target is the origin
+/// form of the (already normalized) URI; `Content-Length` and `Transfer-Encoding` are
+/// written from `framing`, never copied from the client.
+pub fn write_request_head(out: &mut Vec<u8>, parts: &request::Parts, framing: RequestFraming) {
+    out.extend_from_slice(parts.method.as_str().as_bytes());
+    out.push(b' ');
+    match parts.uri.path_and_query() {
+        Some(target) => {
+            // `path()` is `/` for an empty path, so a fragment-only target still reads `/`.
+            out.extend_from_slice(target.path().as_bytes());
+            if let Some(query) = target.query() {
+                out.push(b'?');
+                out.extend_from_slice(query.as_bytes());
+            }
+        }
+        None => out.push(b'/'),
+    }
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in &parts.headers {
+        // SECURITY: the body is framed one way only, ours. (Names and values cannot hold
+        // CR or LF: `http` refuses them, so nothing here can start a second message.)
+        if (framing != RequestFraming::Empty && *name == header::CONTENT_LENGTH)
+            || *name == header::TRANSFER_ENCODING
+        {
+            continue;
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    match framing {
+        RequestFraming::Empty => {}
+        RequestFraming::Length(length) => {
+            out.extend_from_slice(b"content-length: ");
+            out.extend_from_slice(length.to_string().as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        RequestFraming::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The line that starts a chunk of `length` bytes.
+pub fn chunk_start(length: usize) -> Vec<u8> {
+    format!("{length:x}\r\n").into_bytes()
+}
+
+/// What the start of a read buffer holds.
+pub enum Parsed {
+    /// Not a whole head yet.
+    Partial,
+    /// An interim (1xx) response of this many bytes, to be skipped.
+    Interim(usize),
+    /// A final response head of this many bytes.
+    Final(ResponseHead, usize),
+}
+
+/// A parsed final response head.
+#[derive(Debug)]
+pub struct ResponseHead {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub framing: Framing,
+    /// The connection may carry another request once this response has been read.
+    pub keep_alive: bool,
+}
+
+/// Why an upstream response was refused.
+#[derive(Debug, thiserror::Error)]
+#[error("the upstream's response is malformed: {0}")]
+pub struct Malformed(pub String);
+
+fn malformed(what: impl Into<String>) -> Malformed {
+    Malformed(what.into())
+}
+
+/// Parses the response head at the start of `buf`. `head_request` says the request was
+/// a HEAD, whose response has no body whatever its header fields say.
+pub fn parse_response(buf: &[u8], head_request: bool) -> Result<Parsed, Malformed> {
+    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut response = httparse::Response::new(&mut fields);
+    let length = match response.parse(buf) {
+        Ok(httparse::Status::Complete(length)) => length,
+        Ok(httparse::Status::Partial) => return Ok(Parsed::Partial),
+        Err(httparse::Error::TooManyHeaders) => {
+            return Err(malformed(format!("more than {MAX_HEADERS} header fields")));
+        }
+        Err(err) => return Err(malformed(format!("{err} in its head"))),
+    };
+    let code = response.code.ok_or_else(|| malformed("no status code"))?;
+    let status = StatusCode::from_u16(code).map_err(|_| malformed("an invalid status code"))?;
+    if status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS {
+        return Ok(Parsed::Interim(length));
+    }
+    let version = match response.version {
+        Some(1) => Version::HTTP_11,
+        _ => Version::HTTP_10,
+    };
+    let mut headers = HeaderMap::with_capacity(response.headers.len());
+    for field in response.headers.iter() {
+        let name = HeaderName::from_bytes(field.name.as_bytes())
+            .map_err(|_| malformed(format!("an invalid header name {:?}", field.name)))?;
+        let value = HeaderValue::from_bytes(field.value)
+            .map_err(|_| malformed(format!("an invalid value in its {name} field")))?;
+        headers.append(name, value);
+    }
+    let (framing, keep_alive) = response_framing(status, version, &headers, head_request)?;
+    Ok(Parsed::Final(
+        ResponseHead {
+            status,
+            headers,
+            framing,
+            keep_alive,
+        },
+        length,
+    ))
+}
+
+/// Where the body of a response ends (RFC 9112 §6.3), and whether the connection can be
+/// used again after it.
+fn response_framing(
+    status: StatusCode,
+    version: Version,
+    headers: &HeaderMap,
+    head_request: bool,
+) -> Result<(Framing, bool), Malformed> {
+    let closes = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .flat_map(|value| value.as_bytes().split(|b| *b == b','))
+        .any(|token| token.trim_ascii().eq_ignore_ascii_case(b"close"));
+    let keep_alive = version == Version::HTTP_11 && !closes;
+    if head_request
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+        || status == StatusCode::SWITCHING_PROTOCOLS
+    {
+        return Ok((Framing::Empty, keep_alive));
+    }
+    let mut codings = headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|value| value.as_bytes().split(|b| *b == b','))
+        .map(<[u8]>::trim_ascii)
+        .peekable();
+    if codings.peek().is_some() {
+        if headers.contains_key(header::CONTENT_LENGTH) {
+            return Err(malformed("both Transfer-Encoding and Content-Length"));
+        }
+        if version != Version::HTTP_11 {
+            return Err(malformed("Transfer-Encoding in an HTTP/1.0 response"));
+        }
+        let codings: Vec<&[u8]> = codings.collect();
+        let chunked = |coding: &&[u8]| coding.eq_ignore_ascii_case(b"chunked");
+        return match codings.iter().position(chunked) {
+            Some(at) if at + 1 == codings.len() => Ok((Framing::Chunked(Chunk::Size), keep_alive)),
+            Some(_) => Err(malformed("chunked is not the last transfer coding")),
+            // Another coding last: the body ends with the connection.
+            None => Ok((Framing::UntilClose, false)),
+        };
+    }
+    let mut length = None;
+    for value in headers.get_all(header::CONTENT_LENGTH) {
+        for item in value.as_bytes().split(|b| *b == b',') {
+            let item = item.trim_ascii();
+            let parsed =
+                (!item.is_empty() && item.len() <= 19 && item.iter().all(u8::is_ascii_digit))
+                    .then(|| {
+                        item.iter()
+                            .fold(0u64, |n, digit| n * 10 + u64::from(digit - b'0'))
+                    })
+                    .ok_or_else(|| malformed("an invalid Content-Length"))?;
+            if length.is_some_and(|seen| seen != parsed) {
+                return Err(malformed("two different Content-Lengths"));
+            }
+            length = Some(parsed);
+        }
+    }
+    Ok(match length {
+        Some(length) => (Framing::Length(length), keep_alive),
+        None => (Framing::UntilClose, false),
+    })
+}
+
+/// Where a response body stands, and how it ends.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Framing {
+    /// No body (or none left).
+    Empty,
+    /// This many bytes left.
+    Length(u64),
+    /// Chunked, at this point of a chunk.
+    Chunked(Chunk),
+    /// Everything until the connection closes.
+    UntilClose,
+}
+
+/// The position in a chunked body.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Chunk {
+    /// Before a chunk-size line.
+    Size,
+    /// Inside a chunk, with this many bytes left.
+    Data(u64),
+    /// After a chunk's data, before its CRLF.
+    DataEnd,
+    /// In the trailer section, this many bytes into it.
+    Trailers(usize),
+}
+
+/// One step of decoding a body from the read buffer.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Decoded {
+    Data(Bytes),
+    /// The buffer holds no more of the body: read more.
+    NeedMore,
+    /// The body has ended; what follows in the buffer is not part of it.
+    End,
+}
+
+impl Framing {
+    /// Takes the next piece of the body off the front of `buf`.
+    pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Decoded, Malformed> {
+        match self {
+            Framing::Empty | Framing::Length(0) => Ok(Decoded::End),
+            Framing::Length(left) => {
+                if buf.is_empty() {
+                    return Ok(Decoded::NeedMore);
+                }
+                let take = usize::try_from(*left).map_or(buf.len(), |left| left.min(buf.len()));
+                *left -= take as u64;
+                Ok(Decoded::Data(buf.split_to(take).freeze()))
+            }
+            Framing::UntilClose => Ok(if buf.is_empty() {
+                Decoded::NeedMore
+            } else {
+                Decoded::Data(buf.split().freeze())
+            }),
+            Framing::Chunked(chunk) => chunk.decode(buf),
+        }
+    }
+
+    /// Whether the body has been read to its end.
+    pub fn is_done(&self) -> bool {
+        matches!(self, Framing::Empty | Framing::Length(0))
+    }
+}
+
+impl Chunk {
+    fn decode(&mut self, buf: &mut BytesMut) -> Result<Decoded, Malformed> {
+        loop {
+            match self {
+                Chunk::Size => {
+                    let Some(line) = take_line(buf, MAX_CHUNK_LINE, "chunk-size line")? else {
+                        return Ok(Decoded::NeedMore);
+                    };
+                    let size = chunk_size(&line)?;
+                    *self = if size == 0 {
+                        Chunk::Trailers(0)
+                    } else {
+                        Chunk::Data(size)
+                    };
+                }
+                Chunk::Data(left) => {
+                    if buf.is_empty() {
+                        return Ok(Decoded::NeedMore);
+                    }
+                    let take = usize::try_from(*left).map_or(buf.len(), |left| left.min(buf.len()));
+                    *left -= take as u64;
+                    if *left == 0 {
+                        *self = Chunk::DataEnd;
+                    }
+                    return Ok(Decoded::Data(buf.split_to(take).freeze()));
+                }
+                Chunk::DataEnd => {
+                    if buf.len() < 2 {
+                        return Ok(Decoded::NeedMore);
+                    }
+                    if &buf[..2] != b"\r\n" {
+                        return Err(malformed("a chunk longer than its size"));
+                    }
+                    buf.advance(2);
+                    *self = Chunk::Size;
+                }
+                Chunk::Trailers(seen) => {
+                    let limit = MAX_TRAILERS - *seen;
+                    let Some(line) = take_line(buf, limit, "trailer section")? else {
+                        return Ok(Decoded::NeedMore);
+                    };
+                    if line.is_empty() {
+                        *self = Chunk::Trailers(0);
+                        return Ok(Decoded::End);
+                    }
+                    // Trailer fields are not passed on (the `Trailer` field that would
+                    // announce them is hop-by-hop here); they only have to be well formed.
+                    if !line.contains(&b':') {
+                        return Err(malformed("a trailer line without a colon"));
+                    }
+                    *seen += line.len() + 2;
+                }
+            }
+        }
+    }
+}
+
+/// Takes a CRLF-terminated line (without its CRLF) off the front of `buf`, or `None`
+/// when the buffer does not hold a whole one yet.
+fn take_line(buf: &mut BytesMut, limit: usize, what: &str) -> Result<Option<Bytes>, Malformed> {
+    let Some(end) = memchr::memchr(b'\n', buf) else {
+        return if buf.len() > limit {
+            Err(malformed(format!("a {what} longer than {limit} bytes")))
+        } else {
+            Ok(None)
+        };
+    };
+    if end > limit {
+        return Err(malformed(format!("a {what} longer than {limit} bytes")));
+    }
+    // SECURITY: a bare LF is not a line end; servers that disagree on that can be made
+    // to see different chunk boundaries.
+    if end == 0 || buf[end - 1] != b'\r' {
+        return Err(malformed(format!("a {what} not ended by CRLF")));
+    }
+    let line = buf.split_to(end + 1).freeze();
+    Ok(Some(line.slice(..end - 1)))
+}
+
+/// The size on a chunk-size line: hex digits, then nothing or chunk extensions.
+fn chunk_size(line: &[u8]) -> Result<u64, Malformed> {
+    let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+    if digits == 0 || digits > 15 {
+        return Err(malformed("an invalid chunk size"));
+    }
+    let rest = line[digits..].trim_ascii_start();
+    if !(rest.is_empty() || rest.starts_with(b";")) {
+        return Err(malformed("an invalid chunk size"));
+    }
+    Ok(line[..digits].iter().fold(0u64, |size, digit| {
+        let value = match digit {
+            b'0'..=b'9' => digit - b'0',
+            b'a'..=b'f' => digit - b'a' + 10,
+            _ => digit - b'A' + 10,
+        };
+        size * 16 + u64::from(value)
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(text: &str) -> Result<Parsed, Malformed> {
+        parse_response(text.as_bytes(), false)
+    }
+
+    fn framing_of(text: &str) -> Result<(Framing, bool), String> {
+        match head(text) {
+            Ok(Parsed::Final(head, length)) => {
+                assert_eq!(length, text.len());
+                Ok((head.framing, head.keep_alive))
+            }
+            Ok(Parsed::Partial) => Err("partial".into()),
+            Ok(Parsed::Interim(_)) => Err("interim".into()),
+            Err(err) => Err(err.0),
+        }
+    }
+
+    #[test]
+    fn lengths_and_codings_decide_the_framing() {
+        let ok = |text: &str| framing_of(text).unwrap();
+        assert_eq!(
+            ok("HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n"),
+            (Framing::Length(5), true)
+        );
+        assert_eq!(
+            ok("HTTP/1.1 200 OK\r\nContent-Length: 5, 5\r\ncontent-length: 5\r\n\r\n"),
+            (Framing::Length(5), true)
+        );
+        assert_eq!(
+            ok("HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, Chunked\r\n\r\n"),
+            (Framing::Chunked(Chunk::Size), true)
+        );
+        assert_eq!(
+            ok("HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\n"),
+            (Framing::UntilClose, false)
+        );
+        assert_eq!(ok("HTTP/1.1 200 OK\r\n\r\n"), (Framing::UntilClose, false));
+        assert_eq!(
+            ok("HTTP/1.1 200 OK\r\nconnection: keep-alive, Close\r\ncontent-length: 0\r\n\r\n"),
+            (Framing::Length(0), false)
+        );
+        assert_eq!(
+            ok("HTTP/1.0 200 OK\r\ncontent-length: 3\r\n\r\n"),
+            (Framing::Length(3), false)
+        );
+        assert_eq!(
+            ok("HTTP/1.1 204 No Content\r\ncontent-length: 7\r\n\r\n"),
+            (Framing::Empty, true)
+        );
+        assert_eq!(
+            ok("HTTP/1.1 304 Not Modified\r\ntransfer-encoding: chunked\r\n\r\n"),
+            (Framing::Empty, true)
+        );
+        let text = "HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\n";
+        match parse_response(text.as_bytes(), true) {
+            Ok(Parsed::Final(head, _)) => assert_eq!(head.framing, Framing::Empty),
+            _ => panic!("a HEAD response parses"),
+        }
+    }
+
+    #[test]
+    fn ambiguous_lengths_are_refused() {
+        for text in [
+            "HTTP/1.1 200 OK\r\ncontent-length: 5\r\ntransfer-encoding: chunked\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncontent-length: 6\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ncontent-length: 5, 6\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ncontent-length: +5\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ncontent-length: 0x5\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ncontent-length: \r\n\r\n",
+            "HTTP/1.1 200 OK\r\ncontent-length: 99999999999999999999\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked, gzip\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ntransfer-encoding: chunked\r\n\r\n",
+            "HTTP/1.0 200 OK\r\ntransfer-encoding: chunked\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nbad header\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nx: a\r\n folded\r\n\r\n",
+            "HTTP/1.1 20 OK\r\n\r\n",
+            "HTTP/2 200 OK\r\n\r\n",
+        ] {
+            assert!(
+                framing_of(text).is_err_and(|err| err != "partial"),
+                "{text:?} must be refused"
+            );
+        }
+    }
+
+    #[test]
+    fn interim_responses_are_skipped_and_partial_heads_wait() {
+        assert!(matches!(
+            head("HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200"),
+            Ok(Parsed::Interim(25))
+        ));
+        assert!(matches!(
+            head("HTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\n"),
+            Ok(Parsed::Interim(_))
+        ));
+        assert!(matches!(
+            head("HTTP/1.1 200 OK\r\ncontent-len"),
+            Ok(Parsed::Partial)
+        ));
+        assert!(matches!(
+            head("HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\n\r\n"),
+            Ok(Parsed::Final(
+                ResponseHead {
+                    status: StatusCode::SWITCHING_PROTOCOLS,
+                    ..
+                },
+                _
+            ))
+        ));
+    }
+
+    /// Decodes `input` fed `step` bytes at a time: the body, and what is left after it.
+    fn decode_in_steps(
+        mut framing: Framing,
+        input: &[u8],
+        step: usize,
+    ) -> Result<(Vec<u8>, Vec<u8>), String> {
+        let mut buf = BytesMut::new();
+        let mut body = Vec::new();
+        let mut fed = 0;
+        loop {
+            match framing.decode(&mut buf).map_err(|err| err.0)? {
+                Decoded::Data(data) => body.extend_from_slice(&data),
+                Decoded::End => return Ok((body, buf.to_vec())),
+                Decoded::NeedMore => {
+                    if fed == input.len() {
+                        return Err("needs more than the input".into());
+                    }
+                    let end = (fed + step).min(input.len());
+                    buf.extend_from_slice(&input[fed..end]);
+                    fed = end;
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn chunked_bodies_decode_however_they_are_split() {
+        let input = b"5;name=value\r\nhello\r\n1A\r\nabcdefghijklmnopqrstuvwxyz\r\n0\r\nx-checksum: 1\r\n\r\nNEXT";
+        for step in [1, 2, 3, 7, 64] {
+            let (body, rest) = decode_in_steps(Framing::Chunked(Chunk::Size), input, step).unwrap();
+            assert_eq!(body, b"helloabcdefghijklmnopqrstuvwxyz");
+            // Bytes after the body stay in the buffer (and keep the connection from reuse).
+            assert!(b"NEXT".starts_with(&rest), "step {step}: {rest:?}");
+        }
+        let (body, _) = decode_in_steps(Framing::Length(5), b"hello, more", 2).unwrap();
+        assert_eq!(body, b"hello");
+    }
+
+    #[test]
+    fn malformed_chunks_are_refused() {
+        for input in [
+            &b"5\r\nhello!\r\n0\r\n\r\n"[..],
+            b"5\nhello\r\n0\r\n\r\n",
+            b"5\r\nhello\n0\r\n\r\n",
+            b"x\r\n",
+            b"-5\r\n",
+            b"5 x\r\n",
+            b"ffffffffffffffff\r\n",
+            b"0\r\nno colon\r\n\r\n",
+        ] {
+            assert!(
+                decode_in_steps(Framing::Chunked(Chunk::Size), input, 64)
+                    .is_err_and(|err| !err.starts_with("needs")),
+                "{:?} must be refused",
+                String::from_utf8_lossy(input)
+            );
+        }
+        let long_line = format!("1;{}\r\n", "x".repeat(MAX_CHUNK_LINE));
+        assert!(decode_in_steps(Framing::Chunked(Chunk::Size), long_line.as_bytes(), 64).is_err());
+    }
+
+    #[test]
+    fn request_heads_carry_one_framing() {
+        let request = http::Request::post("http://ignored/a%20b/c?q=1&r")
+            .header("host", "app.example")
+            .header("content-length", "11")
+            .header("x-two", "1")
+            .header("x-two", "2")
+            .body(())
+            .unwrap();
+        let (parts, ()) = request.into_parts();
+        let mut out = Vec::new();
+        write_request_head(&mut out, &parts, RequestFraming::Chunked);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "POST /a%20b/c?q=1&r HTTP/1.1\r\nhost: app.example\r\nx-two: 1\r\nx-two: 2\r\ntransfer-encoding: chunked\r\n\r\n"
+        );
+        let mut out = Vec::new();
+        write_request_head(&mut out, &parts, RequestFraming::Length(11));
+        assert!(
+            String::from_utf8(out)
+                .unwrap()
+                .ends_with("x-two: 2\r\ncontent-length: 11\r\n\r\n")
+        );
+        let (parts, ()) = http::Request::get("/").body(()).unwrap().into_parts();
+        let mut out = Vec::new();
+        write_request_head(&mut out, &parts, RequestFraming::Empty);
+        assert_eq!(out, b"GET / HTTP/1.1\r\n\r\n");
+    }
+}
