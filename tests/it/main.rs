@@ -5,6 +5,7 @@
 //! - `bypass`: a corpus of attempts to reach a denied path past the policy.
 //! - `forwarding`: headers, request ids, bodies streamed both ways, HTTP/2, WebSocket.
 //! - `upstreams`: round robin, passive health, 502 and 504.
+//! - `upstream_wire`: response framing from upstreams, and when a connection is reused.
 //! - `limits`: 431, 413, slow heads, idle connections, connection limit, 400 and 404.
 //! - `lifecycle`: the binary: graceful shutdown on SIGTERM, exit codes.
 //! - `policy_cli`: `portcullis test`, `explain` and `validate` on policy files.
@@ -37,4 +38,5 @@ mod limits;
 mod policy_cli;
 mod reload;
 mod support;
+mod upstream_wire;
 mod upstreams;

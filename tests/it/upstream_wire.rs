@@ -1,0 +1,360 @@
+//! What the gateway accepts from an upstream on the wire: every framing of a response,
+//! interim responses, and the cases where a pooled connection must not be used again
+//! because where the last response ended is in doubt.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::support::*;
+
+/// One scripted answer: the bytes written for a request, then whether to close.
+struct Answer {
+    bytes: Vec<u8>,
+    close: bool,
+}
+
+fn answer(text: &str) -> Answer {
+    Answer {
+        bytes: text.as_bytes().to_vec(),
+        close: false,
+    }
+}
+
+fn answer_and_close(text: &str) -> Answer {
+    Answer {
+        bytes: text.as_bytes().to_vec(),
+        close: true,
+    }
+}
+
+/// An upstream that answers each request head, on whatever connection it arrives, with
+/// the next scripted answer, and counts connections and requests.
+struct ScriptedUpstream {
+    addr: SocketAddr,
+    connections: Arc<AtomicUsize>,
+    heads: Arc<Mutex<Vec<String>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ScriptedUpstream {
+    async fn start(script: Vec<Answer>) -> ScriptedUpstream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let script = Arc::new(Mutex::new(VecDeque::from(script)));
+        let connections = Arc::new(AtomicUsize::new(0));
+        let heads = Arc::new(Mutex::new(Vec::new()));
+        let (count, seen) = (connections.clone(), heads.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(serve(stream, script.clone(), seen.clone()));
+            }
+        });
+        ScriptedUpstream {
+            addr,
+            connections,
+            heads,
+            task,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for ScriptedUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn serve(
+    mut stream: TcpStream,
+    script: Arc<Mutex<VecDeque<Answer>>>,
+    heads: Arc<Mutex<Vec<String>>>,
+) {
+    let mut buf = Vec::new();
+    loop {
+        // Read one request head (these tests send no request bodies).
+        let end = loop {
+            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break end + 4;
+            }
+            let mut chunk = [0u8; 4096];
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        };
+        let head: Vec<u8> = buf.drain(..end).collect();
+        heads
+            .lock()
+            .unwrap()
+            .push(String::from_utf8_lossy(&head).into_owned());
+        let Some(answer) = script.lock().unwrap().pop_front() else {
+            return;
+        };
+        if stream.write_all(&answer.bytes).await.is_err() || answer.close {
+            return;
+        }
+    }
+}
+
+/// Sends GETs one after another on one client connection; returns each status and body.
+async fn fetch_all(gw: &TestGateway, requests: &[(&str, &str)]) -> Vec<(StatusCode, String)> {
+    let client = client();
+    let mut answers = Vec::new();
+    for (method, path) in requests {
+        let request = Request::builder()
+            .method(*method)
+            .uri(gw.url(path))
+            .body(Full::new(bytes::Bytes::new()).boxed())
+            .unwrap();
+        let response = client.request(request).await.unwrap();
+        let status = response.status();
+        answers.push((status, body_text(response).await));
+    }
+    answers
+}
+
+#[tokio::test]
+async fn every_framing_is_passed_on_over_one_kept_alive_connection() {
+    let up = ScriptedUpstream::start(vec![
+        answer("HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nsized"),
+        answer(
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n\
+             5;ext=1\r\nchunk\r\n6\r\ned and\r\n9\r\n trailers\r\n0\r\nx-sum: 1\r\n\r\n",
+        ),
+        answer("HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\n"),
+        answer("HTTP/1.1 204 No Content\r\ncontent-length: 7\r\n\r\n"),
+        answer("HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 7\r\n\r\nfinally"),
+        answer("HTTP/1.1 304 Not Modified\r\n\r\n"),
+        answer("HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nkeep-alive: timeout=5\r\ncontent-length: 4\r\n\r\nlast"),
+    ])
+    .await;
+    let gw = TestGateway::start(&config(&[up.url()], "")).await;
+    let answers = fetch_all(
+        &gw,
+        &[
+            ("GET", "/sized"),
+            ("GET", "/chunked"),
+            ("HEAD", "/head"),
+            ("GET", "/no-content"),
+            ("GET", "/interim"),
+            ("GET", "/not-modified"),
+            ("GET", "/last"),
+        ],
+    )
+    .await;
+    let expected = [
+        (StatusCode::OK, "sized"),
+        (StatusCode::OK, "chunked and trailers"),
+        (StatusCode::OK, ""),
+        (StatusCode::NO_CONTENT, ""),
+        (StatusCode::OK, "finally"),
+        (StatusCode::NOT_MODIFIED, ""),
+        (StatusCode::OK, "last"),
+    ];
+    let answers: Vec<(StatusCode, &str)> = answers.iter().map(|(s, b)| (*s, b.as_str())).collect();
+    assert_eq!(answers, expected);
+    assert_eq!(
+        up.connections(),
+        1,
+        "every response ended exactly, so one connection served all"
+    );
+}
+
+#[tokio::test]
+async fn bytes_after_a_response_never_reach_the_next_client() {
+    // The first answer carries a second response after its end: were the connection
+    // reused, the next request would be answered with it.
+    let up = ScriptedUpstream::start(vec![
+        answer("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nokHTTP/1.1 200 OK\r\ncontent-length: 8\r\n\r\nsmuggled"),
+        answer("HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nfresh"),
+        answer("HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 8\r\n\r\nsmuggled"),
+        answer("HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nfresh"),
+    ])
+    .await;
+    let gw = TestGateway::start(&config(&[up.url()], "")).await;
+    let answers = fetch_all(
+        &gw,
+        &[("GET", "/1"), ("GET", "/2"), ("GET", "/3"), ("GET", "/4")],
+    )
+    .await;
+    let bodies: Vec<&str> = answers.iter().map(|(_, body)| body.as_str()).collect();
+    assert_eq!(bodies, ["ok", "fresh", "ok", "fresh"]);
+    assert_eq!(up.connections(), 3);
+}
+
+#[tokio::test]
+async fn a_body_that_ends_with_the_connection_is_passed_on_and_the_connection_not_reused() {
+    let up = ScriptedUpstream::start(vec![
+        answer_and_close("HTTP/1.1 200 OK\r\n\r\nuntil the close"),
+        answer_and_close("HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\nnot really gzip"),
+        answer("HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 5\r\n\r\nclose"),
+        answer("HTTP/1.0 200 OK\r\ncontent-length: 4\r\n\r\n1.0!"),
+        answer("HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\ndone"),
+    ])
+    .await;
+    let gw = TestGateway::start(&config(&[up.url()], "")).await;
+    let answers = fetch_all(
+        &gw,
+        &[
+            ("GET", "/1"),
+            ("GET", "/2"),
+            ("GET", "/3"),
+            ("GET", "/4"),
+            ("GET", "/5"),
+        ],
+    )
+    .await;
+    let bodies: Vec<&str> = answers.iter().map(|(_, body)| body.as_str()).collect();
+    assert_eq!(
+        bodies,
+        [
+            "until the close",
+            "not really gzip",
+            "close",
+            "1.0!",
+            "done"
+        ]
+    );
+    assert_eq!(up.connections(), 5, "none of the first four may be reused");
+}
+
+#[tokio::test]
+async fn ambiguous_or_malformed_response_heads_are_a_502() {
+    for head in [
+        "HTTP/1.1 200 OK\r\ncontent-length: 5\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n",
+        "HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncontent-length: 6\r\n\r\nhello!",
+        "HTTP/1.1 200 OK\r\ncontent-length: -1\r\n\r\n",
+        "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked, gzip\r\n\r\n",
+        "HTTP/1.0 200 OK\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n",
+        "HTTP/1.1 200 OK\r\nx-folded: a\r\n b\r\ncontent-length: 0\r\n\r\n",
+        "HTTP/1.1 2000 OK\r\ncontent-length: 0\r\n\r\n",
+        "SSH-2.0-OpenSSH\r\n\r\n",
+    ] {
+        let up = ScriptedUpstream::start(vec![answer(head)]).await;
+        let gw = TestGateway::start(&config(&[up.url()], "")).await;
+        let response = client().request(get(&gw.url("/"))).await.unwrap();
+        let body = expect_problem(response, StatusCode::BAD_GATEWAY, "upstream_unreachable").await;
+        assert!(
+            body["detail"]
+                .as_str()
+                .is_some_and(|detail| !detail.contains("smuggled")),
+            "{head:?}: {body}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_body_cut_short_or_malformed_fails_the_client_response() {
+    for answer_text in [
+        "HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nshort",
+        "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\nhello\r\n0\r\n\r\n",
+        "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello!\r\n0\r\n\r\n",
+        "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhel",
+    ] {
+        let up = ScriptedUpstream::start(vec![answer_and_close(answer_text)]).await;
+        let gw = TestGateway::start(&config(&[up.url()], "")).await;
+        // The head may or may not have left before the body failed; either way the client
+        // must see a failure, never a body that simply ends.
+        if let Ok(response) = client().request(get(&gw.url("/"))).await {
+            assert_eq!(response.status(), StatusCode::OK);
+            assert!(
+                response.into_body().collect().await.is_err(),
+                "{answer_text:?}: the client must see the body fail, not end"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_idle_connection_the_upstream_closed_is_replaced() {
+    // The upstream answers with keep-alive and then closes anyway, as servers do when
+    // their own idle timeout is shorter than ours.
+    let up = ScriptedUpstream::start(vec![
+        answer_and_close("HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nfirst"),
+        answer("HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nsecond"),
+    ])
+    .await;
+    let gw = TestGateway::start(&config(&[up.url()], "")).await;
+    let first = fetch_all(&gw, &[("GET", "/1")]).await;
+    // Let the close arrive before the next request.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let second = fetch_all(&gw, &[("GET", "/2")]).await;
+    assert_eq!(first[0], (StatusCode::OK, "first".to_owned()));
+    assert_eq!(second[0], (StatusCode::OK, "second".to_owned()));
+    assert_eq!(up.connections(), 2);
+}
+
+#[tokio::test]
+async fn an_answer_before_the_upload_ends_is_passed_on() {
+    // The upstream refuses on seeing the head and never reads the body.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let upstream = tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let mut head = Vec::new();
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            let mut chunk = [0u8; 1024];
+            let n = stream.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "the head arrives");
+            head.extend_from_slice(&chunk[..n]);
+        }
+        stream
+            .write_all(b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 8\r\n\r\ntoo big!")
+            .await
+            .unwrap();
+        // Hold the connection without reading, as a server busy elsewhere would.
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    });
+    let gw = TestGateway::start(&config(&[format!("http://{addr}")], "")).await;
+    let mut client = TcpStream::connect(gw.addr).await.unwrap();
+    let size = 32 * 1024 * 1024;
+    let head = format!("POST /upload HTTP/1.1\r\nhost: a\r\ncontent-length: {size}\r\n\r\n");
+    client.write_all(head.as_bytes()).await.unwrap();
+    let (mut reader, mut writer) = client.into_split();
+    // Feed the body until the gateway stops taking it; the answer must come regardless.
+    let feeder = tokio::spawn(async move {
+        let block = vec![b'x'; 64 * 1024];
+        for _ in 0..size / block.len() {
+            if writer.write_all(&block).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut answer = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let read = tokio::time::timeout(Duration::from_secs(4), async {
+        while !String::from_utf8_lossy(&answer).contains("too big!") {
+            match reader.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => answer.extend_from_slice(&chunk[..n]),
+            }
+        }
+    })
+    .await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(read.is_ok(), "no answer within 4s: {answer:?}");
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.ends_with("too big!"), "{answer}");
+    feeder.abort();
+    upstream.abort();
+}
