@@ -73,6 +73,10 @@ impl ScriptedUpstream {
         format!("http://{}", self.addr)
     }
 
+    fn heads(&self) -> Vec<String> {
+        self.heads.lock().unwrap().clone()
+    }
+
     fn connections(&self) -> usize {
         self.connections.load(Ordering::SeqCst)
     }
@@ -177,6 +181,18 @@ async fn every_framing_is_passed_on_over_one_kept_alive_connection() {
         up.connections(),
         1,
         "every response ended exactly, so one connection served all"
+    );
+    let heads = up.heads();
+    assert_eq!(heads.len(), 7);
+    assert!(
+        heads[2].starts_with("HEAD /head HTTP/1.1\r\n"),
+        "{}",
+        heads[2]
+    );
+    assert!(
+        heads[2].contains("\r\nx-forwarded-for: 127.0.0.1\r\n"),
+        "{}",
+        heads[2]
     );
 }
 
