@@ -17,7 +17,7 @@ mod jwt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{HeaderMap, HeaderValue};
+use http::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::config::{ForwardHeaderNames, IdentitySettings};
 use crate::policy::{Principal, Reason};
@@ -242,7 +242,15 @@ impl Identity {
 
     /// Before forwarding an allowed request: sets the identity headers for `principal`,
     /// and removes `Authorization` when configured to.
-    pub fn forward_headers(&self, headers: &mut HeaderMap, principal: Option<&Principal>) {
+    ///
+    /// The fields to set are handed to `add`, not inserted: the caller writes them after
+    /// the request's own fields, in place of any of the same name.
+    pub fn forward_headers(
+        &self,
+        headers: &mut HeaderMap,
+        principal: Option<&Principal>,
+        mut add: impl FnMut(HeaderName, HeaderValue),
+    ) {
         if self.strip_authorization {
             headers.remove(http::header::AUTHORIZATION);
         }
@@ -261,7 +269,7 @@ impl Identity {
             // Values come from config or verified credentials; one that is not a valid
             // header value is left out rather than forwarded mangled.
             if let Ok(value) = HeaderValue::from_str(&value) {
-                headers.insert(name.clone(), value);
+                add(name.clone(), value);
             }
         }
     }

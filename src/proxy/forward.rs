@@ -1,6 +1,7 @@
 //! Sending allowed requests upstream: the pooled client per upstream, round robin with
-//! passive health, one safe retry, and the header rewriting a proxy owes both sides
-//! (hop-by-hop headers removed, `X-Forwarded-*` set from what we can vouch for).
+//! passive health, one safe retry, and the request header rewriting a proxy owes the
+//! upstream (hop-by-hop headers removed, `X-Forwarded-*` set from what we can vouch for).
+//! Responses lose their hop-by-hop headers as they are parsed (`http1.rs`).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -110,6 +111,7 @@ impl Upstream {
     pub async fn send(
         &self,
         parts: http::request::Parts,
+        added: &Added,
         body: Incoming,
         body_limit: Option<u64>,
     ) -> Result<Forwarded, ProxyError> {
@@ -117,7 +119,7 @@ impl Upstream {
             return Err(self.unreachable("the upstream has no targets".into()));
         };
         let request = Request::from_parts(parts, RequestBody::new(body, body_limit));
-        let (error, request) = match self.attempt(first, request).await {
+        let (error, request) = match self.attempt(first, request, added).await {
             Attempt::Answered(response) => return Ok(response),
             Attempt::Failed(err) => return Err(err),
             Attempt::ConnectFailed(error, request) => (error, request),
@@ -127,7 +129,7 @@ impl Upstream {
             return Err(self.unreachable(error.into()));
         };
         tracing::debug!(upstream = %self.name, target = %self.targets[second].target, "retrying on another target");
-        match self.attempt(second, *request).await {
+        match self.attempt(second, *request, added).await {
             Attempt::Answered(response) => Ok(response),
             Attempt::Failed(err) => Err(err),
             Attempt::ConnectFailed(error, _) => {
@@ -137,10 +139,16 @@ impl Upstream {
         }
     }
 
-    async fn attempt(&self, index: usize, request: Request<RequestBody>) -> Attempt {
+    async fn attempt(
+        &self,
+        index: usize,
+        mut request: Request<RequestBody>,
+        added: &Added,
+    ) -> Attempt {
         let target = &self.targets[index];
         let progress = request.body().progress.clone();
         let Some(pool) = &target.pool else {
+            added.apply_to(request.headers_mut());
             return match self
                 .answered_in_time(&progress, echo::respond(request))
                 .await
@@ -154,7 +162,10 @@ impl Upstream {
             };
         };
         let started = Instant::now();
-        match self.answered_in_time(&progress, pool.send(request)).await {
+        match self
+            .answered_in_time(&progress, pool.send(request, added))
+            .await
+        {
             Some(Ok(Exchanged { response, switched })) => {
                 self.duration.observe(started.elapsed().as_secs_f64());
                 Attempt::Answered(Forwarded {
@@ -436,13 +447,47 @@ fn is_client_claim(name: &HeaderName) -> bool {
 
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 
-/// Rewrites a request's headers for the upstream. `upgrade` keeps `Upgrade` and
-/// `Connection: upgrade` for a protocol switch the client asked for.
+/// Header fields the gateway sets on a request for the upstream. Each replaces every
+/// field of its name that the request carries, and they are written after the request's
+/// own: collecting them costs no insertion into (and no growth of) the request's map.
+#[derive(Debug, Default)]
+pub struct Added(Vec<(HeaderName, HeaderValue)>);
+
+impl Added {
+    /// Sets `name`, replacing a value set before.
+    pub fn set(&mut self, name: HeaderName, value: HeaderValue) {
+        match self.0.iter_mut().find(|(set, _)| *set == name) {
+            Some(entry) => entry.1 = value,
+            None => self.0.push((name, value)),
+        }
+    }
+
+    /// Whether `name` is set here, so the request's own fields of that name are not sent.
+    pub fn replaces(&self, name: &HeaderName) -> bool {
+        self.0.iter().any(|(set, _)| set == name)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &(HeaderName, HeaderValue)> {
+        self.0.iter()
+    }
+
+    /// Puts the fields into `headers`, for the echo upstream, which describes the request
+    /// as an upstream would receive it.
+    fn apply_to(&self, headers: &mut HeaderMap) {
+        for (name, value) in &self.0 {
+            headers.insert(name.clone(), value.clone());
+        }
+    }
+}
+
+/// Rewrites a request's headers for the upstream: removes what must not pass in place,
+/// and returns the fields to set. `upgrade` keeps `Upgrade` and `Connection: upgrade` for
+/// a protocol switch the client asked for.
 pub fn request_headers(
     headers: &mut HeaderMap,
     client: &ClientFacts<'_>,
     upgrade: Option<HeaderValue>,
-) {
+) -> Added {
     // One look at the names in the common case, where nothing has to go.
     if headers.keys().any(|name| is_dropped(name, client)) {
         let doomed: Vec<HeaderName> = headers
@@ -455,9 +500,10 @@ pub fn request_headers(
         }
     }
     remove_hop_by_hop(headers);
+    let mut added = Added(Vec::with_capacity(8));
     if let Some(protocol) = upgrade {
-        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-        headers.insert(header::UPGRADE, protocol);
+        added.set(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        added.set(header::UPGRADE, protocol);
     }
 
     let chain = if client.trusted {
@@ -473,46 +519,25 @@ pub fn request_headers(
         }
         None => client.peer.clone(),
     };
-    headers.insert(X_FORWARDED_FOR, forwarded_for);
+    added.set(X_FORWARDED_FOR, forwarded_for);
     if !(client.trusted && headers.contains_key(&X_FORWARDED_PROTO)) {
-        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(client.proto));
+        added.set(X_FORWARDED_PROTO, HeaderValue::from_static(client.proto));
     }
     if !(client.trusted && headers.contains_key(&X_FORWARDED_HOST)) {
         match client.host {
-            Some(host) => {
-                headers.insert(X_FORWARDED_HOST, host.clone());
-            }
+            Some(host) => added.set(X_FORWARDED_HOST, host.clone()),
             None => {
                 headers.remove(&X_FORWARDED_HOST);
             }
         }
     }
     match client.host {
-        Some(host) => {
-            headers.insert(header::HOST, host.clone());
-        }
+        Some(host) => added.set(header::HOST, host.clone()),
         None => {
             headers.remove(header::HOST);
         }
     }
-}
-
-/// Rewrites an upstream response's headers for the client. A 101 keeps its `Upgrade`
-/// and `Connection` so the client sees the switch.
-pub fn response_headers(headers: &mut HeaderMap, switching_protocols: bool) {
-    if switching_protocols {
-        let upgrade = headers.remove(header::UPGRADE);
-        let connection = headers.remove(header::CONNECTION);
-        remove_hop_by_hop(headers);
-        if let Some(upgrade) = upgrade {
-            headers.insert(header::UPGRADE, upgrade);
-        }
-        if let Some(connection) = connection {
-            headers.insert(header::CONNECTION, connection);
-        }
-    } else {
-        remove_hop_by_hop(headers);
-    }
+    added
 }
 
 /// Every value of a header joined by `, `, when present and readable.
@@ -657,7 +682,7 @@ mod tests {
             ("x_original_url", "/admin"),
             ("x-kept", "1"),
         ]);
-        request_headers(&mut map, &client(false, Some(&host)), None);
+        request_headers(&mut map, &client(false, Some(&host)), None).apply_to(&mut map);
         let mut names: Vec<&str> = map.keys().map(|name| name.as_str()).collect();
         names.sort_unstable();
         assert_eq!(
@@ -685,7 +710,7 @@ mod tests {
             ("x-forwarded-proto", "https"),
             ("x-forwarded-host", "public.example"),
         ]);
-        request_headers(&mut map, &client(true, Some(&host)), None);
+        request_headers(&mut map, &client(true, Some(&host)), None).apply_to(&mut map);
         assert_eq!(map["x-forwarded-for"], "203.0.113.9, 10.0.0.2, 192.0.2.7");
         assert_eq!(map["x-forwarded-proto"], "https");
         assert_eq!(map["x-forwarded-host"], "public.example");
@@ -698,7 +723,8 @@ mod tests {
             &mut map,
             &client(false, None),
             Some(HeaderValue::from_static("websocket")),
-        );
+        )
+        .apply_to(&mut map);
         assert_eq!(map["connection"], "upgrade");
         assert_eq!(map["upgrade"], "websocket");
     }

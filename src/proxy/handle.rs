@@ -255,18 +255,17 @@ async fn pipeline(
         proto: "http",
         host: authority.host_header.as_ref(),
     };
-    forward::request_headers(&mut parts.headers, &client, upgrade);
+    let mut added = forward::request_headers(&mut parts.headers, &client, upgrade);
     let principal = identified.ok().flatten();
     proxy
         .identity
-        .forward_headers(&mut parts.headers, principal.as_deref());
-    parts.headers.insert(X_REQUEST_ID, request_id.clone());
+        .forward_headers(&mut parts.headers, principal.as_deref(), |name, value| {
+            added.set(name, value);
+        });
+    added.set(X_REQUEST_ID, request_id.clone());
     let upstream = &proxy.upstreams[route.upstream];
-    let forward::Forwarded {
-        mut response,
-        switched,
-    } = upstream
-        .send(parts, body, limits.max_body_size)
+    let forward::Forwarded { response, switched } = upstream
+        .send(parts, &added, body, limits.max_body_size)
         .await
         .map_err(fail)?;
 
@@ -297,7 +296,6 @@ async fn pipeline(
         }
         _ => {}
     }
-    forward::response_headers(response.headers_mut(), switching);
     Ok(Answer::Forwarded {
         route: route.index,
         response,

@@ -10,6 +10,8 @@ use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{StatusCode, Version, request};
 
+use super::forward::Added;
+
 /// The most header fields an upstream response may have.
 const MAX_HEADERS: usize = 128;
 /// The longest chunk-size line (size plus extensions) accepted.
@@ -28,10 +30,16 @@ pub enum RequestFraming {
     Chunked,
 }
 
-/// Writes the request line and header fields for the upstream. The target is the origin
-/// form of the (already normalized) URI; `Content-Length` and `Transfer-Encoding` are
-/// written from `framing`, never copied from the client.
-pub fn write_request_head(out: &mut Vec<u8>, parts: &request::Parts, framing: RequestFraming) {
+/// Writes the request line and header fields for the upstream: the request's own fields
+/// except those `added` replaces, then `added`. The target is the origin form of the
+/// (already normalized) URI; `Content-Length` and `Transfer-Encoding` are written from
+/// `framing`, never copied from the client.
+pub fn write_request_head(
+    out: &mut Vec<u8>,
+    parts: &request::Parts,
+    added: &Added,
+    framing: RequestFraming,
+) {
     out.extend_from_slice(parts.method.as_str().as_bytes());
     out.push(b' ');
     match parts.uri.path_and_query() {
@@ -51,13 +59,14 @@ pub fn write_request_head(out: &mut Vec<u8>, parts: &request::Parts, framing: Re
         // CR or LF: `http` refuses them, so nothing here can start a second message.)
         if (framing != RequestFraming::Empty && *name == header::CONTENT_LENGTH)
             || *name == header::TRANSFER_ENCODING
+            || added.replaces(name)
         {
             continue;
         }
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        write_field(out, name, value);
+    }
+    for (name, value) in added.iter() {
+        write_field(out, name, value);
     }
     match framing {
         RequestFraming::Empty => {}
@@ -68,6 +77,13 @@ pub fn write_request_head(out: &mut Vec<u8>, parts: &request::Parts, framing: Re
         }
         RequestFraming::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
     }
+    out.extend_from_slice(b"\r\n");
+}
+
+fn write_field(out: &mut Vec<u8>, name: &HeaderName, value: &HeaderValue) {
+    out.extend_from_slice(name.as_str().as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value.as_bytes());
     out.extend_from_slice(b"\r\n");
 }
 
@@ -127,15 +143,35 @@ pub fn parse_response(buf: &[u8], head_request: bool) -> Result<Parsed, Malforme
         Some(1) => Version::HTTP_11,
         _ => Version::HTTP_10,
     };
-    let mut headers = HeaderMap::with_capacity(response.headers.len());
-    for field in response.headers.iter() {
+    let fields: &[httparse::Header<'_>] = response.headers;
+    let (framing, keep_alive) = response_framing(status, version, fields, head_request)?;
+    // Hop-by-hop fields describe this connection, not the message: they are left out
+    // here rather than removed later. A protocol switch keeps `Upgrade` and `Connection`
+    // so the client sees it.
+    let switching = status == StatusCode::SWITCHING_PROTOCOLS;
+    let mut headers = HeaderMap::with_capacity(fields.len());
+    for field in fields {
+        if is_hop_by_hop(field.name)
+            && !(switching
+                && (field.name.eq_ignore_ascii_case("upgrade")
+                    || field.name.eq_ignore_ascii_case("connection")))
+        {
+            continue;
+        }
         let name = HeaderName::from_bytes(field.name.as_bytes())
             .map_err(|_| malformed(format!("an invalid header name {:?}", field.name)))?;
         let value = HeaderValue::from_bytes(field.value)
             .map_err(|_| malformed(format!("an invalid value in its {name} field")))?;
         headers.append(name, value);
     }
-    let (framing, keep_alive) = response_framing(status, version, &headers, head_request)?;
+    // Fields that `Connection` names are hop-by-hop too (RFC 9110 §7.6.1).
+    for token in named(fields, "connection") {
+        if !is_standard_connection_token(token)
+            && let Ok(name) = HeaderName::from_bytes(token)
+        {
+            headers.remove(name);
+        }
+    }
     Ok(Parsed::Final(
         ResponseHead {
             status,
@@ -152,14 +188,10 @@ pub fn parse_response(buf: &[u8], head_request: bool) -> Result<Parsed, Malforme
 fn response_framing(
     status: StatusCode,
     version: Version,
-    headers: &HeaderMap,
+    fields: &[httparse::Header<'_>],
     head_request: bool,
 ) -> Result<(Framing, bool), Malformed> {
-    let closes = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .flat_map(|value| value.as_bytes().split(|b| *b == b','))
-        .any(|token| token.trim_ascii().eq_ignore_ascii_case(b"close"));
+    let closes = named(fields, "connection").any(|token| token.eq_ignore_ascii_case(b"close"));
     let keep_alive = version == Version::HTTP_11 && !closes;
     if head_request
         || status == StatusCode::NO_CONTENT
@@ -168,14 +200,12 @@ fn response_framing(
     {
         return Ok((Framing::Empty, keep_alive));
     }
-    let mut codings = headers
-        .get_all(header::TRANSFER_ENCODING)
+    let has_length = fields
         .iter()
-        .flat_map(|value| value.as_bytes().split(|b| *b == b','))
-        .map(<[u8]>::trim_ascii)
-        .peekable();
+        .any(|field| field.name.eq_ignore_ascii_case("content-length"));
+    let mut codings = named(fields, "transfer-encoding").peekable();
     if codings.peek().is_some() {
-        if headers.contains_key(header::CONTENT_LENGTH) {
+        if has_length {
             return Err(malformed("both Transfer-Encoding and Content-Length"));
         }
         if version != Version::HTTP_11 {
@@ -191,9 +221,8 @@ fn response_framing(
         };
     }
     let mut length = None;
-    for value in headers.get_all(header::CONTENT_LENGTH) {
-        for item in value.as_bytes().split(|b| *b == b',') {
-            let item = item.trim_ascii();
+    if has_length {
+        for item in named(fields, "content-length") {
             let parsed =
                 (!item.is_empty() && item.len() <= 19 && item.iter().all(u8::is_ascii_digit))
                     .then(|| {
@@ -211,6 +240,42 @@ fn response_framing(
         Some(length) => (Framing::Length(length), keep_alive),
         None => (Framing::UntilClose, false),
     })
+}
+
+/// The comma-separated items, trimmed, of every field called `name` (lower case).
+fn named<'a>(
+    fields: &'a [httparse::Header<'a>],
+    name: &'static str,
+) -> impl Iterator<Item = &'a [u8]> {
+    fields
+        .iter()
+        .filter(move |field| field.name.eq_ignore_ascii_case(name))
+        .flat_map(|field| field.value.split(|b| *b == b','))
+        .map(<[u8]>::trim_ascii)
+}
+
+/// Whether a field describes one connection rather than the message (RFC 9110 §7.6.1).
+fn is_hop_by_hop(name: &str) -> bool {
+    [
+        "connection",
+        "keep-alive",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    ]
+    .iter()
+    .any(|hop| name.eq_ignore_ascii_case(hop))
+        || name
+            .get(..6)
+            .is_some_and(|prefix| prefix.eq_ignore_ascii_case("proxy-"))
+}
+
+/// The `Connection` tokens that name no other field.
+fn is_standard_connection_token(token: &[u8]) -> bool {
+    token.eq_ignore_ascii_case(b"keep-alive")
+        || token.eq_ignore_ascii_case(b"close")
+        || token.eq_ignore_ascii_case(b"upgrade")
 }
 
 /// Where a response body stands, and how it ends.
@@ -490,6 +555,32 @@ mod tests {
         ));
     }
 
+    #[test]
+    fn hop_by_hop_fields_are_left_out_of_the_response() {
+        let names = |text: &str| match parse_response(text.as_bytes(), false) {
+            Ok(Parsed::Final(head, _)) => {
+                let mut names: Vec<String> =
+                    head.headers.keys().map(|name| name.to_string()).collect();
+                names.sort();
+                names
+            }
+            _ => panic!("{text:?} parses"),
+        };
+        assert_eq!(
+            names(
+                "HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Private\r\nX-Private: 1\r\nKeep-Alive: timeout=5\r\n\
+                 Proxy-Thing: 1\r\nTE: trailers\r\nTrailer: x-sum\r\nUpgrade: h2c\r\nX-Kept: 1\r\ncontent-length: 0\r\n\r\n"
+            ),
+            ["content-length", "x-kept"]
+        );
+        assert_eq!(
+            names(
+                "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nKeep-Alive: 5\r\n\r\n"
+            ),
+            ["connection", "upgrade"]
+        );
+    }
+
     /// Decodes `input` fed `step` bytes at a time: the body, and what is left after it.
     fn decode_in_steps(
         mut framing: Framing,
@@ -561,14 +652,21 @@ mod tests {
             .body(())
             .unwrap();
         let (parts, ()) = request.into_parts();
+        let mut added = Added::default();
+        added.set(header::HOST, HeaderValue::from_static("set.example"));
         let mut out = Vec::new();
-        write_request_head(&mut out, &parts, RequestFraming::Chunked);
+        write_request_head(&mut out, &parts, &added, RequestFraming::Chunked);
         assert_eq!(
             String::from_utf8(out).unwrap(),
-            "POST /a%20b/c?q=1&r HTTP/1.1\r\nhost: app.example\r\nx-two: 1\r\nx-two: 2\r\ntransfer-encoding: chunked\r\n\r\n"
+            "POST /a%20b/c?q=1&r HTTP/1.1\r\nx-two: 1\r\nx-two: 2\r\nhost: set.example\r\ntransfer-encoding: chunked\r\n\r\n"
         );
         let mut out = Vec::new();
-        write_request_head(&mut out, &parts, RequestFraming::Length(11));
+        write_request_head(
+            &mut out,
+            &parts,
+            &Added::default(),
+            RequestFraming::Length(11),
+        );
         assert!(
             String::from_utf8(out)
                 .unwrap()
@@ -576,7 +674,7 @@ mod tests {
         );
         let (parts, ()) = http::Request::get("/").body(()).unwrap().into_parts();
         let mut out = Vec::new();
-        write_request_head(&mut out, &parts, RequestFraming::Empty);
+        write_request_head(&mut out, &parts, &Added::default(), RequestFraming::Empty);
         assert_eq!(out, b"GET / HTTP/1.1\r\n\r\n");
     }
 }

@@ -24,7 +24,7 @@ use http_body_util::BodyExt;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::forward::{BoxError, RequestBody};
+use super::forward::{Added, BoxError, RequestBody};
 use super::http1::{self, Decoded, Framing, Malformed, Parsed, RequestFraming, ResponseHead};
 
 /// How many idle connections a target keeps.
@@ -123,6 +123,7 @@ impl Pool {
     pub async fn send(
         self: &Arc<Pool>,
         request: Request<RequestBody>,
+        added: &Added,
     ) -> Result<Exchanged, SendError> {
         let (parts, mut body) = request.into_parts();
         let framing = if body.is_end_stream() {
@@ -134,12 +135,12 @@ impl Pool {
             }
         };
         let mut head = Vec::with_capacity(256 + 48 * parts.headers.len());
-        http1::write_request_head(&mut head, &parts, framing);
+        http1::write_request_head(&mut head, &parts, added, framing);
         let exchange = Exchange {
             head: &head,
             framing,
             head_request: parts.method == http::Method::HEAD,
-            upgrade: parts.headers.contains_key(http::header::UPGRADE),
+            upgrade: added.replaces(&http::header::UPGRADE),
         };
         if let Some(connection) = self.take_idle() {
             match exchange.run(connection, &mut body).await {
