@@ -500,10 +500,13 @@ pub fn request_headers(
         }
     }
     remove_hop_by_hop(headers);
+    // The names set here are distinct: each is pushed without looking for an earlier one.
     let mut added = Added(Vec::with_capacity(8));
     if let Some(protocol) = upgrade {
-        added.set(header::CONNECTION, HeaderValue::from_static("upgrade"));
-        added.set(header::UPGRADE, protocol);
+        added
+            .0
+            .push((header::CONNECTION, HeaderValue::from_static("upgrade")));
+        added.0.push((header::UPGRADE, protocol));
     }
 
     let chain = if client.trusted {
@@ -519,20 +522,22 @@ pub fn request_headers(
         }
         None => client.peer.clone(),
     };
-    added.set(X_FORWARDED_FOR, forwarded_for);
+    added.0.push((X_FORWARDED_FOR, forwarded_for));
     if !(client.trusted && headers.contains_key(&X_FORWARDED_PROTO)) {
-        added.set(X_FORWARDED_PROTO, HeaderValue::from_static(client.proto));
+        added
+            .0
+            .push((X_FORWARDED_PROTO, HeaderValue::from_static(client.proto)));
     }
     if !(client.trusted && headers.contains_key(&X_FORWARDED_HOST)) {
         match client.host {
-            Some(host) => added.set(X_FORWARDED_HOST, host.clone()),
+            Some(host) => added.0.push((X_FORWARDED_HOST, host.clone())),
             None => {
                 headers.remove(&X_FORWARDED_HOST);
             }
         }
     }
     match client.host {
-        Some(host) => added.set(header::HOST, host.clone()),
+        Some(host) => added.0.push((header::HOST, host.clone())),
         None => {
             headers.remove(header::HOST);
         }

@@ -6,6 +6,8 @@
 //! is in any doubt (two framings, a malformed length, bytes after its end) is either
 //! refused or read to the connection's close, never guessed at.
 
+use std::mem::MaybeUninit;
+
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{StatusCode, Version, request};
@@ -124,9 +126,14 @@ fn malformed(what: impl Into<String>) -> Malformed {
 /// Parses the response head at the start of `buf`. `head_request` says the request was
 /// a HEAD, whose response has no body whatever its header fields say.
 pub fn parse_response(buf: &[u8], head_request: bool) -> Result<Parsed, Malformed> {
-    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut response = httparse::Response::new(&mut fields);
-    let length = match response.parse(buf) {
+    let mut response = httparse::Response::new(&mut []);
+    let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut response,
+        buf,
+        &mut fields,
+    );
+    let length = match parsed {
         Ok(httparse::Status::Complete(length)) => length,
         Ok(httparse::Status::Partial) => return Ok(Parsed::Partial),
         Err(httparse::Error::TooManyHeaders) => {
@@ -144,34 +151,55 @@ pub fn parse_response(buf: &[u8], head_request: bool) -> Result<Parsed, Malforme
         _ => Version::HTTP_10,
     };
     let fields: &[httparse::Header<'_>] = response.headers;
-    let (framing, keep_alive) = response_framing(status, version, fields, head_request)?;
-    // Hop-by-hop fields describe this connection, not the message: they are left out
-    // here rather than removed later. A protocol switch keeps `Upgrade` and `Connection`
-    // so the client sees it.
+    // One pass: the map is built and the framing fields are read. Hop-by-hop fields
+    // describe this connection, not the message, so they stay out of the map; a protocol
+    // switch keeps `Upgrade` and `Connection` so the client sees it.
     let switching = status == StatusCode::SWITCHING_PROTOCOLS;
     let mut headers = HeaderMap::with_capacity(fields.len());
+    let mut seen = FramingFields::default();
     for field in fields {
-        if is_hop_by_hop(field.name)
-            && !(switching
-                && (field.name.eq_ignore_ascii_case("upgrade")
-                    || field.name.eq_ignore_ascii_case("connection")))
-        {
-            continue;
+        let role = Role::of(field.name);
+        match role {
+            Role::Connection => {
+                for token in items(field.value) {
+                    if token.eq_ignore_ascii_case(b"close") {
+                        seen.close = true;
+                    } else if !is_standard_connection_token(token) {
+                        seen.names_others = true;
+                    }
+                }
+            }
+            Role::ContentLength => seen.length(field.value),
+            Role::TransferEncoding => seen.coded = true,
+            Role::Upgrade | Role::HopByHop | Role::Plain => {}
         }
-        let name = HeaderName::from_bytes(field.name.as_bytes())
-            .map_err(|_| malformed(format!("an invalid header name {:?}", field.name)))?;
-        let value = HeaderValue::from_bytes(field.value)
-            .map_err(|_| malformed(format!("an invalid value in its {name} field")))?;
-        headers.append(name, value);
-    }
-    // Fields that `Connection` names are hop-by-hop too (RFC 9110 §7.6.1).
-    for token in named(fields, "connection") {
-        if !is_standard_connection_token(token)
-            && let Ok(name) = HeaderName::from_bytes(token)
-        {
-            headers.remove(name);
+        let kept = match role {
+            Role::Plain | Role::ContentLength => true,
+            Role::Connection | Role::Upgrade => switching,
+            Role::TransferEncoding | Role::HopByHop => false,
+        };
+        if kept {
+            let name = HeaderName::from_bytes(field.name.as_bytes())
+                .map_err(|_| malformed(format!("an invalid header name {:?}", field.name)))?;
+            let value = HeaderValue::from_bytes(field.value)
+                .map_err(|_| malformed(format!("an invalid value in its {name} field")))?;
+            headers.append(name, value);
         }
     }
+    if seen.names_others {
+        // Fields that `Connection` names are hop-by-hop too (RFC 9110 §7.6.1).
+        let connection = fields
+            .iter()
+            .filter(|field| Role::of(field.name) == Role::Connection);
+        for token in connection.flat_map(|field| items(field.value)) {
+            if !is_standard_connection_token(token)
+                && let Ok(name) = HeaderName::from_bytes(token)
+            {
+                headers.remove(name);
+            }
+        }
+    }
+    let (framing, keep_alive) = response_framing(status, version, fields, &seen, head_request)?;
     Ok(Parsed::Final(
         ResponseHead {
             status,
@@ -183,16 +211,86 @@ pub fn parse_response(buf: &[u8], head_request: bool) -> Result<Parsed, Malforme
     ))
 }
 
+/// What a response field is to the gateway.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Connection,
+    ContentLength,
+    TransferEncoding,
+    Upgrade,
+    /// Another hop-by-hop field (RFC 9110 §7.6.1): `Keep-Alive`, `TE`, `Trailer`,
+    /// `Proxy-*`.
+    HopByHop,
+    Plain,
+}
+
+impl Role {
+    fn of(name: &str) -> Role {
+        let is = |known: &str| name.eq_ignore_ascii_case(known);
+        match name.len() {
+            10 if is("connection") => Role::Connection,
+            10 if is("keep-alive") => Role::HopByHop,
+            14 if is("content-length") => Role::ContentLength,
+            17 if is("transfer-encoding") => Role::TransferEncoding,
+            7 if is("upgrade") => Role::Upgrade,
+            7 if is("trailer") => Role::HopByHop,
+            2 if is("te") => Role::HopByHop,
+            _ if name
+                .as_bytes()
+                .get(..6)
+                .is_some_and(|prefix| prefix.eq_ignore_ascii_case(b"proxy-")) =>
+            {
+                Role::HopByHop
+            }
+            _ => Role::Plain,
+        }
+    }
+}
+
+/// What the fields that frame a response said, gathered in one pass.
+#[derive(Default)]
+struct FramingFields {
+    /// `Connection: close`.
+    close: bool,
+    /// `Connection` names other fields.
+    names_others: bool,
+    /// A `Transfer-Encoding` field is present.
+    coded: bool,
+    /// The `Content-Length`, once one is present.
+    length: Option<u64>,
+    /// What was wrong with a `Content-Length`; it matters only if the length is used.
+    bad_length: Option<&'static str>,
+}
+
+impl FramingFields {
+    fn length(&mut self, value: &[u8]) {
+        for item in items(value) {
+            let valid = !item.is_empty() && item.len() <= 19 && item.iter().all(u8::is_ascii_digit);
+            if !valid {
+                self.bad_length = Some("an invalid Content-Length");
+                return;
+            }
+            let parsed = item
+                .iter()
+                .fold(0u64, |n, digit| n * 10 + u64::from(digit - b'0'));
+            if self.length.is_some_and(|seen| seen != parsed) {
+                self.bad_length = Some("two different Content-Lengths");
+            }
+            self.length = Some(parsed);
+        }
+    }
+}
+
 /// Where the body of a response ends (RFC 9112 §6.3), and whether the connection can be
 /// used again after it.
 fn response_framing(
     status: StatusCode,
     version: Version,
     fields: &[httparse::Header<'_>],
+    seen: &FramingFields,
     head_request: bool,
 ) -> Result<(Framing, bool), Malformed> {
-    let closes = named(fields, "connection").any(|token| token.eq_ignore_ascii_case(b"close"));
-    let keep_alive = version == Version::HTTP_11 && !closes;
+    let keep_alive = version == Version::HTTP_11 && !seen.close;
     if head_request
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED
@@ -200,18 +298,18 @@ fn response_framing(
     {
         return Ok((Framing::Empty, keep_alive));
     }
-    let has_length = fields
-        .iter()
-        .any(|field| field.name.eq_ignore_ascii_case("content-length"));
-    let mut codings = named(fields, "transfer-encoding").peekable();
-    if codings.peek().is_some() {
-        if has_length {
+    if seen.coded {
+        if seen.length.is_some() || seen.bad_length.is_some() {
             return Err(malformed("both Transfer-Encoding and Content-Length"));
         }
         if version != Version::HTTP_11 {
             return Err(malformed("Transfer-Encoding in an HTTP/1.0 response"));
         }
-        let codings: Vec<&[u8]> = codings.collect();
+        let codings: Vec<&[u8]> = fields
+            .iter()
+            .filter(|field| Role::of(field.name) == Role::TransferEncoding)
+            .flat_map(|field| items(field.value))
+            .collect();
         let chunked = |coding: &&[u8]| coding.eq_ignore_ascii_case(b"chunked");
         return match codings.iter().position(chunked) {
             Some(at) if at + 1 == codings.len() => Ok((Framing::Chunked(Chunk::Size), keep_alive)),
@@ -220,55 +318,18 @@ fn response_framing(
             None => Ok((Framing::UntilClose, false)),
         };
     }
-    let mut length = None;
-    if has_length {
-        for item in named(fields, "content-length") {
-            let parsed =
-                (!item.is_empty() && item.len() <= 19 && item.iter().all(u8::is_ascii_digit))
-                    .then(|| {
-                        item.iter()
-                            .fold(0u64, |n, digit| n * 10 + u64::from(digit - b'0'))
-                    })
-                    .ok_or_else(|| malformed("an invalid Content-Length"))?;
-            if length.is_some_and(|seen| seen != parsed) {
-                return Err(malformed("two different Content-Lengths"));
-            }
-            length = Some(parsed);
-        }
+    if let Some(problem) = seen.bad_length {
+        return Err(malformed(problem));
     }
-    Ok(match length {
+    Ok(match seen.length {
         Some(length) => (Framing::Length(length), keep_alive),
         None => (Framing::UntilClose, false),
     })
 }
 
-/// The comma-separated items, trimmed, of every field called `name` (lower case).
-fn named<'a>(
-    fields: &'a [httparse::Header<'a>],
-    name: &'static str,
-) -> impl Iterator<Item = &'a [u8]> {
-    fields
-        .iter()
-        .filter(move |field| field.name.eq_ignore_ascii_case(name))
-        .flat_map(|field| field.value.split(|b| *b == b','))
-        .map(<[u8]>::trim_ascii)
-}
-
-/// Whether a field describes one connection rather than the message (RFC 9110 §7.6.1).
-fn is_hop_by_hop(name: &str) -> bool {
-    [
-        "connection",
-        "keep-alive",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-    ]
-    .iter()
-    .any(|hop| name.eq_ignore_ascii_case(hop))
-        || name
-            .get(..6)
-            .is_some_and(|prefix| prefix.eq_ignore_ascii_case("proxy-"))
+/// The comma-separated items of a field value, trimmed.
+fn items(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value.split(|b| *b == b',').map(<[u8]>::trim_ascii)
 }
 
 /// The `Connection` tokens that name no other field.
