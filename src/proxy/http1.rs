@@ -440,7 +440,7 @@ impl Chunk {
                     *self = Chunk::Size;
                 }
                 Chunk::Trailers(seen) => {
-                    let limit = MAX_TRAILERS - *seen;
+                    let limit = MAX_TRAILERS.saturating_sub(*seen);
                     let Some(line) = take_line(buf, limit, "trailer section")? else {
                         return Ok(Decoded::NeedMore);
                     };

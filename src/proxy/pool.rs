@@ -219,6 +219,7 @@ impl Pool {
             connection: None,
             pool: keep_alive.then(|| self.clone()),
             pending: None,
+            broken: None,
             done: false,
         };
         if status == StatusCode::SWITCHING_PROTOCOLS && upgrade {
@@ -431,6 +432,10 @@ pub struct UpstreamBody {
     pool: Option<Arc<Pool>>,
     /// Body bytes taken off the connection and not yet handed out.
     pending: Option<Bytes>,
+    /// A malformed body found while settling, reported at the first poll.
+    /// SECURITY: decoding must never resume after an error, or bytes past a bad chunk
+    /// line would be read as body.
+    broken: Option<Malformed>,
     done: bool,
 }
 
@@ -449,8 +454,11 @@ impl UpstreamBody {
                 }
             }
             Ok(Decoded::End) => self.finish(),
-            // Errors come again, and are reported, when the body is polled.
-            Ok(Decoded::NeedMore) | Err(_) => {}
+            Ok(Decoded::NeedMore) => {}
+            Err(err) => {
+                self.broken = Some(err);
+                self.connection = None;
+            }
         }
     }
 
@@ -484,6 +492,9 @@ impl Body for UpstreamBody {
         let this = &mut *self;
         if let Some(data) = this.pending.take() {
             return Poll::Ready(Some(Ok(Frame::data(data))));
+        }
+        if let Some(err) = this.broken.take() {
+            return this.fail(err);
         }
         loop {
             if this.done {

@@ -286,6 +286,8 @@ async fn a_body_cut_short_or_malformed_fails_the_client_response() {
         "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\nhello\r\n0\r\n\r\n",
         "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello!\r\n0\r\n\r\n",
         "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhel",
+        // A bad size line followed by well-formed chunks: decoding must not resume.
+        "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n3\r\nabc\r\n0\r\n\r\n",
     ] {
         let up = ScriptedUpstream::start(vec![answer_and_close(answer_text)]).await;
         let gw = TestGateway::start(&config(&[up.url()], "")).await;
