@@ -296,7 +296,16 @@ fn build_identity(
         builder.typed(
             yaml_path,
             http::HeaderName::from_bytes(name.as_bytes())
-                .map_err(|_| format!("\"{name}\" is not a header name")),
+                .map_err(|_| format!("\"{name}\" is not a header name"))
+                .and_then(|header| {
+                    if is_message_control(&header) {
+                        Err(format!(
+                            "\"{name}\" frames, routes or controls the message, so it cannot carry identity; use a name of your own (the defaults are X-Auth-Subject, X-Auth-Roles and X-Auth-Scopes)"
+                        ))
+                    } else {
+                        Ok(header)
+                    }
+                }),
         )
     };
     let forward = &raw.forward_headers;
@@ -993,6 +1002,24 @@ pub(super) fn parse_host_pattern(text: &str) -> Result<HostPattern, String> {
     } else {
         HostPattern::Exact(name.to_owned())
     })
+}
+
+/// Header fields the gateway writes or removes itself for framing, routing and the
+/// connection: identity must not travel in them.
+fn is_message_control(name: &http::HeaderName) -> bool {
+    use http::header;
+    [
+        header::CONTENT_LENGTH,
+        header::TRANSFER_ENCODING,
+        header::HOST,
+        header::CONNECTION,
+        header::TE,
+        header::TRAILER,
+        header::UPGRADE,
+    ]
+    .contains(name)
+        || name == "keep-alive"
+        || name.as_str().starts_with("proxy-")
 }
 
 #[cfg(test)]

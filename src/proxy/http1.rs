@@ -68,7 +68,9 @@ pub fn write_request_head(
         write_field(out, name, value);
     }
     for (name, value) in added.iter() {
-        write_field(out, name, value);
+        if *name != header::CONTENT_LENGTH && *name != header::TRANSFER_ENCODING {
+            write_field(out, name, value);
+        }
     }
     match framing {
         RequestFraming::Empty => {}
@@ -141,6 +143,13 @@ pub fn parse_response(buf: &[u8], head_request: bool) -> Result<Parsed, Malforme
         }
         Err(err) => return Err(malformed(format!("{err} in its head"))),
     };
+    // SECURITY: httparse also ends lines at a bare LF and skips blank lines before the
+    // status line; a server that does not would see other fields, or a stray response.
+    if buf.first().is_some_and(|b| *b == b'\r' || *b == b'\n')
+        || memchr::memchr_iter(b'\n', &buf[..length]).any(|at| at == 0 || buf[at - 1] != b'\r')
+    {
+        return Err(malformed("a head line not ended by CRLF"));
+    }
     let code = response.code.ok_or_else(|| malformed("no status code"))?;
     let status = StatusCode::from_u16(code).map_err(|_| malformed("an invalid status code"))?;
     if status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS {
@@ -363,6 +372,8 @@ pub enum Chunk {
     DataEnd,
     /// In the trailer section, this many bytes into it.
     Trailers(usize),
+    /// After the trailer section: the body has ended.
+    Done,
 }
 
 /// One step of decoding a body from the read buffer.
@@ -445,7 +456,7 @@ impl Chunk {
                         return Ok(Decoded::NeedMore);
                     };
                     if line.is_empty() {
-                        *self = Chunk::Trailers(0);
+                        *self = Chunk::Done;
                         return Ok(Decoded::End);
                     }
                     // Trailer fields are not passed on (the `Trailer` field that would
@@ -455,6 +466,7 @@ impl Chunk {
                     }
                     *seen += line.len() + 2;
                 }
+                Chunk::Done => return Ok(Decoded::End),
             }
         }
     }
@@ -488,8 +500,18 @@ fn chunk_size(line: &[u8]) -> Result<u64, Malformed> {
     if digits == 0 || digits > 15 {
         return Err(malformed("an invalid chunk size"));
     }
-    let rest = line[digits..].trim_ascii_start();
-    if !(rest.is_empty() || rest.starts_with(b";")) {
+    // Only spaces or tabs may come before the extensions, and nothing in the line may be
+    // a control character.
+    let rest = &line[digits..];
+    let extensions = &rest[rest
+        .iter()
+        .take_while(|b| **b == b' ' || **b == b'\t')
+        .count()..];
+    if !(extensions.is_empty() || extensions.starts_with(b";"))
+        || rest
+            .iter()
+            .any(|b| (*b < 0x20 && *b != b'\t') || *b == 0x7f)
+    {
         return Err(malformed("an invalid chunk size"));
     }
     Ok(line[..digits].iter().fold(0u64, |size, digit| {
@@ -582,6 +604,10 @@ mod tests {
             "HTTP/1.1 200 OK\r\nx: a\r\n folded\r\n\r\n",
             "HTTP/1.1 20 OK\r\n\r\n",
             "HTTP/2 200 OK\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nx-a: 1\ntransfer-encoding: chunked\r\n\r\n",
+            "HTTP/1.1 200 OK\ncontent-length: 0\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\n",
+            "\r\nHTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n",
         ] {
             assert!(
                 framing_of(text).is_err_and(|err| err != "partial"),
@@ -691,6 +717,8 @@ mod tests {
             b"5 x\r\n",
             b"ffffffffffffffff\r\n",
             b"0\r\nno colon\r\n\r\n",
+            b"5\r\r\nhello\r\n0\r\n\r\n",
+            b"5;\x00\r\nhello\r\n0\r\n\r\n",
         ] {
             assert!(
                 decode_in_steps(Framing::Chunked(Chunk::Size), input, 64)

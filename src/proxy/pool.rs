@@ -119,7 +119,8 @@ impl Pool {
 
     /// Sends `request` on an idle connection, or a new one. When an idle connection turns
     /// out to have been closed by the upstream before it answered, a request without a
-    /// body whose method is idempotent is sent once more on a new connection.
+    /// body whose method is safe (GET, HEAD, OPTIONS, TRACE) is sent once more on a new
+    /// connection.
     pub async fn send(
         self: &Arc<Pool>,
         request: Request<RequestBody>,
@@ -148,7 +149,7 @@ impl Pool {
                     return Ok(self.hand_out(head, connection, exchange.upgrade));
                 }
                 Err(ExchangeError::Closed)
-                    if framing == RequestFraming::Empty && parts.method.is_idempotent() =>
+                    if framing == RequestFraming::Empty && parts.method.is_safe() =>
                 {
                     tracing::debug!(target = %self.authority, "idle upstream connection was closed; sending on a new one");
                 }
@@ -295,6 +296,7 @@ impl Exchange<'_> {
         mut connection: Connection,
         body: &mut RequestBody,
     ) -> Result<(ResponseHead, Connection), ExchangeError> {
+        let mut reusable = true;
         let sent = if self.framing == RequestFraming::Empty {
             connection
                 .stream
@@ -309,7 +311,7 @@ impl Exchange<'_> {
                 send_body(&mut writer, body, self.framing).await
             };
             let early = read_head(&mut reader, read, self.head_request);
-            tokio::select! {
+            let sent = tokio::select! {
                 biased;
                 sent = upload => sent,
                 head = early => {
@@ -317,7 +319,13 @@ impl Exchange<'_> {
                     head.keep_alive = false;
                     return Ok((head, connection));
                 }
+            };
+            if !read.is_empty() {
+                // The answer began before the body was all sent: whether the upstream read
+                // the rest is unknown, so the connection is not reused.
+                reusable = false;
             }
+            sent
         };
         let mut head = match sent {
             Ok(()) => self.read_head(&mut connection).await?,
@@ -336,8 +344,9 @@ impl Exchange<'_> {
         if head.status == StatusCode::SWITCHING_PROTOCOLS && !self.upgrade {
             // Unasked for: passed on as a plain response (which the caller refuses), and
             // the connection is not reused.
-            head.keep_alive = false;
+            reusable = false;
         }
+        head.keep_alive &= reusable;
         Ok((head, connection))
     }
 
@@ -357,12 +366,23 @@ async fn send_body<W: AsyncWrite + Unpin>(
     body: &mut RequestBody,
     framing: RequestFraming,
 ) -> Result<(), ExchangeError> {
+    let mut sent: u64 = 0;
     while let Some(frame) = body.frame().await {
         let Ok(data) = frame.map_err(ExchangeError::Body)?.into_data() else {
             continue;
         };
         if data.is_empty() {
             continue;
+        }
+        sent += data.len() as u64;
+        // The client's parser enforces its Content-Length; this keeps a mistake there from
+        // ever writing past the length we announced.
+        if let RequestFraming::Length(length) = framing
+            && sent > length
+        {
+            return Err(ExchangeError::Body(
+                "the request body is longer than its Content-Length".into(),
+            ));
         }
         if framing == RequestFraming::Chunked {
             let start = Bytes::from(http1::chunk_start(data.len()));
@@ -372,8 +392,14 @@ async fn send_body<W: AsyncWrite + Unpin>(
             writer.write_all(&data).await?;
         }
     }
-    if framing == RequestFraming::Chunked {
-        writer.write_all(b"0\r\n\r\n").await?;
+    match framing {
+        RequestFraming::Chunked => writer.write_all(b"0\r\n\r\n").await?,
+        RequestFraming::Length(length) if sent != length => {
+            return Err(ExchangeError::Body(
+                "the request body ended before its Content-Length".into(),
+            ));
+        }
+        _ => {}
     }
     Ok(())
 }

@@ -193,3 +193,17 @@ gw.yaml:18:21: identity.jwt[1].jwks_refresh: jwks_refresh is for a jwks_url; thi
 gw.yaml:23:17: identity.jwt[2].jwks_url: "https://user:secret@c/keys" must not carry credentials (user:password@)"#
     );
 }
+
+#[test]
+fn identity_headers_cannot_be_ones_that_frame_or_route_the_message() {
+    assert_eq!(
+        errors(&format!(
+            "{VALID_TAIL}identity:\n  forward_headers: {{ subject: Transfer-Encoding, roles: host, scopes: proxy-scopes }}\n"
+        )),
+        format!(
+            "gw.yaml:4:31: identity.forward_headers.subject: \"Transfer-Encoding\" frames, routes or controls the message, so it cannot carry identity; use a name of your own (the defaults are X-Auth-Subject, X-Auth-Roles and X-Auth-Scopes)\n\
+             gw.yaml:4:57: identity.forward_headers.roles: \"host\" frames, routes or controls the message, so it cannot carry identity; use a name of your own (the defaults are X-Auth-Subject, X-Auth-Roles and X-Auth-Scopes)\n\
+             gw.yaml:4:71: identity.forward_headers.scopes: \"proxy-scopes\" frames, routes or controls the message, so it cannot carry identity; use a name of your own (the defaults are X-Auth-Subject, X-Auth-Roles and X-Auth-Scopes)"
+        )
+    );
+}
