@@ -172,7 +172,11 @@ async fn serve_connection(
     let connection = builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(connection);
 
-    let idle = idle(&activity, limits.idle_timeout);
+    // The HTTP/1 head timer (`HeadSleep`) keeps no timer of its own, which would cost a
+    // timer-wheel entry per request: the idle watchdog's checks wake the connection often
+    // enough for it to look at the clock.
+    let check_every = limits.idle_timeout.min(limits.header_read_timeout) / 4;
+    let idle = idle_checked(&activity, limits.idle_timeout, check_every);
     tokio::pin!(idle);
     let first_request = tokio::time::sleep_until(first_request_due);
     tokio::pin!(first_request);
@@ -205,7 +209,7 @@ async fn serve_connection(
                 connection.as_mut().graceful_shutdown();
                 // A client that ignores a graceful close (an HTTP/2 GOAWAY) gets one more
                 // idle period, then is cut off.
-                idle.set(self::idle(&activity, limits.idle_timeout));
+                idle.set(idle_checked(&activity, limits.idle_timeout, check_every));
             }
         }
     }
@@ -214,7 +218,17 @@ async fn serve_connection(
 /// Resolves once the connection has had no bytes in either direction and no request
 /// waiting for its response head for at least `timeout` (at most 1.25 × `timeout`).
 pub async fn idle(activity: &Activity, timeout: Duration) {
-    let check_every = timeout / 4;
+    idle_checked(activity, timeout, timeout / 4).await;
+}
+
+/// [`idle`], looking every `check_every` (at most a quarter of `timeout`): each check
+/// also wakes the connection's task.
+async fn idle_checked(activity: &Activity, timeout: Duration, check_every: Duration) {
+    let check_every = check_every.max(Duration::from_millis(1));
+    // Enough quiet checks in a row to span `timeout`.
+    let needed = u32::try_from(timeout.as_nanos().div_ceil(check_every.as_nanos()))
+        .unwrap_or(u32::MAX)
+        .max(1);
     let mut checks = tokio::time::interval_at(Instant::now() + check_every, check_every);
     let mut last_seen = activity.snapshot();
     let mut quiet_checks = 0u32;
@@ -226,8 +240,8 @@ pub async fn idle(activity: &Activity, timeout: Duration) {
             quiet_checks = 0;
         } else {
             quiet_checks += 1;
-            // Four quiet checks a quarter of the timeout apart: idle for at least the timeout.
-            if quiet_checks >= 4 {
+            // Quiet checks spanning the timeout: idle for at least the timeout.
+            if quiet_checks >= needed {
                 return;
             }
         }
@@ -414,18 +428,11 @@ impl hyper::rt::Timer for HeadTimer {
         // peeks at the start of the connection), so the first head's deadline is fixed at
         // accept time. Later heads start counting at their first byte.
         let first_head = self.activity.requests.load(Ordering::Relaxed) == 0;
-        let (deadline, first_check) = if first_head {
-            (Some(self.first_request_due), self.first_request_due)
-        } else {
-            (None, Instant::now() + self.timeout / 4)
-        };
         Box::pin(HeadSleep {
             activity: self.activity.clone(),
             reads_at_start: self.activity.reads.load(Ordering::Relaxed),
             timeout: self.timeout,
-            check: self.timeout / 4,
-            deadline,
-            sleep: Box::pin(tokio::time::sleep_until(first_check)),
+            deadline: first_head.then_some(self.first_request_due),
         })
     }
 }
@@ -442,36 +449,35 @@ impl Future for PlainSleep {
 
 impl hyper::rt::Sleep for PlainSleep {}
 
-/// Fires `timeout` after the first byte of a request head arrived (measured to a quarter
-/// of `timeout`), and never while a kept-alive connection is merely idle. A partial head
-/// that arrived together with the previous request is covered by `idle_timeout` instead.
+/// Fires `timeout` after the first byte of a request head arrived, and never while a
+/// kept-alive connection is merely idle. A partial head that arrived together with the
+/// previous request is covered by `idle_timeout` instead.
+///
+/// It looks at the clock whenever it is polled and registers no waker: hyper polls it each
+/// time a read of the head finds nothing more (so the first bytes are noticed as they
+/// arrive), and the idle watchdog's checks in `serve_connection` wake the connection at
+/// least every quarter of `timeout`, so it fires at most a quarter late.
 struct HeadSleep {
     activity: Arc<Activity>,
     reads_at_start: u64,
     timeout: Duration,
-    check: Duration,
     deadline: Option<Instant>,
-    sleep: Pin<Box<tokio::time::Sleep>>,
 }
 
 impl Future for HeadSleep {
     type Output = ();
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        loop {
-            ready!(self.sleep.as_mut().poll(cx));
-            let now = Instant::now();
-            let next = match self.deadline {
-                Some(deadline) if now >= deadline => return Poll::Ready(()),
-                Some(deadline) => deadline,
-                None if self.activity.reads.load(Ordering::Relaxed) != self.reads_at_start => {
-                    // The head's first bytes arrived since the last check.
-                    let deadline = now + self.timeout;
-                    self.deadline = Some(deadline);
-                    deadline
+    fn poll(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<()> {
+        let now = Instant::now();
+        match self.deadline {
+            Some(deadline) if now >= deadline => Poll::Ready(()),
+            Some(_) => Poll::Pending,
+            None => {
+                if self.activity.reads.load(Ordering::Relaxed) != self.reads_at_start {
+                    // The head's first bytes arrived since the timer started.
+                    self.deadline = Some(now + self.timeout);
                 }
-                None => now + self.check,
-            };
-            self.sleep.as_mut().reset(next);
+                Poll::Pending
+            }
         }
     }
 }

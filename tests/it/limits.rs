@@ -113,6 +113,42 @@ async fn a_slow_head_is_cut_off_but_an_idle_keep_alive_is_not() {
 }
 
 #[tokio::test]
+async fn a_slow_head_after_a_kept_alive_request_is_cut_off() {
+    let up = TestUpstream::start("a").await;
+    let gw = TestGateway::start(&config(
+        &[up.url()],
+        "limits: { header_read_timeout: 400ms, idle_timeout: 30s }\n",
+    ))
+    .await;
+    let mut stream = TcpStream::connect(gw.addr).await.unwrap();
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = vec![0u8; 4096];
+    let n = stream.read(&mut answer).await.unwrap();
+    assert!(String::from_utf8_lossy(&answer[..n]).starts_with("HTTP/1.1 200"));
+    // Quiet for a while (idleness is not a slow head), then half of the second head.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: a\r\nX-Slow: ")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut rest)).await;
+    assert!(
+        closed.is_ok(),
+        "the slow second head was not cut off within 5s (idle_timeout is 30s)"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "cut off before its header_read_timeout: {:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
 async fn an_idle_connection_is_closed() {
     let up = TestUpstream::start("a").await;
     let gw = TestGateway::start(&config(&[up.url()], "limits: { idle_timeout: 300ms }\n")).await;
