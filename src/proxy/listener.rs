@@ -224,7 +224,9 @@ pub async fn idle(activity: &Activity, timeout: Duration) {
 /// [`idle`], looking every `check_every` (at most a quarter of `timeout`): each check
 /// also wakes the connection's task.
 async fn idle_checked(activity: &Activity, timeout: Duration, check_every: Duration) {
-    let check_every = check_every.max(Duration::from_millis(1));
+    // A floor keeps an absurdly short timeout from waking the connection thousands of
+    // times a second.
+    let check_every = check_every.max(Duration::from_millis(10));
     // Enough quiet checks in a row to span `timeout`.
     let needed = u32::try_from(timeout.as_nanos().div_ceil(check_every.as_nanos()))
         .unwrap_or(u32::MAX)
