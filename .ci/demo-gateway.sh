@@ -1,10 +1,12 @@
-# Sourced by the CI checks that need the demo running: starts the shipped demo config on
-# free loopback ports from a copy in "$work" (which the caller creates and removes), logging
-# JSON to "$work/log", and sets pid, addr (the client listener) and admin.
-# The caller calls stop_demo_gateway when done (from its EXIT trap).
+# Sourced by the CI checks that need the demo running: makes a scratch directory "$work"
+# and an EXIT trap that stops the gateway and removes it; start_demo_gateway starts the
+# shipped demo config on free loopback ports from a copy in "$work", logging JSON to
+# "$work/log", and sets pid, addr (the client listener) and admin.
 pid=""
+work=$(mktemp -d)
+trap 'stop_demo_gateway; rm -rf "$work"' EXIT
 
-# Stops the gateway, if one was started; never fails, so an EXIT trap goes on.
+# Stops the gateway, if one was started; never fails, so the EXIT trap goes on.
 stop_demo_gateway() {
     if [ -n "$pid" ]; then
         kill "$pid" 2>/dev/null || true

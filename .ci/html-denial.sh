@@ -15,12 +15,6 @@ if ! command -v chromium >/dev/null; then
 fi
 
 . .ci/demo-gateway.sh
-work=$(mktemp -d)
-cleanup() {
-    stop_demo_gateway
-    rm -rf "$work"
-}
-trap cleanup EXIT
 start_demo_gateway
 
 url="http://$addr/admin/users"

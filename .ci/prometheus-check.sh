@@ -10,12 +10,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 . .ci/demo-gateway.sh
-work=$(mktemp -d)
-cleanup() {
-    stop_demo_gateway
-    rm -rf "$work"
-}
-trap cleanup EXIT
 
 if ! command -v promtool >/dev/null; then
     sudo_cmd=""

@@ -20,6 +20,7 @@ use prometheus::{Histogram, IntCounter};
 
 use super::ProxyBody;
 use super::echo;
+use super::http1;
 use super::pool::{Exchanged, Pool, SendError, Switched};
 use super::respond::ProxyError;
 use crate::config::{Target, UpstreamName, UpstreamSettings};
@@ -445,8 +446,6 @@ fn is_client_claim(name: &HeaderName) -> bool {
     CLIENT_CLAIMS.contains(name) || name.as_str().starts_with("x-forwarded-")
 }
 
-const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-
 /// Header fields the gateway sets on a request for the upstream. Each replaces every
 /// field of its name that the request carries, and they are written after the request's
 /// own: collecting them costs no insertion into (and no growth of) the request's map.
@@ -556,15 +555,10 @@ fn joined(headers: &HeaderMap, name: &HeaderName) -> Option<String> {
     })
 }
 
-/// Whether a header describes one connection rather than the message (RFC 9110 §7.6.1).
+/// Whether a header describes one connection rather than the message (RFC 9110 §7.6.1);
+/// one list for requests and responses, `http1::Role`.
 fn is_hop_by_hop(name: &HeaderName) -> bool {
-    *name == header::CONNECTION
-        || *name == KEEP_ALIVE
-        || *name == header::TE
-        || *name == header::TRAILER
-        || *name == header::TRANSFER_ENCODING
-        || *name == header::UPGRADE
-        || name.as_str().starts_with("proxy-")
+    http1::Role::of(name.as_str()).is_hop_by_hop()
 }
 
 /// Removes hop-by-hop headers: the standard set, every `Proxy-*` header, and the headers
@@ -576,7 +570,7 @@ fn remove_hop_by_hop(headers: &mut HeaderMap) {
         value
             .as_bytes()
             .split(|b| *b == b',')
-            .any(|token| !is_standard_connection_token(token))
+            .any(|token| !http1::is_standard_connection_token(token.trim_ascii()))
     });
     if names_others {
         let named: Vec<HeaderName> = headers
@@ -608,13 +602,6 @@ fn remove_hop_by_hop(headers: &mut HeaderMap) {
             }
         }
     }
-}
-
-fn is_standard_connection_token(token: &[u8]) -> bool {
-    let token = token.trim_ascii();
-    token.eq_ignore_ascii_case(b"keep-alive")
-        || token.eq_ignore_ascii_case(b"close")
-        || token.eq_ignore_ascii_case(b"upgrade")
 }
 
 #[cfg(test)]
@@ -732,5 +719,11 @@ mod tests {
         .apply_to(&mut map);
         assert_eq!(map["connection"], "upgrade");
         assert_eq!(map["upgrade"], "websocket");
+
+        let mut map = headers(&[("connection", "Upgrade"), ("upgrade", "websocket")]);
+        let added = request_headers(&mut map, &client(false, None), None);
+        assert!(!added.replaces(&header::UPGRADE) && !added.replaces(&header::CONNECTION));
+        added.apply_to(&mut map);
+        assert!(map.get("connection").is_none() && map.get("upgrade").is_none());
     }
 }

@@ -179,7 +179,7 @@ pub fn parse_response(buf: &[u8], head_request: bool) -> Result<Parsed, Malforme
                 }
             }
             Role::ContentLength => seen.length(field.value),
-            Role::TransferEncoding => seen.coded = true,
+            Role::TransferEncoding => seen.codings(field.value),
             Role::Upgrade | Role::HopByHop | Role::Plain => {}
         }
         let kept = match role {
@@ -208,7 +208,7 @@ pub fn parse_response(buf: &[u8], head_request: bool) -> Result<Parsed, Malforme
             }
         }
     }
-    let (framing, keep_alive) = response_framing(status, version, fields, &seen, head_request)?;
+    let (framing, keep_alive) = response_framing(status, version, &seen, head_request)?;
     Ok(Parsed::Final(
         ResponseHead {
             status,
@@ -222,7 +222,7 @@ pub fn parse_response(buf: &[u8], head_request: bool) -> Result<Parsed, Malforme
 
 /// What a response field is to the gateway.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Role {
+pub enum Role {
     Connection,
     ContentLength,
     TransferEncoding,
@@ -234,7 +234,7 @@ enum Role {
 }
 
 impl Role {
-    fn of(name: &str) -> Role {
+    pub fn of(name: &str) -> Role {
         let is = |known: &str| name.eq_ignore_ascii_case(known);
         match name.len() {
             10 if is("connection") => Role::Connection,
@@ -254,6 +254,11 @@ impl Role {
             _ => Role::Plain,
         }
     }
+
+    /// Whether the field describes one connection rather than the message.
+    pub fn is_hop_by_hop(self) -> bool {
+        !matches!(self, Role::Plain | Role::ContentLength)
+    }
 }
 
 /// What the fields that frame a response said, gathered in one pass.
@@ -265,6 +270,10 @@ struct FramingFields {
     names_others: bool,
     /// A `Transfer-Encoding` field is present.
     coded: bool,
+    /// The last transfer coding so far is `chunked`.
+    chunked_last: bool,
+    /// A coding came after `chunked`.
+    chunked_not_last: bool,
     /// The `Content-Length`, once one is present.
     length: Option<u64>,
     /// What was wrong with a `Content-Length`; it matters only if the length is used.
@@ -272,6 +281,14 @@ struct FramingFields {
 }
 
 impl FramingFields {
+    fn codings(&mut self, value: &[u8]) {
+        for coding in items(value) {
+            self.coded = true;
+            self.chunked_not_last |= self.chunked_last;
+            self.chunked_last = coding.eq_ignore_ascii_case(b"chunked");
+        }
+    }
+
     fn length(&mut self, value: &[u8]) {
         for item in items(value) {
             let valid = !item.is_empty() && item.len() <= 19 && item.iter().all(u8::is_ascii_digit);
@@ -295,7 +312,6 @@ impl FramingFields {
 fn response_framing(
     status: StatusCode,
     version: Version,
-    fields: &[httparse::Header<'_>],
     seen: &FramingFields,
     head_request: bool,
 ) -> Result<(Framing, bool), Malformed> {
@@ -314,17 +330,13 @@ fn response_framing(
         if version != Version::HTTP_11 {
             return Err(malformed("Transfer-Encoding in an HTTP/1.0 response"));
         }
-        let codings: Vec<&[u8]> = fields
-            .iter()
-            .filter(|field| Role::of(field.name) == Role::TransferEncoding)
-            .flat_map(|field| items(field.value))
-            .collect();
-        let chunked = |coding: &&[u8]| coding.eq_ignore_ascii_case(b"chunked");
-        return match codings.iter().position(chunked) {
-            Some(at) if at + 1 == codings.len() => Ok((Framing::Chunked(Chunk::Size), keep_alive)),
-            Some(_) => Err(malformed("chunked is not the last transfer coding")),
+        return if seen.chunked_not_last {
+            Err(malformed("chunked is not the last transfer coding"))
+        } else if seen.chunked_last {
+            Ok((Framing::Chunked(Chunk::Size), keep_alive))
+        } else {
             // Another coding last: the body ends with the connection.
-            None => Ok((Framing::UntilClose, false)),
+            Ok((Framing::UntilClose, false))
         };
     }
     if let Some(problem) = seen.bad_length {
@@ -342,7 +354,7 @@ fn items(value: &[u8]) -> impl Iterator<Item = &[u8]> {
 }
 
 /// The `Connection` tokens that name no other field.
-fn is_standard_connection_token(token: &[u8]) -> bool {
+pub fn is_standard_connection_token(token: &[u8]) -> bool {
     token.eq_ignore_ascii_case(b"keep-alive")
         || token.eq_ignore_ascii_case(b"close")
         || token.eq_ignore_ascii_case(b"upgrade")
