@@ -15,10 +15,10 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use prometheus::{Histogram, IntCounter};
 
 use super::ProxyBody;
+use super::client_http1::ClientBody;
 use super::echo;
 use super::http1;
 use super::pool::{Exchanged, Pool, SendError, Switched};
@@ -113,7 +113,7 @@ impl Upstream {
         &self,
         parts: http::request::Parts,
         added: &Added,
-        body: Incoming,
+        body: ClientBody,
         body_limit: Option<u64>,
     ) -> Result<Forwarded, ProxyError> {
         let Some(first) = self.pick(None) else {
@@ -302,7 +302,7 @@ impl BodyTooLargeError {
 /// The client's request body on its way upstream: streamed frame by frame and counted
 /// against the body limit.
 pub struct RequestBody {
-    inner: Incoming,
+    inner: ClientBody,
     received: u64,
     limit: Option<u64>,
     /// When the body last made progress, shared with the attempt's timeout.
@@ -316,7 +316,7 @@ pub struct RequestBody {
 const PROGRESS_STEP: u64 = 64 * 1024;
 
 impl RequestBody {
-    fn new(inner: Incoming, limit: Option<u64>) -> RequestBody {
+    fn new(inner: ClientBody, limit: Option<u64>) -> RequestBody {
         RequestBody {
             inner,
             received: 0,
@@ -371,7 +371,7 @@ impl Body for RequestBody {
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
-            Some(Err(err)) => Poll::Ready(Some(Err(err.into()))),
+            Some(Err(err)) => Poll::Ready(Some(Err(err))),
             None => {
                 this.progress.touch();
                 Poll::Ready(None)

@@ -5,18 +5,15 @@
 //! sent upstream and returned to the client, on errors too.
 
 use std::borrow::Cow;
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body::Body as _;
-use hyper::body::Incoming;
-use hyper::upgrade::OnUpgrade;
-use hyper_util::rt::TokioIo;
 use tokio::io::AsyncWriteExt as _;
 
+use super::client_http1::{ClientBody, ClientSwitch};
 use super::forward::{self, ClientFacts};
 use super::listener::{self, Activity, ConnMeta, ConnectionGuard};
 use super::pool::Switched;
@@ -33,8 +30,8 @@ const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub async fn handle(
     proxy: Arc<Proxy>,
     conn: Arc<ConnMeta>,
-    request: Request<Incoming>,
-) -> Result<Response<ProxyBody>, Infallible> {
+    request: Request<ClientBody>,
+) -> Response<ProxyBody> {
     let started = Instant::now();
     let trusted = proxy.is_trusted(conn.peer.ip());
     let request_id = request_id(request.headers().get(&X_REQUEST_ID), trusted);
@@ -69,43 +66,76 @@ pub async fn handle(
                 html,
             )
         }
-        Err(Failure {
-            route,
-            error: err,
-            decided,
-        }) => {
-            let route_label = route.as_ref().map_or(NO_ROUTE_LABEL, |id| &id.0);
-            proxy
-                .metrics
-                .requests
-                .with_label_values(&[route_label, DecisionLabel::Error.as_str(), err.reason()])
-                .inc();
-            if !decided {
-                proxy.decision_log.refused(&Refused {
-                    request_id: request_id.to_str().unwrap_or(""),
-                    route: route.as_ref().map(|id| &*id.0),
-                    method: method.as_str(),
-                    peer: conn.peer.ip(),
-                    reason: err.reason(),
-                });
-            }
-            let mut response = respond::error(&err, &request_id);
-            // After a malformed or oversized request the rest of the connection's bytes
-            // cannot be trusted to start a new request.
-            if err.closes_connection() && version < Version::HTTP_2 {
-                response
-                    .headers_mut()
-                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
-            }
-            response
-        }
+        Err(failure) => failed(
+            &proxy,
+            &conn,
+            &request_id,
+            method.as_str(),
+            version,
+            failure,
+        ),
     };
     response.headers_mut().insert(X_REQUEST_ID, request_id);
     proxy
         .metrics
         .request_duration
         .observe(started.elapsed().as_secs_f64());
-    Ok(response)
+    response
+}
+
+/// Answers a request that the HTTP/1 reader refused before it was whole (a malformed or
+/// ambiguous head): counted, logged and answered like any request refused before routing.
+pub fn refuse(
+    proxy: &Proxy,
+    conn: &ConnMeta,
+    method: &str,
+    error: ProxyError,
+) -> Response<ProxyBody> {
+    let request_id = request_id(None, false);
+    let failure = Failure::early(error);
+    let mut response = failed(proxy, conn, &request_id, method, Version::HTTP_11, failure);
+    response.headers_mut().insert(X_REQUEST_ID, request_id);
+    response
+}
+
+/// Counts a failed request, logs it if the policy did not already, and answers it.
+fn failed(
+    proxy: &Proxy,
+    conn: &ConnMeta,
+    request_id: &HeaderValue,
+    method: &str,
+    version: Version,
+    failure: Failure,
+) -> Response<ProxyBody> {
+    let Failure {
+        route,
+        error: err,
+        decided,
+    } = failure;
+    let route_label = route.as_ref().map_or(NO_ROUTE_LABEL, |id| &id.0);
+    proxy
+        .metrics
+        .requests
+        .with_label_values(&[route_label, DecisionLabel::Error.as_str(), err.reason()])
+        .inc();
+    if !decided {
+        proxy.decision_log.refused(&Refused {
+            request_id: request_id.to_str().unwrap_or(""),
+            route: route.as_ref().map(|id| &*id.0),
+            method,
+            peer: conn.peer.ip(),
+            reason: err.reason(),
+        });
+    }
+    let mut response = respond::error(&err, request_id);
+    // After a malformed or oversized request the rest of the connection's bytes cannot
+    // be trusted to start a new request.
+    if err.closes_connection() && version < Version::HTTP_2 {
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
 }
 
 /// How a request that got through the pipeline was answered.
@@ -146,23 +176,10 @@ async fn pipeline(
     conn: &ConnMeta,
     trusted: bool,
     request_id: &HeaderValue,
-    mut request: Request<Incoming>,
+    mut request: Request<ClientBody>,
 ) -> Result<Answer, Failure> {
     let limits = &proxy.limits;
     check_limits(&request, limits.max_header_size, limits.max_body_size).map_err(Failure::early)?;
-    // SECURITY: a head with two framings is how requests are smuggled past proxies.
-    if conn.activity.has_ambiguous_framing() {
-        return Err(Failure::early(ProxyError::BadRequest(
-            "the request has both Content-Length and Transfer-Encoding".into(),
-        )));
-    }
-    // SECURITY: a client never sends a fragment; one that does is probing how the parts
-    // of the target are split.
-    if conn.activity.has_fragment() {
-        return Err(Failure::early(ProxyError::BadRequest(
-            "the request target has a #fragment".into(),
-        )));
-    }
     normalize::method(request.method()).map_err(Failure::early)?;
     if request.method() == Method::CONNECT {
         return Err(Failure::early(ProxyError::ConnectRefused));
@@ -170,8 +187,10 @@ async fn pipeline(
 
     // Take the client's side of a protocol switch now; the request is consumed below.
     let upgrade = requested_upgrade(&request);
-    let client_upgrade: Option<OnUpgrade> =
-        upgrade.is_some().then(|| hyper::upgrade::on(&mut request));
+    let client_upgrade = upgrade
+        .is_some()
+        .then(|| request.extensions_mut().remove::<ClientSwitch>())
+        .flatten();
     let (mut parts, body) = request.into_parts();
 
     let authority = normalize::authority(&parts).map_err(Failure::early)?;
@@ -273,7 +292,7 @@ async fn pipeline(
     match (client_upgrade, switched) {
         // SECURITY: bytes the client sent before the switch was agreed would go into the
         // tunnel without ever being read as HTTP; refuse the switch and close.
-        (Some(_), _) if switching && !conn.activity.may_switch_protocols() => {
+        (Some(client), _) if switching && client.data_followed => {
             return Err(fail(ProxyError::BadRequest(
                 "the client sent data before the protocol switch was answered".into(),
             )));
@@ -338,7 +357,7 @@ fn decide(
 /// Refuses heads over `max_header_size` (431) and declared bodies over `max_body_size`
 /// (413) before any byte goes upstream. Chunked bodies are counted while they stream.
 fn check_limits(
-    request: &Request<Incoming>,
+    request: &Request<ClientBody>,
     max_header_size: usize,
     max_body_size: Option<u64>,
 ) -> Result<(), ProxyError> {
@@ -372,7 +391,7 @@ fn check_limits(
 /// The protocol an HTTP/1.1 request asks to switch to (`Connection: upgrade` plus
 /// `Upgrade`). `h2c` is never passed on: it would turn a checked connection into an
 /// unchecked HTTP/2 tunnel to the upstream.
-fn requested_upgrade(request: &Request<Incoming>) -> Option<HeaderValue> {
+fn requested_upgrade(request: &Request<ClientBody>) -> Option<HeaderValue> {
     if request.version() != Version::HTTP_11 {
         return None;
     }
@@ -397,21 +416,16 @@ fn requested_upgrade(request: &Request<Incoming>) -> Option<HeaderValue> {
 /// Copies bytes both ways between the client and the upstream once both switched. The
 /// tunnel keeps the client connection's slot (`guard`) and closes when idle.
 async fn tunnel(
-    client: OnUpgrade,
+    client: ClientSwitch,
     upstream: Switched,
     _guard: Arc<ConnectionGuard>,
     activity: Arc<Activity>,
     idle_timeout: Duration,
 ) {
-    let client = match client.await {
-        Ok(client) => client,
-        Err(err) => {
-            tracing::debug!(error = %err, "protocol switch failed");
-            return;
-        }
+    let Some(mut client) = client.socket().await else {
+        tracing::debug!("the connection ended before the protocol switch was answered");
+        return;
     };
-    activity.tunnel_started();
-    let mut client = TokioIo::new(client);
     let Switched {
         stream: mut upstream,
         early,

@@ -349,7 +349,7 @@ fn response_framing(
 }
 
 /// The comma-separated items of a field value, trimmed.
-fn items(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+pub fn items(value: &[u8]) -> impl Iterator<Item = &[u8]> {
     value.split(|b| *b == b',').map(<[u8]>::trim_ascii)
 }
 

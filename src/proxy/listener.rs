@@ -1,5 +1,6 @@
-//! Accepting client connections: the accept loop, the HTTP/1.1 + HTTP/2 (prior knowledge)
-//! server on each connection, connection limits, idle and slow-header timeouts, and drain.
+//! Accepting client connections: the accept loop, telling HTTP/1.1 from HTTP/2 (prior
+//! knowledge) on each connection, connection limits, idle and first-request timeouts, and
+//! drain. HTTP/1.1 is served by `client_http1`, HTTP/2 by hyper.
 //!
 //! Knows nothing of routes or upstreams: each request is handed to `handle`.
 
@@ -11,18 +12,21 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
+use bytes::{Buf as _, BytesMut};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::time::Instant;
 
-use super::framing::FramingWatch;
+use super::client_http1::{self, ClientBody, Wire};
 use super::handle::handle;
 use crate::config::Limits;
 use crate::reload::Live;
+
+/// What an HTTP/2 client with prior knowledge sends first (RFC 9113 §3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// What a request knows about the connection it arrived on.
 #[derive(Clone)]
@@ -128,62 +132,79 @@ async fn serve_connection(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let activity = meta.activity.clone();
-    // SECURITY: a connection must start its first request within header_read_timeout of
-    // opening, whatever it sends meanwhile (nothing, half a preface, HTTP/2 pings).
-    let first_request_due = Instant::now() + limits.header_read_timeout;
-    // Heads over our limit get a problem+json 431 from `handle`; twice the limit is the
-    // parser's hard cap, past which hyper answers a bare 431 and closes. The framing
-    // watch follows heads as large as hyper reads.
-    let head_buffer = (limits.max_header_size * 2).max(8192);
-    let io = TokioIo::new(ActivityIo {
-        inner: stream,
-        activity: activity.clone(),
-        framing: FramingWatch::new(head_buffer),
-    });
-
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(HeadTimer {
-            activity: activity.clone(),
-            timeout: limits.header_read_timeout,
-            first_request_due,
-        })
-        .header_read_timeout(limits.header_read_timeout)
-        .max_headers(MAX_HEADERS)
-        .max_buf_size(head_buffer);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(limits.max_header_size * 2).unwrap_or(u32::MAX));
-
     let peer = meta.peer;
     let meta = Arc::new(meta);
-    let service = service_fn(move |request| {
-        let in_flight = InFlight::start(&meta.activity);
-        let proxy = live.load_full();
-        let meta = meta.clone();
-        async move {
-            let response = handle(proxy, meta, request).await;
-            drop(in_flight);
-            response
-        }
-    });
-    let connection = builder.serve_connection_with_upgrades(io, service);
-    tokio::pin!(connection);
-
-    // The HTTP/1 head timer (`HeadSleep`) keeps no timer of its own, which would cost a
-    // timer-wheel entry per request: the idle watchdog's checks wake the connection often
-    // enough for it to look at the clock.
-    let check_every = limits.idle_timeout.min(limits.header_read_timeout) / 4;
+    let mut io = ActivityIo {
+        inner: stream,
+        activity: activity.clone(),
+    };
+    // The head timer keeps no timer of its own, which would cost a timer-wheel entry per
+    // request: the idle watchdog ticks every `check_every` and wakes the connection,
+    // which then counts the ticks.
+    let check_every = watchdog_period(limits.idle_timeout.min(limits.header_read_timeout) / 4);
     let idle = idle_checked(&activity, limits.idle_timeout, check_every);
     tokio::pin!(idle);
-    let first_request = tokio::time::sleep_until(first_request_due);
+    // SECURITY: a connection must start its first request within header_read_timeout of
+    // opening, whatever it sends meanwhile (nothing, half a preface, HTTP/2 pings).
+    let first_request = tokio::time::sleep(limits.header_read_timeout);
     tokio::pin!(first_request);
     let mut first_request_checked = false;
+
+    let mut buf = BytesMut::new();
+    let detect = async {
+        while buf.len() < H2_PREFACE.len() && H2_PREFACE.starts_with(&buf) {
+            buf.reserve(4096);
+            if io.read_buf(&mut buf).await.ok()? == 0 {
+                return None;
+            }
+        }
+        Some(buf.starts_with(H2_PREFACE))
+    };
+    let h2 = tokio::select! {
+        h2 = detect => h2,
+        () = &mut first_request => None,
+        _ = shutdown.wait_for(|draining| *draining) => None,
+    };
+    let Some(h2) = h2 else {
+        return;
+    };
+
+    let served: Pin<Box<dyn Future<Output = ()> + Send>> = if h2 {
+        serve_http2(io, buf, meta, live, &limits)
+    } else {
+        // Heads over the limit get a problem+json 431 from `handle`, on the route they
+        // asked for; twice the limit is where reading stops (a 431 without a route).
+        let settings = client_http1::Settings {
+            max_header_size: limits.max_header_size,
+            max_head: (limits.max_header_size * 2).max(8192),
+            head_ticks: u64::try_from(
+                limits
+                    .header_read_timeout
+                    .as_nanos()
+                    .div_ceil(check_every.as_nanos()),
+            )
+            .unwrap_or(u64::MAX)
+            .saturating_add(1),
+        };
+        Box::pin(client_http1::serve(Wire { io, buf }, meta, live, settings))
+    };
+    let mut served = std::pin::pin!(served);
     let mut closing = false;
     loop {
+        // `biased`: the watchdog's branch goes first, so the connection counts a tick
+        // in the same wake-up.
         tokio::select! {
+            biased;
+            _ = &mut idle => {
+                if closing {
+                    break;
+                }
+                closing = true;
+                activity.drain();
+                // A client that ignores a graceful close (an HTTP/2 GOAWAY, a response
+                // it does not read) gets one more idle period, then is cut off.
+                idle.set(idle_checked(&activity, limits.idle_timeout, check_every));
+            }
             () = &mut first_request, if !first_request_checked => {
                 first_request_checked = true;
                 if activity.requests.load(Ordering::Relaxed) == 0 {
@@ -191,42 +212,125 @@ async fn serve_connection(
                     break;
                 }
             }
-            result = connection.as_mut() => {
-                if let Err(err) = result {
-                    tracing::debug!(error = %err, client.addr = %peer, "connection ended with an error");
-                }
-                break;
-            }
+            () = served.as_mut() => break,
             _ = shutdown.wait_for(|draining| *draining), if !closing => {
                 closing = true;
-                connection.as_mut().graceful_shutdown();
-            }
-            _ = &mut idle => {
-                if closing {
-                    break;
-                }
-                closing = true;
-                connection.as_mut().graceful_shutdown();
-                // A client that ignores a graceful close (an HTTP/2 GOAWAY) gets one more
-                // idle period, then is cut off.
-                idle.set(idle_checked(&activity, limits.idle_timeout, check_every));
+                activity.drain();
             }
         }
+    }
+}
+
+/// Serves an HTTP/2 connection (its preface already in `read`) with hyper, draining it
+/// with a GOAWAY once the connection's `Activity` says so.
+fn serve_http2(
+    io: ActivityIo,
+    read: BytesMut,
+    meta: Arc<ConnMeta>,
+    live: Live,
+    limits: &Limits,
+) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+    let activity = meta.activity.clone();
+    let peer = meta.peer;
+    let service = service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+        let in_flight = InFlight::start(&meta.activity);
+        let proxy = live.load_full();
+        let meta = meta.clone();
+        async move {
+            let response = handle(proxy, meta, request.map(ClientBody::Http2)).await;
+            drop(in_flight);
+            Ok::<_, std::convert::Infallible>(response)
+        }
+    });
+    let connection = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(limits.max_header_size * 2).unwrap_or(u32::MAX))
+        .serve_connection(TokioIo::new(Rewound { read, io }), service);
+    Box::pin(async move {
+        tokio::pin!(connection);
+        let mut draining = false;
+        let result = std::future::poll_fn(|cx| {
+            if !draining && activity.is_draining() {
+                draining = true;
+                connection.as_mut().graceful_shutdown();
+            }
+            connection.as_mut().poll(cx)
+        })
+        .await;
+        if let Err(err) = result {
+            tracing::debug!(error = %err, client.addr = %peer, "connection ended with an error");
+        }
+    })
+}
+
+/// A socket whose first bytes were already read (to tell the protocol): they are read
+/// again first.
+struct Rewound {
+    read: BytesMut,
+    io: ActivityIo,
+}
+
+impl AsyncRead for Rewound {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        if self.read.is_empty() {
+            return Pin::new(&mut self.io).poll_read(cx, buf);
+        }
+        let take = self.read.len().min(buf.remaining());
+        buf.put_slice(&self.read[..take]);
+        self.read.advance(take);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for Rewound {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }
 
 /// Resolves once the connection has had no bytes in either direction and no request
 /// waiting for its response head for at least `timeout` (at most 1.25 × `timeout`).
 pub async fn idle(activity: &Activity, timeout: Duration) {
-    idle_checked(activity, timeout, timeout / 4).await;
+    idle_checked(activity, timeout, watchdog_period(timeout / 4)).await;
+}
+
+/// How often the idle watchdog looks: every `wanted`, but at most every 10ms, so that an
+/// absurdly short timeout cannot wake a connection thousands of times a second.
+fn watchdog_period(wanted: Duration) -> Duration {
+    wanted.max(Duration::from_millis(10))
 }
 
 /// [`idle`], looking every `check_every` (at most a quarter of `timeout`): each check
-/// also wakes the connection's task.
+/// counts a tick in `activity` and wakes the connection's task.
 async fn idle_checked(activity: &Activity, timeout: Duration, check_every: Duration) {
-    // A floor keeps an absurdly short timeout from waking the connection thousands of
-    // times a second.
-    let check_every = check_every.max(Duration::from_millis(10));
     // Enough quiet checks in a row to span `timeout`.
     let needed = u32::try_from(timeout.as_nanos().div_ceil(check_every.as_nanos()))
         .unwrap_or(u32::MAX)
@@ -236,6 +340,7 @@ async fn idle_checked(activity: &Activity, timeout: Duration, check_every: Durat
     let mut quiet_checks = 0u32;
     loop {
         checks.tick().await;
+        activity.ticks.fetch_add(1, Ordering::Relaxed);
         let seen = activity.snapshot();
         if seen != last_seen || activity.in_flight.load(Ordering::Relaxed) > 0 {
             last_seen = seen;
@@ -261,49 +366,25 @@ pub struct Activity {
     in_flight: AtomicUsize,
     /// Requests started on this connection so far.
     requests: AtomicU64,
-    /// The number of the first HTTP/1 request head with both `Content-Length` and
-    /// `Transfer-Encoding`, or 0.
-    ambiguous_head: AtomicU64,
-    /// The number of the latest HTTP/1 request head whose target had a `#fragment`, or 0.
-    fragment_head: AtomicU64,
-    /// Set once the connection is a tunnel: its bytes are no longer HTTP.
-    tunnelled: AtomicBool,
-    /// Bytes read from the client so far.
-    bytes_read: AtomicU64,
-    /// The number of the latest HTTP/1 head that asked for a protocol switch, or 0.
-    upgrade_head: AtomicU64,
-    /// Where in the byte stream that head ends.
-    upgrade_head_end: AtomicU64,
+    /// The idle watchdog's checks so far: the clock request heads are timed by.
+    ticks: AtomicU64,
+    /// Set when the connection is to close once its current request is answered.
+    draining: AtomicBool,
 }
 
 impl Activity {
-    /// Whether the request being handled (the latest started) had both
-    /// `Content-Length` and `Transfer-Encoding` in its head.
-    pub fn has_ambiguous_framing(&self) -> bool {
-        let head = self.ambiguous_head.load(Ordering::Relaxed);
-        head != 0 && head == self.requests.load(Ordering::Relaxed)
+    /// The idle watchdog's checks so far.
+    pub fn ticks(&self) -> u64 {
+        self.ticks.load(Ordering::Relaxed)
     }
 
-    /// Whether the request being handled asked for a protocol switch and the client has
-    /// sent nothing past its head: only then may the connection become a tunnel.
-    pub fn may_switch_protocols(&self) -> bool {
-        let head = self.upgrade_head.load(Ordering::Relaxed);
-        head != 0
-            && head == self.requests.load(Ordering::Relaxed)
-            && self.bytes_read.load(Ordering::Relaxed)
-                == self.upgrade_head_end.load(Ordering::Relaxed)
+    /// Whether the connection closes once its current request is answered.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
     }
 
-    /// Whether the request being handled had a `#fragment` in its request target, which
-    /// the URI parser drops silently.
-    pub fn has_fragment(&self) -> bool {
-        let head = self.fragment_head.load(Ordering::Relaxed);
-        head != 0 && head == self.requests.load(Ordering::Relaxed)
-    }
-
-    /// Marks the connection as a tunnel.
-    pub fn tunnel_started(&self) {
-        self.tunnelled.store(true, Ordering::Relaxed);
+    fn drain(&self) {
+        self.draining.store(true, Ordering::Relaxed);
     }
 
     fn snapshot(&self) -> (u64, u64) {
@@ -315,10 +396,10 @@ impl Activity {
 }
 
 /// Counts a request as in flight until dropped.
-struct InFlight(Arc<Activity>);
+pub struct InFlight(Arc<Activity>);
 
 impl InFlight {
-    fn start(activity: &Arc<Activity>) -> InFlight {
+    pub fn start(activity: &Arc<Activity>) -> InFlight {
         activity.in_flight.fetch_add(1, Ordering::Relaxed);
         activity.requests.fetch_add(1, Ordering::Relaxed);
         InFlight(activity.clone())
@@ -331,14 +412,10 @@ impl Drop for InFlight {
     }
 }
 
-/// The most header fields a request head may have.
-const MAX_HEADERS: usize = 200;
-
-/// A socket that counts its reads and writes into an [`Activity`].
-struct ActivityIo {
+/// A client socket that counts its reads and writes into an [`Activity`].
+pub struct ActivityIo {
     inner: TcpStream,
     activity: Arc<Activity>,
-    framing: FramingWatch,
 }
 
 impl AsyncRead for ActivityIo {
@@ -350,24 +427,7 @@ impl AsyncRead for ActivityIo {
         let before = buf.filled().len();
         let result = ready!(Pin::new(&mut self.inner).poll_read(cx, buf));
         if buf.filled().len() > before {
-            let this = &mut *self;
-            this.activity.reads.fetch_add(1, Ordering::Relaxed);
-            if this.activity.tunnelled.load(Ordering::Relaxed) {
-                this.framing.stop();
-            }
-            if let Some(head) = this.framing.feed(&buf.filled()[before..]) {
-                this.activity.ambiguous_head.store(head, Ordering::Relaxed);
-            }
-            if let Some(head) = this.framing.fragment() {
-                this.activity.fragment_head.store(head, Ordering::Relaxed);
-            }
-            if let Some((head, end)) = this.framing.upgrade() {
-                this.activity.upgrade_head.store(head, Ordering::Relaxed);
-                this.activity.upgrade_head_end.store(end, Ordering::Relaxed);
-            }
-            this.activity
-                .bytes_read
-                .store(this.framing.fed(), Ordering::Relaxed);
+            self.activity.reads.fetch_add(1, Ordering::Relaxed);
         }
         Poll::Ready(result)
     }
@@ -406,82 +466,3 @@ impl AsyncWrite for ActivityIo {
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
-
-/// hyper's timer for `header_read_timeout`, made to count from the head's first byte.
-///
-/// hyper starts the head timer as soon as it waits for a request, so on a kept-alive
-/// connection plain idleness would count against the head. This timer only starts the
-/// countdown once a byte has arrived; idleness is `idle_timeout`'s business.
-#[derive(Clone)]
-struct HeadTimer {
-    activity: Arc<Activity>,
-    timeout: Duration,
-    /// When the connection's first request must have begun (accept + `timeout`).
-    first_request_due: Instant,
-}
-
-impl hyper::rt::Timer for HeadTimer {
-    fn sleep(&self, duration: Duration) -> Pin<Box<dyn hyper::rt::Sleep>> {
-        Box::pin(PlainSleep(Box::pin(tokio::time::sleep(duration))))
-    }
-
-    fn sleep_until(&self, _deadline: std::time::Instant) -> Pin<Box<dyn hyper::rt::Sleep>> {
-        // SECURITY: the first head's bytes may already have been read (HTTP/2 detection
-        // peeks at the start of the connection), so the first head's deadline is fixed at
-        // accept time. Later heads start counting at their first byte.
-        let first_head = self.activity.requests.load(Ordering::Relaxed) == 0;
-        Box::pin(HeadSleep {
-            activity: self.activity.clone(),
-            reads_at_start: self.activity.reads.load(Ordering::Relaxed),
-            timeout: self.timeout,
-            deadline: first_head.then_some(self.first_request_due),
-        })
-    }
-}
-
-/// A plain tokio sleep, for any other timer hyper may ask for.
-struct PlainSleep(Pin<Box<tokio::time::Sleep>>);
-
-impl Future for PlainSleep {
-    type Output = ();
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        self.0.as_mut().poll(cx)
-    }
-}
-
-impl hyper::rt::Sleep for PlainSleep {}
-
-/// Fires `timeout` after the first byte of a request head arrived, and never while a
-/// kept-alive connection is merely idle. A partial head that arrived together with the
-/// previous request is covered by `idle_timeout` instead.
-///
-/// It looks at the clock whenever it is polled and registers no waker: hyper polls it each
-/// time a read of the head finds nothing more (so the first bytes are noticed as they
-/// arrive), and the idle watchdog's checks in `serve_connection` wake the connection at
-/// least every quarter of `timeout`, so it fires at most a quarter late.
-struct HeadSleep {
-    activity: Arc<Activity>,
-    reads_at_start: u64,
-    timeout: Duration,
-    deadline: Option<Instant>,
-}
-
-impl Future for HeadSleep {
-    type Output = ();
-    fn poll(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<()> {
-        let now = Instant::now();
-        match self.deadline {
-            Some(deadline) if now >= deadline => Poll::Ready(()),
-            Some(_) => Poll::Pending,
-            None => {
-                if self.activity.reads.load(Ordering::Relaxed) != self.reads_at_start {
-                    // The head's first bytes arrived since the timer started.
-                    self.deadline = Some(now + self.timeout);
-                }
-                Poll::Pending
-            }
-        }
-    }
-}
-
-impl hyper::rt::Sleep for HeadSleep {}

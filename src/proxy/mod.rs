@@ -2,9 +2,9 @@
 //!
 //! `handle.rs` orders the phases; each other file owns one of them.
 
+mod client_http1;
 mod echo;
 mod forward;
-mod framing;
 mod handle;
 mod http1;
 pub mod listener;

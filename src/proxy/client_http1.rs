@@ -1,0 +1,827 @@
+//! HTTP/1.1 on client connections: request heads read (httparse) and refused when two
+//! servers could read them differently, request bodies framed, responses written,
+//! keep-alive, `100 Continue`, protocol switches, the head timeout and drain.
+//!
+//! SECURITY: this is where the gateway decides where one request ends and the next
+//! begins. A head whose body length is in any doubt (both `Content-Length` and
+//! `Transfer-Encoding`, differing lengths, a transfer coding other than `chunked`) or
+//! whose target hides a `#fragment` is answered with a 400 and the connection closed:
+//! nothing after it is ever read as a request.
+
+use std::future::{Future as _, poll_fn};
+use std::io::{self, IoSlice};
+use std::mem::MaybeUninit;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use tokio::io::{AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
+use tokio::sync::oneshot;
+
+use super::handle::{handle, refuse};
+use super::http1::{self, Chunk, Decoded, Framing};
+use super::listener::{ActivityIo, ConnMeta, InFlight};
+use super::respond::ProxyError;
+use super::{BoxError, ProxyBody};
+use crate::reload::Live;
+
+/// The most header fields a request head may have.
+pub const MAX_HEADERS: usize = 200;
+/// How much is read from the socket at a time.
+const READ_SIZE: usize = 8 * 1024;
+/// Body data up to this size is copied behind the head into one write; larger data is
+/// written from where it is.
+const COALESCE: usize = 16 * 1024;
+/// The interim response that tells a client waiting on `Expect: 100-continue` to send.
+const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+
+/// What the HTTP/1 side of a connection is configured with.
+pub struct Settings {
+    /// `limits.max_header_size`, for the 431's detail.
+    pub max_header_size: usize,
+    /// The largest head read; past it the request is refused with a 431 unparsed. (Heads
+    /// between `max_header_size` and this get their 431 from `handle`.)
+    pub max_head: usize,
+    /// Idle-watchdog ticks a request head may take from its first byte (see
+    /// `Activity::ticks`), rounded up so that a head is never cut off early.
+    pub head_ticks: u64,
+}
+
+/// The client's socket and what has been read from it but not used yet.
+pub struct Wire {
+    pub io: ActivityIo,
+    pub buf: BytesMut,
+}
+
+/// A request body as the proxy receives it, from either protocol.
+pub enum ClientBody {
+    Empty,
+    Http1(Http1Body),
+    Http2(Incoming),
+}
+
+impl Body for ClientBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            ClientBody::Empty => Poll::Ready(None),
+            ClientBody::Http1(body) => body.poll_frame(cx),
+            ClientBody::Http2(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ClientBody::Empty => true,
+            ClientBody::Http1(body) => body.size_hint().upper() == Some(0),
+            ClientBody::Http2(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ClientBody::Empty => SizeHint::with_exact(0),
+            ClientBody::Http1(body) => body.size_hint(),
+            ClientBody::Http2(body) => body.size_hint(),
+        }
+    }
+}
+
+/// An HTTP/1 request body, read from the client's socket as it is polled.
+pub struct Http1Body {
+    state: Arc<Mutex<BodyState>>,
+}
+
+/// The socket while a request body is read from it. `serve` takes the wire back once the
+/// response head is ready; a body polled after that fails.
+struct BodyState {
+    wire: Option<Wire>,
+    framing: Framing,
+    /// Bytes of `100 Continue` still to write before the first read of the body.
+    continue_left: usize,
+    /// The body was read to its end.
+    done: bool,
+    /// The body failed; it is never read again.
+    failed: bool,
+}
+
+fn lock(state: &Mutex<BodyState>) -> MutexGuard<'_, BodyState> {
+    state.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Http1Body {
+    fn size_hint(&self) -> SizeHint {
+        let state = lock(&self.state);
+        match state.framing {
+            _ if state.done => SizeHint::with_exact(0),
+            Framing::Length(left) => SizeHint::with_exact(left),
+            _ => SizeHint::new(),
+        }
+    }
+
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let mut state = lock(&self.state);
+        let state = &mut *state;
+        if state.done {
+            return Poll::Ready(None);
+        }
+        if state.failed {
+            return Poll::Ready(Some(Err("the request body failed".into())));
+        }
+        let Some(wire) = &mut state.wire else {
+            state.failed = true;
+            return Poll::Ready(Some(Err(
+                "the request was answered before its body was read".into(),
+            )));
+        };
+        while state.continue_left > 0 {
+            let from = CONTINUE.len() - state.continue_left;
+            match Pin::new(&mut wire.io).poll_write(cx, &CONTINUE[from..]) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(0)) => return fail(state, "the client closed the connection"),
+                Poll::Ready(Ok(written)) => state.continue_left -= written,
+                Poll::Ready(Err(err)) => return fail(state, err),
+            }
+        }
+        loop {
+            match state.framing.decode(&mut wire.buf) {
+                Ok(Decoded::Data(data)) => {
+                    if state.framing.is_done() {
+                        state.done = true;
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Ok(Decoded::End) => {
+                    state.done = true;
+                    return Poll::Ready(None);
+                }
+                Ok(Decoded::NeedMore) => {}
+                Err(err) => {
+                    return fail(state, format!("the request body is malformed: {}", err.0));
+                }
+            }
+            wire.buf.reserve(READ_SIZE);
+            let read = {
+                let future = wire.io.read_buf(&mut wire.buf);
+                std::pin::pin!(future).poll(cx)
+            };
+            match read {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(0)) => {
+                    return fail(
+                        state,
+                        "the client closed the connection before the body ended",
+                    );
+                }
+                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Err(err)) => return fail(state, err),
+            }
+        }
+    }
+}
+
+fn fail(
+    state: &mut BodyState,
+    err: impl Into<BoxError>,
+) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    state.failed = true;
+    Poll::Ready(Some(Err(err.into())))
+}
+
+/// The client side of a protocol switch: the socket, once the `101` is written. (Shared
+/// only because request extensions must be `Clone`; the first to await it takes it.)
+#[derive(Clone)]
+pub struct ClientSwitch {
+    socket: Arc<Mutex<Option<oneshot::Receiver<ActivityIo>>>>,
+    /// The client sent bytes past the head before the switch was answered; they would
+    /// reach the tunnel without ever having been read as HTTP.
+    pub data_followed: bool,
+}
+
+impl ClientSwitch {
+    /// The client's socket once the `101` has been written; `None` when the connection
+    /// ended first.
+    pub async fn socket(self) -> Option<ActivityIo> {
+        let socket = self
+            .socket
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()?;
+        socket.await.ok()
+    }
+}
+
+/// Serves HTTP/1.1 requests on `wire` until the client closes, a response or the client
+/// asks to close, a head times out, the connection drains or becomes a tunnel.
+pub async fn serve(wire: Wire, meta: Arc<ConnMeta>, live: Live, settings: Settings) {
+    let mut connection = Connection {
+        out: Vec::with_capacity(1024),
+        scratch: Vec::new(),
+        date: DateCache::default(),
+        meta,
+        live,
+        settings,
+    };
+    connection.run(wire).await;
+}
+
+struct Connection {
+    /// The response head (and small body pieces) being written; kept for its capacity.
+    out: Vec<u8>,
+    /// The header names and value positions of the head being read; kept for its capacity.
+    scratch: Vec<(HeaderName, usize, usize)>,
+    date: DateCache,
+    meta: Arc<ConnMeta>,
+    live: Live,
+    settings: Settings,
+}
+
+/// How a head read ended without a request.
+enum NoHead {
+    /// The client closed, the connection drains, or the head timed out: close quietly.
+    Close,
+    /// The bytes are not a request this gateway will read: answer, then close.
+    Refuse(ProxyError, Option<Method>),
+}
+
+/// A request head, and what it says about its body and the connection.
+struct Head {
+    request: Request<ClientBody>,
+    framing: Framing,
+    /// The client asked to close after this request (or did not ask to keep an HTTP/1.0
+    /// connection).
+    close: bool,
+    expect_continue: bool,
+    /// `Connection: upgrade` and an `Upgrade` field: the client asks to switch protocols.
+    upgrade: bool,
+}
+
+/// What writing a response needs to know of its request.
+#[derive(Clone, Copy)]
+struct Answering {
+    head_request: bool,
+    http10: bool,
+    /// The connection may carry another request as far as the request is concerned; the
+    /// response and its framing can still close it.
+    keep_alive: bool,
+}
+
+/// How a response was written.
+#[derive(Debug, PartialEq, Eq)]
+enum Written {
+    /// Completely, with the connection free for another request.
+    Reusable,
+    /// Completely; the connection closes after it.
+    Close,
+}
+
+/// How a response body is framed on the wire.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Out {
+    /// No body.
+    None,
+    Length(u64),
+    Chunked,
+    /// Until the connection closes (an HTTP/1.0 client, a body of unknown length).
+    UntilClose,
+}
+
+impl Connection {
+    async fn run(&mut self, mut wire: Wire) {
+        loop {
+            let Head {
+                mut request,
+                framing,
+                close,
+                expect_continue,
+                upgrade,
+            } = match self.read_head(&mut wire).await {
+                Ok(head) => head,
+                Err(NoHead::Close) => return,
+                Err(NoHead::Refuse(err, method)) => {
+                    let proxy = self.live.load_full();
+                    let method = method.as_ref().map_or("", Method::as_str);
+                    let response = refuse(&proxy, &self.meta, method, err);
+                    let answering = Answering {
+                        head_request: false,
+                        http10: false,
+                        keep_alive: false,
+                    };
+                    let _ = self.write_response(&mut wire, response, answering).await;
+                    let _ = wire.io.shutdown().await;
+                    return;
+                }
+            };
+            let head_request = request.method() == Method::HEAD;
+            let http10 = request.version() == Version::HTTP_10;
+            let has_body = framing != Framing::Empty;
+            let switch = upgrade.then(|| {
+                let (sender, socket) = oneshot::channel();
+                request.extensions_mut().insert(ClientSwitch {
+                    socket: Arc::new(Mutex::new(Some(socket))),
+                    data_followed: has_body || !wire.buf.is_empty(),
+                });
+                sender
+            });
+
+            let (response, body_done, back) = if has_body {
+                // The body reads from the socket itself while the request is handled.
+                let state = Arc::new(Mutex::new(BodyState {
+                    wire: Some(wire),
+                    framing,
+                    continue_left: if expect_continue { CONTINUE.len() } else { 0 },
+                    done: false,
+                    failed: false,
+                }));
+                *request.body_mut() = ClientBody::Http1(Http1Body {
+                    state: state.clone(),
+                });
+                let response = self.call(request).await;
+                let mut state = lock(&state);
+                // Only this takes the wire out of the state.
+                let Some(back) = state.wire.take() else {
+                    return;
+                };
+                (response, state.done, back)
+            } else {
+                (self.call(request).await, true, wire)
+            };
+            wire = back;
+
+            let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+            let answering = Answering {
+                head_request,
+                http10,
+                keep_alive: !switching && !close && body_done && !self.meta.activity.is_draining(),
+            };
+            let written = self.write_response(&mut wire, response, answering).await;
+            match (written, switch) {
+                (Ok(Written::Reusable), _) if !switching => {}
+                // `handle` answers a 101 only to a request that asked to switch and sent
+                // nothing after its head; the socket is the tunnel's now.
+                (Ok(_), Some(sender)) if switching => {
+                    let _ = sender.send(wire.io);
+                    return;
+                }
+                _ => {
+                    let _ = wire.io.shutdown().await;
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Hands the request to the pipeline, counted as in flight until its response head.
+    async fn call(&self, request: Request<ClientBody>) -> Response<ProxyBody> {
+        let in_flight = InFlight::start(&self.meta.activity);
+        let proxy = self.live.load_full();
+        let response = handle(proxy, self.meta.clone(), request).await;
+        drop(in_flight);
+        response
+    }
+
+    /// Reads until `wire.buf` starts with a whole request head, and takes it off.
+    async fn read_head(&mut self, wire: &mut Wire) -> Result<Head, NoHead> {
+        let activity = self.meta.activity.clone();
+        // A head's time starts with its first byte: now, for bytes already here.
+        let mut started = (!wire.buf.is_empty()).then(|| activity.ticks());
+        loop {
+            if !wire.buf.is_empty() {
+                if let Some(head) = self.parse(wire)? {
+                    return Ok(head);
+                }
+                if wire.buf.len() >= self.settings.max_head {
+                    return Err(NoHead::Refuse(
+                        ProxyError::HeaderTooLarge {
+                            limit: self.settings.max_header_size,
+                        },
+                        None,
+                    ));
+                }
+            }
+            let head_ticks = self.settings.head_ticks;
+            let peer = self.meta.peer;
+            let read = poll_fn(|cx| {
+                // Between requests a draining connection closes; a head already begun
+                // is read and answered (with `Connection: close`).
+                if wire.buf.is_empty() && activity.is_draining() {
+                    return Poll::Ready(None);
+                }
+                // SECURITY: a head trickled in byte by byte is cut off. No timer is kept
+                // for it: the idle watchdog wakes the connection at every tick.
+                if let Some(started) = started
+                    && activity.ticks().wrapping_sub(started) >= head_ticks
+                {
+                    tracing::debug!(client.addr = %peer, "request head not complete within header_read_timeout; closing");
+                    return Poll::Ready(None);
+                }
+                wire.buf.reserve(READ_SIZE);
+                let future = wire.io.read_buf(&mut wire.buf);
+                std::pin::pin!(future).poll(cx).map(Some)
+            })
+            .await;
+            match read {
+                Some(Ok(0) | Err(_)) | None => return Err(NoHead::Close),
+                Some(Ok(_)) => {
+                    started.get_or_insert_with(|| activity.ticks());
+                }
+            }
+        }
+    }
+
+    /// Parses the head at the start of `wire.buf` and takes it off; `None` while the head
+    /// is incomplete.
+    fn parse(&mut self, wire: &mut Wire) -> Result<Option<Head>, NoHead> {
+        let too_large = || {
+            NoHead::Refuse(
+                ProxyError::HeaderTooLarge {
+                    limit: self.settings.max_header_size,
+                },
+                None,
+            )
+        };
+        let malformed = |message: String| NoHead::Refuse(ProxyError::BadRequest(message), None);
+        let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+        let mut parsed = httparse::Request::new(&mut []);
+        let length = match parsed.parse_with_uninit_headers(&wire.buf, &mut fields) {
+            Ok(httparse::Status::Complete(length)) => length,
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Err(httparse::Error::TooManyHeaders) => return Err(too_large()),
+            Err(err) => return Err(malformed(format!("the request head is malformed: {err}"))),
+        };
+        let (Some(method), Some(target), Some(minor)) =
+            (parsed.method, parsed.path, parsed.version)
+        else {
+            return Err(malformed("the request head is malformed".into()));
+        };
+        let method = Method::from_bytes(method.as_bytes())
+            .map_err(|_| malformed("the request method is malformed".into()))?;
+        let version = if minor == 0 {
+            Version::HTTP_10
+        } else {
+            Version::HTTP_11
+        };
+        // Where the target and each value sit in the buffer, to slice them out of it once
+        // the head is split off (no copies).
+        let base = wire.buf.as_ptr() as usize;
+        let at = |part: &[u8]| {
+            let start = part.as_ptr() as usize - base;
+            start..start + part.len()
+        };
+        let target_at = at(target.as_bytes());
+        let mut seen = Fields::default();
+        self.scratch.clear();
+        for field in parsed.headers.iter() {
+            let Ok(name) = HeaderName::from_bytes(field.name.as_bytes()) else {
+                return Err(malformed("a header field name is malformed".into()));
+            };
+            seen.note(&name, field.value);
+            let value = at(field.value);
+            self.scratch.push((name, value.start, value.end));
+        }
+        let head = wire.buf.split_to(length).freeze();
+
+        let refuse =
+            |message: String| NoHead::Refuse(ProxyError::BadRequest(message), Some(method.clone()));
+        let target = head.slice(target_at);
+        // SECURITY: the URI parser drops a fragment silently; a client never sends one,
+        // and one that does is probing how the parts of the target are split.
+        if target.contains(&b'#') {
+            return Err(refuse("the request target has a #fragment".into()));
+        }
+        let uri = Uri::from_maybe_shared(target)
+            .map_err(|err| refuse(format!("the request target is malformed: {err}")))?;
+        let framing = seen
+            .framing(version)
+            .map_err(|message| refuse(message.into()))?;
+
+        let mut headers = HeaderMap::with_capacity(self.scratch.len());
+        for (name, start, end) in self.scratch.drain(..) {
+            let Ok(value) = HeaderValue::from_maybe_shared(head.slice(start..end)) else {
+                return Err(refuse("a header field value is malformed".into()));
+            };
+            headers.append(name, value);
+        }
+        let mut request = Request::new(ClientBody::Empty);
+        *request.method_mut() = method;
+        *request.uri_mut() = uri;
+        *request.version_mut() = version;
+        *request.headers_mut() = headers;
+        let close = if version == Version::HTTP_10 {
+            seen.close || !seen.keep_alive
+        } else {
+            seen.close
+        };
+        Ok(Some(Head {
+            request,
+            expect_continue: seen.expect_continue && version == Version::HTTP_11,
+            upgrade: seen.upgrade_token && seen.upgrade_field,
+            framing,
+            close,
+        }))
+    }
+
+    /// Writes `response` to the client, framed for it, and says whether the connection
+    /// may carry another request.
+    async fn write_response(
+        &mut self,
+        wire: &mut Wire,
+        response: Response<ProxyBody>,
+        answering: Answering,
+    ) -> io::Result<Written> {
+        let (parts, mut body) = response.into_parts();
+        let status = parts.status;
+        let switching = status == StatusCode::SWITCHING_PROTOCOLS;
+        // A response to HEAD, a 1xx, a 204 or a 304 has no body, whatever it says.
+        let bodiless = answering.head_request
+            || status.is_informational()
+            || status == StatusCode::NO_CONTENT
+            || status == StatusCode::NOT_MODIFIED;
+        let framing = if bodiless {
+            Out::None
+        } else if let Some(length) = body.size_hint().exact() {
+            Out::Length(length)
+        } else if answering.http10 {
+            Out::UntilClose
+        } else {
+            Out::Chunked
+        };
+        let mut keep_alive = answering.keep_alive && framing != Out::UntilClose;
+
+        let out = &mut self.out;
+        out.clear();
+        out.extend_from_slice(b"HTTP/1.1 ");
+        out.extend_from_slice(status.as_str().as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+        out.extend_from_slice(b"\r\n");
+        let mut has_date = false;
+        for (name, value) in &parts.headers {
+            if *name == header::CONNECTION {
+                // A 101 carries the `Connection: upgrade` it was answered with; any
+                // other response's `close` closes the connection.
+                if switching {
+                    write_field(out, name.as_str(), value.as_bytes());
+                } else if http1::items(value.as_bytes())
+                    .any(|token| token.eq_ignore_ascii_case(b"close"))
+                {
+                    keep_alive = false;
+                }
+                continue;
+            }
+            if *name == header::CONTENT_LENGTH {
+                // The length of a body that is not sent describes what a GET would get:
+                // kept for HEAD and 304. Otherwise the framing below says it.
+                if bodiless && status != StatusCode::NO_CONTENT && !status.is_informational() {
+                    write_field(out, name.as_str(), value.as_bytes());
+                }
+                continue;
+            }
+            if *name == header::TRANSFER_ENCODING {
+                continue;
+            }
+            has_date |= *name == header::DATE;
+            write_field(out, name.as_str(), value.as_bytes());
+        }
+        if !has_date {
+            write_field(out, "date", self.date.now());
+        }
+        match framing {
+            Out::Length(length) => {
+                out.extend_from_slice(b"content-length: ");
+                out.extend_from_slice(length.to_string().as_bytes());
+                out.extend_from_slice(b"\r\n");
+            }
+            Out::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+            Out::None | Out::UntilClose => {}
+        }
+        if !switching {
+            if !keep_alive {
+                out.extend_from_slice(b"connection: close\r\n");
+            } else if answering.http10 {
+                out.extend_from_slice(b"connection: keep-alive\r\n");
+            }
+        }
+        out.extend_from_slice(b"\r\n");
+
+        let verdict = if keep_alive {
+            Written::Reusable
+        } else {
+            Written::Close
+        };
+        if framing == Out::None {
+            drop(body);
+            wire.io.write_all(out).await?;
+            return Ok(verdict);
+        }
+        let mut sent = 0u64;
+        loop {
+            // Take what the body has ready; write what is buffered before waiting.
+            let polled = match poll_fn(|cx| Poll::Ready(Pin::new(&mut body).poll_frame(cx))).await {
+                Poll::Ready(polled) => polled,
+                Poll::Pending => {
+                    if !out.is_empty() {
+                        wire.io.write_all(out).await?;
+                        out.clear();
+                    }
+                    poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await
+                }
+            };
+            let data = match polled {
+                None => break,
+                // The client sees a response cut short: the connection closes.
+                Some(Err(err)) => return Err(io::Error::other(err)),
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) if !data.is_empty() => data,
+                    // Trailers are not passed on; an empty chunk would end the body.
+                    _ => continue,
+                },
+            };
+            sent += data.len() as u64;
+            if let Out::Length(length) = framing
+                && sent > length
+            {
+                return Err(io::Error::other(
+                    "the response body is longer than its length",
+                ));
+            }
+            if framing == Out::Chunked {
+                out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+            }
+            if data.len() <= COALESCE {
+                out.extend_from_slice(&data);
+            } else {
+                write_two(&mut wire.io, out, &data).await?;
+            }
+            if framing == Out::Chunked {
+                out.extend_from_slice(b"\r\n");
+            }
+            if out.len() >= COALESCE {
+                wire.io.write_all(out).await?;
+                out.clear();
+            }
+        }
+        if let Out::Length(length) = framing
+            && sent < length
+        {
+            return Err(io::Error::other(
+                "the response body is shorter than its length",
+            ));
+        }
+        if framing == Out::Chunked {
+            out.extend_from_slice(b"0\r\n\r\n");
+        }
+        wire.io.write_all(out).await?;
+        Ok(verdict)
+    }
+}
+
+fn write_field(out: &mut Vec<u8>, name: &str, value: &[u8]) {
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Writes all of `first`, then all of `second`, in as few system calls as the socket
+/// allows, and empties `first`.
+async fn write_two<W: AsyncWrite + Unpin>(
+    io: &mut W,
+    first: &mut Vec<u8>,
+    second: &[u8],
+) -> io::Result<()> {
+    let (mut a, mut b) = (0, 0);
+    while a < first.len() || b < second.len() {
+        let parts = [IoSlice::new(&first[a..]), IoSlice::new(&second[b..])];
+        let written = io.write_vectored(&parts).await?;
+        if written == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        let from_first = written.min(first.len() - a);
+        a += from_first;
+        b += written - from_first;
+    }
+    first.clear();
+    Ok(())
+}
+
+/// What a request head's fields say about its body and its connection.
+#[derive(Default)]
+struct Fields {
+    /// The `Content-Length`, or `Err` when its values are malformed or disagree.
+    length: Option<Result<u64, ()>>,
+    /// `Transfer-Encoding` was present.
+    codings: bool,
+    /// `chunked` appeared this many times.
+    chunked: usize,
+    /// A coding other than `chunked` appeared.
+    other_coding: bool,
+    close: bool,
+    keep_alive: bool,
+    upgrade_token: bool,
+    upgrade_field: bool,
+    expect_continue: bool,
+}
+
+impl Fields {
+    fn note(&mut self, name: &HeaderName, value: &[u8]) {
+        if *name == header::CONTENT_LENGTH {
+            for item in http1::items(value) {
+                let length = parse_length(item).ok_or(());
+                self.length = Some(match (self.length, length) {
+                    (None, length) => length,
+                    (Some(Ok(seen)), Ok(length)) if seen == length => Ok(length),
+                    _ => Err(()),
+                });
+            }
+        } else if *name == header::TRANSFER_ENCODING {
+            self.codings = true;
+            for item in http1::items(value) {
+                if item.eq_ignore_ascii_case(b"chunked") {
+                    self.chunked += 1;
+                } else {
+                    self.other_coding = true;
+                }
+            }
+        } else if *name == header::CONNECTION {
+            for token in http1::items(value) {
+                self.close |= token.eq_ignore_ascii_case(b"close");
+                self.keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+                self.upgrade_token |= token.eq_ignore_ascii_case(b"upgrade");
+            }
+        } else if *name == header::UPGRADE {
+            self.upgrade_field = true;
+        } else if *name == header::EXPECT {
+            self.expect_continue = value.trim_ascii().eq_ignore_ascii_case(b"100-continue");
+        }
+    }
+
+    /// How the body is framed, or why the head is refused.
+    fn framing(&self, version: Version) -> Result<Framing, &'static str> {
+        // SECURITY: a head with two framings is how requests are smuggled past proxies.
+        if self.codings && self.length.is_some() {
+            return Err("the request has both Content-Length and Transfer-Encoding");
+        }
+        if self.codings {
+            if version == Version::HTTP_10 {
+                return Err("an HTTP/1.0 request has Transfer-Encoding");
+            }
+            if self.chunked != 1 || self.other_coding {
+                return Err(
+                    "the request's Transfer-Encoding is not `chunked` alone; no other transfer coding is accepted",
+                );
+            }
+            return Ok(Framing::Chunked(Chunk::Size));
+        }
+        match self.length {
+            None | Some(Ok(0)) => Ok(Framing::Empty),
+            Some(Ok(length)) => Ok(Framing::Length(length)),
+            Some(Err(())) => {
+                Err("the request's Content-Length is malformed or has differing values")
+            }
+        }
+    }
+}
+
+/// A `Content-Length` value: decimal digits only, at most 18 of them.
+fn parse_length(text: &[u8]) -> Option<u64> {
+    if text.is_empty() || text.len() > 18 || !text.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(
+        text.iter()
+            .fold(0, |length, digit| length * 10 + u64::from(digit - b'0')),
+    )
+}
+
+/// The `Date` field's value, formatted once a second.
+#[derive(Default)]
+struct DateCache {
+    second: u64,
+    value: Vec<u8>,
+}
+
+impl DateCache {
+    fn now(&mut self) -> &[u8] {
+        let now = SystemTime::now();
+        let second = now
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |since| since.as_secs());
+        if second != self.second || self.value.is_empty() {
+            self.second = second;
+            self.value = httpdate::fmt_http_date(now).into_bytes();
+        }
+        &self.value
+    }
+}
