@@ -398,7 +398,11 @@ impl Connection {
         let mut started = (!wire.buf.is_empty()).then(|| activity.ticks());
         loop {
             if !wire.buf.is_empty() {
-                if let Some(head) = self.parse(wire)? {
+                if let Some(head) = parse_head(
+                    &mut wire.buf,
+                    &mut self.scratch,
+                    self.settings.max_header_size,
+                )? {
                     return Ok(head);
                 }
                 if wire.buf.len() >= self.settings.max_head {
@@ -438,98 +442,6 @@ impl Connection {
                 }
             }
         }
-    }
-
-    /// Parses the head at the start of `wire.buf` and takes it off; `None` while the head
-    /// is incomplete.
-    fn parse(&mut self, wire: &mut Wire) -> Result<Option<Head>, NoHead> {
-        let too_large = || {
-            NoHead::Refuse(
-                ProxyError::HeaderTooLarge {
-                    limit: self.settings.max_header_size,
-                },
-                None,
-            )
-        };
-        let malformed = |message: String| NoHead::Refuse(ProxyError::BadRequest(message), None);
-        let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
-        let mut parsed = httparse::Request::new(&mut []);
-        let length = match parsed.parse_with_uninit_headers(&wire.buf, &mut fields) {
-            Ok(httparse::Status::Complete(length)) => length,
-            Ok(httparse::Status::Partial) => return Ok(None),
-            Err(httparse::Error::TooManyHeaders) => return Err(too_large()),
-            Err(err) => return Err(malformed(format!("the request head is malformed: {err}"))),
-        };
-        let (Some(method), Some(target), Some(minor)) =
-            (parsed.method, parsed.path, parsed.version)
-        else {
-            return Err(malformed("the request head is malformed".into()));
-        };
-        let method = Method::from_bytes(method.as_bytes())
-            .map_err(|_| malformed("the request method is malformed".into()))?;
-        let version = if minor == 0 {
-            Version::HTTP_10
-        } else {
-            Version::HTTP_11
-        };
-        // Where the target and each value sit in the buffer, to slice them out of it once
-        // the head is split off (no copies).
-        let base = wire.buf.as_ptr() as usize;
-        let at = |part: &[u8]| {
-            let start = part.as_ptr() as usize - base;
-            start..start + part.len()
-        };
-        let target_at = at(target.as_bytes());
-        let mut seen = Fields::default();
-        self.scratch.clear();
-        for field in parsed.headers.iter() {
-            let Ok(name) = HeaderName::from_bytes(field.name.as_bytes()) else {
-                return Err(malformed("a header field name is malformed".into()));
-            };
-            seen.note(&name, field.value);
-            let value = at(field.value);
-            self.scratch.push((name, value.start, value.end));
-        }
-        let head = wire.buf.split_to(length).freeze();
-
-        let refuse =
-            |message: String| NoHead::Refuse(ProxyError::BadRequest(message), Some(method.clone()));
-        let target = head.slice(target_at);
-        // SECURITY: the URI parser drops a fragment silently; a client never sends one,
-        // and one that does is probing how the parts of the target are split.
-        if target.contains(&b'#') {
-            return Err(refuse("the request target has a #fragment".into()));
-        }
-        let uri = Uri::from_maybe_shared(target)
-            .map_err(|err| refuse(format!("the request target is malformed: {err}")))?;
-        let framing = seen
-            .framing(version)
-            .map_err(|message| refuse(message.into()))?;
-
-        let mut headers = HeaderMap::with_capacity(self.scratch.len());
-        for (name, start, end) in self.scratch.drain(..) {
-            let Ok(value) = HeaderValue::from_maybe_shared(head.slice(start..end)) else {
-                return Err(refuse("a header field value is malformed".into()));
-            };
-            headers.append(name, value);
-        }
-        let mut request = Request::new(ClientBody::Empty);
-        *request.method_mut() = method;
-        *request.uri_mut() = uri;
-        *request.version_mut() = version;
-        *request.headers_mut() = headers;
-        let close = if version == Version::HTTP_10 {
-            seen.close || !seen.keep_alive
-        } else {
-            seen.close
-        };
-        Ok(Some(Head {
-            request,
-            expect_continue: seen.expect_continue && version == Version::HTTP_11,
-            upgrade: seen.upgrade_token && seen.upgrade_field,
-            framing,
-            close,
-        }))
     }
 
     /// Writes `response` to the client, framed for it, and says whether the connection
@@ -687,6 +599,101 @@ impl Connection {
     }
 }
 
+/// Parses the request head at the start of `buf` and takes it off; `None` while the head
+/// is incomplete. `scratch` is only kept for its capacity.
+fn parse_head(
+    buf: &mut BytesMut,
+    scratch: &mut Vec<(HeaderName, usize, usize)>,
+    max_header_size: usize,
+) -> Result<Option<Head>, NoHead> {
+    let too_large = || {
+        NoHead::Refuse(
+            ProxyError::HeaderTooLarge {
+                limit: max_header_size,
+            },
+            None,
+        )
+    };
+    let malformed = |message: String| NoHead::Refuse(ProxyError::BadRequest(message), None);
+    let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut parsed = httparse::Request::new(&mut []);
+    let length = match parsed.parse_with_uninit_headers(buf, &mut fields) {
+        Ok(httparse::Status::Complete(length)) => length,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => return Err(too_large()),
+        Err(err) => return Err(malformed(format!("the request head is malformed: {err}"))),
+    };
+    let (Some(method), Some(target), Some(minor)) = (parsed.method, parsed.path, parsed.version)
+    else {
+        return Err(malformed("the request head is malformed".into()));
+    };
+    let method = Method::from_bytes(method.as_bytes())
+        .map_err(|_| malformed("the request method is malformed".into()))?;
+    let version = if minor == 0 {
+        Version::HTTP_10
+    } else {
+        Version::HTTP_11
+    };
+    // Where the target and each value sit in the buffer, to slice them out of it once
+    // the head is split off (no copies).
+    let base = buf.as_ptr() as usize;
+    let at = |part: &[u8]| {
+        let start = part.as_ptr() as usize - base;
+        start..start + part.len()
+    };
+    let target_at = at(target.as_bytes());
+    let mut seen = Fields::default();
+    scratch.clear();
+    for field in parsed.headers.iter() {
+        let Ok(name) = HeaderName::from_bytes(field.name.as_bytes()) else {
+            return Err(malformed("a header field name is malformed".into()));
+        };
+        seen.note(&name, field.value);
+        let value = at(field.value);
+        scratch.push((name, value.start, value.end));
+    }
+    let head = buf.split_to(length).freeze();
+
+    let refuse =
+        |message: String| NoHead::Refuse(ProxyError::BadRequest(message), Some(method.clone()));
+    let target = head.slice(target_at);
+    // SECURITY: the URI parser drops a fragment silently; a client never sends one,
+    // and one that does is probing how the parts of the target are split.
+    if target.contains(&b'#') {
+        return Err(refuse("the request target has a #fragment".into()));
+    }
+    let uri = Uri::from_maybe_shared(target)
+        .map_err(|err| refuse(format!("the request target is malformed: {err}")))?;
+    let framing = seen
+        .framing(version)
+        .map_err(|message| refuse(message.into()))?;
+
+    let mut headers = HeaderMap::with_capacity(scratch.len());
+    for (name, start, end) in scratch.drain(..) {
+        let Ok(value) = HeaderValue::from_maybe_shared(head.slice(start..end)) else {
+            return Err(refuse("a header field value is malformed".into()));
+        };
+        headers.append(name, value);
+    }
+    let mut request = Request::new(ClientBody::Empty);
+    *request.method_mut() = method;
+    *request.uri_mut() = uri;
+    *request.version_mut() = version;
+    *request.headers_mut() = headers;
+    let close = if version == Version::HTTP_10 {
+        seen.close || !seen.keep_alive
+    } else {
+        seen.close
+    };
+    Ok(Some(Head {
+        request,
+        expect_continue: seen.expect_continue && version == Version::HTTP_11,
+        upgrade: seen.upgrade_token && seen.upgrade_field,
+        framing,
+        close,
+    }))
+}
+
 fn write_field(out: &mut Vec<u8>, name: &str, value: &[u8]) {
     out.extend_from_slice(name.as_bytes());
     out.extend_from_slice(b": ");
@@ -823,5 +830,208 @@ impl DateCache {
             self.value = httpdate::fmt_http_date(now).into_bytes();
         }
         &self.value
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Parses `text` whole: the head, or the refusal's status and message.
+    fn parse(text: &str) -> Result<Head, (StatusCode, String)> {
+        let mut buf = BytesMut::from(text.as_bytes());
+        match parse_head(&mut buf, &mut Vec::new(), 8192) {
+            Ok(Some(head)) => Ok(head),
+            Ok(None) => Err((StatusCode::CONTINUE, "partial".into())),
+            Err(NoHead::Refuse(err, _)) => Err((err.status(), err.to_string())),
+            Err(NoHead::Close) => Err((StatusCode::CONTINUE, "close".into())),
+        }
+    }
+
+    fn post(fields: &str) -> String {
+        format!("POST /upload HTTP/1.1\r\nHost: a\r\n{fields}\r\n\r\n")
+    }
+
+    #[test]
+    fn a_body_is_framed_by_one_field_or_the_head_is_refused() {
+        for (fields, framing) in [
+            ("Content-Length: 5", Framing::Length(5)),
+            ("Content-Length: 5\r\nContent-Length: 5", Framing::Length(5)),
+            ("Content-Length: 5, 5", Framing::Length(5)),
+            ("Content-Length: 0", Framing::Empty),
+            ("X-Nothing: here", Framing::Empty),
+            ("Transfer-Encoding: chunked", Framing::Chunked(Chunk::Size)),
+            ("Transfer-Encoding: CHUNKED", Framing::Chunked(Chunk::Size)),
+        ] {
+            let head = parse(&post(fields)).unwrap_or_else(|err| panic!("{fields}: {err:?}"));
+            assert_eq!(head.framing, framing, "{fields}");
+        }
+        for (fields, why) in [
+            ("Content-Length: 5\r\nTransfer-Encoding: chunked", "both"),
+            ("Transfer-Encoding: chunked\r\nContent-Length: 5", "both"),
+            ("Transfer-Encoding: chunked\r\nContent-Length: five", "both"),
+            (
+                "Transfer-Encoding: chunked, identity",
+                "not `chunked` alone",
+            ),
+            ("Transfer-Encoding: gzip, chunked", "not `chunked` alone"),
+            ("Transfer-Encoding: xchunked", "not `chunked` alone"),
+            (
+                "Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked",
+                "not `chunked` alone",
+            ),
+            ("Transfer-Encoding: chunked,", "not `chunked` alone"),
+            ("Content-Length: 5\r\nContent-Length: 6", "Content-Length"),
+            ("Content-Length: 5, 6", "Content-Length"),
+            ("Content-Length: +5", "Content-Length"),
+            ("Content-Length: -1", "Content-Length"),
+            ("Content-Length: 0x10", "Content-Length"),
+            ("Content-Length: ", "Content-Length"),
+            ("Content-Length: 1234567890123456789", "Content-Length"),
+        ] {
+            let refused = parse(&post(fields)).err();
+            assert!(
+                matches!(&refused, Some((StatusCode::BAD_REQUEST, message)) if message.contains(why)),
+                "{fields}: {refused:?}"
+            );
+        }
+        let refused = parse("POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n").err();
+        assert!(
+            matches!(&refused, Some((StatusCode::BAD_REQUEST, message)) if message.contains("HTTP/1.0")),
+            "{refused:?}"
+        );
+    }
+
+    #[test]
+    fn malformed_heads_are_a_400_and_crowded_ones_a_431() {
+        for text in [
+            "GET  /a HTTP/1.1\r\nHost: a\r\n\r\n",
+            "GET /a HTTP/1.1\r\nHost : a\r\n\r\n",
+            "GET /a HTTP/1.1\r\nX-A: 1\r\n folded\r\n\r\n",
+            "GET /a HTTP/1.1\r\nX-A: a\0b\r\n\r\n",
+            "GET /a HTTP/1.1\r\nX-A: a\x7fb\r\n\r\n",
+            "GET /a HTTP/2.0\r\nHost: a\r\n\r\n",
+            "GET /a#x HTTP/1.1\r\nHost: a\r\n\r\n",
+            "GET http://a/#x HTTP/1.1\r\nHost: a\r\n\r\n",
+            "G(T /a HTTP/1.1\r\n\r\n",
+        ] {
+            let refused = parse(text).err();
+            assert!(
+                matches!(refused, Some((StatusCode::BAD_REQUEST, _))),
+                "{text:?}: {refused:?}"
+            );
+        }
+        let fields: String = (0..=MAX_HEADERS).map(|n| format!("X-{n}: v\r\n")).collect();
+        let refused = parse(&format!("GET / HTTP/1.1\r\n{fields}\r\n")).err();
+        assert!(
+            matches!(
+                refused,
+                Some((StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, _))
+            ),
+            "{refused:?}"
+        );
+    }
+
+    #[test]
+    fn a_head_is_taken_off_whole_and_what_follows_stays() {
+        let text = b"POST /a?q=1 HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabcGET /b";
+        let head_end = text.len() - "abcGET /b".len();
+        let mut scratch = Vec::new();
+        for cut in 1..head_end {
+            let mut buf = BytesMut::from(&text[..cut]);
+            assert!(
+                matches!(parse_head(&mut buf, &mut scratch, 8192), Ok(None)),
+                "{cut}"
+            );
+            assert_eq!(buf.len(), cut, "nothing is taken off a partial head");
+        }
+        let mut buf = BytesMut::from(&text[..]);
+        let Ok(Some(head)) = parse_head(&mut buf, &mut scratch, 8192) else {
+            panic!("a whole head");
+        };
+        assert_eq!(&buf[..], b"abcGET /b");
+        assert_eq!(head.request.method(), Method::POST);
+        assert_eq!(head.request.uri(), "/a?q=1");
+        assert_eq!(head.request.headers()["host"], "a");
+        assert_eq!(head.framing, Framing::Length(3));
+        // Blank lines before a request line are skipped (RFC 9112 §2.2).
+        let head = parse("\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n").map_err(|err| err.1);
+        assert_eq!(
+            head.map(|head| head.request.uri().clone()),
+            Ok(Uri::from_static("/"))
+        );
+    }
+
+    #[test]
+    fn connection_fields_decide_keep_alive_and_switches() {
+        let head = |text: &str| parse(text).unwrap_or_else(|err| panic!("{text}: {err:?}"));
+        assert!(!head("GET / HTTP/1.1\r\nHost: a\r\n\r\n").close);
+        assert!(head("GET / HTTP/1.1\r\nConnection: keep-alive, close\r\n\r\n").close);
+        assert!(head("GET / HTTP/1.0\r\n\r\n").close);
+        assert!(!head("GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n").close);
+        let websocket = "GET / HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n";
+        assert!(head(websocket).upgrade);
+        assert!(!head("GET / HTTP/1.1\r\nUpgrade: websocket\r\n\r\n").upgrade);
+        assert!(!head("GET / HTTP/1.1\r\nConnection: upgrade\r\n\r\n").upgrade);
+        let expect = |version: &str| {
+            head(&format!(
+                "PUT / HTTP/{version}\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n"
+            ))
+            .expect_continue
+        };
+        assert!(expect("1.1"));
+        assert!(
+            !expect("1.0"),
+            "an HTTP/1.0 client does not know 100 Continue"
+        );
+    }
+
+    #[test]
+    fn field_values_keep_every_byte_http_allows() {
+        let text = b"GET / HTTP/1.1\r\nX-Text: \t!~ \x80\xff\r\n\r\n";
+        let mut buf = BytesMut::from(&text[..]);
+        let Ok(Some(head)) = parse_head(&mut buf, &mut Vec::new(), 8192) else {
+            panic!("obs-text is allowed in values");
+        };
+        assert_eq!(head.request.headers()["x-text"].as_bytes(), b"!~ \x80\xff");
+        // Every other control byte is refused, never passed on.
+        for byte in (0u8..0x20)
+            .filter(|b| *b != b'\t' && *b != b'\r' && *b != b'\n')
+            .chain([0x7f])
+        {
+            let text = format!("GET / HTTP/1.1\r\nX-Text: a{}b\r\n\r\n", byte as char);
+            let mut buf = BytesMut::from(text.as_bytes());
+            assert!(
+                matches!(
+                    parse_head(&mut buf, &mut Vec::new(), 8192),
+                    Err(NoHead::Refuse(..))
+                ),
+                "{byte:#x}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn two_buffers_are_written_whole_and_in_order() {
+        let mut sink = Vec::new();
+        let mut first = b"head\r\n".to_vec();
+        let second = vec![7u8; 100_000];
+        write_two(&mut sink, &mut first, &second)
+            .await
+            .expect("a Vec takes everything");
+        assert!(first.is_empty());
+        assert_eq!(&sink[..6], b"head\r\n");
+        assert_eq!(sink.len(), 100_006);
+    }
+
+    #[test]
+    fn the_date_is_an_imf_fixdate() {
+        let date = DateCache::default().now().to_vec();
+        let text = String::from_utf8(date).expect("ASCII");
+        assert_eq!(text.len(), 29, "{text}");
+        assert!(
+            text.ends_with(" GMT") && text.as_bytes()[3] == b',',
+            "{text}"
+        );
     }
 }

@@ -3,6 +3,8 @@
 //!
 //! - `support`: the harness: gateway and upstream servers that stop on drop, clients.
 //! - `bypass`: a corpus of attempts to reach a denied path past the policy.
+//! - `client_wire`: HTTP/1 with clients: keep-alive, pipelining, 100 Continue, HEAD,
+//!   framing per client, unread bodies.
 //! - `forwarding`: headers, request ids, bodies streamed both ways, HTTP/2, WebSocket.
 //! - `upstreams`: round robin, passive health, 502 and 504.
 //! - `upstream_wire`: response framing from upstreams, and when a connection is reused.
@@ -25,6 +27,7 @@
 )]
 
 mod bypass;
+mod client_wire;
 mod config_errors;
 mod decision_log;
 mod denials;
