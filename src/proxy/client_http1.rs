@@ -13,7 +13,7 @@ use std::io::{self, IoSlice};
 use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
@@ -21,7 +21,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use tokio::io::{AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, ReadBuf};
 use tokio::sync::oneshot;
 
 use super::handle::{handle, refuse};
@@ -38,6 +38,10 @@ const READ_SIZE: usize = 8 * 1024;
 /// Body data up to this size is copied behind the head into one write; larger data is
 /// written from where it is.
 const COALESCE: usize = 16 * 1024;
+/// How long, and for how many bytes, a closing connection reads what the client still
+/// sends (see [`close`]).
+const LINGER_TIME: std::time::Duration = std::time::Duration::from_secs(2);
+const LINGER_BYTES: usize = 1024 * 1024;
 /// The interim response that tells a client waiting on `Expect: 100-continue` to send.
 const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
@@ -45,8 +49,9 @@ const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 pub struct Settings {
     /// `limits.max_header_size`, for the 431's detail.
     pub max_header_size: usize,
-    /// The largest head read; past it the request is refused with a 431 unparsed. (Heads
-    /// between `max_header_size` and this get their 431 from `handle`.)
+    /// How much of an incomplete head is read before the request is refused with a 431
+    /// (a complete head may arrive with up to one more read). Heads between
+    /// `max_header_size` and this get their 431 from `handle`, on their route.
     pub max_head: usize,
     /// Idle-watchdog ticks a request head may take from its first byte (see
     /// `Activity::ticks`), rounded up so that a head is never cut off early.
@@ -116,15 +121,19 @@ struct BodyState {
     failed: bool,
 }
 
-fn lock(state: &Mutex<BodyState>) -> MutexGuard<'_, BodyState> {
-    state.lock().unwrap_or_else(PoisonError::into_inner)
+/// Locks `mutex`; nothing holding these locks can panic, but a poisoned one is no reason
+/// to fail either.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Http1Body {
     fn size_hint(&self) -> SizeHint {
         let state = lock(&self.state);
+        if state.done {
+            return SizeHint::with_exact(0);
+        }
         match state.framing {
-            _ if state.done => SizeHint::with_exact(0),
             Framing::Length(left) => SizeHint::with_exact(left),
             _ => SizeHint::new(),
         }
@@ -199,25 +208,24 @@ fn fail(
     Poll::Ready(Some(Err(err.into())))
 }
 
-/// The client side of a protocol switch: the socket, once the `101` is written. (Shared
-/// only because request extensions must be `Clone`; the first to await it takes it.)
+/// A request's ask to switch protocols (HTTP/1.1, `Connection: upgrade`, an `Upgrade`
+/// other than `h2c`), put in its extensions; the socket follows once the `101` is written.
+/// (Shared only because extensions must be `Clone`; the first to await it takes it.)
 #[derive(Clone)]
 pub struct ClientSwitch {
-    socket: Arc<Mutex<Option<oneshot::Receiver<ActivityIo>>>>,
-    /// The client sent bytes past the head before the switch was answered; they would
-    /// reach the tunnel without ever having been read as HTTP.
+    /// The `Upgrade` field: the protocol asked for.
+    pub protocol: HeaderValue,
+    /// The client sent bytes past the head with it; they would reach the tunnel without
+    /// ever having been read as HTTP.
     pub data_followed: bool,
+    socket: Arc<Mutex<Option<oneshot::Receiver<ActivityIo>>>>,
 }
 
 impl ClientSwitch {
     /// The client's socket once the `101` has been written; `None` when the connection
     /// ended first.
     pub async fn socket(self) -> Option<ActivityIo> {
-        let socket = self
-            .socket
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take()?;
+        let socket = lock(&self.socket).take()?;
         socket.await.ok()
     }
 }
@@ -263,8 +271,10 @@ struct Head {
     /// connection).
     close: bool,
     expect_continue: bool,
-    /// `Connection: upgrade` and an `Upgrade` field: the client asks to switch protocols.
-    upgrade: bool,
+    /// The protocol an HTTP/1.1 request asks to switch to (`Connection: upgrade` and an
+    /// `Upgrade` field). SECURITY: never `h2c`, which would turn a checked connection into
+    /// an unchecked HTTP/2 tunnel to the upstream.
+    upgrade: Option<HeaderValue>,
 }
 
 /// What writing a response needs to know of its request.
@@ -303,34 +313,26 @@ impl Connection {
             let Head {
                 mut request,
                 framing,
-                close,
+                close: client_closes,
                 expect_continue,
                 upgrade,
             } = match self.read_head(&mut wire).await {
                 Ok(head) => head,
                 Err(NoHead::Close) => return,
                 Err(NoHead::Refuse(err, method)) => {
-                    let proxy = self.live.load_full();
-                    let method = method.as_ref().map_or("", Method::as_str);
-                    let response = refuse(&proxy, &self.meta, method, err);
-                    let answering = Answering {
-                        head_request: false,
-                        http10: false,
-                        keep_alive: false,
-                    };
-                    let _ = self.write_response(&mut wire, response, answering).await;
-                    let _ = wire.io.shutdown().await;
+                    self.answer_refusal(wire, err, method).await;
                     return;
                 }
             };
             let head_request = request.method() == Method::HEAD;
             let http10 = request.version() == Version::HTTP_10;
             let has_body = framing != Framing::Empty;
-            let switch = upgrade.then(|| {
+            let switch = upgrade.map(|protocol| {
                 let (sender, socket) = oneshot::channel();
                 request.extensions_mut().insert(ClientSwitch {
-                    socket: Arc::new(Mutex::new(Some(socket))),
+                    protocol,
                     data_followed: has_body || !wire.buf.is_empty(),
+                    socket: Arc::new(Mutex::new(Some(socket))),
                 });
                 sender
             });
@@ -349,37 +351,130 @@ impl Connection {
                 });
                 let response = self.call(request).await;
                 let mut state = lock(&state);
+                let state = &mut *state;
                 // Only this takes the wire out of the state.
-                let Some(back) = state.wire.take() else {
+                let Some(mut back) = state.wire.take() else {
                     return;
                 };
-                (response, state.done, back)
+                // A `100 Continue` cut off halfway cannot be followed by a response.
+                if state.continue_left > 0 && state.continue_left < CONTINUE.len() {
+                    return;
+                }
+                // The rest of a body already in the buffer is skipped, so the connection
+                // can carry on; a body still on its way (or owed a `100 Continue`) closes it.
+                let done = state.done
+                    || (!state.failed
+                        && state.continue_left == 0
+                        && skip_buffered(&mut state.framing, &mut back.buf));
+                (response, done, back)
             } else {
-                (self.call(request).await, true, wire)
+                let Some(response) = self.call_watching(&mut wire, request).await else {
+                    tracing::debug!(client.addr = %self.meta.peer, "the client closed the connection before its response; request dropped");
+                    return;
+                };
+                (response, true, wire)
             };
             wire = back;
 
-            let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+            if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+                // `handle` answers a 101 only to a request that asked to switch (an
+                // unasked one is a 502) and sent nothing after its head.
+                let Some(sender) = switch else {
+                    return;
+                };
+                // SECURITY: bytes the client sent while the switch was being agreed would
+                // reach the tunnel without ever being read as HTTP.
+                if !wire.buf.is_empty() || sent_more(&mut wire.io) {
+                    tracing::debug!(client.addr = %self.meta.peer, "the client sent data before the protocol switch was answered; closing");
+                    return;
+                }
+                let answering = Answering {
+                    head_request,
+                    http10,
+                    keep_alive: false,
+                };
+                if self
+                    .write_response(&mut wire, response, answering)
+                    .await
+                    .is_ok()
+                {
+                    // The socket is the tunnel's now.
+                    let _ = sender.send(wire.io);
+                }
+                return;
+            }
             let answering = Answering {
                 head_request,
                 http10,
-                keep_alive: !switching && !close && body_done && !self.meta.activity.is_draining(),
+                keep_alive: !client_closes && body_done && !self.meta.activity.is_draining(),
             };
-            let written = self.write_response(&mut wire, response, answering).await;
-            match (written, switch) {
-                (Ok(Written::Reusable), _) if !switching => {}
-                // `handle` answers a 101 only to a request that asked to switch and sent
-                // nothing after its head; the socket is the tunnel's now.
-                (Ok(_), Some(sender)) if switching => {
-                    let _ = sender.send(wire.io);
+            match self.write_response(&mut wire, response, answering).await {
+                Ok(Written::Reusable) => {}
+                Ok(Written::Close) => {
+                    close(wire, !body_done).await;
                     return;
                 }
-                _ => {
-                    let _ = wire.io.shutdown().await;
-                    return;
-                }
+                Err(_) => return,
             }
         }
+    }
+
+    /// Answers a head the reader refused, then closes.
+    async fn answer_refusal(&mut self, mut wire: Wire, err: ProxyError, method: Option<Method>) {
+        let proxy = self.live.load_full();
+        let head_request = method == Some(Method::HEAD);
+        let response = refuse(
+            &proxy,
+            &self.meta,
+            method.as_ref().map_or("", Method::as_str),
+            err,
+        );
+        let answering = Answering {
+            head_request,
+            http10: false,
+            keep_alive: false,
+        };
+        if self
+            .write_response(&mut wire, response, answering)
+            .await
+            .is_ok()
+        {
+            // A body may follow the refused head.
+            close(wire, true).await;
+        }
+    }
+
+    /// [`Connection::call`] for a request without a body, watching the client meanwhile:
+    /// a client that hangs up drops the request (and its upstream exchange), `None`;
+    /// bytes it sends (the next request, pipelined) are kept in `wire.buf`.
+    ///
+    /// Only a request that outlasts a tick of the idle watchdog is watched, so a quick
+    /// one costs no read that would find nothing.
+    async fn call_watching(
+        &self,
+        wire: &mut Wire,
+        request: Request<ClientBody>,
+    ) -> Option<Response<ProxyBody>> {
+        let activity = &self.meta.activity;
+        let started = activity.ticks();
+        let max_head = self.settings.max_head;
+        let mut call = std::pin::pin!(self.call(request));
+        poll_fn(|cx| {
+            if let Poll::Ready(response) = call.as_mut().poll(cx) {
+                return Poll::Ready(Some(response));
+            }
+            while activity.ticks() != started && wire.buf.len() < max_head {
+                wire.buf.reserve(READ_SIZE);
+                let read = std::pin::pin!(wire.io.read_buf(&mut wire.buf)).poll(cx);
+                match read {
+                    Poll::Ready(Ok(0) | Err(_)) => return Poll::Ready(None),
+                    Poll::Ready(Ok(_)) => {}
+                    Poll::Pending => break,
+                }
+            }
+            Poll::Pending
+        })
+        .await
     }
 
     /// Hands the request to the pipeline, counted as in flight until its response head.
@@ -398,20 +493,12 @@ impl Connection {
         let mut started = (!wire.buf.is_empty()).then(|| activity.ticks());
         loop {
             if !wire.buf.is_empty() {
-                if let Some(head) = parse_head(
-                    &mut wire.buf,
-                    &mut self.scratch,
-                    self.settings.max_header_size,
-                )? {
+                let max_header_size = self.settings.max_header_size;
+                if let Some(head) = parse_head(&mut wire.buf, &mut self.scratch, max_header_size)? {
                     return Ok(head);
                 }
                 if wire.buf.len() >= self.settings.max_head {
-                    return Err(NoHead::Refuse(
-                        ProxyError::HeaderTooLarge {
-                            limit: self.settings.max_header_size,
-                        },
-                        None,
-                    ));
+                    return Err(too_large(max_header_size));
                 }
             }
             let head_ticks = self.settings.head_ticks;
@@ -606,21 +693,13 @@ fn parse_head(
     scratch: &mut Vec<(HeaderName, usize, usize)>,
     max_header_size: usize,
 ) -> Result<Option<Head>, NoHead> {
-    let too_large = || {
-        NoHead::Refuse(
-            ProxyError::HeaderTooLarge {
-                limit: max_header_size,
-            },
-            None,
-        )
-    };
     let malformed = |message: String| NoHead::Refuse(ProxyError::BadRequest(message), None);
     let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
     let mut parsed = httparse::Request::new(&mut []);
     let length = match parsed.parse_with_uninit_headers(buf, &mut fields) {
         Ok(httparse::Status::Complete(length)) => length,
         Ok(httparse::Status::Partial) => return Ok(None),
-        Err(httparse::Error::TooManyHeaders) => return Err(too_large()),
+        Err(httparse::Error::TooManyHeaders) => return Err(too_large(max_header_size)),
         Err(err) => return Err(malformed(format!("the request head is malformed: {err}"))),
     };
     let (Some(method), Some(target), Some(minor)) = (parsed.method, parsed.path, parsed.version)
@@ -685,13 +764,74 @@ fn parse_head(
     } else {
         seen.close
     };
+    let upgrade = match request.headers().get(header::UPGRADE) {
+        Some(protocol)
+            if version == Version::HTTP_11
+                && seen.upgrade_token
+                && !http1::items(protocol.as_bytes()).any(|p| p.eq_ignore_ascii_case(b"h2c")) =>
+        {
+            Some(protocol.clone())
+        }
+        _ => None,
+    };
     Ok(Some(Head {
         request,
         expect_continue: seen.expect_continue && version == Version::HTTP_11,
-        upgrade: seen.upgrade_token && seen.upgrade_field,
+        upgrade,
         framing,
         close,
     }))
+}
+
+fn too_large(max_header_size: usize) -> NoHead {
+    NoHead::Refuse(
+        ProxyError::HeaderTooLarge {
+            limit: max_header_size,
+        },
+        None,
+    )
+}
+
+/// Takes what `buf` holds of a request body off it; whether that was all of the body.
+fn skip_buffered(framing: &mut Framing, buf: &mut BytesMut) -> bool {
+    loop {
+        match framing.decode(buf) {
+            Ok(Decoded::Data(_)) => {}
+            Ok(Decoded::End) => return true,
+            Ok(Decoded::NeedMore) | Err(_) => return false,
+        }
+    }
+}
+
+/// Whether the client has sent anything more (or closed) that has not been read, found
+/// without waiting.
+fn sent_more(io: &mut ActivityIo) -> bool {
+    let mut byte = [0u8; 1];
+    let mut buf = ReadBuf::new(&mut byte);
+    let mut cx = Context::from_waker(Waker::noop());
+    Pin::new(io).poll_read(&mut cx, &mut buf).is_ready()
+}
+
+/// Ends a connection after its last response. When the client may still be sending (a
+/// body left unread, a refused head), what it sends is read and dropped for a moment
+/// first: closing a socket with unread bytes makes the kernel reset the connection, and
+/// the reset can destroy the response before the client has read it.
+async fn close(mut wire: Wire, unread: bool) {
+    if wire.io.shutdown().await.is_err() || !unread {
+        return;
+    }
+    let drain = async {
+        let mut dropped = 0;
+        while dropped < LINGER_BYTES {
+            wire.buf.clear();
+            wire.buf.reserve(READ_SIZE);
+            match wire.io.read_buf(&mut wire.buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(read) => dropped += read,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER_TIME, drain).await;
 }
 
 fn write_field(out: &mut Vec<u8>, name: &str, value: &[u8]) {
@@ -737,7 +877,6 @@ struct Fields {
     close: bool,
     keep_alive: bool,
     upgrade_token: bool,
-    upgrade_field: bool,
     expect_continue: bool,
 }
 
@@ -767,8 +906,6 @@ impl Fields {
                 self.keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
                 self.upgrade_token |= token.eq_ignore_ascii_case(b"upgrade");
             }
-        } else if *name == header::UPGRADE {
-            self.upgrade_field = true;
         } else if *name == header::EXPECT {
             self.expect_continue = value.trim_ascii().eq_ignore_ascii_case(b"100-continue");
         }
@@ -970,9 +1107,20 @@ mod tests {
         assert!(head("GET / HTTP/1.0\r\n\r\n").close);
         assert!(!head("GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n").close);
         let websocket = "GET / HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n";
-        assert!(head(websocket).upgrade);
-        assert!(!head("GET / HTTP/1.1\r\nUpgrade: websocket\r\n\r\n").upgrade);
-        assert!(!head("GET / HTTP/1.1\r\nConnection: upgrade\r\n\r\n").upgrade);
+        assert_eq!(
+            head(websocket).upgrade.as_ref().map(|p| p.as_bytes()),
+            Some(&b"websocket"[..])
+        );
+        for asks_nothing in [
+            "GET / HTTP/1.1\r\nUpgrade: websocket\r\n\r\n",
+            "GET / HTTP/1.1\r\nConnection: upgrade\r\n\r\n",
+            "GET / HTTP/1.0\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n",
+            // SECURITY: h2c would make the connection an unchecked HTTP/2 tunnel.
+            "GET / HTTP/1.1\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n\r\n",
+            "GET / HTTP/1.1\r\nConnection: upgrade\r\nUpgrade: websocket, H2C\r\n\r\n",
+        ] {
+            assert_eq!(head(asks_nothing).upgrade, None, "{asks_nothing}");
+        }
         let expect = |version: &str| {
             head(&format!(
                 "PUT / HTTP/{version}\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n"

@@ -185,12 +185,12 @@ async fn pipeline(
         return Err(Failure::early(ProxyError::ConnectRefused));
     }
 
-    // Take the client's side of a protocol switch now; the request is consumed below.
-    let upgrade = requested_upgrade(&request);
-    let client_upgrade = upgrade
-        .is_some()
-        .then(|| request.extensions_mut().remove::<ClientSwitch>())
-        .flatten();
+    // The client's side of a protocol switch, which HTTP/1 heads carry; the request is
+    // consumed below.
+    let client_upgrade = request.extensions_mut().remove::<ClientSwitch>();
+    let upgrade = client_upgrade
+        .as_ref()
+        .map(|switch| switch.protocol.clone());
     let (mut parts, body) = request.into_parts();
 
     let authority = normalize::authority(&parts).map_err(Failure::early)?;
@@ -386,31 +386,6 @@ fn check_limits(
         return Err(ProxyError::BodyTooLarge { limit });
     }
     Ok(())
-}
-
-/// The protocol an HTTP/1.1 request asks to switch to (`Connection: upgrade` plus
-/// `Upgrade`). `h2c` is never passed on: it would turn a checked connection into an
-/// unchecked HTTP/2 tunnel to the upstream.
-fn requested_upgrade(request: &Request<ClientBody>) -> Option<HeaderValue> {
-    if request.version() != Version::HTTP_11 {
-        return None;
-    }
-    let headers = request.headers();
-    let connection_upgrade = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(','))
-        .any(|token| token.trim().eq_ignore_ascii_case("upgrade"));
-    let protocol = headers.get(header::UPGRADE)?;
-    let h2c = protocol
-        .to_str()
-        .map(|text| {
-            text.split(',')
-                .any(|p| p.trim().eq_ignore_ascii_case("h2c"))
-        })
-        .unwrap_or(true);
-    (connection_upgrade && !h2c).then(|| protocol.clone())
 }
 
 /// Copies bytes both ways between the client and the upstream once both switched. The

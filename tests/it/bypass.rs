@@ -423,6 +423,13 @@ fn the_lenient_reader_reads_what_lenient_servers_read() {
 /// An upstream that agrees to one protocol switch and returns every byte it received
 /// after the request head, until the gateway closes the connection.
 async fn switching_upstream() -> (std::net::SocketAddr, tokio::task::JoinHandle<Vec<u8>>) {
+    switching_upstream_after(Duration::ZERO).await
+}
+
+/// [`switching_upstream`], agreeing only `delay` after the request head arrived.
+async fn switching_upstream_after(
+    delay: Duration,
+) -> (std::net::SocketAddr, tokio::task::JoinHandle<Vec<u8>>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -435,6 +442,7 @@ async fn switching_upstream() -> (std::net::SocketAddr, tokio::task::JoinHandle<
             assert!(read > 0, "the gateway closed before sending a head");
             received.extend_from_slice(&buffer[..read]);
         }
+        tokio::time::sleep(delay).await;
         stream
             .write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
             .await
@@ -462,6 +470,34 @@ async fn bytes_sent_before_the_switch_are_never_tunnelled() {
         answer.contains("before the protocol switch was answered"),
         "{answer}"
     );
+    let tunnelled = upstream.await.unwrap();
+    assert!(
+        tunnelled.is_empty(),
+        "the upstream received {:?}",
+        String::from_utf8_lossy(&tunnelled)
+    );
+}
+
+#[tokio::test]
+async fn bytes_sent_while_the_switch_is_agreed_are_never_tunnelled() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (up, upstream) = switching_upstream_after(Duration::from_millis(400)).await;
+    let gw = TestGateway::with_policy(&config(&[format!("http://{up}")], ""), ALLOW_LIST).await;
+    let mut client = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    client.write_all(UPGRADE.as_bytes()).await.unwrap();
+    // The head has been read alone; these bytes come while the upstream deliberates.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    client
+        .write_all(b"GET /admin HTTP/1.1\r\nHost: app\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), client.read_to_end(&mut answer))
+        .await
+        .expect("the gateway closes the connection")
+        .unwrap_or_default();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(!answer.contains("101"), "no switch: {answer}");
     let tunnelled = upstream.await.unwrap();
     assert!(
         tunnelled.is_empty(),

@@ -161,16 +161,30 @@ async fn a_request_body_left_unread_is_never_read_as_a_request() {
     let policy = "rules:\n  - { id: public, effect: allow, match: { paths: [\"/public/**\"] } }\n";
     let gw = TestGateway::with_policy(&config(&[up.url()], ""), policy).await;
     let hidden = "GET /public/hidden HTTP/1.1\r\nHost: a\r\n\r\n";
-    let request = format!(
+    let denied = format!(
         "POST /private HTTP/1.1\r\nHost: a\r\nContent-Length: {}\r\n\r\n{hidden}",
         hidden.len()
     );
-    let answer = raw_until_closed(gw.addr, request.as_bytes(), LIMIT).await;
+    // A body that arrived whole is skipped, and the connection carries on.
+    let after = "GET /public/after HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n";
+    let answer = raw_until_closed(gw.addr, format!("{denied}{after}").as_bytes(), LIMIT).await;
+    let answers = responses(&answer);
+    assert_eq!(answers.len(), 2, "{answer}");
+    assert!(answers[0].starts_with("HTTP/1.1 403"), "{answer}");
+    assert!(answers[1].ends_with("hello from a"), "{answer}");
+    // A body still on its way closes the connection after the answer.
+    let partial = "POST /private HTTP/1.1\r\nHost: a\r\nContent-Length: 100000\r\n\r\nGET /public/hidden HTTP/1.1\r\nHost: a\r\n\r\n";
+    let answer = raw_until_closed(gw.addr, partial.as_bytes(), LIMIT).await;
     let answers = responses(&answer);
     assert_eq!(answers.len(), 1, "{answer}");
     assert!(answers[0].starts_with("HTTP/1.1 403"), "{answer}");
     assert_eq!(field(answers[0], "connection"), Some("close"));
-    assert!(up.seen().is_empty(), "nothing reached the upstream");
+    let targets: Vec<String> = up.seen().into_iter().map(|seen| seen.target).collect();
+    assert_eq!(
+        targets,
+        ["/public/after"],
+        "a body is never read as a request"
+    );
 }
 
 #[tokio::test]
@@ -229,4 +243,35 @@ async fn what_the_reader_refuses_gets_a_problem_with_a_date_and_a_request_id() {
         2.0,
         "{metrics}"
     );
+}
+
+#[tokio::test]
+async fn a_client_that_hangs_up_drops_its_request() {
+    let up = TestUpstream::start("a").await;
+    // The idle watchdog, which also watches clients during long requests, ticks every
+    // quarter of the shorter timeout: 100ms here.
+    let gw = TestGateway::start(&config(
+        &[up.url()],
+        "limits: { header_read_timeout: 400ms }\n",
+    ))
+    .await;
+    let mut client = TcpStream::connect(gw.addr).await.unwrap();
+    client
+        .write_all(b"GET /slow/4000 HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    drop(client);
+    // The connection (and its request to the upstream) goes long before the upstream
+    // would have answered.
+    let mut active = f64::NAN;
+    for _ in 0..40 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        active = metric(&gw.metrics().await, "portcullis_connections_active");
+        if active == 0.0 {
+            break;
+        }
+    }
+    assert_eq!(active, 0.0, "the connection is still open");
+    assert_eq!(up.seen().len(), 1);
 }
