@@ -460,6 +460,7 @@ impl Connection {
         let max_head = self.settings.max_head;
         let mut call = std::pin::pin!(self.call(request));
         poll_fn(|cx| {
+            activity.wake_on_change(cx);
             if let Poll::Ready(response) = call.as_mut().poll(cx) {
                 return Poll::Ready(Some(response));
             }
@@ -504,6 +505,7 @@ impl Connection {
             let head_ticks = self.settings.head_ticks;
             let peer = self.meta.peer;
             let read = poll_fn(|cx| {
+                activity.wake_on_change(cx);
                 // Between requests a draining connection closes; a head already begun
                 // is read and answered (with `Connection: close`).
                 if wire.buf.is_empty() && activity.is_draining() {

@@ -151,7 +151,7 @@ impl Upstream {
         let Some(pool) = &target.pool else {
             added.apply_to(request.headers_mut());
             return match self
-                .answered_in_time(&progress, echo::respond(request))
+                .answered_in_time(progress.as_deref(), echo::respond(request))
                 .await
             {
                 Some(Ok(response)) => Attempt::Answered(Forwarded {
@@ -164,7 +164,7 @@ impl Upstream {
         };
         let started = Instant::now();
         match self
-            .answered_in_time(&progress, pool.send(request, added))
+            .answered_in_time(progress.as_deref(), pool.send(request, added))
             .await
         {
             Some(Ok(Exchanged { response, switched })) => {
@@ -195,7 +195,7 @@ impl Upstream {
     /// slow reader is not cut off while bytes move.
     async fn answered_in_time<F: Future>(
         &self,
-        progress: &Progress,
+        progress: Option<&Progress>,
         answer: F,
     ) -> Option<F::Output> {
         tokio::pin!(answer);
@@ -205,6 +205,8 @@ impl Upstream {
             tokio::select! {
                 output = &mut answer => return Some(output),
                 () = &mut sleep => {
+                    // Without a body, the request was sent when the clock started.
+                    let progress = progress?;
                     let deadline = progress.last_ms() + self.timeout.as_millis() as u64;
                     let now = clock_ms();
                     if deadline <= now {
@@ -305,8 +307,9 @@ pub struct RequestBody {
     inner: ClientBody,
     received: u64,
     limit: Option<u64>,
-    /// When the body last made progress, shared with the attempt's timeout.
-    progress: Arc<Progress>,
+    /// When the body last made progress, shared with the attempt's timeout; `None` for
+    /// a request without a body.
+    progress: Option<Arc<Progress>>,
     /// Bytes forwarded since `progress` was last stamped.
     unstamped: u64,
 }
@@ -317,13 +320,16 @@ const PROGRESS_STEP: u64 = 64 * 1024;
 
 impl RequestBody {
     fn new(inner: ClientBody, limit: Option<u64>) -> RequestBody {
+        let progress = (!inner.is_end_stream()).then(|| {
+            Arc::new(Progress {
+                last_ms: AtomicU64::new(clock_ms()),
+            })
+        });
         RequestBody {
             inner,
             received: 0,
             limit,
-            progress: Arc::new(Progress {
-                last_ms: AtomicU64::new(clock_ms()),
-            }),
+            progress,
             unstamped: 0,
         }
     }
@@ -361,7 +367,9 @@ impl Body for RequestBody {
                     this.unstamped += data.len() as u64;
                     if this.unstamped >= PROGRESS_STEP {
                         this.unstamped = 0;
-                        this.progress.touch();
+                        if let Some(progress) = &this.progress {
+                            progress.touch();
+                        }
                     }
                     if let Some(limit) = this.limit
                         && this.received > limit
@@ -373,7 +381,9 @@ impl Body for RequestBody {
             }
             Some(Err(err)) => Poll::Ready(Some(Err(err))),
             None => {
-                this.progress.touch();
+                if let Some(progress) = &this.progress {
+                    progress.touch();
+                }
                 Poll::Ready(None)
             }
         }

@@ -7,9 +7,9 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll, Waker, ready};
 use std::time::Duration;
 
 use bytes::{Buf as _, BytesMut};
@@ -188,15 +188,16 @@ async fn serve_connection(
         };
         Box::pin(client_http1::serve(Wire { io, buf }, meta, live, settings))
     };
-    let mut served = std::pin::pin!(served);
+    // The connection is served in a task of its own, and this one watches it: its
+    // wake-ups then poll only the protocol, not the timers and the shutdown signal.
+    let mut connection = tokio::spawn(served);
     let mut closing = false;
     loop {
-        // `biased`: the watchdog's branch goes first, so the connection counts a tick
-        // in the same wake-up.
         tokio::select! {
-            biased;
-            _ = &mut idle => {
+            _ = &mut connection => break,
+            () = &mut idle => {
                 if closing {
+                    connection.abort();
                     break;
                 }
                 closing = true;
@@ -209,10 +210,10 @@ async fn serve_connection(
                 first_request_checked = true;
                 if activity.requests.load(Ordering::Relaxed) == 0 {
                     tracing::debug!(client.addr = %peer, "no request within header_read_timeout; closing");
+                    connection.abort();
                     break;
                 }
             }
-            () = served.as_mut() => break,
             _ = shutdown.wait_for(|draining| *draining), if !closing => {
                 closing = true;
                 activity.drain();
@@ -250,6 +251,7 @@ fn serve_http2(
         tokio::pin!(connection);
         let mut draining = false;
         let result = std::future::poll_fn(|cx| {
+            activity.wake_on_change(cx);
             if !draining && activity.is_draining() {
                 draining = true;
                 connection.as_mut().graceful_shutdown();
@@ -341,6 +343,7 @@ async fn idle_checked(activity: &Activity, timeout: Duration, check_every: Durat
     loop {
         checks.tick().await;
         activity.ticks.fetch_add(1, Ordering::Relaxed);
+        activity.wake();
         let seen = activity.snapshot();
         if seen != last_seen || activity.in_flight.load(Ordering::Relaxed) > 0 {
             last_seen = seen;
@@ -370,6 +373,8 @@ pub struct Activity {
     ticks: AtomicU64,
     /// Set when the connection is to close once its current request is answered.
     draining: AtomicBool,
+    /// The connection's task, to wake at each tick and when it is to drain.
+    waker: std::sync::Mutex<Option<Waker>>,
 }
 
 impl Activity {
@@ -385,6 +390,27 @@ impl Activity {
 
     fn drain(&self) {
         self.draining.store(true, Ordering::Relaxed);
+        self.wake();
+    }
+
+    /// Has the connection's task woken at the next tick and when it is to drain.
+    pub fn wake_on_change(&self, cx: &Context<'_>) {
+        let mut waker = self.waker.lock().unwrap_or_else(PoisonError::into_inner);
+        match &*waker {
+            Some(known) if known.will_wake(cx.waker()) => {}
+            _ => *waker = Some(cx.waker().clone()),
+        }
+    }
+
+    fn wake(&self) {
+        let waker = self
+            .waker
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(waker) = waker {
+            waker.wake();
+        }
     }
 
     fn snapshot(&self) -> (u64, u64) {
