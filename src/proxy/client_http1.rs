@@ -62,6 +62,9 @@ pub struct Settings {
 pub struct Wire {
     pub io: ActivityIo,
     pub buf: BytesMut,
+    /// The tick at which the first bytes in `buf` arrived while a request was being
+    /// handled: the next head's clock starts there.
+    pub next_head_since: Option<u64>,
 }
 
 /// A request body as the proxy receives it, from either protocol.
@@ -458,18 +461,29 @@ impl Connection {
         let activity = &self.meta.activity;
         let started = activity.ticks();
         let max_head = self.settings.max_head;
+        if !wire.buf.is_empty() {
+            wire.next_head_since = Some(started);
+        }
+        // A client that closes its side after pipelining requests still gets answers.
+        let mut closed_with_more = false;
         let mut call = std::pin::pin!(self.call(request));
         poll_fn(|cx| {
             activity.wake_on_change(cx);
             if let Poll::Ready(response) = call.as_mut().poll(cx) {
                 return Poll::Ready(Some(response));
             }
-            while activity.ticks() != started && wire.buf.len() < max_head {
+            while !closed_with_more && activity.ticks() != started && wire.buf.len() < max_head {
+                let was_empty = wire.buf.is_empty();
                 wire.buf.reserve(READ_SIZE);
                 let read = std::pin::pin!(wire.io.read_buf(&mut wire.buf)).poll(cx);
                 match read {
+                    Poll::Ready(Ok(0)) if !wire.buf.is_empty() => closed_with_more = true,
                     Poll::Ready(Ok(0) | Err(_)) => return Poll::Ready(None),
-                    Poll::Ready(Ok(_)) => {}
+                    Poll::Ready(Ok(_)) => {
+                        if was_empty {
+                            wire.next_head_since = Some(activity.ticks());
+                        }
+                    }
                     Poll::Pending => break,
                 }
             }
@@ -491,7 +505,11 @@ impl Connection {
     async fn read_head(&mut self, wire: &mut Wire) -> Result<Head, NoHead> {
         let activity = self.meta.activity.clone();
         // A head's time starts with its first byte: now, for bytes already here.
-        let mut started = (!wire.buf.is_empty()).then(|| activity.ticks());
+        let mut started = (!wire.buf.is_empty()).then(|| {
+            wire.next_head_since
+                .take()
+                .unwrap_or_else(|| activity.ticks())
+        });
         loop {
             if !wire.buf.is_empty() {
                 let max_header_size = self.settings.max_header_size;
@@ -601,7 +619,7 @@ impl Connection {
         match framing {
             Out::Length(length) => {
                 out.extend_from_slice(b"content-length: ");
-                out.extend_from_slice(length.to_string().as_bytes());
+                push_decimal(out, length);
                 out.extend_from_slice(b"\r\n");
             }
             Out::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
@@ -834,6 +852,22 @@ async fn close(mut wire: Wire, unread: bool) {
         }
     };
     let _ = tokio::time::timeout(LINGER_TIME, drain).await;
+}
+
+/// Appends `n` in decimal, without allocating.
+fn push_decimal(out: &mut Vec<u8>, n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    let mut rest = n;
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
 }
 
 fn write_field(out: &mut Vec<u8>, name: &str, value: &[u8]) {

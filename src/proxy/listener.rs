@@ -7,8 +7,8 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::{Arc, PoisonError};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, PoisonError};
 use std::task::{Context, Poll, Waker, ready};
 use std::time::Duration;
 
@@ -186,7 +186,12 @@ async fn serve_connection(
             .unwrap_or(u64::MAX)
             .saturating_add(1),
         };
-        Box::pin(client_http1::serve(Wire { io, buf }, meta, live, settings))
+        let wire = Wire {
+            io,
+            buf,
+            next_head_since: None,
+        };
+        Box::pin(client_http1::serve(wire, meta, live, settings))
     };
     // The connection is served in a task of its own, and this one watches it: its
     // wake-ups then poll only the protocol, not the timers and the shutdown signal.
@@ -338,6 +343,9 @@ async fn idle_checked(activity: &Activity, timeout: Duration, check_every: Durat
         .unwrap_or(u32::MAX)
         .max(1);
     let mut checks = tokio::time::interval_at(Instant::now() + check_every, check_every);
+    // SECURITY: a late check is taken as late, never made up with a burst of checks that
+    // would count quiet time that did not pass (for the idle and the head timeouts alike).
+    checks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_seen = activity.snapshot();
     let mut quiet_checks = 0u32;
     loop {

@@ -275,3 +275,30 @@ async fn a_client_that_hangs_up_drops_its_request() {
     assert_eq!(active, 0.0, "the connection is still open");
     assert_eq!(up.seen().len(), 1);
 }
+
+#[tokio::test]
+async fn a_client_that_closes_after_pipelining_still_gets_its_answers() {
+    let up = TestUpstream::start("a").await;
+    let gw = TestGateway::start(&config(
+        &[up.url()],
+        "limits: { header_read_timeout: 400ms }\n",
+    ))
+    .await;
+    let mut client = TcpStream::connect(gw.addr).await.unwrap();
+    client
+        .write_all(b"GET /slow/300 HTTP/1.1\r\nHost: a\r\n\r\nGET /b HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    // Done sending: the write side closes while the first request is at the upstream.
+    client.shutdown().await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(LIMIT, client.read_to_end(&mut answer))
+        .await
+        .expect("the gateway closes after the answers")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    let answers = responses(&answer);
+    assert_eq!(answers.len(), 2, "{answer}");
+    assert!(answers[0].ends_with("slept 300ms"), "{answer}");
+    assert!(answers[1].ends_with("hello from a"), "{answer}");
+}
