@@ -100,10 +100,10 @@ pub fn chunk_start(length: usize) -> Vec<u8> {
 pub enum Parsed {
     /// Not a whole head yet.
     Partial,
-    /// An interim (1xx) response, taken off the buffer, to be skipped.
-    Interim,
-    /// A final response head, taken off the buffer.
-    Final(ResponseHead),
+    /// An interim (1xx) response of this many bytes, to be skipped.
+    Interim(usize),
+    /// A final response head of this many bytes.
+    Final(ResponseHead, usize),
 }
 
 /// A parsed final response head.
@@ -125,15 +125,14 @@ fn malformed(what: impl Into<String>) -> Malformed {
     Malformed(what.into())
 }
 
-/// Parses the response head at the start of `buf` and takes it off (an interim one too);
-/// a partial head is left in place. `head_request` says the request was a HEAD, whose
-/// response has no body whatever its header fields say.
-pub fn parse_response(buf: &mut BytesMut, head_request: bool) -> Result<Parsed, Malformed> {
+/// Parses the response head at the start of `buf`. `head_request` says the request was
+/// a HEAD, whose response has no body whatever its header fields say.
+pub fn parse_response(buf: &[u8], head_request: bool) -> Result<Parsed, Malformed> {
     let mut response = httparse::Response::new(&mut []);
     let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
     let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
         &mut response,
-        &buf[..],
+        buf,
         &mut fields,
     );
     let length = match parsed {
@@ -154,8 +153,7 @@ pub fn parse_response(buf: &mut BytesMut, head_request: bool) -> Result<Parsed, 
     let code = response.code.ok_or_else(|| malformed("no status code"))?;
     let status = StatusCode::from_u16(code).map_err(|_| malformed("an invalid status code"))?;
     if status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS {
-        buf.advance(length);
-        return Ok(Parsed::Interim);
+        return Ok(Parsed::Interim(length));
     }
     let version = match response.version {
         Some(1) => Version::HTTP_11,
@@ -166,15 +164,7 @@ pub fn parse_response(buf: &mut BytesMut, head_request: bool) -> Result<Parsed, 
     // describe this connection, not the message, so they stay out of the map; a protocol
     // switch keeps `Upgrade` and `Connection` so the client sees it.
     let switching = status == StatusCode::SWITCHING_PROTOCOLS;
-    // Where each kept field's name and value sit in the head: the values are sliced out
-    // of it once it is split off the buffer, never copied.
-    let base = buf.as_ptr() as usize;
-    let at = |part: &[u8]| {
-        let start = part.as_ptr() as usize - base;
-        (start, start + part.len())
-    };
-    let mut spans = [(0usize, 0usize, 0usize, 0usize); MAX_HEADERS];
-    let mut kept_count = 0;
+    let mut headers = HeaderMap::with_capacity(fields.len());
     let mut seen = FramingFields::default();
     for field in fields {
         let role = Role::of(field.name);
@@ -197,49 +187,37 @@ pub fn parse_response(buf: &mut BytesMut, head_request: bool) -> Result<Parsed, 
             Role::Connection | Role::Upgrade => switching,
             Role::TransferEncoding | Role::HopByHop => false,
         };
-        if kept && let Some(span) = spans.get_mut(kept_count) {
-            let (name_start, name_end) = at(field.name.as_bytes());
-            let (value_start, value_end) = at(field.value);
-            *span = (name_start, name_end, value_start, value_end);
-            kept_count += 1;
+        if kept {
+            let name = HeaderName::from_bytes(field.name.as_bytes())
+                .map_err(|_| malformed(format!("an invalid header name {:?}", field.name)))?;
+            let value = HeaderValue::from_bytes(field.value)
+                .map_err(|_| malformed(format!("an invalid value in its {name} field")))?;
+            headers.append(name, value);
         }
     }
-    // Fields that `Connection` names are hop-by-hop too (RFC 9110 §7.6.1).
-    let named: Vec<HeaderName> = if seen.names_others {
-        fields
+    if seen.names_others {
+        // Fields that `Connection` names are hop-by-hop too (RFC 9110 §7.6.1).
+        let connection = fields
             .iter()
-            .filter(|field| Role::of(field.name) == Role::Connection)
-            .flat_map(|field| items(field.value))
-            .filter(|token| !is_standard_connection_token(token))
-            .filter_map(|token| HeaderName::from_bytes(token).ok())
-            .collect()
-    } else {
-        Vec::new()
-    };
+            .filter(|field| Role::of(field.name) == Role::Connection);
+        for token in connection.flat_map(|field| items(field.value)) {
+            if !is_standard_connection_token(token)
+                && let Ok(name) = HeaderName::from_bytes(token)
+            {
+                headers.remove(name);
+            }
+        }
+    }
     let (framing, keep_alive) = response_framing(status, version, &seen, head_request)?;
-    let head = buf.split_to(length).freeze();
-    let mut headers = HeaderMap::with_capacity(kept_count);
-    for &(name_start, name_end, value_start, value_end) in &spans[..kept_count] {
-        let name = &head[name_start..name_end];
-        let name = HeaderName::from_bytes(name).map_err(|_| {
-            malformed(format!(
-                "an invalid header name {:?}",
-                String::from_utf8_lossy(name)
-            ))
-        })?;
-        let value = HeaderValue::from_maybe_shared(head.slice(value_start..value_end))
-            .map_err(|_| malformed(format!("an invalid value in its {name} field")))?;
-        headers.append(name, value);
-    }
-    for name in named {
-        headers.remove(name);
-    }
-    Ok(Parsed::Final(ResponseHead {
-        status,
-        headers,
-        framing,
-        keep_alive,
-    }))
+    Ok(Parsed::Final(
+        ResponseHead {
+            status,
+            headers,
+            framing,
+            keep_alive,
+        },
+        length,
+    ))
 }
 
 /// What a response field is to the gateway.
@@ -563,18 +541,17 @@ mod tests {
     use super::*;
 
     fn head(text: &str) -> Result<Parsed, Malformed> {
-        parse_response(&mut BytesMut::from(text), false)
+        parse_response(text.as_bytes(), false)
     }
 
     fn framing_of(text: &str) -> Result<(Framing, bool), String> {
-        let mut buf = BytesMut::from(text);
-        match parse_response(&mut buf, false) {
-            Ok(Parsed::Final(head)) => {
-                assert!(buf.is_empty(), "the whole head is taken off");
+        match head(text) {
+            Ok(Parsed::Final(head, length)) => {
+                assert_eq!(length, text.len());
                 Ok((head.framing, head.keep_alive))
             }
             Ok(Parsed::Partial) => Err("partial".into()),
-            Ok(Parsed::Interim) => Err("interim".into()),
+            Ok(Parsed::Interim(_)) => Err("interim".into()),
             Err(err) => Err(err.0),
         }
     }
@@ -616,8 +593,8 @@ mod tests {
             (Framing::Empty, true)
         );
         let text = "HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\n";
-        match parse_response(&mut BytesMut::from(text), true) {
-            Ok(Parsed::Final(head)) => assert_eq!(head.framing, Framing::Empty),
+        match parse_response(text.as_bytes(), true) {
+            Ok(Parsed::Final(head, _)) => assert_eq!(head.framing, Framing::Empty),
             _ => panic!("a HEAD response parses"),
         }
     }
@@ -653,19 +630,13 @@ mod tests {
 
     #[test]
     fn interim_responses_are_skipped_and_partial_heads_wait() {
-        let mut buf = BytesMut::from("HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200");
         assert!(matches!(
-            parse_response(&mut buf, false),
-            Ok(Parsed::Interim)
+            head("HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200"),
+            Ok(Parsed::Interim(25))
         ));
-        assert_eq!(
-            &buf[..],
-            b"HTTP/1.1 200",
-            "only the interim head is taken off"
-        );
         assert!(matches!(
             head("HTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\n"),
-            Ok(Parsed::Interim)
+            Ok(Parsed::Interim(_))
         ));
         assert!(matches!(
             head("HTTP/1.1 200 OK\r\ncontent-len"),
@@ -673,17 +644,20 @@ mod tests {
         ));
         assert!(matches!(
             head("HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\n\r\n"),
-            Ok(Parsed::Final(ResponseHead {
-                status: StatusCode::SWITCHING_PROTOCOLS,
-                ..
-            }))
+            Ok(Parsed::Final(
+                ResponseHead {
+                    status: StatusCode::SWITCHING_PROTOCOLS,
+                    ..
+                },
+                _
+            ))
         ));
     }
 
     #[test]
     fn hop_by_hop_fields_are_left_out_of_the_response() {
-        let names = |text: &str| match head(text) {
-            Ok(Parsed::Final(head)) => {
+        let names = |text: &str| match parse_response(text.as_bytes(), false) {
+            Ok(Parsed::Final(head, _)) => {
                 let mut names: Vec<String> =
                     head.headers.keys().map(|name| name.to_string()).collect();
                 names.sort();

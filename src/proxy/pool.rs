@@ -414,8 +414,14 @@ async fn read_head<R: AsyncRead + Unpin>(
     loop {
         if !read.is_empty() {
             match http1::parse_response(read, head_request)? {
-                Parsed::Final(head) => return Ok(head),
-                Parsed::Interim => continue,
+                Parsed::Final(head, length) => {
+                    read.advance(length);
+                    return Ok(head);
+                }
+                Parsed::Interim(length) => {
+                    read.advance(length);
+                    continue;
+                }
                 Parsed::Partial if read.len() >= MAX_HEAD => {
                     return Err(Malformed(format!("a head larger than {MAX_HEAD} bytes")).into());
                 }
