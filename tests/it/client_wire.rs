@@ -245,21 +245,20 @@ async fn what_the_reader_refuses_gets_a_problem_with_a_date_and_a_request_id() {
     );
 }
 
+/// A gateway whose watchdog, which also watches clients during long requests, ticks
+/// every 100ms (a quarter of the shorter timeout), and a client that has sent `requests`.
+async fn watched_client(requests: &[u8]) -> (TestUpstream, TestGateway, TcpStream) {
+    let up = TestUpstream::start("a").await;
+    let limits = "limits: { header_read_timeout: 400ms }\n";
+    let gw = TestGateway::start(&config(&[up.url()], limits)).await;
+    let mut client = TcpStream::connect(gw.addr).await.unwrap();
+    client.write_all(requests).await.unwrap();
+    (up, gw, client)
+}
+
 #[tokio::test]
 async fn a_client_that_hangs_up_drops_its_request() {
-    let up = TestUpstream::start("a").await;
-    // The idle watchdog, which also watches clients during long requests, ticks every
-    // quarter of the shorter timeout: 100ms here.
-    let gw = TestGateway::start(&config(
-        &[up.url()],
-        "limits: { header_read_timeout: 400ms }\n",
-    ))
-    .await;
-    let mut client = TcpStream::connect(gw.addr).await.unwrap();
-    client
-        .write_all(b"GET /slow/4000 HTTP/1.1\r\nHost: a\r\n\r\n")
-        .await
-        .unwrap();
+    let (up, gw, client) = watched_client(b"GET /slow/4000 HTTP/1.1\r\nHost: a\r\n\r\n").await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     drop(client);
     // The connection (and its request to the upstream) goes long before the upstream
@@ -278,17 +277,10 @@ async fn a_client_that_hangs_up_drops_its_request() {
 
 #[tokio::test]
 async fn a_client_that_closes_after_pipelining_still_gets_its_answers() {
-    let up = TestUpstream::start("a").await;
-    let gw = TestGateway::start(&config(
-        &[up.url()],
-        "limits: { header_read_timeout: 400ms }\n",
-    ))
+    let (_up, _gw, mut client) = watched_client(
+        b"GET /slow/300 HTTP/1.1\r\nHost: a\r\n\r\nGET /b HTTP/1.1\r\nHost: a\r\n\r\n",
+    )
     .await;
-    let mut client = TcpStream::connect(gw.addr).await.unwrap();
-    client
-        .write_all(b"GET /slow/300 HTTP/1.1\r\nHost: a\r\n\r\nGET /b HTTP/1.1\r\nHost: a\r\n\r\n")
-        .await
-        .unwrap();
     // Done sending: the write side closes while the first request is at the upstream.
     client.shutdown().await.unwrap();
     let mut answer = Vec::new();
