@@ -25,7 +25,7 @@ use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, Re
 use tokio::sync::oneshot;
 
 use super::handle::{handle, refuse};
-use super::http1::{self, Chunk, Decoded, Framing};
+use super::http1::{self, Chunk, Decoded, Framing, parse_length, push_decimal, write_field};
 use super::listener::{ActivityIo, ConnMeta, InFlight};
 use super::respond::ProxyError;
 use super::{BoxError, ProxyBody};
@@ -183,12 +183,7 @@ impl Http1Body {
                     return fail(state, format!("the request body is malformed: {}", err.0));
                 }
             }
-            wire.buf.reserve(READ_SIZE);
-            let read = {
-                let future = wire.io.read_buf(&mut wire.buf);
-                std::pin::pin!(future).poll(cx)
-            };
-            match read {
+            match poll_read_more(wire, cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Ok(0)) => {
                     return fail(
@@ -474,9 +469,7 @@ impl Connection {
             }
             while !closed_with_more && activity.ticks() != started && wire.buf.len() < max_head {
                 let was_empty = wire.buf.is_empty();
-                wire.buf.reserve(READ_SIZE);
-                let read = std::pin::pin!(wire.io.read_buf(&mut wire.buf)).poll(cx);
-                match read {
+                match poll_read_more(wire, cx) {
                     Poll::Ready(Ok(0)) if !wire.buf.is_empty() => closed_with_more = true,
                     Poll::Ready(Ok(0) | Err(_)) => return Poll::Ready(None),
                     Poll::Ready(Ok(_)) => {
@@ -537,9 +530,7 @@ impl Connection {
                     tracing::debug!(client.addr = %peer, "request head not complete within header_read_timeout; closing");
                     return Poll::Ready(None);
                 }
-                wire.buf.reserve(READ_SIZE);
-                let future = wire.io.read_buf(&mut wire.buf);
-                std::pin::pin!(future).poll(cx).map(Some)
+                poll_read_more(wire, cx).map(Some)
             })
             .await;
             match read {
@@ -676,7 +667,7 @@ impl Connection {
                 ));
             }
             if framing == Out::Chunked {
-                out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+                http1::push_chunk_start(out, data.len());
             }
             if data.len() <= COALESCE {
                 out.extend_from_slice(&data);
@@ -812,6 +803,13 @@ fn too_large(max_header_size: usize) -> NoHead {
     )
 }
 
+/// Reads what the client has sent into `wire.buf` (making room for `READ_SIZE` more),
+/// or registers to be woken when there is something.
+fn poll_read_more(wire: &mut Wire, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+    wire.buf.reserve(READ_SIZE);
+    std::pin::pin!(wire.io.read_buf(&mut wire.buf)).poll(cx)
+}
+
 /// Takes what `buf` holds of a request body off it; whether that was all of the body.
 fn skip_buffered(framing: &mut Framing, buf: &mut BytesMut) -> bool {
     loop {
@@ -852,29 +850,6 @@ async fn close(mut wire: Wire, unread: bool) {
         }
     };
     let _ = tokio::time::timeout(LINGER_TIME, drain).await;
-}
-
-/// Appends `n` in decimal, without allocating.
-fn push_decimal(out: &mut Vec<u8>, n: u64) {
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
-    let mut rest = n;
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (rest % 10) as u8;
-        rest /= 10;
-        if rest == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[at..]);
-}
-
-fn write_field(out: &mut Vec<u8>, name: &str, value: &[u8]) {
-    out.extend_from_slice(name.as_bytes());
-    out.extend_from_slice(b": ");
-    out.extend_from_slice(value);
-    out.extend_from_slice(b"\r\n");
 }
 
 /// Writes all of `first`, then all of `second`, in as few system calls as the socket
@@ -972,17 +947,6 @@ impl Fields {
             }
         }
     }
-}
-
-/// A `Content-Length` value: decimal digits only, at most 18 of them.
-fn parse_length(text: &[u8]) -> Option<u64> {
-    if text.is_empty() || text.len() > 18 || !text.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    Some(
-        text.iter()
-            .fold(0, |length, digit| length * 10 + u64::from(digit - b'0')),
-    )
 }
 
 /// The `Date` field's value, formatted once a second.

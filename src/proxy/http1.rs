@@ -65,18 +65,18 @@ pub fn write_request_head(
         {
             continue;
         }
-        write_field(out, name, value);
+        write_field(out, name.as_str(), value.as_bytes());
     }
     for (name, value) in added.iter() {
         if *name != header::CONTENT_LENGTH && *name != header::TRANSFER_ENCODING {
-            write_field(out, name, value);
+            write_field(out, name.as_str(), value.as_bytes());
         }
     }
     match framing {
         RequestFraming::Empty => {}
         RequestFraming::Length(length) => {
             out.extend_from_slice(b"content-length: ");
-            out.extend_from_slice(length.to_string().as_bytes());
+            push_decimal(out, length);
             out.extend_from_slice(b"\r\n");
         }
         RequestFraming::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
@@ -84,16 +84,57 @@ pub fn write_request_head(
     out.extend_from_slice(b"\r\n");
 }
 
-fn write_field(out: &mut Vec<u8>, name: &HeaderName, value: &HeaderValue) {
-    out.extend_from_slice(name.as_str().as_bytes());
+/// Appends one `name: value` field line.
+pub fn write_field(out: &mut Vec<u8>, name: &str, value: &[u8]) {
+    out.extend_from_slice(name.as_bytes());
     out.extend_from_slice(b": ");
-    out.extend_from_slice(value.as_bytes());
+    out.extend_from_slice(value);
     out.extend_from_slice(b"\r\n");
 }
 
-/// The line that starts a chunk of `length` bytes.
-pub fn chunk_start(length: usize) -> Vec<u8> {
-    format!("{length:x}\r\n").into_bytes()
+/// Appends `n` in decimal, without allocating.
+pub fn push_decimal(out: &mut Vec<u8>, n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    let mut rest = n;
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
+}
+
+/// Appends the line that starts a chunk of `length` bytes, without allocating.
+pub fn push_chunk_start(out: &mut Vec<u8>, length: usize) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut digits = [0u8; 16];
+    let mut at = digits.len();
+    let mut rest = length;
+    loop {
+        at -= 1;
+        digits[at] = HEX[rest % 16];
+        rest /= 16;
+        if rest == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// A `Content-Length` value: decimal digits only, at most 18 of them (an exabyte).
+pub fn parse_length(text: &[u8]) -> Option<u64> {
+    if text.is_empty() || text.len() > 18 || !text.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(
+        text.iter()
+            .fold(0, |length, digit| length * 10 + u64::from(digit - b'0')),
+    )
 }
 
 /// What the start of a read buffer holds.
@@ -291,14 +332,10 @@ impl FramingFields {
 
     fn length(&mut self, value: &[u8]) {
         for item in items(value) {
-            let valid = !item.is_empty() && item.len() <= 19 && item.iter().all(u8::is_ascii_digit);
-            if !valid {
+            let Some(parsed) = parse_length(item) else {
                 self.bad_length = Some("an invalid Content-Length");
                 return;
-            }
-            let parsed = item
-                .iter()
-                .fold(0u64, |n, digit| n * 10 + u64::from(digit - b'0'));
+            };
             if self.length.is_some_and(|seen| seen != parsed) {
                 self.bad_length = Some("two different Content-Lengths");
             }
@@ -553,6 +590,34 @@ mod tests {
             Ok(Parsed::Partial) => Err("partial".into()),
             Ok(Parsed::Interim(_)) => Err("interim".into()),
             Err(err) => Err(err.0),
+        }
+    }
+
+    #[test]
+    fn numbers_are_written_in_decimal_and_chunk_sizes_in_hex() {
+        let decimal = |n: u64| {
+            let mut out = Vec::new();
+            push_decimal(&mut out, n);
+            String::from_utf8(out).unwrap()
+        };
+        assert_eq!(decimal(0), "0");
+        assert_eq!(decimal(24), "24");
+        assert_eq!(decimal(u64::MAX), u64::MAX.to_string());
+        let chunk = |n: usize| {
+            let mut out = Vec::new();
+            push_chunk_start(&mut out, n);
+            String::from_utf8(out).unwrap()
+        };
+        assert_eq!(chunk(0), "0\r\n");
+        assert_eq!(chunk(255), "ff\r\n");
+        assert_eq!(chunk(70_000), "11170\r\n");
+        assert_eq!(parse_length(b"123"), Some(123));
+        assert_eq!(
+            parse_length(b"999999999999999999"),
+            Some(999_999_999_999_999_999)
+        );
+        for refused in [&b""[..], b"1234567890123456789", b"+1", b"1 2", b"0x1"] {
+            assert_eq!(parse_length(refused), None, "{refused:?}");
         }
     }
 

@@ -385,7 +385,9 @@ async fn send_body<W: AsyncWrite + Unpin>(
             ));
         }
         if framing == RequestFraming::Chunked {
-            let start = Bytes::from(http1::chunk_start(data.len()));
+            let mut start = Vec::with_capacity(18);
+            http1::push_chunk_start(&mut start, data.len());
+            let start = Bytes::from(start);
             let mut chunk = Buf::chain(Buf::chain(start, data), &b"\r\n"[..]);
             writer.write_all_buf(&mut chunk).await?;
         } else {
