@@ -735,10 +735,25 @@ fn parse_head(
     let mut seen = Fields::default();
     scratch.clear();
     for field in parsed.headers.iter() {
+        // Hop-by-hop fields describe this connection, not the request: they are read
+        // here and left out of the request (one list with responses, `http1::Role`).
+        let role = http1::Role::of(field.name);
+        seen.note(role, field.value);
+        if role == http1::Role::Upgrade && seen.upgrade_at.is_none() {
+            seen.upgrade_at = Some(at(field.value));
+        }
+        if role.is_hop_by_hop() {
+            continue;
+        }
         let Ok(name) = HeaderName::from_bytes(field.name.as_bytes()) else {
             return Err(malformed("a header field name is malformed".into()));
         };
-        seen.note(&name, field.value);
+        if name == header::EXPECT {
+            seen.expect_continue = field
+                .value
+                .trim_ascii()
+                .eq_ignore_ascii_case(b"100-continue");
+        }
         let value = at(field.value);
         scratch.push((name, value.start, value.end));
     }
@@ -765,6 +780,10 @@ fn parse_head(
         };
         headers.append(name, value);
     }
+    // Fields that `Connection` names are hop-by-hop too (RFC 9110 §7.6.1).
+    for name in seen.named {
+        headers.remove(name);
+    }
     let mut request = Request::new(ClientBody::Empty);
     *request.method_mut() = method;
     *request.uri_mut() = uri;
@@ -775,13 +794,13 @@ fn parse_head(
     } else {
         seen.close
     };
-    let upgrade = match request.headers().get(header::UPGRADE) {
-        Some(protocol)
+    let upgrade = match seen.upgrade_at {
+        Some(at)
             if version == Version::HTTP_11
                 && seen.upgrade_token
-                && !http1::items(protocol.as_bytes()).any(|p| p.eq_ignore_ascii_case(b"h2c")) =>
+                && !http1::items(&head[at.clone()]).any(|p| p.eq_ignore_ascii_case(b"h2c")) =>
         {
-            Some(protocol.clone())
+            HeaderValue::from_maybe_shared(head.slice(at)).ok()
         }
         _ => None,
     };
@@ -888,12 +907,17 @@ struct Fields {
     close: bool,
     keep_alive: bool,
     upgrade_token: bool,
+    /// Where the first `Upgrade` field's value sits in the head.
+    upgrade_at: Option<std::ops::Range<usize>>,
+    /// The fields `Connection` names beyond the standard tokens.
+    named: Vec<HeaderName>,
     expect_continue: bool,
 }
 
 impl Fields {
-    fn note(&mut self, name: &HeaderName, value: &[u8]) {
-        if *name == header::CONTENT_LENGTH {
+    fn note(&mut self, role: http1::Role, value: &[u8]) {
+        use http1::Role;
+        if role == Role::ContentLength {
             for item in http1::items(value) {
                 let length = parse_length(item).ok_or(());
                 self.length = Some(match (self.length, length) {
@@ -902,7 +926,7 @@ impl Fields {
                     _ => Err(()),
                 });
             }
-        } else if *name == header::TRANSFER_ENCODING {
+        } else if role == Role::TransferEncoding {
             self.codings = true;
             for item in http1::items(value) {
                 if item.eq_ignore_ascii_case(b"chunked") {
@@ -911,14 +935,17 @@ impl Fields {
                     self.other_coding = true;
                 }
             }
-        } else if *name == header::CONNECTION {
+        } else if role == Role::Connection {
             for token in http1::items(value) {
                 self.close |= token.eq_ignore_ascii_case(b"close");
                 self.keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
                 self.upgrade_token |= token.eq_ignore_ascii_case(b"upgrade");
+                if !http1::is_standard_connection_token(token)
+                    && let Ok(name) = HeaderName::from_bytes(token)
+                {
+                    self.named.push(name);
+                }
             }
-        } else if *name == header::EXPECT {
-            self.expect_continue = value.trim_ascii().eq_ignore_ascii_case(b"100-continue");
         }
     }
 
@@ -1132,6 +1159,26 @@ mod tests {
             !expect("1.0"),
             "an HTTP/1.0 client does not know 100 Continue"
         );
+    }
+
+    #[test]
+    fn hop_by_hop_fields_are_left_out_of_the_request() {
+        let head = parse(
+            "GET / HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, X-Private, Upgrade\r\n\
+             X-Private: 1\r\nKeep-Alive: timeout=5\r\nTE: trailers\r\nTrailer: x\r\n\
+             Upgrade: websocket\r\nProxy-Authorization: Basic eA==\r\nProxy-Foo: 1\r\n\
+             Content-Length: 0\r\nX-Kept: 1\r\n\r\n",
+        )
+        .unwrap_or_else(|err| panic!("{err:?}"));
+        let mut names: Vec<&str> = head.request.headers().keys().map(|n| n.as_str()).collect();
+        names.sort_unstable();
+        assert_eq!(names, ["content-length", "host", "x-kept"]);
+        // What they said is still read: the upgrade ask and keep-alive.
+        assert_eq!(
+            head.upgrade.as_ref().map(|p| p.as_bytes()),
+            Some(&b"websocket"[..])
+        );
+        assert!(!head.close);
     }
 
     #[test]

@@ -490,8 +490,9 @@ impl Added {
 }
 
 /// Rewrites a request's headers for the upstream: removes what must not pass in place,
-/// and returns the fields to set. `upgrade` keeps `Upgrade` and `Connection: upgrade` for
-/// a protocol switch the client asked for.
+/// and returns the fields to set. `upgrade` sets `Upgrade` and `Connection: upgrade` for a
+/// protocol switch the client asked for. The request comes without hop-by-hop fields
+/// (see [`remove_hop_by_hop`]).
 pub fn request_headers(
     headers: &mut HeaderMap,
     client: &ClientFacts<'_>,
@@ -508,7 +509,6 @@ pub fn request_headers(
             headers.remove(name);
         }
     }
-    remove_hop_by_hop(headers);
     // The names set here are distinct: each is pushed without looking for an earlier one.
     let mut added = Added(Vec::with_capacity(8));
     if let Some(protocol) = upgrade {
@@ -572,8 +572,9 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
 }
 
 /// Removes hop-by-hop headers: the standard set, every `Proxy-*` header, and the headers
-/// that `Connection` names.
-fn remove_hop_by_hop(headers: &mut HeaderMap) {
+/// that `Connection` names. For HTTP/2 requests; the HTTP/1 reader leaves them out as it
+/// reads the head.
+pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     // Headers named by `Connection` first, while it is still there. The usual tokens
     // (keep-alive, close, upgrade) name nothing beyond the standard set.
     let names_others = headers.get_all(header::CONNECTION).iter().any(|value| {
@@ -730,7 +731,10 @@ mod tests {
         assert_eq!(map["connection"], "upgrade");
         assert_eq!(map["upgrade"], "websocket");
 
+        // Requests come without hop-by-hop fields: the reader (or, for HTTP/2, the
+        // service) removes them first.
         let mut map = headers(&[("connection", "Upgrade"), ("upgrade", "websocket")]);
+        remove_hop_by_hop(&mut map);
         let added = request_headers(&mut map, &client(false, None), None);
         assert!(!added.replaces(&header::UPGRADE) && !added.replaces(&header::CONNECTION));
         added.apply_to(&mut map);

@@ -261,7 +261,7 @@ pub fn parse_response(buf: &[u8], head_request: bool) -> Result<Parsed, Malforme
     ))
 }
 
-/// What a response field is to the gateway.
+/// What a header field is to the gateway, in requests and responses alike.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Role {
     Connection,

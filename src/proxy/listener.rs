@@ -21,6 +21,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::time::Instant;
 
 use super::client_http1::{self, ClientBody, Wire};
+use super::forward;
 use super::handle::handle;
 use crate::config::Limits;
 use crate::reload::Live;
@@ -238,7 +239,10 @@ fn serve_http2(
 ) -> Pin<Box<dyn Future<Output = ()> + Send>> {
     let activity = meta.activity.clone();
     let peer = meta.peer;
-    let service = service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+    let service = service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
+        // Requests reach `handle` without hop-by-hop fields, whichever protocol brought
+        // them (HTTP/2 forbids most, not `TE` or `Proxy-*`).
+        forward::remove_hop_by_hop(request.headers_mut());
         let in_flight = InFlight::start(&meta.activity);
         let proxy = live.load_full();
         let meta = meta.clone();
