@@ -221,9 +221,13 @@ impl Identity {
     /// client's copies of the identity headers and its credentials.
     pub fn strip_client_claims(&self, headers: &mut HeaderMap) {
         // SECURITY: only the gateway speaks for who the caller is, to the policy and to
-        // the upstream alike.
-        for name in self.owned_headers() {
-            headers.remove(name);
+        // the upstream alike. (A look at the few names a request has is cheaper than a
+        // removal for each owned name, and finds none in nearly every request.)
+        let owned = |name: &http::HeaderName| self.owned_headers().any(|own| own == name);
+        if headers.keys().any(owned) {
+            for name in self.owned_headers() {
+                headers.remove(name);
+            }
         }
     }
 

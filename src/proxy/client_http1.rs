@@ -25,7 +25,9 @@ use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, Re
 use tokio::sync::oneshot;
 
 use super::handle::{handle, refuse};
-use super::http1::{self, Chunk, Decoded, Framing, parse_length, push_decimal, write_field};
+use super::http1::{
+    self, Chunk, Decoded, Framing, ResponseFields, Role, parse_length, push_decimal, write_field,
+};
 use super::listener::{ActivityIo, ConnMeta, InFlight};
 use super::respond::ProxyError;
 use super::{BoxError, ProxyBody};
@@ -576,36 +578,38 @@ impl Connection {
         out.push(b' ');
         out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
         out.extend_from_slice(b"\r\n");
-        let mut has_date = false;
-        for (name, value) in &parts.headers {
-            if *name == header::CONNECTION {
-                // A 101 carries the `Connection: upgrade` it was answered with; any
-                // other response's `close` closes the connection.
-                if switching {
-                    write_field(out, name.as_str(), value.as_bytes());
-                } else if http1::items(value.as_bytes())
-                    .any(|token| token.eq_ignore_ascii_case(b"close"))
+        let mut fields = FieldWriter {
+            out,
+            switching,
+            // The length of a body that is not sent describes what a GET would get: kept
+            // for HEAD and 304. Otherwise the framing below says it.
+            keep_length: bodiless && status != StatusCode::NO_CONTENT && !status.is_informational(),
+            has_date: false,
+            close: false,
+        };
+        // An upstream's fields as they arrived, less those the gateway set itself.
+        if let Some(upstream) = parts.extensions.get::<ResponseFields>() {
+            for (name, value, role) in upstream.iter() {
+                let set = parts.headers.keys();
+                if !set
+                    .into_iter()
+                    .any(|set| set.as_str().as_bytes().eq_ignore_ascii_case(name))
                 {
-                    keep_alive = false;
+                    fields.write(name, value, role);
                 }
-                continue;
             }
-            if *name == header::CONTENT_LENGTH {
-                // The length of a body that is not sent describes what a GET would get:
-                // kept for HEAD and 304. Otherwise the framing below says it.
-                if bodiless && status != StatusCode::NO_CONTENT && !status.is_informational() {
-                    write_field(out, name.as_str(), value.as_bytes());
-                }
-                continue;
-            }
-            if *name == header::TRANSFER_ENCODING {
-                continue;
-            }
-            has_date |= *name == header::DATE;
-            write_field(out, name.as_str(), value.as_bytes());
         }
+        for (name, value) in &parts.headers {
+            fields.write(
+                name.as_str().as_bytes(),
+                value.as_bytes(),
+                Role::of(name.as_str()),
+            );
+        }
+        let has_date = fields.has_date;
+        keep_alive &= !fields.close;
         if !has_date {
-            write_field(out, "date", self.date.now());
+            write_field(out, b"date", self.date.now());
         }
         match framing {
             Out::Length(length) => {
@@ -694,6 +698,42 @@ impl Connection {
         }
         wire.io.write_all(out).await?;
         Ok(verdict)
+    }
+}
+
+/// Writes a response's header fields, less those the framing decides.
+struct FieldWriter<'a> {
+    out: &'a mut Vec<u8>,
+    /// The response is a `101`.
+    switching: bool,
+    /// A `Content-Length` is passed on (a response to HEAD, or a 304).
+    keep_length: bool,
+    has_date: bool,
+    /// A `Connection: close` was set: the connection closes after this response.
+    close: bool,
+}
+
+impl FieldWriter<'_> {
+    fn write(&mut self, name: &[u8], value: &[u8], role: Role) {
+        let pass = match role {
+            Role::Plain => {
+                self.has_date |= name.eq_ignore_ascii_case(b"date");
+                true
+            }
+            Role::ContentLength => self.keep_length,
+            // A 101 carries the `Connection: upgrade` it was answered with; any other
+            // response's `close` closes the connection.
+            Role::Connection if !self.switching => {
+                self.close |= http1::items(value).any(|token| token.eq_ignore_ascii_case(b"close"));
+                false
+            }
+            Role::Connection | Role::Upgrade => true,
+            // The connection's own: the framing below, or nothing.
+            Role::TransferEncoding | Role::HopByHop => false,
+        };
+        if pass {
+            write_field(self.out, name, value);
+        }
     }
 }
 

@@ -7,6 +7,7 @@
 //! refused or read to the connection's close, never guessed at.
 
 use std::mem::MaybeUninit;
+use std::ops::Range;
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -65,11 +66,11 @@ pub fn write_request_head(
         {
             continue;
         }
-        write_field(out, name.as_str(), value.as_bytes());
+        write_field(out, name.as_str().as_bytes(), value.as_bytes());
     }
     for (name, value) in added.iter() {
         if *name != header::CONTENT_LENGTH && *name != header::TRANSFER_ENCODING {
-            write_field(out, name.as_str(), value.as_bytes());
+            write_field(out, name.as_str().as_bytes(), value.as_bytes());
         }
     }
     match framing {
@@ -85,8 +86,8 @@ pub fn write_request_head(
 }
 
 /// Appends one `name: value` field line.
-pub fn write_field(out: &mut Vec<u8>, name: &str, value: &[u8]) {
-    out.extend_from_slice(name.as_bytes());
+pub fn write_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
     out.extend_from_slice(b": ");
     out.extend_from_slice(value);
     out.extend_from_slice(b"\r\n");
@@ -151,7 +152,7 @@ pub enum Parsed {
 #[derive(Debug)]
 pub struct ResponseHead {
     pub status: StatusCode,
-    pub headers: HeaderMap,
+    pub fields: ResponseFields,
     pub framing: Framing,
     /// The connection may carry another request once this response has been read.
     pub keep_alive: bool,
@@ -201,11 +202,11 @@ pub fn parse_response(buf: &[u8], head_request: bool) -> Result<Parsed, Malforme
         _ => Version::HTTP_10,
     };
     let fields: &[httparse::Header<'_>] = response.headers;
-    // One pass: the map is built and the framing fields are read. Hop-by-hop fields
-    // describe this connection, not the message, so they stay out of the map; a protocol
-    // switch keeps `Upgrade` and `Connection` so the client sees it.
+    // One pass: the fields to pass on are picked and the framing fields are read.
+    // Hop-by-hop fields describe this connection, not the message, so they are left out;
+    // a protocol switch keeps `Upgrade` and `Connection` so the client sees it.
     let switching = status == StatusCode::SWITCHING_PROTOCOLS;
-    let mut headers = HeaderMap::with_capacity(fields.len());
+    let mut kept = Vec::with_capacity(fields.len());
     let mut seen = FramingFields::default();
     for field in fields {
         let role = Role::of(field.name);
@@ -223,37 +224,46 @@ pub fn parse_response(buf: &[u8], head_request: bool) -> Result<Parsed, Malforme
             Role::TransferEncoding => seen.codings(field.value),
             Role::Upgrade | Role::HopByHop | Role::Plain => {}
         }
-        let kept = match role {
+        let passed = match role {
             Role::Plain | Role::ContentLength => true,
             Role::Connection | Role::Upgrade => switching,
             Role::TransferEncoding | Role::HopByHop => false,
         };
-        if kept {
-            let name = HeaderName::from_bytes(field.name.as_bytes())
-                .map_err(|_| malformed(format!("an invalid header name {:?}", field.name)))?;
-            let value = HeaderValue::from_bytes(field.value)
-                .map_err(|_| malformed(format!("an invalid value in its {name} field")))?;
-            headers.append(name, value);
+        if passed {
+            // httparse hands out slices of `buf`: their offsets locate them in the copy.
+            let at = |part: &[u8]| {
+                let start = part.as_ptr() as usize - buf.as_ptr() as usize;
+                start..start + part.len()
+            };
+            kept.push(Field {
+                name: at(field.name.as_bytes()),
+                value: at(field.value),
+                role,
+            });
         }
     }
     if seen.names_others {
         // Fields that `Connection` names are hop-by-hop too (RFC 9110 §7.6.1).
-        let connection = fields
+        let named: Vec<&[u8]> = fields
             .iter()
-            .filter(|field| Role::of(field.name) == Role::Connection);
-        for token in connection.flat_map(|field| items(field.value)) {
-            if !is_standard_connection_token(token)
-                && let Ok(name) = HeaderName::from_bytes(token)
-            {
-                headers.remove(name);
-            }
-        }
+            .filter(|field| Role::of(field.name) == Role::Connection)
+            .flat_map(|field| items(field.value))
+            .filter(|token| !is_standard_connection_token(token))
+            .collect();
+        kept.retain(|field| {
+            !named
+                .iter()
+                .any(|token| token.eq_ignore_ascii_case(&buf[field.name.clone()]))
+        });
     }
     let (framing, keep_alive) = response_framing(status, version, &seen, head_request)?;
     Ok(Parsed::Final(
         ResponseHead {
             status,
-            headers,
+            fields: ResponseFields {
+                head: Bytes::copy_from_slice(&buf[..length]),
+                fields: kept,
+            },
             framing,
             keep_alive,
         },
@@ -261,8 +271,64 @@ pub fn parse_response(buf: &[u8], head_request: bool) -> Result<Parsed, Malforme
     ))
 }
 
+/// The header fields of an upstream response that are passed on, kept in the bytes they
+/// arrived in: an HTTP/1 client gets them written back as they are, without their being
+/// parsed into a map, and [`ResponseFields::into_map`] makes the map anything else needs.
+/// They travel in the response's extensions; fields the gateway sets in the response's
+/// own map replace those of the same name here.
+///
+/// httparse accepts exactly the name and value bytes that `http` does (tokens; visible
+/// ASCII, space, tab and obs-text), so every field here is a valid `http` field.
+#[derive(Clone, Debug, Default)]
+pub struct ResponseFields {
+    /// The whole head; the fields are ranges of it.
+    head: Bytes,
+    fields: Vec<Field>,
+}
+
+#[derive(Clone, Debug)]
+struct Field {
+    name: Range<usize>,
+    value: Range<usize>,
+    role: Role,
+}
+
+impl ResponseFields {
+    /// Name, value and role of each field, in the order they arrived.
+    pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8], Role)> {
+        self.fields.iter().map(|field| {
+            (
+                &self.head[field.name.clone()],
+                &self.head[field.value.clone()],
+                field.role,
+            )
+        })
+    }
+
+    /// These fields as a map, with `set` (the fields the gateway set) replacing any of
+    /// the same name.
+    pub fn into_map(self, set: HeaderMap) -> HeaderMap {
+        let mut map = HeaderMap::with_capacity(self.fields.len() + set.len());
+        for (name, value, _) in self.iter() {
+            match (HeaderName::from_bytes(name), HeaderValue::from_bytes(value)) {
+                (Ok(name), Ok(value)) => {
+                    map.append(name, value);
+                }
+                // Not reached: httparse refuses what `http` refuses (see the tests).
+                _ => tracing::warn!(
+                    field = %String::from_utf8_lossy(name),
+                    "an upstream response field `http` cannot hold was left out"
+                ),
+            }
+        }
+        // The first value of each name replaces what the map held under it.
+        map.extend(set);
+        map
+    }
+}
+
 /// What a header field is to the gateway, in requests and responses alike.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Role {
     Connection,
     ContentLength,
@@ -276,19 +342,20 @@ pub enum Role {
 
 impl Role {
     pub fn of(name: &str) -> Role {
-        let is = |known: &str| name.eq_ignore_ascii_case(known);
-        match name.len() {
-            10 if is("connection") => Role::Connection,
-            10 if is("keep-alive") => Role::HopByHop,
-            14 if is("content-length") => Role::ContentLength,
-            17 if is("transfer-encoding") => Role::TransferEncoding,
-            7 if is("upgrade") => Role::Upgrade,
-            7 if is("trailer") => Role::HopByHop,
-            2 if is("te") => Role::HopByHop,
-            _ if name
-                .as_bytes()
-                .get(..6)
-                .is_some_and(|prefix| prefix.eq_ignore_ascii_case(b"proxy-")) =>
+        let name = name.as_bytes();
+        let is = |known: &[u8]| name.eq_ignore_ascii_case(known);
+        // Most names are none of these, and their first letter says so.
+        match name.first().map(u8::to_ascii_lowercase) {
+            Some(b'c') if is(b"connection") => Role::Connection,
+            Some(b'c') if is(b"content-length") => Role::ContentLength,
+            Some(b'k') if is(b"keep-alive") => Role::HopByHop,
+            Some(b't') if is(b"transfer-encoding") => Role::TransferEncoding,
+            Some(b't') if is(b"te") || is(b"trailer") => Role::HopByHop,
+            Some(b'u') if is(b"upgrade") => Role::Upgrade,
+            Some(b'p')
+                if name
+                    .get(..6)
+                    .is_some_and(|prefix| prefix.eq_ignore_ascii_case(b"proxy-")) =>
             {
                 Role::HopByHop
             }
@@ -723,8 +790,11 @@ mod tests {
     fn hop_by_hop_fields_are_left_out_of_the_response() {
         let names = |text: &str| match parse_response(text.as_bytes(), false) {
             Ok(Parsed::Final(head, _)) => {
-                let mut names: Vec<String> =
-                    head.headers.keys().map(|name| name.to_string()).collect();
+                let mut names: Vec<String> = head
+                    .fields
+                    .iter()
+                    .map(|(name, _, _)| String::from_utf8_lossy(name).to_ascii_lowercase())
+                    .collect();
                 names.sort();
                 names
             }
@@ -743,6 +813,85 @@ mod tests {
             ),
             ["connection", "upgrade"]
         );
+    }
+
+    #[test]
+    fn fields_are_passed_on_as_they_came_and_mapped_with_the_gateways_winning() {
+        let text = "HTTP/1.1 200 OK\r\nX-Request-Id: upstream\r\nSet-Cookie: a=1\r\nServer:  nginx  \r\n\
+                    Connection: close\r\nset-cookie: b=2\r\ncontent-length: 0\r\n\r\n";
+        let Ok(Parsed::Final(head, _)) = parse_response(text.as_bytes(), false) else {
+            panic!("parses");
+        };
+        let fields: Vec<(String, String, Role)> = head
+            .fields
+            .iter()
+            .map(|(name, value, role)| {
+                let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+                (text(name), text(value), role)
+            })
+            .collect();
+        let field = |name: &str, value: &str, role| (name.to_owned(), value.to_owned(), role);
+        assert_eq!(
+            fields,
+            [
+                field("X-Request-Id", "upstream", Role::Plain),
+                field("Set-Cookie", "a=1", Role::Plain),
+                field("Server", "nginx", Role::Plain),
+                field("set-cookie", "b=2", Role::Plain),
+                field("content-length", "0", Role::ContentLength),
+            ]
+        );
+
+        let mut set = HeaderMap::new();
+        set.insert("x-request-id", HeaderValue::from_static("gateway"));
+        let map = head.fields.into_map(set);
+        assert_eq!(map.get_all("x-request-id").iter().collect::<Vec<_>>(), ["gateway"]);
+        assert_eq!(map.get_all("set-cookie").iter().collect::<Vec<_>>(), ["a=1", "b=2"]);
+        assert_eq!(map["server"], "nginx");
+        assert_eq!(map.len(), 5);
+    }
+
+    /// `ResponseFields` keeps what httparse accepted and maps it without looking again:
+    /// every byte httparse lets into a name or a value, `http` must take too.
+    #[test]
+    fn every_byte_httparse_accepts_in_a_field_http_takes() {
+        let mut accepted = [0usize; 2];
+        for byte in 0..=255u8 {
+            let name = [b'x', byte, b'y'];
+            let value = [b'v', byte, b'w'];
+            let mut with_name = b"HTTP/1.1 204 No Content\r\n".to_vec();
+            with_name.extend_from_slice(&name);
+            with_name.extend_from_slice(b": v\r\n\r\n");
+            let mut with_value = b"HTTP/1.1 204 No Content\r\nx: ".to_vec();
+            with_value.extend_from_slice(&value);
+            with_value.extend_from_slice(b"\r\n\r\n");
+            for (case, (text, name, value)) in [
+                (with_name, &name[..], &b"v"[..]),
+                (with_value, &b"x"[..], &value[..]),
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                // A colon in a name ends it: that is another field, not this case.
+                let Ok(Parsed::Final(head, _)) = parse_response(&text, false) else {
+                    continue;
+                };
+                if case == 0 && byte == b':' {
+                    continue;
+                }
+                accepted[case] += 1;
+                let map = head.fields.into_map(HeaderMap::new());
+                let lower = String::from_utf8_lossy(name).to_ascii_lowercase();
+                assert_eq!(map.len(), 1, "byte {byte:#04x} in the {lower} field");
+                assert_eq!(
+                    map.get(lower.as_str()).map(HeaderValue::as_bytes),
+                    Some(value),
+                    "byte {byte:#04x}"
+                );
+            }
+        }
+        // Tokens in names (77 bytes); in values, tab and everything but controls.
+        assert_eq!(accepted, [77, 1 + 95 + 128]);
     }
 
     /// Decodes `input` fed `step` bytes at a time: the body, and what is left after it.

@@ -23,6 +23,7 @@ use tokio::time::Instant;
 use super::client_http1::{self, ClientBody, Wire};
 use super::forward;
 use super::handle::handle;
+use super::http1::ResponseFields;
 use crate::config::Limits;
 use crate::reload::Live;
 
@@ -247,8 +248,14 @@ fn serve_http2(
         let proxy = live.load_full();
         let meta = meta.clone();
         async move {
-            let response = handle(proxy, meta, request.map(ClientBody::Http2)).await;
+            let mut response = handle(proxy, meta, request.map(ClientBody::Http2)).await;
             drop(in_flight);
+            // An HTTP/1 upstream's fields become a map only here; the HTTP/1 writer
+            // passes them on as they came.
+            if let Some(fields) = response.extensions_mut().remove::<ResponseFields>() {
+                let set = std::mem::take(response.headers_mut());
+                *response.headers_mut() = fields.into_map(set);
+            }
             Ok::<_, std::convert::Infallible>(response)
         }
     });

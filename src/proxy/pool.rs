@@ -210,7 +210,7 @@ impl Pool {
     ) -> Exchanged {
         let ResponseHead {
             status,
-            headers,
+            fields,
             framing,
             keep_alive,
         } = head;
@@ -235,7 +235,7 @@ impl Pool {
         }
         let mut response = Response::new(body);
         *response.status_mut() = status;
-        *response.headers_mut() = headers;
+        response.extensions_mut().insert(fields);
         Exchanged { response, switched }
     }
 
@@ -246,15 +246,18 @@ impl Pool {
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         // The oldest connections sit at the bottom of the stack; under steady load they
         // are never popped, so close the expired ones here.
+        let now = Instant::now();
         let expired = idle
             .iter()
-            .take_while(|entry| entry.since.elapsed() >= self.keepalive_timeout)
+            .take_while(|entry| {
+                now.saturating_duration_since(entry.since) >= self.keepalive_timeout
+            })
             .count();
         idle.drain(..expired);
         if idle.len() < MAX_IDLE {
             idle.push(Idle {
                 connection,
-                since: Instant::now(),
+                since: now,
             });
         }
     }

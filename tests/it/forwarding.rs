@@ -47,6 +47,9 @@ async fn hop_by_hop_and_forwarding_headers_from_an_untrusted_client() {
         .to_owned();
     assert_ne!(request_id, "client-chosen");
     assert_eq!(request_id.len(), 26);
+    assert_eq!(response.headers().get_all("x-request-id").iter().count(), 1);
+    let cookies: Vec<_> = response.headers().get_all("set-cookie").iter().collect();
+    assert_eq!(cookies, ["a=1", "b=2"]);
 
     let seen = &up.seen()[0];
     assert_eq!(seen.target, "/orders?id=7&x=%2F");
@@ -125,7 +128,17 @@ async fn http2_prior_knowledge_is_served_and_forwarded_as_http11() {
         let response = h2.request(get(&gw.url(path))).await.unwrap();
         assert_eq!(response.version(), Version::HTTP_2);
         assert_eq!(response.status(), StatusCode::OK);
-        assert!(response.headers().contains_key("x-request-id"));
+        // The upstream's fields reach an HTTP/2 client too, less its hop-by-hop one, with
+        // the gateway's request id in place of the upstream's.
+        let headers = response.headers();
+        assert_eq!(headers["x-upstream"], "a");
+        assert!(headers.get("x-upstream-private").is_none());
+        assert!(headers.get("connection").is_none());
+        let request_ids: Vec<_> = headers.get_all("x-request-id").iter().collect();
+        assert_eq!(request_ids.len(), 1);
+        assert_eq!(request_ids[0].len(), 26);
+        let cookies: Vec<_> = headers.get_all("set-cookie").iter().collect();
+        assert_eq!(cookies, ["a=1", "b=2"]);
         assert_eq!(body_text(response).await, "hello from a");
     }
     let seen = up.seen();

@@ -201,7 +201,9 @@ impl Seen {
 ///
 /// Paths: `/slow/MS` answers after MS milliseconds; `/download/N` streams N bytes
 /// (chunked); `/upload` reads the body and answers with its length; `/upload-slowly` does
-/// the same pausing 20ms after each MiB; anything else answers `hello from NAME`. Every response carries `x-upstream: NAME`.
+/// the same pausing 20ms after each MiB; anything else answers `hello from NAME`. Every response carries `x-upstream: NAME`,
+/// a hop-by-hop `x-upstream-private`, `x-request-id: upstream-chosen` and two `set-cookie`
+/// fields.
 pub struct TestUpstream {
     /// Where it listens.
     pub addr: SocketAddr,
@@ -319,6 +321,15 @@ async fn upstream_answer(
     response
         .headers_mut()
         .insert("x-upstream-private", "1".parse().unwrap());
+    // The gateway's request id replaces the upstream's; repeated fields keep their order.
+    response
+        .headers_mut()
+        .insert("x-request-id", "upstream-chosen".parse().unwrap());
+    for cookie in ["a=1", "b=2"] {
+        response
+            .headers_mut()
+            .append("set-cookie", cookie.parse().unwrap());
+    }
     response
 }
 
