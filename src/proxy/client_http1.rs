@@ -588,15 +588,12 @@ impl Connection {
             close: false,
         };
         // An upstream's fields as they arrived, less those the gateway set itself.
+        let set_here = |name: &[u8]| {
+            (parts.headers.keys()).any(|set| set.as_str().as_bytes().eq_ignore_ascii_case(name))
+        };
         if let Some(upstream) = parts.extensions.get::<ResponseFields>() {
-            for (name, value, role) in upstream.iter() {
-                let set = parts.headers.keys();
-                if !set
-                    .into_iter()
-                    .any(|set| set.as_str().as_bytes().eq_ignore_ascii_case(name))
-                {
-                    fields.write(name, value, role);
-                }
+            for (name, value, role) in upstream.iter().filter(|(name, ..)| !set_here(name)) {
+                fields.write(name, value, role);
             }
         }
         for (name, value) in &parts.headers {

@@ -845,8 +845,14 @@ mod tests {
         let mut set = HeaderMap::new();
         set.insert("x-request-id", HeaderValue::from_static("gateway"));
         let map = head.fields.into_map(set);
-        assert_eq!(map.get_all("x-request-id").iter().collect::<Vec<_>>(), ["gateway"]);
-        assert_eq!(map.get_all("set-cookie").iter().collect::<Vec<_>>(), ["a=1", "b=2"]);
+        assert_eq!(
+            map.get_all("x-request-id").iter().collect::<Vec<_>>(),
+            ["gateway"]
+        );
+        assert_eq!(
+            map.get_all("set-cookie").iter().collect::<Vec<_>>(),
+            ["a=1", "b=2"]
+        );
         assert_eq!(map["server"], "nginx");
         assert_eq!(map.len(), 5);
     }
