@@ -48,6 +48,8 @@ async fn hop_by_hop_and_forwarding_headers_from_an_untrusted_client() {
     assert_ne!(request_id, "client-chosen");
     assert_eq!(request_id.len(), 26);
     assert_eq!(response.headers().get_all("x-request-id").iter().count(), 1);
+    // The upstream's `Date` is passed on, and the gateway adds none of its own.
+    assert_eq!(response.headers().get_all("date").iter().count(), 1);
     let cookies: Vec<_> = response.headers().get_all("set-cookie").iter().collect();
     assert_eq!(cookies, ["a=1", "b=2"]);
 
