@@ -148,10 +148,11 @@ impl Upstream {
     ) -> Attempt {
         let target = &self.targets[index];
         let progress = request.body().progress.clone();
+        let started = Instant::now();
         let Some(pool) = &target.pool else {
             added.apply_to(request.headers_mut());
             return match self
-                .answered_in_time(progress.as_deref(), echo::respond(request))
+                .answered_in_time(started, progress.as_deref(), echo::respond(request))
                 .await
             {
                 Some(Ok(response)) => Attempt::Answered(Forwarded {
@@ -162,9 +163,8 @@ impl Upstream {
                 None => Attempt::Failed(self.timed_out()),
             };
         };
-        let started = Instant::now();
         match self
-            .answered_in_time(progress.as_deref(), pool.send(request, added))
+            .answered_in_time(started, progress.as_deref(), pool.send(request, added))
             .await
         {
             Some(Ok(Exchanged { response, switched })) => {
@@ -190,16 +190,17 @@ impl Upstream {
     }
 
     /// Runs `answer` until it completes or the upstream's `timeout` passes without the
-    /// request making progress: the clock starts when the request body has been sent, and
-    /// while the body is still streaming each chunk restarts it, so a large upload to a
-    /// slow reader is not cut off while bytes move.
+    /// request making progress: the clock starts at `started`, when the request is sent,
+    /// and while the body is still streaming each chunk restarts it, so a large upload to
+    /// a slow reader is not cut off while bytes move.
     async fn answered_in_time<F: Future>(
         &self,
+        started: Instant,
         progress: Option<&Progress>,
         answer: F,
     ) -> Option<F::Output> {
         tokio::pin!(answer);
-        let sleep = tokio::time::sleep(self.timeout);
+        let sleep = tokio::time::sleep_until((started + self.timeout).into());
         tokio::pin!(sleep);
         loop {
             tokio::select! {
@@ -242,11 +243,16 @@ impl Upstream {
             return None;
         }
         let start = self.next.fetch_add(1, Ordering::Relaxed) % count;
-        let now = clock_ms();
+        // A target that was never down needs no clock (reading it costs more than the
+        // rest of the pick).
+        let mut now = None;
         let healthy = (0..count)
             .map(|offset| (start + offset) % count)
             .filter(|index| Some(*index) != exclude)
-            .find(|index| self.targets[*index].down_until.load(Ordering::Relaxed) <= now);
+            .find(|index| match self.targets[*index].down_until.load(Ordering::Relaxed) {
+                0 => true,
+                until => until <= *now.get_or_insert_with(clock_ms),
+            });
         match (healthy, exclude) {
             (Some(index), _) => Some(index),
             (None, None) => Some(start),
