@@ -249,10 +249,12 @@ impl Upstream {
         let healthy = (0..count)
             .map(|offset| (start + offset) % count)
             .filter(|index| Some(*index) != exclude)
-            .find(|index| match self.targets[*index].down_until.load(Ordering::Relaxed) {
-                0 => true,
-                until => until <= *now.get_or_insert_with(clock_ms),
-            });
+            .find(
+                |index| match self.targets[*index].down_until.load(Ordering::Relaxed) {
+                    0 => true,
+                    until => until <= *now.get_or_insert_with(clock_ms),
+                },
+            );
         match (healthy, exclude) {
             (Some(index), _) => Some(index),
             (None, None) => Some(start),
