@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Load test: portcullis against nginx doing the same job, on loopback.
 #
-#   bash bench/load.sh                     # 3 rounds of 10 s per row
-#   ROUNDS=5 DURATION=30s bash bench/load.sh
+#   bash bench/load.sh                     # 5 rounds of 6 s per row
+#   ROUNDS=9 DURATION=10s bash bench/load.sh
 #
 # Rows:
 #   direct      wrk → upstream                      (the ceiling)
@@ -13,10 +13,13 @@
 #   jwt         wrk → portcullis → upstream         (every request carries a bearer token,
 #               EdDSA, verified against the demo key set; a rule requires its scope)
 #
-# Rows are measured in turn, round after round, and each figure is the median over the
-# rounds, so a noisy neighbour on a shared machine skews one sample, not the result.
-# Besides req/s and latency, each proxy's CPU time per request is read from /proc: the
-# figure least disturbed by noise.
+# Rows are measured in turn, round after round, in the opposite order every other round
+# (so no row always runs right after another), and each figure is the median over the
+# rounds, so a noisy neighbour on a shared machine skews one sample, not the result. The
+# ratios to nginx are paired: each round's row against the same round's nginx, then the
+# median of those, which cancels drift in the machine's speed between rounds. Besides
+# req/s and latency, each proxy's CPU time per request is read from /proc: the figure
+# least disturbed by noise.
 #
 # The upstream is nginx returning a static body. The load generator is pinned to CPU 0,
 # every server to CPU 1, one worker each, so the ratio compares CPU spent per request.
@@ -28,8 +31,8 @@ set -euo pipefail
 [ -n "${TRACE:-}" ] && set -x
 cd "$(dirname "$0")/.."
 
-DURATION=${DURATION:-10s}
-ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-6s}
+ROUNDS=${ROUNDS:-5}
 WARMUP=${WARMUP:-2s}
 CONNECTIONS=${CONNECTIONS:-64}
 UPSTREAM_PORT=18081
@@ -229,36 +232,67 @@ measure() { # row name, port, pid of the proxy (or -), [header] → "rps p50 p99
 median() { sort -g | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else printf "%.3f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 
 NGINX_PID=$(nginx_worker "$WORK/proxy/nginx.pid")
+ROWS=(direct nginx portcullis demo demo-log jwt)
+measure_row() { # row name
+    case $1 in
+        direct) measure direct $UPSTREAM_PORT - ;;
+        nginx) measure nginx $NGINX_PROXY_PORT "$NGINX_PID" ;;
+        portcullis) measure portcullis $PORTCULLIS_PORT "$PORTCULLIS_PID" ;;
+        demo) measure demo $DEMO_PORT "$DEMO_PID" ;;
+        demo-log)
+            # The decision log grows by a line per request; each row starts it empty.
+            : >"$WORK/logs/demo-log.out"
+            measure demo-log $DEMO_LOG_PORT "$DEMO_LOG_PID"
+            ;;
+        jwt) measure jwt $JWT_PORT "$JWT_PID" "Authorization: Bearer $TOKEN" ;;
+    esac
+}
 for round in $(seq 1 "$ROUNDS"); do
     echo "round $round of $ROUNDS" >&2
-    measure direct $UPSTREAM_PORT - >>"$WORK/direct.txt"
-    measure nginx $NGINX_PROXY_PORT "$NGINX_PID" >>"$WORK/nginx.txt"
-    measure portcullis $PORTCULLIS_PORT "$PORTCULLIS_PID" >>"$WORK/portcullis.txt"
-    measure demo $DEMO_PORT "$DEMO_PID" >>"$WORK/demo.txt"
-    measure demo-log $DEMO_LOG_PORT "$DEMO_LOG_PID" >>"$WORK/demo-log.txt"
-    measure jwt $JWT_PORT "$JWT_PID" "Authorization: Bearer $TOKEN" >>"$WORK/jwt.txt"
-    # The decision log grows by a line per request; start each round with an empty one.
-    : >"$WORK/logs/demo-log.out"
+    order=("${ROWS[@]}")
+    if [ $((round % 2)) = 0 ]; then
+        order=()
+        for ((i = ${#ROWS[@]} - 1; i >= 0; i--)); do order+=("${ROWS[i]}"); done
+    fi
+    for row in "${order[@]}"; do
+        measure_row "$row" >>"$WORK/$row.txt"
+    done
 done
 column_median() { awk -v c="$2" '{ print $c }' "$WORK/$1.txt" | median; }
-for row in direct nginx portcullis demo demo-log jwt; do
+for row in "${ROWS[@]}"; do
     for column in 1 2 3 4; do
         printf -v "${row//-/_}_$column" '%s' "$(column_median "$row" "$column")"
     done
 done
 
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
+# The median over rounds of a row's column divided by another row's (nginx unless named)
+# in the same round.
+paired() { # row, column, [base row]
+    paste -d ' ' "$WORK/$1.txt" "$WORK/${3:-nginx}.txt" |
+        awk -v c="$2" -v n=$((4 + $2)) '{ printf "%.4f\n", $c / $n }' | median |
+        awk '{ printf "%.2f", $1 }'
+}
+# How many rounds the row met the goal in: req/s at least nginx's, p99 no worse.
+rounds_met() { # row
+    paste -d ' ' "$WORK/$1.txt" "$WORK/nginx.txt" |
+        awk '$1 >= $5 && $3 <= $7 { met++ } END { printf "%d of %d", met, NR }'
+}
 
 echo
-echo "wrk -t1 -c$CONNECTIONS -d$DURATION on CPU $LOAD_CPU; servers on CPU $SERVER_CPU; median of $ROUNDS rounds; $(date -u +%Y-%m-%dT%H:%MZ)"
+echo "wrk -t1 -c$CONNECTIONS -d$DURATION on CPU $LOAD_CPU; servers on CPU $SERVER_CPU; median of $ROUNDS rounds; ratios paired by round; $(date -u +%Y-%m-%dT%H:%MZ)"
 echo
-echo "| path | req/s | p50 ms | p99 ms | proxy CPU µs/request | req/s vs nginx | p99 vs nginx |"
-echo "|---|---:|---:|---:|---:|---:|---:|"
-echo "| direct to upstream | $direct_1 | $direct_2 | $direct_3 | | | |"
-echo "| nginx proxy | $nginx_1 | $nginx_2 | $nginx_3 | $nginx_4 | 1.00 | 1.00 |"
-echo "| portcullis (allow all) | $portcullis_1 | $portcullis_2 | $portcullis_3 | $portcullis_4 | $(ratio "$portcullis_1" "$nginx_1") | $(ratio "$portcullis_3" "$nginx_3") |"
-echo "| portcullis (demo policy) | $demo_1 | $demo_2 | $demo_3 | $demo_4 | $(ratio "$demo_1" "$nginx_1") | $(ratio "$demo_3" "$nginx_3") |"
-echo "| portcullis (demo policy, decision log) | $demo_log_1 | $demo_log_2 | $demo_log_3 | $demo_log_4 | $(ratio "$demo_log_1" "$nginx_1") | $(ratio "$demo_log_3" "$nginx_3") |"
-echo "| portcullis (JWT, warm cache) | $jwt_1 | $jwt_2 | $jwt_3 | $jwt_4 | $(ratio "$jwt_1" "$nginx_1") | $(ratio "$jwt_3" "$nginx_3") |"
+echo "| path | req/s | p50 ms | p99 ms | proxy CPU µs/request | req/s vs nginx | p99 vs nginx | CPU vs nginx | rounds meeting the goal |"
+echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+echo "| direct to upstream | $direct_1 | $direct_2 | $direct_3 | | | | | |"
+echo "| nginx proxy | $nginx_1 | $nginx_2 | $nginx_3 | $nginx_4 | 1.00 | 1.00 | 1.00 | |"
+row() { # label, row
+    local v=${2//-/_}
+    local rps=${v}_1 p50=${v}_2 p99=${v}_3 cpu=${v}_4
+    echo "| $1 | ${!rps} | ${!p50} | ${!p99} | ${!cpu} | $(paired "$2" 1) | $(paired "$2" 3) | $(paired "$2" 4) | $(rounds_met "$2") |"
+}
+row "portcullis (allow all)" portcullis
+row "portcullis (demo policy)" demo
+row "portcullis (demo policy, decision log)" demo-log
+row "portcullis (JWT, warm cache)" jwt
 echo
-echo "JWT row vs allow-all row: req/s $(ratio "$jwt_1" "$portcullis_1")×, CPU per request $(ratio "$jwt_4" "$portcullis_4")×"
+echo "JWT row vs allow-all row, paired by round: req/s $(paired jwt 1 portcullis)×, CPU per request $(paired jwt 4 portcullis)×"
