@@ -8,7 +8,8 @@
 # Each proxy runs under callgrind twice, serving N1 and then N2 keep-alive requests from
 # ab (8 connections); the difference of the two totals divided by N2 - N1 leaves out
 # start-up and shutdown. Kernel time is not counted: both proxies make the same system
-# calls per request (one read and one write on each side).
+# calls per request (one read and one write on each side). Each proxy is pinned to one CPU
+# as in bench/load.sh, so portcullis runs the single-threaded runtime it runs there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,6 +23,8 @@ ADMIN_PORT=18192
 need nginx nginx-light
 need ab apache2-utils
 need valgrind valgrind
+need taskset util-linux
+if [ "$(nproc)" -lt 2 ]; then echo "needs 2 CPUs (the proxy is pinned to the second, as in bench/load.sh)" >&2; exit 1; fi
 
 cargo build --release --quiet --locked
 BINARY=$PWD/target/release/portcullis
@@ -84,7 +87,7 @@ UPSTREAM_PID=$!
 
 run() { # requests, stop signal, command... → total instructions
     local requests=$1 signal=$2; shift 2
-    valgrind --tool=callgrind --callgrind-out-file="$WORK/callgrind.out" "$@" >"$WORK/run.log" 2>&1 &
+    taskset -c 1 valgrind --tool=callgrind --callgrind-out-file="$WORK/callgrind.out" "$@" >"$WORK/run.log" 2>&1 &
     local pid=$!
     for _ in $(seq 1 200); do
         curl -s -o /dev/null "http://127.0.0.1:$PROXY_PORT/public/" 2>/dev/null && break

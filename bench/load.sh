@@ -269,7 +269,7 @@ done
 # in the same round.
 paired() { # row, column, [base row]
     paste -d ' ' "$WORK/$1.txt" "$WORK/${3:-nginx}.txt" |
-        awk -v c="$2" -v n=$((4 + $2)) '{ printf "%.4f\n", $c / $n }' | median |
+        awk -v c="$2" -v n=$((4 + $2)) '$n > 0 { printf "%.4f\n", $c / $n }' | median |
         awk '{ printf "%.2f", $1 }'
 }
 # How many rounds the row met the goal in: req/s at least nginx's, p99 no worse.

@@ -49,7 +49,8 @@ async fn hop_by_hop_and_forwarding_headers_from_an_untrusted_client() {
     assert_eq!(request_id.len(), 26);
     assert_eq!(response.headers().get_all("x-request-id").iter().count(), 1);
     // The upstream's `Date` is passed on, and the gateway adds none of its own.
-    assert_eq!(response.headers().get_all("date").iter().count(), 1);
+    let dates: Vec<_> = response.headers().get_all("date").iter().collect();
+    assert_eq!(dates, [UPSTREAM_DATE]);
     let cookies: Vec<_> = response.headers().get_all("set-cookie").iter().collect();
     assert_eq!(cookies, ["a=1", "b=2"]);
 
@@ -135,7 +136,6 @@ async fn http2_prior_knowledge_is_served_and_forwarded_as_http11() {
         let headers = response.headers();
         assert_eq!(headers["x-upstream"], "a");
         assert!(headers.get("x-upstream-private").is_none());
-        assert!(headers.get("connection").is_none());
         let request_ids: Vec<_> = headers.get_all("x-request-id").iter().collect();
         assert_eq!(request_ids.len(), 1);
         assert_eq!(request_ids[0].len(), 26);

@@ -197,13 +197,16 @@ impl Seen {
     }
 }
 
+/// The `Date` every `TestUpstream` answer carries.
+pub const UPSTREAM_DATE: &str = "Thu, 01 Jan 1970 00:00:00 GMT";
+
 /// A test upstream server on loopback.
 ///
 /// Paths: `/slow/MS` answers after MS milliseconds; `/download/N` streams N bytes
 /// (chunked); `/upload` reads the body and answers with its length; `/upload-slowly` does
 /// the same pausing 20ms after each MiB; anything else answers `hello from NAME`. Every response carries `x-upstream: NAME`,
-/// a hop-by-hop `x-upstream-private`, `x-request-id: upstream-chosen` and two `set-cookie`
-/// fields.
+/// a hop-by-hop `x-upstream-private`, `x-request-id: upstream-chosen`, two `set-cookie`
+/// fields and `date: UPSTREAM_DATE`.
 pub struct TestUpstream {
     /// Where it listens.
     pub addr: SocketAddr,
@@ -325,6 +328,9 @@ async fn upstream_answer(
     response
         .headers_mut()
         .insert("x-request-id", "upstream-chosen".parse().unwrap());
+    response
+        .headers_mut()
+        .insert("date", UPSTREAM_DATE.parse().unwrap());
     for cookie in ["a=1", "b=2"] {
         response
             .headers_mut()

@@ -196,6 +196,70 @@ async fn every_framing_is_passed_on_over_one_kept_alive_connection() {
     );
 }
 
+/// What an HTTP/1.1 client reads is the upstream's fields as they came (names in their
+/// letter case, in their order, repeated ones apart) less the hop-by-hop ones, then the
+/// gateway's request id and framing.
+#[tokio::test]
+async fn response_fields_reach_the_client_as_the_upstream_wrote_them() {
+    let up = ScriptedUpstream::start(vec![
+        answer(
+            "HTTP/1.1 200 OK\r\nX-Mixed-Case: 1\r\nSet-Cookie: a=1\r\nConnection: X-Private\r\n\
+             X-Private: secret\r\nx-request-id: upstream\r\nDate: Thu, 01 Jan 1970 00:00:00 GMT\r\n\
+             Keep-Alive: timeout=5\r\nset-cookie: b=2\r\nContent-Length: 2\r\n\r\nok",
+        ),
+        answer("HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\n"),
+        answer("HTTP/1.1 204 No Content\r\nContent-Length: 7\r\n\r\n"),
+        answer("HTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n"),
+    ])
+    .await;
+    let gw = TestGateway::start(&config(&[up.url()], "")).await;
+    let exchange = |method: &str| {
+        let request = format!("{method} /fields HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
+        let addr = gw.addr;
+        async move { raw_until_closed(addr, request.as_bytes(), Duration::from_secs(5)).await }
+    };
+
+    let answer = exchange("GET").await;
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+    assert_eq!(body, "ok");
+    let lines: Vec<&str> = head.split("\r\n").collect();
+    assert_eq!(lines.len(), 8, "{head}");
+    assert_eq!(
+        lines[..5],
+        [
+            "HTTP/1.1 200 OK",
+            "X-Mixed-Case: 1",
+            "Set-Cookie: a=1",
+            "Date: Thu, 01 Jan 1970 00:00:00 GMT",
+            "set-cookie: b=2",
+        ]
+    );
+    let request_id = lines[5].strip_prefix("x-request-id: ").expect(head);
+    assert_eq!(request_id.len(), 26, "{head}");
+    assert_eq!(lines[6..], ["content-length: 2", "connection: close"]);
+
+    // A HEAD and a 304 keep the length of what a GET would get; a 204 has none.
+    let head_answer = exchange("HEAD").await;
+    assert!(
+        head_answer.contains("\r\nContent-Length: 4\r\n"),
+        "{head_answer}"
+    );
+    assert!(head_answer.ends_with("\r\n\r\n"), "{head_answer}");
+    let no_content = exchange("GET").await;
+    assert!(no_content.starts_with("HTTP/1.1 204 "), "{no_content}");
+    assert!(
+        !no_content.to_ascii_lowercase().contains("content-length"),
+        "{no_content}"
+    );
+    let not_modified = exchange("GET").await;
+    assert!(not_modified.starts_with("HTTP/1.1 304 "), "{not_modified}");
+    assert!(
+        not_modified.contains("\r\nContent-Length: 9\r\n"),
+        "{not_modified}"
+    );
+    assert!(not_modified.ends_with("\r\n\r\n"), "{not_modified}");
+}
+
 #[tokio::test]
 async fn bytes_after_a_response_never_reach_the_next_client() {
     // The first answer carries a second response after its end: were the connection
