@@ -232,6 +232,10 @@ measure() { # row name, port, pid of the proxy (or -), [header] → "rps p50 p99
 median() { sort -g | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else printf "%.3f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 
 NGINX_PID=$(nginx_worker "$WORK/proxy/nginx.pid")
+# On a virtual machine, time the hypervisor gives to other guests ("steal" in /proc/stat)
+# slows whichever row is running; the run reports how much there was.
+cpu_times() { awk '$1 == "cpu" { print $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9, $9 }' /proc/stat; }
+read -r TOTAL_BEFORE STEAL_BEFORE < <(cpu_times)
 ROWS=(direct nginx portcullis demo demo-log jwt)
 measure_row() { # row name
     case $1 in
@@ -258,6 +262,7 @@ for round in $(seq 1 "$ROUNDS"); do
         measure_row "$row" >>"$WORK/$row.txt"
     done
 done
+read -r TOTAL_AFTER STEAL_AFTER < <(cpu_times)
 column_median() { awk -v c="$2" '{ print $c }' "$WORK/$1.txt" | median; }
 for row in "${ROWS[@]}"; do
     for column in 1 2 3 4; do
@@ -296,3 +301,5 @@ row "portcullis (demo policy, decision log)" demo-log
 row "portcullis (JWT, warm cache)" jwt
 echo
 echo "JWT row vs allow-all row, paired by round: req/s $(paired jwt 1 portcullis)×, CPU per request $(paired jwt 4 portcullis)×"
+awk -v s=$((STEAL_AFTER - STEAL_BEFORE)) -v t=$((TOTAL_AFTER - TOTAL_BEFORE)) \
+    'BEGIN { if (t > 0) printf "CPU time taken by other guests of the host during the run (steal): %.1f%%\n", 100 * s / t }'
