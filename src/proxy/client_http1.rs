@@ -26,7 +26,7 @@ use tokio::sync::oneshot;
 
 use super::handle::{handle, refuse};
 use super::http1::{
-    self, Chunk, Decoded, Framing, ResponseFields, Role, parse_length, push_decimal, write_field,
+    self, Chunk, ContentLength, Decoded, Framing, ResponseFields, Role, push_decimal, write_field,
 };
 use super::listener::{ActivityIo, ConnMeta, InFlight};
 use super::respond::ProxyError;
@@ -603,9 +603,8 @@ impl Connection {
                 Role::of(name.as_str()),
             );
         }
-        let has_date = fields.has_date;
         keep_alive &= !fields.close;
-        if !has_date {
+        if !fields.has_date {
             write_field(out, b"date", self.date.now());
         }
         match framing {
@@ -933,8 +932,7 @@ async fn write_two<W: AsyncWrite + Unpin>(
 /// What a request head's fields say about its body and its connection.
 #[derive(Default)]
 struct Fields {
-    /// The `Content-Length`, or `Err` when its values are malformed or disagree.
-    length: Option<Result<u64, ()>>,
+    length: ContentLength,
     /// `Transfer-Encoding` was present.
     codings: bool,
     /// `chunked` appeared this many times.
@@ -955,14 +953,7 @@ impl Fields {
     fn note(&mut self, role: http1::Role, value: &[u8]) {
         use http1::Role;
         if role == Role::ContentLength {
-            for item in http1::items(value) {
-                let length = parse_length(item).ok_or(());
-                self.length = Some(match (self.length, length) {
-                    (None, length) => length,
-                    (Some(Ok(seen)), Ok(length)) if seen == length => Ok(length),
-                    _ => Err(()),
-                });
-            }
+            self.length.note(value);
         } else if role == Role::TransferEncoding {
             self.codings = true;
             for item in http1::items(value) {
@@ -989,7 +980,7 @@ impl Fields {
     /// How the body is framed, or why the head is refused.
     fn framing(&self, version: Version) -> Result<Framing, &'static str> {
         // SECURITY: a head with two framings is how requests are smuggled past proxies.
-        if self.codings && self.length.is_some() {
+        if self.codings && self.length.is_present() {
             return Err("the request has both Content-Length and Transfer-Encoding");
         }
         if self.codings {
@@ -1003,12 +994,10 @@ impl Fields {
             }
             return Ok(Framing::Chunked(Chunk::Size));
         }
-        match self.length {
-            None | Some(Ok(0)) => Ok(Framing::Empty),
-            Some(Ok(length)) => Ok(Framing::Length(length)),
-            Some(Err(())) => {
-                Err("the request's Content-Length is malformed or has differing values")
-            }
+        match self.length.get() {
+            Ok(None | Some(0)) => Ok(Framing::Empty),
+            Ok(Some(length)) => Ok(Framing::Length(length)),
+            Err(_) => Err("the request's Content-Length is malformed or has differing values"),
         }
     }
 }

@@ -585,18 +585,13 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     // Headers named by `Connection` first, while it is still there. The usual tokens
     // (keep-alive, close, upgrade) name nothing beyond the standard set.
-    let names_others = headers.get_all(header::CONNECTION).iter().any(|value| {
-        value
-            .as_bytes()
-            .split(|b| *b == b',')
-            .any(|token| !http1::is_standard_connection_token(token.trim_ascii()))
-    });
-    if names_others {
-        let named: Vec<HeaderName> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .flat_map(|value| value.as_bytes().split(|b| *b == b','))
-            .filter_map(|token| HeaderName::from_bytes(token.trim_ascii()).ok())
+    let tokens = || {
+        (headers.get_all(header::CONNECTION).iter())
+            .flat_map(|value| http1::items(value.as_bytes()))
+    };
+    if tokens().any(|token| !http1::is_standard_connection_token(token)) {
+        let named: Vec<HeaderName> = tokens()
+            .filter_map(|token| HeaderName::from_bytes(token).ok())
             .collect();
         for name in named {
             headers.remove(name);

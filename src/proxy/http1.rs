@@ -95,13 +95,25 @@ pub fn write_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
 
 /// Appends `n` in decimal, without allocating.
 pub fn push_decimal(out: &mut Vec<u8>, n: u64) {
+    push_digits(out, n, 10);
+}
+
+/// Appends the line that starts a chunk of `length` bytes, without allocating.
+pub fn push_chunk_start(out: &mut Vec<u8>, length: usize) {
+    push_digits(out, length as u64, 16);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Appends `n` in `radix` (10 or 16, lower-case digits).
+fn push_digits(out: &mut Vec<u8>, n: u64, radix: u64) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut digits = [0u8; 20];
     let mut at = digits.len();
     let mut rest = n;
     loop {
         at -= 1;
-        digits[at] = b'0' + (rest % 10) as u8;
-        rest /= 10;
+        digits[at] = DIGITS[(rest % radix) as usize];
+        rest /= radix;
         if rest == 0 {
             break;
         }
@@ -109,22 +121,41 @@ pub fn push_decimal(out: &mut Vec<u8>, n: u64) {
     out.extend_from_slice(&digits[at..]);
 }
 
-/// Appends the line that starts a chunk of `length` bytes, without allocating.
-pub fn push_chunk_start(out: &mut Vec<u8>, length: usize) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut digits = [0u8; 16];
-    let mut at = digits.len();
-    let mut rest = length;
-    loop {
-        at -= 1;
-        digits[at] = HEX[rest % 16];
-        rest /= 16;
-        if rest == 0 {
-            break;
+/// The `Content-Length` of a message, gathered over all its fields (each may hold a
+/// comma-separated list): one value, or what was wrong. A problem, once seen, stays.
+#[derive(Clone, Copy, Default)]
+pub struct ContentLength {
+    value: Option<u64>,
+    problem: Option<&'static str>,
+}
+
+impl ContentLength {
+    /// Takes in one `Content-Length` field's value.
+    pub fn note(&mut self, field_value: &[u8]) {
+        for item in items(field_value) {
+            let Some(parsed) = parse_length(item) else {
+                self.problem = Some("an invalid Content-Length");
+                return;
+            };
+            if self.value.is_some_and(|seen| seen != parsed) {
+                self.problem = Some("two different Content-Lengths");
+            }
+            self.value = Some(parsed);
         }
     }
-    out.extend_from_slice(&digits[at..]);
-    out.extend_from_slice(b"\r\n");
+
+    /// A `Content-Length` field was present, valid or not.
+    pub fn is_present(&self) -> bool {
+        self.value.is_some() || self.problem.is_some()
+    }
+
+    /// The length, `None` when no field gave one, or what was wrong with the fields.
+    pub fn get(&self) -> Result<Option<u64>, &'static str> {
+        match self.problem {
+            Some(problem) => Err(problem),
+            None => Ok(self.value),
+        }
+    }
 }
 
 /// A `Content-Length` value: decimal digits only, at most 18 of them (an exabyte).
@@ -220,7 +251,7 @@ pub fn parse_response(buf: &[u8], head_request: bool) -> Result<Parsed, Malforme
                     }
                 }
             }
-            Role::ContentLength => seen.length(field.value),
+            Role::ContentLength => seen.length.note(field.value),
             Role::TransferEncoding => seen.codings(field.value),
             Role::Upgrade | Role::HopByHop | Role::Plain => {}
         }
@@ -379,10 +410,8 @@ struct FramingFields {
     chunked_last: bool,
     /// A coding came after `chunked`.
     chunked_not_last: bool,
-    /// The `Content-Length`, once one is present.
-    length: Option<u64>,
-    /// What was wrong with a `Content-Length`; it matters only if the length is used.
-    bad_length: Option<&'static str>,
+    /// What was wrong with a `Content-Length` matters only if the length is used.
+    length: ContentLength,
 }
 
 impl FramingFields {
@@ -391,19 +420,6 @@ impl FramingFields {
             self.coded = true;
             self.chunked_not_last |= self.chunked_last;
             self.chunked_last = coding.eq_ignore_ascii_case(b"chunked");
-        }
-    }
-
-    fn length(&mut self, value: &[u8]) {
-        for item in items(value) {
-            let Some(parsed) = parse_length(item) else {
-                self.bad_length = Some("an invalid Content-Length");
-                return;
-            };
-            if self.length.is_some_and(|seen| seen != parsed) {
-                self.bad_length = Some("two different Content-Lengths");
-            }
-            self.length = Some(parsed);
         }
     }
 }
@@ -425,7 +441,7 @@ fn response_framing(
         return Ok((Framing::Empty, keep_alive));
     }
     if seen.coded {
-        if seen.length.is_some() || seen.bad_length.is_some() {
+        if seen.length.is_present() {
             return Err(malformed("both Transfer-Encoding and Content-Length"));
         }
         if version != Version::HTTP_11 {
@@ -440,10 +456,7 @@ fn response_framing(
             Ok((Framing::UntilClose, false))
         };
     }
-    if let Some(problem) = seen.bad_length {
-        return Err(malformed(problem));
-    }
-    Ok(match seen.length {
+    Ok(match seen.length.get().map_err(malformed)? {
         Some(length) => (Framing::Length(length), keep_alive),
         None => (Framing::UntilClose, false),
     })
@@ -659,19 +672,16 @@ mod tests {
 
     #[test]
     fn numbers_are_written_in_decimal_and_chunk_sizes_in_hex() {
-        let decimal = |n: u64| {
+        let written = |push: &dyn Fn(&mut Vec<u8>)| {
             let mut out = Vec::new();
-            push_decimal(&mut out, n);
+            push(&mut out);
             String::from_utf8(out).unwrap()
         };
+        let decimal = |n: u64| written(&|out| push_decimal(out, n));
+        let chunk = |n: usize| written(&|out| push_chunk_start(out, n));
         assert_eq!(decimal(0), "0");
         assert_eq!(decimal(24), "24");
         assert_eq!(decimal(u64::MAX), u64::MAX.to_string());
-        let chunk = |n: usize| {
-            let mut out = Vec::new();
-            push_chunk_start(&mut out, n);
-            String::from_utf8(out).unwrap()
-        };
         assert_eq!(chunk(0), "0\r\n");
         assert_eq!(chunk(255), "ff\r\n");
         assert_eq!(chunk(70_000), "11170\r\n");
