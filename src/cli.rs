@@ -34,7 +34,13 @@ macro_rules! err_line {
     }};
 }
 
+/// The config file every command reads unless `-c` names another; with no command at
+/// all, `portcullis` serves it (so `cargo run --release` serves the demo).
+pub const DEFAULT_CONFIG: &str = "config/portcullis.yaml";
+
 /// A reverse-proxy authorization gateway that explains every denial.
+///
+/// With no command, serves config/portcullis.yaml, as `portcullis run` does.
 #[derive(Debug, Parser)]
 #[command(name = "portcullis", version, about)]
 pub struct Cli {
@@ -44,9 +50,9 @@ pub struct Cli {
     /// Least severe log level printed: error, warn, info, debug or trace.
     #[arg(long, default_value = "info", global = true)]
     pub log_level: tracing::level_filters::LevelFilter,
-    /// What to do.
+    /// What to do; with none, `run` with its defaults.
     #[command(subcommand)]
-    pub command: Command,
+    pub command: Option<Command>,
 }
 
 /// The subcommands.
@@ -55,20 +61,20 @@ pub enum Command {
     /// Serve the gateway until SIGTERM or SIGINT.
     Run {
         /// The config file.
-        #[arg(short, long, default_value = "config/portcullis.yaml")]
+        #[arg(short, long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
     },
     /// Check a config file and its policies; print "ok" with a summary and any warnings,
     /// or every error.
     Validate {
         /// The config file.
-        #[arg(short, long, default_value = "config/portcullis.yaml")]
+        #[arg(short, long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
     },
     /// Decide a synthetic request offline and print the decision with its trace.
     Explain {
         /// The config file.
-        #[arg(short, long, default_value = "config/portcullis.yaml")]
+        #[arg(short, long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
         /// The request method.
         #[arg(long, default_value = "GET")]
@@ -105,7 +111,7 @@ pub enum Command {
     /// Run policy test cases; exit 1 if any fails.
     Test {
         /// The config file.
-        #[arg(short, long, default_value = "config/portcullis.yaml")]
+        #[arg(short, long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
         /// Case files.
         #[arg(required = true)]
@@ -133,6 +139,13 @@ pub enum LogFormat {
     Json,
 }
 
+/// Whether process logs are coloured: only for a person at a terminal, and never when
+/// `NO_COLOR` is set to anything but the empty string (no-color.org). Escape codes in a
+/// file, a pipe or a log collector are noise that every reader has to strip.
+pub fn log_colour(stderr_is_terminal: bool, no_color: Option<std::ffi::OsString>) -> bool {
+    stderr_is_terminal && no_color.is_none_or(|value| value.is_empty())
+}
+
 /// Exit code for invalid config or usage.
 pub const EXIT_INVALID: u8 = 2;
 
@@ -151,7 +164,10 @@ fn runtime(one_cpu: bool) -> std::io::Result<tokio::runtime::Runtime> {
 
 /// Runs a parsed command line and returns the process exit code.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    match cli.command {
+    let command = cli.command.unwrap_or_else(|| Command::Run {
+        config: PathBuf::from(DEFAULT_CONFIG),
+    });
+    match command {
         Command::Run { config } => {
             let Some(config) = load_or_report(&config) else {
                 return Ok(ExitCode::from(EXIT_INVALID));
@@ -501,6 +517,16 @@ fn plural(count: usize) -> &'static str {
 #[cfg(test)]
 mod tests {
     use tokio::runtime::RuntimeFlavor;
+
+    #[test]
+    fn logs_are_coloured_only_at_a_terminal_without_no_color() {
+        use super::log_colour;
+        assert!(log_colour(true, None));
+        assert!(log_colour(true, Some("".into())));
+        assert!(!log_colour(true, Some("1".into())));
+        assert!(!log_colour(false, None));
+        assert!(!log_colour(false, Some("".into())));
+    }
 
     #[test]
     fn one_cpu_gets_the_single_threaded_runtime() {

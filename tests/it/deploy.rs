@@ -6,6 +6,8 @@
 
 use std::path::Path;
 
+use crate::support::copy_tree;
+
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
@@ -67,19 +69,6 @@ fn the_dockerfile_copies_files_that_exist_and_serves_a_valid_config() {
             config.warnings
         ),
         Err(errors) => panic!("the image's config is invalid:\n{errors}"),
-    }
-}
-
-fn copy_tree(from: &Path, to: &Path) {
-    if from.is_dir() {
-        std::fs::create_dir_all(to).unwrap();
-        for entry in std::fs::read_dir(from).unwrap() {
-            let entry = entry.unwrap();
-            copy_tree(&entry.path(), &to.join(entry.file_name()));
-        }
-    } else {
-        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
-        std::fs::copy(from, to).unwrap();
     }
 }
 

@@ -26,9 +26,17 @@ struct Process {
 impl Process {
     /// Starts `portcullis run` and waits (bounded) for its listener to be bound.
     fn start(config: &Path) -> Process {
-        let mut child = Command::new(BINARY)
+        let mut command = Command::new(BINARY);
+        command
             .args(["--log-format", "json", "run", "-c"])
-            .arg(config)
+            .arg(config);
+        Process::spawn(command)
+    }
+
+    /// Starts the gateway as `command` says and waits (bounded) for its listeners to be
+    /// bound, reading their addresses from its log, JSON or text.
+    fn spawn(mut command: Command) -> Process {
+        let mut child = command
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -41,16 +49,8 @@ impl Process {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
                 lines.lock().unwrap().push(line.clone());
-                let Ok(event) = serde_json::from_str::<serde_json::Value>(&line) else {
-                    continue;
-                };
-                if event["message"] == "listening" || event["message"] == "admin listening" {
-                    let addr = event["addr"]
-                        .as_str()
-                        .unwrap()
-                        .parse::<SocketAddr>()
-                        .unwrap();
-                    let _ = sender.send((event["message"] == "admin listening", addr));
+                if let Some(bound) = bound_address(&line) {
+                    let _ = sender.send(bound);
                 }
             }
         });
@@ -118,6 +118,31 @@ impl Process {
         }
         panic!("the gateway did not exit within 15s");
     }
+}
+
+/// A listener's address from a "listening" or "admin listening" log line: whether it is
+/// the admin listener, and the address.
+fn bound_address(line: &str) -> Option<(bool, SocketAddr)> {
+    if let Ok(event) = serde_json::from_str::<serde_json::Value>(line) {
+        let message = event["message"].as_str()?;
+        let is_admin = match message {
+            "listening" => false,
+            "admin listening" => true,
+            _ => return None,
+        };
+        return Some((is_admin, event["addr"].as_str()?.parse().ok()?));
+    }
+    // Text: `2026-12-04T15:30:06.438836Z  INFO portcullis::app: listening addr=127.0.0.1:37407`
+    let (_, message) = line.split_once("portcullis::app: ")?;
+    let is_admin = if message.starts_with("admin listening ") {
+        true
+    } else if message.starts_with("listening ") {
+        false
+    } else {
+        return None;
+    };
+    let addr = message.split_once("addr=")?.1.split_whitespace().next()?;
+    Some((is_admin, addr.parse().ok()?))
 }
 
 impl Drop for Process {
@@ -212,6 +237,48 @@ async fn sigint_exits_0() {
         .await
         .unwrap();
     assert_eq!(code, Some(0));
+}
+
+/// `cargo run --release`, the README's first command, runs the binary with no arguments
+/// from the repository: it serves config/portcullis.yaml. Here the same files sit in a
+/// scratch directory, on free ports, and the binary starts there with no arguments.
+#[tokio::test]
+async fn with_no_arguments_it_serves_config_portcullis_yaml() {
+    let scratch = Scratch::new();
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    copy_tree(&repo.join("config"), &scratch.path().join("config"));
+    let config = scratch.path().join("config/portcullis.yaml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    for port in ["127.0.0.1:8080", "127.0.0.1:9090"] {
+        assert!(
+            text.contains(&format!("addr: {port}")),
+            "the demo uses {port}"
+        );
+    }
+    std::fs::write(&config, text.replace(":8080", ":0").replace(":9090", ":0")).unwrap();
+    let mut command = Command::new(BINARY);
+    command.current_dir(scratch.path()).env_remove("NO_COLOR");
+    let process = Process::spawn(command);
+
+    let allowed = client()
+        .request(get(&format!("http://{}/public/hello", process.addr)))
+        .await
+        .unwrap();
+    assert_eq!(allowed.status(), StatusCode::OK);
+    let denied = client()
+        .request(get(&format!("http://{}/admin/users", process.addr)))
+        .await
+        .unwrap();
+    assert_eq!(denied.status(), StatusCode::FORBIDDEN);
+    assert_eq!(denied.headers()["x-portcullis-reason"], "ip_not_allowed");
+
+    // Its stderr is a pipe, not a terminal: the text log has no colour codes.
+    let log = process.log.lock().unwrap().join("\n");
+    assert!(log.contains("listening"), "{log}");
+    assert!(
+        !log.contains('\u{1b}'),
+        "escape codes in a piped log: {log:?}"
+    );
 }
 
 #[test]

@@ -67,6 +67,20 @@ impl Drop for Scratch {
     }
 }
 
+/// Copies a file, or a directory and everything in it.
+pub fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
+    if from.is_dir() {
+        std::fs::create_dir_all(to).unwrap();
+        for entry in std::fs::read_dir(from).unwrap() {
+            let entry = entry.unwrap();
+            copy_tree(&entry.path(), &to.join(entry.file_name()));
+        }
+    } else {
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(from, to).unwrap();
+    }
+}
+
 /// A gateway running in this process.
 pub struct TestGateway {
     /// Kept so the gateway lives as long as the test.
