@@ -24,6 +24,12 @@ use crate::proxy::offline::{self, Caller};
 use crate::reload::{Live, Reloader};
 use crate::telemetry::Metrics;
 
+/// Answers `200` while the process runs (a liveness probe).
+pub const LIVE_PATH: &str = "/healthz";
+/// Answers `200` when the gateway should get traffic, `503` with the reason when not (a
+/// readiness probe, and what `portcullis healthcheck` asks).
+pub const READY_PATH: &str = "/readyz";
+
 /// What `/readyz` reports.
 #[derive(Debug, Default)]
 pub struct Readiness {
@@ -126,8 +132,8 @@ async fn serve(state: &AdminState, request: Request<Incoming>) -> Response<Full<
     }
     match request.uri().path() {
         "/policy" => json(StatusCode::OK, &state.reloader.status()),
-        "/healthz" => text(StatusCode::OK, "ok\n"),
-        "/readyz" => {
+        LIVE_PATH => text(StatusCode::OK, "ok\n"),
+        READY_PATH => {
             let readiness = &state.readiness;
             if readiness.draining.load(Ordering::Relaxed) {
                 text(

@@ -100,6 +100,16 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Ask a running gateway whether it is ready (GET /readyz on its admin listener); exit
+    /// 0 if it is, 1 if not or if it does not answer. For container health checks.
+    Healthcheck {
+        /// The admin listener's host:port; 0.0.0.0 (every interface) is asked on loopback.
+        #[arg(long, value_name = "ADDR", default_value = crate::config::DEFAULT_ADMIN_ADDR)]
+        admin: String,
+        /// How long to wait for the answer.
+        #[arg(long, default_value = "2s")]
+        timeout: String,
+    },
     /// Mint a signed token (for trying policies: the demo's key is in config/keys).
     Token(TokenArgs),
     /// Print the JSON Schema of a kind of file, for editors and schema checkers.
@@ -228,6 +238,25 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 out!("{}", explain_text(&method, &url, &offline));
             }
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Healthcheck { admin, timeout } => {
+            let timeout = match config::parse_duration(&timeout) {
+                Ok(timeout) => timeout,
+                Err(problem) => {
+                    err_line!("--timeout: {problem}");
+                    return Ok(ExitCode::from(EXIT_INVALID));
+                }
+            };
+            match crate::healthcheck::check(&admin, timeout) {
+                Ok(answer) => {
+                    out_line!("{answer}");
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(problem) => {
+                    err_line!("{problem}");
+                    Ok(ExitCode::FAILURE)
+                }
+            }
         }
         Command::Token(request) => {
             let minted = mint(&request);

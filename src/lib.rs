@@ -7,6 +7,7 @@ pub mod app;
 pub mod cli;
 pub mod config;
 pub mod decision_log;
+pub mod healthcheck;
 pub mod identity;
 pub mod path;
 pub mod policy;

@@ -30,6 +30,7 @@ pub use model::{
     TokenSource, UpstreamName, UpstreamSettings,
 };
 pub use policy::{PolicySummary, parse_list_file, wildcard_match};
+pub use raw::DEFAULT_ADMIN_ADDR;
 pub use units::{format_duration, parse_duration, parse_size};
 
 use std::path::Path;

@@ -284,8 +284,11 @@ impl Default for RawAdmin {
     }
 }
 
+/// Where the admin listener listens unless `admin.addr` says otherwise.
+pub const DEFAULT_ADMIN_ADDR: &str = "127.0.0.1:9090";
+
 fn default_admin_addr() -> String {
-    "127.0.0.1:9090".to_owned()
+    DEFAULT_ADMIN_ADDR.to_owned()
 }
 
 /// Which peers are trusted to report the client address.

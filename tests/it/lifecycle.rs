@@ -523,3 +523,78 @@ async fn sighup_reloads_the_policy() {
     }
     assert!(logged(), "the reload is logged");
 }
+
+/// `portcullis healthcheck` against `admin`: exit code, stdout, stderr. Run as a child
+/// process the runtime waits for, so an in-process gateway keeps answering meanwhile.
+async fn healthcheck(admin: &str, extra: &[&str]) -> (Option<i32>, String, String) {
+    let output = tokio::process::Command::new(BINARY)
+        .args(["healthcheck", "--admin", admin])
+        .args(extra)
+        .output()
+        .await
+        .unwrap();
+    (
+        output.status.code(),
+        String::from_utf8(output.stdout).unwrap(),
+        String::from_utf8(output.stderr).unwrap(),
+    )
+}
+
+#[tokio::test]
+async fn healthcheck_exits_0_for_a_ready_gateway() {
+    let gw = TestGateway::start(&config(&["builtin:echo".to_owned()], "")).await;
+    let (code, stdout, stderr) = healthcheck(&gw.admin.to_string(), &[]).await;
+    assert_eq!((code, stdout.as_str()), (Some(0), "ready\n"), "{stderr}");
+    // A config that listens on every interface names 0.0.0.0; that is asked on loopback.
+    let unspecified = format!("0.0.0.0:{}", gw.admin.port());
+    assert_eq!(healthcheck(&unspecified, &[]).await.0, Some(0));
+}
+
+#[tokio::test]
+async fn healthcheck_exits_1_for_a_gateway_that_is_not_ready() {
+    // An issuer whose keys cannot be fetched holds readiness back.
+    let (closed, _socket) = closed_port();
+    let identity = format!(
+        "identity:\n  jwt:\n    - id: corp\n      issuer: https://idp.example/\n      audiences: [api]\n      jwks_url: http://{closed}/jwks.json\n      algorithms: [RS256]\n"
+    );
+    let gw = TestGateway::start(&config(&["builtin:echo".to_owned()], &identity)).await;
+    let (code, stdout, stderr) = healthcheck(&gw.admin.to_string(), &[]).await;
+    assert_eq!((code, stdout.as_str()), (Some(1), ""));
+    assert!(
+        stderr.starts_with(&format!(
+            "http://{}/readyz answered 503: not ready: issuer corp: no keys loaded",
+            gw.admin
+        )),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn healthcheck_exits_1_for_a_stopped_or_silent_gateway() {
+    let (closed, _socket) = closed_port();
+    let (code, _, stderr) = healthcheck(&closed.to_string(), &[]).await;
+    assert_eq!(code, Some(1));
+    assert!(
+        stderr.starts_with(&format!(
+            "cannot connect to the admin listener at {closed}: "
+        )),
+        "{stderr}"
+    );
+
+    // A listener that accepts and never answers: the check gives up at its timeout.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = silent.local_addr().unwrap();
+    let held = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = silent.accept().await {
+            held.push(stream);
+        }
+    });
+    let (code, _, stderr) = healthcheck(&addr.to_string(), &["--timeout", "300ms"]).await;
+    held.abort();
+    assert_eq!(code, Some(1));
+    assert_eq!(
+        stderr,
+        format!("http://{addr}/readyz did not answer within 300ms\n")
+    );
+}

@@ -1,0 +1,144 @@
+//! `portcullis healthcheck`: asks a running gateway's admin listener whether it is ready.
+//! Container images without curl (ours has no shell either) run it as their health check.
+//!
+//! Plain blocking std I/O: one short exchange, bounded by a deadline, needs no runtime.
+
+use std::io::{Read as _, Write as _};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream, ToSocketAddrs as _};
+use std::time::{Duration, Instant};
+
+use crate::admin::READY_PATH;
+
+/// The most of an answer read: `/readyz` answers a line; anything longer is cut.
+const MAX_ANSWER: u64 = 16 * 1024;
+
+/// Asks `GET /readyz` of the admin listener at `admin` (`host:port`), giving up after
+/// `timeout`. Ok with the answer's text when it is `200`; otherwise an error that says
+/// what was asked and what came back (or did not).
+pub fn check(admin: &str, timeout: Duration) -> Result<String, String> {
+    let deadline = Instant::now() + timeout;
+    let addr = resolve(admin)?;
+    let url = format!("http://{addr}{READY_PATH}");
+    let mut stream = TcpStream::connect_timeout(&addr, timeout)
+        .map_err(|err| format!("cannot connect to the admin listener at {addr}: {err}"))?;
+    let request = format!(
+        "GET {READY_PATH} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: portcullis-healthcheck\r\nConnection: close\r\n\r\n"
+    );
+    stream
+        .set_write_timeout(Some(remaining(deadline, &url, timeout)?))
+        .and_then(|()| stream.write_all(request.as_bytes()))
+        .map_err(|err| format!("cannot ask {url}: {err}"))?;
+
+    // Read until the server closes (it was asked to), the answer is too long, or the
+    // deadline passes: a listener that accepts and never answers cannot hang the check.
+    let mut answer = Vec::new();
+    let mut buffer = [0u8; 4096];
+    while (answer.len() as u64) < MAX_ANSWER {
+        stream
+            .set_read_timeout(Some(remaining(deadline, &url, timeout)?))
+            .map_err(|err| format!("cannot read the answer of {url}: {err}"))?;
+        match stream.read(&mut buffer) {
+            Ok(0) => break,
+            Ok(read) => answer.extend_from_slice(&buffer[..read]),
+            Err(err)
+                if matches!(
+                    err.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Err(no_answer(&url, timeout));
+            }
+            Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(err) => return Err(format!("cannot read the answer of {url}: {err}")),
+        }
+    }
+    let (status, body) = parse(&answer).ok_or_else(|| {
+        format!(
+            "{url} did not answer with HTTP: {:?}",
+            String::from_utf8_lossy(&answer[..answer.len().min(80)])
+        )
+    })?;
+    if status == 200 {
+        Ok(body)
+    } else {
+        Err(format!("{url} answered {status}: {body}"))
+    }
+}
+
+/// The address to ask. An unspecified address (`0.0.0.0:9090`, as a config that listens
+/// on every interface names it) is asked on loopback, where it also listens.
+fn resolve(admin: &str) -> Result<SocketAddr, String> {
+    let mut addr = admin
+        .to_socket_addrs()
+        .map_err(|err| format!("\"{admin}\" is not a host:port address: {err}"))?
+        .next()
+        .ok_or_else(|| format!("\"{admin}\" names no address"))?;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(match addr.ip() {
+            IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        });
+    }
+    Ok(addr)
+}
+
+/// The time left before `deadline`, or the error that says it passed.
+fn remaining(deadline: Instant, url: &str, timeout: Duration) -> Result<Duration, String> {
+    deadline
+        .checked_duration_since(Instant::now())
+        .filter(|left| !left.is_zero())
+        .ok_or_else(|| no_answer(url, timeout))
+}
+
+fn no_answer(url: &str, timeout: Duration) -> String {
+    format!(
+        "{url} did not answer within {}",
+        crate::config::format_duration(timeout)
+    )
+}
+
+/// The status code and the body's text (trimmed) of an HTTP/1.1 answer.
+fn parse(answer: &[u8]) -> Option<(u16, String)> {
+    let text = String::from_utf8_lossy(answer);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status_line = head.lines().next()?;
+    let mut words = status_line.split(' ');
+    if !words.next()?.starts_with("HTTP/1.") {
+        return None;
+    }
+    let status = words.next()?.parse().ok()?;
+    Some((status, body.trim().to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unspecified_addresses_are_asked_on_loopback() {
+        assert_eq!(
+            resolve("0.0.0.0:9090").unwrap(),
+            "127.0.0.1:9090".parse().unwrap()
+        );
+        assert_eq!(resolve("[::]:9090").unwrap(), "[::1]:9090".parse().unwrap());
+        assert_eq!(
+            resolve("192.0.2.1:9090").unwrap(),
+            "192.0.2.1:9090".parse().unwrap()
+        );
+        assert!(resolve("9090").unwrap_err().contains("not a host:port"));
+    }
+
+    #[test]
+    fn answers_are_read_as_a_status_and_a_body() {
+        assert_eq!(
+            parse(b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nready\n"),
+            Some((200, "ready".to_owned()))
+        );
+        assert_eq!(
+            parse(b"HTTP/1.1 503 Service Unavailable\r\n\r\nnot ready: shutting down\n"),
+            Some((503, "not ready: shutting down".to_owned()))
+        );
+        assert_eq!(parse(b"SSH-2.0-OpenSSH_9.2\r\n"), None);
+        assert_eq!(parse(b""), None);
+    }
+}
