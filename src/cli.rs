@@ -138,6 +138,8 @@ pub enum SchemaKind {
     Policy,
     /// A `portcullis test` case file.
     Cases,
+    /// An API-key file (`identity.api_keys.file`).
+    ApiKeys,
 }
 
 /// Log line formats.
@@ -276,6 +278,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 SchemaKind::Config => config::FileKind::Config,
                 SchemaKind::Policy => config::FileKind::Policy,
                 SchemaKind::Cases => config::FileKind::Cases,
+                SchemaKind::ApiKeys => config::FileKind::ApiKeys,
             };
             out_line!("{:#}", config::schema(kind));
             Ok(ExitCode::SUCCESS)

@@ -494,7 +494,7 @@ pub fn watch(
 }
 
 /// What a change must touch to be worth a reload: a file the config read (the config
-/// file, policy and list files), a new file a `policy.files` pattern would take, or an
+/// file, policy and list files, identity's key, secret and CA files), a new file a `policy.files` pattern would take, or an
 /// entry of a Kubernetes ConfigMap volume's own (`..data`, `..2026_11_28_…`).
 #[derive(Debug, Clone, Default)]
 struct Relevant {
@@ -508,6 +508,7 @@ impl Relevant {
         let files = std::iter::once(&config.file)
             .chain(&config.policy_summary.files)
             .chain(&config.policy_summary.list_files)
+            .chain(&config.identity_files)
             .map(|file| resolved(file))
             .collect();
         let base = config.file.parent().unwrap_or(Path::new(""));

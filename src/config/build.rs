@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,8 +21,8 @@ use super::model::{
 use super::model::{DecisionSink, LogSettings};
 use super::policy::{self, PolicySummary};
 use super::raw::{
-    RawConfig, RawDenials, RawDetail, RawForwardedHeader, RawIdentity, RawJwt, RawLimits, RawLog,
-    RawRoute, RawSecret, RawUpstream,
+    RawApiKey, RawApiKeyFile, RawConfig, RawDenials, RawDetail, RawForwardedHeader, RawIdentity,
+    RawJwt, RawLimits, RawLog, RawRoute, RawSecret, RawUpstream,
 };
 use super::source::{Source, key_segment};
 use super::units::{parse_duration, parse_size};
@@ -138,13 +138,10 @@ pub fn build(path: &Path, text: &str, raw: RawConfig) -> Result<Config, ConfigEr
     let limits = build_limits(&mut builder, &raw.limits);
     let shutdown_grace = builder.duration("shutdown.grace_period", &raw.shutdown.grace_period);
     let denials = build_denials(&mut builder, &raw.denials);
-    let identity = build_identity(
-        &mut builder,
-        &raw.identity,
-        path.parent().unwrap_or(Path::new("")),
-    );
-
     let base_dir = path.parent().unwrap_or(Path::new(""));
+    let mut identity_files = Vec::new();
+    let identity = build_identity(&mut builder, &raw.identity, base_dir, &mut identity_files);
+
     let log = build_log(&mut builder, &raw.log, base_dir);
     let mut policy_files = Vec::new();
     for (index, pattern) in raw.policy.files.iter().enumerate() {
@@ -192,6 +189,14 @@ pub fn build(path: &Path, text: &str, raw: RawConfig) -> Result<Config, ConfigEr
                 let mut digest = Sha256::new();
                 policy::digest_file(&mut digest, path, text);
                 digest.update(policy_summary.digest);
+                // Keys from a key file change what is serving as much as a policy edit.
+                for key in identity.api_keys.iter().flat_map(|keys| &keys.keys) {
+                    digest.update(key.sha256);
+                    for part in [&key.id].into_iter().chain(&key.roles).chain(&key.scopes) {
+                        digest.update((part.len() as u64).to_be_bytes());
+                        digest.update(part.as_bytes());
+                    }
+                }
                 let digest: [u8; 32] = digest.finalize().into();
                 digest[..8]
                     .iter()
@@ -201,6 +206,7 @@ pub fn build(path: &Path, text: &str, raw: RawConfig) -> Result<Config, ConfigEr
             let mut config = Config {
                 hash,
                 policy_patterns: raw.policy.files.clone(),
+                identity_files,
                 watch: raw.policy.watch,
                 file: path.to_owned(),
                 listeners,
@@ -227,7 +233,13 @@ pub fn build(path: &Path, text: &str, raw: RawConfig) -> Result<Config, ConfigEr
         }
         _ => {
             let mut errors = builder.errors;
-            errors.sort_by_key(|error| error.position.unwrap_or((usize::MAX, 0)));
+            // The config file's errors in file order; those of a file it names (an API-key
+            // file) after them, as they were found.
+            errors.sort_by_key(|error| match error.position {
+                _ if error.file != path => (1, (0, 0)),
+                Some(position) => (0, position),
+                None => (0, (usize::MAX, 0)),
+            });
             // Policy files' errors follow the config file's, in the order the files were read.
             errors.extend(policy_errors);
             Err(ConfigErrors(errors))
@@ -258,11 +270,25 @@ fn build_log(builder: &mut Builder, raw: &RawLog, base_dir: &Path) -> LogSetting
     }
 }
 
+/// Types `identity`, adding to `files` every file it reads (key sets, secrets, CAs, the
+/// API-key file), so that a change to one reloads.
 fn build_identity(
     builder: &mut Builder,
     raw: &RawIdentity,
     base_dir: &Path,
+    files: &mut Vec<PathBuf>,
 ) -> Option<IdentitySettings> {
+    for raw_jwt in &raw.jwt {
+        let named = [
+            raw_jwt.jwks_file.as_ref(),
+            raw_jwt.jwks_ca.as_ref(),
+            raw_jwt
+                .secret
+                .as_ref()
+                .and_then(|secret| secret.file.as_ref()),
+        ];
+        files.extend(named.into_iter().flatten().map(|file| base_dir.join(file)));
+    }
     let mut jwt = Vec::new();
     let mut jwt_ok = true;
     for (index, raw_jwt) in raw.jwt.iter().enumerate() {
@@ -322,46 +348,17 @@ fn build_identity(
         Some(raw_keys) => {
             let key_header = header(builder, "identity.api_keys.header", &raw_keys.header);
             let mut keys: Vec<ApiKeyEntry> = Vec::new();
-            if raw_keys.keys.is_empty() {
+            add_api_keys(builder, "identity.api_keys.keys", &raw_keys.keys, &mut keys);
+            if let Some(file) = &raw_keys.file {
+                let path = base_dir.join(file);
+                files.push(path.clone());
+                add_api_key_file(builder, &path, &mut keys);
+            }
+            if raw_keys.keys.is_empty() && raw_keys.file.is_none() {
                 builder.error(
                     "identity.api_keys.keys",
                     "list at least one key, or remove api_keys",
                 );
-            }
-            for (index, raw_key) in raw_keys.keys.iter().enumerate() {
-                let base = format!("identity.api_keys.keys[{index}]");
-                builder.typed(&format!("{base}.id"), check_id("key id", &raw_key.id));
-                if keys.iter().any(|key| key.id == raw_key.id) {
-                    builder.error(
-                        &format!("{base}.id"),
-                        format!("duplicate key id \"{}\"", raw_key.id),
-                    );
-                }
-                let Some(sha256) =
-                    builder.typed(&format!("{base}.sha256"), parse_sha256(&raw_key.sha256))
-                else {
-                    continue;
-                };
-                if let Some(other) = keys.iter().find(|key| key.sha256 == sha256) {
-                    builder.error(
-                        &format!("{base}.sha256"),
-                        format!("the same key as \"{}\"; each key must be unique", other.id),
-                    );
-                }
-                for (field, values, comma) in [
-                    ("roles", &raw_key.roles, false),
-                    ("scopes", &raw_key.scopes, true),
-                ] {
-                    for (at, value) in values.iter().enumerate() {
-                        builder.typed(&format!("{base}.{field}[{at}]"), check_token(value, comma));
-                    }
-                }
-                keys.push(ApiKeyEntry {
-                    id: raw_key.id.clone(),
-                    sha256,
-                    roles: raw_key.roles.clone(),
-                    scopes: raw_key.scopes.clone(),
-                });
             }
             Some(key_header.map(|header| ApiKeySettings { header, keys }))
         }
@@ -384,6 +381,76 @@ fn build_identity(
             scopes: scopes?,
         },
     })
+}
+
+/// Types the API keys written at `base` (`identity.api_keys.keys`, or `keys` in a key
+/// file) and adds them to `keys`, refusing an id or a key that `keys` already holds.
+fn add_api_keys(builder: &mut Builder, base: &str, raw: &[RawApiKey], keys: &mut Vec<ApiKeyEntry>) {
+    for (index, raw_key) in raw.iter().enumerate() {
+        let base = format!("{base}[{index}]");
+        builder.typed(&format!("{base}.id"), check_id("key id", &raw_key.id));
+        if keys.iter().any(|key| key.id == raw_key.id) {
+            builder.error(
+                &format!("{base}.id"),
+                format!("duplicate key id \"{}\"", raw_key.id),
+            );
+        }
+        let Some(sha256) = builder.typed(&format!("{base}.sha256"), parse_sha256(&raw_key.sha256))
+        else {
+            continue;
+        };
+        if let Some(other) = keys.iter().find(|key| key.sha256 == sha256) {
+            builder.error(
+                &format!("{base}.sha256"),
+                format!("the same key as \"{}\"; each key must be unique", other.id),
+            );
+        }
+        for (field, values, comma) in [
+            ("roles", &raw_key.roles, false),
+            ("scopes", &raw_key.scopes, true),
+        ] {
+            for (at, value) in values.iter().enumerate() {
+                builder.typed(&format!("{base}.{field}[{at}]"), check_token(value, comma));
+            }
+        }
+        keys.push(ApiKeyEntry {
+            id: raw_key.id.clone(),
+            sha256,
+            roles: raw_key.roles.clone(),
+            scopes: raw_key.scopes.clone(),
+        });
+    }
+}
+
+/// Reads the keys of `identity.api_keys.file` into `keys`. Its problems are placed in
+/// that file, and go with the config's own errors.
+fn add_api_key_file(builder: &mut Builder, path: &Path, keys: &mut Vec<ApiKeyEntry>) {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(err) => {
+            builder.error(
+                "identity.api_keys.file",
+                format!("cannot read \"{}\": {err}", path.display()),
+            );
+            return;
+        }
+    };
+    let raw: RawApiKeyFile = match super::raw::parse_as(path, &text) {
+        Ok(raw) => raw,
+        Err(errors) => {
+            builder.errors.extend(errors.0);
+            return;
+        }
+    };
+    let mut file = Builder {
+        source: Source::new(path, &text),
+        errors: Vec::new(),
+    };
+    if raw.keys.is_empty() {
+        file.error("keys", "the file lists no keys");
+    }
+    add_api_keys(&mut file, "keys", &raw.keys, keys);
+    builder.errors.extend(file.errors);
 }
 
 fn build_jwt(

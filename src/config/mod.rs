@@ -59,6 +59,8 @@ pub enum FileKind {
     Policy,
     /// A `portcullis test` case file.
     Cases,
+    /// An API-key file (`identity.api_keys.file`).
+    ApiKeys,
 }
 
 /// The JSON Schema (draft 2020-12) of a kind of file, for editor completion and checks.
@@ -72,6 +74,10 @@ pub fn schema(kind: FileKind) -> serde_json::Value {
         FileKind::Cases => (
             schemars::schema_for!(cases::RawCases),
             "portcullis policy cases",
+        ),
+        FileKind::ApiKeys => (
+            schemars::schema_for!(raw::RawApiKeyFile),
+            "portcullis API-key file",
         ),
     };
     let mut value = schema.to_value();

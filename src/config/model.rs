@@ -45,6 +45,9 @@ pub struct Config {
     pub policy_summary: PolicySummary,
     /// `policy.files` as written (globs, relative to the config file's directory).
     pub policy_patterns: Vec<String>,
+    /// Files the `identity` settings were read from (API-key file, key sets, secrets,
+    /// CAs); a change to one reloads, as a policy file's does.
+    pub identity_files: Vec<PathBuf>,
     /// `policy.watch`: reload when a watched directory changes.
     pub watch: bool,
     /// A short hash of the config file and every policy and list file, naming what is

@@ -193,6 +193,19 @@ pub struct RawApiKeys {
     #[serde(default = "default_api_key_header")]
     pub header: String,
     /// The keys.
+    #[serde(default)]
+    pub keys: Vec<RawApiKey>,
+    /// A YAML file of more keys (`keys: [...]`, as here), relative to this file: keeps the
+    /// digests out of the config, in a secret store such as a Kubernetes Secret. A change
+    /// to it reloads like a policy file.
+    pub file: Option<String>,
+}
+
+/// A file of API keys (`identity.api_keys.file`).
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawApiKeyFile {
+    /// The keys.
     pub keys: Vec<RawApiKey>,
 }
 

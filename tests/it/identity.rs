@@ -232,6 +232,122 @@ fn key_configuration_mistakes_are_errors() {
     assert!(jwt.contains("jwks_file: cannot read"), "{jwt}");
 }
 
+/// Keys kept out of the config, in a directory laid out as kubelet mounts a Secret: the
+/// file is a symlink through `..data`, which a rename swaps to a new version.
+#[tokio::test]
+async fn keys_from_a_key_file_identify_callers_and_reload_when_it_changes() {
+    let up = TestUpstream::start("app").await;
+    let scratch = Scratch::new();
+    let dir = scratch.path().to_owned();
+    let secret = dir.join("secret");
+    std::fs::create_dir(&secret).unwrap();
+    let version = |name: &str, id: &str, sha256: &str| {
+        let versioned = secret.join(name);
+        std::fs::create_dir(&versioned).unwrap();
+        std::fs::write(
+            versioned.join("api-keys.yaml"),
+            format!("keys:\n  - {{ id: {id}, sha256: {sha256}, roles: [deployer], scopes: [\"deploy:write\"] }}\n"),
+        )
+        .unwrap();
+    };
+    // "ci-secret", then "rotated-secret".
+    version(
+        "..2026_12_04_01",
+        "ci-bot",
+        "f82da6e2b2e51c046a2eaf10964ef184b69c0aee9892f10a2a7b657477d407e6",
+    );
+    std::os::unix::fs::symlink("..2026_12_04_01", secret.join("..data")).unwrap();
+    std::os::unix::fs::symlink("..data/api-keys.yaml", secret.join("api-keys.yaml")).unwrap();
+    scratch.write("policy.yaml", POLICY);
+    let path = scratch.write(
+        "gw.yaml",
+        &format!(
+            "{}identity:\n  api_keys: {{ file: secret/api-keys.yaml }}\npolicy: {{ files: [policy.yaml], watch: true }}\n",
+            config(&[up.url()], "")
+        ),
+    );
+    let gw = TestGateway::from_file(&path, scratch).await;
+    let deploy = |key: &'static str| {
+        let url = gw.url("/deploys/42");
+        async move { send(&url, &[("x-api-key", key)]).await.0 }
+    };
+    assert_eq!(deploy("ci-secret").await, StatusCode::OK);
+    assert_eq!(up.seen()[0].one("x-auth-subject"), Some("ci-bot"));
+    assert_eq!(deploy("rotated-secret").await, StatusCode::UNAUTHORIZED);
+
+    version(
+        "..2026_12_04_02",
+        "ci-bot-2",
+        "a26fa50cba5c8fefa46af3f7d9fa9a00f01eea2bcf5e3db253aa7e6e39c4b388",
+    );
+    std::os::unix::fs::symlink("..2026_12_04_02", secret.join("..data_tmp")).unwrap();
+    std::fs::rename(secret.join("..data_tmp"), secret.join("..data")).unwrap();
+    let mut rotated = false;
+    for _ in 0..100 {
+        if deploy("rotated-secret").await == StatusCode::OK {
+            rotated = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(rotated, "the new key works within 5s of the swap");
+    assert_eq!(deploy("ci-secret").await, StatusCode::UNAUTHORIZED);
+}
+
+#[test]
+fn key_file_mistakes_are_placed_in_the_key_file() {
+    let scratch = Scratch::new();
+    scratch.write(
+        "p.yaml",
+        "rules: [{ id: a, effect: allow, when: { authenticated: true } }]\n",
+    );
+    let dir = scratch.path().display().to_string();
+    let with = |keys_file: &str| {
+        scratch.write("keys.yaml", keys_file);
+        let path = scratch.write(
+            "gw.yaml",
+            "upstreams: { app: { targets: [builtin:echo] } }\nroutes: [{ id: r, upstream: app }]\npolicy: { files: [p.yaml] }\nidentity:\n  api_keys:\n    keys: [{ id: ci-bot, sha256: f82da6e2b2e51c046a2eaf10964ef184b69c0aee9892f10a2a7b657477d407e6 }]\n    file: keys.yaml\n",
+        );
+        match portcullis::config::load(&path) {
+            Ok(_) => String::new(),
+            Err(errors) => errors.to_string(),
+        }
+    };
+    assert_eq!(
+        with(
+            "keys:\n  - { id: other, sha256: 32323cfa9ec9d62750daad0836a4cf3d7b60d23723b7852a529667deed01669f }\n"
+        ),
+        ""
+    );
+    assert_eq!(
+        with(
+            "keys:\n  - { id: ci-bot, sha256: 32323cfa9ec9d62750daad0836a4cf3d7b60d23723b7852a529667deed01669f }\n  - { id: short, sha256: abc }\n"
+        ),
+        format!(
+            "{dir}/keys.yaml:2:11: keys[0].id: duplicate key id \"ci-bot\"\n{dir}/keys.yaml:3:26: keys[1].sha256: \"abc\" is not a SHA-256 digest (64 hex digits); compute one with: printf %s \"$KEY\" | sha256sum"
+        )
+    );
+    assert_eq!(
+        with("keys: []\n"),
+        format!("{dir}/keys.yaml:1:7: keys: the file lists no keys")
+    );
+    assert_eq!(
+        with("keys:\n  - { id: x, sha265: abc }\n"),
+        format!(
+            "{dir}/keys.yaml:2:14: keys[0].sha265: unknown field `sha265`, expected one of id, sha256, roles, scopes"
+        )
+    );
+    std::fs::remove_file(scratch.path().join("keys.yaml")).unwrap();
+    let path = scratch.path().join("gw.yaml");
+    let missing = portcullis::config::load(&path).unwrap_err().to_string();
+    assert!(
+        missing.starts_with(&format!(
+            "{dir}/gw.yaml:7:11: identity.api_keys.file: cannot read \"{dir}/keys.yaml\": "
+        )),
+        "{missing}"
+    );
+}
+
 #[test]
 fn a_role_nothing_grants_is_a_warning() {
     let scratch = Scratch::new();
