@@ -15,7 +15,7 @@ fi
 cargo build --quiet --locked
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-for kind in config policy cases; do
+for kind in config policy cases api-keys; do
     target/debug/portcullis schema "$kind" >"$work/$kind.json"
 done
 
@@ -25,9 +25,11 @@ import jsonschema, yaml
 
 work = sys.argv[1]
 files = {
-    "config": ["config/portcullis.yaml", "deploy/docker/portcullis.yaml"],
-    "policy": sorted(glob.glob("config/policies/*.yaml")),
+    "config": ["config/portcullis.yaml", "deploy/docker/portcullis.yaml",
+               "deploy/kubernetes/base/config/portcullis.yaml", "deploy/compose/config/portcullis.yaml"],
+    "policy": sorted(glob.glob("config/policies/*.yaml") + glob.glob("deploy/kubernetes/base/policies/*.yaml")),
     "cases": sorted(glob.glob("config/tests/*.yaml")),
+    "api-keys": sorted(glob.glob("deploy/kubernetes/base/secrets/*.yaml")),
 }
 failed = 0
 for kind, paths in files.items():

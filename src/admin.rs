@@ -30,6 +30,9 @@ pub const LIVE_PATH: &str = "/healthz";
 /// readiness probe, and what `portcullis healthcheck` asks).
 pub const READY_PATH: &str = "/readyz";
 
+/// The Prometheus text format.
+pub const METRICS_PATH: &str = "/metrics";
+
 /// What `/readyz` reports.
 #[derive(Debug, Default)]
 pub struct Readiness {
@@ -157,7 +160,7 @@ async fn serve(state: &AdminState, request: Request<Incoming>) -> Response<Full<
                 }
             }
         }
-        "/metrics" => {
+        METRICS_PATH => {
             let mut response = text(StatusCode::OK, state.metrics.encode());
             response.headers_mut().insert(
                 CONTENT_TYPE,

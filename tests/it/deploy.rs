@@ -1,119 +1,498 @@
-//! What can be checked of the deployment files without a container engine: the paths the
-//! Dockerfile copies exist, the config it serves is valid, the Kubernetes ConfigMap
-//! holds a valid config whose ports match the probes, and the Grafana dashboard and
-//! Prometheus alerts refer only to metrics the gateway exports. (`.ci/prometheus-check.sh`
-//! has promtool parse and test them.)
+//! The deployment kits against the code, read as their tools read them: the Dockerfile,
+//! the Kubernetes base, the Compose file and the systemd unit must name the binary, the
+//! ports, the probe paths and the config paths the code uses, and each config they ship,
+//! laid out as its container or host sees it, must load. Grafana and Prometheus files
+//! must name only exported metrics. (`.ci/image-check.sh` and `.ci/deploy-check.sh` put
+//! the same files through docker, kubectl, kubernetes-validate, compose, promtool and
+//! systemd-analyze.)
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
-use crate::support::copy_tree;
+use portcullis::admin::{LIVE_PATH, METRICS_PATH, READY_PATH};
+use portcullis::config::{Config, DEFAULT_ADMIN_ADDR};
+use serde_json::Value;
+
+use crate::support::{Scratch, copy_tree};
+
+/// The binary, as Cargo.toml names the package.
+const BINARY: &str = env!("CARGO_PKG_NAME");
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-#[test]
-fn the_dockerfile_copies_files_that_exist_and_serves_a_valid_config() {
-    let dockerfile = std::fs::read_to_string(root().join("Dockerfile")).unwrap();
-    let mut copied_config = None;
-    // The image's /etc/portcullis, rebuilt from the COPY lines.
-    let image = crate::support::Scratch::new();
-    let image_etc = image.write("probe", "").with_file_name("etc");
-    for line in dockerfile.lines() {
-        let Some(rest) = line.strip_prefix("COPY ") else {
-            continue;
+fn read(file: &str) -> String {
+    std::fs::read_to_string(root().join(file)).unwrap_or_else(|err| panic!("{file}: {err}"))
+}
+
+/// Every document of a YAML file, as JSON values.
+fn yaml_documents(file: &str) -> Vec<Value> {
+    serde_saphyr::from_multiple::<Value>(&read(file))
+        .unwrap_or_else(|err| panic!("{file}: {err}"))
+        .into_iter()
+        .filter(|document| !document.is_null())
+        .collect()
+}
+
+fn yaml(file: &str) -> Value {
+    let mut documents = yaml_documents(file);
+    assert_eq!(documents.len(), 1, "{file} holds one document");
+    documents.remove(0)
+}
+
+fn strings(value: &Value) -> Vec<String> {
+    value
+        .as_array()
+        .unwrap_or_else(|| panic!("{value} is not a list"))
+        .iter()
+        .map(|item| item.as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// The word after `-c` in a command line.
+fn config_argument(command: &[String]) -> String {
+    let at = command
+        .iter()
+        .position(|word| word == "-c")
+        .unwrap_or_else(|| panic!("{command:?} names no config with -c"));
+    command[at + 1].clone()
+}
+
+/// `root` joined with an absolute path inside it.
+fn inside(root: &Path, absolute: &str) -> PathBuf {
+    root.join(absolute.trim_start_matches('/'))
+}
+
+fn load(path: &Path) -> Config {
+    let config = portcullis::config::load(path)
+        .unwrap_or_else(|errors| panic!("{} is invalid:\n{errors}", path.display()));
+    assert!(
+        config.warnings.is_empty(),
+        "{}: {:?}",
+        path.display(),
+        config.warnings
+    );
+    assert!(
+        !config.policy.rules().is_empty(),
+        "{} has rules",
+        path.display()
+    );
+    config
+}
+
+fn port(config: &Config) -> u16 {
+    config.listeners[0].addr.port()
+}
+
+/// The Dockerfile's instructions that the image is made of.
+struct Dockerfile {
+    froms: Vec<String>,
+    /// `(--from stage, sources, destination)` of each COPY.
+    copies: Vec<(Option<String>, Vec<String>, String)>,
+    user: String,
+    expose: Vec<u16>,
+    healthcheck: Vec<String>,
+    entrypoint: Vec<String>,
+    cmd: Vec<String>,
+}
+
+impl Dockerfile {
+    fn read() -> Dockerfile {
+        let text = read("Dockerfile").replace("\\\n", " ");
+        let mut file = Dockerfile {
+            froms: Vec::new(),
+            copies: Vec::new(),
+            user: String::new(),
+            expose: Vec::new(),
+            healthcheck: Vec::new(),
+            entrypoint: Vec::new(),
+            cmd: Vec::new(),
         };
-        if rest.starts_with("--from=") {
-            continue;
+        let exec = |words: &str| -> Vec<String> {
+            serde_json::from_str(words).unwrap_or_else(|err| panic!("{words}: {err}"))
+        };
+        for line in text
+            .lines()
+            .filter(|line| !line.trim_start().starts_with('#'))
+        {
+            let Some((keyword, rest)) = line.trim().split_once(' ') else {
+                continue;
+            };
+            match keyword {
+                "FROM" => file.froms.push(rest.to_owned()),
+                "COPY" => {
+                    let mut words: Vec<String> =
+                        rest.split_whitespace().map(str::to_owned).collect();
+                    let from = words
+                        .first()
+                        .and_then(|word| word.strip_prefix("--from="))
+                        .map(str::to_owned);
+                    if from.is_some() {
+                        words.remove(0);
+                    }
+                    let destination = words.pop().unwrap();
+                    file.copies.push((from, words, destination));
+                }
+                "USER" => file.user = rest.to_owned(),
+                "EXPOSE" => {
+                    file.expose = rest
+                        .split_whitespace()
+                        .map(|p| p.parse().unwrap())
+                        .collect()
+                }
+                "HEALTHCHECK" => file.healthcheck = exec(rest.split_once("CMD ").unwrap().1),
+                "ENTRYPOINT" => file.entrypoint = exec(rest),
+                "CMD" => file.cmd = exec(rest),
+                _ => {}
+            }
         }
-        let words: Vec<&str> = rest.split_whitespace().collect();
-        let (destination, sources) = words.split_last().unwrap();
-        for source in sources {
-            assert!(
-                root().join(source).exists(),
-                "the Dockerfile copies {source}, which does not exist"
-            );
-        }
-        if let Some(inside) = destination.strip_prefix("/etc/portcullis") {
-            copy_tree(
-                &root().join(sources[0]),
-                &image_etc.join(inside.trim_start_matches('/')),
-            );
-        }
-        if destination.ends_with("portcullis.yaml") {
-            copied_config = Some(destination.to_string());
+        file
+    }
+
+    /// The image's root filesystem as far as the repository makes it: the files the
+    /// runtime stage copies from the build context.
+    fn lay_out(&self, root: &Path) {
+        for (from, sources, destination) in &self.copies {
+            if from.is_some() || !destination.starts_with('/') {
+                continue;
+            }
+            for source in sources {
+                assert!(
+                    self::root().join(source).exists(),
+                    "the Dockerfile copies {source}, which does not exist"
+                );
+                copy_tree(&self::root().join(source), &inside(root, destination));
+            }
         }
     }
-    let destination = copied_config.expect("the Dockerfile copies a config");
-    assert!(
-        dockerfile.contains(&format!("\"-c\", \"{destination}\"")),
-        "CMD serves the copied config"
-    );
-    assert!(
-        dockerfile.contains("target/release/portcullis"),
-        "the binary is named after the package"
-    );
-    assert!(
-        dockerfile.contains("USER nonroot"),
-        "the image runs as a non-root user"
-    );
-    let rust_version = env!("CARGO_PKG_RUST_VERSION");
-    assert!(
-        dockerfile.contains(&format!("FROM rust:{rust_version}")),
-        "the build image matches rust-version"
-    );
-    match portcullis::config::load(&image_etc.join("portcullis.yaml")) {
-        Ok(config) => assert!(
-            config.warnings.is_empty() && !config.policy.rules().is_empty(),
-            "the image's config has no rules or warnings: {:?}",
-            config.warnings
-        ),
-        Err(errors) => panic!("the image's config is invalid:\n{errors}"),
+
+    /// The path of the binary in the image.
+    fn binary(&self) -> &str {
+        &self.entrypoint[0]
+    }
+
+    /// The config the image serves.
+    fn config(&self) -> String {
+        config_argument(&self.cmd)
     }
 }
 
 #[test]
-fn the_kubernetes_configmap_holds_a_valid_config() {
-    let text = std::fs::read_to_string(root().join("deploy/kubernetes/portcullis.yaml")).unwrap();
-    // The manifest is three YAML documents; the ConfigMap is the first. Its embedded file
-    // is the block under `portcullis.yaml: |`, indented by four spaces.
-    let config_map = text.split("\n---\n").next().unwrap();
-    // Each `key: |` block of `data` is a file in the mounted directory.
-    let volume = crate::support::Scratch::new();
-    let data = config_map.split_once("\ndata:\n").unwrap().1;
-    let mut file: Option<(String, String)> = None;
-    for line in data.lines() {
-        if let Some(key) = line.strip_prefix("  ").and_then(|l| l.strip_suffix(": |")) {
-            if let Some((name, body)) = file.take() {
-                volume.write(&name, &body);
-            }
-            file = Some((key.to_owned(), String::new()));
-        } else if let Some((_, body)) = &mut file {
-            body.push_str(line.strip_prefix("    ").unwrap_or(line));
-            body.push('\n');
+fn the_image_runs_the_binary_with_its_config_and_passes_the_demo_cases() {
+    let dockerfile = Dockerfile::read();
+    let rust_version = env!("CARGO_PKG_RUST_VERSION");
+    assert!(
+        dockerfile.froms[0].starts_with(&format!("rust:{rust_version}")),
+        "the build image matches rust-version: {}",
+        dockerfile.froms[0]
+    );
+    assert!(
+        dockerfile.froms.last().unwrap().ends_with(":nonroot")
+            && dockerfile.user.starts_with("nonroot"),
+        "the image runs as the base image's non-root user"
+    );
+    let built = dockerfile
+        .copies
+        .iter()
+        .find(|(from, _, _)| from.is_some())
+        .expect("the runtime stage copies the binary from the build stage");
+    assert!(built.1[0].ends_with(&format!("target/release/{BINARY}")));
+    assert_eq!(built.2, dockerfile.binary());
+    assert!(dockerfile.binary().ends_with(&format!("/{BINARY}")));
+
+    let image = Scratch::new();
+    dockerfile.lay_out(image.path());
+    let config = load(&inside(image.path(), &dockerfile.config()));
+    assert_eq!(
+        dockerfile.expose,
+        [port(&config), config.admin.addr.port()],
+        "EXPOSE names the listener and the admin listener"
+    );
+    assert_eq!(
+        dockerfile.healthcheck,
+        [
+            dockerfile.binary().to_owned(),
+            "healthcheck".to_owned(),
+            "--admin".to_owned(),
+            format!("127.0.0.1:{}", config.admin.addr.port())
+        ],
+        "HEALTHCHECK asks the admin listener the image's config sets"
+    );
+
+    // The image serves the demo: the demo's cases hold against it.
+    let mut cases = Vec::new();
+    for entry in std::fs::read_dir(root().join("config/tests")).unwrap() {
+        cases.extend(portcullis::config::cases::load(&entry.unwrap().path()).unwrap());
+    }
+    let (report, failed) = portcullis::cli::run_cases(&config, &cases);
+    assert_eq!(failed, 0, "{report}");
+}
+
+/// A kustomization's generators: the name of each ConfigMap or Secret, and its files.
+fn generated(kustomization: &Value) -> Vec<(String, Vec<String>)> {
+    ["configMapGenerator", "secretGenerator"]
+        .iter()
+        .flat_map(|key| kustomization[key].as_array().cloned().unwrap_or_default())
+        .map(|generator| {
+            (
+                generator["name"].as_str().unwrap().to_owned(),
+                strings(&generator["files"]),
+            )
+        })
+        .collect()
+}
+
+/// The first document of `documents` of this kind and name.
+fn resource<'a>(documents: &'a [Value], kind: &str, name: &str) -> &'a Value {
+    documents
+        .iter()
+        .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("no {kind} {name}"))
+}
+
+fn named_port(ports: &Value, name: &str, key: &str) -> u64 {
+    ports
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|port| port["name"] == name)
+        .unwrap_or_else(|| panic!("no port named {name} in {ports}"))[key]
+        .as_u64()
+        .unwrap()
+}
+
+#[test]
+fn the_kubernetes_base_serves_its_config_as_the_pod_mounts_it() {
+    let base = "deploy/kubernetes/base";
+    let kustomization = yaml(&format!("{base}/kustomization.yaml"));
+    let mut documents = Vec::new();
+    for file in strings(&kustomization["resources"]) {
+        documents.extend(yaml_documents(&format!("{base}/{file}")));
+    }
+    let generators = generated(&kustomization);
+    let deployment = resource(&documents, "Deployment", BINARY);
+    let pod = &deployment["spec"]["template"]["spec"];
+    let container = &pod["containers"][0];
+    assert_eq!(container["image"], BINARY);
+
+    // The pod's files: the image's, with each volume mounted over them.
+    let dockerfile = Dockerfile::read();
+    let scratch = Scratch::new();
+    dockerfile.lay_out(scratch.path());
+    for mount in container["volumeMounts"].as_array().unwrap() {
+        let volume = pod["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|volume| volume["name"] == mount["name"])
+            .unwrap();
+        assert!(
+            mount.get("subPath").is_none(),
+            "subPath mounts never update"
+        );
+        let source = volume["configMap"]["name"]
+            .as_str()
+            .or(volume["secret"]["secretName"].as_str())
+            .unwrap();
+        let (_, files) = generators
+            .iter()
+            .find(|(name, _)| name == source)
+            .unwrap_or_else(|| panic!("the kustomization generates no {source}"));
+        let directory = inside(scratch.path(), mount["mountPath"].as_str().unwrap());
+        for file in files {
+            let from = root().join(base).join(file);
+            copy_tree(&from, &directory.join(from.file_name().unwrap()));
         }
     }
-    let (name, body) = file.unwrap();
-    let last = volume.write(&name, &body);
-    let config = portcullis::config::load(&last.with_file_name("portcullis.yaml"))
-        .unwrap_or_else(|errors| panic!("the ConfigMap's config is invalid:\n{errors}"));
-    assert!(config.warnings.is_empty(), "{:?}", config.warnings);
-    assert_eq!(config.policy.rules().len(), 2);
+    let args = strings(&container["args"]);
     assert_eq!(
-        config.admin.addr.port(),
-        9090,
-        "probes and scrape annotations use port 9090"
+        args[..args.len() - 1],
+        dockerfile.cmd[..dockerfile.cmd.len() - 1],
+        "the pod runs the image's command with a config of its own"
+    );
+    let config = load(&inside(scratch.path(), &config_argument(&args)));
+
+    let ports = &container["ports"];
+    assert_eq!(
+        named_port(ports, "http", "containerPort"),
+        u64::from(port(&config))
     );
     assert_eq!(
-        config.listeners[0].addr.port(),
-        8080,
-        "the container port is 8080"
+        named_port(ports, "admin", "containerPort"),
+        u64::from(config.admin.addr.port())
     );
-    assert!(text.contains("terminationGracePeriodSeconds: 30"));
+    for (probe, path) in [("readinessProbe", READY_PATH), ("livenessProbe", LIVE_PATH)] {
+        assert_eq!(container[probe]["httpGet"]["path"], path, "{probe}");
+        assert_eq!(container[probe]["httpGet"]["port"], "admin", "{probe}");
+    }
+    let grace = pod["terminationGracePeriodSeconds"].as_u64().unwrap();
+    let pre_stop = container["lifecycle"]["preStop"]["sleep"]["seconds"]
+        .as_u64()
+        .unwrap();
     assert!(
-        config.shutdown_grace.as_secs() < 30,
-        "the drain finishes before Kubernetes kills the pod"
+        Duration::from_secs(grace) > Duration::from_secs(pre_stop) + config.shutdown_grace,
+        "the preStop wait and the drain finish before Kubernetes kills the pod"
     );
+    let security = &container["securityContext"];
+    assert_eq!(security["readOnlyRootFilesystem"], true);
+    assert_eq!(security["allowPrivilegeEscalation"], false);
+    assert_eq!(security["capabilities"]["drop"], serde_json::json!(["ALL"]));
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+
+    // Services and the network policy name the container's ports.
+    let proxy = resource(&documents, "Service", BINARY);
+    assert_eq!(proxy["spec"]["ports"][0]["targetPort"], "http");
+    let admin = resource(&documents, "Service", &format!("{BINARY}-admin"));
+    assert_eq!(
+        named_port(&admin["spec"]["ports"], "admin", "port"),
+        u64::from(config.admin.addr.port())
+    );
+    assert_eq!(admin["spec"]["ports"][0]["targetPort"], "admin");
+    let policy = resource(&documents, "NetworkPolicy", BINARY);
+    for rule in policy["spec"]["ingress"].as_array().unwrap() {
+        for port in rule["ports"].as_array().unwrap() {
+            let name = port["port"].as_str().unwrap();
+            named_port(ports, name, "containerPort");
+        }
+    }
+
+    // The overlay's ServiceMonitor scrapes the admin Service's port at the metrics path.
+    let monitor = yaml("deploy/kubernetes/overlays/prometheus-operator/servicemonitor.yaml");
+    let endpoint = &monitor["spec"]["endpoints"][0];
+    assert_eq!(endpoint["port"], "admin");
+    assert_eq!(endpoint["path"], METRICS_PATH);
+    for (label, value) in monitor["spec"]["selector"]["matchLabels"]
+        .as_object()
+        .unwrap()
+    {
+        assert_eq!(&admin["metadata"]["labels"][label], value, "{label}");
+    }
+}
+
+#[test]
+fn the_compose_kit_serves_its_config_as_the_container_mounts_it() {
+    let compose = yaml("deploy/compose/compose.yaml");
+    let services = &compose["services"];
+    let gateway = &services[BINARY];
+    let dockerfile = Dockerfile::read();
+    let scratch = Scratch::new();
+    dockerfile.lay_out(scratch.path());
+    for volume in strings(&gateway["volumes"]) {
+        let mut parts = volume.split(':');
+        let (source, target) = (parts.next().unwrap(), parts.next().unwrap());
+        copy_tree(
+            &root().join("deploy/compose").join(source),
+            &inside(scratch.path(), target),
+        );
+    }
+    let command = strings(&gateway["command"]);
+    assert_eq!(
+        command[..command.len() - 1],
+        dockerfile.cmd[..dockerfile.cmd.len() - 1],
+        "compose runs the image's command with a config of its own"
+    );
+    let config = load(&inside(scratch.path(), &config_argument(&command)));
+
+    let published: Vec<u16> = strings(&gateway["ports"])
+        .iter()
+        .map(|mapping| mapping.rsplit(':').next().unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(published, [port(&config), config.admin.addr.port()]);
+    let stop =
+        portcullis::config::parse_duration(gateway["stop_grace_period"].as_str().unwrap()).unwrap();
+    assert!(stop > config.shutdown_grace, "compose waits out the drain");
+    for upstream in &config.upstreams {
+        for target in &upstream.targets {
+            let host = target.to_string();
+            let host = host
+                .trim_start_matches("http://")
+                .split(':')
+                .next()
+                .unwrap();
+            assert!(
+                services.get(host).is_some(),
+                "the upstream {host} is a service of the compose file"
+            );
+        }
+    }
+
+    // Prometheus scrapes the gateway's admin listener and loads the mounted alert rules.
+    let prometheus = yaml("deploy/compose/prometheus.yaml");
+    let job = &prometheus["scrape_configs"][0];
+    assert_eq!(job["metrics_path"], METRICS_PATH);
+    assert_eq!(
+        job["static_configs"][0]["targets"][0],
+        format!("{BINARY}:{}", config.admin.addr.port())
+    );
+    let mounts = strings(&services["prometheus"]["volumes"]);
+    for rules in strings(&prometheus["rule_files"]) {
+        assert!(
+            mounts
+                .iter()
+                .any(|mount| mount.contains(&format!("/etc/prometheus/{rules}"))),
+            "{rules} is mounted beside the Prometheus config"
+        );
+    }
+}
+
+#[test]
+fn the_systemd_unit_runs_the_binary_as_the_image_does() {
+    let unit = read("deploy/systemd/portcullis.service");
+    let setting = |key: &str| -> Vec<&str> {
+        unit.lines()
+            .filter_map(|line| line.strip_prefix(key)?.strip_prefix('='))
+            .collect()
+    };
+    let dockerfile = Dockerfile::read();
+    let start: Vec<String> = setting("ExecStart")[0]
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(
+        start[0],
+        dockerfile.binary(),
+        "installed where the image has it"
+    );
+    assert_eq!(
+        start[1..],
+        dockerfile.cmd[..],
+        "the unit runs the image's command"
+    );
+    let check = format!("{} validate -c {}", start[0], dockerfile.config());
+    assert_eq!(setting("ExecStartPre"), [check.as_str()]);
+    assert_eq!(setting("ExecReload"), ["/bin/kill -HUP $MAINPID"]);
+
+    // The drain of a config that sets no grace period ends before systemd kills.
+    let defaults = portcullis::config::from_str(
+        Path::new("gw.yaml"),
+        "listen: [{ addr: 127.0.0.1:0 }]\nupstreams: { app: { targets: [builtin:echo] } }\nroutes: [{ id: r, upstream: app }]\n",
+    )
+    .unwrap();
+    let stop = portcullis::config::parse_duration(setting("TimeoutStopSec")[0]).unwrap();
+    assert!(stop > defaults.shutdown_grace);
+
+    // No capability, as the ports the code and the demo use need none.
+    let demo = portcullis::config::load(&root().join(portcullis::cli::DEFAULT_CONFIG)).unwrap();
+    let admin: std::net::SocketAddr = DEFAULT_ADMIN_ADDR.parse().unwrap();
+    assert!(port(&demo) >= 1024 && admin.port() >= 1024);
+    assert_eq!(setting("CapabilityBoundingSet"), [""]);
+    assert_eq!(setting("AmbientCapabilities"), [""]);
+    for hardening in [
+        "NoNewPrivileges=yes",
+        "ProtectSystem=strict",
+        "DynamicUser=yes",
+    ] {
+        assert!(unit.lines().any(|line| line == hardening), "{hardening}");
+    }
+}
+
+#[test]
+fn the_scrape_config_asks_the_default_admin_address() {
+    let prometheus = yaml("deploy/prometheus/prometheus.yaml");
+    let job = &prometheus["scrape_configs"][0];
+    assert_eq!(job["metrics_path"], METRICS_PATH);
+    assert_eq!(job["static_configs"][0]["targets"][0], DEFAULT_ADMIN_ADDR);
 }
 
 #[test]
@@ -124,7 +503,7 @@ fn dashboards_and_alerts_name_only_exported_metrics() {
         "deploy/prometheus/alerts.yaml",
         "deploy/prometheus/alerts.test.yaml",
     ] {
-        let text = std::fs::read_to_string(root().join(file)).unwrap();
+        let text = read(file);
         let mut named = 0;
         for (at, _) in text.match_indices("portcullis_") {
             let name: String = text[at..]
@@ -143,10 +522,7 @@ fn dashboards_and_alerts_name_only_exported_metrics() {
         }
         assert!(named > 0, "{file} names no metric");
     }
-    let dashboard: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(root().join("deploy/grafana/portcullis.json")).unwrap(),
-    )
-    .unwrap();
+    let dashboard: Value = serde_json::from_str(&read("deploy/grafana/portcullis.json")).unwrap();
     let titles: Vec<&str> = dashboard["panels"]
         .as_array()
         .unwrap()
