@@ -494,8 +494,9 @@ pub fn watch(
 }
 
 /// What a change must touch to be worth a reload: a file the config read (the config
-/// file, policy and list files, identity's key, secret and CA files), a new file a `policy.files` pattern would take, or an
-/// entry of a Kubernetes ConfigMap volume's own (`..data`, `..2026_11_28_…`).
+/// file, policy and list files, identity's key, secret and CA files), a new file a
+/// `policy.files` pattern would take, or an entry of a Kubernetes ConfigMap or Secret
+/// volume's own (`..data`, `..2026_11_28_…`).
 #[derive(Debug, Clone, Default)]
 struct Relevant {
     files: BTreeSet<PathBuf>,

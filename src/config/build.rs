@@ -189,13 +189,11 @@ pub fn build(path: &Path, text: &str, raw: RawConfig) -> Result<Config, ConfigEr
                 let mut digest = Sha256::new();
                 policy::digest_file(&mut digest, path, text);
                 digest.update(policy_summary.digest);
-                // Keys from a key file change what is serving as much as a policy edit.
-                for key in identity.api_keys.iter().flat_map(|keys| &keys.keys) {
-                    digest.update(key.sha256);
-                    for part in [&key.id].into_iter().chain(&key.roles).chain(&key.scopes) {
-                        digest.update((part.len() as u64).to_be_bytes());
-                        digest.update(part.as_bytes());
-                    }
+                // The identity files (key file, key sets, secrets, CAs) change what is
+                // serving as much as a policy edit does. Only 8 bytes of the digest show.
+                for file in &identity_files {
+                    let bytes = std::fs::read(file).unwrap_or_default();
+                    policy::digest_file(&mut digest, file, bytes);
                 }
                 let digest: [u8; 32] = digest.finalize().into();
                 digest[..8]
@@ -423,7 +421,8 @@ fn add_api_keys(builder: &mut Builder, base: &str, raw: &[RawApiKey], keys: &mut
 }
 
 /// Reads the keys of `identity.api_keys.file` into `keys`. Its problems are placed in
-/// that file, and go with the config's own errors.
+/// that file, and go with the config's own errors. An empty list is no error: emptying
+/// the file is how every key is revoked at once (lint warns).
 fn add_api_key_file(builder: &mut Builder, path: &Path, keys: &mut Vec<ApiKeyEntry>) {
     let text = match std::fs::read_to_string(path) {
         Ok(text) => text,
@@ -446,9 +445,6 @@ fn add_api_key_file(builder: &mut Builder, path: &Path, keys: &mut Vec<ApiKeyEnt
         source: Source::new(path, &text),
         errors: Vec::new(),
     };
-    if raw.keys.is_empty() {
-        file.error("keys", "the file lists no keys");
-    }
     add_api_keys(&mut file, "keys", &raw.keys, keys);
     builder.errors.extend(file.errors);
 }

@@ -19,6 +19,19 @@ pub fn warnings(config: &Config, source: &Source) -> Vec<ConfigError> {
             "no policy files: every request is denied (no_matching_allow); name rule files in policy.files",
         ));
     }
+    if config
+        .identity
+        .api_keys
+        .as_ref()
+        .is_some_and(|keys| keys.keys.is_empty())
+    {
+        warnings.push(ConfigError::at(
+            source.path(),
+            source.locate("identity.api_keys.file"),
+            "identity.api_keys.file",
+            "the key file lists no keys: every API key is refused",
+        ));
+    }
     for (index, issuer) in config.identity.jwt.iter().enumerate() {
         if let KeySource::Url(remote) = &issuer.keys
             && remote.url.scheme_str() == Some("http")

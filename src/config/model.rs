@@ -50,8 +50,8 @@ pub struct Config {
     pub identity_files: Vec<PathBuf>,
     /// `policy.watch`: reload when a watched directory changes.
     pub watch: bool,
-    /// A short hash of the config file and every policy and list file, naming what is
-    /// serving (`portcullis_policy_info`, `/policy`).
+    /// A short hash of the config file and every policy, list and identity file, naming
+    /// what is serving (`portcullis_policy_info`, `/policy`).
     pub hash: String,
     /// How much a denial tells the client.
     pub denials: DenialSettings,

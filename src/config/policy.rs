@@ -133,8 +133,8 @@ pub fn wildcard_match(pattern: &str, text: &str) -> bool {
 
 /// Adds a file to a digest: its name and contents, each length-prefixed so that no two
 /// sets of files hash alike.
-pub(super) fn digest_file(digest: &mut Sha256, path: &Path, text: &str) {
-    for part in [path.to_string_lossy().as_bytes(), text.as_bytes()] {
+pub(super) fn digest_file(digest: &mut Sha256, path: &Path, content: impl AsRef<[u8]>) {
+    for part in [path.to_string_lossy().as_bytes(), content.as_ref()] {
         digest.update((part.len() as u64).to_be_bytes());
         digest.update(part);
     }

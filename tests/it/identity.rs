@@ -274,6 +274,11 @@ async fn keys_from_a_key_file_identify_callers_and_reload_when_it_changes() {
     assert_eq!(deploy("ci-secret").await, StatusCode::OK);
     assert_eq!(up.seen()[0].one("x-auth-subject"), Some("ci-bot"));
     assert_eq!(deploy("rotated-secret").await, StatusCode::UNAUTHORIZED);
+    let hash = || async {
+        let (_, body) = gw.admin(http::Method::GET, "/policy").await;
+        serde_json::from_str::<serde_json::Value>(&body).unwrap()["hash"].clone()
+    };
+    let before = hash().await;
 
     version(
         "..2026_12_04_02",
@@ -291,7 +296,28 @@ async fn keys_from_a_key_file_identify_callers_and_reload_when_it_changes() {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     assert!(rotated, "the new key works within 5s of the swap");
+    assert_ne!(
+        hash().await,
+        before,
+        "/policy's hash names the new key file"
+    );
     assert_eq!(deploy("ci-secret").await, StatusCode::UNAUTHORIZED);
+
+    // An emptied file revokes every key (a failed reload would keep the old ones).
+    let emptied = secret.join("..2026_12_04_03");
+    std::fs::create_dir(&emptied).unwrap();
+    std::fs::write(emptied.join("api-keys.yaml"), "keys: []\n").unwrap();
+    std::os::unix::fs::symlink("..2026_12_04_03", secret.join("..data_tmp")).unwrap();
+    std::fs::rename(secret.join("..data_tmp"), secret.join("..data")).unwrap();
+    let mut revoked = false;
+    for _ in 0..100 {
+        if deploy("rotated-secret").await == StatusCode::UNAUTHORIZED {
+            revoked = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(revoked, "an emptied key file revokes the key within 5s");
 }
 
 #[test]
@@ -327,9 +353,23 @@ fn key_file_mistakes_are_placed_in_the_key_file() {
             "{dir}/keys.yaml:2:11: keys[0].id: duplicate key id \"ci-bot\"\n{dir}/keys.yaml:3:26: keys[1].sha256: \"abc\" is not a SHA-256 digest (64 hex digits); compute one with: printf %s \"$KEY\" | sha256sum"
         )
     );
+    // Emptying the file revokes the keys it held: it loads, and alone it is a warning.
+    assert_eq!(with("keys: []\n"), "");
+    let alone = scratch.write(
+        "alone.yaml",
+        "upstreams: { app: { targets: [builtin:echo] } }\nroutes: [{ id: r, upstream: app }]\npolicy: { files: [p.yaml] }\nidentity: { api_keys: { file: keys.yaml } }\n",
+    );
+    let warnings: Vec<String> = portcullis::config::load(&alone)
+        .unwrap()
+        .warnings
+        .iter()
+        .map(ToString::to_string)
+        .collect();
     assert_eq!(
-        with("keys: []\n"),
-        format!("{dir}/keys.yaml:1:7: keys: the file lists no keys")
+        warnings,
+        [format!(
+            "{dir}/alone.yaml:4:31: identity.api_keys.file: the key file lists no keys: every API key is refused"
+        )]
     );
     assert_eq!(
         with("keys:\n  - { id: x, sha265: abc }\n"),
