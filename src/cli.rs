@@ -243,6 +243,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Healthcheck { admin, timeout } => {
             let timeout = match config::parse_duration(&timeout) {
+                Ok(timeout) if timeout.is_zero() => {
+                    err_line!("--timeout: must be longer than 0s");
+                    return Ok(ExitCode::from(EXIT_INVALID));
+                }
                 Ok(timeout) => timeout,
                 Err(problem) => {
                     err_line!("--timeout: {problem}");

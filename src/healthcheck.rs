@@ -17,10 +17,8 @@ const MAX_ANSWER: u64 = 16 * 1024;
 /// what was asked and what came back (or did not).
 pub fn check(admin: &str, timeout: Duration) -> Result<String, String> {
     let deadline = Instant::now() + timeout;
-    let addr = resolve(admin)?;
+    let (addr, mut stream) = connect(admin, deadline, timeout)?;
     let url = format!("http://{addr}{READY_PATH}");
-    let mut stream = TcpStream::connect_timeout(&addr, timeout)
-        .map_err(|err| format!("cannot connect to the admin listener at {addr}: {err}"))?;
     let request = format!(
         "GET {READY_PATH} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: portcullis-healthcheck\r\nConnection: close\r\n\r\n"
     );
@@ -65,21 +63,49 @@ pub fn check(admin: &str, timeout: Duration) -> Result<String, String> {
     }
 }
 
-/// The address to ask. An unspecified address (`0.0.0.0:9090`, as a config that listens
-/// on every interface names it) is asked on loopback, where it also listens.
-fn resolve(admin: &str) -> Result<SocketAddr, String> {
-    let mut addr = admin
+/// Connects to the first address `admin` names that accepts (`localhost` may name `::1`
+/// before `127.0.0.1`, and the admin listener may listen on only one of them).
+fn connect(
+    admin: &str,
+    deadline: Instant,
+    timeout: Duration,
+) -> Result<(SocketAddr, TcpStream), String> {
+    let addrs = resolve(admin)?;
+    let mut failures = Vec::new();
+    for addr in addrs {
+        let left = remaining(deadline, &format!("http://{addr}{READY_PATH}"), timeout)?;
+        match TcpStream::connect_timeout(&addr, left) {
+            Ok(stream) => return Ok((addr, stream)),
+            Err(err) => failures.push(format!("{addr}: {err}")),
+        }
+    }
+    Err(format!(
+        "cannot connect to the admin listener at {}",
+        failures.join("; ")
+    ))
+}
+
+/// The addresses to ask, in resolver order. An unspecified address (`0.0.0.0:9090`, as a
+/// config that listens on every interface names it) is asked on loopback, where it also
+/// listens.
+fn resolve(admin: &str) -> Result<Vec<SocketAddr>, String> {
+    let addrs: Vec<SocketAddr> = admin
         .to_socket_addrs()
         .map_err(|err| format!("\"{admin}\" is not a host:port address: {err}"))?
-        .next()
-        .ok_or_else(|| format!("\"{admin}\" names no address"))?;
-    if addr.ip().is_unspecified() {
-        addr.set_ip(match addr.ip() {
-            IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
-            IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::LOCALHOST),
-        });
+        .map(|mut addr| {
+            if addr.ip().is_unspecified() {
+                addr.set_ip(match addr.ip() {
+                    IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
+                    IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::LOCALHOST),
+                });
+            }
+            addr
+        })
+        .collect();
+    if addrs.is_empty() {
+        return Err(format!("\"{admin}\" names no address"));
     }
-    Ok(addr)
+    Ok(addrs)
 }
 
 /// The time left before `deadline`, or the error that says it passed.
@@ -116,15 +142,10 @@ mod tests {
 
     #[test]
     fn unspecified_addresses_are_asked_on_loopback() {
-        assert_eq!(
-            resolve("0.0.0.0:9090").unwrap(),
-            "127.0.0.1:9090".parse().unwrap()
-        );
-        assert_eq!(resolve("[::]:9090").unwrap(), "[::1]:9090".parse().unwrap());
-        assert_eq!(
-            resolve("192.0.2.1:9090").unwrap(),
-            "192.0.2.1:9090".parse().unwrap()
-        );
+        let one = |text: &str| resolve(text).unwrap()[0];
+        assert_eq!(one("0.0.0.0:9090"), "127.0.0.1:9090".parse().unwrap());
+        assert_eq!(one("[::]:9090"), "[::1]:9090".parse().unwrap());
+        assert_eq!(one("192.0.2.1:9090"), "192.0.2.1:9090".parse().unwrap());
         assert!(resolve("9090").unwrap_err().contains("not a host:port"));
     }
 

@@ -548,6 +548,14 @@ async fn healthcheck_exits_0_for_a_ready_gateway() {
     // A config that listens on every interface names 0.0.0.0; that is asked on loopback.
     let unspecified = format!("0.0.0.0:{}", gw.admin.port());
     assert_eq!(healthcheck(&unspecified, &[]).await.0, Some(0));
+    // A name is tried at each of its addresses: localhost may name ::1 first.
+    let named = format!("localhost:{}", gw.admin.port());
+    assert_eq!(healthcheck(&named, &[]).await.0, Some(0));
+    let (code, _, stderr) = healthcheck(&named, &["--timeout", "0s"]).await;
+    assert_eq!(
+        (code, stderr.as_str()),
+        (Some(2), "--timeout: must be longer than 0s\n")
+    );
 }
 
 #[tokio::test]
