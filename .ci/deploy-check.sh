@@ -43,10 +43,12 @@ kubectl kustomize "$kube/base" >"$work/base.yaml"
 # An old kubectl (Debian's) knows only files as resources; the overlay names a directory.
 if kubectl kustomize "$kube/overlays/prometheus-operator" >"$work/overlay.yaml" 2>"$work/overlay.err"; then
     rendered=("$work/base.yaml" "$work/overlay.yaml")
+    what="the rendered base and overlay"
 else
     echo "this kubectl cannot render the overlay (it needs kustomize 4 or later):"
     cat "$work/overlay.err"
     rendered=("$work/base.yaml")
+    what="the rendered base (not the overlay)"
 fi
 # Every resource file, and what the kustomizations render.
 mapfile -t manifests < <(find "$kube" -name '*.yaml' ! -name kustomization.yaml ! -path '*/config/*' \
@@ -57,7 +59,7 @@ for version in 1.30.0 1.37.0; do
         { grep -v "Couldn't find schema for kind ServiceMonitor" || true; } | tee "$work/validate.out"
     if grep -q . "$work/validate.out"; then exit 1; fi
 done
-echo "kubernetes-validate --strict: ${#manifests[@]} manifests and the rendered kustomizations are valid for 1.30 and 1.37"
+echo "kubernetes-validate --strict: ${#manifests[@]} manifests and $what are valid for 1.30 and 1.37"
 # The rendered base holds what the kit promises.
 "$py" - "$work/base.yaml" <<'PY'
 import sys, yaml

@@ -23,7 +23,7 @@ trap cleanup EXIT
 expect() { # status, curl arguments...
     local want=$1 got
     shift
-    got=$(curl -s --max-time 10 -o /dev/null -w '%{http_code}' "$@")
+    got=$(curl -s --max-time 10 -o /dev/null -w '%{http_code}' "$@" || true)
     [ "$got" = "$want" ] || { echo "curl $*: answered $got, expected $want"; exit 1; }
 }
 
@@ -55,7 +55,11 @@ fi
 
 echo "-- playing the Dockerfile without a container engine"
 python3 .ci/play-dockerfile.py "$work/play"
-field() { python3 -c 'import json, sys; v = json.load(open(sys.argv[1]))[sys.argv[2]]; print("\n".join(v) if isinstance(v, list) else v)' "$work/play/image.json" "$1"; }
+# One line per word of a list field (none for an empty list), or the field's value.
+field() {
+    python3 -c 'import json, sys; v = json.load(open(sys.argv[1]))[sys.argv[2]]; print(*(v if isinstance(v, list) else [v]), sep="\n")' \
+        "$work/play/image.json" "$1"
+}
 root=$(field root)
 mapfile -t command < <(field command)
 mapfile -t healthcheck < <(field healthcheck)
@@ -84,8 +88,12 @@ snapshot >"$work/before"
 pid=$!
 ready=""
 for _ in $(seq 100); do
-    if "${healthcheck[@]}" >/dev/null 2>&1; then ready=yes; break; fi
     kill -0 "$pid" 2>/dev/null || break
+    # The image's own listeners, not something else on the same fixed ports.
+    if grep -q '"message":"admin listening"' "$work/image.log" && "${healthcheck[@]}" >/dev/null 2>&1; then
+        ready=yes
+        break
+    fi
     sleep 0.2
 done
 [ -n "$ready" ] || { echo "the image's HEALTHCHECK never passed:"; cat "$work/image.log"; exit 1; }

@@ -141,6 +141,7 @@ def main():
     ignore = DockerIgnore(open(ignore_path).read() if os.path.exists(ignore_path) else "")
 
     stages = {}  # name or index -> root directory
+    env = dict(os.environ)
     root = workdir = None
     image = {"entrypoint": [], "cmd": [], "healthcheck": None, "expose": [], "user": None}
     for keyword, rest in steps:
@@ -153,8 +154,15 @@ def main():
             if len(words) == 3 and words[1].upper() == "AS":
                 stages[words[2]] = root
             workdir = "/"
+            env = dict(os.environ)
             image = {"entrypoint": [], "cmd": [], "healthcheck": None, "expose": [], "user": None}
             print(f"-- FROM {rest} (played in {root})")
+        elif keyword == "ENV":
+            for pair in shlex.split(rest):
+                name, equals, value = pair.partition("=")
+                if not equals:
+                    fail(f"ENV {rest}: write NAME=value")
+                env[name] = value
         elif keyword == "WORKDIR":
             workdir = os.path.join(workdir, rest)
             os.makedirs(root + workdir, exist_ok=True)
@@ -187,13 +195,14 @@ def main():
             print(f"-- COPY {rest}")
         elif keyword == "RUN":
             cwd = root + workdir
-            # Compiled dependencies are shared with the repository's own target directory,
-            # as a builder's layer cache would keep them; what is compiled is the copy.
+            # The build's target directory is kept between plays, as a builder's layer
+            # cache would keep it, apart from the repository's own.
             if not os.path.exists(os.path.join(cwd, "target")):
-                os.makedirs(os.path.join(REPO, "target"), exist_ok=True)
-                os.symlink(os.path.join(REPO, "target"), os.path.join(cwd, "target"))
+                cache = os.path.join(REPO, "target", "play-dockerfile")
+                os.makedirs(cache, exist_ok=True)
+                os.symlink(cache, os.path.join(cwd, "target"))
             print(f"-- RUN {rest}", flush=True)
-            if subprocess.run(["sh", "-c", rest], cwd=cwd).returncode != 0:
+            if subprocess.run(["sh", "-c", rest], cwd=cwd, env=env).returncode != 0:
                 fail(f"RUN {rest} failed in {cwd}")
         elif keyword == "USER":
             image["user"] = rest

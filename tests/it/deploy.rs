@@ -88,6 +88,8 @@ fn port(config: &Config) -> u16 {
 /// The Dockerfile's instructions that the image is made of.
 struct Dockerfile {
     froms: Vec<String>,
+    /// `ENV` settings, in order.
+    env: Vec<(String, String)>,
     /// `(--from stage, sources, destination)` of each COPY.
     copies: Vec<(Option<String>, Vec<String>, String)>,
     user: String,
@@ -102,6 +104,7 @@ impl Dockerfile {
         let text = read("Dockerfile").replace("\\\n", " ");
         let mut file = Dockerfile {
             froms: Vec::new(),
+            env: Vec::new(),
             copies: Vec::new(),
             user: String::new(),
             expose: Vec::new(),
@@ -121,6 +124,10 @@ impl Dockerfile {
             };
             match keyword {
                 "FROM" => file.froms.push(rest.to_owned()),
+                "ENV" => {
+                    let (name, value) = rest.split_once('=').unwrap();
+                    file.env.push((name.to_owned(), value.to_owned()));
+                }
                 "COPY" => {
                     let mut words: Vec<String> =
                         rest.split_whitespace().map(str::to_owned).collect();
@@ -181,11 +188,24 @@ impl Dockerfile {
 #[test]
 fn the_image_runs_the_binary_with_its_config_and_passes_the_demo_cases() {
     let dockerfile = Dockerfile::read();
-    let rust_version = env!("CARGO_PKG_RUST_VERSION");
+    // The build uses the toolchain rust-toolchain.toml pins, of the rust-version.
+    let toolchain = read("rust-toolchain.toml");
+    let channel = toolchain
+        .lines()
+        .find_map(|line| line.strip_prefix("channel = "))
+        .unwrap()
+        .trim_matches('"');
+    assert!(channel.starts_with(env!("CARGO_PKG_RUST_VERSION")));
     assert!(
-        dockerfile.froms[0].starts_with(&format!("rust:{rust_version}")),
-        "the build image matches rust-version: {}",
+        dockerfile.froms[0].starts_with(&format!("rust:{channel}-")),
+        "the build image is the pinned toolchain's: {}",
         dockerfile.froms[0]
+    );
+    assert!(
+        dockerfile
+            .env
+            .contains(&("RUSTUP_TOOLCHAIN".to_owned(), channel.to_owned())),
+        "rustup picks the pinned toolchain"
     );
     assert!(
         dockerfile.froms.last().unwrap().ends_with(":nonroot")
@@ -339,6 +359,13 @@ fn the_kubernetes_base_serves_its_config_as_the_pod_mounts_it() {
     assert_eq!(security["allowPrivilegeEscalation"], false);
     assert_eq!(security["capabilities"]["drop"], serde_json::json!(["ALL"]));
     assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+
+    // Two gateways at least, one down at a time; the autoscaler alone sets the count.
+    assert!(deployment["spec"].get("replicas").is_none());
+    let autoscaler = resource(&documents, "HorizontalPodAutoscaler", BINARY);
+    assert!(autoscaler["spec"]["minReplicas"].as_u64().unwrap() >= 2);
+    let budget = resource(&documents, "PodDisruptionBudget", BINARY);
+    assert_eq!(budget["spec"]["maxUnavailable"], 1);
 
     // Services and the network policy name the container's ports.
     let proxy = resource(&documents, "Service", BINARY);
