@@ -183,6 +183,17 @@ impl Dockerfile {
     fn config(&self) -> String {
         config_argument(&self.cmd)
     }
+
+    /// The config `command` serves in the files under `root`; `command` must be the
+    /// image's own but for the config it names.
+    fn serve(&self, command: &[String], root: &Path) -> Config {
+        assert_eq!(
+            command[..command.len() - 1],
+            self.cmd[..self.cmd.len() - 1],
+            "{command:?} is the image's command with a config of its own"
+        );
+        load(&inside(root, &config_argument(command)))
+    }
 }
 
 #[test]
@@ -325,13 +336,7 @@ fn the_kubernetes_base_serves_its_config_as_the_pod_mounts_it() {
             copy_tree(&from, &directory.join(from.file_name().unwrap()));
         }
     }
-    let args = strings(&container["args"]);
-    assert_eq!(
-        args[..args.len() - 1],
-        dockerfile.cmd[..dockerfile.cmd.len() - 1],
-        "the pod runs the image's command with a config of its own"
-    );
-    let config = load(&inside(scratch.path(), &config_argument(&args)));
+    let config = dockerfile.serve(&strings(&container["args"]), scratch.path());
 
     let ports = &container["ports"];
     assert_eq!(
@@ -413,13 +418,7 @@ fn the_compose_kit_serves_its_config_as_the_container_mounts_it() {
             &inside(scratch.path(), target),
         );
     }
-    let command = strings(&gateway["command"]);
-    assert_eq!(
-        command[..command.len() - 1],
-        dockerfile.cmd[..dockerfile.cmd.len() - 1],
-        "compose runs the image's command with a config of its own"
-    );
-    let config = load(&inside(scratch.path(), &config_argument(&command)));
+    let config = dockerfile.serve(&strings(&gateway["command"]), scratch.path());
 
     let published: Vec<u16> = strings(&gateway["ports"])
         .iter()

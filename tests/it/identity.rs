@@ -238,25 +238,24 @@ fn key_configuration_mistakes_are_errors() {
 async fn keys_from_a_key_file_identify_callers_and_reload_when_it_changes() {
     let up = TestUpstream::start("app").await;
     let scratch = Scratch::new();
-    let dir = scratch.path().to_owned();
-    let secret = dir.join("secret");
+    let secret = scratch.path().join("secret");
     std::fs::create_dir(&secret).unwrap();
-    let version = |name: &str, id: &str, sha256: &str| {
-        let versioned = secret.join(name);
-        std::fs::create_dir(&versioned).unwrap();
-        std::fs::write(
-            versioned.join("api-keys.yaml"),
-            format!("keys:\n  - {{ id: {id}, sha256: {sha256}, roles: [deployer], scopes: [\"deploy:write\"] }}\n"),
-        )
-        .unwrap();
+    // Writes a version of the Secret holding `keys` and swaps it in as kubelet does.
+    let publish = |version: &str, keys: &str| {
+        std::fs::create_dir(secret.join(version)).unwrap();
+        std::fs::write(secret.join(version).join("api-keys.yaml"), keys).unwrap();
+        std::os::unix::fs::symlink(version, secret.join("..data_tmp")).unwrap();
+        std::fs::rename(secret.join("..data_tmp"), secret.join("..data")).unwrap();
     };
-    // "ci-secret", then "rotated-secret".
-    version(
-        "..2026_12_04_01",
-        "ci-bot",
-        "f82da6e2b2e51c046a2eaf10964ef184b69c0aee9892f10a2a7b657477d407e6",
-    );
-    std::os::unix::fs::symlink("..2026_12_04_01", secret.join("..data")).unwrap();
+    let key = |id: &str, sha256: &str| {
+        format!(
+            "keys:\n  - {{ id: {id}, sha256: {sha256}, roles: [deployer], scopes: [\"deploy:write\"] }}\n"
+        )
+    };
+    // The digests of "ci-secret" and "rotated-secret".
+    let ci = "f82da6e2b2e51c046a2eaf10964ef184b69c0aee9892f10a2a7b657477d407e6";
+    let rotated = "a26fa50cba5c8fefa46af3f7d9fa9a00f01eea2bcf5e3db253aa7e6e39c4b388";
+    publish("..2026_12_04_01", &key("ci-bot", ci));
     std::os::unix::fs::symlink("..data/api-keys.yaml", secret.join("api-keys.yaml")).unwrap();
     scratch.write("policy.yaml", POLICY);
     let path = scratch.write(
@@ -271,53 +270,44 @@ async fn keys_from_a_key_file_identify_callers_and_reload_when_it_changes() {
         let url = gw.url("/deploys/42");
         async move { send(&url, &[("x-api-key", key)]).await.0 }
     };
-    assert_eq!(deploy("ci-secret").await, StatusCode::OK);
-    assert_eq!(up.seen()[0].one("x-auth-subject"), Some("ci-bot"));
-    assert_eq!(deploy("rotated-secret").await, StatusCode::UNAUTHORIZED);
+    // Whether `key` is answered `status` within 5s.
+    let eventually = |key: &'static str, status: StatusCode| async move {
+        for _ in 0..100 {
+            if deploy(key).await == status {
+                return true;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        false
+    };
     let hash = || async {
         let (_, body) = gw.admin(http::Method::GET, "/policy").await;
         serde_json::from_str::<serde_json::Value>(&body).unwrap()["hash"].clone()
     };
+
+    assert_eq!(deploy("ci-secret").await, StatusCode::OK);
+    assert_eq!(up.seen()[0].one("x-auth-subject"), Some("ci-bot"));
+    assert_eq!(deploy("rotated-secret").await, StatusCode::UNAUTHORIZED);
     let before = hash().await;
 
-    version(
-        "..2026_12_04_02",
-        "ci-bot-2",
-        "a26fa50cba5c8fefa46af3f7d9fa9a00f01eea2bcf5e3db253aa7e6e39c4b388",
+    publish("..2026_12_04_02", &key("ci-bot-2", rotated));
+    assert!(
+        eventually("rotated-secret", StatusCode::OK).await,
+        "the new key works within 5s of the swap"
     );
-    std::os::unix::fs::symlink("..2026_12_04_02", secret.join("..data_tmp")).unwrap();
-    std::fs::rename(secret.join("..data_tmp"), secret.join("..data")).unwrap();
-    let mut rotated = false;
-    for _ in 0..100 {
-        if deploy("rotated-secret").await == StatusCode::OK {
-            rotated = true;
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    assert!(rotated, "the new key works within 5s of the swap");
+    assert_eq!(deploy("ci-secret").await, StatusCode::UNAUTHORIZED);
     assert_ne!(
         hash().await,
         before,
         "/policy's hash names the new key file"
     );
-    assert_eq!(deploy("ci-secret").await, StatusCode::UNAUTHORIZED);
 
     // An emptied file revokes every key (a failed reload would keep the old ones).
-    let emptied = secret.join("..2026_12_04_03");
-    std::fs::create_dir(&emptied).unwrap();
-    std::fs::write(emptied.join("api-keys.yaml"), "keys: []\n").unwrap();
-    std::os::unix::fs::symlink("..2026_12_04_03", secret.join("..data_tmp")).unwrap();
-    std::fs::rename(secret.join("..data_tmp"), secret.join("..data")).unwrap();
-    let mut revoked = false;
-    for _ in 0..100 {
-        if deploy("rotated-secret").await == StatusCode::UNAUTHORIZED {
-            revoked = true;
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    assert!(revoked, "an emptied key file revokes the key within 5s");
+    publish("..2026_12_04_03", "keys: []\n");
+    assert!(
+        eventually("rotated-secret", StatusCode::UNAUTHORIZED).await,
+        "an emptied key file revokes the key within 5s"
+    );
 }
 
 #[test]
