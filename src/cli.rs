@@ -466,7 +466,11 @@ fn explain_text(method: &str, url: &str, offline: &Offline) -> String {
             let status = if decision.is_allowed() {
                 "forwarded".to_owned()
             } else {
-                format!("{} {}", decision.reason.status(), decision.reason.code())
+                format!(
+                    "{} {}",
+                    crate::proxy::respond::denial_status(&decision.reason).as_u16(),
+                    decision.reason.code()
+                )
             };
             let rule = decision
                 .rule
@@ -478,7 +482,10 @@ fn explain_text(method: &str, url: &str, offline: &Offline) -> String {
             ));
             text.push_str(&format!("why:      {}\n", decision.reason));
             if !decision.is_allowed() {
-                text.push_str(&format!("client:   {}\n", decision.reason.hint()));
+                text.push_str(&format!(
+                    "client:   {}\n",
+                    crate::proxy::respond::hint(&decision.reason)
+                ));
             }
             if decision.trace.is_empty() {
                 text.push_str("trace:    no rule fits this host and path\n");

@@ -1,6 +1,6 @@
 //! What a decision says: the effect, the rule that decided, the reason as data, and the
 //! trace of every rule considered. Also how each reason reads to an operator
-//! ([`Display`](std::fmt::Display)) and to the client ([`Reason::hint`]).
+//! ([`Display`](std::fmt::Display)); what the client reads is the responder's.
 
 use std::fmt;
 use std::net::IpAddr;
@@ -160,71 +160,23 @@ impl Reason {
         }
     }
 
-    /// The HTTP status of a denial for this reason: 401 when the caller must identify
-    /// itself, 403 when it is identified (or need not be) and still may not.
-    pub fn status(&self) -> u16 {
-        match self {
-            Reason::Allowed => 200,
+    /// Whether the caller failed to identify itself (no credentials, or refused ones),
+    /// rather than being identified, or anonymous, and still not allowed. HTTP answers the
+    /// first kind with 401 and the second with 403 (RFC 9110).
+    pub fn is_authentication(&self) -> bool {
+        matches!(
+            self,
             Reason::CredentialsMissing
-            | Reason::TokenInvalid { .. }
-            | Reason::TokenExpired { .. }
-            | Reason::TokenWrongAudience { .. }
-            | Reason::TokenWrongIssuer => 401,
-            _ => 403,
-        }
-    }
-
-    /// A whole sentence for the client that says what to do, revealing no networks, other
-    /// callers or rule internals.
-    pub fn hint(&self) -> String {
-        match self {
-            Reason::Allowed => "The request is allowed.".to_owned(),
-            Reason::ExplicitDeny => "A rule denies this request.".to_owned(),
-            Reason::NoMatchingAllow { unmet: None } => {
-                "No rule allows this request; paths without a rule are denied by default."
-                    .to_owned()
-            }
-            Reason::NoMatchingAllow { unmet: Some(_) } => {
-                "The request does not carry what the rule for this path requires.".to_owned()
-            }
-            Reason::MethodNotAllowed { method, allowed } => format!(
-                "{method} is not allowed on this path; allowed methods: {}.",
-                allowed.join(", ")
-            ),
-            Reason::IpNotAllowed { .. } => "Your network is not allowed for this path.".to_owned(),
-            Reason::IpDenied { .. } => "Requests from your network are blocked.".to_owned(),
-            Reason::CredentialsMissing => {
-                "This request needs credentials: send a token or an API key.".to_owned()
-            }
-            Reason::TokenInvalid { problem } => {
-                format!("The credentials sent are not valid: {problem}. Send valid ones.")
-            }
-            Reason::TokenExpired { seconds_ago } => format!(
-                "The token expired {} ago; get a new one.",
-                elapsed(*seconds_ago)
-            ),
-            Reason::TokenWrongAudience { expected } => format!(
-                "The token is for another audience; this service accepts {}.",
-                expected.join(" or ")
-            ),
-            Reason::TokenWrongIssuer => {
-                "The token comes from an issuer this service does not trust.".to_owned()
-            }
-            Reason::MissingRole {
-                required, one_of, ..
-            } => format!("This request needs {}.", needs("role", required, *one_of)),
-            Reason::MissingScope {
-                required, one_of, ..
-            } => format!("This request needs {}.", needs("scope", required, *one_of)),
-            Reason::TenantMismatch { .. } => {
-                "This resource belongs to another tenant or owner.".to_owned()
-            }
-        }
+                | Reason::TokenInvalid { .. }
+                | Reason::TokenExpired { .. }
+                | Reason::TokenWrongAudience { .. }
+                | Reason::TokenWrongIssuer
+        )
     }
 }
 
 /// "role editor", "roles editor and staff", "one of the roles editor or admin".
-fn needs(what: &str, required: &[String], one_of: bool) -> String {
+pub fn needs(what: &str, required: &[String], one_of: bool) -> String {
     match (required, one_of) {
         ([only], _) => format!("{what} {only}"),
         (_, true) => format!("one of the {what}s {}", required.join(" or ")),
@@ -286,7 +238,8 @@ impl fmt::Display for Reason {
 }
 
 /// `3m12s`, `2h5m`, `40s`.
-fn elapsed(seconds: u64) -> String {
+/// A duration in seconds as "5s", "3m20s" or "2h15m", for sentences about token expiry.
+pub fn elapsed(seconds: u64) -> String {
     let (hours, minutes, seconds) = (seconds / 3600, seconds / 60 % 60, seconds % 60);
     match (hours, minutes) {
         (0, 0) => format!("{seconds}s"),

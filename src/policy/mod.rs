@@ -27,7 +27,7 @@ mod scopes;
 
 pub use cases::{Actual, Case, CaseRequest, Expected, parse_principal};
 pub use claims::{ClaimPattern, ClaimsCondition};
-pub use decision::{Decision, Effect, Mode, Outcome, Reason, RuleId, Step};
+pub use decision::{Decision, Effect, Mode, Outcome, Reason, RuleId, Step, elapsed, needs};
 pub use facts::RequestFacts;
 pub use headers::{HeaderCondition, ValuePattern};
 pub use network::{NetSet, Networks};

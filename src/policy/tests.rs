@@ -318,10 +318,6 @@ fn closest_allow_explains_in_file_order() {
         decision.reason.to_string(),
         "client 192.0.2.1 does not satisfy 10.0.0.0/8"
     );
-    assert_eq!(
-        decision.reason.hint(),
-        "Your network is not allowed for this path."
-    );
 }
 
 #[test]
@@ -347,8 +343,11 @@ fn method_is_reported_only_when_it_is_the_only_failure() {
         (DENY, Some("office-write"), "method_not_allowed"),
     );
     assert_eq!(
-        decision.reason.hint(),
-        "GET is not allowed on this path; allowed methods: POST, PUT."
+        decision.reason,
+        Reason::MethodNotAllowed {
+            method: "GET".to_owned(),
+            allowed: vec!["POST".to_owned(), "PUT".to_owned()]
+        }
     );
 }
 
@@ -707,17 +706,13 @@ fn identity_explanations() {
         tenant_policy(),
         &req("POST", "/tenants/acme/orders/7").by_caller(&["editor"], &["orders:read"], &[acme()]),
     );
-    assert_eq!(decision.reason.status(), 403);
-    assert_eq!(
-        decision.reason.hint(),
-        "This request needs scope orders:write."
-    );
+    assert!(!decision.reason.is_authentication());
     assert_eq!(
         decision.reason.to_string(),
         "requires scope orders:write; token has orders:read"
     );
     let anonymous = decide(tenant_policy(), &req("GET", "/me"));
-    assert_eq!(anonymous.reason.status(), 401);
+    assert!(anonymous.reason.is_authentication());
     let other_tenant = decide(
         tenant_policy(),
         &req("GET", "/tenants/globex/orders/1").by_caller(
@@ -729,10 +724,6 @@ fn identity_explanations() {
     assert_eq!(
         other_tenant.reason.to_string(),
         "claim tenant must be {tenant}; it is \"acme\""
-    );
-    assert_eq!(
-        other_tenant.reason.hint(),
-        "This resource belongs to another tenant or owner."
     );
 }
 
@@ -776,7 +767,7 @@ fn a_401_only_when_credentials_would_help() {
         req("GET", "/members/x"),
         (DENY, Some("members"), "credentials_missing"),
     );
-    assert_eq!(decision.reason.status(), 401);
+    assert!(decision.reason.is_authentication());
     let mut ip_first = rules();
     ip_first.swap(1, 2);
     check(

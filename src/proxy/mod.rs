@@ -11,7 +11,7 @@ pub mod listener;
 mod normalize;
 pub mod offline;
 mod pool;
-mod respond;
+pub mod respond;
 mod route;
 
 use std::net::IpAddr;

@@ -74,11 +74,16 @@ impl Offline {
             }
             Verdict::Decided(decision) => {
                 out["decision"] = decision.effect.as_str().into();
-                out["status"] = decision.reason.status().into();
+                out["status"] = if decision.is_allowed() {
+                    200
+                } else {
+                    crate::proxy::respond::denial_status(&decision.reason).as_u16()
+                }
+                .into();
                 out["reason"] = decision.reason.code().into();
                 out["rule"] = decision.rule.as_ref().map(|rule| rule.to_string()).into();
                 out["explanation"] = decision.reason.to_string().into();
-                out["hint"] = decision.reason.hint().into();
+                out["hint"] = crate::proxy::respond::hint(&decision.reason).into();
                 out["trace"] = decision
                     .trace
                     .iter()

@@ -202,6 +202,69 @@ impl std::fmt::Display for ErrorChain<'_> {
     }
 }
 
+/// The status of a denial: 401 when the caller must identify itself, 403 when it is
+/// identified (or need not be) and still may not.
+pub fn denial_status(reason: &Reason) -> StatusCode {
+    if reason.is_authentication() {
+        StatusCode::UNAUTHORIZED
+    } else {
+        StatusCode::FORBIDDEN
+    }
+}
+
+/// A whole sentence for the client that says what to do, revealing no networks, other
+/// callers or rule internals.
+pub fn hint(reason: &Reason) -> String {
+    match reason {
+        Reason::Allowed => "The request is allowed.".to_owned(),
+        Reason::ExplicitDeny => "A rule denies this request.".to_owned(),
+        Reason::NoMatchingAllow { unmet: None } => {
+            "No rule allows this request; paths without a rule are denied by default.".to_owned()
+        }
+        Reason::NoMatchingAllow { unmet: Some(_) } => {
+            "The request does not carry what the rule for this path requires.".to_owned()
+        }
+        Reason::MethodNotAllowed { method, allowed } => format!(
+            "{method} is not allowed on this path; allowed methods: {}.",
+            allowed.join(", ")
+        ),
+        Reason::IpNotAllowed { .. } => "Your network is not allowed for this path.".to_owned(),
+        Reason::IpDenied { .. } => "Requests from your network are blocked.".to_owned(),
+        Reason::CredentialsMissing => {
+            "This request needs credentials: send a token or an API key.".to_owned()
+        }
+        Reason::TokenInvalid { problem } => {
+            format!("The credentials sent are not valid: {problem}. Send valid ones.")
+        }
+        Reason::TokenExpired { seconds_ago } => format!(
+            "The token expired {} ago; get a new one.",
+            crate::policy::elapsed(*seconds_ago)
+        ),
+        Reason::TokenWrongAudience { expected } => format!(
+            "The token is for another audience; this service accepts {}.",
+            expected.join(" or ")
+        ),
+        Reason::TokenWrongIssuer => {
+            "The token comes from an issuer this service does not trust.".to_owned()
+        }
+        Reason::MissingRole {
+            required, one_of, ..
+        } => format!(
+            "This request needs {}.",
+            crate::policy::needs("role", required, *one_of)
+        ),
+        Reason::MissingScope {
+            required, one_of, ..
+        } => format!(
+            "This request needs {}.",
+            crate::policy::needs("scope", required, *one_of)
+        ),
+        Reason::TenantMismatch { .. } => {
+            "This resource belongs to another tenant or owner.".to_owned()
+        }
+    }
+}
+
 /// The 403 for a denied request: problem+json, or an HTML page for clients that prefer
 /// `text/html`, telling as much as `denials.detail` allows.
 pub fn denied(
@@ -212,7 +275,7 @@ pub fn denied(
     request_id: &str,
     html: bool,
 ) -> Response<ProxyBody> {
-    let status = StatusCode::from_u16(decision.reason.status()).unwrap_or(StatusCode::FORBIDDEN);
+    let status = denial_status(&decision.reason);
     let reason = decision.reason.code();
     let detail = settings.detail;
     let shows_rule = detail != Detail::Minimal;
@@ -231,7 +294,7 @@ pub fn denied(
                 .or(settings.help_url.as_deref())
         })
         .flatten();
-    let hint = shows_rule.then(|| decision.reason.hint());
+    let hint = shows_rule.then(|| self::hint(&decision.reason));
     let closest: Vec<(&str, &str)> = if shows_rule {
         decision
             .closest()
@@ -330,7 +393,7 @@ pub fn denied(
             }
         }
         // Every other 401 is a credential that was refused.
-        reason if reason.status() == 401 => {
+        reason if reason.is_authentication() => {
             if let Some(challenge) = challenge
                 && let Ok(text) = challenge.to_str()
                 && let Ok(value) =
@@ -505,6 +568,70 @@ fn escape(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hints_say_what_to_do_and_401_only_for_missing_or_refused_credentials() {
+        let strings = |items: &[&str]| items.iter().map(|s| (*s).to_owned()).collect();
+        let cases = [
+            (
+                Reason::IpNotAllowed {
+                    ip: "192.0.2.1".parse().unwrap(),
+                    networks: "10.0.0.0/8".to_owned(),
+                },
+                403,
+                "Your network is not allowed for this path.",
+            ),
+            (
+                Reason::MethodNotAllowed {
+                    method: "GET".to_owned(),
+                    allowed: strings(&["POST", "PUT"]),
+                },
+                403,
+                "GET is not allowed on this path; allowed methods: POST, PUT.",
+            ),
+            (
+                Reason::MissingScope {
+                    required: strings(&["orders:write"]),
+                    one_of: false,
+                    present: strings(&["orders:read"]),
+                },
+                403,
+                "This request needs scope orders:write.",
+            ),
+            (
+                Reason::MissingRole {
+                    required: strings(&["editor", "admin"]),
+                    one_of: true,
+                    present: Vec::new(),
+                },
+                403,
+                "This request needs one of the roles editor or admin.",
+            ),
+            (
+                Reason::TenantMismatch {
+                    claim: "tenant".to_owned(),
+                    expected: "{tenant}".to_owned(),
+                    found: "acme".to_owned(),
+                },
+                403,
+                "This resource belongs to another tenant or owner.",
+            ),
+            (
+                Reason::CredentialsMissing,
+                401,
+                "This request needs credentials: send a token or an API key.",
+            ),
+            (
+                Reason::TokenExpired { seconds_ago: 200 },
+                401,
+                "The token expired 3m20s ago; get a new one.",
+            ),
+        ];
+        for (reason, status, text) in cases {
+            assert_eq!(denial_status(&reason).as_u16(), status, "{reason:?}");
+            assert_eq!(hint(&reason), text);
+        }
+    }
 
     #[test]
     fn browsers_get_html_and_api_clients_json() {
