@@ -19,7 +19,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
-use crate::policy::parse_principal;
+use crate::config::cases::parse_principal;
 use crate::proxy::offline::{self, Caller};
 use crate::reload::{Live, Reloader};
 use crate::telemetry::Metrics;

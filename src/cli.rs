@@ -221,7 +221,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 pairs.push((name.trim().to_owned(), value.trim().to_owned()));
             }
             let caller = match (
-                principal.as_deref().map(crate::policy::parse_principal),
+                principal.as_deref().map(config::cases::parse_principal),
                 token,
             ) {
                 (Some(Err(problem)), _) => {
@@ -402,7 +402,7 @@ fn mint(request: &TokenArgs) -> Result<String, String> {
 
 /// Runs `cases` against `config`: a line per case, the differences under each failure,
 /// then a count. Returns the report and how many failed.
-pub fn run_cases(config: &Config, cases: &[crate::policy::Case]) -> (String, usize) {
+pub fn run_cases(config: &Config, cases: &[config::cases::Case]) -> (String, usize) {
     let mut report = String::new();
     let mut failed = 0;
     let identity = offline::identity(config);

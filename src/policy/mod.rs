@@ -13,7 +13,6 @@
 //!    `method_not_allowed`; its first failing condition); with none, `no_matching_allow`;
 //! 4. audit rules are judged and traced, and never change the outcome.
 
-mod cases;
 mod claims;
 mod decision;
 mod facts;
@@ -25,7 +24,6 @@ mod roles;
 mod rule;
 mod scopes;
 
-pub use cases::{Actual, Case, CaseRequest, Expected, parse_principal};
 pub use claims::{ClaimPattern, ClaimsCondition};
 pub use decision::{Decision, Effect, Mode, Outcome, Reason, RuleId, Step, elapsed, needs};
 pub use facts::RequestFacts;

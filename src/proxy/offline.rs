@@ -8,9 +8,10 @@ use http::{HeaderName, HeaderValue, Method, Request, Version};
 use super::normalize;
 use super::respond::ProxyError;
 use super::route::RouteTable;
+use crate::config::cases::Actual;
 use crate::config::{Config, RouteId};
 use crate::identity::Identity;
-use crate::policy::{Actual, Decision, Principal, RequestFacts};
+use crate::policy::{Decision, Principal, RequestFacts};
 use crate::telemetry::Metrics;
 
 /// Who the synthetic request comes from.
