@@ -20,8 +20,9 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 use crate::config::cases::parse_principal;
+use crate::proxy::Live;
 use crate::proxy::offline::{self, Caller};
-use crate::reload::{Live, Reloader};
+use crate::reload::Reloader;
 use crate::telemetry::Metrics;
 
 /// Answers `200` while the process runs (a liveness probe).

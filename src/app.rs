@@ -15,9 +15,10 @@ use arc_swap::ArcSwap;
 
 use crate::admin::{self, AdminState, Readiness};
 use crate::config::Config;
+use crate::proxy::Live;
 use crate::proxy::Proxy;
 use crate::proxy::listener::{self, Listeners};
-use crate::reload::{self, Live, Reloader};
+use crate::reload::{self, Reloader};
 use crate::telemetry::Metrics;
 
 /// A running gateway: listeners bound and serving.

@@ -269,7 +269,7 @@ fn timestamp() -> String {
     let millis = now
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |since| since.subsec_millis());
-    let seconds = crate::reload::rfc3339(now);
+    let seconds = crate::telemetry::rfc3339(now);
     format!("{}.{millis:03}Z", seconds.trim_end_matches('Z'))
 }
 

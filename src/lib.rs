@@ -9,6 +9,7 @@ pub mod config;
 pub mod decision_log;
 pub mod healthcheck;
 pub mod identity;
+pub mod key_set;
 pub mod path;
 pub mod policy;
 pub mod proxy;

@@ -17,17 +17,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use arc_swap::ArcSwap;
 use notify::{Event, EventKind, RecommendedWatcher, RecursiveMode, Watcher as _};
 
 use crate::config::{self, Config};
 use crate::identity::IssuerKeys;
-use crate::proxy::Proxy;
+use crate::proxy::{Live, Proxy};
 use crate::telemetry::Metrics;
-
-/// The state requests are served with now; each request takes the one current when it
-/// arrives.
-pub type Live = Arc<ArcSwap<Proxy>>;
 
 /// How long file events are gathered before one reload: an editor's save or a ConfigMap
 /// update is several events.
@@ -178,7 +173,7 @@ impl Reloader {
             fixed: Fixed::of(config),
             status: Mutex::new(Status {
                 hash: config.hash.clone(),
-                loaded_at: rfc3339(SystemTime::now()),
+                loaded_at: crate::telemetry::rfc3339(SystemTime::now()),
                 config: config.file.display().to_string(),
                 files: files(config),
                 rules: config.policy.rules().len(),
@@ -213,7 +208,7 @@ impl Reloader {
             .await
             .unwrap_or_else(|err| {
                 Err(Failure {
-                    at: rfc3339(SystemTime::now()),
+                    at: crate::telemetry::rfc3339(SystemTime::now()),
                     errors: vec![format!("the reload stopped: {err}")],
                 })
             })
@@ -313,7 +308,7 @@ impl Reloader {
         }
         let status = self.update(|status| {
             status.hash = config.hash.clone();
-            status.loaded_at = rfc3339(SystemTime::now());
+            status.loaded_at = crate::telemetry::rfc3339(SystemTime::now());
             status.files = files(&config);
             status.rules = config.policy.rules().len();
             status.reloads.ok += 1;
@@ -331,7 +326,7 @@ impl Reloader {
 
     fn failed(&self, why: &str, errors: &config::ConfigErrors) -> Failure {
         let failure = Failure {
-            at: rfc3339(SystemTime::now()),
+            at: crate::telemetry::rfc3339(SystemTime::now()),
             errors: errors.0.iter().map(ToString::to_string).collect(),
         };
         tracing::error!(
@@ -587,43 +582,4 @@ fn follow(
         }
     }
     *watching = wanted;
-}
-
-/// `time` as RFC 3339 in UTC, to the second.
-pub fn rfc3339(time: SystemTime) -> String {
-    let seconds = time
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |since| since.as_secs());
-    let days = (seconds / 86_400) as i64;
-    let rest = seconds % 86_400;
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rest / 3_600,
-        rest % 3_600 / 60,
-        rest % 60
-    )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn times_are_rfc3339() {
-        let at = |seconds| rfc3339(SystemTime::UNIX_EPOCH + Duration::from_secs(seconds));
-        assert_eq!(at(0), "1970-01-01T00:00:00Z");
-        assert_eq!(at(951_782_400), "2000-02-29T00:00:00Z");
-        assert_eq!(at(1_795_910_399), "2026-11-28T23:59:59Z");
-        assert_eq!(at(4_107_542_400), "2100-03-01T00:00:00Z");
-    }
 }

@@ -26,7 +26,7 @@ use super::raw::{
 };
 use super::source::{Source, key_segment};
 use super::units::{parse_duration, parse_size};
-use crate::identity::KeySet;
+use crate::key_set::KeySet;
 
 /// The longest duration any setting accepts, which keeps deadline arithmetic far from overflow.
 const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
-use crate::identity::KeySet;
+use crate::key_set::KeySet;
 pub use crate::policy::HostPattern;
 use crate::policy::PolicySet;
 

@@ -25,7 +25,8 @@ use crate::telemetry::Metrics;
 use api_keys::ApiKeys;
 use jwt::{Issuers, TokenRejection};
 
-pub use jwks::{IssuerKeys, KeySet};
+pub use crate::key_set::KeySet;
+pub use jwks::IssuerKeys;
 
 /// How long a request waits for a fetch of its token's key set.
 pub const REFRESH_WAIT: Duration = Duration::from_secs(2);

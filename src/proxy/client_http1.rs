@@ -31,7 +31,7 @@ use super::http1::{
 use super::listener::{ActivityIo, ConnMeta, InFlight};
 use super::respond::ProxyError;
 use super::{BoxError, ProxyBody};
-use crate::reload::Live;
+use crate::proxy::Live;
 
 /// The most header fields a request head may have.
 pub const MAX_HEADERS: usize = 200;

@@ -25,7 +25,7 @@ use super::forward;
 use super::handle::handle;
 use super::http1::ResponseFields;
 use crate::config::Limits;
-use crate::reload::Live;
+use crate::proxy::Live;
 
 /// What an HTTP/2 client with prior knowledge sends first (RFC 9113 §3.4).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";

@@ -35,6 +35,10 @@ use route::RouteTable;
 pub type ProxyBody = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
 
 /// The compiled state a request is served with: routes, upstream clients, limits.
+/// The state requests are served with now: one `Proxy` of one load, swapped whole on
+/// reload. Each request takes the one current when it arrives.
+pub type Live = std::sync::Arc<arc_swap::ArcSwap<Proxy>>;
+
 pub struct Proxy {
     routes: RouteTable,
     upstreams: Vec<Upstream>,
