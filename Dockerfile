@@ -11,15 +11,20 @@ FROM rust:1.95.0-slim-bookworm AS build
 # rustfmt would make rustup download them, and a build needs neither.
 ENV RUSTUP_TOOLCHAIN=1.95.0
 WORKDIR /src
-# The dependencies first, in a layer of their own that is built again only when the
-# manifest or the lock file changes. Cargo wants every target Cargo.toml declares to
-# exist, so each path it lists gets an empty stand-in for this step.
+# The dependencies first, in a layer of their own that is built again only when a
+# manifest or the lock file changes. Cargo wants every target each manifest declares to
+# exist, so each path they list gets an empty stand-in for this step.
 COPY Cargo.toml Cargo.lock ./
-RUN sed -n 's/^path = "\(.*\)"$/\1/p' Cargo.toml | while read -r target; do \
-        mkdir -p "$(dirname "$target")" && echo 'fn main() {}' >"$target"; \
+COPY crates/policy/Cargo.toml crates/policy/
+RUN for manifest in Cargo.toml crates/*/Cargo.toml; do \
+        dir=$(dirname "$manifest"); \
+        sed -n 's/^path = "\(.*\)"$/\1/p' "$manifest" | while read -r target; do \
+            mkdir -p "$dir/$(dirname "$target")" && echo 'fn main() {}' >"$dir/$target"; \
+        done; \
     done \
     && cargo build --release --locked \
-    && cargo clean --release --package portcullis
+    && cargo clean --release --package portcullis --package portcullis-policy
+COPY crates ./crates
 COPY src ./src
 RUN cargo build --release --locked && strip target/release/portcullis
 

@@ -11,11 +11,13 @@ pub mod healthcheck;
 pub mod identity;
 pub mod key_set;
 pub mod path;
-pub mod policy;
 pub mod proxy;
 pub mod reload;
 pub mod telemetry;
 pub mod tls;
+
+/// The pure decision core, a crate of its own (`crates/policy`).
+pub use portcullis_policy as policy;
 
 #[cfg(test)]
 mod testing;

@@ -12,7 +12,7 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-/// Metric names, one constant each, as DESIGN.md lists them.
+/// Metric names, one constant each, as the README lists them.
 pub mod names {
     /// Requests by route, decision and reason.
     pub const REQUESTS_TOTAL: &str = "portcullis_requests_total";

@@ -1,6 +1,7 @@
 //! Integration tests: the real gateway on 127.0.0.1:0 in front of real upstream servers
 //! on loopback, spoken to over real sockets.
 //!
+//! - `boundaries`: the policy crate's dependencies and the module graph of ARCHITECTURE.md.
 //! - `support`: the harness: gateway and upstream servers that stop on drop, clients.
 //! - `bypass`: a corpus of attempts to reach a denied path past the policy.
 //! - `client_wire`: HTTP/1 with clients: keep-alive, pipelining, 100 Continue, HEAD,
@@ -26,6 +27,7 @@
     reason = "a test that meets an unexpected error should fail loudly"
 )]
 
+mod boundaries;
 mod bypass;
 mod client_wire;
 mod config_errors;

@@ -17,7 +17,7 @@ pub struct RequestFacts<'a> {
     pub path: &'a str,
     /// The client's address: the socket peer, or what a trusted proxy reported.
     pub client_ip: IpAddr,
-    /// The request headers the policy refers to ([`crate::policy::PolicySet::header_names`]),
+    /// The request headers the policy refers to ([`crate::PolicySet::header_names`]),
     /// names lower-case, one pair per field line.
     pub headers: &'a [(&'a str, &'a str)],
     /// The identified caller, or `None` for an anonymous request.

@@ -1,10 +1,11 @@
-//! The pure decision core: [`RequestFacts`] in, [`Decision`] out.
+//! The pure decision core of portcullis: [`RequestFacts`] in, [`Decision`] out.
 //!
-//! No I/O, no async, no HTTP types, no YAML, no clock reads. `config` builds the values
-//! here through their constructors; the proxy, `portcullis explain`, `portcullis test`
-//! and the benchmarks all decide through [`PolicySet::evaluate`].
+//! No I/O, no async, no HTTP types, no YAML, no clock reads: this crate depends on std
+//! and ipnet only, and the gateway's tests fail if that changes. The gateway's `config`
+//! builds the values here through their constructors; the proxy, `portcullis explain`,
+//! `portcullis test` and the benchmarks all decide through [`PolicySet::evaluate`].
 //!
-//! Semantics (DESIGN.md, "Decision semantics"):
+//! Semantics:
 //! 1. any matching enforced deny rule denies (`ip_denied` when it names networks,
 //!    `explicit_deny` otherwise);
 //! 2. otherwise any matching enforced allow rule allows;

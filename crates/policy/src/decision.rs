@@ -282,7 +282,7 @@ impl fmt::Display for Outcome {
 pub struct Step {
     /// The rule.
     pub rule: RuleId,
-    /// The rule's position in file order ([`crate::policy::PolicySet::rules`]).
+    /// The rule's position in file order ([`crate::PolicySet::rules`]).
     pub position: usize,
     /// Its effect.
     pub effect: Effect,
