@@ -30,7 +30,7 @@ use super::http1::{
 };
 use super::listener::{ActivityIo, ConnMeta, InFlight};
 use super::respond::ProxyError;
-use super::{BoxError, ProxyBody};
+use super::{BoxError, ProxyBody, normalize};
 use crate::proxy::Live;
 
 /// The most header fields a request head may have.
@@ -798,11 +798,7 @@ fn parse_head(
     let refuse =
         |message: String| NoHead::Refuse(ProxyError::BadRequest(message), Some(method.clone()));
     let target = head.slice(target_at);
-    // SECURITY: the URI parser drops a fragment silently; a client never sends one,
-    // and one that does is probing how the parts of the target are split.
-    if target.contains(&b'#') {
-        return Err(refuse("the request target has a #fragment".into()));
-    }
+    normalize::refuse_fragment(&target).map_err(|err| NoHead::Refuse(err, Some(method.clone())))?;
     let uri = Uri::from_maybe_shared(target)
         .map_err(|err| refuse(format!("the request target is malformed: {err}")))?;
     let framing = seen

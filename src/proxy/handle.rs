@@ -9,10 +9,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::header::{self, HeaderName, HeaderValue};
-use http::{Method, Request, Response, StatusCode, Version};
+use http::{Request, Response, StatusCode, Version};
 use http_body::Body as _;
 use tokio::io::AsyncWriteExt as _;
 
+use super::admit::{self, Admitted, Head};
 use super::client_http1::{ClientBody, ClientSwitch};
 use super::forward::{self, ClientFacts};
 use super::listener::{self, Activity, ConnMeta, ConnectionGuard};
@@ -21,7 +22,7 @@ use super::respond::{self, ProxyError};
 use super::{Proxy, ProxyBody, normalize};
 use crate::config::RouteId;
 use crate::decision_log::{Decided, Refused};
-use crate::policy::{Decision, Outcome, Principal, RequestFacts};
+use crate::policy::{Decision, Outcome, Principal};
 use crate::telemetry::{self, DecisionLabel, NO_ROUTE_LABEL};
 
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -180,10 +181,6 @@ async fn pipeline(
 ) -> Result<Answer, Failure> {
     let limits = &proxy.limits;
     check_limits(&request, limits.max_header_size, limits.max_body_size).map_err(Failure::early)?;
-    normalize::method(request.method()).map_err(Failure::early)?;
-    if request.method() == Method::CONNECT {
-        return Err(Failure::early(ProxyError::ConnectRefused));
-    }
 
     // The client's side of a protocol switch, which HTTP/1 heads carry; the request is
     // consumed below.
@@ -193,32 +190,29 @@ async fn pipeline(
         .map(|switch| switch.protocol.clone());
     let (mut parts, body) = request.into_parts();
 
-    let authority = normalize::authority(&parts).map_err(Failure::early)?;
-    let path = normalize::path(parts.uri.path()).map_err(Failure::early)?;
-    let (client_ip, forwarding_problem) = normalize::client_ip(
-        &parts.headers,
-        conn.peer.ip(),
-        proxy.forwarded_header,
-        |ip| proxy.is_trusted(ip),
-    );
-    if let Some(problem) = forwarding_problem {
+    let head = Head {
+        method: &parts.method,
+        uri: &parts.uri,
+        headers: &parts.headers,
+        version: parts.version,
+    };
+    let admitted = proxy
+        .admission
+        .admit(head, conn.peer.ip())
+        .map_err(|refusal| Failure::early(refusal.error))?;
+    if let Some(problem) = admitted.forwarding_problem {
         tracing::warn!(
             request.id = request_id.to_str().unwrap_or(""),
-            client.ip = %client_ip,
+            client.ip = %admitted.client_ip,
             "{problem}; deciding on the peer address"
         );
     }
-
-    let route = proxy
-        .routes
-        .select(authority.host.as_deref(), &path)
-        .ok_or(Failure::early(ProxyError::NoRoute))?;
+    let route = admitted.route;
     let fail = |error: ProxyError| Failure {
         route: Some(route.id.clone()),
         error,
         decided: true,
     };
-    let path = route.decision_path(path);
 
     let identified = proxy
         .identity
@@ -232,14 +226,7 @@ async fn pipeline(
     }
     let principal = identified.as_ref().ok().and_then(Option::as_deref);
     let (decision, took) = match &identified {
-        Ok(_) => decide(
-            proxy,
-            &parts,
-            authority.host.as_deref(),
-            &path,
-            client_ip,
-            principal,
-        ),
+        Ok(_) => decide(proxy, &parts, &admitted, principal),
         Err(rejection) => (
             Decision::unauthenticated(rejection.reason()),
             Duration::ZERO,
@@ -249,8 +236,8 @@ async fn pipeline(
         request_id,
         route: &route.id.0,
         method: parts.method.as_str(),
-        path: &path,
-        client_ip,
+        path: &admitted.path,
+        client_ip: admitted.client_ip,
         principal,
     };
     proxy.decision_log.decided(&decided, &decision, took);
@@ -263,6 +250,9 @@ async fn pipeline(
     }
 
     // SECURITY: the upstream gets exactly the path that was decided on.
+    let Admitted {
+        authority, path, ..
+    } = admitted;
     if let Cow::Owned(canonical) = path {
         parts.uri = normalize::with_path(&parts.uri, &canonical).map_err(fail)?;
     }
@@ -321,27 +311,21 @@ async fn pipeline(
     })
 }
 
-/// Runs the policy on the normalized request and counts what it did.
+/// Runs the policy on the admitted request and counts what it did.
 fn decide(
     proxy: &Proxy,
     parts: &http::request::Parts,
-    host: Option<&str>,
-    path: &str,
-    client_ip: std::net::IpAddr,
+    admitted: &Admitted<'_, '_>,
     principal: Option<&Principal>,
 ) -> (Decision, Duration) {
     let started = Instant::now();
-    let policy = &proxy.policy;
-    let headers = normalize::policy_headers(policy.header_names(), &parts.headers);
-    let facts = RequestFacts {
-        method: parts.method.as_str(),
-        host,
-        path,
-        client_ip,
-        headers: &headers,
+    let decision = admit::evaluate(
+        &proxy.policy,
+        &parts.method,
+        &parts.headers,
+        admitted,
         principal,
-    };
-    let decision = policy.evaluate(&facts);
+    );
     let took = started.elapsed();
     proxy.metrics.decision_duration.observe(took.as_secs_f64());
     for step in &decision.trace {

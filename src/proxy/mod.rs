@@ -2,6 +2,7 @@
 //!
 //! `handle.rs` orders the phases; each other file owns one of them.
 
+mod admit;
 mod client_http1;
 mod echo;
 mod forward;
@@ -18,33 +19,30 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use ipnet::IpNet;
 use prometheus::IntCounter;
 
-use crate::config::{Config, DenialSettings, ForwardedHeader, Limits};
+use crate::config::{Config, DenialSettings, Limits};
 use crate::decision_log::DecisionLog;
 use crate::identity::Identity;
 use crate::policy::PolicySet;
 use crate::telemetry::{DecisionLabel, Metrics};
 
+use admit::Admission;
 pub use forward::BoxError;
 use forward::Upstream;
-use route::RouteTable;
 
 /// The body type of every response the proxy sends.
 pub type ProxyBody = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
 
-/// The compiled state a request is served with: routes, upstream clients, limits.
 /// The state requests are served with now: one `Proxy` of one load, swapped whole on
 /// reload. Each request takes the one current when it arrives.
 pub type Live = std::sync::Arc<arc_swap::ArcSwap<Proxy>>;
 
+/// The compiled state a request is served with: routes, upstream clients, limits.
 pub struct Proxy {
-    routes: RouteTable,
+    admission: Admission,
     upstreams: Vec<Upstream>,
-    trusted_proxies: Vec<IpNet>,
     keep_override_headers: bool,
-    forwarded_header: ForwardedHeader,
     limits: Limits,
     policy: Arc<PolicySet>,
     identity: Arc<Identity>,
@@ -101,11 +99,9 @@ impl Proxy {
         Ok(Proxy {
             decision_log,
             rule_matches,
-            routes: RouteTable::new(&config.routes),
+            admission: Admission::new(config),
             upstreams,
-            trusted_proxies: config.trusted_proxies.clone(),
             keep_override_headers: config.keep_override_headers,
-            forwarded_header: config.forwarded_header,
             limits: config.limits.clone(),
             policy: Arc::clone(&config.policy),
             identity: Arc::new(Identity::new(
@@ -139,7 +135,6 @@ impl Proxy {
 
     /// Whether forwarding headers from this socket peer are believed.
     fn is_trusted(&self, peer: IpAddr) -> bool {
-        let peer = peer.to_canonical();
-        self.trusted_proxies.iter().any(|net| net.contains(&peer))
+        self.admission.is_trusted(peer)
     }
 }

@@ -9,7 +9,6 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use http::header::{FORWARDED, HOST};
 
 use crate::config::ForwardedHeader;
-use http::request::Parts;
 use http::uri::PathAndQuery;
 use http::{HeaderMap, HeaderName};
 use http::{HeaderValue, Uri, Version};
@@ -27,15 +26,19 @@ pub struct Authority {
 
 /// Reads the authority from the request target (absolute form, HTTP/2 `:authority`) and
 /// the `Host` header; rejects requests where they are missing, repeated or disagree.
-pub fn authority(parts: &Parts) -> Result<Authority, ProxyError> {
-    let mut host_headers = parts.headers.get_all(HOST).iter();
+pub fn authority(
+    uri: &Uri,
+    headers: &HeaderMap,
+    version: Version,
+) -> Result<Authority, ProxyError> {
+    let mut host_headers = headers.get_all(HOST).iter();
     let host_header = host_headers.next();
     if host_headers.next().is_some() {
         return Err(ProxyError::BadRequest(
             "the request has more than one Host header".into(),
         ));
     }
-    let target_authority = parts.uri.authority();
+    let target_authority = uri.authority();
 
     let written: HeaderValue = match (target_authority, host_header) {
         (Some(target), Some(header)) => {
@@ -54,7 +57,7 @@ pub fn authority(parts: &Parts) -> Result<Authority, ProxyError> {
         (Some(target), None) => HeaderValue::from_str(target.as_str())
             .map_err(|_| ProxyError::BadRequest("the request target's host is not valid".into()))?,
         (None, Some(header)) => header.clone(),
-        (None, None) if parts.version == Version::HTTP_10 || parts.version == Version::HTTP_09 => {
+        (None, None) if version == Version::HTTP_10 || version == Version::HTTP_09 => {
             return Ok(Authority {
                 host: None,
                 host_header: None,
@@ -73,6 +76,18 @@ pub fn authority(parts: &Parts) -> Result<Authority, ProxyError> {
         host: Some(host),
         host_header: Some(written),
     })
+}
+
+/// Refuses a request target that carries a `#fragment`. The URI parser drops a fragment
+/// silently; a client never sends one, and one that does is probing how the parts of
+/// the target are split.
+pub fn refuse_fragment(target: &[u8]) -> Result<(), ProxyError> {
+    if target.contains(&b'#') {
+        return Err(ProxyError::BadRequest(
+            "the request target has a #fragment".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// `host[:port]` → lower-case host, or `None` when it is not a reg-name, IPv4 or `[IPv6]`.
@@ -263,36 +278,37 @@ pub fn with_path(uri: &Uri, path: &str) -> Result<Uri, ProxyError> {
 mod tests {
     use super::*;
 
-    fn parts(version: Version, uri: &str, hosts: &[&str]) -> Parts {
+    fn authority_of(version: Version, uri: &str, hosts: &[&str]) -> Result<Authority, ProxyError> {
         let mut builder = http::Request::builder().version(version).uri(uri);
         for host in hosts {
             builder = builder.header(HOST, *host);
         }
-        builder.body(()).unwrap().into_parts().0
+        let parts = builder.body(()).unwrap().into_parts().0;
+        authority(&parts.uri, &parts.headers, parts.version)
     }
 
     #[test]
     fn host_header_is_lowercased_without_port() {
-        let found = authority(&parts(Version::HTTP_11, "/x", &["API.Example.com:8080"])).unwrap();
+        let found = authority_of(Version::HTTP_11, "/x", &["API.Example.com:8080"]).unwrap();
         assert_eq!(found.host.as_deref(), Some("api.example.com"));
         assert_eq!(found.host_header.unwrap(), "API.Example.com:8080");
     }
 
     #[test]
     fn a_trailing_dot_names_the_same_host() {
-        let found = authority(&parts(Version::HTTP_11, "/x", &["API.example.com.:80"])).unwrap();
+        let found = authority_of(Version::HTTP_11, "/x", &["API.example.com.:80"]).unwrap();
         assert_eq!(found.host.as_deref(), Some("api.example.com"));
     }
 
     #[test]
     fn ipv6_literal() {
-        let found = authority(&parts(Version::HTTP_11, "/x", &["[::1]:8080"])).unwrap();
+        let found = authority_of(Version::HTTP_11, "/x", &["[::1]:8080"]).unwrap();
         assert_eq!(found.host.as_deref(), Some("[::1]"));
     }
 
     #[test]
     fn http2_authority_stands_for_host() {
-        let found = authority(&parts(Version::HTTP_2, "http://a.example/x", &[])).unwrap();
+        let found = authority_of(Version::HTTP_2, "http://a.example/x", &[]).unwrap();
         assert_eq!(found.host.as_deref(), Some("a.example"));
         assert_eq!(found.host_header.unwrap(), "a.example");
     }
@@ -309,7 +325,7 @@ mod tests {
             (Version::HTTP_11, "/x", vec!["[zz]"]),
         ] {
             assert!(
-                authority(&parts(version, uri, &hosts)).is_err(),
+                authority_of(version, uri, &hosts).is_err(),
                 "{uri} {hosts:?}"
             );
         }
@@ -511,7 +527,7 @@ mod tests {
 
     #[test]
     fn http10_may_omit_host() {
-        let found = authority(&parts(Version::HTTP_10, "/x", &[])).unwrap();
+        let found = authority_of(Version::HTTP_10, "/x", &[]).unwrap();
         assert_eq!(
             found,
             Authority {

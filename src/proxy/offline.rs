@@ -5,13 +5,13 @@ use std::net::IpAddr;
 
 use http::{HeaderName, HeaderValue, Method, Request, Version};
 
+use super::admit::{self, Admission, Head};
 use super::normalize;
 use super::respond::ProxyError;
-use super::route::RouteTable;
 use crate::config::cases::Actual;
 use crate::config::{Config, RouteId};
 use crate::identity::Identity;
-use crate::policy::{Decision, Principal, RequestFacts};
+use crate::policy::{Decision, Principal};
 use crate::telemetry::Metrics;
 
 /// Who the synthetic request comes from.
@@ -169,11 +169,8 @@ pub fn decide(
             ProxyError::BadRequest(format!("\"{method}\" is not a method")),
         );
     };
-    if let Err(err) = normalize::method(&method) {
+    if let Err(err) = normalize::refuse_fragment(url.as_bytes()) {
         return refused(peer, None, err);
-    }
-    if method == Method::CONNECT {
-        return refused(peer, None, ProxyError::ConnectRefused);
     }
     let mut builder = Request::builder().method(method).uri(url);
     let has_host = headers
@@ -206,25 +203,19 @@ pub fn decide(
         }
     };
 
-    let is_trusted = |ip: IpAddr| {
-        let ip = ip.to_canonical();
-        config.trusted_proxies.iter().any(|net| net.contains(&ip))
+    let admission = Admission::new(config);
+    let head = Head {
+        method: &parts.method,
+        uri: &parts.uri,
+        headers: &parts.headers,
+        version: parts.version,
     };
-    let (client_ip, _) =
-        normalize::client_ip(&parts.headers, peer, config.forwarded_header, is_trusted);
-    let authority = match normalize::authority(&parts) {
-        Ok(authority) => authority,
-        Err(err) => return refused(client_ip, None, err),
+    let admitted = match admission.admit(head, peer) {
+        Ok(admitted) => admitted,
+        Err(refusal) => return refused(refusal.client_ip, None, refusal.error),
     };
-    let path = match normalize::path(parts.uri.path()) {
-        Ok(path) => path,
-        Err(err) => return refused(client_ip, None, err),
-    };
-    let routes = RouteTable::new(&config.routes);
-    let Some(route) = routes.select(authority.host.as_deref(), &path) else {
-        return refused(client_ip, None, ProxyError::NoRoute);
-    };
-    let path = route.decision_path(path);
+    let route = admitted.route;
+    let client_ip = admitted.client_ip;
     let verified = match caller {
         Caller::Simulated(principal) => Ok(Some(std::sync::Arc::new(principal.clone()))),
         Caller::Token(token) => identity.verify_token(token).map(Some),
@@ -244,25 +235,22 @@ pub fn decide(
         Err(rejection) => {
             return Offline {
                 route: Some(route.id.clone()),
-                path: Some(path.into_owned()),
+                path: Some(admitted.path.into_owned()),
                 client_ip,
                 verdict: Verdict::Decided(Decision::unauthenticated(rejection.reason())),
             };
         }
     };
-    let header_pairs = normalize::policy_headers(config.policy.header_names(), &headers);
-    let facts = RequestFacts {
-        method: parts.method.as_str(),
-        host: authority.host.as_deref(),
-        path: &path,
-        client_ip,
-        headers: &header_pairs,
-        principal: principal.as_deref(),
-    };
-    let decision = config.policy.evaluate(&facts);
+    let decision = admit::evaluate(
+        &config.policy,
+        &parts.method,
+        &headers,
+        &admitted,
+        principal.as_deref(),
+    );
     Offline {
         route: Some(route.id.clone()),
-        path: Some(path.into_owned()),
+        path: Some(admitted.path.into_owned()),
         client_ip,
         verdict: Verdict::Decided(decision),
     }

@@ -521,3 +521,119 @@ async fn a_refused_switch_keeps_http_and_the_policy_in_force() {
     assert_eq!(seen.len(), 1);
     assert_eq!(seen[0].target, "/public/ws");
 }
+
+/// A request as `explain` takes it.
+struct Explained {
+    method: String,
+    target: String,
+    headers: Vec<(String, String)>,
+}
+
+/// One request head as `explain` takes it. None for attempts that are more than one
+/// well-formed head (pipelines, bodies, heads the reader refuses), which only a socket
+/// can send.
+fn as_explained(bytes: &str) -> Option<Explained> {
+    let mut fields = [httparse::EMPTY_HEADER; 32];
+    let mut head = httparse::Request::new(&mut fields);
+    let httparse::Status::Complete(length) = head.parse(bytes.as_bytes()).ok()? else {
+        return None;
+    };
+    if length != bytes.len() {
+        return None;
+    }
+    let headers = head
+        .headers
+        .iter()
+        .filter(|field| !field.name.eq_ignore_ascii_case("connection"))
+        .map(|field| {
+            Some((
+                field.name.to_owned(),
+                std::str::from_utf8(field.value).ok()?.to_owned(),
+            ))
+        })
+        .collect::<Option<Vec<_>>>()?;
+    // HTTP/1.0 without Host is a target without a host to explain, which it reads as such.
+    Some(Explained {
+        method: head.method?.to_owned(),
+        target: head.path?.to_owned(),
+        headers,
+    })
+}
+
+/// `explain` decides through the same admission and policy as live traffic: for every
+/// attempt it can express, it gives the status and reason the live gateway answered.
+#[tokio::test]
+async fn explain_gives_every_attempt_the_live_verdict() {
+    use portcullis::proxy::offline::{self, Caller, Verdict};
+    let mut compared = 0;
+    let mut differ = Vec::new();
+    for (policy, case_insensitive) in [(ALLOW_LIST, false), (DENY_LIST, true)] {
+        let up = TestUpstream::start("app").await;
+        let yaml = config(&[up.url()], "").replace(
+            "upstream: app }",
+            &format!("upstream: app, case_insensitive: {case_insensitive} }}"),
+        );
+        let gw = TestGateway::with_policy(&yaml, policy).await;
+        let config = portcullis::config::load(&gw.file("gw.yaml")).unwrap();
+        let identity = offline::identity(&config);
+        for (what, bytes) in raw_attempts() {
+            let Some(Explained {
+                method,
+                target,
+                headers,
+            }) = as_explained(&bytes)
+            else {
+                continue;
+            };
+            let answer = raw_until_closed(gw.addr, bytes.as_bytes(), Duration::from_secs(5)).await;
+            let live_status: u16 = answer
+                .split(' ')
+                .nth(1)
+                .and_then(|code| code.parse().ok())
+                .unwrap_or(0);
+            let live_reason = answer
+                .lines()
+                .take_while(|line| !line.is_empty())
+                .find_map(|line| {
+                    let (name, value) = line.split_once(':')?;
+                    name.eq_ignore_ascii_case("x-portcullis-reason")
+                        .then(|| value.trim().to_owned())
+                })
+                .unwrap_or_else(|| "allowed".to_owned());
+            let explained = offline::decide(
+                &config,
+                &identity,
+                &method,
+                &target,
+                "127.0.0.1".parse().unwrap(),
+                &headers,
+                &Caller::FromRequest,
+            );
+            let (status, reason) = match &explained.verdict {
+                Verdict::Refused { status, reason, .. } => (*status, (*reason).to_owned()),
+                Verdict::Decided(decision) if decision.is_allowed() => (200, "allowed".to_owned()),
+                Verdict::Decided(decision) => (
+                    portcullis::proxy::respond::denial_status(&decision.reason).as_u16(),
+                    decision.reason.code().to_owned(),
+                ),
+            };
+            if (status, reason.as_str()) != (live_status, live_reason.as_str()) {
+                differ.push(format!(
+                    "{what} ({}): explain {status} {reason}, live {live_status} {live_reason}",
+                    if case_insensitive {
+                        "deny list"
+                    } else {
+                        "allow list"
+                    }
+                ));
+            }
+            compared += 1;
+        }
+    }
+    assert!(
+        differ.is_empty(),
+        "explain and the live gateway differ:\n{}",
+        differ.join("\n")
+    );
+    assert!(compared >= 100, "{compared} attempts compared");
+}

@@ -1,0 +1,133 @@
+//! Admission: what every request goes through before its caller is identified, whether
+//! it arrives on a socket or is explained offline. The method, the host, the canonical
+//! path, the client address and the route; then the facts the policy decides on.
+//! The live handler and `offline` both call [`Admission::admit`] and [`evaluate`], so
+//! `portcullis explain` decides exactly what the gateway decides.
+
+use std::borrow::Cow;
+use std::net::IpAddr;
+
+use http::{HeaderMap, Method, Uri, Version};
+use ipnet::IpNet;
+
+use super::normalize::{self, Authority};
+use super::respond::ProxyError;
+use super::route::{Route, RouteTable};
+use crate::config::{Config, ForwardedHeader};
+use crate::policy::{Decision, PolicySet, Principal, RequestFacts};
+
+/// What admission reads of the serving state: the routes, and whose forwarding headers
+/// are believed.
+pub struct Admission {
+    routes: RouteTable,
+    trusted_proxies: Vec<IpNet>,
+    forwarded_header: ForwardedHeader,
+}
+
+/// A request admitted: where it goes and what the policy will see of it. `'r` is the
+/// serving state's lifetime, `'u` the request target's.
+pub struct Admitted<'r, 'u> {
+    /// The host and the `Host` to send upstream.
+    pub authority: Authority,
+    /// The canonical path the policy decides on and the upstream receives.
+    pub path: Cow<'u, str>,
+    /// The client's address: the peer, or what a trusted proxy reports.
+    pub client_ip: IpAddr,
+    /// Why a trusted proxy's forwarding header was not believed, when it was not.
+    pub forwarding_problem: Option<&'static str>,
+    /// The route it takes.
+    pub route: &'r Route,
+}
+
+/// A request head as admission reads it. The target (`'u`) is borrowed for as long as
+/// the admitted path, which is often a slice of it; the rest (`'h`) only during admission.
+pub struct Head<'h, 'u> {
+    /// The method.
+    pub method: &'h Method,
+    /// The request target.
+    pub uri: &'u Uri,
+    /// The header fields.
+    pub headers: &'h HeaderMap,
+    /// The HTTP version (an HTTP/1.0 request may name no host).
+    pub version: Version,
+}
+
+/// A request refused before its caller is identified.
+pub struct Refusal {
+    /// The client's address as far as it was read (the peer before that).
+    pub client_ip: IpAddr,
+    /// Why.
+    pub error: ProxyError,
+}
+
+impl Admission {
+    /// The admission of a config's routes and trusted proxies.
+    pub fn new(config: &Config) -> Admission {
+        Admission {
+            routes: RouteTable::new(&config.routes),
+            trusted_proxies: config.trusted_proxies.clone(),
+            forwarded_header: config.forwarded_header,
+        }
+    }
+
+    /// Whether forwarding headers from this socket peer are believed.
+    pub fn is_trusted(&self, peer: IpAddr) -> bool {
+        let peer = peer.to_canonical();
+        self.trusted_proxies.iter().any(|net| net.contains(&peer))
+    }
+
+    /// Admits a request head from `peer`, or says why it is refused: a method in another
+    /// case, `CONNECT`, a missing or doubled host, an ambiguous path, or no route.
+    pub fn admit<'r, 'u>(
+        &'r self,
+        head: Head<'_, 'u>,
+        peer: IpAddr,
+    ) -> Result<Admitted<'r, 'u>, Refusal> {
+        let refuse = |client_ip: IpAddr| move |error: ProxyError| Refusal { client_ip, error };
+        normalize::method(head.method).map_err(refuse(peer))?;
+        if head.method == Method::CONNECT {
+            return Err(refuse(peer)(ProxyError::ConnectRefused));
+        }
+        let (client_ip, forwarding_problem) =
+            normalize::client_ip(head.headers, peer, self.forwarded_header, |ip| {
+                self.is_trusted(ip)
+            });
+        let authority = normalize::authority(head.uri, head.headers, head.version)
+            .map_err(refuse(client_ip))?;
+        let path = normalize::path(head.uri.path()).map_err(refuse(client_ip))?;
+        let route = self
+            .routes
+            .select(authority.host.as_deref(), &path)
+            .ok_or(ProxyError::NoRoute)
+            .map_err(refuse(client_ip))?;
+        let path = route.decision_path(path);
+        Ok(Admitted {
+            authority,
+            path,
+            client_ip,
+            forwarding_problem,
+            route,
+        })
+    }
+}
+
+/// Decides an admitted request for `principal` (`None`: anonymous). `headers` are the
+/// request's once the identity headers a client sent are removed; the policy sees those
+/// it refers to.
+pub fn evaluate(
+    policy: &PolicySet,
+    method: &Method,
+    headers: &HeaderMap,
+    admitted: &Admitted<'_, '_>,
+    principal: Option<&Principal>,
+) -> Decision {
+    let headers = normalize::policy_headers(policy.header_names(), headers);
+    policy.evaluate(&RequestFacts {
+        method: method.as_str(),
+        host: admitted.authority.host.as_deref(),
+        path: &admitted.path,
+        client_ip: admitted.client_ip,
+        headers: &headers,
+        principal,
+    })
+}
