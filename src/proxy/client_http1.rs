@@ -10,31 +10,29 @@
 
 use std::future::{Future as _, poll_fn};
 use std::io::{self, IoSlice};
-use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http::header::{HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, ReadBuf};
 use tokio::sync::oneshot;
 
+use super::h1::body::{Decoded, Framing};
+use super::h1::client::ResponseFields;
+use super::h1::server::{HeadError, RequestHead, parse_request};
+use super::h1::{self, FieldKind, push_decimal, write_field};
 use super::handle::{handle, refuse};
-use super::http1::{
-    self, Chunk, ContentLength, Decoded, Framing, ResponseFields, Role, push_decimal, write_field,
-};
 use super::listener::{ActivityIo, ConnMeta, InFlight};
 use super::respond::ProxyError;
-use super::{BoxError, ProxyBody, normalize};
+use super::{BoxError, ProxyBody};
 use crate::proxy::Live;
 
-/// The most header fields a request head may have.
-pub const MAX_HEADERS: usize = 200;
 /// How much is read from the socket at a time.
 const READ_SIZE: usize = 8 * 1024;
 /// Body data up to this size is copied behind the head into one write; larger data is
@@ -263,20 +261,6 @@ enum NoHead {
     Refuse(ProxyError, Option<Method>),
 }
 
-/// A request head, and what it says about its body and the connection.
-struct Head {
-    request: Request<ClientBody>,
-    framing: Framing,
-    /// The client asked to close after this request (or did not ask to keep an HTTP/1.0
-    /// connection).
-    close: bool,
-    expect_continue: bool,
-    /// The protocol an HTTP/1.1 request asks to switch to (`Connection: upgrade` and an
-    /// `Upgrade` field). SECURITY: never `h2c`, which would turn a checked connection into
-    /// an unchecked HTTP/2 tunnel to the upstream.
-    upgrade: Option<HeaderValue>,
-}
-
 /// What writing a response needs to know of its request.
 #[derive(Clone, Copy)]
 struct Answering {
@@ -310,8 +294,8 @@ enum Out {
 impl Connection {
     async fn run(&mut self, mut wire: Wire) {
         loop {
-            let Head {
-                mut request,
+            let RequestHead {
+                request,
                 framing,
                 close: client_closes,
                 expect_continue,
@@ -324,6 +308,7 @@ impl Connection {
                     return;
                 }
             };
+            let mut request = request.map(|()| ClientBody::Empty);
             let head_request = request.method() == Method::HEAD;
             let http10 = request.version() == Version::HTTP_10;
             let has_body = framing != Framing::Empty;
@@ -497,7 +482,7 @@ impl Connection {
     }
 
     /// Reads until `wire.buf` starts with a whole request head, and takes it off.
-    async fn read_head(&mut self, wire: &mut Wire) -> Result<Head, NoHead> {
+    async fn read_head(&mut self, wire: &mut Wire) -> Result<RequestHead, NoHead> {
         let activity = self.meta.activity.clone();
         // A head's time starts with its first byte: now, for bytes already here.
         let mut started = (!wire.buf.is_empty()).then(|| {
@@ -508,8 +493,13 @@ impl Connection {
         loop {
             if !wire.buf.is_empty() {
                 let max_header_size = self.settings.max_header_size;
-                if let Some(head) = parse_head(&mut wire.buf, &mut self.scratch, max_header_size)? {
-                    return Ok(head);
+                match parse_request(&mut wire.buf, &mut self.scratch) {
+                    Ok(Some(head)) => return Ok(head),
+                    Ok(None) => {}
+                    Err(HeadError::TooManyFields) => return Err(too_large(max_header_size)),
+                    Err(HeadError::Malformed { why, method }) => {
+                        return Err(NoHead::Refuse(ProxyError::BadRequest(why), method));
+                    }
                 }
                 if wire.buf.len() >= self.settings.max_head {
                     return Err(too_large(max_header_size));
@@ -600,7 +590,7 @@ impl Connection {
             fields.write(
                 name.as_str().as_bytes(),
                 value.as_bytes(),
-                Role::of(name.as_str()),
+                FieldKind::of(name.as_str()),
             );
         }
         keep_alive &= !fields.close;
@@ -667,7 +657,7 @@ impl Connection {
                 ));
             }
             if framing == Out::Chunked {
-                http1::push_chunk_start(out, data.len());
+                h1::push_chunk_start(out, data.len());
             }
             if data.len() <= COALESCE {
                 out.extend_from_slice(&data);
@@ -710,139 +700,27 @@ struct FieldWriter<'a> {
 }
 
 impl FieldWriter<'_> {
-    fn write(&mut self, name: &[u8], value: &[u8], role: Role) {
-        let pass = match role {
-            Role::Plain => {
+    fn write(&mut self, name: &[u8], value: &[u8], kind: FieldKind) {
+        let pass = match kind {
+            FieldKind::Plain => {
                 self.has_date |= name.eq_ignore_ascii_case(b"date");
                 true
             }
-            Role::ContentLength => self.keep_length,
+            FieldKind::ContentLength => self.keep_length,
             // A 101 carries the `Connection: upgrade` it was answered with; any other
             // response's `close` closes the connection.
-            Role::Connection if !self.switching => {
-                self.close |= http1::items(value).any(|token| token.eq_ignore_ascii_case(b"close"));
+            FieldKind::Connection if !self.switching => {
+                self.close |= h1::items(value).any(|token| token.eq_ignore_ascii_case(b"close"));
                 false
             }
-            Role::Connection | Role::Upgrade => true,
+            FieldKind::Connection | FieldKind::Upgrade => true,
             // The connection's own: the framing below, or nothing.
-            Role::TransferEncoding | Role::HopByHop => false,
+            FieldKind::TransferEncoding | FieldKind::HopByHop => false,
         };
         if pass {
             write_field(self.out, name, value);
         }
     }
-}
-
-/// Parses the request head at the start of `buf` and takes it off; `None` while the head
-/// is incomplete. `scratch` is only kept for its capacity.
-fn parse_head(
-    buf: &mut BytesMut,
-    scratch: &mut Vec<(HeaderName, usize, usize)>,
-    max_header_size: usize,
-) -> Result<Option<Head>, NoHead> {
-    let malformed = |message: String| NoHead::Refuse(ProxyError::BadRequest(message), None);
-    let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
-    let mut parsed = httparse::Request::new(&mut []);
-    let length = match parsed.parse_with_uninit_headers(buf, &mut fields) {
-        Ok(httparse::Status::Complete(length)) => length,
-        Ok(httparse::Status::Partial) => return Ok(None),
-        Err(httparse::Error::TooManyHeaders) => return Err(too_large(max_header_size)),
-        Err(err) => return Err(malformed(format!("the request head is malformed: {err}"))),
-    };
-    let (Some(method), Some(target), Some(minor)) = (parsed.method, parsed.path, parsed.version)
-    else {
-        return Err(malformed("the request head is malformed".into()));
-    };
-    let method = Method::from_bytes(method.as_bytes())
-        .map_err(|_| malformed("the request method is malformed".into()))?;
-    let version = if minor == 0 {
-        Version::HTTP_10
-    } else {
-        Version::HTTP_11
-    };
-    // Where the target and each value sit in the buffer, to slice them out of it once
-    // the head is split off (no copies).
-    let base = buf.as_ptr() as usize;
-    let at = |part: &[u8]| {
-        let start = part.as_ptr() as usize - base;
-        start..start + part.len()
-    };
-    let target_at = at(target.as_bytes());
-    let mut seen = Fields::default();
-    scratch.clear();
-    for field in parsed.headers.iter() {
-        // Hop-by-hop fields describe this connection, not the request: they are read
-        // here and left out of the request (one list with responses, `http1::Role`).
-        let role = http1::Role::of(field.name);
-        seen.note(role, field.value);
-        if role == http1::Role::Upgrade && seen.upgrade_at.is_none() {
-            seen.upgrade_at = Some(at(field.value));
-        }
-        if role.is_hop_by_hop() {
-            continue;
-        }
-        let Ok(name) = HeaderName::from_bytes(field.name.as_bytes()) else {
-            return Err(malformed("a header field name is malformed".into()));
-        };
-        if name == header::EXPECT {
-            seen.expect_continue = field
-                .value
-                .trim_ascii()
-                .eq_ignore_ascii_case(b"100-continue");
-        }
-        let value = at(field.value);
-        scratch.push((name, value.start, value.end));
-    }
-    let head = buf.split_to(length).freeze();
-
-    let refuse =
-        |message: String| NoHead::Refuse(ProxyError::BadRequest(message), Some(method.clone()));
-    let target = head.slice(target_at);
-    normalize::refuse_fragment(&target).map_err(|err| NoHead::Refuse(err, Some(method.clone())))?;
-    let uri = Uri::from_maybe_shared(target)
-        .map_err(|err| refuse(format!("the request target is malformed: {err}")))?;
-    let framing = seen
-        .framing(version)
-        .map_err(|message| refuse(message.into()))?;
-
-    let mut headers = HeaderMap::with_capacity(scratch.len());
-    for (name, start, end) in scratch.drain(..) {
-        let Ok(value) = HeaderValue::from_maybe_shared(head.slice(start..end)) else {
-            return Err(refuse("a header field value is malformed".into()));
-        };
-        headers.append(name, value);
-    }
-    // Fields that `Connection` names are hop-by-hop too (RFC 9110 §7.6.1).
-    for name in seen.named {
-        headers.remove(name);
-    }
-    let mut request = Request::new(ClientBody::Empty);
-    *request.method_mut() = method;
-    *request.uri_mut() = uri;
-    *request.version_mut() = version;
-    *request.headers_mut() = headers;
-    let close = if version == Version::HTTP_10 {
-        seen.close || !seen.keep_alive
-    } else {
-        seen.close
-    };
-    let upgrade = match seen.upgrade_at {
-        Some(at)
-            if version == Version::HTTP_11
-                && seen.upgrade_token
-                && !http1::items(&head[at.clone()]).any(|p| p.eq_ignore_ascii_case(b"h2c")) =>
-        {
-            HeaderValue::from_maybe_shared(head.slice(at)).ok()
-        }
-        _ => None,
-    };
-    Ok(Some(Head {
-        request,
-        expect_continue: seen.expect_continue && version == Version::HTTP_11,
-        upgrade,
-        framing,
-        close,
-    }))
 }
 
 fn too_large(max_header_size: usize) -> NoHead {
@@ -925,79 +803,6 @@ async fn write_two<W: AsyncWrite + Unpin>(
     Ok(())
 }
 
-/// What a request head's fields say about its body and its connection.
-#[derive(Default)]
-struct Fields {
-    length: ContentLength,
-    /// `Transfer-Encoding` was present.
-    codings: bool,
-    /// `chunked` appeared this many times.
-    chunked: usize,
-    /// A coding other than `chunked` appeared.
-    other_coding: bool,
-    close: bool,
-    keep_alive: bool,
-    upgrade_token: bool,
-    /// Where the first `Upgrade` field's value sits in the head.
-    upgrade_at: Option<std::ops::Range<usize>>,
-    /// The fields `Connection` names beyond the standard tokens.
-    named: Vec<HeaderName>,
-    expect_continue: bool,
-}
-
-impl Fields {
-    fn note(&mut self, role: http1::Role, value: &[u8]) {
-        use http1::Role;
-        if role == Role::ContentLength {
-            self.length.note(value);
-        } else if role == Role::TransferEncoding {
-            self.codings = true;
-            for item in http1::items(value) {
-                if item.eq_ignore_ascii_case(b"chunked") {
-                    self.chunked += 1;
-                } else {
-                    self.other_coding = true;
-                }
-            }
-        } else if role == Role::Connection {
-            for token in http1::items(value) {
-                self.close |= token.eq_ignore_ascii_case(b"close");
-                self.keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
-                self.upgrade_token |= token.eq_ignore_ascii_case(b"upgrade");
-                if !http1::is_standard_connection_token(token)
-                    && let Ok(name) = HeaderName::from_bytes(token)
-                {
-                    self.named.push(name);
-                }
-            }
-        }
-    }
-
-    /// How the body is framed, or why the head is refused.
-    fn framing(&self, version: Version) -> Result<Framing, &'static str> {
-        // SECURITY: a head with two framings is how requests are smuggled past proxies.
-        if self.codings && self.length.is_present() {
-            return Err("the request has both Content-Length and Transfer-Encoding");
-        }
-        if self.codings {
-            if version == Version::HTTP_10 {
-                return Err("an HTTP/1.0 request has Transfer-Encoding");
-            }
-            if self.chunked != 1 || self.other_coding {
-                return Err(
-                    "the request's Transfer-Encoding is not `chunked` alone; no other transfer coding is accepted",
-                );
-            }
-            return Ok(Framing::Chunked(Chunk::Size));
-        }
-        match self.length.get() {
-            Ok(None | Some(0)) => Ok(Framing::Empty),
-            Ok(Some(length)) => Ok(Framing::Length(length)),
-            Err(_) => Err("the request's Content-Length is malformed or has differing values"),
-        }
-    }
-}
-
 /// The `Date` field's value, formatted once a second.
 #[derive(Default)]
 struct DateCache {
@@ -1022,211 +827,6 @@ impl DateCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Parses `text` whole: the head, or the refusal's status and message.
-    fn parse(text: &str) -> Result<Head, (StatusCode, String)> {
-        let mut buf = BytesMut::from(text.as_bytes());
-        match parse_head(&mut buf, &mut Vec::new(), 8192) {
-            Ok(Some(head)) => Ok(head),
-            Ok(None) => Err((StatusCode::CONTINUE, "partial".into())),
-            Err(NoHead::Refuse(err, _)) => Err((err.status(), err.to_string())),
-            Err(NoHead::Close) => Err((StatusCode::CONTINUE, "close".into())),
-        }
-    }
-
-    fn post(fields: &str) -> String {
-        format!("POST /upload HTTP/1.1\r\nHost: a\r\n{fields}\r\n\r\n")
-    }
-
-    #[test]
-    fn a_body_is_framed_by_one_field_or_the_head_is_refused() {
-        for (fields, framing) in [
-            ("Content-Length: 5", Framing::Length(5)),
-            ("Content-Length: 5\r\nContent-Length: 5", Framing::Length(5)),
-            ("Content-Length: 5, 5", Framing::Length(5)),
-            ("Content-Length: 0", Framing::Empty),
-            ("X-Nothing: here", Framing::Empty),
-            ("Transfer-Encoding: chunked", Framing::Chunked(Chunk::Size)),
-            ("Transfer-Encoding: CHUNKED", Framing::Chunked(Chunk::Size)),
-        ] {
-            let head = parse(&post(fields)).unwrap_or_else(|err| panic!("{fields}: {err:?}"));
-            assert_eq!(head.framing, framing, "{fields}");
-        }
-        for (fields, why) in [
-            ("Content-Length: 5\r\nTransfer-Encoding: chunked", "both"),
-            ("Transfer-Encoding: chunked\r\nContent-Length: 5", "both"),
-            ("Transfer-Encoding: chunked\r\nContent-Length: five", "both"),
-            (
-                "Transfer-Encoding: chunked, identity",
-                "not `chunked` alone",
-            ),
-            ("Transfer-Encoding: gzip, chunked", "not `chunked` alone"),
-            ("Transfer-Encoding: xchunked", "not `chunked` alone"),
-            (
-                "Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked",
-                "not `chunked` alone",
-            ),
-            ("Transfer-Encoding: chunked,", "not `chunked` alone"),
-            ("Content-Length: 5\r\nContent-Length: 6", "Content-Length"),
-            ("Content-Length: 5, 6", "Content-Length"),
-            ("Content-Length: +5", "Content-Length"),
-            ("Content-Length: -1", "Content-Length"),
-            ("Content-Length: 0x10", "Content-Length"),
-            ("Content-Length: ", "Content-Length"),
-            ("Content-Length: 1234567890123456789", "Content-Length"),
-        ] {
-            let refused = parse(&post(fields)).err();
-            assert!(
-                matches!(&refused, Some((StatusCode::BAD_REQUEST, message)) if message.contains(why)),
-                "{fields}: {refused:?}"
-            );
-        }
-        let refused = parse("POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n").err();
-        assert!(
-            matches!(&refused, Some((StatusCode::BAD_REQUEST, message)) if message.contains("HTTP/1.0")),
-            "{refused:?}"
-        );
-    }
-
-    #[test]
-    fn malformed_heads_are_a_400_and_crowded_ones_a_431() {
-        for text in [
-            "GET  /a HTTP/1.1\r\nHost: a\r\n\r\n",
-            "GET /a HTTP/1.1\r\nHost : a\r\n\r\n",
-            "GET /a HTTP/1.1\r\nX-A: 1\r\n folded\r\n\r\n",
-            "GET /a HTTP/1.1\r\nX-A: a\0b\r\n\r\n",
-            "GET /a HTTP/1.1\r\nX-A: a\x7fb\r\n\r\n",
-            "GET /a HTTP/2.0\r\nHost: a\r\n\r\n",
-            "GET /a#x HTTP/1.1\r\nHost: a\r\n\r\n",
-            "GET http://a/#x HTTP/1.1\r\nHost: a\r\n\r\n",
-            "G(T /a HTTP/1.1\r\n\r\n",
-        ] {
-            let refused = parse(text).err();
-            assert!(
-                matches!(refused, Some((StatusCode::BAD_REQUEST, _))),
-                "{text:?}: {refused:?}"
-            );
-        }
-        let fields: String = (0..=MAX_HEADERS).map(|n| format!("X-{n}: v\r\n")).collect();
-        let refused = parse(&format!("GET / HTTP/1.1\r\n{fields}\r\n")).err();
-        assert!(
-            matches!(
-                refused,
-                Some((StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, _))
-            ),
-            "{refused:?}"
-        );
-    }
-
-    #[test]
-    fn a_head_is_taken_off_whole_and_what_follows_stays() {
-        let text = b"POST /a?q=1 HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabcGET /b";
-        let head_end = text.len() - "abcGET /b".len();
-        let mut scratch = Vec::new();
-        for cut in 1..head_end {
-            let mut buf = BytesMut::from(&text[..cut]);
-            assert!(
-                matches!(parse_head(&mut buf, &mut scratch, 8192), Ok(None)),
-                "{cut}"
-            );
-            assert_eq!(buf.len(), cut, "nothing is taken off a partial head");
-        }
-        let mut buf = BytesMut::from(&text[..]);
-        let Ok(Some(head)) = parse_head(&mut buf, &mut scratch, 8192) else {
-            panic!("a whole head");
-        };
-        assert_eq!(&buf[..], b"abcGET /b");
-        assert_eq!(head.request.method(), Method::POST);
-        assert_eq!(head.request.uri(), "/a?q=1");
-        assert_eq!(head.request.headers()["host"], "a");
-        assert_eq!(head.framing, Framing::Length(3));
-        // Blank lines before a request line are skipped (RFC 9112 §2.2).
-        let head = parse("\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n").map_err(|err| err.1);
-        assert_eq!(
-            head.map(|head| head.request.uri().clone()),
-            Ok(Uri::from_static("/"))
-        );
-    }
-
-    #[test]
-    fn connection_fields_decide_keep_alive_and_switches() {
-        let head = |text: &str| parse(text).unwrap_or_else(|err| panic!("{text}: {err:?}"));
-        assert!(!head("GET / HTTP/1.1\r\nHost: a\r\n\r\n").close);
-        assert!(head("GET / HTTP/1.1\r\nConnection: keep-alive, close\r\n\r\n").close);
-        assert!(head("GET / HTTP/1.0\r\n\r\n").close);
-        assert!(!head("GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n").close);
-        let websocket = "GET / HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n";
-        assert_eq!(
-            head(websocket).upgrade.as_ref().map(|p| p.as_bytes()),
-            Some(&b"websocket"[..])
-        );
-        for asks_nothing in [
-            "GET / HTTP/1.1\r\nUpgrade: websocket\r\n\r\n",
-            "GET / HTTP/1.1\r\nConnection: upgrade\r\n\r\n",
-            "GET / HTTP/1.0\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n",
-            // SECURITY: h2c would make the connection an unchecked HTTP/2 tunnel.
-            "GET / HTTP/1.1\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n\r\n",
-            "GET / HTTP/1.1\r\nConnection: upgrade\r\nUpgrade: websocket, H2C\r\n\r\n",
-        ] {
-            assert_eq!(head(asks_nothing).upgrade, None, "{asks_nothing}");
-        }
-        let expect = |version: &str| {
-            head(&format!(
-                "PUT / HTTP/{version}\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n"
-            ))
-            .expect_continue
-        };
-        assert!(expect("1.1"));
-        assert!(
-            !expect("1.0"),
-            "an HTTP/1.0 client does not know 100 Continue"
-        );
-    }
-
-    #[test]
-    fn hop_by_hop_fields_are_left_out_of_the_request() {
-        let head = parse(
-            "GET / HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, X-Private, Upgrade\r\n\
-             X-Private: 1\r\nKeep-Alive: timeout=5\r\nTE: trailers\r\nTrailer: x\r\n\
-             Upgrade: websocket\r\nProxy-Authorization: Basic eA==\r\nProxy-Foo: 1\r\n\
-             Content-Length: 0\r\nX-Kept: 1\r\n\r\n",
-        )
-        .unwrap_or_else(|err| panic!("{err:?}"));
-        let mut names: Vec<&str> = head.request.headers().keys().map(|n| n.as_str()).collect();
-        names.sort_unstable();
-        assert_eq!(names, ["content-length", "host", "x-kept"]);
-        // What they said is still read: the upgrade ask and keep-alive.
-        assert_eq!(
-            head.upgrade.as_ref().map(|p| p.as_bytes()),
-            Some(&b"websocket"[..])
-        );
-        assert!(!head.close);
-    }
-
-    #[test]
-    fn field_values_keep_every_byte_http_allows() {
-        let text = b"GET / HTTP/1.1\r\nX-Text: \t!~ \x80\xff\r\n\r\n";
-        let mut buf = BytesMut::from(&text[..]);
-        let Ok(Some(head)) = parse_head(&mut buf, &mut Vec::new(), 8192) else {
-            panic!("obs-text is allowed in values");
-        };
-        assert_eq!(head.request.headers()["x-text"].as_bytes(), b"!~ \x80\xff");
-        // Every other control byte is refused, never passed on.
-        for byte in (0u8..0x20)
-            .filter(|b| *b != b'\t' && *b != b'\r' && *b != b'\n')
-            .chain([0x7f])
-        {
-            let text = format!("GET / HTTP/1.1\r\nX-Text: a{}b\r\n\r\n", byte as char);
-            let mut buf = BytesMut::from(text.as_bytes());
-            assert!(
-                matches!(
-                    parse_head(&mut buf, &mut Vec::new(), 8192),
-                    Err(NoHead::Refuse(..))
-                ),
-                "{byte:#x}"
-            );
-        }
-    }
 
     #[tokio::test]
     async fn two_buffers_are_written_whole_and_in_order() {

@@ -1,7 +1,7 @@
 //! Sending allowed requests upstream: the pooled client per upstream, round robin with
 //! passive health, one safe retry, and the request header rewriting a proxy owes the
 //! upstream (hop-by-hop headers removed, `X-Forwarded-*` set from what we can vouch for).
-//! Responses lose their hop-by-hop headers as they are parsed (`http1.rs`).
+//! Responses lose their hop-by-hop headers as they are parsed (`h1::client`).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -20,7 +20,8 @@ use prometheus::{Histogram, IntCounter};
 use super::ProxyBody;
 use super::client_http1::ClientBody;
 use super::echo;
-use super::http1;
+use super::h1;
+use super::h1::client::Added;
 use super::pool::{Exchanged, Pool, SendError, Switched};
 use super::respond::ProxyError;
 use crate::config::{Target, UpstreamName, UpstreamSettings};
@@ -464,39 +465,6 @@ fn is_client_claim(name: &HeaderName) -> bool {
     CLIENT_CLAIMS.contains(name) || name.as_str().starts_with("x-forwarded-")
 }
 
-/// Header fields the gateway sets on a request for the upstream. Each replaces every
-/// field of its name that the request carries, and they are written after the request's
-/// own: collecting them costs no insertion into (and no growth of) the request's map.
-#[derive(Debug, Default)]
-pub struct Added(Vec<(HeaderName, HeaderValue)>);
-
-impl Added {
-    /// Sets `name`, replacing a value set before.
-    pub fn set(&mut self, name: HeaderName, value: HeaderValue) {
-        match self.0.iter_mut().find(|(set, _)| *set == name) {
-            Some(entry) => entry.1 = value,
-            None => self.0.push((name, value)),
-        }
-    }
-
-    /// Whether `name` is set here, so the request's own fields of that name are not sent.
-    pub fn replaces(&self, name: &HeaderName) -> bool {
-        self.0.iter().any(|(set, _)| set == name)
-    }
-
-    pub fn iter(&self) -> impl Iterator<Item = &(HeaderName, HeaderValue)> {
-        self.0.iter()
-    }
-
-    /// Puts the fields into `headers`, for the echo upstream, which describes the request
-    /// as an upstream would receive it.
-    fn apply_to(&self, headers: &mut HeaderMap) {
-        for (name, value) in &self.0 {
-            headers.insert(name.clone(), value.clone());
-        }
-    }
-}
-
 /// Rewrites a request's headers for the upstream: removes what must not pass in place,
 /// and returns the fields to set. `upgrade` sets `Upgrade` and `Connection: upgrade` for a
 /// protocol switch the client asked for. The request comes without hop-by-hop fields
@@ -518,12 +486,10 @@ pub fn request_headers(
         }
     }
     // The names set here are distinct: each is pushed without looking for an earlier one.
-    let mut added = Added(Vec::with_capacity(8));
+    let mut added = Added::with_capacity(8);
     if let Some(protocol) = upgrade {
-        added
-            .0
-            .push((header::CONNECTION, HeaderValue::from_static("upgrade")));
-        added.0.push((header::UPGRADE, protocol));
+        added.push_new(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        added.push_new(header::UPGRADE, protocol);
     }
 
     let chain = if client.trusted {
@@ -539,22 +505,20 @@ pub fn request_headers(
         }
         None => client.peer.clone(),
     };
-    added.0.push((X_FORWARDED_FOR, forwarded_for));
+    added.push_new(X_FORWARDED_FOR, forwarded_for);
     if !(client.trusted && headers.contains_key(&X_FORWARDED_PROTO)) {
-        added
-            .0
-            .push((X_FORWARDED_PROTO, HeaderValue::from_static(client.proto)));
+        added.push_new(X_FORWARDED_PROTO, HeaderValue::from_static(client.proto));
     }
     if !(client.trusted && headers.contains_key(&X_FORWARDED_HOST)) {
         match client.host {
-            Some(host) => added.0.push((X_FORWARDED_HOST, host.clone())),
+            Some(host) => added.push_new(X_FORWARDED_HOST, host.clone()),
             None => {
                 headers.remove(&X_FORWARDED_HOST);
             }
         }
     }
     match client.host {
-        Some(host) => added.0.push((header::HOST, host.clone())),
+        Some(host) => added.push_new(header::HOST, host.clone()),
         None => {
             headers.remove(header::HOST);
         }
@@ -574,9 +538,9 @@ fn joined(headers: &HeaderMap, name: &HeaderName) -> Option<String> {
 }
 
 /// Whether a header describes one connection rather than the message (RFC 9110 §7.6.1);
-/// one list for requests and responses, `http1::Role`.
+/// one list for requests and responses, `h1::FieldKind`.
 fn is_hop_by_hop(name: &HeaderName) -> bool {
-    http1::Role::of(name.as_str()).is_hop_by_hop()
+    h1::FieldKind::of(name.as_str()).is_hop_by_hop()
 }
 
 /// Removes hop-by-hop headers: the standard set, every `Proxy-*` header, and the headers
@@ -586,10 +550,9 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     // Headers named by `Connection` first, while it is still there. The usual tokens
     // (keep-alive, close, upgrade) name nothing beyond the standard set.
     let tokens = || {
-        (headers.get_all(header::CONNECTION).iter())
-            .flat_map(|value| http1::items(value.as_bytes()))
+        (headers.get_all(header::CONNECTION).iter()).flat_map(|value| h1::items(value.as_bytes()))
     };
-    if tokens().any(|token| !http1::is_standard_connection_token(token)) {
+    if tokens().any(|token| !h1::is_standard_connection_token(token)) {
         let named: Vec<HeaderName> = tokens()
             .filter_map(|token| HeaderName::from_bytes(token).ok())
             .collect();

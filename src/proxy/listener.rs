@@ -22,8 +22,8 @@ use tokio::time::Instant;
 
 use super::client_http1::{self, ClientBody, Wire};
 use super::forward;
+use super::h1::client::ResponseFields;
 use super::handle::handle;
-use super::http1::ResponseFields;
 use crate::config::Limits;
 use crate::proxy::Live;
 

@@ -24,8 +24,10 @@ use http_body_util::BodyExt;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::forward::{Added, BoxError, RequestBody};
-use super::http1::{self, Decoded, Framing, Malformed, Parsed, RequestFraming, ResponseHead};
+use super::forward::{BoxError, RequestBody};
+use super::h1::body::{Decoded, Framing};
+use super::h1::client::{self, Added, Parsed, RequestFraming, ResponseHead};
+use super::h1::{self, Malformed};
 
 /// How many idle connections a target keeps.
 const MAX_IDLE: usize = 512;
@@ -85,7 +87,7 @@ enum ExchangeError {
     Closed,
     #[error("the upstream connection failed: {0}")]
     Io(#[from] io::Error),
-    #[error(transparent)]
+    #[error("the upstream's response is malformed: {0}")]
     Malformed(#[from] Malformed),
     /// Reading the client's body failed (it broke off, or passed the body limit).
     #[error(transparent)]
@@ -136,7 +138,7 @@ impl Pool {
             }
         };
         let mut head = Vec::with_capacity(256 + 48 * parts.headers.len());
-        http1::write_request_head(&mut head, &parts, added, framing);
+        client::write_request_head(&mut head, &parts, added, framing);
         let exchange = Exchange {
             head: &head,
             framing,
@@ -389,7 +391,7 @@ async fn send_body<W: AsyncWrite + Unpin>(
         }
         if framing == RequestFraming::Chunked {
             let mut start = Vec::with_capacity(18);
-            http1::push_chunk_start(&mut start, data.len());
+            h1::push_chunk_start(&mut start, data.len());
             let start = Bytes::from(start);
             let mut chunk = Buf::chain(Buf::chain(start, data), &b"\r\n"[..]);
             writer.write_all_buf(&mut chunk).await?;
@@ -418,7 +420,7 @@ async fn read_head<R: AsyncRead + Unpin>(
     let mut answered = !read.is_empty();
     loop {
         if !read.is_empty() {
-            match http1::parse_response(read, head_request)? {
+            match client::parse_response(read, head_request)? {
                 Parsed::Final(head, length) => {
                     read.advance(length);
                     return Ok(head);

@@ -1,26 +1,21 @@
-//! HTTP/1.1 on upstream connections, as bytes: request heads written, response heads
-//! parsed, response bodies framed (RFC 9112). No I/O here; `pool.rs` moves the bytes.
-//!
-//! SECURITY: a pooled connection carries many clients' requests one after another, so
-//! where one response ends decides whose the next bytes are. Every response whose length
-//! is in any doubt (two framings, a malformed length, bytes after its end) is either
-//! refused or read to the connection's close, never guessed at.
+//! The client role of the HTTP/1.1 codec, on upstream connections: request heads
+//! written, response heads parsed, and what they say about the response body.
 
 use std::mem::MaybeUninit;
 use std::ops::Range;
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{StatusCode, Version, request};
 
-use super::forward::Added;
+use super::body::{Chunk, Framing};
+use super::{
+    ContentLength, FieldKind, Malformed, is_standard_connection_token, items, malformed, offsets,
+    push_decimal, write_field,
+};
 
 /// The most header fields an upstream response may have.
 const MAX_HEADERS: usize = 128;
-/// The longest chunk-size line (size plus extensions) accepted.
-const MAX_CHUNK_LINE: usize = 4096;
-/// The most bytes of trailer fields accepted (they are read and dropped).
-const MAX_TRAILERS: usize = 16 * 1024;
 
 /// How the request body is sent.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -31,6 +26,49 @@ pub enum RequestFraming {
     Length(u64),
     /// A body of unknown length, sent in chunks.
     Chunked,
+}
+
+/// Header fields the gateway sets on a request for the upstream. Each replaces every
+/// field of its name that the request carries, and they are written after the request's
+/// own: collecting them costs no insertion into (and no growth of) the request's map.
+#[derive(Debug, Default)]
+pub struct Added(Vec<(HeaderName, HeaderValue)>);
+
+impl Added {
+    /// No fields yet, with room for `capacity`.
+    pub fn with_capacity(capacity: usize) -> Added {
+        Added(Vec::with_capacity(capacity))
+    }
+
+    /// Adds a field whose name is not set here yet, without looking for it.
+    pub fn push_new(&mut self, name: HeaderName, value: HeaderValue) {
+        self.0.push((name, value));
+    }
+
+    /// Sets `name`, replacing a value set before.
+    pub fn set(&mut self, name: HeaderName, value: HeaderValue) {
+        match self.0.iter_mut().find(|(set, _)| *set == name) {
+            Some(entry) => entry.1 = value,
+            None => self.0.push((name, value)),
+        }
+    }
+
+    /// Whether `name` is set here, so the request's own fields of that name are not sent.
+    pub fn replaces(&self, name: &HeaderName) -> bool {
+        self.0.iter().any(|(set, _)| set == name)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &(HeaderName, HeaderValue)> {
+        self.0.iter()
+    }
+
+    /// Puts the fields into `headers`, for the echo upstream, which describes the request
+    /// as an upstream would receive it.
+    pub fn apply_to(&self, headers: &mut HeaderMap) {
+        for (name, value) in &self.0 {
+            headers.insert(name.clone(), value.clone());
+        }
+    }
 }
 
 /// Writes the request line and header fields for the upstream: the request's own fields
@@ -85,90 +123,6 @@ pub fn write_request_head(
     out.extend_from_slice(b"\r\n");
 }
 
-/// Appends one `name: value` field line.
-pub fn write_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
-    out.extend_from_slice(name);
-    out.extend_from_slice(b": ");
-    out.extend_from_slice(value);
-    out.extend_from_slice(b"\r\n");
-}
-
-/// Appends `n` in decimal, without allocating.
-pub fn push_decimal(out: &mut Vec<u8>, n: u64) {
-    push_digits(out, n, 10);
-}
-
-/// Appends the line that starts a chunk of `length` bytes, without allocating.
-pub fn push_chunk_start(out: &mut Vec<u8>, length: usize) {
-    push_digits(out, length as u64, 16);
-    out.extend_from_slice(b"\r\n");
-}
-
-/// Appends `n` in `radix` (10 or 16, lower-case digits).
-fn push_digits(out: &mut Vec<u8>, n: u64, radix: u64) {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
-    let mut rest = n;
-    loop {
-        at -= 1;
-        digits[at] = DIGITS[(rest % radix) as usize];
-        rest /= radix;
-        if rest == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[at..]);
-}
-
-/// The `Content-Length` of a message, gathered over all its fields (each may hold a
-/// comma-separated list): one value, or what was wrong. A problem, once seen, stays.
-#[derive(Clone, Copy, Default)]
-pub struct ContentLength {
-    value: Option<u64>,
-    problem: Option<&'static str>,
-}
-
-impl ContentLength {
-    /// Takes in one `Content-Length` field's value.
-    pub fn note(&mut self, field_value: &[u8]) {
-        for item in items(field_value) {
-            let Some(parsed) = parse_length(item) else {
-                self.problem = Some("an invalid Content-Length");
-                return;
-            };
-            if self.value.is_some_and(|seen| seen != parsed) {
-                self.problem = Some("two different Content-Lengths");
-            }
-            self.value = Some(parsed);
-        }
-    }
-
-    /// A `Content-Length` field was present, valid or not.
-    pub fn is_present(&self) -> bool {
-        self.value.is_some() || self.problem.is_some()
-    }
-
-    /// The length, `None` when no field gave one, or what was wrong with the fields.
-    pub fn get(&self) -> Result<Option<u64>, &'static str> {
-        match self.problem {
-            Some(problem) => Err(problem),
-            None => Ok(self.value),
-        }
-    }
-}
-
-/// A `Content-Length` value: decimal digits only, at most 18 of them (an exabyte).
-pub fn parse_length(text: &[u8]) -> Option<u64> {
-    if text.is_empty() || text.len() > 18 || !text.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    Some(
-        text.iter()
-            .fold(0, |length, digit| length * 10 + u64::from(digit - b'0')),
-    )
-}
-
 /// What the start of a read buffer holds.
 pub enum Parsed {
     /// Not a whole head yet.
@@ -187,15 +141,6 @@ pub struct ResponseHead {
     pub framing: Framing,
     /// The connection may carry another request once this response has been read.
     pub keep_alive: bool,
-}
-
-/// Why an upstream response was refused.
-#[derive(Debug, thiserror::Error)]
-#[error("the upstream's response is malformed: {0}")]
-pub struct Malformed(pub String);
-
-fn malformed(what: impl Into<String>) -> Malformed {
-    Malformed(what.into())
 }
 
 /// Parses the response head at the start of `buf`. `head_request` says the request was
@@ -240,9 +185,9 @@ pub fn parse_response(buf: &[u8], head_request: bool) -> Result<Parsed, Malforme
     let mut kept = Vec::with_capacity(fields.len());
     let mut seen = FramingFields::default();
     for field in fields {
-        let role = Role::of(field.name);
+        let role = FieldKind::of(field.name);
         match role {
-            Role::Connection => {
+            FieldKind::Connection => {
                 for token in items(field.value) {
                     if token.eq_ignore_ascii_case(b"close") {
                         seen.close = true;
@@ -251,24 +196,20 @@ pub fn parse_response(buf: &[u8], head_request: bool) -> Result<Parsed, Malforme
                     }
                 }
             }
-            Role::ContentLength => seen.length.note(field.value),
-            Role::TransferEncoding => seen.codings(field.value),
-            Role::Upgrade | Role::HopByHop | Role::Plain => {}
+            FieldKind::ContentLength => seen.length.note(field.value),
+            FieldKind::TransferEncoding => seen.codings(field.value),
+            FieldKind::Upgrade | FieldKind::HopByHop | FieldKind::Plain => {}
         }
         let passed = match role {
-            Role::Plain | Role::ContentLength => true,
-            Role::Connection | Role::Upgrade => switching,
-            Role::TransferEncoding | Role::HopByHop => false,
+            FieldKind::Plain | FieldKind::ContentLength => true,
+            FieldKind::Connection | FieldKind::Upgrade => switching,
+            FieldKind::TransferEncoding | FieldKind::HopByHop => false,
         };
         if passed {
             // httparse hands out slices of `buf`: their offsets locate them in the copy.
-            let at = |part: &[u8]| {
-                let start = part.as_ptr() as usize - buf.as_ptr() as usize;
-                start..start + part.len()
-            };
             kept.push(Field {
-                name: at(field.name.as_bytes()),
-                value: at(field.value),
+                name: offsets(buf, field.name.as_bytes()),
+                value: offsets(buf, field.value),
                 role,
             });
         }
@@ -277,7 +218,7 @@ pub fn parse_response(buf: &[u8], head_request: bool) -> Result<Parsed, Malforme
         // Fields that `Connection` names are hop-by-hop too (RFC 9110 §7.6.1).
         let named: Vec<&[u8]> = fields
             .iter()
-            .filter(|field| Role::of(field.name) == Role::Connection)
+            .filter(|field| FieldKind::of(field.name) == FieldKind::Connection)
             .flat_map(|field| items(field.value))
             .filter(|token| !is_standard_connection_token(token))
             .collect();
@@ -322,12 +263,12 @@ pub struct ResponseFields {
 struct Field {
     name: Range<usize>,
     value: Range<usize>,
-    role: Role,
+    role: FieldKind,
 }
 
 impl ResponseFields {
     /// Name, value and role of each field, in the order they arrived.
-    pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8], Role)> {
+    pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8], FieldKind)> {
         // The ranges were taken from this head; `get` keeps a slip from becoming a panic.
         let part = |range: &Range<usize>| self.head.get(range.clone()).unwrap_or_default();
         (self.fields.iter()).map(move |field| (part(&field.name), part(&field.value), field.role))
@@ -352,48 +293,6 @@ impl ResponseFields {
         // The first value of each name replaces what the map held under it.
         map.extend(set);
         map
-    }
-}
-
-/// What a header field is to the gateway, in requests and responses alike.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Role {
-    Connection,
-    ContentLength,
-    TransferEncoding,
-    Upgrade,
-    /// Another hop-by-hop field (RFC 9110 §7.6.1): `Keep-Alive`, `TE`, `Trailer`,
-    /// `Proxy-*`.
-    HopByHop,
-    Plain,
-}
-
-impl Role {
-    pub fn of(name: &str) -> Role {
-        let name = name.as_bytes();
-        let is = |known: &[u8]| name.eq_ignore_ascii_case(known);
-        // Most names are none of these, and their first letter says so.
-        match name.first().map(u8::to_ascii_lowercase) {
-            Some(b'c') if is(b"connection") => Role::Connection,
-            Some(b'c') if is(b"content-length") => Role::ContentLength,
-            Some(b'k') if is(b"keep-alive") => Role::HopByHop,
-            Some(b't') if is(b"transfer-encoding") => Role::TransferEncoding,
-            Some(b't') if is(b"te") || is(b"trailer") => Role::HopByHop,
-            Some(b'u') if is(b"upgrade") => Role::Upgrade,
-            Some(b'p')
-                if name
-                    .get(..6)
-                    .is_some_and(|prefix| prefix.eq_ignore_ascii_case(b"proxy-")) =>
-            {
-                Role::HopByHop
-            }
-            _ => Role::Plain,
-        }
-    }
-
-    /// Whether the field describes one connection rather than the message.
-    pub fn is_hop_by_hop(self) -> bool {
-        !matches!(self, Role::Plain | Role::ContentLength)
     }
 }
 
@@ -462,194 +361,6 @@ fn response_framing(
     })
 }
 
-/// The comma-separated items of a field value, trimmed.
-pub fn items(value: &[u8]) -> impl Iterator<Item = &[u8]> {
-    value.split(|b| *b == b',').map(<[u8]>::trim_ascii)
-}
-
-/// The `Connection` tokens that name no other field.
-pub fn is_standard_connection_token(token: &[u8]) -> bool {
-    token.eq_ignore_ascii_case(b"keep-alive")
-        || token.eq_ignore_ascii_case(b"close")
-        || token.eq_ignore_ascii_case(b"upgrade")
-}
-
-/// Where a response body stands, and how it ends.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Framing {
-    /// No body (or none left).
-    Empty,
-    /// This many bytes left.
-    Length(u64),
-    /// Chunked, at this point of a chunk.
-    Chunked(Chunk),
-    /// Everything until the connection closes.
-    UntilClose,
-}
-
-/// The position in a chunked body.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Chunk {
-    /// Before a chunk-size line.
-    Size,
-    /// Inside a chunk, with this many bytes left.
-    Data(u64),
-    /// After a chunk's data, before its CRLF.
-    DataEnd,
-    /// In the trailer section, this many bytes into it.
-    Trailers(usize),
-    /// After the trailer section: the body has ended.
-    Done,
-}
-
-/// One step of decoding a body from the read buffer.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Decoded {
-    Data(Bytes),
-    /// The buffer holds no more of the body: read more.
-    NeedMore,
-    /// The body has ended; what follows in the buffer is not part of it.
-    End,
-}
-
-impl Framing {
-    /// Takes the next piece of the body off the front of `buf`.
-    pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Decoded, Malformed> {
-        match self {
-            Framing::Empty | Framing::Length(0) => Ok(Decoded::End),
-            Framing::Length(left) => {
-                if buf.is_empty() {
-                    return Ok(Decoded::NeedMore);
-                }
-                let take = usize::try_from(*left).map_or(buf.len(), |left| left.min(buf.len()));
-                *left -= take as u64;
-                Ok(Decoded::Data(buf.split_to(take).freeze()))
-            }
-            Framing::UntilClose => Ok(if buf.is_empty() {
-                Decoded::NeedMore
-            } else {
-                Decoded::Data(buf.split().freeze())
-            }),
-            Framing::Chunked(chunk) => chunk.decode(buf),
-        }
-    }
-
-    /// Whether the body has been read to its end.
-    pub fn is_done(&self) -> bool {
-        matches!(self, Framing::Empty | Framing::Length(0))
-    }
-}
-
-impl Chunk {
-    fn decode(&mut self, buf: &mut BytesMut) -> Result<Decoded, Malformed> {
-        loop {
-            match self {
-                Chunk::Size => {
-                    let Some(line) = take_line(buf, MAX_CHUNK_LINE, "chunk-size line")? else {
-                        return Ok(Decoded::NeedMore);
-                    };
-                    let size = chunk_size(&line)?;
-                    *self = if size == 0 {
-                        Chunk::Trailers(0)
-                    } else {
-                        Chunk::Data(size)
-                    };
-                }
-                Chunk::Data(left) => {
-                    if buf.is_empty() {
-                        return Ok(Decoded::NeedMore);
-                    }
-                    let take = usize::try_from(*left).map_or(buf.len(), |left| left.min(buf.len()));
-                    *left -= take as u64;
-                    if *left == 0 {
-                        *self = Chunk::DataEnd;
-                    }
-                    return Ok(Decoded::Data(buf.split_to(take).freeze()));
-                }
-                Chunk::DataEnd => {
-                    if buf.len() < 2 {
-                        return Ok(Decoded::NeedMore);
-                    }
-                    if &buf[..2] != b"\r\n" {
-                        return Err(malformed("a chunk longer than its size"));
-                    }
-                    buf.advance(2);
-                    *self = Chunk::Size;
-                }
-                Chunk::Trailers(seen) => {
-                    let limit = MAX_TRAILERS.saturating_sub(*seen);
-                    let Some(line) = take_line(buf, limit, "trailer section")? else {
-                        return Ok(Decoded::NeedMore);
-                    };
-                    if line.is_empty() {
-                        *self = Chunk::Done;
-                        return Ok(Decoded::End);
-                    }
-                    // Trailer fields are not passed on (the `Trailer` field that would
-                    // announce them is hop-by-hop here); they only have to be well formed.
-                    if !line.contains(&b':') {
-                        return Err(malformed("a trailer line without a colon"));
-                    }
-                    *seen += line.len() + 2;
-                }
-                Chunk::Done => return Ok(Decoded::End),
-            }
-        }
-    }
-}
-
-/// Takes a CRLF-terminated line (without its CRLF) off the front of `buf`, or `None`
-/// when the buffer does not hold a whole one yet.
-fn take_line(buf: &mut BytesMut, limit: usize, what: &str) -> Result<Option<Bytes>, Malformed> {
-    let Some(end) = memchr::memchr(b'\n', buf) else {
-        return if buf.len() > limit {
-            Err(malformed(format!("a {what} longer than {limit} bytes")))
-        } else {
-            Ok(None)
-        };
-    };
-    if end > limit {
-        return Err(malformed(format!("a {what} longer than {limit} bytes")));
-    }
-    // SECURITY: a bare LF is not a line end; servers that disagree on that can be made
-    // to see different chunk boundaries.
-    if end == 0 || buf[end - 1] != b'\r' {
-        return Err(malformed(format!("a {what} not ended by CRLF")));
-    }
-    let line = buf.split_to(end + 1).freeze();
-    Ok(Some(line.slice(..end - 1)))
-}
-
-/// The size on a chunk-size line: hex digits, then nothing or chunk extensions.
-fn chunk_size(line: &[u8]) -> Result<u64, Malformed> {
-    let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
-    if digits == 0 || digits > 15 {
-        return Err(malformed("an invalid chunk size"));
-    }
-    // Only spaces or tabs may come before the extensions, and nothing in the line may be
-    // a control character.
-    let rest = &line[digits..];
-    let extensions = &rest[rest
-        .iter()
-        .take_while(|b| **b == b' ' || **b == b'\t')
-        .count()..];
-    if !(extensions.is_empty() || extensions.starts_with(b";"))
-        || rest
-            .iter()
-            .any(|b| (*b < 0x20 && *b != b'\t') || *b == 0x7f)
-    {
-        return Err(malformed("an invalid chunk size"));
-    }
-    Ok(line[..digits].iter().fold(0u64, |size, digit| {
-        let value = match digit {
-            b'0'..=b'9' => digit - b'0',
-            b'a'..=b'f' => digit - b'a' + 10,
-            _ => digit - b'A' + 10,
-        };
-        size * 16 + u64::from(value)
-    }))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -667,31 +378,6 @@ mod tests {
             Ok(Parsed::Partial) => Err("partial".into()),
             Ok(Parsed::Interim(_)) => Err("interim".into()),
             Err(err) => Err(err.0),
-        }
-    }
-
-    #[test]
-    fn numbers_are_written_in_decimal_and_chunk_sizes_in_hex() {
-        let written = |push: &dyn Fn(&mut Vec<u8>)| {
-            let mut out = Vec::new();
-            push(&mut out);
-            String::from_utf8(out).unwrap()
-        };
-        let decimal = |n: u64| written(&|out| push_decimal(out, n));
-        let chunk = |n: usize| written(&|out| push_chunk_start(out, n));
-        assert_eq!(decimal(0), "0");
-        assert_eq!(decimal(24), "24");
-        assert_eq!(decimal(u64::MAX), u64::MAX.to_string());
-        assert_eq!(chunk(0), "0\r\n");
-        assert_eq!(chunk(255), "ff\r\n");
-        assert_eq!(chunk(70_000), "11170\r\n");
-        assert_eq!(parse_length(b"123"), Some(123));
-        assert_eq!(
-            parse_length(b"999999999999999999"),
-            Some(999_999_999_999_999_999)
-        );
-        for refused in [&b""[..], b"1234567890123456789", b"+1", b"1 2", b"0x1"] {
-            assert_eq!(parse_length(refused), None, "{refused:?}");
         }
     }
 
@@ -829,7 +515,7 @@ mod tests {
         let Ok(Parsed::Final(head, _)) = parse_response(text.as_bytes(), false) else {
             panic!("parses");
         };
-        let fields: Vec<(String, String, Role)> = head
+        let fields: Vec<(String, String, FieldKind)> = head
             .fields
             .iter()
             .map(|(name, value, role)| {
@@ -841,11 +527,11 @@ mod tests {
         assert_eq!(
             fields,
             [
-                field("X-Request-Id", "upstream", Role::Plain),
-                field("Set-Cookie", "a=1", Role::Plain),
-                field("Server", "nginx", Role::Plain),
-                field("set-cookie", "b=2", Role::Plain),
-                field("content-length", "0", Role::ContentLength),
+                field("X-Request-Id", "upstream", FieldKind::Plain),
+                field("Set-Cookie", "a=1", FieldKind::Plain),
+                field("Server", "nginx", FieldKind::Plain),
+                field("set-cookie", "b=2", FieldKind::Plain),
+                field("content-length", "0", FieldKind::ContentLength),
             ]
         );
 
@@ -905,69 +591,6 @@ mod tests {
         }
         // Tokens in names (77 bytes); in values, tab and everything but controls.
         assert_eq!(accepted, [77, 1 + 95 + 128]);
-    }
-
-    /// Decodes `input` fed `step` bytes at a time: the body, and what is left after it.
-    fn decode_in_steps(
-        mut framing: Framing,
-        input: &[u8],
-        step: usize,
-    ) -> Result<(Vec<u8>, Vec<u8>), String> {
-        let mut buf = BytesMut::new();
-        let mut body = Vec::new();
-        let mut fed = 0;
-        loop {
-            match framing.decode(&mut buf).map_err(|err| err.0)? {
-                Decoded::Data(data) => body.extend_from_slice(&data),
-                Decoded::End => return Ok((body, buf.to_vec())),
-                Decoded::NeedMore => {
-                    if fed == input.len() {
-                        return Err("needs more than the input".into());
-                    }
-                    let end = (fed + step).min(input.len());
-                    buf.extend_from_slice(&input[fed..end]);
-                    fed = end;
-                }
-            }
-        }
-    }
-
-    #[test]
-    fn chunked_bodies_decode_however_they_are_split() {
-        let input = b"5;name=value\r\nhello\r\n1A\r\nabcdefghijklmnopqrstuvwxyz\r\n0\r\nx-checksum: 1\r\n\r\nNEXT";
-        for step in [1, 2, 3, 7, 64] {
-            let (body, rest) = decode_in_steps(Framing::Chunked(Chunk::Size), input, step).unwrap();
-            assert_eq!(body, b"helloabcdefghijklmnopqrstuvwxyz");
-            // Bytes after the body stay in the buffer (and keep the connection from reuse).
-            assert!(b"NEXT".starts_with(&rest), "step {step}: {rest:?}");
-        }
-        let (body, _) = decode_in_steps(Framing::Length(5), b"hello, more", 2).unwrap();
-        assert_eq!(body, b"hello");
-    }
-
-    #[test]
-    fn malformed_chunks_are_refused() {
-        for input in [
-            &b"5\r\nhello!\r\n0\r\n\r\n"[..],
-            b"5\nhello\r\n0\r\n\r\n",
-            b"5\r\nhello\n0\r\n\r\n",
-            b"x\r\n",
-            b"-5\r\n",
-            b"5 x\r\n",
-            b"ffffffffffffffff\r\n",
-            b"0\r\nno colon\r\n\r\n",
-            b"5\r\r\nhello\r\n0\r\n\r\n",
-            b"5;\x00\r\nhello\r\n0\r\n\r\n",
-        ] {
-            assert!(
-                decode_in_steps(Framing::Chunked(Chunk::Size), input, 64)
-                    .is_err_and(|err| !err.starts_with("needs")),
-                "{:?} must be refused",
-                String::from_utf8_lossy(input)
-            );
-        }
-        let long_line = format!("1;{}\r\n", "x".repeat(MAX_CHUNK_LINE));
-        assert!(decode_in_steps(Framing::Chunked(Chunk::Size), long_line.as_bytes(), 64).is_err());
     }
 
     #[test]

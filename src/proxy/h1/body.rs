@@ -1,0 +1,254 @@
+//! Bodies on the wire, either way: where a body ends, and its chunks decoded.
+
+use bytes::{Buf, Bytes, BytesMut};
+
+use super::{Malformed, malformed};
+
+/// The longest chunk-size line (size plus extensions) accepted.
+const MAX_CHUNK_LINE: usize = 4096;
+/// The most bytes of trailer fields accepted (they are read and dropped).
+const MAX_TRAILERS: usize = 16 * 1024;
+
+/// Where a response body stands, and how it ends.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Framing {
+    /// No body (or none left).
+    Empty,
+    /// This many bytes left.
+    Length(u64),
+    /// Chunked, at this point of a chunk.
+    Chunked(Chunk),
+    /// Everything until the connection closes.
+    UntilClose,
+}
+
+/// The position in a chunked body.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Chunk {
+    /// Before a chunk-size line.
+    Size,
+    /// Inside a chunk, with this many bytes left.
+    Data(u64),
+    /// After a chunk's data, before its CRLF.
+    DataEnd,
+    /// In the trailer section, this many bytes into it.
+    Trailers(usize),
+    /// After the trailer section: the body has ended.
+    Done,
+}
+
+/// One step of decoding a body from the read buffer.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Decoded {
+    Data(Bytes),
+    /// The buffer holds no more of the body: read more.
+    NeedMore,
+    /// The body has ended; what follows in the buffer is not part of it.
+    End,
+}
+
+impl Framing {
+    /// Takes the next piece of the body off the front of `buf`.
+    pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Decoded, Malformed> {
+        match self {
+            Framing::Empty | Framing::Length(0) => Ok(Decoded::End),
+            Framing::Length(left) => {
+                if buf.is_empty() {
+                    return Ok(Decoded::NeedMore);
+                }
+                let take = usize::try_from(*left).map_or(buf.len(), |left| left.min(buf.len()));
+                *left -= take as u64;
+                Ok(Decoded::Data(buf.split_to(take).freeze()))
+            }
+            Framing::UntilClose => Ok(if buf.is_empty() {
+                Decoded::NeedMore
+            } else {
+                Decoded::Data(buf.split().freeze())
+            }),
+            Framing::Chunked(chunk) => chunk.decode(buf),
+        }
+    }
+
+    /// Whether the body has been read to its end.
+    pub fn is_done(&self) -> bool {
+        matches!(self, Framing::Empty | Framing::Length(0))
+    }
+}
+
+impl Chunk {
+    fn decode(&mut self, buf: &mut BytesMut) -> Result<Decoded, Malformed> {
+        loop {
+            match self {
+                Chunk::Size => {
+                    let Some(line) = take_line(buf, MAX_CHUNK_LINE, "chunk-size line")? else {
+                        return Ok(Decoded::NeedMore);
+                    };
+                    let size = chunk_size(&line)?;
+                    *self = if size == 0 {
+                        Chunk::Trailers(0)
+                    } else {
+                        Chunk::Data(size)
+                    };
+                }
+                Chunk::Data(left) => {
+                    if buf.is_empty() {
+                        return Ok(Decoded::NeedMore);
+                    }
+                    let take = usize::try_from(*left).map_or(buf.len(), |left| left.min(buf.len()));
+                    *left -= take as u64;
+                    if *left == 0 {
+                        *self = Chunk::DataEnd;
+                    }
+                    return Ok(Decoded::Data(buf.split_to(take).freeze()));
+                }
+                Chunk::DataEnd => {
+                    if buf.len() < 2 {
+                        return Ok(Decoded::NeedMore);
+                    }
+                    if &buf[..2] != b"\r\n" {
+                        return Err(malformed("a chunk longer than its size"));
+                    }
+                    buf.advance(2);
+                    *self = Chunk::Size;
+                }
+                Chunk::Trailers(seen) => {
+                    let limit = MAX_TRAILERS.saturating_sub(*seen);
+                    let Some(line) = take_line(buf, limit, "trailer section")? else {
+                        return Ok(Decoded::NeedMore);
+                    };
+                    if line.is_empty() {
+                        *self = Chunk::Done;
+                        return Ok(Decoded::End);
+                    }
+                    // Trailer fields are not passed on (the `Trailer` field that would
+                    // announce them is hop-by-hop here); they only have to be well formed.
+                    if !line.contains(&b':') {
+                        return Err(malformed("a trailer line without a colon"));
+                    }
+                    *seen += line.len() + 2;
+                }
+                Chunk::Done => return Ok(Decoded::End),
+            }
+        }
+    }
+}
+
+/// Takes a CRLF-terminated line (without its CRLF) off the front of `buf`, or `None`
+/// when the buffer does not hold a whole one yet.
+fn take_line(buf: &mut BytesMut, limit: usize, what: &str) -> Result<Option<Bytes>, Malformed> {
+    let Some(end) = memchr::memchr(b'\n', buf) else {
+        return if buf.len() > limit {
+            Err(malformed(format!("a {what} longer than {limit} bytes")))
+        } else {
+            Ok(None)
+        };
+    };
+    if end > limit {
+        return Err(malformed(format!("a {what} longer than {limit} bytes")));
+    }
+    // SECURITY: a bare LF is not a line end; servers that disagree on that can be made
+    // to see different chunk boundaries.
+    if end == 0 || buf[end - 1] != b'\r' {
+        return Err(malformed(format!("a {what} not ended by CRLF")));
+    }
+    let line = buf.split_to(end + 1).freeze();
+    Ok(Some(line.slice(..end - 1)))
+}
+
+/// The size on a chunk-size line: hex digits, then nothing or chunk extensions.
+fn chunk_size(line: &[u8]) -> Result<u64, Malformed> {
+    let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+    if digits == 0 || digits > 15 {
+        return Err(malformed("an invalid chunk size"));
+    }
+    // Only spaces or tabs may come before the extensions, and nothing in the line may be
+    // a control character.
+    let rest = &line[digits..];
+    let extensions = &rest[rest
+        .iter()
+        .take_while(|b| **b == b' ' || **b == b'\t')
+        .count()..];
+    if !(extensions.is_empty() || extensions.starts_with(b";"))
+        || rest
+            .iter()
+            .any(|b| (*b < 0x20 && *b != b'\t') || *b == 0x7f)
+    {
+        return Err(malformed("an invalid chunk size"));
+    }
+    Ok(line[..digits].iter().fold(0u64, |size, digit| {
+        let value = match digit {
+            b'0'..=b'9' => digit - b'0',
+            b'a'..=b'f' => digit - b'a' + 10,
+            _ => digit - b'A' + 10,
+        };
+        size * 16 + u64::from(value)
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Decodes `input` fed `step` bytes at a time: the body, and what is left after it.
+    fn decode_in_steps(
+        mut framing: Framing,
+        input: &[u8],
+        step: usize,
+    ) -> Result<(Vec<u8>, Vec<u8>), String> {
+        let mut buf = BytesMut::new();
+        let mut body = Vec::new();
+        let mut fed = 0;
+        loop {
+            match framing.decode(&mut buf).map_err(|err| err.0)? {
+                Decoded::Data(data) => body.extend_from_slice(&data),
+                Decoded::End => return Ok((body, buf.to_vec())),
+                Decoded::NeedMore => {
+                    if fed == input.len() {
+                        return Err("needs more than the input".into());
+                    }
+                    let end = (fed + step).min(input.len());
+                    buf.extend_from_slice(&input[fed..end]);
+                    fed = end;
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn chunked_bodies_decode_however_they_are_split() {
+        let input = b"5;name=value\r\nhello\r\n1A\r\nabcdefghijklmnopqrstuvwxyz\r\n0\r\nx-checksum: 1\r\n\r\nNEXT";
+        for step in [1, 2, 3, 7, 64] {
+            let (body, rest) = decode_in_steps(Framing::Chunked(Chunk::Size), input, step).unwrap();
+            assert_eq!(body, b"helloabcdefghijklmnopqrstuvwxyz");
+            // Bytes after the body stay in the buffer (and keep the connection from reuse).
+            assert!(b"NEXT".starts_with(&rest), "step {step}: {rest:?}");
+        }
+        let (body, _) = decode_in_steps(Framing::Length(5), b"hello, more", 2).unwrap();
+        assert_eq!(body, b"hello");
+    }
+
+    #[test]
+    fn malformed_chunks_are_refused() {
+        for input in [
+            &b"5\r\nhello!\r\n0\r\n\r\n"[..],
+            b"5\nhello\r\n0\r\n\r\n",
+            b"5\r\nhello\n0\r\n\r\n",
+            b"x\r\n",
+            b"-5\r\n",
+            b"5 x\r\n",
+            b"ffffffffffffffff\r\n",
+            b"0\r\nno colon\r\n\r\n",
+            b"5\r\r\nhello\r\n0\r\n\r\n",
+            b"5;\x00\r\nhello\r\n0\r\n\r\n",
+        ] {
+            assert!(
+                decode_in_steps(Framing::Chunked(Chunk::Size), input, 64)
+                    .is_err_and(|err| !err.starts_with("needs")),
+                "{:?} must be refused",
+                String::from_utf8_lossy(input)
+            );
+        }
+        let long_line = format!("1;{}\r\n", "x".repeat(MAX_CHUNK_LINE));
+        assert!(decode_in_steps(Framing::Chunked(Chunk::Size), long_line.as_bytes(), 64).is_err());
+    }
+}

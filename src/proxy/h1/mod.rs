@@ -1,0 +1,199 @@
+//! HTTP/1.1 as bytes, for both sides of the gateway (RFC 9112): one codec with two roles,
+//! as hyper's `Http1Transaction` has a server and a client. [`server`] reads request
+//! heads; [`client`] writes request heads and reads response heads; [`body`] frames
+//! bodies. No I/O here: `client_http1.rs` serves clients and `pool.rs` talks to
+//! upstreams on top of it.
+//!
+//! SECURITY: where one message ends decides whose the next bytes are. Every message
+//! whose length is in any doubt (two framings, a malformed length, bytes after its end)
+//! is refused, or read to the connection's close, never guessed at.
+
+pub mod body;
+pub mod client;
+pub mod server;
+
+use std::ops::Range;
+
+/// Why a message (or its body) was refused.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Malformed(pub String);
+
+fn malformed(what: impl Into<String>) -> Malformed {
+    Malformed(what.into())
+}
+
+/// Where `part`, a slice of `buf` that a parser handed out, sits in `buf`: the head is
+/// split off the read buffer afterwards, and its parts are sliced out of it, not copied.
+fn offsets(buf: &[u8], part: &[u8]) -> Range<usize> {
+    let start = part.as_ptr() as usize - buf.as_ptr() as usize;
+    start..start + part.len()
+}
+
+/// Appends one `name: value` field line.
+pub fn write_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Appends `n` in decimal, without allocating.
+pub fn push_decimal(out: &mut Vec<u8>, n: u64) {
+    push_digits(out, n, 10);
+}
+
+/// Appends the line that starts a chunk of `length` bytes, without allocating.
+pub fn push_chunk_start(out: &mut Vec<u8>, length: usize) {
+    push_digits(out, length as u64, 16);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Appends `n` in `radix` (10 or 16, lower-case digits).
+fn push_digits(out: &mut Vec<u8>, n: u64, radix: u64) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    let mut rest = n;
+    loop {
+        at -= 1;
+        digits[at] = DIGITS[(rest % radix) as usize];
+        rest /= radix;
+        if rest == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
+}
+
+/// The `Content-Length` of a message, gathered over all its fields (each may hold a
+/// comma-separated list): one value, or what was wrong. A problem, once seen, stays.
+#[derive(Clone, Copy, Default)]
+pub struct ContentLength {
+    value: Option<u64>,
+    problem: Option<&'static str>,
+}
+
+impl ContentLength {
+    /// Takes in one `Content-Length` field's value.
+    pub fn note(&mut self, field_value: &[u8]) {
+        for item in items(field_value) {
+            let Some(parsed) = parse_length(item) else {
+                self.problem = Some("an invalid Content-Length");
+                return;
+            };
+            if self.value.is_some_and(|seen| seen != parsed) {
+                self.problem = Some("two different Content-Lengths");
+            }
+            self.value = Some(parsed);
+        }
+    }
+
+    /// A `Content-Length` field was present, valid or not.
+    pub fn is_present(&self) -> bool {
+        self.value.is_some() || self.problem.is_some()
+    }
+
+    /// The length, `None` when no field gave one, or what was wrong with the fields.
+    pub fn get(&self) -> Result<Option<u64>, &'static str> {
+        match self.problem {
+            Some(problem) => Err(problem),
+            None => Ok(self.value),
+        }
+    }
+}
+
+/// A `Content-Length` value: decimal digits only, at most 18 of them (an exabyte).
+pub fn parse_length(text: &[u8]) -> Option<u64> {
+    if text.is_empty() || text.len() > 18 || !text.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(
+        text.iter()
+            .fold(0, |length, digit| length * 10 + u64::from(digit - b'0')),
+    )
+}
+
+/// What kind of header field a name is to the gateway, in requests and responses alike.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FieldKind {
+    Connection,
+    ContentLength,
+    TransferEncoding,
+    Upgrade,
+    /// Another hop-by-hop field (RFC 9110 §7.6.1): `Keep-Alive`, `TE`, `Trailer`,
+    /// `Proxy-*`.
+    HopByHop,
+    Plain,
+}
+
+impl FieldKind {
+    pub fn of(name: &str) -> FieldKind {
+        let name = name.as_bytes();
+        let is = |known: &[u8]| name.eq_ignore_ascii_case(known);
+        // Most names are none of these, and their first letter says so.
+        match name.first().map(u8::to_ascii_lowercase) {
+            Some(b'c') if is(b"connection") => FieldKind::Connection,
+            Some(b'c') if is(b"content-length") => FieldKind::ContentLength,
+            Some(b'k') if is(b"keep-alive") => FieldKind::HopByHop,
+            Some(b't') if is(b"transfer-encoding") => FieldKind::TransferEncoding,
+            Some(b't') if is(b"te") || is(b"trailer") => FieldKind::HopByHop,
+            Some(b'u') if is(b"upgrade") => FieldKind::Upgrade,
+            Some(b'p')
+                if name
+                    .get(..6)
+                    .is_some_and(|prefix| prefix.eq_ignore_ascii_case(b"proxy-")) =>
+            {
+                FieldKind::HopByHop
+            }
+            _ => FieldKind::Plain,
+        }
+    }
+
+    /// Whether the field describes one connection rather than the message.
+    pub fn is_hop_by_hop(self) -> bool {
+        !matches!(self, FieldKind::Plain | FieldKind::ContentLength)
+    }
+}
+
+/// The comma-separated items of a field value, trimmed.
+pub fn items(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value.split(|b| *b == b',').map(<[u8]>::trim_ascii)
+}
+
+/// The `Connection` tokens that name no other field.
+pub fn is_standard_connection_token(token: &[u8]) -> bool {
+    token.eq_ignore_ascii_case(b"keep-alive")
+        || token.eq_ignore_ascii_case(b"close")
+        || token.eq_ignore_ascii_case(b"upgrade")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_are_written_in_decimal_and_chunk_sizes_in_hex() {
+        let written = |push: &dyn Fn(&mut Vec<u8>)| {
+            let mut out = Vec::new();
+            push(&mut out);
+            String::from_utf8(out).unwrap()
+        };
+        let decimal = |n: u64| written(&|out| push_decimal(out, n));
+        let chunk = |n: usize| written(&|out| push_chunk_start(out, n));
+        assert_eq!(decimal(0), "0");
+        assert_eq!(decimal(24), "24");
+        assert_eq!(decimal(u64::MAX), u64::MAX.to_string());
+        assert_eq!(chunk(0), "0\r\n");
+        assert_eq!(chunk(255), "ff\r\n");
+        assert_eq!(chunk(70_000), "11170\r\n");
+        assert_eq!(parse_length(b"123"), Some(123));
+        assert_eq!(
+            parse_length(b"999999999999999999"),
+            Some(999_999_999_999_999_999)
+        );
+        for refused in [&b""[..], b"1234567890123456789", b"+1", b"1 2", b"0x1"] {
+            assert_eq!(parse_length(refused), None, "{refused:?}");
+        }
+    }
+}
