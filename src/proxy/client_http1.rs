@@ -16,7 +16,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
-use http::header::{HeaderName, HeaderValue};
+use http::header::HeaderValue;
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
@@ -245,8 +245,8 @@ pub async fn serve(wire: Wire, meta: Arc<ConnMeta>, live: Live, settings: Settin
 struct Connection {
     /// The response head (and small body pieces) being written; kept for its capacity.
     out: Vec<u8>,
-    /// The header names and value positions of the head being read; kept for its capacity.
-    scratch: Vec<(HeaderName, usize, usize)>,
+    /// The fields of the head being read; kept for its capacity.
+    scratch: Vec<h1::Field>,
     date: DateCache,
     meta: Arc<ConnMeta>,
     live: Live,

@@ -549,11 +549,12 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     // Headers named by `Connection` first, while it is still there. The usual tokens
     // (keep-alive, close, upgrade) name nothing beyond the standard set.
-    let tokens = || {
-        (headers.get_all(header::CONNECTION).iter()).flat_map(|value| h1::items(value.as_bytes()))
+    let named = || {
+        (headers.get_all(header::CONNECTION).iter())
+            .flat_map(|value| h1::named_fields(value.as_bytes()))
     };
-    if tokens().any(|token| !h1::is_standard_connection_token(token)) {
-        let named: Vec<HeaderName> = tokens()
+    if named().next().is_some() {
+        let named: Vec<HeaderName> = named()
             .filter_map(|token| HeaderName::from_bytes(token).ok())
             .collect();
         for name in named {

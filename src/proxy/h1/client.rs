@@ -2,7 +2,6 @@
 //! written, response heads parsed, and what they say about the response body.
 
 use std::mem::MaybeUninit;
-use std::ops::Range;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -10,8 +9,7 @@ use http::{StatusCode, Version, request};
 
 use super::body::{Chunk, Framing};
 use super::{
-    ContentLength, FieldKind, Malformed, is_standard_connection_token, items, malformed, offsets,
-    push_decimal, write_field,
+    Field, FieldKind, FramingFields, Malformed, classify, malformed, push_decimal, write_field,
 };
 
 /// The most header fields an upstream response may have.
@@ -177,58 +175,20 @@ pub fn parse_response(buf: &[u8], head_request: bool) -> Result<Parsed, Malforme
         Some(1) => Version::HTTP_11,
         _ => Version::HTTP_10,
     };
-    let fields: &[httparse::Header<'_>] = response.headers;
-    // One pass: the fields to pass on are picked and the framing fields are read.
     // Hop-by-hop fields describe this connection, not the message, so they are left out;
     // a protocol switch keeps `Upgrade` and `Connection` so the client sees it.
     let switching = status == StatusCode::SWITCHING_PROTOCOLS;
-    let mut kept = Vec::with_capacity(fields.len());
-    let mut seen = FramingFields::default();
-    for field in fields {
-        let role = FieldKind::of(field.name);
-        match role {
-            FieldKind::Connection => {
-                for token in items(field.value) {
-                    if token.eq_ignore_ascii_case(b"close") {
-                        seen.close = true;
-                    } else if !is_standard_connection_token(token) {
-                        seen.names_others = true;
-                    }
-                }
-            }
-            FieldKind::ContentLength => seen.length.note(field.value),
-            FieldKind::TransferEncoding => seen.codings(field.value),
-            FieldKind::Upgrade | FieldKind::HopByHop | FieldKind::Plain => {}
-        }
-        let passed = match role {
+    let mut kept = Vec::with_capacity(response.headers.len());
+    let seen = classify(
+        buf,
+        response.headers,
+        |kind| match kind {
             FieldKind::Plain | FieldKind::ContentLength => true,
             FieldKind::Connection | FieldKind::Upgrade => switching,
             FieldKind::TransferEncoding | FieldKind::HopByHop => false,
-        };
-        if passed {
-            // httparse hands out slices of `buf`: their offsets locate them in the copy.
-            kept.push(Field {
-                name: offsets(buf, field.name.as_bytes()),
-                value: offsets(buf, field.value),
-                role,
-            });
-        }
-    }
-    if seen.names_others {
-        // Fields that `Connection` names are hop-by-hop too (RFC 9110 §7.6.1).
-        let named: Vec<&[u8]> = fields
-            .iter()
-            .filter(|field| FieldKind::of(field.name) == FieldKind::Connection)
-            .flat_map(|field| items(field.value))
-            .filter(|token| !is_standard_connection_token(token))
-            .collect();
-        kept.retain(|field| {
-            !named.iter().any(|token| {
-                buf.get(field.name.clone())
-                    .is_some_and(|name| token.eq_ignore_ascii_case(name))
-            })
-        });
-    }
+        },
+        &mut kept,
+    );
     let (framing, keep_alive) = response_framing(status, version, &seen, head_request)?;
     Ok(Parsed::Final(
         ResponseHead {
@@ -259,19 +219,13 @@ pub struct ResponseFields {
     fields: Vec<Field>,
 }
 
-#[derive(Clone, Debug)]
-struct Field {
-    name: Range<usize>,
-    value: Range<usize>,
-    role: FieldKind,
-}
-
 impl ResponseFields {
     /// Name, value and role of each field, in the order they arrived.
     pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8], FieldKind)> {
         // The ranges were taken from this head; `get` keeps a slip from becoming a panic.
-        let part = |range: &Range<usize>| self.head.get(range.clone()).unwrap_or_default();
-        (self.fields.iter()).map(move |field| (part(&field.name), part(&field.value), field.role))
+        let part =
+            |range: &std::ops::Range<usize>| self.head.get(range.clone()).unwrap_or_default();
+        (self.fields.iter()).map(move |field| (part(&field.name), part(&field.value), field.kind))
     }
 
     /// These fields as a map, with `set` (the fields the gateway set) replacing any of
@@ -296,33 +250,6 @@ impl ResponseFields {
     }
 }
 
-/// What the fields that frame a response said, gathered in one pass.
-#[derive(Default)]
-struct FramingFields {
-    /// `Connection: close`.
-    close: bool,
-    /// `Connection` names other fields.
-    names_others: bool,
-    /// A `Transfer-Encoding` field is present.
-    coded: bool,
-    /// The last transfer coding so far is `chunked`.
-    chunked_last: bool,
-    /// A coding came after `chunked`.
-    chunked_not_last: bool,
-    /// What was wrong with a `Content-Length` matters only if the length is used.
-    length: ContentLength,
-}
-
-impl FramingFields {
-    fn codings(&mut self, value: &[u8]) {
-        for coding in items(value) {
-            self.coded = true;
-            self.chunked_not_last |= self.chunked_last;
-            self.chunked_last = coding.eq_ignore_ascii_case(b"chunked");
-        }
-    }
-}
-
 /// Where the body of a response ends (RFC 9112 §6.3), and whether the connection can be
 /// used again after it.
 fn response_framing(
@@ -339,14 +266,15 @@ fn response_framing(
     {
         return Ok((Framing::Empty, keep_alive));
     }
-    if seen.coded {
+    if seen.coded() {
         if seen.length.is_present() {
             return Err(malformed("both Transfer-Encoding and Content-Length"));
         }
         if version != Version::HTTP_11 {
             return Err(malformed("Transfer-Encoding in an HTTP/1.0 response"));
         }
-        return if seen.chunked_not_last {
+        // `chunked` may only be the last coding, and only once.
+        return if seen.chunked > usize::from(seen.chunked_last) {
             Err(malformed("chunked is not the last transfer coding"))
         } else if seen.chunked_last {
             Ok((Framing::Chunked(Chunk::Size), keep_alive))

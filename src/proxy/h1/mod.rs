@@ -30,6 +30,104 @@ fn offsets(buf: &[u8], part: &[u8]) -> Range<usize> {
     start..start + part.len()
 }
 
+/// A header field kept from a head, as ranges of the head's bytes.
+#[derive(Clone, Debug)]
+pub struct Field {
+    pub name: Range<usize>,
+    pub value: Range<usize>,
+    pub kind: FieldKind,
+}
+
+/// What the fields that frame a message and manage its connection said, gathered in one
+/// pass over its head; requests and responses alike. Each role decides the framing
+/// from it by its own rules.
+#[derive(Default)]
+pub struct FramingFields {
+    /// What was wrong with a `Content-Length` matters only if the length is used.
+    pub length: ContentLength,
+    /// Transfer codings listed, over all `Transfer-Encoding` fields (an empty item
+    /// counts: `chunked,` lists two).
+    pub codings: usize,
+    /// Times `chunked` was listed.
+    pub chunked: usize,
+    /// The last transfer coding listed is `chunked`.
+    pub chunked_last: bool,
+    /// `Connection: close`.
+    pub close: bool,
+    /// `Connection: keep-alive`.
+    pub keep_alive: bool,
+    /// `Connection: upgrade`.
+    pub upgrade_token: bool,
+    /// The first `Upgrade` field's value.
+    pub upgrade: Option<Range<usize>>,
+}
+
+impl FramingFields {
+    /// Transfer codings were listed.
+    pub fn coded(&self) -> bool {
+        self.codings > 0
+    }
+}
+
+/// Reads the fields of a parsed head, slices of `buf`, in one pass: notes what the
+/// framing and connection fields say, and puts in `kept` the fields that `keep` accepts
+/// by their kind, less those that `Connection` names (hop-by-hop too, RFC 9110 §7.6.1).
+pub fn classify(
+    buf: &[u8],
+    fields: &[httparse::Header<'_>],
+    keep: impl Fn(FieldKind) -> bool,
+    kept: &mut Vec<Field>,
+) -> FramingFields {
+    let mut seen = FramingFields::default();
+    let mut names_others = false;
+    kept.clear();
+    for field in fields {
+        let kind = FieldKind::of(field.name);
+        match kind {
+            FieldKind::Connection => {
+                for token in items(field.value) {
+                    seen.close |= token.eq_ignore_ascii_case(b"close");
+                    seen.keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+                    seen.upgrade_token |= token.eq_ignore_ascii_case(b"upgrade");
+                    names_others |= !is_standard_connection_token(token);
+                }
+            }
+            FieldKind::ContentLength => seen.length.note(field.value),
+            FieldKind::TransferEncoding => {
+                for coding in items(field.value) {
+                    seen.codings += 1;
+                    seen.chunked_last = coding.eq_ignore_ascii_case(b"chunked");
+                    seen.chunked += usize::from(seen.chunked_last);
+                }
+            }
+            FieldKind::Upgrade => {
+                seen.upgrade
+                    .get_or_insert_with(|| offsets(buf, field.value));
+            }
+            FieldKind::HopByHop | FieldKind::Plain => {}
+        }
+        if keep(kind) {
+            kept.push(Field {
+                name: offsets(buf, field.name.as_bytes()),
+                value: offsets(buf, field.value),
+                kind,
+            });
+        }
+    }
+    if names_others {
+        let named: Vec<&[u8]> = fields
+            .iter()
+            .filter(|field| FieldKind::of(field.name) == FieldKind::Connection)
+            .flat_map(|field| named_fields(field.value))
+            .collect();
+        kept.retain(|field| {
+            let name = buf.get(field.name.clone()).unwrap_or_default();
+            !named.iter().any(|token| token.eq_ignore_ascii_case(name))
+        });
+    }
+    seen
+}
+
 /// Appends one `name: value` field line.
 pub fn write_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(name);
@@ -159,6 +257,12 @@ impl FieldKind {
 /// The comma-separated items of a field value, trimmed.
 pub fn items(value: &[u8]) -> impl Iterator<Item = &[u8]> {
     value.split(|b| *b == b',').map(<[u8]>::trim_ascii)
+}
+
+/// The field names a `Connection` value lists: its tokens other than the standard ones.
+/// Those fields are hop-by-hop too (RFC 9110 §7.6.1).
+pub fn named_fields(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    items(value).filter(|token| !is_standard_connection_token(token))
 }
 
 /// The `Connection` tokens that name no other field.

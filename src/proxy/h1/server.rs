@@ -14,7 +14,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Uri, Version};
 
 use super::body::{Chunk, Framing};
-use super::{ContentLength, FieldKind, is_standard_connection_token, items, offsets};
+use super::{Field, FramingFields, classify, items, offsets};
 use crate::proxy::normalize;
 
 /// The most header fields a request head may have.
@@ -45,10 +45,10 @@ pub struct RequestHead {
 }
 
 /// Parses the request head at the start of `buf` and takes it off; `None` while the head
-/// is incomplete. `scratch` is only kept for its capacity.
+/// is incomplete. `kept` is only kept for its capacity.
 pub fn parse_request(
     buf: &mut BytesMut,
-    scratch: &mut Vec<(HeaderName, usize, usize)>,
+    kept: &mut Vec<Field>,
 ) -> Result<Option<RequestHead>, HeadError> {
     let malformed = |why: String| HeadError::Malformed { why, method: None };
     let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
@@ -70,35 +70,11 @@ pub fn parse_request(
     } else {
         Version::HTTP_11
     };
-    // Where the target and each value sit in the buffer, to slice them out of it once
-    // the head is split off (no copies).
-    let at = |part: &[u8]| offsets(buf, part);
-    let target_at = at(target.as_bytes());
-    let mut seen = Fields::default();
-    scratch.clear();
-    for field in parsed.headers.iter() {
-        // Hop-by-hop fields describe this connection, not the request: they are read
-        // here and left out of the request (one list with responses, `FieldKind`).
-        let kind = FieldKind::of(field.name);
-        seen.note(kind, field.value);
-        if kind == FieldKind::Upgrade && seen.upgrade_at.is_none() {
-            seen.upgrade_at = Some(at(field.value));
-        }
-        if kind.is_hop_by_hop() {
-            continue;
-        }
-        let Ok(name) = HeaderName::from_bytes(field.name.as_bytes()) else {
-            return Err(malformed("a header field name is malformed".into()));
-        };
-        if name == header::EXPECT {
-            seen.expect_continue = field
-                .value
-                .trim_ascii()
-                .eq_ignore_ascii_case(b"100-continue");
-        }
-        let value = at(field.value);
-        scratch.push((name, value.start, value.end));
-    }
+    // Where the target and each field sit in the buffer, to slice them out of it once
+    // the head is split off (no copies). Hop-by-hop fields describe this connection, not
+    // the request: they are read and left out of it (one list with responses).
+    let target_at = offsets(buf, target.as_bytes());
+    let seen = classify(buf, parsed.headers, |kind| !kind.is_hop_by_hop(), kept);
     let head = buf.split_to(length).freeze();
 
     let refuse = |why: String| HeadError::Malformed {
@@ -109,20 +85,24 @@ pub fn parse_request(
     normalize::refuse_fragment(&target).map_err(|err| refuse(err.to_string()))?;
     let uri = Uri::from_maybe_shared(target)
         .map_err(|err| refuse(format!("the request target is malformed: {err}")))?;
-    let framing = seen
-        .framing(version)
-        .map_err(|message| refuse(message.into()))?;
+    let framing = request_framing(&seen, version).map_err(|message| refuse(message.into()))?;
 
-    let mut headers = HeaderMap::with_capacity(scratch.len());
-    for (name, start, end) in scratch.drain(..) {
-        let Ok(value) = HeaderValue::from_maybe_shared(head.slice(start..end)) else {
-            return Err(refuse("a header field value is malformed".into()));
+    let mut headers = HeaderMap::with_capacity(kept.len());
+    let mut expect_continue = false;
+    for field in kept.iter() {
+        let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(&head[field.name.clone()]),
+            HeaderValue::from_maybe_shared(head.slice(field.value.clone())),
+        ) else {
+            return Err(refuse("a header field is malformed".into()));
         };
+        if name == header::EXPECT {
+            expect_continue = value
+                .as_bytes()
+                .trim_ascii()
+                .eq_ignore_ascii_case(b"100-continue");
+        }
         headers.append(name, value);
-    }
-    // Fields that `Connection` names are hop-by-hop too (RFC 9110 §7.6.1).
-    for name in seen.named {
-        headers.remove(name);
     }
     let mut request = Request::new(());
     *request.method_mut() = method;
@@ -134,7 +114,7 @@ pub fn parse_request(
     } else {
         seen.close
     };
-    let upgrade = match seen.upgrade_at {
+    let upgrade = match seen.upgrade {
         Some(at)
             if version == Version::HTTP_11
                 && seen.upgrade_token
@@ -146,82 +126,34 @@ pub fn parse_request(
     };
     Ok(Some(RequestHead {
         request,
-        expect_continue: seen.expect_continue && version == Version::HTTP_11,
+        expect_continue: expect_continue && version == Version::HTTP_11,
         upgrade,
         framing,
         close,
     }))
 }
 
-/// What a request head's fields say about its body and its connection.
-#[derive(Default)]
-struct Fields {
-    length: ContentLength,
-    /// `Transfer-Encoding` was present.
-    codings: bool,
-    /// `chunked` appeared this many times.
-    chunked: usize,
-    /// A coding other than `chunked` appeared.
-    other_coding: bool,
-    close: bool,
-    keep_alive: bool,
-    upgrade_token: bool,
-    /// Where the first `Upgrade` field's value sits in the head.
-    upgrade_at: Option<std::ops::Range<usize>>,
-    /// The fields `Connection` names beyond the standard tokens.
-    named: Vec<HeaderName>,
-    expect_continue: bool,
-}
-
-impl Fields {
-    fn note(&mut self, kind: FieldKind, value: &[u8]) {
-        if kind == FieldKind::ContentLength {
-            self.length.note(value);
-        } else if kind == FieldKind::TransferEncoding {
-            self.codings = true;
-            for item in items(value) {
-                if item.eq_ignore_ascii_case(b"chunked") {
-                    self.chunked += 1;
-                } else {
-                    self.other_coding = true;
-                }
-            }
-        } else if kind == FieldKind::Connection {
-            for token in items(value) {
-                self.close |= token.eq_ignore_ascii_case(b"close");
-                self.keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
-                self.upgrade_token |= token.eq_ignore_ascii_case(b"upgrade");
-                if !is_standard_connection_token(token)
-                    && let Ok(name) = HeaderName::from_bytes(token)
-                {
-                    self.named.push(name);
-                }
-            }
-        }
+/// How a request body is framed, or why the head is refused.
+fn request_framing(seen: &FramingFields, version: Version) -> Result<Framing, &'static str> {
+    // SECURITY: a head with two framings is how requests are smuggled past proxies.
+    if seen.coded() && seen.length.is_present() {
+        return Err("the request has both Content-Length and Transfer-Encoding");
     }
-
-    /// How the body is framed, or why the head is refused.
-    fn framing(&self, version: Version) -> Result<Framing, &'static str> {
-        // SECURITY: a head with two framings is how requests are smuggled past proxies.
-        if self.codings && self.length.is_present() {
-            return Err("the request has both Content-Length and Transfer-Encoding");
+    if seen.coded() {
+        if version == Version::HTTP_10 {
+            return Err("an HTTP/1.0 request has Transfer-Encoding");
         }
-        if self.codings {
-            if version == Version::HTTP_10 {
-                return Err("an HTTP/1.0 request has Transfer-Encoding");
-            }
-            if self.chunked != 1 || self.other_coding {
-                return Err(
-                    "the request's Transfer-Encoding is not `chunked` alone; no other transfer coding is accepted",
-                );
-            }
-            return Ok(Framing::Chunked(Chunk::Size));
+        if seen.codings != 1 || seen.chunked != 1 {
+            return Err(
+                "the request's Transfer-Encoding is not `chunked` alone; no other transfer coding is accepted",
+            );
         }
-        match self.length.get() {
-            Ok(None | Some(0)) => Ok(Framing::Empty),
-            Ok(Some(length)) => Ok(Framing::Length(length)),
-            Err(_) => Err("the request's Content-Length is malformed or has differing values"),
-        }
+        return Ok(Framing::Chunked(Chunk::Size));
+    }
+    match seen.length.get() {
+        Ok(None | Some(0)) => Ok(Framing::Empty),
+        Ok(Some(length)) => Ok(Framing::Length(length)),
+        Err(_) => Err("the request's Content-Length is malformed or has differing values"),
     }
 }
 
