@@ -9,7 +9,7 @@
 //! nothing after it is ever read as a request.
 
 use std::future::{Future as _, poll_fn};
-use std::io::{self, IoSlice};
+use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
@@ -23,7 +23,7 @@ use hyper::body::Incoming;
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, ReadBuf};
 use tokio::sync::oneshot;
 
-use super::h1::body::{Decoded, Framing};
+use super::h1::body::{Decoded, Encoder, Framing, WriteError, write_body};
 use super::h1::client::ResponseFields;
 use super::h1::server::{HeadError, RequestHead, parse_request};
 use super::h1::{self, FieldKind, push_decimal, write_field};
@@ -35,9 +35,6 @@ use crate::proxy::Live;
 
 /// How much is read from the socket at a time.
 const READ_SIZE: usize = 8 * 1024;
-/// Body data up to this size is copied behind the head into one write; larger data is
-/// written from where it is.
-const COALESCE: usize = 16 * 1024;
 /// How long, and for how many bytes, a closing connection reads what the client still
 /// sends (see [`close`]).
 const LINGER_TIME: std::time::Duration = std::time::Duration::from_secs(2);
@@ -278,17 +275,6 @@ enum Written {
     Reusable,
     /// Completely; the connection closes after it.
     Close,
-}
-
-/// How a response body is framed on the wire.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Out {
-    /// No body.
-    None,
-    Length(u64),
-    Chunked,
-    /// Until the connection closes (an HTTP/1.0 client, a body of unknown length).
-    UntilClose,
 }
 
 impl Connection {
@@ -551,15 +537,15 @@ impl Connection {
             || status == StatusCode::NO_CONTENT
             || status == StatusCode::NOT_MODIFIED;
         let framing = if bodiless {
-            Out::None
+            Encoder::Empty
         } else if let Some(length) = body.size_hint().exact() {
-            Out::Length(length)
+            Encoder::Length(length)
         } else if answering.http10 {
-            Out::UntilClose
+            Encoder::UntilClose
         } else {
-            Out::Chunked
+            Encoder::Chunked
         };
-        let mut keep_alive = answering.keep_alive && framing != Out::UntilClose;
+        let mut keep_alive = answering.keep_alive && framing != Encoder::UntilClose;
 
         let out = &mut self.out;
         out.clear();
@@ -598,13 +584,13 @@ impl Connection {
             write_field(out, b"date", self.date.now());
         }
         match framing {
-            Out::Length(length) => {
+            Encoder::Length(length) => {
                 out.extend_from_slice(b"content-length: ");
                 push_decimal(out, length);
                 out.extend_from_slice(b"\r\n");
             }
-            Out::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
-            Out::None | Out::UntilClose => {}
+            Encoder::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+            Encoder::Empty | Encoder::UntilClose => {}
         }
         if !switching {
             if !keep_alive {
@@ -620,69 +606,18 @@ impl Connection {
         } else {
             Written::Close
         };
-        if framing == Out::None {
+        if framing == Encoder::Empty {
             drop(body);
             wire.io.write_all(out).await?;
             return Ok(verdict);
         }
-        let mut sent = 0u64;
-        loop {
-            // Take what the body has ready; write what is buffered before waiting.
-            let polled = match poll_fn(|cx| Poll::Ready(Pin::new(&mut body).poll_frame(cx))).await {
-                Poll::Ready(polled) => polled,
-                Poll::Pending => {
-                    if !out.is_empty() {
-                        wire.io.write_all(out).await?;
-                        out.clear();
-                    }
-                    poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await
-                }
-            };
-            let data = match polled {
-                None => break,
-                // The client sees a response cut short: the connection closes.
-                Some(Err(err)) => return Err(io::Error::other(err)),
-                Some(Ok(frame)) => match frame.into_data() {
-                    Ok(data) if !data.is_empty() => data,
-                    // Trailers are not passed on; an empty chunk would end the body.
-                    _ => continue,
-                },
-            };
-            sent += data.len() as u64;
-            if let Out::Length(length) = framing
-                && sent > length
-            {
-                return Err(io::Error::other(
-                    "the response body is longer than its length",
-                ));
-            }
-            if framing == Out::Chunked {
-                h1::push_chunk_start(out, data.len());
-            }
-            if data.len() <= COALESCE {
-                out.extend_from_slice(&data);
-            } else {
-                write_two(&mut wire.io, out, &data).await?;
-            }
-            if framing == Out::Chunked {
-                out.extend_from_slice(b"\r\n");
-            }
-            if out.len() >= COALESCE {
-                wire.io.write_all(out).await?;
-                out.clear();
-            }
-        }
-        if let Out::Length(length) = framing
-            && sent < length
-        {
-            return Err(io::Error::other(
-                "the response body is shorter than its length",
-            ));
-        }
-        if framing == Out::Chunked {
-            out.extend_from_slice(b"0\r\n\r\n");
-        }
-        wire.io.write_all(out).await?;
+        // The client sees a response cut short: the connection closes.
+        write_body(&mut wire.io, out, &mut body, framing)
+            .await
+            .map_err(|err| match err {
+                WriteError::Io(err) => err,
+                err => io::Error::other(err.to_string()),
+            })?;
         Ok(verdict)
     }
 }
@@ -781,28 +716,6 @@ async fn close(mut wire: Wire, unread: bool) {
     let _ = tokio::time::timeout(LINGER_TIME, drain).await;
 }
 
-/// Writes all of `first`, then all of `second`, in as few system calls as the socket
-/// allows, and empties `first`.
-async fn write_two<W: AsyncWrite + Unpin>(
-    io: &mut W,
-    first: &mut Vec<u8>,
-    second: &[u8],
-) -> io::Result<()> {
-    let (mut a, mut b) = (0, 0);
-    while a < first.len() || b < second.len() {
-        let parts = [IoSlice::new(&first[a..]), IoSlice::new(&second[b..])];
-        let written = io.write_vectored(&parts).await?;
-        if written == 0 {
-            return Err(io::ErrorKind::WriteZero.into());
-        }
-        let from_first = written.min(first.len() - a);
-        a += from_first;
-        b += written - from_first;
-    }
-    first.clear();
-    Ok(())
-}
-
 /// The `Date` field's value, formatted once a second.
 #[derive(Default)]
 struct DateCache {
@@ -827,19 +740,6 @@ impl DateCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[tokio::test]
-    async fn two_buffers_are_written_whole_and_in_order() {
-        let mut sink = Vec::new();
-        let mut first = b"head\r\n".to_vec();
-        let second = vec![7u8; 100_000];
-        write_two(&mut sink, &mut first, &second)
-            .await
-            .expect("a Vec takes everything");
-        assert!(first.is_empty());
-        assert_eq!(&sink[..6], b"head\r\n");
-        assert_eq!(sink.len(), 100_006);
-    }
 
     #[test]
     fn the_date_is_an_imf_fixdate() {

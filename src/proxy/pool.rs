@@ -20,14 +20,13 @@ use std::time::{Duration, Instant};
 use bytes::{Buf, Bytes, BytesMut};
 use http::{Request, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
-use http_body_util::BodyExt;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::forward::{BoxError, RequestBody};
-use super::h1::body::{Decoded, Framing};
-use super::h1::client::{self, Added, Parsed, RequestFraming, ResponseHead};
-use super::h1::{self, Malformed};
+use super::h1::Malformed;
+use super::h1::body::{Decoded, Encoder, Framing, WriteError, write_body};
+use super::h1::client::{self, Added, Parsed, ResponseHead};
 
 /// How many idle connections a target keeps.
 const MAX_IDLE: usize = 512;
@@ -130,11 +129,11 @@ impl Pool {
     ) -> Result<Exchanged, SendError> {
         let (parts, mut body) = request.into_parts();
         let framing = if body.is_end_stream() {
-            RequestFraming::Empty
+            Encoder::Empty
         } else {
             match body.size_hint().exact() {
-                Some(length) => RequestFraming::Length(length),
-                None => RequestFraming::Chunked,
+                Some(length) => Encoder::Length(length),
+                None => Encoder::Chunked,
             }
         };
         let mut head = Vec::with_capacity(256 + 48 * parts.headers.len());
@@ -151,7 +150,7 @@ impl Pool {
                     return Ok(self.hand_out(head, connection, exchange.upgrade));
                 }
                 Err(ExchangeError::Closed)
-                    if framing == RequestFraming::Empty && parts.method.is_safe() =>
+                    if framing == Encoder::Empty && parts.method.is_safe() =>
                 {
                     tracing::debug!(target = %self.authority, "idle upstream connection was closed; sending on a new one");
                 }
@@ -287,7 +286,7 @@ impl Connection {
 /// One request's trip over one connection.
 struct Exchange<'a> {
     head: &'a [u8],
-    framing: RequestFraming,
+    framing: Encoder,
     head_request: bool,
     /// The request asks to switch protocols.
     upgrade: bool,
@@ -302,7 +301,7 @@ impl Exchange<'_> {
         body: &mut RequestBody,
     ) -> Result<(ResponseHead, Connection), ExchangeError> {
         let mut reusable = true;
-        let sent = if self.framing == RequestFraming::Empty {
+        let sent = if self.framing == Encoder::Empty {
             connection
                 .stream
                 .write_all(self.head)
@@ -312,8 +311,22 @@ impl Exchange<'_> {
             let Connection { stream, read } = &mut connection;
             let (mut reader, mut writer) = stream.split();
             let upload = async {
-                writer.write_all(self.head).await?;
-                send_body(&mut writer, body, self.framing).await
+                let mut out = Vec::with_capacity(self.head.len() + 4096);
+                out.extend_from_slice(self.head);
+                write_body(&mut writer, &mut out, body, self.framing)
+                    .await
+                    .map_err(|err| match err {
+                        WriteError::Io(err) => ExchangeError::Io(err),
+                        WriteError::Body(err) => ExchangeError::Body(err),
+                        // The client's reader enforces its Content-Length; these keep a
+                        // mistake there from ever writing past the length announced.
+                        WriteError::Longer => ExchangeError::Body(
+                            "the request body is longer than its Content-Length".into(),
+                        ),
+                        WriteError::Shorter => ExchangeError::Body(
+                            "the request body ended before its Content-Length".into(),
+                        ),
+                    })
             };
             let early = read_head(&mut reader, read, self.head_request);
             let sent = tokio::select! {
@@ -363,52 +376,6 @@ impl Exchange<'_> {
         )
         .await
     }
-}
-
-/// Sends the request body in the request's framing. Trailer fields are not forwarded.
-async fn send_body<W: AsyncWrite + Unpin>(
-    writer: &mut W,
-    body: &mut RequestBody,
-    framing: RequestFraming,
-) -> Result<(), ExchangeError> {
-    let mut sent: u64 = 0;
-    while let Some(frame) = body.frame().await {
-        let Ok(data) = frame.map_err(ExchangeError::Body)?.into_data() else {
-            continue;
-        };
-        if data.is_empty() {
-            continue;
-        }
-        sent += data.len() as u64;
-        // The client's parser enforces its Content-Length; this keeps a mistake there from
-        // ever writing past the length we announced.
-        if let RequestFraming::Length(length) = framing
-            && sent > length
-        {
-            return Err(ExchangeError::Body(
-                "the request body is longer than its Content-Length".into(),
-            ));
-        }
-        if framing == RequestFraming::Chunked {
-            let mut start = Vec::with_capacity(18);
-            h1::push_chunk_start(&mut start, data.len());
-            let start = Bytes::from(start);
-            let mut chunk = Buf::chain(Buf::chain(start, data), &b"\r\n"[..]);
-            writer.write_all_buf(&mut chunk).await?;
-        } else {
-            writer.write_all(&data).await?;
-        }
-    }
-    match framing {
-        RequestFraming::Chunked => writer.write_all(b"0\r\n\r\n").await?,
-        RequestFraming::Length(length) if sent != length => {
-            return Err(ExchangeError::Body(
-                "the request body ended before its Content-Length".into(),
-            ));
-        }
-        _ => {}
-    }
-    Ok(())
 }
 
 /// Reads until `read` starts with a final response head, skipping interim (1xx) ones.

@@ -1,9 +1,21 @@
-//! Bodies on the wire, either way: where a body ends, and its chunks decoded.
+//! Bodies on the wire, either way: a decoder that finds where an arriving body ends and
+//! takes its chunks apart, and an encoder with the one body writer that frames an
+//! outgoing body. The writer is generic over any `AsyncWrite`; no socket is known here.
+
+use std::future::poll_fn;
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::task::Poll;
 
 use bytes::{Buf, Bytes, BytesMut};
+use http_body::Body;
+use tokio::io::{AsyncWrite, AsyncWriteExt as _};
 
-use super::{Malformed, malformed};
+use super::{Malformed, malformed, push_chunk_start};
 
+/// Body data up to this size is copied behind what is buffered (a head, other small
+/// pieces) into one write; larger data is written from where it is.
+const COALESCE: usize = 16 * 1024;
 /// The longest chunk-size line (size plus extensions) accepted.
 const MAX_CHUNK_LINE: usize = 4096;
 /// The most bytes of trailer fields accepted (they are read and dropped).
@@ -185,6 +197,134 @@ fn chunk_size(line: &[u8]) -> Result<u64, Malformed> {
     }))
 }
 
+/// How an outgoing body is framed on the wire.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Encoder {
+    /// No body.
+    Empty,
+    /// Exactly this many bytes, as they are.
+    Length(u64),
+    /// In chunks, ended by a last chunk.
+    Chunked,
+    /// As they are, ended by closing the connection (for an HTTP/1.0 client).
+    UntilClose,
+}
+
+/// Why an outgoing body was not written whole.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError<E> {
+    /// The connection failed.
+    #[error(transparent)]
+    Io(io::Error),
+    /// The body failed.
+    #[error(transparent)]
+    Body(E),
+    /// The body had more bytes than its length said.
+    #[error("the body is longer than its length")]
+    Longer,
+    /// The body ended before its length.
+    #[error("the body ended before its length")]
+    Shorter,
+}
+
+/// Writes what `out` holds (a head, usually), then `body` framed by `encoder`, in as few
+/// writes as the body's pace allows: what the body has ready is gathered, and written
+/// before waiting for more. Trailer fields are not passed on. `out` is left empty.
+pub async fn write_body<W, B>(
+    io: &mut W,
+    out: &mut Vec<u8>,
+    body: &mut B,
+    encoder: Encoder,
+) -> Result<(), WriteError<B::Error>>
+where
+    W: AsyncWrite + Unpin,
+    B: Body<Data = Bytes> + Unpin,
+{
+    let chunked = encoder == Encoder::Chunked;
+    let mut sent = 0u64;
+    if encoder == Encoder::Empty {
+        io.write_all(out).await.map_err(WriteError::Io)?;
+        out.clear();
+        return Ok(());
+    }
+    loop {
+        // Take what the body has ready; write what is buffered before waiting.
+        let polled = match poll_fn(|cx| Poll::Ready(Pin::new(&mut *body).poll_frame(cx))).await {
+            Poll::Ready(polled) => polled,
+            Poll::Pending => {
+                if !out.is_empty() {
+                    io.write_all(out).await.map_err(WriteError::Io)?;
+                    out.clear();
+                }
+                poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx)).await
+            }
+        };
+        let data = match polled {
+            None => break,
+            Some(Err(err)) => return Err(WriteError::Body(err)),
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) if !data.is_empty() => data,
+                // Trailers are not passed on; an empty chunk would end the body.
+                _ => continue,
+            },
+        };
+        sent += data.len() as u64;
+        if let Encoder::Length(length) = encoder
+            && sent > length
+        {
+            return Err(WriteError::Longer);
+        }
+        if chunked {
+            push_chunk_start(out, data.len());
+        }
+        if data.len() <= COALESCE {
+            out.extend_from_slice(&data);
+        } else {
+            write_two(io, out, &data).await.map_err(WriteError::Io)?;
+        }
+        if chunked {
+            out.extend_from_slice(b"\r\n");
+        }
+        if out.len() >= COALESCE {
+            io.write_all(out).await.map_err(WriteError::Io)?;
+            out.clear();
+        }
+    }
+    if let Encoder::Length(length) = encoder
+        && sent < length
+    {
+        return Err(WriteError::Shorter);
+    }
+    if chunked {
+        out.extend_from_slice(b"0\r\n\r\n");
+    }
+    io.write_all(out).await.map_err(WriteError::Io)?;
+    out.clear();
+    Ok(())
+}
+
+/// Writes all of `first`, then all of `second`, in as few system calls as the socket
+/// allows, and empties `first`.
+async fn write_two<W: AsyncWrite + Unpin>(
+    io: &mut W,
+    first: &mut Vec<u8>,
+    second: &[u8],
+) -> io::Result<()> {
+    let (mut a, mut b) = (0, 0);
+    while a < first.len() || b < second.len() {
+        let parts = [IoSlice::new(&first[a..]), IoSlice::new(&second[b..])];
+        let written = io.write_vectored(&parts).await?;
+        if written == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        let from_first = written.min(first.len() - a);
+        a += from_first;
+        b += written - from_first;
+    }
+    first.clear();
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -250,5 +390,74 @@ mod tests {
         }
         let long_line = format!("1;{}\r\n", "x".repeat(MAX_CHUNK_LINE));
         assert!(decode_in_steps(Framing::Chunked(Chunk::Size), long_line.as_bytes(), 64).is_err());
+    }
+
+    #[tokio::test]
+    async fn two_buffers_are_written_whole_and_in_order() {
+        let mut sink = Vec::new();
+        let mut first = b"head\r\n".to_vec();
+        let second = vec![7u8; 100_000];
+        write_two(&mut sink, &mut first, &second)
+            .await
+            .expect("a Vec takes everything");
+        assert!(first.is_empty());
+        assert_eq!(&sink[..6], b"head\r\n");
+        assert_eq!(sink.len(), 100_006);
+    }
+
+    /// A body of ready pieces.
+    struct Pieces(std::collections::VecDeque<&'static str>);
+
+    impl Body for Pieces {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+            let piece = self.0.pop_front();
+            Poll::Ready(
+                piece.map(|piece| Ok(http_body::Frame::data(Bytes::from_static(piece.as_bytes())))),
+            )
+        }
+    }
+
+    /// `write_body` of `pieces` under `encoder`, after a head: what reached the wire.
+    async fn written(
+        encoder: Encoder,
+        pieces: &[&'static str],
+    ) -> Result<String, WriteError<std::convert::Infallible>> {
+        let mut body = Pieces(pieces.iter().copied().collect());
+        let mut sink = Vec::new();
+        let mut out = b"HEAD\r\n".to_vec();
+        write_body(&mut sink, &mut out, &mut body, encoder).await?;
+        assert!(out.is_empty());
+        Ok(String::from_utf8(sink).unwrap())
+    }
+
+    #[tokio::test]
+    async fn bodies_are_framed_as_their_encoder_says() {
+        assert_eq!(
+            written(Encoder::Chunked, &["ab", "", "cde"]).await.unwrap(),
+            "HEAD\r\n2\r\nab\r\n3\r\ncde\r\n0\r\n\r\n"
+        );
+        assert_eq!(
+            written(Encoder::Length(5), &["ab", "cde"]).await.unwrap(),
+            "HEAD\r\nabcde"
+        );
+        assert_eq!(
+            written(Encoder::UntilClose, &["ab"]).await.unwrap(),
+            "HEAD\r\nab"
+        );
+        assert_eq!(written(Encoder::Empty, &["ab"]).await.unwrap(), "HEAD\r\n");
+        assert!(matches!(
+            written(Encoder::Length(4), &["ab", "cde"]).await,
+            Err(WriteError::Longer)
+        ));
+        assert!(matches!(
+            written(Encoder::Length(6), &["ab", "cde"]).await,
+            Err(WriteError::Shorter)
+        ));
     }
 }

@@ -7,24 +7,13 @@ use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{StatusCode, Version, request};
 
-use super::body::{Chunk, Framing};
+use super::body::{Chunk, Encoder, Framing};
 use super::{
     Field, FieldKind, FramingFields, Malformed, classify, malformed, push_decimal, write_field,
 };
 
 /// The most header fields an upstream response may have.
 const MAX_HEADERS: usize = 128;
-
-/// How the request body is sent.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RequestFraming {
-    /// No body.
-    Empty,
-    /// A body of this many bytes, sent as they are.
-    Length(u64),
-    /// A body of unknown length, sent in chunks.
-    Chunked,
-}
 
 /// Header fields the gateway sets on a request for the upstream. Each replaces every
 /// field of its name that the request carries, and they are written after the request's
@@ -77,7 +66,7 @@ pub fn write_request_head(
     out: &mut Vec<u8>,
     parts: &request::Parts,
     added: &Added,
-    framing: RequestFraming,
+    framing: Encoder,
 ) {
     out.extend_from_slice(parts.method.as_str().as_bytes());
     out.push(b' ');
@@ -96,7 +85,7 @@ pub fn write_request_head(
     for (name, value) in &parts.headers {
         // SECURITY: the body is framed one way only, ours. (Names and values cannot hold
         // CR or LF: `http` refuses them, so nothing here can start a second message.)
-        if (framing != RequestFraming::Empty && *name == header::CONTENT_LENGTH)
+        if (framing != Encoder::Empty && *name == header::CONTENT_LENGTH)
             || *name == header::TRANSFER_ENCODING
             || added.replaces(name)
         {
@@ -110,13 +99,15 @@ pub fn write_request_head(
         }
     }
     match framing {
-        RequestFraming::Empty => {}
-        RequestFraming::Length(length) => {
+        // A request body never ends with the connection: the pool frames every body it
+        // sends by its length or in chunks.
+        Encoder::Empty | Encoder::UntilClose => {}
+        Encoder::Length(length) => {
             out.extend_from_slice(b"content-length: ");
             push_decimal(out, length);
             out.extend_from_slice(b"\r\n");
         }
-        RequestFraming::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        Encoder::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
     }
     out.extend_from_slice(b"\r\n");
 }
@@ -534,18 +525,13 @@ mod tests {
         let mut added = Added::default();
         added.set(header::HOST, HeaderValue::from_static("set.example"));
         let mut out = Vec::new();
-        write_request_head(&mut out, &parts, &added, RequestFraming::Chunked);
+        write_request_head(&mut out, &parts, &added, Encoder::Chunked);
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "POST /a%20b/c?q=1&r HTTP/1.1\r\nx-two: 1\r\nx-two: 2\r\nhost: set.example\r\ntransfer-encoding: chunked\r\n\r\n"
         );
         let mut out = Vec::new();
-        write_request_head(
-            &mut out,
-            &parts,
-            &Added::default(),
-            RequestFraming::Length(11),
-        );
+        write_request_head(&mut out, &parts, &Added::default(), Encoder::Length(11));
         assert!(
             String::from_utf8(out)
                 .unwrap()
@@ -553,7 +539,7 @@ mod tests {
         );
         let (parts, ()) = http::Request::get("/").body(()).unwrap().into_parts();
         let mut out = Vec::new();
-        write_request_head(&mut out, &parts, &Added::default(), RequestFraming::Empty);
+        write_request_head(&mut out, &parts, &Added::default(), Encoder::Empty);
         assert_eq!(out, b"GET / HTTP/1.1\r\n\r\n");
     }
 }
