@@ -23,7 +23,9 @@ use hyper::body::Incoming;
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, ReadBuf};
 use tokio::sync::oneshot;
 
-use super::h1::body::{Decoded, Encoder, Framing, WriteError, write_body};
+use super::h1::body::{
+    Decoded, Encoder, Framing, ReadError, WriteError, poll_read_body, write_body,
+};
 use super::h1::client::ResponseFields;
 use super::h1::server::{HeadError, RequestHead, parse_request};
 use super::h1::{self, FieldKind, push_decimal, write_field};
@@ -163,34 +165,32 @@ impl Http1Body {
                 Poll::Ready(Err(err)) => return fail(state, err),
             }
         }
-        loop {
-            match state.framing.decode(&mut wire.buf) {
-                Ok(Decoded::Data(data)) => {
-                    if state.framing.is_done() {
-                        state.done = true;
-                    }
-                    return Poll::Ready(Some(Ok(Frame::data(data))));
-                }
-                Ok(Decoded::End) => {
+        match poll_read_body(
+            &mut wire.io,
+            &mut wire.buf,
+            &mut state.framing,
+            READ_SIZE,
+            cx,
+        ) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Ok(Some(data))) => {
+                if state.framing.is_done() {
                     state.done = true;
-                    return Poll::Ready(None);
                 }
-                Ok(Decoded::NeedMore) => {}
-                Err(err) => {
-                    return fail(state, format!("the request body is malformed: {}", err.0));
-                }
+                Poll::Ready(Some(Ok(Frame::data(data))))
             }
-            match poll_read_more(wire, cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(Ok(0)) => {
-                    return fail(
-                        state,
-                        "the client closed the connection before the body ended",
-                    );
-                }
-                Poll::Ready(Ok(_)) => {}
-                Poll::Ready(Err(err)) => return fail(state, err),
+            Poll::Ready(Ok(None)) => {
+                state.done = true;
+                Poll::Ready(None)
             }
+            Poll::Ready(Err(ReadError::Closed)) => fail(
+                state,
+                "the client closed the connection before the body ended",
+            ),
+            Poll::Ready(Err(ReadError::Malformed(err))) => {
+                fail(state, format!("the request body is malformed: {}", err.0))
+            }
+            Poll::Ready(Err(ReadError::Io(err))) => fail(state, err),
         }
     }
 }

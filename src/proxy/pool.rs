@@ -10,7 +10,6 @@
 //! The request's own task does the I/O, so a request costs no hand-over to a
 //! connection task and back; `http1.rs` has the wire format.
 
-use std::future::Future as _;
 use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -25,7 +24,9 @@ use tokio::net::TcpStream;
 
 use super::forward::{BoxError, RequestBody};
 use super::h1::Malformed;
-use super::h1::body::{Decoded, Encoder, Framing, WriteError, write_body};
+use super::h1::body::{
+    Decoded, Encoder, Framing, ReadError, WriteError, poll_read_body, write_body,
+};
 use super::h1::client::{self, Added, Parsed, ResponseHead};
 
 /// How many idle connections a target keeps.
@@ -494,48 +495,34 @@ impl Body for UpstreamBody {
             return Poll::Ready(Some(Ok(Frame::data(data))));
         }
         if let Some(err) = this.broken.take() {
-            return this.fail(err);
+            return this.fail(format!("the upstream's response is malformed: {err}"));
         }
-        loop {
-            if this.done {
-                return Poll::Ready(None);
-            }
-            let Some(connection) = &mut this.connection else {
-                this.done = true;
-                return Poll::Ready(None);
-            };
-            match this.framing.decode(&mut connection.read) {
-                Ok(Decoded::Data(data)) => {
-                    if this.framing.is_done() {
-                        this.finish();
-                    }
-                    return Poll::Ready(Some(Ok(Frame::data(data))));
-                }
-                Ok(Decoded::End) => {
-                    this.finish();
-                    return Poll::Ready(None);
-                }
-                Ok(Decoded::NeedMore) => {}
-                Err(err) => return this.fail(err),
-            }
-            connection.read.reserve(READ_SIZE);
-            let read = {
-                let future = connection.stream.read_buf(&mut connection.read);
-                std::pin::pin!(future).poll(cx)
-            };
-            match read {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(Ok(0)) if this.framing == Framing::UntilClose => {
-                    // The end of the connection is the end of this body; it is not reused.
-                    this.pool = None;
+        if this.done {
+            return Poll::Ready(None);
+        }
+        let Some(Connection { stream, read }) = &mut this.connection else {
+            this.done = true;
+            return Poll::Ready(None);
+        };
+        match poll_read_body(stream, read, &mut this.framing, READ_SIZE, cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Ok(Some(data))) => {
+                if this.framing.is_done() {
                     this.finish();
                 }
-                Poll::Ready(Ok(0)) => {
-                    return this.fail("the upstream closed the connection before the body ended");
-                }
-                Poll::Ready(Ok(_)) => {}
-                Poll::Ready(Err(err)) => return this.fail(err),
+                Poll::Ready(Some(Ok(Frame::data(data))))
             }
+            Poll::Ready(Ok(None)) => {
+                this.finish();
+                Poll::Ready(None)
+            }
+            Poll::Ready(Err(ReadError::Closed)) => {
+                this.fail("the upstream closed the connection before the body ended")
+            }
+            Poll::Ready(Err(ReadError::Malformed(err))) => {
+                this.fail(format!("the upstream's response is malformed: {err}"))
+            }
+            Poll::Ready(Err(ReadError::Io(err))) => this.fail(err),
         }
     }
 

@@ -2,14 +2,14 @@
 //! takes its chunks apart, and an encoder with the one body writer that frames an
 //! outgoing body. The writer is generic over any `AsyncWrite`; no socket is known here.
 
-use std::future::poll_fn;
+use std::future::{Future as _, poll_fn};
 use std::io::{self, IoSlice};
 use std::pin::Pin;
-use std::task::Poll;
+use std::task::{Context, Poll};
 
 use bytes::{Buf, Bytes, BytesMut};
 use http_body::Body;
-use tokio::io::{AsyncWrite, AsyncWriteExt as _};
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 
 use super::{Malformed, malformed, push_chunk_start};
 
@@ -195,6 +195,54 @@ fn chunk_size(line: &[u8]) -> Result<u64, Malformed> {
         };
         size * 16 + u64::from(value)
     }))
+}
+
+/// Why an arriving body was not read whole.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// Its framing is broken (a bad chunk line, bytes where a CRLF should be).
+    #[error("the body is malformed: {0}")]
+    Malformed(Malformed),
+    /// The connection closed before the body ended.
+    #[error("the connection closed before the body ended")]
+    Closed,
+    /// The connection failed.
+    #[error(transparent)]
+    Io(io::Error),
+}
+
+/// The one body reader: takes the next piece of a body off the front of `buf`, reading
+/// from `io` (asking for room for `read_size` more bytes) when `buf` holds none of it.
+/// `None` once the body has ended; a body framed until the close ends with the
+/// connection. After an error the body must not be read again: bytes past a bad chunk
+/// line would be taken for body.
+pub fn poll_read_body<R: AsyncRead + Unpin>(
+    io: &mut R,
+    buf: &mut BytesMut,
+    framing: &mut Framing,
+    read_size: usize,
+    cx: &mut Context<'_>,
+) -> Poll<Result<Option<Bytes>, ReadError>> {
+    loop {
+        match framing.decode(buf) {
+            Ok(Decoded::Data(data)) => return Poll::Ready(Ok(Some(data))),
+            Ok(Decoded::End) => return Poll::Ready(Ok(None)),
+            Ok(Decoded::NeedMore) => {}
+            Err(err) => return Poll::Ready(Err(ReadError::Malformed(err))),
+        }
+        buf.reserve(read_size);
+        let read = std::pin::pin!(io.read_buf(buf)).poll(cx);
+        match read {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(Ok(0)) if *framing == Framing::UntilClose => {
+                *framing = Framing::Empty;
+                return Poll::Ready(Ok(None));
+            }
+            Poll::Ready(Ok(0)) => return Poll::Ready(Err(ReadError::Closed)),
+            Poll::Ready(Ok(_)) => {}
+            Poll::Ready(Err(err)) => return Poll::Ready(Err(ReadError::Io(err))),
+        }
+    }
 }
 
 /// How an outgoing body is framed on the wire.
