@@ -24,7 +24,7 @@ use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, Re
 use tokio::sync::oneshot;
 
 use super::h1::body::{
-    Decoded, Encoder, Framing, ReadError, WriteError, poll_read_body, write_body,
+    Decoded, Decoder, Encoder, ReadError, WriteError, poll_read_body, write_body,
 };
 use super::h1::client::ResponseFields;
 use super::h1::server::{HeadError, RequestHead, parse_request};
@@ -114,7 +114,7 @@ pub struct Http1Body {
 /// response head is ready; a body polled after that fails.
 struct BodyState {
     wire: Option<Wire>,
-    framing: Framing,
+    framing: Decoder,
     /// Bytes of `100 Continue` still to write before the first read of the body.
     continue_left: usize,
     /// The body was read to its end.
@@ -136,7 +136,7 @@ impl Http1Body {
             return SizeHint::with_exact(0);
         }
         match state.framing {
-            Framing::Length(left) => SizeHint::with_exact(left),
+            Decoder::Length(left) => SizeHint::with_exact(left),
             _ => SizeHint::new(),
         }
     }
@@ -297,7 +297,7 @@ impl Connection {
             let mut request = request.map(|()| ClientBody::Empty);
             let head_request = request.method() == Method::HEAD;
             let http10 = request.version() == Version::HTTP_10;
-            let has_body = framing != Framing::Empty;
+            let has_body = framing != Decoder::Empty;
             let switch = upgrade.map(|protocol| {
                 let (sender, socket) = oneshot::channel();
                 request.extensions_mut().insert(ClientSwitch {
@@ -675,7 +675,7 @@ fn poll_read_more(wire: &mut Wire, cx: &mut Context<'_>) -> Poll<io::Result<usiz
 }
 
 /// Takes what `buf` holds of a request body off it; whether that was all of the body.
-fn skip_buffered(framing: &mut Framing, buf: &mut BytesMut) -> bool {
+fn skip_buffered(framing: &mut Decoder, buf: &mut BytesMut) -> bool {
     loop {
         match framing.decode(buf) {
             Ok(Decoded::Data(_)) => {}

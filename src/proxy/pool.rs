@@ -25,7 +25,7 @@ use tokio::net::TcpStream;
 use super::forward::{BoxError, RequestBody};
 use super::h1::Malformed;
 use super::h1::body::{
-    Decoded, Encoder, Framing, ReadError, WriteError, poll_read_body, write_body,
+    Decoded, Decoder, Encoder, ReadError, WriteError, poll_read_body, write_body,
 };
 use super::h1::client::{self, Added, Parsed, ResponseHead};
 
@@ -426,7 +426,7 @@ fn is_reset(err: &io::Error) -> bool {
 /// An upstream response body. It gives its connection back to the pool once read to
 /// the end with nothing left over, and closes it otherwise.
 pub struct UpstreamBody {
-    framing: Framing,
+    framing: Decoder,
     /// The connection while the body is still arriving on it.
     connection: Option<Connection>,
     /// Where the connection goes afterwards, when it may be reused.
@@ -533,8 +533,8 @@ impl Body for UpstreamBody {
     fn size_hint(&self) -> SizeHint {
         let pending = self.pending.as_ref().map_or(0, |data| data.len() as u64);
         match (&self.framing, self.done) {
-            (_, true) | (Framing::Empty, _) => SizeHint::with_exact(pending),
-            (Framing::Length(left), false) => SizeHint::with_exact(pending + left),
+            (_, true) | (Decoder::Empty, _) => SizeHint::with_exact(pending),
+            (Decoder::Length(left), false) => SizeHint::with_exact(pending + left),
             _ => {
                 let mut hint = SizeHint::new();
                 hint.set_lower(pending);

@@ -21,9 +21,10 @@ const MAX_CHUNK_LINE: usize = 4096;
 /// The most bytes of trailer fields accepted (they are read and dropped).
 const MAX_TRAILERS: usize = 16 * 1024;
 
-/// Where a response body stands, and how it ends.
+/// Where an arriving body stands, and how it ends: the decoder of requests and
+/// responses alike.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Framing {
+pub enum Decoder {
     /// No body (or none left).
     Empty,
     /// This many bytes left.
@@ -59,12 +60,12 @@ pub enum Decoded {
     End,
 }
 
-impl Framing {
+impl Decoder {
     /// Takes the next piece of the body off the front of `buf`.
     pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Decoded, Malformed> {
         match self {
-            Framing::Empty | Framing::Length(0) => Ok(Decoded::End),
-            Framing::Length(left) => {
+            Decoder::Empty | Decoder::Length(0) => Ok(Decoded::End),
+            Decoder::Length(left) => {
                 if buf.is_empty() {
                     return Ok(Decoded::NeedMore);
                 }
@@ -72,18 +73,18 @@ impl Framing {
                 *left -= take as u64;
                 Ok(Decoded::Data(buf.split_to(take).freeze()))
             }
-            Framing::UntilClose => Ok(if buf.is_empty() {
+            Decoder::UntilClose => Ok(if buf.is_empty() {
                 Decoded::NeedMore
             } else {
                 Decoded::Data(buf.split().freeze())
             }),
-            Framing::Chunked(chunk) => chunk.decode(buf),
+            Decoder::Chunked(chunk) => chunk.decode(buf),
         }
     }
 
     /// Whether the body has been read to its end.
     pub fn is_done(&self) -> bool {
-        matches!(self, Framing::Empty | Framing::Length(0))
+        matches!(self, Decoder::Empty | Decoder::Length(0))
     }
 }
 
@@ -219,7 +220,7 @@ pub enum ReadError {
 pub fn poll_read_body<R: AsyncRead + Unpin>(
     io: &mut R,
     buf: &mut BytesMut,
-    framing: &mut Framing,
+    framing: &mut Decoder,
     read_size: usize,
     cx: &mut Context<'_>,
 ) -> Poll<Result<Option<Bytes>, ReadError>> {
@@ -234,8 +235,8 @@ pub fn poll_read_body<R: AsyncRead + Unpin>(
         let read = std::pin::pin!(io.read_buf(buf)).poll(cx);
         match read {
             Poll::Pending => return Poll::Pending,
-            Poll::Ready(Ok(0)) if *framing == Framing::UntilClose => {
-                *framing = Framing::Empty;
+            Poll::Ready(Ok(0)) if *framing == Decoder::UntilClose => {
+                *framing = Decoder::Empty;
                 return Poll::Ready(Ok(None));
             }
             Poll::Ready(Ok(0)) => return Poll::Ready(Err(ReadError::Closed)),
@@ -379,7 +380,7 @@ mod tests {
 
     /// Decodes `input` fed `step` bytes at a time: the body, and what is left after it.
     fn decode_in_steps(
-        mut framing: Framing,
+        mut framing: Decoder,
         input: &[u8],
         step: usize,
     ) -> Result<(Vec<u8>, Vec<u8>), String> {
@@ -406,12 +407,12 @@ mod tests {
     fn chunked_bodies_decode_however_they_are_split() {
         let input = b"5;name=value\r\nhello\r\n1A\r\nabcdefghijklmnopqrstuvwxyz\r\n0\r\nx-checksum: 1\r\n\r\nNEXT";
         for step in [1, 2, 3, 7, 64] {
-            let (body, rest) = decode_in_steps(Framing::Chunked(Chunk::Size), input, step).unwrap();
+            let (body, rest) = decode_in_steps(Decoder::Chunked(Chunk::Size), input, step).unwrap();
             assert_eq!(body, b"helloabcdefghijklmnopqrstuvwxyz");
             // Bytes after the body stay in the buffer (and keep the connection from reuse).
             assert!(b"NEXT".starts_with(&rest), "step {step}: {rest:?}");
         }
-        let (body, _) = decode_in_steps(Framing::Length(5), b"hello, more", 2).unwrap();
+        let (body, _) = decode_in_steps(Decoder::Length(5), b"hello, more", 2).unwrap();
         assert_eq!(body, b"hello");
     }
 
@@ -430,14 +431,14 @@ mod tests {
             b"5;\x00\r\nhello\r\n0\r\n\r\n",
         ] {
             assert!(
-                decode_in_steps(Framing::Chunked(Chunk::Size), input, 64)
+                decode_in_steps(Decoder::Chunked(Chunk::Size), input, 64)
                     .is_err_and(|err| !err.starts_with("needs")),
                 "{:?} must be refused",
                 String::from_utf8_lossy(input)
             );
         }
         let long_line = format!("1;{}\r\n", "x".repeat(MAX_CHUNK_LINE));
-        assert!(decode_in_steps(Framing::Chunked(Chunk::Size), long_line.as_bytes(), 64).is_err());
+        assert!(decode_in_steps(Decoder::Chunked(Chunk::Size), long_line.as_bytes(), 64).is_err());
     }
 
     #[tokio::test]

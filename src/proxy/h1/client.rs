@@ -7,7 +7,7 @@ use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{StatusCode, Version, request};
 
-use super::body::{Chunk, Encoder, Framing};
+use super::body::{Chunk, Decoder, Encoder};
 use super::{
     Field, FieldKind, FramingFields, Malformed, classify, malformed, push_decimal, write_field,
 };
@@ -127,7 +127,7 @@ pub enum Parsed {
 pub struct ResponseHead {
     pub status: StatusCode,
     pub fields: ResponseFields,
-    pub framing: Framing,
+    pub framing: Decoder,
     /// The connection may carry another request once this response has been read.
     pub keep_alive: bool,
 }
@@ -248,14 +248,14 @@ fn response_framing(
     version: Version,
     seen: &FramingFields,
     head_request: bool,
-) -> Result<(Framing, bool), Malformed> {
+) -> Result<(Decoder, bool), Malformed> {
     let keep_alive = version == Version::HTTP_11 && !seen.close;
     if head_request
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED
         || status == StatusCode::SWITCHING_PROTOCOLS
     {
-        return Ok((Framing::Empty, keep_alive));
+        return Ok((Decoder::Empty, keep_alive));
     }
     if seen.coded() {
         if seen.length.is_present() {
@@ -268,15 +268,15 @@ fn response_framing(
         return if seen.chunked > usize::from(seen.chunked_last) {
             Err(malformed("chunked is not the last transfer coding"))
         } else if seen.chunked_last {
-            Ok((Framing::Chunked(Chunk::Size), keep_alive))
+            Ok((Decoder::Chunked(Chunk::Size), keep_alive))
         } else {
             // Another coding last: the body ends with the connection.
-            Ok((Framing::UntilClose, false))
+            Ok((Decoder::UntilClose, false))
         };
     }
     Ok(match seen.length.get().map_err(malformed)? {
-        Some(length) => (Framing::Length(length), keep_alive),
-        None => (Framing::UntilClose, false),
+        Some(length) => (Decoder::Length(length), keep_alive),
+        None => (Decoder::UntilClose, false),
     })
 }
 
@@ -288,7 +288,7 @@ mod tests {
         parse_response(text.as_bytes(), false)
     }
 
-    fn framing_of(text: &str) -> Result<(Framing, bool), String> {
+    fn framing_of(text: &str) -> Result<(Decoder, bool), String> {
         match head(text) {
             Ok(Parsed::Final(head, length)) => {
                 assert_eq!(length, text.len());
@@ -305,40 +305,40 @@ mod tests {
         let ok = |text: &str| framing_of(text).unwrap();
         assert_eq!(
             ok("HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n"),
-            (Framing::Length(5), true)
+            (Decoder::Length(5), true)
         );
         assert_eq!(
             ok("HTTP/1.1 200 OK\r\nContent-Length: 5, 5\r\ncontent-length: 5\r\n\r\n"),
-            (Framing::Length(5), true)
+            (Decoder::Length(5), true)
         );
         assert_eq!(
             ok("HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, Chunked\r\n\r\n"),
-            (Framing::Chunked(Chunk::Size), true)
+            (Decoder::Chunked(Chunk::Size), true)
         );
         assert_eq!(
             ok("HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\n"),
-            (Framing::UntilClose, false)
+            (Decoder::UntilClose, false)
         );
-        assert_eq!(ok("HTTP/1.1 200 OK\r\n\r\n"), (Framing::UntilClose, false));
+        assert_eq!(ok("HTTP/1.1 200 OK\r\n\r\n"), (Decoder::UntilClose, false));
         assert_eq!(
             ok("HTTP/1.1 200 OK\r\nconnection: keep-alive, Close\r\ncontent-length: 0\r\n\r\n"),
-            (Framing::Length(0), false)
+            (Decoder::Length(0), false)
         );
         assert_eq!(
             ok("HTTP/1.0 200 OK\r\ncontent-length: 3\r\n\r\n"),
-            (Framing::Length(3), false)
+            (Decoder::Length(3), false)
         );
         assert_eq!(
             ok("HTTP/1.1 204 No Content\r\ncontent-length: 7\r\n\r\n"),
-            (Framing::Empty, true)
+            (Decoder::Empty, true)
         );
         assert_eq!(
             ok("HTTP/1.1 304 Not Modified\r\ntransfer-encoding: chunked\r\n\r\n"),
-            (Framing::Empty, true)
+            (Decoder::Empty, true)
         );
         let text = "HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\n";
         match parse_response(text.as_bytes(), true) {
-            Ok(Parsed::Final(head, _)) => assert_eq!(head.framing, Framing::Empty),
+            Ok(Parsed::Final(head, _)) => assert_eq!(head.framing, Decoder::Empty),
             _ => panic!("a HEAD response parses"),
         }
     }

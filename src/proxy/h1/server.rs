@@ -13,7 +13,7 @@ use bytes::BytesMut;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Uri, Version};
 
-use super::body::{Chunk, Framing};
+use super::body::{Chunk, Decoder};
 use super::{Field, FramingFields, classify, items, offsets};
 use crate::proxy::normalize;
 
@@ -33,7 +33,7 @@ pub enum HeadError {
 /// A request head, and what it says about its body and the connection.
 pub struct RequestHead {
     pub request: Request<()>,
-    pub framing: Framing,
+    pub framing: Decoder,
     /// The client asked to close after this request (or did not ask to keep an HTTP/1.0
     /// connection).
     pub close: bool,
@@ -134,7 +134,7 @@ pub fn parse_request(
 }
 
 /// How a request body is framed, or why the head is refused.
-fn request_framing(seen: &FramingFields, version: Version) -> Result<Framing, &'static str> {
+fn request_framing(seen: &FramingFields, version: Version) -> Result<Decoder, &'static str> {
     // SECURITY: a head with two framings is how requests are smuggled past proxies.
     if seen.coded() && seen.length.is_present() {
         return Err("the request has both Content-Length and Transfer-Encoding");
@@ -148,11 +148,11 @@ fn request_framing(seen: &FramingFields, version: Version) -> Result<Framing, &'
                 "the request's Transfer-Encoding is not `chunked` alone; no other transfer coding is accepted",
             );
         }
-        return Ok(Framing::Chunked(Chunk::Size));
+        return Ok(Decoder::Chunked(Chunk::Size));
     }
     match seen.length.get() {
-        Ok(None | Some(0)) => Ok(Framing::Empty),
-        Ok(Some(length)) => Ok(Framing::Length(length)),
+        Ok(None | Some(0)) => Ok(Decoder::Empty),
+        Ok(Some(length)) => Ok(Decoder::Length(length)),
         Err(_) => Err("the request's Content-Length is malformed or has differing values"),
     }
 }
@@ -183,13 +183,13 @@ mod tests {
     #[test]
     fn a_body_is_framed_by_one_field_or_the_head_is_refused() {
         for (fields, framing) in [
-            ("Content-Length: 5", Framing::Length(5)),
-            ("Content-Length: 5\r\nContent-Length: 5", Framing::Length(5)),
-            ("Content-Length: 5, 5", Framing::Length(5)),
-            ("Content-Length: 0", Framing::Empty),
-            ("X-Nothing: here", Framing::Empty),
-            ("Transfer-Encoding: chunked", Framing::Chunked(Chunk::Size)),
-            ("Transfer-Encoding: CHUNKED", Framing::Chunked(Chunk::Size)),
+            ("Content-Length: 5", Decoder::Length(5)),
+            ("Content-Length: 5\r\nContent-Length: 5", Decoder::Length(5)),
+            ("Content-Length: 5, 5", Decoder::Length(5)),
+            ("Content-Length: 0", Decoder::Empty),
+            ("X-Nothing: here", Decoder::Empty),
+            ("Transfer-Encoding: chunked", Decoder::Chunked(Chunk::Size)),
+            ("Transfer-Encoding: CHUNKED", Decoder::Chunked(Chunk::Size)),
         ] {
             let head = parse(&post(fields)).unwrap_or_else(|err| panic!("{fields}: {err:?}"));
             assert_eq!(head.framing, framing, "{fields}");
@@ -281,7 +281,7 @@ mod tests {
         assert_eq!(head.request.method(), Method::POST);
         assert_eq!(head.request.uri(), "/a?q=1");
         assert_eq!(head.request.headers()["host"], "a");
-        assert_eq!(head.framing, Framing::Length(3));
+        assert_eq!(head.framing, Decoder::Length(3));
         // Blank lines before a request line are skipped (RFC 9112 §2.2).
         let head = parse("\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n").map_err(|err| err.1);
         assert_eq!(
