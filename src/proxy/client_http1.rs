@@ -105,102 +105,138 @@ impl Body for ClientBody {
     }
 }
 
-/// An HTTP/1 request body, read from the client's socket as it is polled.
+/// An HTTP/1 request body, read from the client's socket by whatever polls it (the
+/// request's own upstream exchange). It owns the socket while it lives, and gives it
+/// back to its connection, with where the body stands, when it is dropped: with its
+/// request, before the request's response comes back.
 pub struct Http1Body {
-    state: Arc<Mutex<BodyState>>,
+    /// The socket; `None` only once given back.
+    wire: Option<Wire>,
+    decoder: Decoder,
+    reading: Reading,
+    back: Option<oneshot::Sender<Returned>>,
 }
 
-/// The socket while a request body is read from it. `serve` takes the wire back once the
-/// response head is ready; a body polled after that fails.
-struct BodyState {
-    wire: Option<Wire>,
-    framing: Decoder,
-    /// Bytes of `100 Continue` still to write before the first read of the body.
-    continue_left: usize,
+/// Where a request body stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Reading {
+    /// A `100 Continue` is owed before the body's first read: this many bytes of it are
+    /// still to write.
+    Continue(usize),
+    /// The body is being read.
+    Body,
     /// The body was read to its end.
-    done: bool,
+    Done,
     /// The body failed; it is never read again.
-    failed: bool,
+    Failed,
+}
+
+/// What a request body gives back to its connection.
+struct Returned {
+    wire: Wire,
+    decoder: Decoder,
+    reading: Reading,
+}
+
+impl Http1Body {
+    /// The body `decoder` frames on `wire`; `back` gets the socket when it is dropped.
+    fn new(
+        wire: Wire,
+        decoder: Decoder,
+        expect_continue: bool,
+        back: oneshot::Sender<Returned>,
+    ) -> Http1Body {
+        Http1Body {
+            wire: Some(wire),
+            decoder,
+            reading: if expect_continue {
+                Reading::Continue(CONTINUE.len())
+            } else {
+                Reading::Body
+            },
+            back: Some(back),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match (self.reading, &self.decoder) {
+            (Reading::Done, _) => SizeHint::with_exact(0),
+            (_, Decoder::Length(left)) => SizeHint::with_exact(*left),
+            _ => SizeHint::new(),
+        }
+    }
+
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.reading {
+            Reading::Done => return Poll::Ready(None),
+            Reading::Failed => return Poll::Ready(Some(Err("the request body failed".into()))),
+            Reading::Continue(_) | Reading::Body => {}
+        }
+        let Some(wire) = &mut self.wire else {
+            return self.fail("the request body has no socket");
+        };
+        while let Reading::Continue(left) = self.reading {
+            let from = CONTINUE.len() - left;
+            match Pin::new(&mut wire.io).poll_write(cx, &CONTINUE[from..]) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(0)) => return self.fail("the client closed the connection"),
+                Poll::Ready(Ok(written)) if written >= left => self.reading = Reading::Body,
+                Poll::Ready(Ok(written)) => self.reading = Reading::Continue(left - written),
+                Poll::Ready(Err(err)) => return self.fail(err),
+            }
+        }
+        match poll_read_body(
+            &mut wire.io,
+            &mut wire.buf,
+            &mut self.decoder,
+            READ_SIZE,
+            cx,
+        ) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Ok(Some(data))) => {
+                if self.decoder.is_done() {
+                    self.reading = Reading::Done;
+                }
+                Poll::Ready(Some(Ok(Frame::data(data))))
+            }
+            Poll::Ready(Ok(None)) => {
+                self.reading = Reading::Done;
+                Poll::Ready(None)
+            }
+            Poll::Ready(Err(ReadError::Closed)) => {
+                self.fail("the client closed the connection before the body ended")
+            }
+            Poll::Ready(Err(ReadError::Malformed(err))) => {
+                self.fail(format!("the request body is malformed: {}", err.0))
+            }
+            Poll::Ready(Err(ReadError::Io(err))) => self.fail(err),
+        }
+    }
+
+    fn fail(&mut self, err: impl Into<BoxError>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.reading = Reading::Failed;
+        Poll::Ready(Some(Err(err.into())))
+    }
+}
+
+impl Drop for Http1Body {
+    fn drop(&mut self) {
+        if let (Some(wire), Some(back)) = (self.wire.take(), self.back.take()) {
+            let decoder = std::mem::replace(&mut self.decoder, Decoder::Empty);
+            // The connection may be gone already; then so is the socket.
+            let _ = back.send(Returned {
+                wire,
+                decoder,
+                reading: self.reading,
+            });
+        }
+    }
 }
 
 /// Locks `mutex`; nothing holding these locks can panic, but a poisoned one is no reason
 /// to fail either.
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-impl Http1Body {
-    fn size_hint(&self) -> SizeHint {
-        let state = lock(&self.state);
-        if state.done {
-            return SizeHint::with_exact(0);
-        }
-        match state.framing {
-            Decoder::Length(left) => SizeHint::with_exact(left),
-            _ => SizeHint::new(),
-        }
-    }
-
-    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let mut state = lock(&self.state);
-        let state = &mut *state;
-        if state.done {
-            return Poll::Ready(None);
-        }
-        if state.failed {
-            return Poll::Ready(Some(Err("the request body failed".into())));
-        }
-        let Some(wire) = &mut state.wire else {
-            state.failed = true;
-            return Poll::Ready(Some(Err(
-                "the request was answered before its body was read".into(),
-            )));
-        };
-        while state.continue_left > 0 {
-            let from = CONTINUE.len() - state.continue_left;
-            match Pin::new(&mut wire.io).poll_write(cx, &CONTINUE[from..]) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(Ok(0)) => return fail(state, "the client closed the connection"),
-                Poll::Ready(Ok(written)) => state.continue_left -= written,
-                Poll::Ready(Err(err)) => return fail(state, err),
-            }
-        }
-        match poll_read_body(
-            &mut wire.io,
-            &mut wire.buf,
-            &mut state.framing,
-            READ_SIZE,
-            cx,
-        ) {
-            Poll::Pending => Poll::Pending,
-            Poll::Ready(Ok(Some(data))) => {
-                if state.framing.is_done() {
-                    state.done = true;
-                }
-                Poll::Ready(Some(Ok(Frame::data(data))))
-            }
-            Poll::Ready(Ok(None)) => {
-                state.done = true;
-                Poll::Ready(None)
-            }
-            Poll::Ready(Err(ReadError::Closed)) => fail(
-                state,
-                "the client closed the connection before the body ended",
-            ),
-            Poll::Ready(Err(ReadError::Malformed(err))) => {
-                fail(state, format!("the request body is malformed: {}", err.0))
-            }
-            Poll::Ready(Err(ReadError::Io(err))) => fail(state, err),
-        }
-    }
-}
-
-fn fail(
-    state: &mut BodyState,
-    err: impl Into<BoxError>,
-) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-    state.failed = true;
-    Poll::Ready(Some(Err(err.into())))
 }
 
 /// A request's ask to switch protocols (HTTP/1.1, `Connection: upgrade`, an `Upgrade`
@@ -309,34 +345,31 @@ impl Connection {
             });
 
             let (response, body_done, back) = if has_body {
-                // The body reads from the socket itself while the request is handled.
-                let state = Arc::new(Mutex::new(BodyState {
-                    wire: Some(wire),
-                    framing,
-                    continue_left: if expect_continue { CONTINUE.len() } else { 0 },
-                    done: false,
-                    failed: false,
-                }));
-                *request.body_mut() = ClientBody::Http1(Http1Body {
-                    state: state.clone(),
-                });
+                // The body reads from the socket itself while the request is handled, and
+                // gives it back when it is dropped with the request.
+                let (sender, mut returned) = oneshot::channel();
+                *request.body_mut() =
+                    ClientBody::Http1(Http1Body::new(wire, framing, expect_continue, sender));
                 let response = self.call(request).await;
-                let mut state = lock(&state);
-                let state = &mut *state;
-                // Only this takes the wire out of the state.
-                let Some(mut back) = state.wire.take() else {
+                let Ok(Returned {
+                    wire: mut back,
+                    mut decoder,
+                    reading,
+                }) = returned.try_recv()
+                else {
+                    tracing::debug!(client.addr = %self.meta.peer, "a request body outlived its response; closing");
                     return;
                 };
-                // A `100 Continue` cut off halfway cannot be followed by a response.
-                if state.continue_left > 0 && state.continue_left < CONTINUE.len() {
-                    return;
-                }
-                // The rest of a body already in the buffer is skipped, so the connection
-                // can carry on; a body still on its way (or owed a `100 Continue`) closes it.
-                let done = state.done
-                    || (!state.failed
-                        && state.continue_left == 0
-                        && skip_buffered(&mut state.framing, &mut back.buf));
+                let done = match reading {
+                    Reading::Done => true,
+                    // A `100 Continue` cut off halfway cannot be followed by a response.
+                    Reading::Continue(left) if left < CONTINUE.len() => return,
+                    // The rest of a body already in the buffer is skipped, so the
+                    // connection can carry on; a body still on its way (or owed a
+                    // `100 Continue`) closes it.
+                    Reading::Body => skip_buffered(&mut decoder, &mut back.buf),
+                    Reading::Continue(_) | Reading::Failed => false,
+                };
                 (response, done, back)
             } else {
                 let Some(response) = self.call_watching(&mut wire, request).await else {
