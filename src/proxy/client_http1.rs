@@ -8,7 +8,7 @@
 //! whose target hides a `#fragment` is answered with a 400 and the connection closed:
 //! nothing after it is ever read as a request.
 
-use std::future::{Future as _, poll_fn};
+use std::future::{Future, poll_fn};
 use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -30,7 +30,7 @@ use super::h1::client::ResponseFields;
 use super::h1::server::{HeadError, RequestHead, parse_request};
 use super::h1::{self, FieldKind, push_decimal, write_field};
 use super::handle::{handle, refuse};
-use super::listener::{ActivityIo, ConnMeta, InFlight};
+use super::listener::{Activity, ActivityIo, ConnMeta, InFlight};
 use super::respond::ProxyError;
 use super::{BoxError, ProxyBody};
 use crate::proxy::Live;
@@ -57,9 +57,10 @@ pub struct Settings {
     pub head_ticks: u64,
 }
 
-/// The client's socket and what has been read from it but not used yet.
-pub struct Wire {
-    pub io: ActivityIo,
+/// The client's socket and what has been read from it but not used yet. Generic over the
+/// socket so that tests can script one.
+pub struct Wire<IO = ActivityIo> {
+    pub io: IO,
     pub buf: BytesMut,
     /// The tick at which the first bytes in `buf` arrived while a request was being
     /// handled: the next head's clock starts there.
@@ -109,12 +110,12 @@ impl Body for ClientBody {
 /// request's own upstream exchange). It owns the socket while it lives, and gives it
 /// back to its connection, with where the body stands, when it is dropped: with its
 /// request, before the request's response comes back.
-pub struct Http1Body {
+pub struct Http1Body<IO = ActivityIo> {
     /// The socket; `None` only once given back.
-    wire: Option<Wire>,
+    wire: Option<Wire<IO>>,
     decoder: Decoder,
     reading: Reading,
-    back: Option<oneshot::Sender<Returned>>,
+    back: Option<oneshot::Sender<Returned<IO>>>,
 }
 
 /// Where a request body stands.
@@ -132,20 +133,20 @@ enum Reading {
 }
 
 /// What a request body gives back to its connection.
-struct Returned {
-    wire: Wire,
+struct Returned<IO = ActivityIo> {
+    wire: Wire<IO>,
     decoder: Decoder,
     reading: Reading,
 }
 
-impl Http1Body {
+impl<IO: AsyncRead + AsyncWrite + Unpin> Http1Body<IO> {
     /// The body `decoder` frames on `wire`; `back` gets the socket when it is dropped.
     fn new(
-        wire: Wire,
+        wire: Wire<IO>,
         decoder: Decoder,
         expect_continue: bool,
-        back: oneshot::Sender<Returned>,
-    ) -> Http1Body {
+        back: oneshot::Sender<Returned<IO>>,
+    ) -> Http1Body<IO> {
         Http1Body {
             wire: Some(wire),
             decoder,
@@ -219,7 +220,7 @@ impl Http1Body {
     }
 }
 
-impl Drop for Http1Body {
+impl<IO> Drop for Http1Body<IO> {
     fn drop(&mut self) {
         if let (Some(wire), Some(back)) = (self.wire.take(), self.back.take()) {
             let decoder = std::mem::replace(&mut self.decoder, Decoder::Empty);
@@ -230,6 +231,28 @@ impl Drop for Http1Body {
                 reading: self.reading,
             });
         }
+    }
+}
+
+impl<IO> Returned<IO> {
+    /// The socket, and whether the body was read to its end so that the connection can
+    /// carry another request; `None` when the connection must close without answering.
+    fn settle(self) -> Option<(Wire<IO>, bool)> {
+        let Returned {
+            mut wire,
+            mut decoder,
+            reading,
+        } = self;
+        let done = match reading {
+            Reading::Done => true,
+            // A `100 Continue` cut off halfway cannot be followed by a response.
+            Reading::Continue(left) if left < CONTINUE.len() => return None,
+            // The rest of a body already in the buffer is skipped, so the connection can
+            // carry on; a body still on its way (or owed a `100 Continue`) closes it.
+            Reading::Body => skip_buffered(&mut decoder, &mut wire.buf),
+            Reading::Continue(_) | Reading::Failed => false,
+        };
+        Some((wire, done))
     }
 }
 
@@ -351,24 +374,12 @@ impl Connection {
                 *request.body_mut() =
                     ClientBody::Http1(Http1Body::new(wire, framing, expect_continue, sender));
                 let response = self.call(request).await;
-                let Ok(Returned {
-                    wire: mut back,
-                    mut decoder,
-                    reading,
-                }) = returned.try_recv()
-                else {
+                let Ok(returned) = returned.try_recv() else {
                     tracing::debug!(client.addr = %self.meta.peer, "a request body outlived its response; closing");
                     return;
                 };
-                let done = match reading {
-                    Reading::Done => true,
-                    // A `100 Continue` cut off halfway cannot be followed by a response.
-                    Reading::Continue(left) if left < CONTINUE.len() => return,
-                    // The rest of a body already in the buffer is skipped, so the
-                    // connection can carry on; a body still on its way (or owed a
-                    // `100 Continue`) closes it.
-                    Reading::Body => skip_buffered(&mut decoder, &mut back.buf),
-                    Reading::Continue(_) | Reading::Failed => false,
+                let Some((back, done)) = returned.settle() else {
+                    return;
                 };
                 (response, done, back)
             } else {
@@ -448,47 +459,15 @@ impl Connection {
         }
     }
 
-    /// [`Connection::call`] for a request without a body, watching the client meanwhile:
-    /// a client that hangs up drops the request (and its upstream exchange), `None`;
-    /// bytes it sends (the next request, pipelined) are kept in `wire.buf`.
-    ///
-    /// Only a request that outlasts a tick of the idle watchdog is watched, so a quick
-    /// one costs no read that would find nothing.
+    /// [`Connection::call`] for a request without a body, watching the client meanwhile
+    /// (see [`watch_while`]).
     async fn call_watching(
         &self,
         wire: &mut Wire,
         request: Request<ClientBody>,
     ) -> Option<Response<ProxyBody>> {
-        let activity = &self.meta.activity;
-        let started = activity.ticks();
-        let max_head = self.settings.max_head;
-        if !wire.buf.is_empty() {
-            wire.next_head_since = Some(started);
-        }
-        // A client that closes its side after pipelining requests still gets answers.
-        let mut closed_with_more = false;
-        let mut call = std::pin::pin!(self.call(request));
-        poll_fn(|cx| {
-            activity.wake_on_change(cx);
-            if let Poll::Ready(response) = call.as_mut().poll(cx) {
-                return Poll::Ready(Some(response));
-            }
-            while !closed_with_more && activity.ticks() != started && wire.buf.len() < max_head {
-                let was_empty = wire.buf.is_empty();
-                match poll_read_more(wire, cx) {
-                    Poll::Ready(Ok(0)) if !wire.buf.is_empty() => closed_with_more = true,
-                    Poll::Ready(Ok(0) | Err(_)) => return Poll::Ready(None),
-                    Poll::Ready(Ok(_)) => {
-                        if was_empty {
-                            wire.next_head_since = Some(activity.ticks());
-                        }
-                    }
-                    Poll::Pending => break,
-                }
-            }
-            Poll::Pending
-        })
-        .await
+        let call = self.call(request);
+        watch_while(&self.meta.activity, wire, self.settings.max_head, call).await
     }
 
     /// Hands the request to the pipeline, counted as in flight until its response head.
@@ -700,9 +679,55 @@ fn too_large(max_header_size: usize) -> NoHead {
     )
 }
 
+/// Runs `call` (a request without a body) while watching the client: a client that hangs
+/// up drops the call (and its upstream exchange), `None`; bytes it sends meanwhile (the
+/// next request, pipelined) are kept in `wire.buf`, and the next head's clock starts
+/// when they arrive.
+///
+/// Only a call that outlasts a tick of the idle watchdog is watched, so a quick one
+/// costs no read that would find nothing.
+async fn watch_while<IO: AsyncRead + Unpin, F: Future>(
+    activity: &Activity,
+    wire: &mut Wire<IO>,
+    max_head: usize,
+    call: F,
+) -> Option<F::Output> {
+    let started = activity.ticks();
+    if !wire.buf.is_empty() {
+        wire.next_head_since = Some(started);
+    }
+    // A client that closes its side after pipelining requests still gets answers.
+    let mut closed_with_more = false;
+    let mut call = std::pin::pin!(call);
+    poll_fn(|cx| {
+        activity.wake_on_change(cx);
+        if let Poll::Ready(output) = call.as_mut().poll(cx) {
+            return Poll::Ready(Some(output));
+        }
+        while !closed_with_more && activity.ticks() != started && wire.buf.len() < max_head {
+            let was_empty = wire.buf.is_empty();
+            match poll_read_more(wire, cx) {
+                Poll::Ready(Ok(0)) if !wire.buf.is_empty() => closed_with_more = true,
+                Poll::Ready(Ok(0) | Err(_)) => return Poll::Ready(None),
+                Poll::Ready(Ok(_)) => {
+                    if was_empty {
+                        wire.next_head_since = Some(activity.ticks());
+                    }
+                }
+                Poll::Pending => break,
+            }
+        }
+        Poll::Pending
+    })
+    .await
+}
+
 /// Reads what the client has sent into `wire.buf` (making room for `READ_SIZE` more),
 /// or registers to be woken when there is something.
-fn poll_read_more(wire: &mut Wire, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+fn poll_read_more<IO: AsyncRead + Unpin>(
+    wire: &mut Wire<IO>,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<usize>> {
     wire.buf.reserve(READ_SIZE);
     std::pin::pin!(wire.io.read_buf(&mut wire.buf)).poll(cx)
 }
@@ -720,7 +745,7 @@ fn skip_buffered(framing: &mut Decoder, buf: &mut BytesMut) -> bool {
 
 /// Whether the client has sent anything more (or closed) that has not been read, found
 /// without waiting.
-fn sent_more(io: &mut ActivityIo) -> bool {
+fn sent_more<IO: AsyncRead + Unpin>(io: &mut IO) -> bool {
     let mut byte = [0u8; 1];
     let mut buf = ReadBuf::new(&mut byte);
     let mut cx = Context::from_waker(Waker::noop());
@@ -731,22 +756,24 @@ fn sent_more(io: &mut ActivityIo) -> bool {
 /// body left unread, a refused head), what it sends is read and dropped for a moment
 /// first: closing a socket with unread bytes makes the kernel reset the connection, and
 /// the reset can destroy the response before the client has read it.
-async fn close(mut wire: Wire, unread: bool) {
+async fn close<IO: AsyncRead + AsyncWrite + Unpin>(mut wire: Wire<IO>, unread: bool) {
     if wire.io.shutdown().await.is_err() || !unread {
         return;
     }
-    let drain = async {
-        let mut dropped = 0;
-        while dropped < LINGER_BYTES {
-            wire.buf.clear();
-            wire.buf.reserve(READ_SIZE);
-            match wire.io.read_buf(&mut wire.buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(read) => dropped += read,
-            }
+    let _ = tokio::time::timeout(LINGER_TIME, linger(&mut wire.io, &mut wire.buf)).await;
+}
+
+/// Reads and drops what the client sends, up to `LINGER_BYTES`, until it closes.
+async fn linger<IO: AsyncRead + Unpin>(io: &mut IO, buf: &mut BytesMut) {
+    let mut dropped = 0;
+    while dropped < LINGER_BYTES {
+        buf.clear();
+        buf.reserve(READ_SIZE);
+        match io.read_buf(buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(read) => dropped += read,
         }
-    };
-    let _ = tokio::time::timeout(LINGER_TIME, drain).await;
+    }
 }
 
 /// The `Date` field's value, formatted once a second.
@@ -772,7 +799,167 @@ impl DateCache {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
+    use tokio_test::io::{Builder, Mock};
+
     use super::*;
+
+    fn wire(io: Mock) -> Wire<Mock> {
+        Wire {
+            io,
+            buf: BytesMut::new(),
+            next_head_since: None,
+        }
+    }
+
+    /// Polls `body` once.
+    async fn poll_once(body: &mut Http1Body<Mock>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        poll_fn(|cx| Poll::Ready(body.poll_frame(cx))).await
+    }
+
+    #[tokio::test]
+    async fn a_body_reads_its_own_bytes_and_gives_the_socket_back_with_the_rest() {
+        let io = Builder::new().read(b"hel").read(b"loGET /next").build();
+        let (back, returned) = oneshot::channel();
+        let mut body = Http1Body::new(wire(io), Decoder::Length(5), false, back);
+        let mut read = Vec::new();
+        while let Poll::Ready(Some(Ok(frame))) = poll_once(&mut body).await {
+            read.extend_from_slice(frame.data_ref().unwrap());
+        }
+        assert_eq!(read, b"hello");
+        drop(body);
+        let (wire, done) = returned.await.unwrap().settle().unwrap();
+        assert!(done, "read to its end: the connection carries on");
+        assert_eq!(&wire.buf[..], b"GET /next");
+    }
+
+    /// SECURITY: a `100 Continue` cut off halfway (the client stopped reading) cannot be
+    /// followed by a response on the same stream: the connection closes without one.
+    #[tokio::test(start_paused = true)]
+    async fn a_half_written_100_continue_closes_without_an_answer() {
+        let io = Builder::new()
+            .write(&CONTINUE[..16])
+            .wait(Duration::from_secs(3600))
+            .build();
+        let (back, returned) = oneshot::channel();
+        let mut body = Http1Body::new(wire(io), Decoder::Length(5), true, back);
+        assert!(poll_once(&mut body).await.is_pending());
+        drop(body);
+        let returned = returned.await.unwrap();
+        assert_eq!(returned.reading, Reading::Continue(CONTINUE.len() - 16));
+        assert!(returned.settle().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_body_never_asked_for_or_left_on_its_way_closes_after_the_answer() {
+        // Owed a whole 100 Continue, never written: the client may still send the body.
+        let (back, returned) = oneshot::channel();
+        drop(Http1Body::new(
+            wire(Builder::new().build()),
+            Decoder::Length(5),
+            true,
+            back,
+        ));
+        let (_, done) = returned.await.unwrap().settle().unwrap();
+        assert!(!done);
+        // Half a body read: the rest is still on its way.
+        let (back, returned) = oneshot::channel();
+        let mut body = Http1Body::new(
+            wire(Builder::new().read(b"he").build()),
+            Decoder::Length(5),
+            false,
+            back,
+        );
+        assert!(matches!(
+            poll_once(&mut body).await,
+            Poll::Ready(Some(Ok(_)))
+        ));
+        drop(body);
+        let (_, done) = returned.await.unwrap().settle().unwrap();
+        assert!(!done);
+        // A whole body already buffered is skipped: the connection carries on.
+        let mut buffered = wire(Builder::new().build());
+        buffered.buf.extend_from_slice(b"helloGET /");
+        let (back, returned) = oneshot::channel();
+        drop(Http1Body::new(buffered, Decoder::Length(5), false, back));
+        let (wire, done) = returned.await.unwrap().settle().unwrap();
+        assert!(done);
+        assert_eq!(&wire.buf[..], b"GET /");
+    }
+
+    /// A closing connection with bytes still coming reads and drops them first: closing a
+    /// socket with unread bytes makes the kernel reset it, and the reset can destroy the
+    /// response before the client has read it. (The mock fails if a read is left.)
+    #[tokio::test]
+    async fn a_closing_connection_reads_what_the_client_still_sends() {
+        let io = Builder::new()
+            .read(b"the rest of a body")
+            .read(&[b'x'; 20_000])
+            .build();
+        close(wire(io), true).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn lingering_ends_at_its_time_whatever_the_client_does() {
+        let io = Builder::new()
+            .read(b"slow")
+            .wait(Duration::from_secs(3600))
+            .build();
+        let started = tokio::time::Instant::now();
+        close(wire(io), true).await;
+        assert_eq!(started.elapsed(), LINGER_TIME);
+    }
+
+    #[tokio::test]
+    async fn bytes_pipelined_during_a_call_are_kept_for_the_next_head() {
+        let activity = Arc::new(Activity::default());
+        let next = b"GET /next HTTP/1.1\r\nHost: a\r\n\r\n";
+        let mut wire = wire(Builder::new().read(next).build());
+        let (answer, answered) = oneshot::channel();
+        let ticker = activity.clone();
+        let clock = tokio::spawn(async move {
+            // A tick passes while the call waits on its upstream: now the client is read.
+            ticker.tick();
+            tokio::task::yield_now().await;
+            let _ = answer.send("response");
+        });
+        let watched = watch_while(&activity, &mut wire, 8192, answered);
+        let output = tokio::time::timeout(Duration::from_secs(10), watched)
+            .await
+            .unwrap();
+        clock.await.unwrap();
+        assert_eq!(output.map(Result::unwrap), Some("response"));
+        assert_eq!(&wire.buf[..], next);
+        assert_eq!(
+            wire.next_head_since,
+            Some(1),
+            "the next head's clock started"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_client_that_hangs_up_during_a_call_drops_it() {
+        let activity = Arc::new(Activity::default());
+        activity.tick();
+        let mut wire = wire(Builder::new().build());
+        let never = std::future::pending::<()>();
+        // Not watched before a tick passes: the quick call costs no read.
+        let started = activity.ticks();
+        let clock = {
+            let activity = activity.clone();
+            tokio::spawn(async move { activity.tick() })
+        };
+        let watched = watch_while(&activity, &mut wire, 8192, never);
+        let watched = tokio::time::timeout(Duration::from_secs(10), watched).await;
+        assert_eq!(
+            watched,
+            Ok(None),
+            "the hang-up is seen and the call dropped"
+        );
+        clock.await.unwrap();
+        assert!(activity.ticks() > started);
+    }
 
     #[test]
     fn the_date_is_an_imf_fixdate() {

@@ -361,8 +361,7 @@ async fn idle_checked(activity: &Activity, timeout: Duration, check_every: Durat
     let mut quiet_checks = 0u32;
     loop {
         checks.tick().await;
-        activity.ticks.fetch_add(1, Ordering::Relaxed);
-        activity.wake();
+        activity.tick();
         let seen = activity.snapshot();
         if seen != last_seen || activity.in_flight.load(Ordering::Relaxed) > 0 {
             last_seen = seen;
@@ -409,6 +408,12 @@ impl Activity {
 
     fn drain(&self) {
         self.draining.store(true, Ordering::Relaxed);
+        self.wake();
+    }
+
+    /// Counts a check of the idle watchdog, and wakes the connection's task to see it.
+    pub(super) fn tick(&self) {
+        self.ticks.fetch_add(1, Ordering::Relaxed);
         self.wake();
     }
 
