@@ -328,7 +328,7 @@ pub struct RequestBody {
 const PROGRESS_STEP: u64 = 64 * 1024;
 
 impl RequestBody {
-    fn new(inner: ClientBody, limit: Option<u64>) -> RequestBody {
+    pub(super) fn new(inner: ClientBody, limit: Option<u64>) -> RequestBody {
         let progress = (!inner.is_end_stream()).then(|| {
             Arc::new(Progress {
                 last_ms: AtomicU64::new(clock_ms()),

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use bytes::{Buf, Bytes, BytesMut};
 use http::{Request, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::forward::{BoxError, RequestBody};
@@ -73,10 +73,23 @@ struct Idle {
     since: Instant,
 }
 
-/// One open connection and what has been read from it but not yet used.
-pub struct Connection {
-    stream: TcpStream,
+/// One open connection and what has been read from it but not yet used. Generic over the
+/// stream so that tests can script one.
+pub struct Connection<S = TcpStream> {
+    stream: S,
     read: BytesMut,
+}
+
+/// A stream an exchange reads and writes at once: a request body may still be going up
+/// while the response comes down.
+trait Duplex: AsyncRead + AsyncWrite + Unpin {
+    fn halves(&mut self) -> (impl AsyncRead + Unpin + '_, impl AsyncWrite + Unpin + '_);
+}
+
+impl Duplex for TcpStream {
+    fn halves(&mut self) -> (impl AsyncRead + Unpin + '_, impl AsyncWrite + Unpin + '_) {
+        self.split()
+    }
 }
 
 /// How an exchange on one connection failed.
@@ -296,11 +309,14 @@ struct Exchange<'a> {
 impl Exchange<'_> {
     /// Writes the request and reads the response head. A response that arrives while the
     /// body is still being sent ends the upload, and the connection's reuse with it.
-    async fn run(
+    async fn run<S: Duplex, B>(
         &self,
-        mut connection: Connection,
-        body: &mut RequestBody,
-    ) -> Result<(ResponseHead, Connection), ExchangeError> {
+        mut connection: Connection<S>,
+        body: &mut B,
+    ) -> Result<(ResponseHead, Connection<S>), ExchangeError>
+    where
+        B: Body<Data = Bytes, Error = BoxError> + Unpin,
+    {
         let mut reusable = true;
         let sent = if self.framing == Encoder::Empty {
             connection
@@ -310,30 +326,37 @@ impl Exchange<'_> {
                 .map_err(ExchangeError::Io)
         } else {
             let Connection { stream, read } = &mut connection;
-            let (mut reader, mut writer) = stream.split();
-            let upload = async {
-                let mut out = Vec::with_capacity(self.head.len() + 4096);
-                out.extend_from_slice(self.head);
-                write_body(&mut writer, &mut out, body, self.framing)
-                    .await
-                    .map_err(|err| match err {
-                        WriteError::Io(err) => ExchangeError::Io(err),
-                        WriteError::Body(err) => ExchangeError::Body(err),
-                        // The client's reader enforces its Content-Length; these keep a
-                        // mistake there from ever writing past the length announced.
-                        WriteError::Longer => ExchangeError::Body(
-                            "the request body is longer than its Content-Length".into(),
-                        ),
-                        WriteError::Shorter => ExchangeError::Body(
-                            "the request body ended before its Content-Length".into(),
-                        ),
-                    })
+            // The halves live in this block, so that the connection is free again after it.
+            let raced = {
+                let (mut reader, mut writer) = stream.halves();
+                let upload = async {
+                    let mut out = Vec::with_capacity(self.head.len() + 4096);
+                    out.extend_from_slice(self.head);
+                    write_body(&mut writer, &mut out, body, self.framing)
+                        .await
+                        .map_err(|err| match err {
+                            WriteError::Io(err) => ExchangeError::Io(err),
+                            WriteError::Body(err) => ExchangeError::Body(err),
+                            // The client's reader enforces its Content-Length; these keep a
+                            // mistake there from ever writing past the length announced.
+                            WriteError::Longer => ExchangeError::Body(
+                                "the request body is longer than its Content-Length".into(),
+                            ),
+                            WriteError::Shorter => ExchangeError::Body(
+                                "the request body ended before its Content-Length".into(),
+                            ),
+                        })
+                };
+                let early = read_head(&mut reader, read, self.head_request);
+                tokio::select! {
+                    biased;
+                    sent = upload => Ok(sent),
+                    head = early => Err(head),
+                }
             };
-            let early = read_head(&mut reader, read, self.head_request);
-            let sent = tokio::select! {
-                biased;
-                sent = upload => sent,
-                head = early => {
+            let sent = match raced {
+                Ok(sent) => sent,
+                Err(head) => {
                     let mut head = head?;
                     head.keep_alive = false;
                     return Ok((head, connection));
@@ -369,7 +392,10 @@ impl Exchange<'_> {
         Ok((head, connection))
     }
 
-    async fn read_head(&self, connection: &mut Connection) -> Result<ResponseHead, ExchangeError> {
+    async fn read_head<S: AsyncRead + Unpin>(
+        &self,
+        connection: &mut Connection<S>,
+    ) -> Result<ResponseHead, ExchangeError> {
         read_head(
             &mut connection.stream,
             &mut connection.read,
@@ -541,5 +567,169 @@ impl Body for UpstreamBody {
                 hint
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+
+    use http_body_util::BodyExt as _;
+    use tokio::io::AsyncWriteExt as _;
+    use tokio_test::io::{Builder, Mock};
+
+    use super::*;
+    use crate::proxy::client_http1::ClientBody;
+
+    impl Duplex for Mock {
+        fn halves(&mut self) -> (impl AsyncRead + Unpin + '_, impl AsyncWrite + Unpin + '_) {
+            tokio::io::split(self)
+        }
+    }
+
+    /// A request body that has `pieces` ready, then waits for ever.
+    struct Uploading(VecDeque<&'static [u8]>);
+
+    impl Body for Uploading {
+        type Data = Bytes;
+        type Error = BoxError;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+            match self.0.pop_front() {
+                Some(piece) => Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(piece))))),
+                None => Poll::Pending,
+            }
+        }
+    }
+
+    fn connection(stream: Mock) -> Connection<Mock> {
+        Connection {
+            stream,
+            read: BytesMut::new(),
+        }
+    }
+
+    const HEAD: &[u8] = b"POST /upload HTTP/1.1\r\ncontent-length: 10\r\n\r\n";
+
+    fn exchange(framing: Encoder) -> Exchange<'static> {
+        Exchange {
+            head: HEAD,
+            framing,
+            head_request: false,
+            upgrade: false,
+        }
+    }
+
+    /// An upstream that refuses an upload before it has all of it: its answer is passed
+    /// on, and the connection, whose next bytes nobody can place, is not reused.
+    #[tokio::test]
+    async fn an_answer_before_the_upload_ends_is_passed_on_and_not_reused() {
+        let mut sent = HEAD.to_vec();
+        sent.extend_from_slice(b"hello");
+        let stream = Builder::new()
+            .write(&sent)
+            .read(b"HTTP/1.1 413 Content Too Large\r\ncontent-length: 0\r\n\r\n")
+            .build();
+        let mut body = Uploading(VecDeque::from([&b"hello"[..]]));
+        let (head, _) = exchange(Encoder::Length(10))
+            .run(connection(stream), &mut body)
+            .await
+            .unwrap();
+        assert_eq!(head.status, StatusCode::PAYLOAD_TOO_LARGE);
+        assert!(!head.keep_alive);
+    }
+
+    /// How a reused connection that the upstream closed is told apart from one that broke
+    /// mid-answer: only the first may be retried.
+    #[tokio::test]
+    async fn a_close_before_any_answer_is_told_from_a_broken_answer() {
+        let exchange = exchange(Encoder::Empty);
+        let mut body = Uploading(VecDeque::new());
+        let closed = Builder::new().write(HEAD).build();
+        assert!(matches!(
+            exchange.run(connection(closed), &mut body).await,
+            Err(ExchangeError::Closed)
+        ));
+        let reset = Builder::new()
+            .write(HEAD)
+            .read_error(io::ErrorKind::ConnectionReset.into())
+            .build();
+        assert!(matches!(
+            exchange.run(connection(reset), &mut body).await,
+            Err(ExchangeError::Closed)
+        ));
+        let cut = Builder::new()
+            .write(HEAD)
+            .read(b"HTTP/1.1 200 OK\r\n")
+            .build();
+        assert!(matches!(
+            exchange.run(connection(cut), &mut body).await,
+            Err(ExchangeError::Malformed(_))
+        ));
+        let answered = Builder::new()
+            .write(HEAD)
+            .read(b"HTTP/1.1 204 No Content\r\n\r\n")
+            .build();
+        let (head, _) = exchange.run(connection(answered), &mut body).await.unwrap();
+        assert_eq!(head.status, StatusCode::NO_CONTENT);
+        assert!(head.keep_alive);
+    }
+
+    /// A safe request without a body that meets an idle connection the upstream closed
+    /// is sent once more, on a new connection (real sockets: the pool connects).
+    #[tokio::test]
+    async fn a_stale_idle_connection_is_retried_on_a_new_one() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        // Reads one request head (the requests here have no body).
+        async fn request(stream: &mut TcpStream) {
+            let mut head = Vec::new();
+            while !head.ends_with(b"\r\n\r\n") {
+                let mut byte = [0u8; 1];
+                assert_eq!(stream.read(&mut byte).await.unwrap(), 1, "a whole head");
+                head.push(byte[0]);
+            }
+        }
+        let upstream = tokio::spawn(async move {
+            let (mut first, _) = listener.accept().await.unwrap();
+            request(&mut first).await;
+            first
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nfirst")
+                .await
+                .unwrap();
+            // The second request arrives on the kept connection, which closes unanswered.
+            request(&mut first).await;
+            drop(first);
+            let (mut fresh, _) = listener.accept().await.unwrap();
+            request(&mut fresh).await;
+            fresh
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nfresh")
+                .await
+                .unwrap();
+        });
+        let pool = Pool::new(
+            addr.to_string().parse().unwrap(),
+            Duration::from_secs(5),
+            Duration::from_secs(60),
+        );
+        let get = |path: &str| {
+            Request::get(path)
+                .body(RequestBody::new(ClientBody::Empty, None))
+                .unwrap()
+        };
+        for (path, expected) in [("/one", "first"), ("/two", "fresh")] {
+            let Ok(exchanged) = pool.send(get(path), &Added::default()).await else {
+                panic!("{path} got no response");
+            };
+            let body = exchanged.response.into_body().collect().await.unwrap();
+            assert_eq!(body.to_bytes(), expected, "{path}");
+        }
+        tokio::time::timeout(Duration::from_secs(10), upstream)
+            .await
+            .unwrap()
+            .unwrap();
     }
 }
