@@ -208,7 +208,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Http1Body<IO> {
                 self.fail("the client closed the connection before the body ended")
             }
             Poll::Ready(Err(ReadError::Malformed(err))) => {
-                self.fail(format!("the request body is malformed: {}", err.0))
+                self.fail(format!("the request body is malformed: {err}"))
             }
             Poll::Ready(Err(ReadError::Io(err))) => self.fail(err),
         }
@@ -495,7 +495,8 @@ impl Connection {
                     Ok(Some(head)) => return Ok(head),
                     Ok(None) => {}
                     Err(HeadError::TooManyFields) => return Err(too_large(max_header_size)),
-                    Err(HeadError::Malformed { why, method }) => {
+                    Err(HeadError::Malformed { problem, method }) => {
+                        let why = format!("the request has {problem}");
                         return Err(NoHead::Refuse(ProxyError::BadRequest(why), method));
                     }
                 }

@@ -424,7 +424,7 @@ async fn read_head<R: AsyncRead + Unpin>(
                     continue;
                 }
                 Parsed::Partial if read.len() >= MAX_HEAD => {
-                    return Err(Malformed(format!("a head larger than {MAX_HEAD} bytes")).into());
+                    return Err(Malformed::HeadTooLarge(MAX_HEAD).into());
                 }
                 Parsed::Partial => {}
             }
@@ -432,7 +432,7 @@ async fn read_head<R: AsyncRead + Unpin>(
         read.reserve(READ_SIZE);
         match reader.read_buf(read).await {
             Ok(0) if !answered => return Err(ExchangeError::Closed),
-            Ok(0) => return Err(Malformed("the connection closed inside its head".into()).into()),
+            Ok(0) => return Err(Malformed::HeadCut.into()),
             Ok(_) => answered = true,
             Err(err) if !answered && is_reset(&err) => return Err(ExchangeError::Closed),
             Err(err) => return Err(err.into()),

@@ -11,7 +11,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use http_body::Body;
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 
-use super::{Malformed, malformed, push_chunk_start};
+use super::{Malformed, push_chunk_start};
 
 /// Body data up to this size is copied behind what is buffered (a head, other small
 /// pieces) into one write; larger data is written from where it is.
@@ -93,7 +93,8 @@ impl Chunk {
         loop {
             match self {
                 Chunk::Size => {
-                    let Some(line) = take_line(buf, MAX_CHUNK_LINE, "chunk-size line")? else {
+                    let too_long = Malformed::ChunkLineTooLong(MAX_CHUNK_LINE);
+                    let Some(line) = take_line(buf, MAX_CHUNK_LINE, too_long)? else {
                         return Ok(Decoded::NeedMore);
                     };
                     let size = chunk_size(&line)?;
@@ -119,14 +120,15 @@ impl Chunk {
                         return Ok(Decoded::NeedMore);
                     }
                     if &buf[..2] != b"\r\n" {
-                        return Err(malformed("a chunk longer than its size"));
+                        return Err(Malformed::ChunkOverrun);
                     }
                     buf.advance(2);
                     *self = Chunk::Size;
                 }
                 Chunk::Trailers(seen) => {
                     let limit = MAX_TRAILERS.saturating_sub(*seen);
-                    let Some(line) = take_line(buf, limit, "trailer section")? else {
+                    let too_long = Malformed::TrailersTooLong(MAX_TRAILERS);
+                    let Some(line) = take_line(buf, limit, too_long)? else {
                         return Ok(Decoded::NeedMore);
                     };
                     if line.is_empty() {
@@ -136,7 +138,7 @@ impl Chunk {
                     // Trailer fields are not passed on (the `Trailer` field that would
                     // announce them is hop-by-hop here); they only have to be well formed.
                     if !line.contains(&b':') {
-                        return Err(malformed("a trailer line without a colon"));
+                        return Err(Malformed::TrailerLine);
                     }
                     *seen += line.len() + 2;
                 }
@@ -147,22 +149,26 @@ impl Chunk {
 }
 
 /// Takes a CRLF-terminated line (without its CRLF) off the front of `buf`, or `None`
-/// when the buffer does not hold a whole one yet.
-fn take_line(buf: &mut BytesMut, limit: usize, what: &str) -> Result<Option<Bytes>, Malformed> {
+/// when the buffer does not hold a whole one yet; `too_long` past `limit` bytes.
+fn take_line(
+    buf: &mut BytesMut,
+    limit: usize,
+    too_long: Malformed,
+) -> Result<Option<Bytes>, Malformed> {
     let Some(end) = memchr::memchr(b'\n', buf) else {
         return if buf.len() > limit {
-            Err(malformed(format!("a {what} longer than {limit} bytes")))
+            Err(too_long)
         } else {
             Ok(None)
         };
     };
     if end > limit {
-        return Err(malformed(format!("a {what} longer than {limit} bytes")));
+        return Err(too_long);
     }
     // SECURITY: a bare LF is not a line end; servers that disagree on that can be made
     // to see different chunk boundaries.
     if end == 0 || buf[end - 1] != b'\r' {
-        return Err(malformed(format!("a {what} not ended by CRLF")));
+        return Err(Malformed::ChunkLineLf);
     }
     let line = buf.split_to(end + 1).freeze();
     Ok(Some(line.slice(..end - 1)))
@@ -172,7 +178,7 @@ fn take_line(buf: &mut BytesMut, limit: usize, what: &str) -> Result<Option<Byte
 fn chunk_size(line: &[u8]) -> Result<u64, Malformed> {
     let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
     if digits == 0 || digits > 15 {
-        return Err(malformed("an invalid chunk size"));
+        return Err(Malformed::ChunkSize);
     }
     // Only spaces or tabs may come before the extensions, and nothing in the line may be
     // a control character.
@@ -186,7 +192,7 @@ fn chunk_size(line: &[u8]) -> Result<u64, Malformed> {
             .iter()
             .any(|b| (*b < 0x20 && *b != b'\t') || *b == 0x7f)
     {
-        return Err(malformed("an invalid chunk size"));
+        return Err(Malformed::ChunkSize);
     }
     Ok(line[..digits].iter().fold(0u64, |size, digit| {
         let value = match digit {
@@ -378,22 +384,23 @@ async fn write_two<W: AsyncWrite + Unpin>(
 mod tests {
     use super::*;
 
-    /// Decodes `input` fed `step` bytes at a time: the body, and what is left after it.
+    /// Decodes `input` fed `step` bytes at a time: the body, and what is left after it;
+    /// `Err(None)` when the body needs more than the input.
     fn decode_in_steps(
         mut framing: Decoder,
         input: &[u8],
         step: usize,
-    ) -> Result<(Vec<u8>, Vec<u8>), String> {
+    ) -> Result<(Vec<u8>, Vec<u8>), Option<Malformed>> {
         let mut buf = BytesMut::new();
         let mut body = Vec::new();
         let mut fed = 0;
         loop {
-            match framing.decode(&mut buf).map_err(|err| err.0)? {
+            match framing.decode(&mut buf).map_err(Some)? {
                 Decoded::Data(data) => body.extend_from_slice(&data),
                 Decoded::End => return Ok((body, buf.to_vec())),
                 Decoded::NeedMore => {
                     if fed == input.len() {
-                        return Err("needs more than the input".into());
+                        return Err(None);
                     }
                     let end = (fed + step).min(input.len());
                     buf.extend_from_slice(&input[fed..end]);
@@ -418,27 +425,31 @@ mod tests {
 
     #[test]
     fn malformed_chunks_are_refused() {
-        for input in [
-            &b"5\r\nhello!\r\n0\r\n\r\n"[..],
-            b"5\nhello\r\n0\r\n\r\n",
-            b"5\r\nhello\n0\r\n\r\n",
-            b"x\r\n",
-            b"-5\r\n",
-            b"5 x\r\n",
-            b"ffffffffffffffff\r\n",
-            b"0\r\nno colon\r\n\r\n",
-            b"5\r\r\nhello\r\n0\r\n\r\n",
-            b"5;\x00\r\nhello\r\n0\r\n\r\n",
+        use Malformed::{ChunkLineLf, ChunkOverrun, ChunkSize, TrailerLine};
+        for (input, why) in [
+            (&b"5\r\nhello!\r\n0\r\n\r\n"[..], ChunkOverrun),
+            (b"5\nhello\r\n0\r\n\r\n", ChunkLineLf),
+            (b"5\r\nhello\n0\r\n\r\n", ChunkOverrun),
+            (b"x\r\n", ChunkSize),
+            (b"-5\r\n", ChunkSize),
+            (b"5 x\r\n", ChunkSize),
+            (b"ffffffffffffffff\r\n", ChunkSize),
+            (b"0\r\nno colon\r\n\r\n", TrailerLine),
+            (b"5\r\r\nhello\r\n0\r\n\r\n", ChunkSize),
+            (b"5;\x00\r\nhello\r\n0\r\n\r\n", ChunkSize),
         ] {
-            assert!(
-                decode_in_steps(Decoder::Chunked(Chunk::Size), input, 64)
-                    .is_err_and(|err| !err.starts_with("needs")),
-                "{:?} must be refused",
+            assert_eq!(
+                decode_in_steps(Decoder::Chunked(Chunk::Size), input, 64),
+                Err(Some(why)),
+                "{:?}",
                 String::from_utf8_lossy(input)
             );
         }
         let long_line = format!("1;{}\r\n", "x".repeat(MAX_CHUNK_LINE));
-        assert!(decode_in_steps(Decoder::Chunked(Chunk::Size), long_line.as_bytes(), 64).is_err());
+        assert_eq!(
+            decode_in_steps(Decoder::Chunked(Chunk::Size), long_line.as_bytes(), 64),
+            Err(Some(Malformed::ChunkLineTooLong(MAX_CHUNK_LINE)))
+        );
     }
 
     #[tokio::test]

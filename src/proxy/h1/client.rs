@@ -8,9 +8,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{StatusCode, Version, request};
 
 use super::body::{Chunk, Decoder, Encoder};
-use super::{
-    Field, FieldKind, FramingFields, Malformed, classify, malformed, push_decimal, write_field,
-};
+use super::{Field, FieldKind, FramingFields, Malformed, classify, push_decimal, write_field};
 
 /// The most header fields an upstream response may have.
 const MAX_HEADERS: usize = 128;
@@ -146,19 +144,19 @@ pub fn parse_response(buf: &[u8], head_request: bool) -> Result<Parsed, Malforme
         Ok(httparse::Status::Complete(length)) => length,
         Ok(httparse::Status::Partial) => return Ok(Parsed::Partial),
         Err(httparse::Error::TooManyHeaders) => {
-            return Err(malformed(format!("more than {MAX_HEADERS} header fields")));
+            return Err(Malformed::TooManyFields(MAX_HEADERS));
         }
-        Err(err) => return Err(malformed(format!("{err} in its head"))),
+        Err(err) => return Err(Malformed::Syntax(err)),
     };
     // SECURITY: httparse also ends lines at a bare LF and skips blank lines before the
     // status line; a server that does not would see other fields, or a stray response.
     if buf.first().is_some_and(|b| *b == b'\r' || *b == b'\n')
         || memchr::memchr_iter(b'\n', &buf[..length]).any(|at| at == 0 || buf[at - 1] != b'\r')
     {
-        return Err(malformed("a head line not ended by CRLF"));
+        return Err(Malformed::BareLf);
     }
-    let code = response.code.ok_or_else(|| malformed("no status code"))?;
-    let status = StatusCode::from_u16(code).map_err(|_| malformed("an invalid status code"))?;
+    let code = response.code.ok_or(Malformed::Status)?;
+    let status = StatusCode::from_u16(code).map_err(|_| Malformed::Status)?;
     if status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS {
         return Ok(Parsed::Interim(length));
     }
@@ -259,14 +257,14 @@ fn response_framing(
     }
     if seen.coded() {
         if seen.length.is_present() {
-            return Err(malformed("both Transfer-Encoding and Content-Length"));
+            return Err(Malformed::TwoFramings);
         }
         if version != Version::HTTP_11 {
-            return Err(malformed("Transfer-Encoding in an HTTP/1.0 response"));
+            return Err(Malformed::CodingInHttp10);
         }
         // `chunked` may only be the last coding, and only once.
         return if seen.chunked > usize::from(seen.chunked_last) {
-            Err(malformed("chunked is not the last transfer coding"))
+            Err(Malformed::ChunkedNotLast)
         } else if seen.chunked_last {
             Ok((Decoder::Chunked(Chunk::Size), keep_alive))
         } else {
@@ -274,7 +272,7 @@ fn response_framing(
             Ok((Decoder::UntilClose, false))
         };
     }
-    Ok(match seen.length.get().map_err(malformed)? {
+    Ok(match seen.length.get()? {
         Some(length) => (Decoder::Length(length), keep_alive),
         None => (Decoder::UntilClose, false),
     })
@@ -288,15 +286,14 @@ mod tests {
         parse_response(text.as_bytes(), false)
     }
 
-    fn framing_of(text: &str) -> Result<(Decoder, bool), String> {
-        match head(text) {
-            Ok(Parsed::Final(head, length)) => {
+    /// The framing and reuse of a whole final head, or why it is refused.
+    fn framing_of(text: &str) -> Result<(Decoder, bool), Malformed> {
+        match head(text)? {
+            Parsed::Final(head, length) => {
                 assert_eq!(length, text.len());
                 Ok((head.framing, head.keep_alive))
             }
-            Ok(Parsed::Partial) => Err("partial".into()),
-            Ok(Parsed::Interim(_)) => Err("interim".into()),
-            Err(err) => Err(err.0),
+            Parsed::Partial | Parsed::Interim(_) => panic!("{text:?} is a whole final head"),
         }
     }
 
@@ -345,29 +342,58 @@ mod tests {
 
     #[test]
     fn ambiguous_lengths_are_refused() {
+        use Malformed::{
+            BareLf, ChunkedNotLast, CodingInHttp10, Length, Lengths, Syntax, TwoFramings,
+        };
+        for (text, why) in [
+            (
+                "HTTP/1.1 200 OK\r\ncontent-length: 5\r\ntransfer-encoding: chunked\r\n\r\n",
+                TwoFramings,
+            ),
+            (
+                "HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncontent-length: 6\r\n\r\n",
+                Lengths,
+            ),
+            ("HTTP/1.1 200 OK\r\ncontent-length: 5, 6\r\n\r\n", Lengths),
+            ("HTTP/1.1 200 OK\r\ncontent-length: +5\r\n\r\n", Length),
+            ("HTTP/1.1 200 OK\r\ncontent-length: 0x5\r\n\r\n", Length),
+            ("HTTP/1.1 200 OK\r\ncontent-length: \r\n\r\n", Length),
+            (
+                "HTTP/1.1 200 OK\r\ncontent-length: 99999999999999999999\r\n\r\n",
+                Length,
+            ),
+            (
+                "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked, gzip\r\n\r\n",
+                ChunkedNotLast,
+            ),
+            (
+                "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ntransfer-encoding: chunked\r\n\r\n",
+                ChunkedNotLast,
+            ),
+            (
+                "HTTP/1.0 200 OK\r\ntransfer-encoding: chunked\r\n\r\n",
+                CodingInHttp10,
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nx-a: 1\ntransfer-encoding: chunked\r\n\r\n",
+                BareLf,
+            ),
+            ("HTTP/1.1 200 OK\ncontent-length: 0\r\n\r\n", BareLf),
+            ("HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\n", BareLf),
+            ("\r\nHTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n", BareLf),
+        ] {
+            assert_eq!(framing_of(text), Err(why), "{text:?}");
+        }
         for text in [
-            "HTTP/1.1 200 OK\r\ncontent-length: 5\r\ntransfer-encoding: chunked\r\n\r\n",
-            "HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncontent-length: 6\r\n\r\n",
-            "HTTP/1.1 200 OK\r\ncontent-length: 5, 6\r\n\r\n",
-            "HTTP/1.1 200 OK\r\ncontent-length: +5\r\n\r\n",
-            "HTTP/1.1 200 OK\r\ncontent-length: 0x5\r\n\r\n",
-            "HTTP/1.1 200 OK\r\ncontent-length: \r\n\r\n",
-            "HTTP/1.1 200 OK\r\ncontent-length: 99999999999999999999\r\n\r\n",
-            "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked, gzip\r\n\r\n",
-            "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ntransfer-encoding: chunked\r\n\r\n",
-            "HTTP/1.0 200 OK\r\ntransfer-encoding: chunked\r\n\r\n",
             "HTTP/1.1 200 OK\r\nbad header\r\n\r\n",
             "HTTP/1.1 200 OK\r\nx: a\r\n folded\r\n\r\n",
             "HTTP/1.1 20 OK\r\n\r\n",
             "HTTP/2 200 OK\r\n\r\n",
-            "HTTP/1.1 200 OK\r\nx-a: 1\ntransfer-encoding: chunked\r\n\r\n",
-            "HTTP/1.1 200 OK\ncontent-length: 0\r\n\r\n",
-            "HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\n",
-            "\r\nHTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n",
         ] {
             assert!(
-                framing_of(text).is_err_and(|err| err != "partial"),
-                "{text:?} must be refused"
+                matches!(framing_of(text), Err(Syntax(_))),
+                "{text:?}: {:?}",
+                framing_of(text)
             );
         }
     }

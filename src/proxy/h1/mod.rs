@@ -14,13 +14,68 @@ pub mod server;
 
 use std::ops::Range;
 
-/// Why a message (or its body) was refused.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct Malformed(pub String);
-
-fn malformed(what: impl Into<String>) -> Malformed {
-    Malformed(what.into())
+/// What was wrong with a message, one kind each, so that callers and tests tell them
+/// apart by kind. Each reads as what the message had: "the request has {kind}",
+/// "the upstream's response is malformed: {kind}".
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Malformed {
+    /// httparse refused the head.
+    #[error("a malformed head ({0})")]
+    Syntax(httparse::Error),
+    /// A line of the head ends with a bare LF.
+    #[error("a head line not ended by CRLF")]
+    BareLf,
+    /// More header fields than this.
+    #[error("more than {0} header fields")]
+    TooManyFields(usize),
+    /// A response head longer than this many bytes.
+    #[error("a head larger than {0} bytes")]
+    HeadTooLarge(usize),
+    /// The connection closed before the head ended.
+    #[error("a head cut short by the connection's close")]
+    HeadCut,
+    #[error("a malformed method")]
+    Method,
+    #[error("a malformed request target")]
+    Target,
+    /// A `#fragment`, which no client sends and a URI parser drops silently.
+    #[error("a #fragment in its request target")]
+    Fragment,
+    #[error("a malformed header field")]
+    Field,
+    #[error("no valid status code")]
+    Status,
+    /// SECURITY: two framings are how requests are smuggled past proxies.
+    #[error("both Content-Length and Transfer-Encoding")]
+    TwoFramings,
+    #[error("Transfer-Encoding in HTTP/1.0")]
+    CodingInHttp10,
+    /// A request's codings other than `chunked` alone; no other is accepted.
+    #[error(
+        "a Transfer-Encoding other than `chunked` alone (no other transfer coding is accepted)"
+    )]
+    NotChunkedAlone,
+    /// A response's `chunked` before another coding, or twice.
+    #[error("`chunked` that is not the last transfer coding")]
+    ChunkedNotLast,
+    #[error("an invalid Content-Length")]
+    Length,
+    #[error("two different Content-Lengths")]
+    Lengths,
+    #[error("a chunk-size line longer than {0} bytes")]
+    ChunkLineTooLong(usize),
+    #[error("a trailer section longer than {0} bytes")]
+    TrailersTooLong(usize),
+    /// A chunk-size or trailer line ended by a bare LF.
+    #[error("a chunk line not ended by CRLF")]
+    ChunkLineLf,
+    #[error("an invalid chunk size")]
+    ChunkSize,
+    /// Bytes where a chunk's closing CRLF should be.
+    #[error("a chunk longer than its size")]
+    ChunkOverrun,
+    #[error("a trailer line without a colon")]
+    TrailerLine,
 }
 
 /// Where `part`, a slice of `buf` that a parser handed out, sits in `buf`: the head is
@@ -169,7 +224,7 @@ fn push_digits(out: &mut Vec<u8>, n: u64, radix: u64) {
 #[derive(Clone, Copy, Default)]
 pub struct ContentLength {
     value: Option<u64>,
-    problem: Option<&'static str>,
+    problem: Option<Malformed>,
 }
 
 impl ContentLength {
@@ -177,11 +232,11 @@ impl ContentLength {
     pub fn note(&mut self, field_value: &[u8]) {
         for item in items(field_value) {
             let Some(parsed) = parse_length(item) else {
-                self.problem = Some("an invalid Content-Length");
+                self.problem = Some(Malformed::Length);
                 return;
             };
             if self.value.is_some_and(|seen| seen != parsed) {
-                self.problem = Some("two different Content-Lengths");
+                self.problem = Some(Malformed::Lengths);
             }
             self.value = Some(parsed);
         }
@@ -193,7 +248,7 @@ impl ContentLength {
     }
 
     /// The length, `None` when no field gave one, or what was wrong with the fields.
-    pub fn get(&self) -> Result<Option<u64>, &'static str> {
+    pub fn get(&self) -> Result<Option<u64>, Malformed> {
         match self.problem {
             Some(problem) => Err(problem),
             None => Ok(self.value),

@@ -14,20 +14,23 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Uri, Version};
 
 use super::body::{Chunk, Decoder};
-use super::{Field, FramingFields, classify, items, offsets};
+use super::{Field, FramingFields, Malformed, classify, items, offsets};
 use crate::proxy::normalize;
 
 /// The most header fields a request head may have.
 pub const MAX_HEADERS: usize = 200;
 
 /// Why a request head is not read.
-#[derive(Debug)]
+#[derive(Debug, PartialEq, Eq)]
 pub enum HeadError {
     /// More than [`MAX_HEADERS`] header fields: a 431.
     TooManyFields,
     /// Not a head this gateway reads: a 400. `method` when it was read, for the answer
     /// (one to HEAD has no body).
-    Malformed { why: String, method: Option<Method> },
+    Malformed {
+        problem: Malformed,
+        method: Option<Method>,
+    },
 }
 
 /// A request head, and what it says about its body and the connection.
@@ -50,21 +53,23 @@ pub fn parse_request(
     buf: &mut BytesMut,
     kept: &mut Vec<Field>,
 ) -> Result<Option<RequestHead>, HeadError> {
-    let malformed = |why: String| HeadError::Malformed { why, method: None };
+    let malformed = |problem| HeadError::Malformed {
+        problem,
+        method: None,
+    };
     let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
     let mut parsed = httparse::Request::new(&mut []);
     let length = match parsed.parse_with_uninit_headers(buf, &mut fields) {
         Ok(httparse::Status::Complete(length)) => length,
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooManyFields),
-        Err(err) => return Err(malformed(format!("the request head is malformed: {err}"))),
+        Err(err) => return Err(malformed(Malformed::Syntax(err))),
     };
     let (Some(method), Some(target), Some(minor)) = (parsed.method, parsed.path, parsed.version)
     else {
-        return Err(malformed("the request head is malformed".into()));
+        return Err(malformed(Malformed::Syntax(httparse::Error::Token)));
     };
-    let method = Method::from_bytes(method.as_bytes())
-        .map_err(|_| malformed("the request method is malformed".into()))?;
+    let method = Method::from_bytes(method.as_bytes()).map_err(|_| malformed(Malformed::Method))?;
     let version = if minor == 0 {
         Version::HTTP_10
     } else {
@@ -77,15 +82,14 @@ pub fn parse_request(
     let seen = classify(buf, parsed.headers, |kind| !kind.is_hop_by_hop(), kept);
     let head = buf.split_to(length).freeze();
 
-    let refuse = |why: String| HeadError::Malformed {
-        why,
+    let refuse = |problem| HeadError::Malformed {
+        problem,
         method: Some(method.clone()),
     };
     let target = head.slice(target_at);
-    normalize::refuse_fragment(&target).map_err(|err| refuse(err.to_string()))?;
-    let uri = Uri::from_maybe_shared(target)
-        .map_err(|err| refuse(format!("the request target is malformed: {err}")))?;
-    let framing = request_framing(&seen, version).map_err(|message| refuse(message.into()))?;
+    normalize::refuse_fragment(&target).map_err(|_| refuse(Malformed::Fragment))?;
+    let uri = Uri::from_maybe_shared(target).map_err(|_| refuse(Malformed::Target))?;
+    let framing = request_framing(&seen, version).map_err(refuse)?;
 
     let mut headers = HeaderMap::with_capacity(kept.len());
     let mut expect_continue = false;
@@ -94,7 +98,7 @@ pub fn parse_request(
             HeaderName::from_bytes(&head[field.name.clone()]),
             HeaderValue::from_maybe_shared(head.slice(field.value.clone())),
         ) else {
-            return Err(refuse("a header field is malformed".into()));
+            return Err(refuse(Malformed::Field));
         };
         if name == header::EXPECT {
             expect_continue = value
@@ -134,45 +138,42 @@ pub fn parse_request(
 }
 
 /// How a request body is framed, or why the head is refused.
-fn request_framing(seen: &FramingFields, version: Version) -> Result<Decoder, &'static str> {
+fn request_framing(seen: &FramingFields, version: Version) -> Result<Decoder, Malformed> {
     // SECURITY: a head with two framings is how requests are smuggled past proxies.
     if seen.coded() && seen.length.is_present() {
-        return Err("the request has both Content-Length and Transfer-Encoding");
+        return Err(Malformed::TwoFramings);
     }
     if seen.coded() {
         if version == Version::HTTP_10 {
-            return Err("an HTTP/1.0 request has Transfer-Encoding");
+            return Err(Malformed::CodingInHttp10);
         }
         if seen.codings != 1 || seen.chunked != 1 {
-            return Err(
-                "the request's Transfer-Encoding is not `chunked` alone; no other transfer coding is accepted",
-            );
+            return Err(Malformed::NotChunkedAlone);
         }
         return Ok(Decoder::Chunked(Chunk::Size));
     }
-    match seen.length.get() {
-        Ok(None | Some(0)) => Ok(Decoder::Empty),
-        Ok(Some(length)) => Ok(Decoder::Length(length)),
-        Err(_) => Err("the request's Content-Length is malformed or has differing values"),
+    match seen.length.get()? {
+        None | Some(0) => Ok(Decoder::Empty),
+        Some(length) => Ok(Decoder::Length(length)),
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use http::StatusCode;
-
     use super::*;
 
-    /// Parses `text` whole: the head, or the refusal's status and message.
-    fn parse(text: &str) -> Result<RequestHead, (StatusCode, String)> {
+    /// Parses `text`, which must be a whole head: the head, or why it is refused.
+    fn parse(text: &str) -> Result<RequestHead, HeadError> {
         let mut buf = BytesMut::from(text.as_bytes());
-        match parse_request(&mut buf, &mut Vec::new()) {
-            Ok(Some(head)) => Ok(head),
-            Ok(None) => Err((StatusCode::CONTINUE, "partial".into())),
-            Err(HeadError::Malformed { why, .. }) => Err((StatusCode::BAD_REQUEST, why)),
-            Err(HeadError::TooManyFields) => {
-                Err((StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, String::new()))
-            }
+        let parsed = parse_request(&mut buf, &mut Vec::new())?;
+        Ok(parsed.unwrap_or_else(|| panic!("{text:?} is a whole head")))
+    }
+
+    /// What was wrong with a refused head.
+    fn problem(text: &str) -> Option<Malformed> {
+        match parse(text) {
+            Err(HeadError::Malformed { problem, .. }) => Some(problem),
+            _ => None,
         }
     }
 
@@ -194,39 +195,41 @@ mod tests {
             let head = parse(&post(fields)).unwrap_or_else(|err| panic!("{fields}: {err:?}"));
             assert_eq!(head.framing, framing, "{fields}");
         }
+        use Malformed::{Length, Lengths, NotChunkedAlone, TwoFramings};
         for (fields, why) in [
-            ("Content-Length: 5\r\nTransfer-Encoding: chunked", "both"),
-            ("Transfer-Encoding: chunked\r\nContent-Length: 5", "both"),
-            ("Transfer-Encoding: chunked\r\nContent-Length: five", "both"),
             (
-                "Transfer-Encoding: chunked, identity",
-                "not `chunked` alone",
+                "Content-Length: 5\r\nTransfer-Encoding: chunked",
+                TwoFramings,
             ),
-            ("Transfer-Encoding: gzip, chunked", "not `chunked` alone"),
-            ("Transfer-Encoding: xchunked", "not `chunked` alone"),
+            (
+                "Transfer-Encoding: chunked\r\nContent-Length: 5",
+                TwoFramings,
+            ),
+            (
+                "Transfer-Encoding: chunked\r\nContent-Length: five",
+                TwoFramings,
+            ),
+            ("Transfer-Encoding: chunked, identity", NotChunkedAlone),
+            ("Transfer-Encoding: gzip, chunked", NotChunkedAlone),
+            ("Transfer-Encoding: xchunked", NotChunkedAlone),
             (
                 "Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked",
-                "not `chunked` alone",
+                NotChunkedAlone,
             ),
-            ("Transfer-Encoding: chunked,", "not `chunked` alone"),
-            ("Content-Length: 5\r\nContent-Length: 6", "Content-Length"),
-            ("Content-Length: 5, 6", "Content-Length"),
-            ("Content-Length: +5", "Content-Length"),
-            ("Content-Length: -1", "Content-Length"),
-            ("Content-Length: 0x10", "Content-Length"),
-            ("Content-Length: ", "Content-Length"),
-            ("Content-Length: 1234567890123456789", "Content-Length"),
+            ("Transfer-Encoding: chunked,", NotChunkedAlone),
+            ("Content-Length: 5\r\nContent-Length: 6", Lengths),
+            ("Content-Length: 5, 6", Lengths),
+            ("Content-Length: +5", Length),
+            ("Content-Length: -1", Length),
+            ("Content-Length: 0x10", Length),
+            ("Content-Length: ", Length),
+            ("Content-Length: 1234567890123456789", Length),
         ] {
-            let refused = parse(&post(fields)).err();
-            assert!(
-                matches!(&refused, Some((StatusCode::BAD_REQUEST, message)) if message.contains(why)),
-                "{fields}: {refused:?}"
-            );
+            assert_eq!(problem(&post(fields)), Some(why), "{fields}");
         }
-        let refused = parse("POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n").err();
-        assert!(
-            matches!(&refused, Some((StatusCode::BAD_REQUEST, message)) if message.contains("HTTP/1.0")),
-            "{refused:?}"
+        assert_eq!(
+            problem("POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            Some(Malformed::CodingInHttp10)
         );
     }
 
@@ -239,24 +242,32 @@ mod tests {
             "GET /a HTTP/1.1\r\nX-A: a\0b\r\n\r\n",
             "GET /a HTTP/1.1\r\nX-A: a\x7fb\r\n\r\n",
             "GET /a HTTP/2.0\r\nHost: a\r\n\r\n",
-            "GET /a#x HTTP/1.1\r\nHost: a\r\n\r\n",
-            "GET http://a/#x HTTP/1.1\r\nHost: a\r\n\r\n",
             "G(T /a HTTP/1.1\r\n\r\n",
         ] {
-            let refused = parse(text).err();
             assert!(
-                matches!(refused, Some((StatusCode::BAD_REQUEST, _))),
-                "{text:?}: {refused:?}"
+                matches!(problem(text), Some(Malformed::Syntax(_))),
+                "{text:?}: {:?}",
+                problem(text)
             );
         }
+        for text in [
+            "GET /a#x HTTP/1.1\r\nHost: a\r\n\r\n",
+            "GET http://a/#x HTTP/1.1\r\nHost: a\r\n\r\n",
+        ] {
+            assert_eq!(problem(text), Some(Malformed::Fragment), "{text:?}");
+        }
+        // The method is known by then: a refusal of HEAD must have no body.
+        assert_eq!(
+            parse("HEAD /#x HTTP/1.1\r\n\r\n").err(),
+            Some(HeadError::Malformed {
+                problem: Malformed::Fragment,
+                method: Some(Method::HEAD)
+            })
+        );
         let fields: String = (0..=MAX_HEADERS).map(|n| format!("X-{n}: v\r\n")).collect();
-        let refused = parse(&format!("GET / HTTP/1.1\r\n{fields}\r\n")).err();
-        assert!(
-            matches!(
-                refused,
-                Some((StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, _))
-            ),
-            "{refused:?}"
+        assert_eq!(
+            parse(&format!("GET / HTTP/1.1\r\n{fields}\r\n")).err(),
+            Some(HeadError::TooManyFields)
         );
     }
 
@@ -283,7 +294,7 @@ mod tests {
         assert_eq!(head.request.headers()["host"], "a");
         assert_eq!(head.framing, Decoder::Length(3));
         // Blank lines before a request line are skipped (RFC 9112 §2.2).
-        let head = parse("\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n").map_err(|err| err.1);
+        let head = parse("\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n");
         assert_eq!(
             head.map(|head| head.request.uri().clone()),
             Ok(Uri::from_static("/"))
