@@ -466,7 +466,8 @@ impl Connection {
         wire: &mut Wire,
         request: Request<ClientBody>,
     ) -> Option<Response<ProxyBody>> {
-        let call = self.call(request);
+        // Pinned here and lent: the call's future is large, and moving it costs a copy.
+        let call = std::pin::pin!(self.call(request));
         watch_while(&self.meta.activity, wire, self.settings.max_head, call).await
     }
 
@@ -691,7 +692,7 @@ async fn watch_while<IO: AsyncRead + Unpin, F: Future>(
     activity: &Activity,
     wire: &mut Wire<IO>,
     max_head: usize,
-    call: F,
+    mut call: Pin<&mut F>,
 ) -> Option<F::Output> {
     let started = activity.ticks();
     if !wire.buf.is_empty() {
@@ -699,7 +700,6 @@ async fn watch_while<IO: AsyncRead + Unpin, F: Future>(
     }
     // A client that closes its side after pipelining requests still gets answers.
     let mut closed_with_more = false;
-    let mut call = std::pin::pin!(call);
     poll_fn(|cx| {
         activity.wake_on_change(cx);
         if let Poll::Ready(output) = call.as_mut().poll(cx) {
@@ -925,6 +925,7 @@ mod tests {
             tokio::task::yield_now().await;
             let _ = answer.send("response");
         });
+        let answered = std::pin::pin!(answered);
         let watched = watch_while(&activity, &mut wire, 8192, answered);
         let output = tokio::time::timeout(Duration::from_secs(10), watched)
             .await
@@ -951,6 +952,7 @@ mod tests {
             let activity = activity.clone();
             tokio::spawn(async move { activity.tick() })
         };
+        let never = std::pin::pin!(never);
         let watched = watch_while(&activity, &mut wire, 8192, never);
         let watched = tokio::time::timeout(Duration::from_secs(10), watched).await;
         assert_eq!(
