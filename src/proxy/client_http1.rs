@@ -124,6 +124,9 @@ enum Reading {
     /// A `100 Continue` is owed before the body's first read: this many bytes of it are
     /// still to write.
     Continue(usize),
+    /// Writing the `100 Continue` failed after part of it went out: nothing may follow
+    /// on this connection.
+    ContinueCut,
     /// The body is being read.
     Body,
     /// The body was read to its end.
@@ -170,7 +173,9 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Http1Body<IO> {
     fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.reading {
             Reading::Done => return Poll::Ready(None),
-            Reading::Failed => return Poll::Ready(Some(Err("the request body failed".into()))),
+            Reading::Failed | Reading::ContinueCut => {
+                return Poll::Ready(Some(Err("the request body failed".into())));
+            }
             Reading::Continue(_) | Reading::Body => {}
         }
         let Some(wire) = &mut self.wire else {
@@ -178,13 +183,24 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Http1Body<IO> {
         };
         while let Reading::Continue(left) = self.reading {
             let from = CONTINUE.len() - left;
-            match Pin::new(&mut wire.io).poll_write(cx, &CONTINUE[from..]) {
+            let failed: BoxError = match Pin::new(&mut wire.io).poll_write(cx, &CONTINUE[from..]) {
                 Poll::Pending => return Poll::Pending,
-                Poll::Ready(Ok(0)) => return self.fail("the client closed the connection"),
-                Poll::Ready(Ok(written)) if written >= left => self.reading = Reading::Body,
-                Poll::Ready(Ok(written)) => self.reading = Reading::Continue(left - written),
-                Poll::Ready(Err(err)) => return self.fail(err),
+                Poll::Ready(Ok(written)) if written >= left => {
+                    self.reading = Reading::Body;
+                    continue;
+                }
+                Poll::Ready(Ok(written)) if written > 0 => {
+                    self.reading = Reading::Continue(left - written);
+                    continue;
+                }
+                Poll::Ready(Ok(_)) => "the client closed the connection".into(),
+                Poll::Ready(Err(err)) => err.into(),
+            };
+            let failure = self.fail(failed);
+            if left < CONTINUE.len() {
+                self.reading = Reading::ContinueCut;
             }
+            return failure;
         }
         match poll_read_body(
             &mut wire.io,
@@ -247,6 +263,7 @@ impl<IO> Returned<IO> {
             Reading::Done => true,
             // A `100 Continue` cut off halfway cannot be followed by a response.
             Reading::Continue(left) if left < CONTINUE.len() => return None,
+            Reading::ContinueCut => return None,
             // The rest of a body already in the buffer is skipped, so the connection can
             // carry on; a body still on its way (or owed a `100 Continue`) closes it.
             Reading::Body => skip_buffered(&mut decoder, &mut wire.buf),
@@ -375,7 +392,9 @@ impl Connection {
                     ClientBody::Http1(Http1Body::new(wire, framing, expect_continue, sender));
                 let response = self.call(request).await;
                 let Ok(returned) = returned.try_recv() else {
-                    tracing::debug!(client.addr = %self.meta.peer, "a request body outlived its response; closing");
+                    // No path keeps a request past its response; if one ever does, the
+                    // connection cannot go on, and it is a bug worth hearing about.
+                    tracing::error!(client.addr = %self.meta.peer, "a request body outlived its response; closing the connection unanswered");
                     return;
                 };
                 let Some((back, done)) = returned.settle() else {
@@ -849,6 +868,24 @@ mod tests {
         drop(body);
         let returned = returned.await.unwrap();
         assert_eq!(returned.reading, Reading::Continue(CONTINUE.len() - 16));
+        assert!(returned.settle().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_100_continue_that_fails_halfway_closes_without_an_answer() {
+        let io = Builder::new()
+            .write(&CONTINUE[..16])
+            .write_error(io::ErrorKind::BrokenPipe.into())
+            .build();
+        let (back, returned) = oneshot::channel();
+        let mut body = Http1Body::new(wire(io), Decoder::Length(5), true, back);
+        assert!(matches!(
+            poll_once(&mut body).await,
+            Poll::Ready(Some(Err(_)))
+        ));
+        drop(body);
+        let returned = returned.await.unwrap();
+        assert_eq!(returned.reading, Reading::ContinueCut);
         assert!(returned.settle().is_none());
     }
 

@@ -83,9 +83,10 @@ pub fn authority(
 /// the target are split.
 pub fn refuse_fragment(target: &[u8]) -> Result<(), ProxyError> {
     if target.contains(&b'#') {
-        return Err(ProxyError::BadRequest(
-            "the request target has a #fragment".into(),
-        ));
+        let fragment = super::h1::Malformed::Fragment;
+        return Err(ProxyError::BadRequest(format!(
+            "the request has {fragment}"
+        )));
     }
     Ok(())
 }

@@ -192,7 +192,7 @@ pub fn decide(
         };
         builder = builder.header(name, value);
     }
-    let parts = match builder.body(()) {
+    let mut parts = match builder.body(()) {
         Ok(request) => request.into_parts().0,
         Err(err) => {
             return refused(
@@ -202,6 +202,9 @@ pub fn decide(
             );
         }
     };
+    // Hop-by-hop fields, and those `Connection` names, describe a connection: the
+    // gateway leaves them out of every request it reads, and so does this one.
+    super::forward::remove_hop_by_hop(&mut parts.headers);
 
     let admission = Admission::new(config);
     let head = Head {

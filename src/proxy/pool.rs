@@ -8,7 +8,7 @@
 //! instead: it is reused only when we know exactly where the last response ended.
 //!
 //! The request's own task does the I/O, so a request costs no hand-over to a
-//! connection task and back; `http1.rs` has the wire format.
+//! connection task and back; `h1` has the wire format.
 
 use std::io;
 use std::pin::Pin;
@@ -332,7 +332,12 @@ impl Exchange<'_> {
                 let upload = async {
                     let mut out = Vec::with_capacity(self.head.len() + 4096);
                     out.extend_from_slice(self.head);
-                    write_body(&mut writer, &mut out, body, self.framing)
+                    // A request body never ends with the connection (see write_request_head).
+                    let encoder = match self.framing {
+                        Encoder::UntilClose => Encoder::Chunked,
+                        framing => framing,
+                    };
+                    write_body(&mut writer, &mut out, body, encoder)
                         .await
                         .map_err(|err| match err {
                             WriteError::Io(err) => ExchangeError::Io(err),
@@ -530,6 +535,7 @@ impl Body for UpstreamBody {
             this.done = true;
             return Poll::Ready(None);
         };
+        let until_close = this.framing == Decoder::UntilClose;
         match poll_read_body(stream, read, &mut this.framing, READ_SIZE, cx) {
             Poll::Pending => Poll::Pending,
             Poll::Ready(Ok(Some(data))) => {
@@ -539,6 +545,10 @@ impl Body for UpstreamBody {
                 Poll::Ready(Some(Ok(Frame::data(data))))
             }
             Poll::Ready(Ok(None)) => {
+                if until_close {
+                    // The end of the connection ended this body: it is never reused.
+                    this.pool = None;
+                }
                 this.finish();
                 Poll::Ready(None)
             }
@@ -634,11 +644,32 @@ mod tests {
             .read(b"HTTP/1.1 413 Content Too Large\r\ncontent-length: 0\r\n\r\n")
             .build();
         let mut body = Uploading(VecDeque::from([&b"hello"[..]]));
-        let (head, _) = exchange(Encoder::Length(10))
-            .run(connection(stream), &mut body)
+        let exchange = exchange(Encoder::Length(10));
+        let ran = exchange.run(connection(stream), &mut body);
+        let (head, _) = tokio::time::timeout(Duration::from_secs(10), ran)
             .await
+            .expect("the early answer ends the exchange")
             .unwrap();
         assert_eq!(head.status, StatusCode::PAYLOAD_TOO_LARGE);
+        assert!(!head.keep_alive);
+    }
+
+    /// The head goes up at once, before a body that is not ready yet: an upstream may
+    /// answer on the head alone.
+    #[tokio::test]
+    async fn the_head_goes_up_before_a_body_that_is_not_ready() {
+        let stream = Builder::new()
+            .write(HEAD)
+            .read(b"HTTP/1.1 401 Unauthorized\r\ncontent-length: 0\r\n\r\n")
+            .build();
+        let mut body = Uploading(VecDeque::new());
+        let exchange = exchange(Encoder::Length(10));
+        let ran = exchange.run(connection(stream), &mut body);
+        let (head, _) = tokio::time::timeout(Duration::from_secs(10), ran)
+            .await
+            .expect("the head was sent")
+            .unwrap();
+        assert_eq!(head.status, StatusCode::UNAUTHORIZED);
         assert!(!head.keep_alive);
     }
 

@@ -232,6 +232,13 @@ fn raw_attempts() -> Vec<(&'static str, String)> {
         ("extra spaces in request line", "GET  /admin  HTTP/1.1\r\nHost: app\r\n\r\n".to_owned()),
     ];
     attempts.push((
+        "forwarding header named in Connection",
+        with(
+            "/admin",
+            "Connection: X-Forwarded-For\r\nX-Forwarded-For: 203.0.113.5",
+        ),
+    ));
+    attempts.push((
         "space in header name",
         "GET /public/x HTTP/1.1\r\nHost: app\r\nX-Original-URL : /admin\r\n\r\n".to_owned(),
     ));
@@ -544,7 +551,6 @@ fn as_explained(bytes: &str) -> Option<Explained> {
     let headers = head
         .headers
         .iter()
-        .filter(|field| !field.name.eq_ignore_ascii_case("connection"))
         .map(|field| {
             Some((
                 field.name.to_owned(),
@@ -636,4 +642,42 @@ async fn explain_gives_every_attempt_the_live_verdict() {
         differ.join("\n")
     );
     assert!(compared >= 100, "{compared} attempts compared");
+}
+
+/// A field the client names in `Connection` is hop-by-hop: the gateway drops it before
+/// the policy looks, and `explain` must too, or a header rule would be met offline and
+/// not live.
+#[tokio::test]
+async fn explain_drops_the_fields_connection_names_as_the_gateway_does() {
+    use portcullis::proxy::offline::{self, Caller, Verdict};
+    let policy = "rules:\n  - { id: staging, effect: allow, when: { headers: { x-environment: staging } } }\n";
+    let up = TestUpstream::start("app").await;
+    let gw = TestGateway::with_policy(&config(&[up.url()], ""), policy).await;
+    let named = "GET /x HTTP/1.1\r\nHost: app\r\nConnection: close, X-Environment\r\nX-Environment: staging\r\n\r\n";
+    let answer = raw_until_closed(gw.addr, named.as_bytes(), Duration::from_secs(5)).await;
+    assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
+    let config = portcullis::config::load(&gw.file("gw.yaml")).unwrap();
+    let Explained {
+        method,
+        target,
+        headers,
+    } = as_explained(named).unwrap();
+    let explained = offline::decide(
+        &config,
+        &offline::identity(&config),
+        &method,
+        &target,
+        "127.0.0.1".parse().unwrap(),
+        &headers,
+        &Caller::FromRequest,
+    );
+    let Verdict::Decided(decision) = explained.verdict else {
+        panic!("decided");
+    };
+    assert!(!decision.is_allowed(), "explain saw the dropped field");
+    // Not named, the field counts, live and offline.
+    let plain =
+        "GET /x HTTP/1.1\r\nHost: app\r\nConnection: close\r\nX-Environment: staging\r\n\r\n";
+    let answer = raw_until_closed(gw.addr, plain.as_bytes(), Duration::from_secs(5)).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
 }

@@ -97,15 +97,18 @@ pub fn write_request_head(
         }
     }
     match framing {
-        // A request body never ends with the connection: the pool frames every body it
-        // sends by its length or in chunks.
-        Encoder::Empty | Encoder::UntilClose => {}
+        Encoder::Empty => {}
         Encoder::Length(length) => {
             out.extend_from_slice(b"content-length: ");
             push_decimal(out, length);
             out.extend_from_slice(b"\r\n");
         }
-        Encoder::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        // SECURITY: a request body cannot end with the connection: without a framing field
+        // the upstream would read it as the next request. One of unknown length goes in
+        // chunks (the pool never asks for anything else; see `Exchange::run`).
+        Encoder::Chunked | Encoder::UntilClose => {
+            out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+        }
     }
     out.extend_from_slice(b"\r\n");
 }

@@ -115,6 +115,9 @@ pub struct FramingFields {
     pub upgrade_token: bool,
     /// The first `Upgrade` field's value.
     pub upgrade: Option<Range<usize>>,
+    /// `Expect: 100-continue` (the last `Expect` field decides), read before any field
+    /// is dropped: one that `Connection` names still asks for its `100 Continue`.
+    pub expect_continue: bool,
 }
 
 impl FramingFields {
@@ -158,6 +161,12 @@ pub fn classify(
             FieldKind::Upgrade => {
                 seen.upgrade
                     .get_or_insert_with(|| offsets(buf, field.value));
+            }
+            FieldKind::Plain if field.name.eq_ignore_ascii_case("expect") => {
+                seen.expect_continue = field
+                    .value
+                    .trim_ascii()
+                    .eq_ignore_ascii_case(b"100-continue");
             }
             FieldKind::HopByHop | FieldKind::Plain => {}
         }

@@ -10,7 +10,7 @@
 use std::mem::MaybeUninit;
 
 use bytes::BytesMut;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Uri, Version};
 
 use super::body::{Chunk, Decoder};
@@ -92,7 +92,6 @@ pub fn parse_request(
     let framing = request_framing(&seen, version).map_err(refuse)?;
 
     let mut headers = HeaderMap::with_capacity(kept.len());
-    let mut expect_continue = false;
     for field in kept.iter() {
         let (Ok(name), Ok(value)) = (
             HeaderName::from_bytes(&head[field.name.clone()]),
@@ -100,12 +99,6 @@ pub fn parse_request(
         ) else {
             return Err(refuse(Malformed::Field));
         };
-        if name == header::EXPECT {
-            expect_continue = value
-                .as_bytes()
-                .trim_ascii()
-                .eq_ignore_ascii_case(b"100-continue");
-        }
         headers.append(name, value);
     }
     let mut request = Request::new(());
@@ -130,7 +123,7 @@ pub fn parse_request(
     };
     Ok(Some(RequestHead {
         request,
-        expect_continue: expect_continue && version == Version::HTTP_11,
+        expect_continue: seen.expect_continue && version == Version::HTTP_11,
         upgrade,
         framing,
         close,
@@ -330,6 +323,11 @@ mod tests {
             .expect_continue
         };
         assert!(expect("1.1"));
+        // An `Expect` that `Connection` names is dropped, and still asks for its answer.
+        assert!(
+            head("PUT / HTTP/1.1\r\nConnection: expect\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n")
+                .expect_continue
+        );
         assert!(
             !expect("1.0"),
             "an HTTP/1.0 client does not know 100 Continue"
