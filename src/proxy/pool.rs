@@ -633,6 +633,19 @@ mod tests {
         }
     }
 
+    /// Uploads `ready` (then waits for ever) on `stream`, which answers while the upload
+    /// is unfinished: the response head, bounded in time so that a regression fails.
+    async fn answered_mid_upload(stream: Mock, ready: &[&'static [u8]]) -> ResponseHead {
+        let mut body = Uploading(ready.iter().copied().collect());
+        let exchange = exchange(Encoder::Length(10));
+        let ran = exchange.run(connection(stream), &mut body);
+        let (head, _) = tokio::time::timeout(Duration::from_secs(10), ran)
+            .await
+            .expect("the answer ends the exchange")
+            .unwrap();
+        head
+    }
+
     /// An upstream that refuses an upload before it has all of it: its answer is passed
     /// on, and the connection, whose next bytes nobody can place, is not reused.
     #[tokio::test]
@@ -643,13 +656,7 @@ mod tests {
             .write(&sent)
             .read(b"HTTP/1.1 413 Content Too Large\r\ncontent-length: 0\r\n\r\n")
             .build();
-        let mut body = Uploading(VecDeque::from([&b"hello"[..]]));
-        let exchange = exchange(Encoder::Length(10));
-        let ran = exchange.run(connection(stream), &mut body);
-        let (head, _) = tokio::time::timeout(Duration::from_secs(10), ran)
-            .await
-            .expect("the early answer ends the exchange")
-            .unwrap();
+        let head = answered_mid_upload(stream, &[b"hello"]).await;
         assert_eq!(head.status, StatusCode::PAYLOAD_TOO_LARGE);
         assert!(!head.keep_alive);
     }
@@ -662,13 +669,7 @@ mod tests {
             .write(HEAD)
             .read(b"HTTP/1.1 401 Unauthorized\r\ncontent-length: 0\r\n\r\n")
             .build();
-        let mut body = Uploading(VecDeque::new());
-        let exchange = exchange(Encoder::Length(10));
-        let ran = exchange.run(connection(stream), &mut body);
-        let (head, _) = tokio::time::timeout(Duration::from_secs(10), ran)
-            .await
-            .expect("the head was sent")
-            .unwrap();
+        let head = answered_mid_upload(stream, &[]).await;
         assert_eq!(head.status, StatusCode::UNAUTHORIZED);
         assert!(!head.keep_alive);
     }
