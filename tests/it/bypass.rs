@@ -261,17 +261,24 @@ const LEGITIMATE: &[(&str, &str)] = &[
     ("GET", "/public/caf%C3%A9"),
 ];
 
+/// The two gateways every attempt runs against: `policy` on a route that is
+/// case-insensitive or not, in front of an upstream that records what it receives.
+async fn gateway(policy: &str, case_insensitive: bool) -> (TestUpstream, TestGateway) {
+    let up = TestUpstream::start("app").await;
+    let yaml = config(&[up.url()], "").replace(
+        "upstream: app }",
+        &format!("upstream: app, case_insensitive: {case_insensitive} }}"),
+    );
+    let gw = TestGateway::with_policy(&yaml, policy).await;
+    (up, gw)
+}
+
 #[tokio::test]
 async fn no_attempt_reaches_the_upstream_as_admin() {
     let attempts = raw_attempts();
     assert!(attempts.len() >= 60, "{} attempts", attempts.len());
     for (policy, case_insensitive) in [(ALLOW_LIST, false), (DENY_LIST, true)] {
-        let up = TestUpstream::start("app").await;
-        let yaml = config(&[up.url()], "").replace(
-            "upstream: app }",
-            &format!("upstream: app, case_insensitive: {case_insensitive} }}"),
-        );
-        let gw = TestGateway::with_policy(&yaml, policy).await;
+        let (up, gw) = gateway(policy, case_insensitive).await;
 
         for (what, bytes) in &attempts {
             let before = up.seen().len();
@@ -574,12 +581,7 @@ async fn explain_gives_every_attempt_the_live_verdict() {
     let mut compared = 0;
     let mut differ = Vec::new();
     for (policy, case_insensitive) in [(ALLOW_LIST, false), (DENY_LIST, true)] {
-        let up = TestUpstream::start("app").await;
-        let yaml = config(&[up.url()], "").replace(
-            "upstream: app }",
-            &format!("upstream: app, case_insensitive: {case_insensitive} }}"),
-        );
-        let gw = TestGateway::with_policy(&yaml, policy).await;
+        let (_upstream, gw) = gateway(policy, case_insensitive).await;
         let config = portcullis::config::load(&gw.file("gw.yaml")).unwrap();
         let identity = offline::identity(&config);
         for (what, bytes) in raw_attempts() {
