@@ -138,7 +138,7 @@ async fn fetch_all(gw: &TestGateway, requests: &[(&str, &str)]) -> Vec<(StatusCo
 }
 
 #[tokio::test]
-async fn every_framing_is_passed_on_over_one_kept_alive_connection() {
+async fn every_framing_is_passed_on_over_kept_alive_connections() {
     let up = ScriptedUpstream::start(vec![
         answer("HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nsized"),
         answer(
@@ -177,11 +177,9 @@ async fn every_framing_is_passed_on_over_one_kept_alive_connection() {
     ];
     let answers: Vec<(StatusCode, &str)> = answers.iter().map(|(s, b)| (*s, b.as_str())).collect();
     assert_eq!(answers, expected);
-    assert_eq!(
-        up.connections(),
-        1,
-        "every response ended exactly, so one connection served all"
-    );
+    // Every response ended exactly; but an answer to HEAD and a 204 that announce a body
+    // may be followed by it, so each closes its connection: three served all seven.
+    assert_eq!(up.connections(), 3);
     let heads = up.heads();
     assert_eq!(heads.len(), 7);
     assert!(
@@ -443,5 +441,162 @@ async fn an_answer_before_the_upload_ends_is_passed_on() {
     assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
     assert!(answer.ends_with("too big!"), "{answer}");
     feeder.abort();
+    upstream.abort();
+}
+
+/// An upstream like Python's `http.server` with `do_HEAD = do_GET`: it answers HEAD, 204
+/// and 304 with a head that announces a body, and writes that body anyway, in a later
+/// segment. Here the late bytes are a whole forged response naming the bodiless request,
+/// so a pooled connection reused before they arrive would hand them to another client.
+/// Every other request is answered with its own path.
+async fn late_bytes_upstream() -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                loop {
+                    let end = loop {
+                        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break end + 4;
+                        }
+                        let mut chunk = [0u8; 4096];
+                        match stream.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    };
+                    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+                    buf.drain(..end);
+                    let mut words = head.split(' ');
+                    let (method, path) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
+                    let own = |path: &str| {
+                        format!(
+                            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{path}",
+                            path.len()
+                        )
+                    };
+                    let bodiless = if method == "HEAD" {
+                        Some("HTTP/1.1 200 OK\r\ncontent-length: 40\r\n\r\n".to_owned())
+                    } else if path.starts_with("/204") {
+                        Some("HTTP/1.1 204 No Content\r\ncontent-length: 40\r\n\r\n".to_owned())
+                    } else if path.starts_with("/304") {
+                        Some(
+                            "HTTP/1.1 304 Not Modified\r\ntransfer-encoding: chunked\r\n\r\n"
+                                .to_owned(),
+                        )
+                    } else {
+                        None
+                    };
+                    let Some(bodiless) = bodiless else {
+                        if stream.write_all(own(path).as_bytes()).await.is_err() {
+                            return;
+                        }
+                        continue;
+                    };
+                    if stream.write_all(bodiless.as_bytes()).await.is_err() {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    if stream.write_all(own(path).as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, task)
+}
+
+/// SECURITY: under concurrent load, a response a bodiless answer's late bytes forged never
+/// reaches a client: a pooled connection goes back to the pool only when nothing more can
+/// belong to the response it carried.
+#[tokio::test]
+async fn late_bytes_after_bodiless_responses_never_reach_another_client() {
+    let (addr, upstream) = late_bytes_upstream().await;
+    let gw = TestGateway::start(&config(&[format!("http://{addr}")], "")).await;
+    let mut clients = tokio::task::JoinSet::new();
+    for client_no in 0..8 {
+        let url = gw.url("");
+        clients.spawn(async move {
+            let client = client();
+            let mut wrong = Vec::new();
+            for round in 0..25 {
+                let bodiless = match round % 3 {
+                    0 => ("HEAD", format!("/head-{client_no}-{round}")),
+                    1 => ("GET", format!("/204-{client_no}-{round}")),
+                    _ => ("GET", format!("/304-{client_no}-{round}")),
+                };
+                let own = format!("/own-{client_no}-{round}");
+                for (method, path) in [(bodiless.0, bodiless.1.as_str()), ("GET", own.as_str())] {
+                    let request = Request::builder()
+                        .method(method)
+                        .uri(format!("{url}{path}"))
+                        .body(Full::new(bytes::Bytes::new()).boxed())
+                        .unwrap();
+                    let response = client.request(request).await.unwrap();
+                    let status = response.status();
+                    let body = body_text(response).await;
+                    let expected = if path.starts_with("/own") { path } else { "" };
+                    if body != expected || (path.starts_with("/own") && status != StatusCode::OK) {
+                        wrong.push(format!("{method} {path}: {status} {body:?}"));
+                    }
+                }
+            }
+            wrong
+        });
+    }
+    let mut wrong = Vec::new();
+    while let Some(done) = clients.join_next().await {
+        wrong.extend(done.unwrap());
+    }
+    upstream.abort();
+    assert!(
+        wrong.is_empty(),
+        "{} answers went wrong:\n{}",
+        wrong.len(),
+        wrong.join("\n")
+    );
+}
+
+/// An idle pooled connection on which bytes arrive that nobody asked for is closed, not
+/// reused: the next request goes on a new connection.
+#[tokio::test]
+async fn an_idle_connection_that_turns_readable_is_not_reused() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let upstream = tokio::spawn(async move {
+        let mut held = Vec::new();
+        for answer in ["ok", "fresh"] {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut head = Vec::new();
+            while !head.ends_with(b"\r\n\r\n") {
+                let mut byte = [0u8; 1];
+                if stream.read(&mut byte).await.unwrap() == 0 {
+                    return;
+                }
+                head.push(byte[0]);
+            }
+            let response = format!(
+                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{answer}",
+                answer.len()
+            );
+            stream.write_all(response.as_bytes()).await.unwrap();
+            if answer == "ok" {
+                // Later, unasked: a whole forged response.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                let forged = "HTTP/1.1 200 OK\r\ncontent-length: 8\r\n\r\nsmuggled";
+                stream.write_all(forged.as_bytes()).await.unwrap();
+            }
+            held.push(stream);
+        }
+    });
+    let gw = TestGateway::start(&config(&[format!("http://{addr}")], "")).await;
+    let first = fetch_all(&gw, &[("GET", "/1")]).await;
+    assert_eq!(first[0].1, "ok");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let second = fetch_all(&gw, &[("GET", "/2")]).await;
+    assert_eq!(second[0].1, "fresh");
     upstream.abort();
 }

@@ -251,12 +251,16 @@ fn response_framing(
     head_request: bool,
 ) -> Result<(Decoder, bool), Malformed> {
     let keep_alive = version == Version::HTTP_11 && !seen.close;
-    if head_request
-        || status == StatusCode::NO_CONTENT
-        || status == StatusCode::NOT_MODIFIED
-        || status == StatusCode::SWITCHING_PROTOCOLS
-    {
+    if status == StatusCode::SWITCHING_PROTOCOLS {
         return Ok((Decoder::Empty, keep_alive));
+    }
+    if head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
+        // SECURITY: no body follows, whatever the head says; but a server that says one
+        // does may write it anyway (`do_HEAD = do_GET`), in a later segment, where the
+        // next request on a reused connection would take it for its response. A head
+        // that announces a body closes the connection after it.
+        let announces_body = seen.coded() || !matches!(seen.length.get(), Ok(None | Some(0)));
+        return Ok((Decoder::Empty, keep_alive && !announces_body));
     }
     if seen.coded() {
         if seen.length.is_present() {
@@ -328,17 +332,32 @@ mod tests {
             ok("HTTP/1.0 200 OK\r\ncontent-length: 3\r\n\r\n"),
             (Decoder::Length(3), false)
         );
-        assert_eq!(
-            ok("HTTP/1.1 204 No Content\r\ncontent-length: 7\r\n\r\n"),
-            (Decoder::Empty, true)
-        );
-        assert_eq!(
-            ok("HTTP/1.1 304 Not Modified\r\ntransfer-encoding: chunked\r\n\r\n"),
-            (Decoder::Empty, true)
-        );
+        // No body follows a 204, a 304 or an answer to HEAD; one that says otherwise
+        // may write it anyway, so its connection is not reused.
+        for (text, reusable) in [
+            (
+                "HTTP/1.1 204 No Content\r\ncontent-length: 7\r\n\r\n",
+                false,
+            ),
+            (
+                "HTTP/1.1 204 No Content\r\ncontent-length: x\r\n\r\n",
+                false,
+            ),
+            ("HTTP/1.1 204 No Content\r\ncontent-length: 0\r\n\r\n", true),
+            ("HTTP/1.1 204 No Content\r\n\r\n", true),
+            (
+                "HTTP/1.1 304 Not Modified\r\ntransfer-encoding: chunked\r\n\r\n",
+                false,
+            ),
+            ("HTTP/1.1 304 Not Modified\r\n\r\n", true),
+        ] {
+            assert_eq!(ok(text), (Decoder::Empty, reusable), "{text:?}");
+        }
         let text = "HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\n";
         match parse_response(text.as_bytes(), true) {
-            Ok(Parsed::Final(head, _)) => assert_eq!(head.framing, Decoder::Empty),
+            Ok(Parsed::Final(head, _)) => {
+                assert_eq!((head.framing, head.keep_alive), (Decoder::Empty, false));
+            }
             _ => panic!("a HEAD response parses"),
         }
     }
