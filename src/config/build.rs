@@ -11,8 +11,8 @@ use ipnet::IpNet;
 use super::error::{ConfigError, ConfigErrors, did_you_mean};
 use super::lint;
 use super::model::{
-    AdminSettings, Config, HostPattern, Limits, ListenerSettings, RouteId, RouteSettings, Target,
-    UpstreamName, UpstreamSettings,
+    AdminSettings, BODILESS_METHODS, Config, HostPattern, Limits, ListenerSettings, RouteId,
+    RouteSettings, Target, UpstreamName, UpstreamSettings,
 };
 use super::model::{
     ApiKeyEntry, ApiKeySettings, DenialSettings, Detail, ForwardHeaderNames, ForwardedHeader,
@@ -890,6 +890,17 @@ fn build_routes(
             );
         }
 
+        let mut allow_body_on = Vec::new();
+        for (at, method) in raw.allow_body_on.iter().enumerate() {
+            match BODILESS_METHODS.iter().find(|known| known.as_str() == method) {
+                Some(known) => allow_body_on.push(known.clone()),
+                None => builder.error(
+                    &format!("{base}.allow_body_on[{at}]"),
+                    format!("\"{method}\" is not GET, HEAD, OPTIONS, DELETE or TRACE; other methods may always carry content"),
+                ),
+            }
+        }
+
         if let (true, Some(host), true, Some(upstream)) = (id_ok, host, prefix_ok, upstream) {
             routes.push(RouteSettings {
                 id: RouteId(Arc::from(raw.id.as_str())),
@@ -902,6 +913,7 @@ fn build_routes(
                 },
                 upstream,
                 case_insensitive: raw.case_insensitive,
+                allow_body_on,
             });
         }
     }

@@ -24,10 +24,10 @@ mod units;
 pub use build::secret_bytes;
 pub use error::{ConfigError, ConfigErrors};
 pub use model::{
-    AdminSettings, ApiKeyEntry, ApiKeySettings, Config, DecisionSink, DenialSettings, Detail,
-    ForwardHeaderNames, ForwardedHeader, HostPattern, IdentitySettings, JwtSettings, KeySource,
-    Limits, ListenerSettings, LogSettings, RemoteKeys, RouteId, RouteSettings, Secret, Target,
-    TokenSource, UpstreamName, UpstreamSettings,
+    AdminSettings, ApiKeyEntry, ApiKeySettings, BODILESS_METHODS, Config, DecisionSink,
+    DenialSettings, Detail, ForwardHeaderNames, ForwardedHeader, HostPattern, IdentitySettings,
+    JwtSettings, KeySource, Limits, ListenerSettings, LogSettings, RemoteKeys, RouteId,
+    RouteSettings, Secret, Target, TokenSource, UpstreamName, UpstreamSettings,
 };
 pub use policy::{PolicySummary, parse_list_file, wildcard_match};
 pub use raw::DEFAULT_ADMIN_ADDR;

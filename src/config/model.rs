@@ -319,7 +319,20 @@ pub struct RouteSettings {
     /// Match the path prefix and policy paths ignoring ASCII case (for upstreams that
     /// ignore case); the path is lower-cased before routing, deciding and forwarding.
     pub case_insensitive: bool,
+    /// Methods without defined content whose requests may carry some here anyway.
+    pub allow_body_on: Vec<http::Method>,
 }
+
+/// The methods whose request content has no defined meaning (RFC 9110 §9.3): a request of
+/// one of them with content is refused unless its route allows it, since an upstream that
+/// ignores the content would read it as the next request.
+pub const BODILESS_METHODS: [http::Method; 5] = [
+    http::Method::GET,
+    http::Method::HEAD,
+    http::Method::OPTIONS,
+    http::Method::DELETE,
+    http::Method::TRACE,
+];
 
 /// Limits that protect the gateway from slow, large or numerous clients.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -380,6 +380,10 @@ pub struct RawRoute {
     /// Match, decide and forward the path lower-cased, for upstreams that ignore case.
     #[serde(default)]
     pub case_insensitive: bool,
+    /// Methods whose requests may carry content on this route (of GET, HEAD, OPTIONS,
+    /// DELETE and TRACE, which are refused with content by default), for APIs that read it.
+    #[serde(default)]
+    pub allow_body_on: Vec<String>,
 }
 
 fn default_path_prefix() -> String {

@@ -20,7 +20,7 @@ use super::listener::{self, Activity, ConnMeta, ConnectionGuard};
 use super::pool::Switched;
 use super::respond::{self, ProxyError};
 use super::{Proxy, ProxyBody, normalize};
-use crate::config::RouteId;
+use crate::config::{BODILESS_METHODS, RouteId};
 use crate::decision_log::{Decided, Refused};
 use crate::policy::{Decision, Outcome, Principal};
 use crate::telemetry::{self, DecisionLabel, NO_ROUTE_LABEL};
@@ -208,6 +208,20 @@ async fn pipeline(
         );
     }
     let route = admitted.route;
+    // SECURITY: content on a method that defines none is read as the next request by an
+    // upstream that ignores it: a request smuggled past the policy.
+    if !body.is_end_stream()
+        && BODILESS_METHODS.contains(&parts.method)
+        && !route.allow_body_on.contains(&parts.method)
+    {
+        return Err(Failure {
+            route: Some(route.id.clone()),
+            error: ProxyError::BodyNotAllowed {
+                method: parts.method.clone(),
+            },
+            decided: false,
+        });
+    }
     let fail = |error: ProxyError| Failure {
         route: Some(route.id.clone()),
         error,

@@ -20,6 +20,13 @@ pub enum ProxyError {
     /// The client sent something we will not interpret (400).
     #[error("bad request: {0}")]
     BadRequest(String),
+    /// Content on a method whose content has no defined meaning, on a route that does not
+    /// allow it (400).
+    #[error("a {method} request with content")]
+    BodyNotAllowed {
+        /// The request's method.
+        method: http::Method,
+    },
     /// No route accepts the request's host and path (404).
     #[error("no route for this host and path")]
     NoRoute,
@@ -62,6 +69,7 @@ impl ProxyError {
     pub fn reason(&self) -> &'static str {
         match self {
             ProxyError::BadRequest(_) => "bad_request",
+            ProxyError::BodyNotAllowed { .. } => "body_not_allowed",
             ProxyError::NoRoute => "no_route",
             ProxyError::ConnectRefused => "connect_not_allowed",
             ProxyError::HeaderTooLarge { .. } => "header_too_large",
@@ -77,6 +85,7 @@ impl ProxyError {
         matches!(
             self,
             ProxyError::BadRequest(_)
+                | ProxyError::BodyNotAllowed { .. }
                 | ProxyError::ConnectRefused
                 | ProxyError::HeaderTooLarge { .. }
                 | ProxyError::BodyTooLarge { .. }
@@ -86,7 +95,9 @@ impl ProxyError {
     /// The response status.
     pub fn status(&self) -> StatusCode {
         match self {
-            ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::BadRequest(_) | ProxyError::BodyNotAllowed { .. } => {
+                StatusCode::BAD_REQUEST
+            }
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::ConnectRefused => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::HeaderTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
@@ -105,6 +116,9 @@ impl ProxyError {
                     "The request was not accepted: {problem}. Fix the request and send it again."
                 )
             }
+            ProxyError::BodyNotAllowed { method } => format!(
+                "A {method} request may not carry content here. Send it without a body, or use POST."
+            ),
             ProxyError::NoRoute => "No route serves this host and path. Check the URL.".to_owned(),
             ProxyError::ConnectRefused => {
                 "This gateway does not tunnel CONNECT requests; it is not a forward proxy."
@@ -133,6 +147,7 @@ pub fn error(err: &ProxyError, request_id: &HeaderValue) -> Response<ProxyBody> 
     let request_id_text = request_id.to_str().unwrap_or("");
     match err {
         ProxyError::BadRequest(_)
+        | ProxyError::BodyNotAllowed { .. }
         | ProxyError::NoRoute
         | ProxyError::ConnectRefused
         | ProxyError::HeaderTooLarge { .. }

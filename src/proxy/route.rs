@@ -16,6 +16,8 @@ pub struct Route {
     pub upstream: usize,
     /// Whether paths are matched, decided and forwarded lower-cased.
     pub case_insensitive: bool,
+    /// Methods without defined content whose requests may carry some here.
+    pub allow_body_on: Vec<http::Method>,
     host: Option<HostPattern>,
     path_prefix: String,
 }
@@ -50,6 +52,7 @@ impl RouteTable {
                     index: order,
                     upstream: s.upstream,
                     case_insensitive: s.case_insensitive,
+                    allow_body_on: s.allow_body_on.clone(),
                     host: s.host.clone(),
                     path_prefix: s.path_prefix.clone(),
                 };
@@ -117,6 +120,7 @@ mod tests {
             path_prefix: prefix.to_owned(),
             upstream: 0,
             case_insensitive: false,
+            allow_body_on: Vec::new(),
         }
     }
 

@@ -207,3 +207,13 @@ fn identity_headers_cannot_be_ones_that_frame_or_route_the_message() {
         )
     );
 }
+
+#[test]
+fn allow_body_on_lists_only_methods_without_defined_content() {
+    assert_eq!(
+        errors(
+            "upstreams: { app: { targets: [\"builtin:echo\"] } }\nroutes: [{ id: main, upstream: app, allow_body_on: [GET, POST] }]\n"
+        ),
+        "gw.yaml:2:58: routes[0].allow_body_on[1]: \"POST\" is not GET, HEAD, OPTIONS, DELETE or TRACE; other methods may always carry content"
+    );
+}

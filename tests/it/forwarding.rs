@@ -323,16 +323,58 @@ async fn every_listen_address_serves() {
     }
 }
 
+/// SECURITY: content on a method that defines none (GET, HEAD, OPTIONS, DELETE, TRACE)
+/// is read by an upstream that ignores it as the next request: `GET /public/x` carrying
+/// `GET /admin` would run the second past the policy. It is refused unless the route
+/// allows it.
 #[tokio::test]
-async fn a_chunked_body_on_a_get_is_forwarded_not_dropped() {
+async fn content_on_a_get_is_refused_unless_the_route_allows_it() {
+    let smuggling = "GET /admin HTTP/1.1\r\nHost: a\r\n\r\n";
+    let attempts = [
+        format!(
+            "GET /public/x HTTP/1.1\r\nHost: a\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{smuggling}",
+            smuggling.len()
+        ),
+        "GET /upload HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n".to_owned(),
+        "DELETE /item HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}".to_owned(),
+        "OPTIONS /item HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}".to_owned(),
+    ];
     let up = TestUpstream::start("a").await;
     let gw = TestGateway::start(&config(&[up.url()], "")).await;
+    for attempt in &attempts {
+        let answer = raw_exchange(gw.addr, attempt.as_bytes(), Duration::from_secs(5)).await;
+        assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+        assert!(
+            answer.contains("x-portcullis-reason: body_not_allowed"),
+            "{answer}"
+        );
+    }
+    // Over HTTP/2 too.
+    let h2: hyper_util::client::legacy::Client<_, ClientBody> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .http2_only(true)
+            .build_http();
+    let request = Request::get(gw.url("/public/x"))
+        .body(http_body_util::Full::new(bytes::Bytes::from("hidden")).boxed())
+        .unwrap();
+    let response = h2.request(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    assert!(up.seen().is_empty(), "nothing reached the upstream");
+    // Without content, and with content on POST, requests pass.
     let answer = raw_exchange(
         gw.addr,
-        b"GET /upload HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        b"POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello",
         Duration::from_secs(5),
     )
     .await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+
+    // A route that allows content on GET forwards it.
+    let up = TestUpstream::start("a").await;
+    let yaml =
+        config(&[up.url()], "").replace("upstream: app }", "upstream: app, allow_body_on: [GET] }");
+    let gw = TestGateway::start(&yaml).await;
+    let answer = raw_exchange(gw.addr, attempts[1].as_bytes(), Duration::from_secs(5)).await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert!(
         answer.ends_with("\r\n\r\n5"),
