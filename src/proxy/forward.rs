@@ -426,7 +426,7 @@ const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 /// Headers through which clients or CDNs claim an address, scheme, host, port or path
 /// prefix; only a trusted proxy's are passed on. Every `X-Forwarded-*` header counts too.
-const CLIENT_CLAIMS: [HeaderName; 7] = [
+const CLIENT_CLAIMS: [HeaderName; 9] = [
     header::FORWARDED,
     HeaderName::from_static("x-real-ip"),
     HeaderName::from_static("true-client-ip"),
@@ -434,14 +434,31 @@ const CLIENT_CLAIMS: [HeaderName; 7] = [
     HeaderName::from_static("cf-connecting-ip"),
     HeaderName::from_static("x-cluster-client-ip"),
     HeaderName::from_static("x-original-host"),
+    HeaderName::from_static("x-host"),
+    HeaderName::from_static("x-http-host-override"),
 ];
 
-/// Headers some servers and frameworks obey to rewrite the path or method after the
-/// gateway has decided on them.
-const OVERRIDES: [HeaderName; 6] = [
+/// Headers some servers, frameworks and proxies obey to rewrite the path or method after
+/// the gateway has decided on them: IIS and Symfony (`X-Original-URL`, `X-Rewrite-URL`),
+/// nginx, Traefik and Istio (`X-Original-URI`, `X-Replaced-Path`), Envoy
+/// (`X-Envoy-Original-Path`, `-URL`), Tomcat's and other connectors (`X-Request-URI`,
+/// `-URL`), custom rewrite modules (`X-Rewrite-Path`, `X-Real-URL`, `-URI`,
+/// `X-Override-URL`, `X-Original-Path`), and the method overrides of ASP.NET, Google APIs,
+/// Express and Laravel. (`X-Forwarded-Uri`, `-Path`, `-Prefix` are client claims below.)
+const OVERRIDES: [HeaderName; 16] = [
     HeaderName::from_static("x-original-url"),
     HeaderName::from_static("x-original-uri"),
+    HeaderName::from_static("x-original-path"),
     HeaderName::from_static("x-rewrite-url"),
+    HeaderName::from_static("x-rewrite-path"),
+    HeaderName::from_static("x-override-url"),
+    HeaderName::from_static("x-replaced-path"),
+    HeaderName::from_static("x-envoy-original-path"),
+    HeaderName::from_static("x-envoy-original-url"),
+    HeaderName::from_static("x-request-uri"),
+    HeaderName::from_static("x-request-url"),
+    HeaderName::from_static("x-real-url"),
+    HeaderName::from_static("x-real-uri"),
     HeaderName::from_static("x-http-method-override"),
     HeaderName::from_static("x-method-override"),
     HeaderName::from_static("x-http-method"),
@@ -450,9 +467,14 @@ const OVERRIDES: [HeaderName; 6] = [
 /// Whether a client's header must not reach the upstream.
 fn is_dropped(name: &HeaderName, client: &ClientFacts<'_>) -> bool {
     // SECURITY: CGI-style servers (PHP, WSGI, Rack) read `X-Forwarded_For` as
-    // `X-Forwarded-For`, so a name with `_` could smuggle any header past the checks
-    // below. Such names are dropped, as nginx does by default.
-    name.as_str().contains('_')
+    // `X-Forwarded-For`, and others fold `.` or `~` the same way, so a name with any
+    // character but letters, digits and `-` could smuggle a header past the checks below
+    // (`X-Auth.Subject`, `X.Original.URL`). Such names are dropped, as nginx's
+    // `ignore_invalid_headers` does.
+    !name
+        .as_str()
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         // SECURITY: the upstream must act on the path and method the gateway decided on,
         // not on a header that rewrites them afterwards.
         || (!client.keep_override_headers && OVERRIDES.contains(name))
@@ -650,6 +672,8 @@ mod tests {
             ("x-forwarded-ssl", "on"),
             ("x-forwarded_for", "6.6.6.6"),
             ("x_original_url", "/admin"),
+            ("x-host", "evil.example"),
+            ("x-http-host-override", "evil.example"),
             ("x-kept", "1"),
         ]);
         request_headers(&mut map, &client(false, Some(&host)), None).apply_to(&mut map);
@@ -669,6 +693,60 @@ mod tests {
         assert_eq!(map["x-forwarded-proto"], "http");
         assert_eq!(map["x-forwarded-host"], "app.example");
         assert_eq!(map["host"], "app.example");
+    }
+
+    #[test]
+    fn override_and_look_alike_headers_never_reach_the_upstream() {
+        let overrides = [
+            "x-original-url",
+            "x-original-uri",
+            "x-original-path",
+            "x-rewrite-url",
+            "x-rewrite-path",
+            "x-override-url",
+            "x-replaced-path",
+            "x-envoy-original-path",
+            "x-envoy-original-url",
+            "x-request-uri",
+            "x-request-url",
+            "x-real-url",
+            "x-real-uri",
+            "x-http-method-override",
+            "x-method-override",
+            "x-http-method",
+        ];
+        let look_alikes = [
+            "x-auth.subject",
+            "x.original.url",
+            "x-auth~roles",
+            "x-auth_scopes",
+        ];
+        let sent: Vec<(&str, &str)> = (overrides.iter().chain(&look_alikes))
+            .map(|name| (*name, "/admin"))
+            .chain([("x-kept", "1")])
+            .collect();
+        // A trusted proxy's requests lose them too: they rewrite what was decided.
+        for trusted in [false, true] {
+            let mut map = headers(&sent);
+            request_headers(&mut map, &client(trusted, None), None).apply_to(&mut map);
+            let kept: Vec<&str> = map
+                .keys()
+                .map(|name| name.as_str())
+                .filter(|name| !name.starts_with("x-forwarded-"))
+                .collect();
+            assert_eq!(kept, ["x-kept"], "trusted: {trusted}");
+        }
+        // Unless the upstream needs them and does its own checks.
+        let mut map = headers(&sent);
+        let mut keeping = client(false, None);
+        keeping.keep_override_headers = true;
+        request_headers(&mut map, &keeping, None).apply_to(&mut map);
+        for name in overrides {
+            assert!(map.contains_key(name), "{name}");
+        }
+        for name in look_alikes {
+            assert!(!map.contains_key(name), "{name}");
+        }
     }
 
     #[test]

@@ -186,6 +186,9 @@ fn raw_attempts() -> Vec<(&'static str, String)> {
         ("X-Original-URL", with("/public/x", "X-Original-URL: /admin")),
         ("X-Original-URI", with("/public/x", "X-Original-URI: /admin")),
         ("X-Rewrite-URL", with("/public/x", "X-Rewrite-URL: /admin")),
+        ("X-Envoy-Original-Path", with("/public/x", "X-Envoy-Original-Path: /admin")),
+        ("X-Override-URL", with("/public/x", "X-Override-URL: /admin")),
+        ("look-alike X.Original.URL", with("/public/x", "X.Original.URL: /admin")),
         (
             "method override",
             with("/public/x", "X-HTTP-Method-Override: DELETE"),
@@ -294,6 +297,9 @@ async fn no_attempt_reaches_the_upstream_as_admin() {
                     "x-original-url",
                     "x-original-uri",
                     "x-rewrite-url",
+                    "x-envoy-original-path",
+                    "x-override-url",
+                    "x.original.url",
                     "x-http-method-override",
                     "x-forwarded-prefix",
                 ] {
