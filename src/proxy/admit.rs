@@ -7,7 +7,8 @@
 use std::borrow::Cow;
 use std::net::IpAddr;
 
-use http::{HeaderMap, Method, Uri, Version};
+use http::header::HeaderName;
+use http::{HeaderMap, HeaderValue, Method, Uri, Version};
 use ipnet::IpNet;
 
 use super::normalize::{self, Authority};
@@ -15,6 +16,9 @@ use super::respond::ProxyError;
 use super::route::{Route, RouteTable};
 use crate::config::{Config, ForwardedHeader};
 use crate::policy::{Decision, PolicySet, Principal, RequestFacts};
+
+/// WebDAV's `Destination` (RFC 4918 §10.3): where a `MOVE` or `COPY` writes.
+pub const DESTINATION: HeaderName = HeaderName::from_static("destination");
 
 /// What admission reads of the serving state: the routes, and whose forwarding headers
 /// are believed.
@@ -37,6 +41,17 @@ pub struct Admitted<'r, 'u> {
     pub forwarding_problem: Option<&'static str>,
     /// The route it takes.
     pub route: &'r Route,
+    /// A WebDAV `MOVE` or `COPY`'s second path, which the policy decides too.
+    pub destination: Option<Destination>,
+}
+
+/// The `Destination` of a WebDAV `MOVE` or `COPY` (RFC 4918 §10.3): the path the request
+/// writes to, decided by the policy like its own.
+pub struct Destination {
+    /// The canonical path decided on (lower-cased on a `case_insensitive` route).
+    pub path: String,
+    /// The field the upstream gets: the client's, with that path.
+    pub header: HeaderValue,
 }
 
 /// A request head as admission reads it. The target (`'u`) is borrowed for as long as
@@ -101,13 +116,77 @@ impl Admission {
             .ok_or(ProxyError::NoRoute)
             .map_err(refuse(client_ip))?;
         let path = route.decision_path(path);
+        let destination = self
+            .destination(&head, authority.host.as_deref(), route)
+            .map_err(refuse(client_ip))?;
         Ok(Admitted {
             authority,
             path,
             client_ip,
             forwarding_problem,
             route,
+            destination,
         })
+    }
+
+    /// The second path of a WebDAV `MOVE` or `COPY`, in canonical form. It must name the
+    /// request's own host (or none) and take the same route: a write the policy cannot
+    /// see whole is refused. Other methods have none (their `Destination` is removed
+    /// before forwarding).
+    fn destination(
+        &self,
+        head: &Head<'_, '_>,
+        host: Option<&str>,
+        route: &Route,
+    ) -> Result<Option<Destination>, ProxyError> {
+        let writes_elsewhere = head.method.as_str() == "MOVE" || head.method.as_str() == "COPY";
+        if !writes_elsewhere {
+            return Ok(None);
+        }
+        let bad = |why: &str| ProxyError::BadRequest(format!("the Destination {why}"));
+        let mut fields = head.headers.get_all(DESTINATION).iter();
+        let Some(value) = fields.next() else {
+            // The upstream refuses a MOVE or COPY without one; nothing to decide.
+            return Ok(None);
+        };
+        if fields.next().is_some() {
+            return Err(bad("field is repeated"));
+        }
+        let uri: Uri = value
+            .to_str()
+            .ok()
+            .and_then(|text| text.parse().ok())
+            .ok_or_else(|| bad("is not a URI"))?;
+        if let Some(authority) = uri.authority() {
+            if !matches!(uri.scheme_str(), Some("http" | "https")) {
+                return Err(bad("is not an http or https URI"));
+            }
+            let named = normalize::parse_host(authority.as_str().as_bytes());
+            if named.is_none() || named.as_deref() != host {
+                return Err(bad("names another host"));
+            }
+        }
+        let path = normalize::path(uri.path())?;
+        let same_route = self
+            .routes
+            .select(host, &path)
+            .is_some_and(|taken| taken.index == route.index);
+        if !same_route {
+            return Err(bad("is served by another route"));
+        }
+        let path = route.decision_path(path).into_owned();
+        let written = match (uri.authority(), uri.query()) {
+            (Some(authority), query) => format!(
+                "{}://{authority}{path}{}{}",
+                uri.scheme_str().unwrap_or("http"),
+                if query.is_some() { "?" } else { "" },
+                query.unwrap_or("")
+            ),
+            (None, Some(query)) => format!("{path}?{query}"),
+            (None, None) => path.clone(),
+        };
+        let header = HeaderValue::try_from(written).map_err(|_| bad("is not a URI"))?;
+        Ok(Some(Destination { path, header }))
     }
 }
 
@@ -122,12 +201,22 @@ pub fn evaluate(
     principal: Option<&Principal>,
 ) -> Decision {
     let headers = normalize::policy_headers(policy.header_names(), headers);
-    policy.evaluate(&RequestFacts {
+    let facts = |path| RequestFacts {
         method: method.as_str(),
         host: admitted.authority.host.as_deref(),
-        path: &admitted.path,
+        path,
         client_ip: admitted.client_ip,
         headers: &headers,
         principal,
-    })
+    };
+    let decision = policy.evaluate(&facts(&admitted.path));
+    match &admitted.destination {
+        // A MOVE or COPY writes to its destination too: the same method must be allowed
+        // there, and a denial there is the answer.
+        Some(destination) if decision.is_allowed() => {
+            let there = policy.evaluate(&facts(&destination.path));
+            if there.is_allowed() { decision } else { there }
+        }
+        _ => decision,
+    }
 }

@@ -481,6 +481,9 @@ fn is_dropped(name: &HeaderName, client: &ClientFacts<'_>) -> bool {
         // SECURITY: only a trusted proxy's claims about the client are passed on; anyone
         // else could claim any address, scheme or host.
         || (!client.trusted && is_client_claim(name))
+        // SECURITY: a WebDAV `Destination` is a second path to write to. A MOVE or COPY
+        // gets the one the policy decided on, set anew (see `admit`); other methods none.
+        || *name == super::admit::DESTINATION
 }
 
 fn is_client_claim(name: &HeaderName) -> bool {

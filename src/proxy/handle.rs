@@ -265,7 +265,10 @@ async fn pipeline(
 
     // SECURITY: the upstream gets exactly the path that was decided on.
     let Admitted {
-        authority, path, ..
+        authority,
+        path,
+        destination,
+        ..
     } = admitted;
     if let Cow::Owned(canonical) = path {
         parts.uri = normalize::with_path(&parts.uri, &canonical).map_err(fail)?;
@@ -286,6 +289,10 @@ async fn pipeline(
             added.set(name, value);
         });
     added.set(X_REQUEST_ID, request_id.clone());
+    // SECURITY: a MOVE or COPY writes to exactly the destination that was decided on.
+    if let Some(destination) = destination {
+        added.set(admit::DESTINATION, destination.header);
+    }
     let upstream = &proxy.upstreams[route.upstream];
     let forward::Forwarded { response, switched } = upstream
         .send(parts, &added, body, limits.max_body_size)

@@ -92,7 +92,7 @@ pub fn refuse_fragment(target: &[u8]) -> Result<(), ProxyError> {
 }
 
 /// `host[:port]` → lower-case host, or `None` when it is not a reg-name, IPv4 or `[IPv6]`.
-fn parse_host(value: &[u8]) -> Option<String> {
+pub fn parse_host(value: &[u8]) -> Option<String> {
     let text = std::str::from_utf8(value).ok()?;
     let (host, port) = if let Some(rest) = text.strip_prefix('[') {
         let end = rest.find(']')?;

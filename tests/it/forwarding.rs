@@ -560,3 +560,84 @@ async fn a_fragment_in_the_request_target_is_a_400() {
     assert!(up.seen().iter().all(|seen| !seen.target.contains('#')));
     assert_eq!(up.seen().len(), 2);
 }
+
+/// SECURITY: a WebDAV MOVE or COPY writes to its `Destination`, a second path. It is
+/// brought to canonical form and decided by the policy like the request's own path (the
+/// same method must be allowed there); the upstream gets exactly that destination, and
+/// requests of other methods get none.
+#[tokio::test]
+async fn a_move_or_copy_is_decided_at_its_destination_too() {
+    let policy = "rules:\n  - { id: public-dav, effect: allow, match: { paths: [\"/public/**\"], methods: [GET, MOVE, COPY] } }\n";
+    let up = TestUpstream::start("a").await;
+    let gw = TestGateway::with_policy(&config(&[up.url()], ""), policy).await;
+    let send = |method: &'static str, destination: &'static str| {
+        let gw_addr = gw.addr;
+        async move {
+            let request = format!(
+                "{method} /public/a HTTP/1.1\r\nHost: app\r\nDestination: {destination}\r\nConnection: close\r\n\r\n"
+            );
+            raw_exchange(gw_addr, request.as_bytes(), Duration::from_secs(5)).await
+        }
+    };
+    // Allowed at both ends: the upstream gets the destination in canonical form.
+    for (method, sent, forwarded) in [
+        ("MOVE", "/public/b", "/public/b"),
+        ("COPY", "http://app/public/./c/../d", "http://app/public/d"),
+        ("MOVE", "/public/%61", "/public/a"),
+    ] {
+        let before = up.seen().len();
+        let answer = send(method, sent).await;
+        assert!(
+            answer.starts_with("HTTP/1.1 200"),
+            "{method} {sent}: {answer}"
+        );
+        let seen = &up.seen()[before];
+        assert_eq!(seen.all("destination"), [forwarded], "{method} {sent}");
+    }
+    // Denied at the destination, whatever spelling reaches it.
+    for sent in [
+        "/admin/x",
+        "http://app/admin/x",
+        "/public/../admin/x",
+        "http://app/public/%2e%2e/admin/x",
+    ] {
+        let answer = send("MOVE", sent).await;
+        assert!(answer.starts_with("HTTP/1.1 403"), "{sent}: {answer}");
+        assert!(
+            answer.contains("x-portcullis-reason: no_matching_allow"),
+            "{answer}"
+        );
+    }
+    // A destination the policy cannot see whole is refused.
+    for sent in [
+        "http://other.example/public/b",
+        "/public/..%2fadmin",
+        "ftp://app/public/b",
+        "not a uri",
+    ] {
+        let answer = send("COPY", sent).await;
+        assert!(answer.starts_with("HTTP/1.1 400"), "{sent}: {answer}");
+    }
+    assert_eq!(
+        up.seen().len(),
+        3,
+        "denied and refused ones reached nothing"
+    );
+    // Other methods' Destination never reaches the upstream.
+    let answer = send("GET", "/admin/x").await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(up.seen().last().unwrap().all("destination").is_empty());
+
+    // explain decides the destination as the gateway does.
+    let config = portcullis::config::load(&gw.file("gw.yaml")).unwrap();
+    let explained = portcullis::proxy::offline::decide(
+        &config,
+        &portcullis::proxy::offline::identity(&config),
+        "MOVE",
+        "http://app/public/a",
+        "192.0.2.1".parse().unwrap(),
+        &[("Destination".to_owned(), "/public/../admin/x".to_owned())],
+        &portcullis::proxy::offline::Caller::FromRequest,
+    );
+    assert_eq!(explained.actual().decision, "deny");
+}
