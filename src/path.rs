@@ -55,8 +55,16 @@ pub fn canonical(raw: &str) -> Result<Cow<'_, str>, PathError> {
             None => (raw_segment, false),
         };
         let segment = canonical_segment(name).map_err(PathError)?;
+        // A server that decodes `%3B` before it splits parameters off reads `..%3B` as
+        // `..;`, that is `..`.
+        let encoded_parameters = segment
+            .split_once("%3B")
+            .is_some_and(|(before, _)| before == "." || before == "..");
         trailing_slash = false;
         match segment.as_str() {
+            _ if encoded_parameters => {
+                return Err(PathError("has a dot segment with parameters (such as ..;)"));
+            }
             "." | ".." if has_parameters => {
                 return Err(PathError("has a dot segment with parameters (such as ..;)"));
             }
@@ -156,6 +164,18 @@ fn is_raw_pchar(b: u8) -> bool {
     )
 }
 
+/// Whether a canonical path holds an encoded `%` followed by two hex digits (`%2561`),
+/// which a server that decodes twice reads as another character (`/%2561dmin` as
+/// `/admin`). Canonical paths keep `%25` encoded, so this looks for it alone.
+pub fn has_encoded_percent_escape(path: &str) -> bool {
+    let bytes = path.as_bytes();
+    memchr::memmem::find_iter(bytes, b"%25").any(|at| {
+        bytes
+            .get(at + 3..at + 5)
+            .is_some_and(|hex| hex.iter().all(u8::is_ascii_hexdigit))
+    })
+}
+
 fn is_double_encoded(bytes: &[u8]) -> bool {
     bytes.windows(5).any(|w| {
         w[0] == b'%'
@@ -230,6 +250,39 @@ mod tests {
         match canonical(raw) {
             Ok(p) => panic!("{raw} was accepted as {p}"),
             Err(err) => err.to_string(),
+        }
+    }
+
+    #[test]
+    fn an_encoded_semicolon_after_a_dot_segment_is_a_parameter_too() {
+        for raw in [
+            "/public/..%3B/admin",
+            "/public/..%3bx/admin",
+            "/.%3B/a",
+            "/a/..%3B",
+        ] {
+            assert_eq!(
+                refused(raw),
+                "the path has a dot segment with parameters (such as ..;)",
+                "{raw}"
+            );
+        }
+        assert_eq!(canonical_of("/a..%3B/b"), "/a..%3B/b");
+        assert_eq!(canonical_of("/a/b%3Bc"), "/a/b%3Bc");
+    }
+
+    #[test]
+    fn an_encoded_percent_before_hex_digits_is_found() {
+        for (path, found) in [
+            ("/%2561dmin", true),
+            ("/a%25FF", true),
+            ("/a%25", false),
+            ("/a%252", false),
+            ("/a%25zz", false),
+            ("/100%25", false),
+            ("/plain", false),
+        ] {
+            assert_eq!(has_encoded_percent_escape(path), found, "{path}");
         }
     }
 

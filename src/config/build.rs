@@ -914,6 +914,7 @@ fn build_routes(
                 upstream,
                 case_insensitive: raw.case_insensitive,
                 allow_body_on,
+                allow_encoded_percent: raw.allow_encoded_percent,
             });
         }
     }

@@ -321,6 +321,8 @@ pub struct RouteSettings {
     pub case_insensitive: bool,
     /// Methods without defined content whose requests may carry some here anyway.
     pub allow_body_on: Vec<http::Method>,
+    /// Paths may hold an encoded `%` followed by two hex digits.
+    pub allow_encoded_percent: bool,
 }
 
 /// The methods whose request content has no defined meaning (RFC 9110 §9.3): a request of

@@ -384,6 +384,11 @@ pub struct RawRoute {
     /// DELETE and TRACE, which are refused with content by default), for APIs that read it.
     #[serde(default)]
     pub allow_body_on: Vec<String>,
+    /// Let an encoded `%` followed by two hex digits (`%2561`) through, for an upstream
+    /// that decodes its paths exactly once; refused by default, since a server that
+    /// decodes twice reads `/%2561dmin` as `/admin`.
+    #[serde(default)]
+    pub allow_encoded_percent: bool,
 }
 
 fn default_path_prefix() -> String {

@@ -115,6 +115,12 @@ impl Admission {
             .select(authority.host.as_deref(), &path)
             .ok_or(ProxyError::NoRoute)
             .map_err(refuse(client_ip))?;
+        // SECURITY: a server that decodes twice reads `/%2561dmin` as `/admin`.
+        if !route.allow_encoded_percent && crate::path::has_encoded_percent_escape(&path) {
+            return Err(refuse(client_ip)(ProxyError::BadRequest(
+                "the path is double-encoded (%25 followed by two hex digits)".into(),
+            )));
+        }
         let path = route.decision_path(path);
         let destination = self
             .destination(&head, authority.host.as_deref(), route)
@@ -167,6 +173,9 @@ impl Admission {
             }
         }
         let path = normalize::path(uri.path())?;
+        if !route.allow_encoded_percent && crate::path::has_encoded_percent_escape(&path) {
+            return Err(bad("is double-encoded (%25 followed by two hex digits)"));
+        }
         let same_route = self
             .routes
             .select(host, &path)

@@ -18,6 +18,8 @@ pub struct Route {
     pub case_insensitive: bool,
     /// Methods without defined content whose requests may carry some here.
     pub allow_body_on: Vec<http::Method>,
+    /// Paths may hold an encoded `%` followed by two hex digits.
+    pub allow_encoded_percent: bool,
     host: Option<HostPattern>,
     path_prefix: String,
 }
@@ -53,6 +55,7 @@ impl RouteTable {
                     upstream: s.upstream,
                     case_insensitive: s.case_insensitive,
                     allow_body_on: s.allow_body_on.clone(),
+                    allow_encoded_percent: s.allow_encoded_percent,
                     host: s.host.clone(),
                     path_prefix: s.path_prefix.clone(),
                 };
@@ -121,6 +124,7 @@ mod tests {
             upstream: 0,
             case_insensitive: false,
             allow_body_on: Vec::new(),
+            allow_encoded_percent: false,
         }
     }
 

@@ -641,3 +641,28 @@ async fn a_move_or_copy_is_decided_at_its_destination_too() {
     );
     assert_eq!(explained.actual().decision, "deny");
 }
+
+/// An encoded `%` before two hex digits is refused by default (a server that decodes
+/// twice reads `/%2561dmin` as `/admin`); a route whose upstream decodes once lets it by.
+#[tokio::test]
+async fn an_encoded_percent_before_hex_passes_only_where_a_route_allows_it() {
+    let up = TestUpstream::start("a").await;
+    let gw = TestGateway::start(&config(&[up.url()], "")).await;
+    let response = client()
+        .request(get(&gw.url("/reports/100%2541")))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    assert!(up.seen().is_empty());
+    let yaml = config(&[up.url()], "").replace(
+        "upstream: app }",
+        "upstream: app, allow_encoded_percent: true }",
+    );
+    let gw = TestGateway::start(&yaml).await;
+    let response = client()
+        .request(get(&gw.url("/reports/100%2541")))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(up.seen()[0].target, "/reports/100%2541");
+}
