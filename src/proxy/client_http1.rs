@@ -31,7 +31,7 @@ use super::h1::server::{HeadError, RequestHead, parse_request};
 use super::h1::{self, FieldKind, push_decimal, write_field};
 use super::handle::{handle, refuse};
 use super::listener::{Activity, ActivityIo, ConnMeta, InFlight};
-use super::respond::ProxyError;
+use super::respond::{self, ProxyError, X_REQUEST_ID};
 use super::{BoxError, ProxyBody};
 use crate::proxy::Live;
 
@@ -644,14 +644,23 @@ impl Connection {
             wire.io.write_all(out).await?;
             return Ok(verdict);
         }
-        // The client sees a response cut short: the connection closes.
-        write_body(&mut wire.io, out, &mut body, framing)
-            .await
-            .map_err(|err| match err {
-                WriteError::Io(err) => err,
-                err => io::Error::other(err.to_string()),
-            })?;
-        Ok(verdict)
+        match write_body(&mut wire.io, out, &mut body, framing).await {
+            Ok(()) => Ok(verdict),
+            Err(WriteError::Unsent(err)) => {
+                // Nothing of the response has left: the client still gets an answer.
+                let request_id = (parts.headers.get(X_REQUEST_ID).cloned())
+                    .unwrap_or_else(|| HeaderValue::from_static(""));
+                let failed = respond::upstream_body_failed(&err, &request_id);
+                let answering = Answering {
+                    keep_alive: false,
+                    ..answering
+                };
+                Box::pin(self.write_response(wire, failed, answering)).await
+            }
+            // The client sees a response cut short: the connection closes.
+            Err(WriteError::Io(err)) => Err(err),
+            Err(err) => Err(io::Error::other(err.to_string())),
+        }
     }
 }
 

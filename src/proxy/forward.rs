@@ -5,7 +5,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
@@ -40,7 +40,6 @@ pub struct Upstream {
     duration: Histogram,
     connect_errors: IntCounter,
     timeout_errors: IntCounter,
-    protocol_errors: IntCounter,
 }
 
 struct TargetState {
@@ -55,6 +54,14 @@ struct TargetState {
 pub struct Forwarded {
     pub response: Response<ProxyBody>,
     pub switched: Option<Switched>,
+}
+
+/// Who the request was waiting on when its time ran out.
+enum Stalled {
+    /// The upstream: to read the request, or to answer it.
+    Upstream,
+    /// The client: for the next part of its body.
+    Client,
 }
 
 /// The outcome of one attempt on one target.
@@ -86,6 +93,7 @@ impl Upstream {
                             authority.clone(),
                             settings.connect_timeout,
                             settings.keepalive_timeout,
+                            errors(UpstreamErrorKind::Protocol),
                         )),
                         Target::Echo => None,
                     },
@@ -98,7 +106,6 @@ impl Upstream {
             duration: metrics.upstream_duration.with_label_values(&[name]),
             connect_errors: errors(UpstreamErrorKind::Connect),
             timeout_errors: errors(UpstreamErrorKind::Timeout),
-            protocol_errors: errors(UpstreamErrorKind::Protocol),
         }
     }
 
@@ -156,37 +163,37 @@ impl Upstream {
                 .answered_in_time(started, progress.as_deref(), echo::respond(request))
                 .await
             {
-                Some(Ok(response)) => Attempt::Answered(Forwarded {
+                Ok(Ok(response)) => Attempt::Answered(Forwarded {
                     response,
                     switched: None,
                 }),
-                Some(Err(err)) => Attempt::Failed(err),
-                None => Attempt::Failed(self.timed_out()),
+                Ok(Err(err)) => Attempt::Failed(err),
+                Err(stalled) => Attempt::Failed(self.timed_out(stalled)),
             };
         };
         match self
             .answered_in_time(started, progress.as_deref(), pool.send(request, added))
             .await
         {
-            Some(Ok(Exchanged { response, switched })) => {
+            Ok(Ok(Exchanged { response, switched })) => {
                 self.duration.observe(started.elapsed().as_secs_f64());
                 Attempt::Answered(Forwarded {
                     response: response.map(BodyExt::boxed_unsync),
                     switched,
                 })
             }
-            Some(Err(SendError::Connect(error, request))) => {
+            Ok(Err(SendError::Connect(error, request))) => {
                 self.connect_errors.inc();
                 Attempt::ConnectFailed(error, request)
             }
-            Some(Err(SendError::Failed(err))) => {
-                if let Some(limit) = body_too_large(err.as_ref()) {
-                    return Attempt::Failed(ProxyError::BodyTooLarge { limit });
-                }
-                self.protocol_errors.inc();
-                Attempt::Failed(self.unreachable(err))
-            }
-            None => Attempt::Failed(self.timed_out()),
+            Ok(Err(SendError::Failed(err))) => Attempt::Failed(self.unreachable(err)),
+            // SECURITY: the client's own faults are never counted against the upstream,
+            // so that no anonymous client can fire the upstream's alerts.
+            Ok(Err(SendError::Body(err))) => Attempt::Failed(match body_too_large(err.as_ref()) {
+                Some(limit) => ProxyError::BodyTooLarge { limit },
+                None => ProxyError::BadRequest(err.to_string()),
+            }),
+            Err(stalled) => Attempt::Failed(self.timed_out(stalled)),
         }
     }
 
@@ -199,20 +206,26 @@ impl Upstream {
         started: Instant,
         progress: Option<&Progress>,
         answer: F,
-    ) -> Option<F::Output> {
+    ) -> Result<F::Output, Stalled> {
         tokio::pin!(answer);
         let sleep = tokio::time::sleep_until((started + self.timeout).into());
         tokio::pin!(sleep);
         loop {
             tokio::select! {
-                output = &mut answer => return Some(output),
+                output = &mut answer => return Ok(output),
                 () = &mut sleep => {
                     // Without a body, the request was sent when the clock started.
-                    let progress = progress?;
+                    let Some(progress) = progress else {
+                        return Err(Stalled::Upstream);
+                    };
                     let deadline = progress.last_ms() + self.timeout.as_millis() as u64;
                     let now = clock_ms();
                     if deadline <= now {
-                        return None;
+                        return Err(if progress.awaits_client() {
+                            Stalled::Client
+                        } else {
+                            Stalled::Upstream
+                        });
                     }
                     sleep.as_mut().reset(tokio::time::Instant::now() + Duration::from_millis(deadline - now));
                 }
@@ -220,11 +233,18 @@ impl Upstream {
         }
     }
 
-    fn timed_out(&self) -> ProxyError {
-        self.timeout_errors.inc();
-        ProxyError::UpstreamTimeout {
-            upstream: self.name.to_string(),
-            timeout: self.timeout,
+    fn timed_out(&self, stalled: Stalled) -> ProxyError {
+        match stalled {
+            Stalled::Upstream => {
+                self.timeout_errors.inc();
+                ProxyError::UpstreamTimeout {
+                    upstream: self.name.to_string(),
+                    timeout: self.timeout,
+                }
+            }
+            Stalled::Client => ProxyError::BodyTimeout {
+                timeout: self.timeout,
+            },
         }
     }
 
@@ -332,6 +352,7 @@ impl RequestBody {
         let progress = (!inner.is_end_stream()).then(|| {
             Arc::new(Progress {
                 last_ms: AtomicU64::new(clock_ms()),
+                awaiting_client: AtomicBool::new(false),
             })
         });
         RequestBody {
@@ -344,14 +365,26 @@ impl RequestBody {
     }
 }
 
-/// When a request body last made progress: another `PROGRESS_STEP` bytes forwarded, or its end.
+/// When a request body last made progress (another `PROGRESS_STEP` bytes forwarded, or
+/// its end), and whether it is waiting on the client.
 pub struct Progress {
     last_ms: AtomicU64,
+    /// The body's last read found nothing from the client yet. (While the gateway writes
+    /// upstream, the body is not read, and this is false.)
+    awaiting_client: AtomicBool,
 }
 
 impl Progress {
     fn last_ms(&self) -> u64 {
         self.last_ms.load(Ordering::Relaxed)
+    }
+
+    fn awaits_client(&self) -> bool {
+        self.awaiting_client.load(Ordering::Relaxed)
+    }
+
+    fn set_awaiting_client(&self, awaiting: bool) {
+        self.awaiting_client.store(awaiting, Ordering::Relaxed);
     }
 
     fn touch(&self) {
@@ -368,8 +401,11 @@ impl Body for RequestBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
-        let polled = ready!(Pin::new(&mut this.inner).poll_frame(cx));
-        match polled {
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if let Some(progress) = &this.progress {
+            progress.set_awaiting_client(polled.is_pending());
+        }
+        match ready!(polled) {
             Some(Ok(frame)) => {
                 if let Some(data) = frame.data_ref() {
                     this.received += data.len() as u64;

@@ -8,7 +8,7 @@ use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use http::header::{self, HeaderName, HeaderValue};
+use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Version};
 use http_body::Body as _;
 use tokio::io::AsyncWriteExt as _;
@@ -18,14 +18,12 @@ use super::client_http1::{ClientBody, ClientSwitch};
 use super::forward::{self, ClientFacts};
 use super::listener::{self, Activity, ConnMeta, ConnectionGuard};
 use super::pool::Switched;
-use super::respond::{self, ProxyError};
+use super::respond::{self, ProxyError, X_REQUEST_ID};
 use super::{Proxy, ProxyBody, normalize};
 use crate::config::{BODILESS_METHODS, RouteId};
 use crate::decision_log::{Decided, Refused};
 use crate::policy::{Decision, Outcome, Principal};
 use crate::telemetry::{self, DecisionLabel, NO_ROUTE_LABEL};
-
-const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Serves one request. Never fails: every error becomes a problem+json response.
 pub async fn handle(

@@ -19,14 +19,13 @@ use std::time::{Duration, Instant};
 use bytes::{Buf, Bytes, BytesMut};
 use http::{Request, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
+use prometheus::IntCounter;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::forward::{BoxError, RequestBody};
 use super::h1::Malformed;
-use super::h1::body::{
-    Decoded, Decoder, Encoder, ReadError, WriteError, poll_read_body, write_body,
-};
+use super::h1::body::{Decoder, Encoder, ReadError, WriteError, poll_read_body, write_body};
 use super::h1::client::{self, Added, Parsed, ResponseHead};
 
 /// How many idle connections a target keeps.
@@ -40,8 +39,12 @@ const READ_SIZE: usize = 16 * 1024;
 pub enum SendError {
     /// No connection could be made; the request was not sent and is handed back.
     Connect(io::Error, Box<Request<RequestBody>>),
-    /// The request was (at least partly) sent, or the connection broke.
+    /// The request was (at least partly) sent, or the connection broke, or the response
+    /// was malformed: counted in `upstream_errors_total{kind="protocol"}` already.
     Failed(BoxError),
+    /// Reading the client's body failed: it broke off, was malformed or passed the body
+    /// limit. The client's fault, not the upstream's.
+    Body(BoxError),
 }
 
 /// A response from the upstream, and the connection itself when it switched protocols.
@@ -66,6 +69,9 @@ pub struct Pool {
     /// connection the upstream is closing.
     keepalive_timeout: Duration,
     idle: Mutex<Vec<Idle>>,
+    /// The upstream's `upstream_errors_total{kind="protocol"}`: the pool sees every way
+    /// an exchange or a response body breaks the protocol.
+    protocol_errors: IntCounter,
 }
 
 struct Idle {
@@ -107,28 +113,20 @@ enum ExchangeError {
     Body(BoxError),
 }
 
-impl From<ExchangeError> for SendError {
-    fn from(err: ExchangeError) -> SendError {
-        match err {
-            // Passed on as it is, so the caller can tell the body limit from the rest.
-            ExchangeError::Body(err) => SendError::Failed(err),
-            err => SendError::Failed(err.into()),
-        }
-    }
-}
-
 impl Pool {
     /// A pool for `authority` (`host:port`). Connects lazily.
     pub fn new(
         authority: http::uri::Authority,
         connect_timeout: Duration,
         keepalive_timeout: Duration,
+        protocol_errors: IntCounter,
     ) -> Arc<Pool> {
         Arc::new(Pool {
             authority,
             connect_timeout,
             keepalive_timeout,
             idle: Mutex::new(Vec::new()),
+            protocol_errors,
         })
     }
 
@@ -161,14 +159,14 @@ impl Pool {
         if let Some(connection) = self.take_idle() {
             match exchange.run(connection, &mut body).await {
                 Ok((head, connection)) => {
-                    return Ok(self.hand_out(head, connection, exchange.upgrade));
+                    return self.hand_out(head, connection, exchange.upgrade);
                 }
                 Err(ExchangeError::Closed)
                     if framing == Encoder::Empty && parts.method.is_safe() =>
                 {
                     tracing::debug!(target = %self.authority, "idle upstream connection was closed; sending on a new one");
                 }
-                Err(err) => return Err(err.into()),
+                Err(err) => return Err(self.failed(err)),
             }
         }
         let connection = match self.connect().await {
@@ -181,8 +179,19 @@ impl Pool {
             }
         };
         match exchange.run(connection, &mut body).await {
-            Ok((head, connection)) => Ok(self.hand_out(head, connection, exchange.upgrade)),
-            Err(err) => Err(err.into()),
+            Ok((head, connection)) => self.hand_out(head, connection, exchange.upgrade),
+            Err(err) => Err(self.failed(err)),
+        }
+    }
+
+    /// Tells the client's faults from the upstream's, and counts the upstream's.
+    fn failed(&self, err: ExchangeError) -> SendError {
+        match err {
+            ExchangeError::Body(err) => SendError::Body(err),
+            err => {
+                self.protocol_errors.inc();
+                SendError::Failed(err.into())
+            }
         }
     }
 
@@ -216,13 +225,15 @@ impl Pool {
 
     /// Puts the response together. A body already in the buffer is taken at once, so the
     /// connection is back in the pool before the response leaves; a protocol switch
-    /// the client asked for hands the connection to the tunnel.
+    /// the client asked for hands the connection to the tunnel. A body already known to
+    /// be malformed or cut short fails the exchange: the client gets a 502 with a body,
+    /// not a response head followed by a close.
     fn hand_out(
         self: &Arc<Pool>,
         head: ResponseHead,
         connection: Connection,
         upgrade: bool,
-    ) -> Exchanged {
+    ) -> Result<Exchanged, SendError> {
         let ResponseHead {
             status,
             fields,
@@ -233,9 +244,9 @@ impl Pool {
         let mut body = UpstreamBody {
             framing,
             connection: None,
-            pool: keep_alive.then(|| self.clone()),
+            pool: self.clone(),
+            reusable: keep_alive,
             pending: None,
-            broken: None,
             done: false,
         };
         if status == StatusCode::SWITCHING_PROTOCOLS && upgrade {
@@ -246,12 +257,12 @@ impl Pool {
             });
         } else {
             body.connection = Some(connection);
-            body.settle();
+            body.settle().map_err(SendError::Failed)?;
         }
         let mut response = Response::new(body);
         *response.status_mut() = status;
         response.extensions_mut().insert(fields);
-        Exchanged { response, switched }
+        Ok(Exchanged { response, switched })
     }
 
     fn put(&self, connection: Connection) {
@@ -341,7 +352,9 @@ impl Exchange<'_> {
                         .await
                         .map_err(|err| match err {
                             WriteError::Io(err) => ExchangeError::Io(err),
-                            WriteError::Body(err) => ExchangeError::Body(err),
+                            WriteError::Body(err) | WriteError::Unsent(err) => {
+                                ExchangeError::Body(err)
+                            }
                             // The client's reader enforces its Content-Length; these keep a
                             // mistake there from ever writing past the length announced.
                             WriteError::Longer => ExchangeError::Body(
@@ -460,37 +473,27 @@ pub struct UpstreamBody {
     framing: Decoder,
     /// The connection while the body is still arriving on it.
     connection: Option<Connection>,
-    /// Where the connection goes afterwards, when it may be reused.
-    pool: Option<Arc<Pool>>,
+    /// Where the connection goes afterwards, if `reusable`.
+    pool: Arc<Pool>,
+    reusable: bool,
     /// Body bytes taken off the connection and not yet handed out.
     pending: Option<Bytes>,
-    /// A malformed body found while settling, reported at the first poll.
-    /// SECURITY: decoding must never resume after an error, or bytes past a bad chunk
-    /// line would be read as body.
-    broken: Option<Malformed>,
     done: bool,
 }
 
 impl UpstreamBody {
-    /// Takes what the read buffer already holds of the body; when that is all of it, the
-    /// connection is released at once.
-    fn settle(&mut self) {
-        let Some(connection) = &mut self.connection else {
-            return;
-        };
-        match self.framing.decode(&mut connection.read) {
-            Ok(Decoded::Data(data)) => {
-                self.pending = Some(data);
-                if self.framing.is_done() {
-                    self.finish();
-                }
+    /// Takes what has arrived of the body, without waiting for more; when that is all of
+    /// it, the connection is released at once. Fails when what has arrived is malformed,
+    /// or the upstream closed before the body's end.
+    fn settle(&mut self) -> Result<(), BoxError> {
+        let mut context = Context::from_waker(Waker::noop());
+        match Pin::new(&mut *self).poll_frame(&mut context) {
+            Poll::Pending | Poll::Ready(None) => Ok(()),
+            Poll::Ready(Some(Ok(frame))) => {
+                self.pending = frame.into_data().ok().filter(|data| !data.is_empty());
+                Ok(())
             }
-            Ok(Decoded::End) => self.finish(),
-            Ok(Decoded::NeedMore) => {}
-            Err(err) => {
-                self.broken = Some(err);
-                self.connection = None;
-            }
+            Poll::Ready(Some(Err(err))) => Err(err),
         }
     }
 
@@ -500,15 +503,16 @@ impl UpstreamBody {
         self.done = true;
         if let Some(connection) = self.connection.take()
             && connection.read.is_empty()
-            && let Some(pool) = self.pool.take()
+            && self.reusable
         {
-            pool.put(connection);
+            self.pool.put(connection);
         }
     }
 
     fn fail(&mut self, err: impl Into<BoxError>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         self.done = true;
         self.connection = None;
+        self.pool.protocol_errors.inc();
         Poll::Ready(Some(Err(err.into())))
     }
 }
@@ -524,9 +528,6 @@ impl Body for UpstreamBody {
         let this = &mut *self;
         if let Some(data) = this.pending.take() {
             return Poll::Ready(Some(Ok(Frame::data(data))));
-        }
-        if let Some(err) = this.broken.take() {
-            return this.fail(format!("the upstream's response is malformed: {err}"));
         }
         if this.done {
             return Poll::Ready(None);
@@ -547,7 +548,7 @@ impl Body for UpstreamBody {
             Poll::Ready(Ok(None)) => {
                 if until_close {
                     // The end of the connection ended this body: it is never reused.
-                    this.pool = None;
+                    this.reusable = false;
                 }
                 this.finish();
                 Poll::Ready(None)
@@ -746,6 +747,7 @@ mod tests {
             addr.to_string().parse().unwrap(),
             Duration::from_secs(5),
             Duration::from_secs(60),
+            IntCounter::new("protocol_errors", "test").unwrap(),
         );
         let get = |path: &str| {
             Request::get(path)

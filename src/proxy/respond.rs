@@ -45,6 +45,13 @@ pub enum ProxyError {
         /// The configured limit.
         limit: u64,
     },
+    /// The client sent its body too slowly: the upstream's `timeout` passed while the
+    /// gateway waited for the next 64 KiB of it (408).
+    #[error("the request body did not arrive within {}", format_duration(*.timeout))]
+    BodyTimeout {
+        /// The upstream's `timeout`.
+        timeout: Duration,
+    },
     /// No connection to any target could be made, or it broke before a response (502).
     #[error("upstream \"{upstream}\" is unreachable")]
     UpstreamUnreachable {
@@ -74,6 +81,7 @@ impl ProxyError {
             ProxyError::ConnectRefused => "connect_not_allowed",
             ProxyError::HeaderTooLarge { .. } => "header_too_large",
             ProxyError::BodyTooLarge { .. } => "body_too_large",
+            ProxyError::BodyTimeout { .. } => "body_timeout",
             ProxyError::UpstreamUnreachable { .. } => "upstream_unreachable",
             ProxyError::UpstreamTimeout { .. } => "upstream_timeout",
         }
@@ -89,6 +97,7 @@ impl ProxyError {
                 | ProxyError::ConnectRefused
                 | ProxyError::HeaderTooLarge { .. }
                 | ProxyError::BodyTooLarge { .. }
+                | ProxyError::BodyTimeout { .. }
         )
     }
 
@@ -102,6 +111,7 @@ impl ProxyError {
             ProxyError::ConnectRefused => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::HeaderTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             ProxyError::UpstreamUnreachable { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
         }
@@ -130,9 +140,11 @@ impl ProxyError {
             ProxyError::BodyTooLarge { limit } => format!(
                 "The request body is larger than the {limit}-byte limit. Send a smaller body."
             ),
-            ProxyError::UpstreamUnreachable { .. } => {
-                "The service behind this gateway could not be reached. Try again later.".to_owned()
-            }
+            ProxyError::BodyTimeout { timeout } => format!(
+                "The request body arrived too slowly: less than 64 KiB of it came within {}. Send it again on a faster connection.",
+                format_duration(*timeout)
+            ),
+            ProxyError::UpstreamUnreachable { .. } => UNREACHABLE_DETAIL.to_owned(),
             ProxyError::UpstreamTimeout { timeout, .. } => format!(
                 "The service behind this gateway did not answer within {}. Try again later.",
                 format_duration(*timeout)
@@ -151,7 +163,8 @@ pub fn error(err: &ProxyError, request_id: &HeaderValue) -> Response<ProxyBody> 
         | ProxyError::NoRoute
         | ProxyError::ConnectRefused
         | ProxyError::HeaderTooLarge { .. }
-        | ProxyError::BodyTooLarge { .. } => {
+        | ProxyError::BodyTooLarge { .. }
+        | ProxyError::BodyTimeout { .. } => {
             tracing::debug!(request.id = request_id_text, error = %ErrorChain(err), "request refused");
         }
         ProxyError::UpstreamUnreachable { .. } | ProxyError::UpstreamTimeout { .. } => {
@@ -166,6 +179,30 @@ pub fn error(err: &ProxyError, request_id: &HeaderValue) -> Response<ProxyBody> 
             HeaderValue::from_static("GET, HEAD, POST, PUT, DELETE, OPTIONS, PATCH"),
         );
     }
+    response
+}
+
+/// The request's id, on every request sent upstream and every response.
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+const UNREACHABLE_DETAIL: &str =
+    "The service behind this gateway could not be reached. Try again later.";
+
+/// The answer when an upstream's body failed before any of its response had been written:
+/// the client gets a 502 that explains itself, not a closed connection. (The pool counted
+/// the failure.)
+pub fn upstream_body_failed(err: &BoxError, request_id: &HeaderValue) -> Response<ProxyBody> {
+    let request_id_text = request_id.to_str().unwrap_or("");
+    tracing::warn!(request.id = request_id_text, error = %ErrorChain(err.as_ref()), "upstream failed before its response began");
+    let mut response = problem(
+        StatusCode::BAD_GATEWAY,
+        "upstream_unreachable",
+        UNREACHABLE_DETAIL,
+        request_id_text,
+    );
+    response
+        .headers_mut()
+        .insert(X_REQUEST_ID, request_id.clone());
     response
 }
 

@@ -1,8 +1,10 @@
 //! Choosing targets and failing well: round robin, passive health with one safe retry,
-//! 502 for unreachable upstreams and 504 for slow ones.
+//! 502 for unreachable upstreams and 504 for slow ones; the client's own faults (a body
+//! too slow or malformed) are the client's: 408 and 400.
 
+use bytes::Bytes;
 use http::{Request, StatusCode};
-use http_body_util::BodyExt;
+use http_body_util::{BodyExt, Full};
 
 use crate::support::*;
 
@@ -118,13 +120,19 @@ async fn a_slow_upstream_is_a_504() {
     let response = client().request(get(&gw.url("/slow/10000"))).await.unwrap();
     let body = expect_problem(response, StatusCode::GATEWAY_TIMEOUT, "upstream_timeout").await;
     assert!(body["detail"].as_str().unwrap().contains("200ms"), "{body}");
+    // A body that arrived whole leaves the wait to the upstream: still a 504.
+    let post = Request::post(gw.url("/slow/10000"))
+        .body(Full::new(Bytes::from_static(b"whole")).boxed())
+        .unwrap();
+    let response = client().request(post).await.unwrap();
+    expect_problem(response, StatusCode::GATEWAY_TIMEOUT, "upstream_timeout").await;
     let metrics = gw.metrics().await;
     assert_eq!(
         metric(
             &metrics,
             "portcullis_upstream_errors_total{kind=\"timeout\",upstream=\"app\"}"
         ),
-        1.0
+        2.0
     );
 }
 
@@ -185,11 +193,10 @@ async fn a_stalled_body_to_the_echo_upstream_times_out() {
         std::time::Duration::from_secs(10),
     )
     .await;
-    assert!(answer.starts_with("HTTP/1.1 504"), "{answer}");
-    assert!(
-        answer.contains("\"reason\":\"upstream_timeout\""),
-        "{answer}"
-    );
+    // The client is the slow one: a 408, not the upstream's 504.
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("\"reason\":\"body_timeout\""), "{answer}");
+    assert!(answer.contains("300ms"), "{answer}");
 }
 
 #[tokio::test]
@@ -255,7 +262,75 @@ async fn a_trickled_body_does_not_hold_the_upstream_forever() {
     )
     .await;
     let answer = String::from_utf8_lossy(&answer);
-    assert!(answer.starts_with("HTTP/1.1 504"), "{answer}");
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("\"reason\":\"body_timeout\""), "{answer}");
+    assert!(answer.contains("connection: close"), "{answer}");
+    // The client's slowness is not the upstream's: no upstream timeout is counted.
+    let metrics = gw.metrics().await;
+    assert_eq!(
+        metric(
+            &metrics,
+            "portcullis_upstream_errors_total{kind=\"timeout\",upstream=\"app\"}"
+        ),
+        0.0
+    );
+    assert_eq!(
+        metric(
+            &metrics,
+            "portcullis_requests_total{decision=\"error\",reason=\"body_timeout\",route=\"main\"}"
+        ),
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn a_malformed_body_found_after_the_head_went_upstream_is_a_400() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = TestUpstream::start("a").await;
+    let gw = TestGateway::start(&config(&[up.url()], "")).await;
+    let mut stream = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    stream
+        .write_all(
+            b"POST /upload HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n",
+        )
+        .await
+        .unwrap();
+    // The fault must be found after the head reached the upstream.
+    for _ in 0..250 {
+        if !up.seen().is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(up.seen().len(), 1, "the head went upstream");
+    stream.write_all(b"zz\r\n").await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        stream.read_to_end(&mut answer),
+    )
+    .await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.contains("\"reason\":\"bad_request\""), "{answer}");
+    assert!(answer.contains("connection: close"), "{answer}");
+    // SECURITY: no anonymous client can fire the upstream's protocol-error alert.
+    let metrics = gw.metrics().await;
+    assert_eq!(
+        metric(
+            &metrics,
+            "portcullis_upstream_errors_total{kind=\"protocol\",upstream=\"app\"}"
+        ),
+        0.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        metric(
+            &metrics,
+            "portcullis_requests_total{decision=\"error\",reason=\"bad_request\",route=\"main\"}"
+        ),
+        1.0
+    );
 }
 
 #[tokio::test]

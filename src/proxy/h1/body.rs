@@ -271,9 +271,13 @@ pub enum WriteError<E> {
     /// The connection failed.
     #[error(transparent)]
     Io(io::Error),
-    /// The body failed.
+    /// The body failed after part of it was written.
     #[error(transparent)]
     Body(E),
+    /// The body failed before anything was written: `out` still holds all it was given,
+    /// and the caller can answer otherwise.
+    #[error(transparent)]
+    Unsent(E),
     /// The body had more bytes than its length said.
     #[error("the body is longer than its length")]
     Longer,
@@ -284,7 +288,8 @@ pub enum WriteError<E> {
 
 /// Writes what `out` holds (a head, usually), then `body` framed by `encoder`, in as few
 /// writes as the body's pace allows: what the body has ready is gathered, and written
-/// before waiting for more. Trailer fields are not passed on. `out` is left empty.
+/// before waiting for more. Trailer fields are not passed on. `out` is left empty, except
+/// after [`WriteError::Unsent`].
 pub async fn write_body<W, B>(
     io: &mut W,
     out: &mut Vec<u8>,
@@ -297,6 +302,7 @@ where
 {
     let chunked = encoder == Encoder::Chunked;
     let mut sent = 0u64;
+    let mut written = false;
     if encoder == Encoder::Empty {
         io.write_all(out).await.map_err(WriteError::Io)?;
         out.clear();
@@ -308,6 +314,7 @@ where
             Poll::Ready(polled) => polled,
             Poll::Pending => {
                 if !out.is_empty() {
+                    written = true;
                     io.write_all(out).await.map_err(WriteError::Io)?;
                     out.clear();
                 }
@@ -316,7 +323,8 @@ where
         };
         let data = match polled {
             None => break,
-            Some(Err(err)) => return Err(WriteError::Body(err)),
+            Some(Err(err)) if written => return Err(WriteError::Body(err)),
+            Some(Err(err)) => return Err(WriteError::Unsent(err)),
             Some(Ok(frame)) => match frame.into_data() {
                 Ok(data) if !data.is_empty() => data,
                 // Trailers are not passed on; an empty chunk would end the body.
@@ -335,12 +343,14 @@ where
         if data.len() <= COALESCE {
             out.extend_from_slice(&data);
         } else {
+            written = true;
             write_two(io, out, &data).await.map_err(WriteError::Io)?;
         }
         if chunked {
             out.extend_from_slice(b"\r\n");
         }
         if out.len() >= COALESCE {
+            written = true;
             io.write_all(out).await.map_err(WriteError::Io)?;
             out.clear();
         }
@@ -519,5 +529,51 @@ mod tests {
             written(Encoder::Length(6), &["ab", "cde"]).await,
             Err(WriteError::Shorter)
         ));
+    }
+
+    /// A body that plays a script: `Some(Ok)` data, `Some(Err)` a failure, `None` a pause.
+    struct Script(std::collections::VecDeque<Option<Result<&'static str, &'static str>>>);
+
+    impl Body for Script {
+        type Data = Bytes;
+        type Error = &'static str;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+            match self.0.pop_front() {
+                None => Poll::Ready(None),
+                Some(None) => {
+                    cx.waker().wake_by_ref();
+                    Poll::Pending
+                }
+                Some(Some(step)) => {
+                    Poll::Ready(Some(step.map(|data| {
+                        http_body::Frame::data(Bytes::from_static(data.as_bytes()))
+                    })))
+                }
+            }
+        }
+    }
+
+    /// A failure before any write leaves everything unsent, so the caller can answer
+    /// otherwise; after a write, the failure cuts what has begun.
+    #[tokio::test]
+    async fn a_body_failure_says_whether_anything_was_written() {
+        let mut sink = Vec::new();
+        let mut out = b"HEAD\r\n".to_vec();
+        let mut body = Script([Some(Ok("ab")), Some(Err("cut"))].into());
+        let failed = write_body(&mut sink, &mut out, &mut body, Encoder::Chunked).await;
+        assert!(matches!(failed, Err(WriteError::Unsent("cut"))));
+        assert!(sink.is_empty());
+        assert_eq!(out, b"HEAD\r\n2\r\nab\r\n");
+
+        let mut sink = Vec::new();
+        let mut out = b"HEAD\r\n".to_vec();
+        let mut body = Script([Some(Ok("ab")), None, Some(Err("cut"))].into());
+        let failed = write_body(&mut sink, &mut out, &mut body, Encoder::Chunked).await;
+        assert!(matches!(failed, Err(WriteError::Body("cut"))));
+        assert_eq!(sink, b"HEAD\r\n2\r\nab\r\n");
     }
 }
