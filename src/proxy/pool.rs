@@ -149,7 +149,7 @@ impl Pool {
             }
         };
         let mut head = Vec::with_capacity(256 + 48 * parts.headers.len());
-        client::write_request_head(&mut head, &parts, added, framing);
+        client::write_request_head(&mut head, &parts, added, framing, self.authority.as_str());
         let exchange = Exchange {
             head: &head,
             framing,

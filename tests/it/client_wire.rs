@@ -294,3 +294,37 @@ async fn a_client_that_closes_after_pipelining_still_gets_its_answers() {
     assert!(answers[0].ends_with("slept 300ms"), "{answer}");
     assert!(answers[1].ends_with("hello from a"), "{answer}");
 }
+
+#[tokio::test]
+async fn request_trailer_fields_are_parsed_as_strictly_as_head_fields() {
+    let gw = TestGateway::start(&config(&["builtin:echo".to_owned()], "")).await;
+    let chunked = |trailer: &str| {
+        format!(
+            "POST /a HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n{trailer}\r\n"
+        )
+    };
+    let answer = raw_until_closed(
+        gw.addr,
+        format!(
+            "{}GET /b HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+            chunked("x-sum: 1\r\n")
+        )
+        .as_bytes(),
+        LIMIT,
+    )
+    .await;
+    let answers = responses(&answer);
+    assert_eq!(answers.len(), 2, "{answer}");
+    assert!(answers[0].starts_with("HTTP/1.1 200"), "{answer}");
+    // A space before the colon, a NUL, or a request line where the last CRLF should be.
+    for trailer in [
+        "x-sum : 1\r\n",
+        "x-sum: 1\0\r\n",
+        "GET /admin HTTP/1.1\r\nHost: a\r\n",
+    ] {
+        let answer = raw_until_closed(gw.addr, chunked(trailer).as_bytes(), LIMIT).await;
+        assert!(answer.starts_with("HTTP/1.1 400"), "{trailer:?}: {answer}");
+        assert_eq!(field(&answer, "connection"), Some("close"));
+        assert_eq!(responses(&answer).len(), 1, "{answer}");
+    }
+}

@@ -136,8 +136,10 @@ impl Chunk {
                         return Ok(Decoded::End);
                     }
                     // Trailer fields are not passed on (the `Trailer` field that would
-                    // announce them is hop-by-hop here); they only have to be well formed.
-                    if !line.contains(&b':') {
+                    // announce them is hop-by-hop here); they only have to be well formed,
+                    // as strictly as head fields: a server that reads a line here as a
+                    // request line would take the rest for its next request.
+                    if !is_field_line(&line) {
                         return Err(Malformed::TrailerLine);
                     }
                     *seen += line.len() + 2;
@@ -172,6 +174,21 @@ fn take_line(
     }
     let line = buf.split_to(end + 1).freeze();
     Ok(Some(line.slice(..end - 1)))
+}
+
+/// Whether a line is a well-formed field line (RFC 9112 §5): a token, a colon right after
+/// it, and a value with no control character but tab. So no space before the colon, no
+/// folded line and no NUL.
+fn is_field_line(line: &[u8]) -> bool {
+    let Some(colon) = memchr::memchr(b':', line) else {
+        return false;
+    };
+    let (name, value) = (&line[..colon], &line[colon + 1..]);
+    !name.is_empty()
+        && name.iter().all(|b| super::is_token_char(*b))
+        && value
+            .iter()
+            .all(|b| *b == b'\t' || (*b >= 0x20 && *b != 0x7f))
 }
 
 /// The size on a chunk-size line: hex digits, then nothing or chunk extensions.
@@ -445,6 +462,12 @@ mod tests {
             (b"5 x\r\n", ChunkSize),
             (b"ffffffffffffffff\r\n", ChunkSize),
             (b"0\r\nno colon\r\n\r\n", TrailerLine),
+            (b"0\r\nx-sum : 1\r\n\r\n", TrailerLine),
+            (b"0\r\n: 1\r\n\r\n", TrailerLine),
+            (b"0\r\nx-sum: 1\x00\r\n\r\n", TrailerLine),
+            (b"0\r\nx-sum: 1\r\n folded\r\n\r\n", TrailerLine),
+            // A request line where the final CRLF should be.
+            (b"0\r\nGET http://a/admin HTTP/1.1\r\n\r\n", TrailerLine),
             (b"5\r\r\nhello\r\n0\r\n\r\n", ChunkSize),
             (b"5;\x00\r\nhello\r\n0\r\n\r\n", ChunkSize),
         ] {

@@ -59,12 +59,14 @@ impl Added {
 /// Writes the request line and header fields for the upstream: the request's own fields
 /// except those `added` replaces, then `added`. The target is the origin form of the
 /// (already normalized) URI; `Content-Length` and `Transfer-Encoding` are written from
-/// `framing`, never copied from the client.
+/// `framing`, never copied from the client. A request that names no host (HTTP/1.0)
+/// gets `authority`, the target's `host:port`, as HTTP/1.1 requires one.
 pub fn write_request_head(
     out: &mut Vec<u8>,
     parts: &request::Parts,
     added: &Added,
     framing: Encoder,
+    authority: &str,
 ) {
     out.extend_from_slice(parts.method.as_str().as_bytes());
     out.push(b' ');
@@ -80,15 +82,21 @@ pub fn write_request_head(
         None => out.push(b'/'),
     }
     out.extend_from_slice(b" HTTP/1.1\r\n");
+    let mut announced_length = false;
+    let mut host = added.replaces(&header::HOST);
     for (name, value) in &parts.headers {
-        // SECURITY: the body is framed one way only, ours. (Names and values cannot hold
-        // CR or LF: `http` refuses them, so nothing here can start a second message.)
-        if (framing != Encoder::Empty && *name == header::CONTENT_LENGTH)
-            || *name == header::TRANSFER_ENCODING
-            || added.replaces(name)
-        {
+        // SECURITY: the body is framed one way only, ours, even when it is empty:
+        // `Content-Length: 00` or `0, 0` read differently elsewhere. (Names and values
+        // cannot hold CR or LF: `http` refuses them, so nothing here can start a second
+        // message.)
+        if *name == header::CONTENT_LENGTH {
+            announced_length = true;
             continue;
         }
+        if *name == header::TRANSFER_ENCODING || added.replaces(name) {
+            continue;
+        }
+        host |= *name == header::HOST;
         write_field(out, name.as_str().as_bytes(), value.as_bytes());
     }
     for (name, value) in added.iter() {
@@ -96,8 +104,22 @@ pub fn write_request_head(
             write_field(out, name.as_str().as_bytes(), value.as_bytes());
         }
     }
+    if !host {
+        write_field(out, b"host", authority.as_bytes());
+    }
     match framing {
-        Encoder::Empty => {}
+        // An empty body is announced when the client announced one, or the method
+        // defines content: some servers answer such a request without a length `411`.
+        Encoder::Empty => {
+            if announced_length
+                || matches!(
+                    parts.method,
+                    http::Method::POST | http::Method::PUT | http::Method::PATCH
+                )
+            {
+                out.extend_from_slice(b"content-length: 0\r\n");
+            }
+        }
         Encoder::Length(length) => {
             out.extend_from_slice(b"content-length: ");
             push_decimal(out, length);
@@ -254,14 +276,8 @@ fn response_framing(
     if status == StatusCode::SWITCHING_PROTOCOLS {
         return Ok((Decoder::Empty, keep_alive));
     }
-    if head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
-        // SECURITY: no body follows, whatever the head says; but a server that says one
-        // does may write it anyway (`do_HEAD = do_GET`), in a later segment, where the
-        // next request on a reused connection would take it for its response. A head
-        // that announces a body closes the connection after it.
-        let announces_body = seen.coded() || !matches!(seen.length.get(), Ok(None | Some(0)));
-        return Ok((Decoder::Empty, keep_alive && !announces_body));
-    }
+    // SECURITY: the framing fields are checked whether or not a body follows: a head the
+    // gateway cannot frame one way only is refused, not passed on for the client to guess.
     if seen.coded() {
         if seen.length.is_present() {
             return Err(Malformed::TwoFramings);
@@ -269,19 +285,24 @@ fn response_framing(
         if version != Version::HTTP_11 {
             return Err(Malformed::CodingInHttp10);
         }
-        // `chunked` may only be the last coding, and only once.
-        return if seen.chunked > usize::from(seen.chunked_last) {
-            Err(Malformed::ChunkedNotLast)
-        } else if seen.chunked_last {
-            Ok((Decoder::Chunked(Chunk::Size), keep_alive))
-        } else {
-            // Another coding last: the body ends with the connection.
-            Ok((Decoder::UntilClose, false))
-        };
+        // No other coding is decoded: `gzip` bytes would reach the client as plain data.
+        if seen.codings != 1 || seen.chunked != 1 {
+            return Err(Malformed::NotChunkedAlone);
+        }
     }
-    Ok(match seen.length.get()? {
-        Some(length) => (Decoder::Length(length), keep_alive),
-        None => (Decoder::UntilClose, false),
+    let length = seen.length.get()?;
+    if head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
+        // SECURITY: no body follows, whatever the head says; but a server that says one
+        // does may write it anyway (`do_HEAD = do_GET`), in a later segment, where the
+        // next request on a reused connection would take it for its response. A head
+        // that announces a body closes the connection after it.
+        let announces_body = seen.coded() || !matches!(length, None | Some(0));
+        return Ok((Decoder::Empty, keep_alive && !announces_body));
+    }
+    Ok(match (seen.coded(), length) {
+        (true, _) => (Decoder::Chunked(Chunk::Size), keep_alive),
+        (false, Some(length)) => (Decoder::Length(length), keep_alive),
+        (false, None) => (Decoder::UntilClose, false),
     })
 }
 
@@ -316,12 +337,8 @@ mod tests {
             (Decoder::Length(5), true)
         );
         assert_eq!(
-            ok("HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, Chunked\r\n\r\n"),
+            ok("HTTP/1.1 200 OK\r\ntransfer-encoding: Chunked\r\n\r\n"),
             (Decoder::Chunked(Chunk::Size), true)
-        );
-        assert_eq!(
-            ok("HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\n"),
-            (Decoder::UntilClose, false)
         );
         assert_eq!(ok("HTTP/1.1 200 OK\r\n\r\n"), (Decoder::UntilClose, false));
         assert_eq!(
@@ -337,10 +354,6 @@ mod tests {
         for (text, reusable) in [
             (
                 "HTTP/1.1 204 No Content\r\ncontent-length: 7\r\n\r\n",
-                false,
-            ),
-            (
-                "HTTP/1.1 204 No Content\r\ncontent-length: x\r\n\r\n",
                 false,
             ),
             ("HTTP/1.1 204 No Content\r\ncontent-length: 0\r\n\r\n", true),
@@ -365,7 +378,7 @@ mod tests {
     #[test]
     fn ambiguous_lengths_are_refused() {
         use Malformed::{
-            BareLf, ChunkedNotLast, CodingInHttp10, Length, Lengths, Syntax, TwoFramings,
+            BareLf, CodingInHttp10, Length, Lengths, NotChunkedAlone, Syntax, TwoFramings,
         };
         for (text, why) in [
             (
@@ -386,15 +399,45 @@ mod tests {
             ),
             (
                 "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked, gzip\r\n\r\n",
-                ChunkedNotLast,
+                NotChunkedAlone,
             ),
             (
                 "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ntransfer-encoding: chunked\r\n\r\n",
-                ChunkedNotLast,
+                NotChunkedAlone,
+            ),
+            // No coding but `chunked` is decoded: gzip bytes would pass for plain data.
+            (
+                "HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n",
+                NotChunkedAlone,
+            ),
+            (
+                "HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\n",
+                NotChunkedAlone,
+            ),
+            (
+                "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked,\r\n\r\n",
+                NotChunkedAlone,
             ),
             (
                 "HTTP/1.0 200 OK\r\ntransfer-encoding: chunked\r\n\r\n",
                 CodingInHttp10,
+            ),
+            // A response without a body is framed as strictly as one with a body.
+            (
+                "HTTP/1.1 304 Not Modified\r\ncontent-length: 5, 6\r\n\r\n",
+                Lengths,
+            ),
+            (
+                "HTTP/1.1 304 Not Modified\r\ncontent-length: -1\r\n\r\n",
+                Length,
+            ),
+            (
+                "HTTP/1.1 204 No Content\r\ncontent-length: 0\r\ntransfer-encoding: chunked\r\n\r\n",
+                TwoFramings,
+            ),
+            (
+                "HTTP/1.1 304 Not Modified\r\ntransfer-encoding: gzip\r\n\r\n",
+                NotChunkedAlone,
             ),
             (
                 "HTTP/1.1 200 OK\r\nx-a: 1\ntransfer-encoding: chunked\r\n\r\n",
@@ -405,6 +448,16 @@ mod tests {
             ("\r\nHTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n", BareLf),
         ] {
             assert_eq!(framing_of(text), Err(why), "{text:?}");
+        }
+        // An answer to HEAD has no body, and its lengths are checked all the same.
+        for (text, why) in [
+            ("HTTP/1.1 200 OK\r\ncontent-length: 9, 10\r\n\r\n", Lengths),
+            ("HTTP/1.1 200 OK\r\ncontent-length: 9x\r\n\r\n", Length),
+        ] {
+            assert!(
+                matches!(parse_response(text.as_bytes(), true), Err(found) if found == why),
+                "{text:?}"
+            );
         }
         for text in [
             "HTTP/1.1 200 OK\r\nbad header\r\n\r\n",
@@ -573,21 +626,49 @@ mod tests {
         let mut added = Added::default();
         added.set(header::HOST, HeaderValue::from_static("set.example"));
         let mut out = Vec::new();
-        write_request_head(&mut out, &parts, &added, Encoder::Chunked);
+        write_request_head(&mut out, &parts, &added, Encoder::Chunked, "t");
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "POST /a%20b/c?q=1&r HTTP/1.1\r\nx-two: 1\r\nx-two: 2\r\nhost: set.example\r\ntransfer-encoding: chunked\r\n\r\n"
         );
         let mut out = Vec::new();
-        write_request_head(&mut out, &parts, &Added::default(), Encoder::Length(11));
+        write_request_head(
+            &mut out,
+            &parts,
+            &Added::default(),
+            Encoder::Length(11),
+            "t",
+        );
         assert!(
             String::from_utf8(out)
                 .unwrap()
                 .ends_with("x-two: 2\r\ncontent-length: 11\r\n\r\n")
         );
-        let (parts, ()) = http::Request::get("/").body(()).unwrap().into_parts();
-        let mut out = Vec::new();
-        write_request_head(&mut out, &parts, &Added::default(), Encoder::Empty);
-        assert_eq!(out, b"GET / HTTP/1.1\r\n\r\n");
+        // An empty body: the gateway's own length, whatever the client wrote; a request
+        // without a host gets the target's.
+        for (method, length, written) in [
+            ("GET", None, ""),
+            ("GET", Some("00"), "content-length: 0\r\n"),
+            ("DELETE", Some("0, 0"), "content-length: 0\r\n"),
+            ("POST", None, "content-length: 0\r\n"),
+        ] {
+            let mut request = http::Request::builder().method(method).uri("/");
+            if let Some(length) = length {
+                request = request.header("content-length", length);
+            }
+            let (parts, ()) = request.body(()).unwrap().into_parts();
+            let mut out = Vec::new();
+            write_request_head(
+                &mut out,
+                &parts,
+                &Added::default(),
+                Encoder::Empty,
+                "10.0.0.1:80",
+            );
+            assert_eq!(
+                String::from_utf8(out).unwrap(),
+                format!("{method} / HTTP/1.1\r\nhost: 10.0.0.1:80\r\n{written}\r\n")
+            );
+        }
     }
 }

@@ -50,14 +50,11 @@ pub enum Malformed {
     TwoFramings,
     #[error("Transfer-Encoding in HTTP/1.0")]
     CodingInHttp10,
-    /// A request's codings other than `chunked` alone; no other is accepted.
+    /// Transfer codings other than `chunked` alone; no other is accepted, either way.
     #[error(
         "a Transfer-Encoding other than `chunked` alone (no other transfer coding is accepted)"
     )]
     NotChunkedAlone,
-    /// A response's `chunked` before another coding, or twice.
-    #[error("`chunked` that is not the last transfer coding")]
-    ChunkedNotLast,
     #[error("an invalid Content-Length")]
     Length,
     #[error("two different Content-Lengths")]
@@ -74,7 +71,8 @@ pub enum Malformed {
     /// Bytes where a chunk's closing CRLF should be.
     #[error("a chunk longer than its size")]
     ChunkOverrun,
-    #[error("a trailer line without a colon")]
+    /// A trailer line that is not a well-formed field line.
+    #[error("a malformed trailer field")]
     TrailerLine,
 }
 
@@ -105,8 +103,6 @@ pub struct FramingFields {
     pub codings: usize,
     /// Times `chunked` was listed.
     pub chunked: usize,
-    /// The last transfer coding listed is `chunked`.
-    pub chunked_last: bool,
     /// `Connection: close`.
     pub close: bool,
     /// `Connection: keep-alive`.
@@ -154,8 +150,7 @@ pub fn classify(
             FieldKind::TransferEncoding => {
                 for coding in items(field.value) {
                     seen.codings += 1;
-                    seen.chunked_last = coding.eq_ignore_ascii_case(b"chunked");
-                    seen.chunked += usize::from(seen.chunked_last);
+                    seen.chunked += usize::from(coding.eq_ignore_ascii_case(b"chunked"));
                 }
             }
             FieldKind::Upgrade => {
@@ -190,6 +185,11 @@ pub fn classify(
         });
     }
     seen
+}
+
+/// Whether a byte may be part of a token (RFC 9110 §5.6.2), such as a field name.
+pub fn is_token_char(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 /// Appends one `name: value` field line.
