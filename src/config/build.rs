@@ -901,6 +901,28 @@ fn build_routes(
             }
         }
 
+        let mut upgrades = Vec::new();
+        for (at, protocol) in raw.upgrades.iter().enumerate() {
+            let path = format!("{base}.upgrades[{at}]");
+            if protocol.eq_ignore_ascii_case("h2c") {
+                builder.error(
+                    &path,
+                    format!("\"{protocol}\" is never forwarded: the gateway serves HTTP/2 itself"),
+                );
+            } else if protocol.is_empty()
+                || !protocol
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b))
+            {
+                builder.error(
+                    &path,
+                    format!("\"{protocol}\" is not a protocol name such as \"websocket\" (letters, digits, '-', '.', '_')"),
+                );
+            } else {
+                upgrades.push(protocol.to_ascii_lowercase());
+            }
+        }
+
         if let (true, Some(host), true, Some(upstream)) = (id_ok, host, prefix_ok, upstream) {
             routes.push(RouteSettings {
                 id: RouteId(Arc::from(raw.id.as_str())),
@@ -915,6 +937,7 @@ fn build_routes(
                 case_insensitive: raw.case_insensitive,
                 allow_body_on,
                 allow_encoded_percent: raw.allow_encoded_percent,
+                upgrades,
             });
         }
     }

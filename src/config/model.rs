@@ -323,6 +323,8 @@ pub struct RouteSettings {
     pub allow_body_on: Vec<http::Method>,
     /// Paths may hold an encoded `%` followed by two hex digits.
     pub allow_encoded_percent: bool,
+    /// Protocol names (lower-case) a request may switch to here with `Upgrade`.
+    pub upgrades: Vec<String>,
 }
 
 /// The methods whose request content has no defined meaning (RFC 9110 §9.3): a request of

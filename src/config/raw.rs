@@ -389,6 +389,11 @@ pub struct RawRoute {
     /// decodes twice reads `/%2561dmin` as `/admin`.
     #[serde(default)]
     pub allow_encoded_percent: bool,
+    /// Protocols a request may switch to on this route with `Upgrade` ("websocket");
+    /// none by default, so a route whose upstream can be made to answer `101` never
+    /// becomes an unchecked tunnel by accident.
+    #[serde(default)]
+    pub upgrades: Vec<String>,
 }
 
 fn default_path_prefix() -> String {

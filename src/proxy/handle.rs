@@ -220,6 +220,17 @@ async fn pipeline(
             decided: false,
         });
     }
+    // SECURITY: a route whose upstream can be made to answer `101` would otherwise
+    // become a tunnel that no later request on it is decided for.
+    if let Some(switch) = &client_upgrade
+        && !route.allows_upgrade(switch.protocol.as_bytes())
+    {
+        return Err(Failure {
+            route: Some(route.id.clone()),
+            error: ProxyError::UpgradeNotAllowed,
+            decided: false,
+        });
+    }
     let fail = |error: ProxyError| Failure {
         route: Some(route.id.clone()),
         error,

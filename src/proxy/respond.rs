@@ -27,6 +27,9 @@ pub enum ProxyError {
         /// The request's method.
         method: http::Method,
     },
+    /// An `Upgrade` to a protocol the route does not list in `upgrades` (403).
+    #[error("a switch to a protocol this route does not allow")]
+    UpgradeNotAllowed,
     /// No route accepts the request's host and path (404).
     #[error("no route for this host and path")]
     NoRoute,
@@ -77,6 +80,7 @@ impl ProxyError {
         match self {
             ProxyError::BadRequest(_) => "bad_request",
             ProxyError::BodyNotAllowed { .. } => "body_not_allowed",
+            ProxyError::UpgradeNotAllowed => "upgrade_not_allowed",
             ProxyError::NoRoute => "no_route",
             ProxyError::ConnectRefused => "connect_not_allowed",
             ProxyError::HeaderTooLarge { .. } => "header_too_large",
@@ -94,6 +98,7 @@ impl ProxyError {
             self,
             ProxyError::BadRequest(_)
                 | ProxyError::BodyNotAllowed { .. }
+                | ProxyError::UpgradeNotAllowed
                 | ProxyError::ConnectRefused
                 | ProxyError::HeaderTooLarge { .. }
                 | ProxyError::BodyTooLarge { .. }
@@ -107,6 +112,7 @@ impl ProxyError {
             ProxyError::BadRequest(_) | ProxyError::BodyNotAllowed { .. } => {
                 StatusCode::BAD_REQUEST
             }
+            ProxyError::UpgradeNotAllowed => StatusCode::FORBIDDEN,
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::ConnectRefused => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::HeaderTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
@@ -129,6 +135,7 @@ impl ProxyError {
             ProxyError::BodyNotAllowed { method } => format!(
                 "A {method} request may not carry content here. Send it without a body, or use POST."
             ),
+            ProxyError::UpgradeNotAllowed => "This route does not allow the protocol switch the request asks for in its Upgrade field. Send the request without Upgrade, or ask the gateway's operator to allow the protocol here.".to_owned(),
             ProxyError::NoRoute => "No route serves this host and path. Check the URL.".to_owned(),
             ProxyError::ConnectRefused => {
                 "This gateway does not tunnel CONNECT requests; it is not a forward proxy."
@@ -160,6 +167,7 @@ pub fn error(err: &ProxyError, request_id: &HeaderValue) -> Response<ProxyBody> 
     match err {
         ProxyError::BadRequest(_)
         | ProxyError::BodyNotAllowed { .. }
+        | ProxyError::UpgradeNotAllowed
         | ProxyError::NoRoute
         | ProxyError::ConnectRefused
         | ProxyError::HeaderTooLarge { .. }

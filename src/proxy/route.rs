@@ -20,6 +20,8 @@ pub struct Route {
     pub allow_body_on: Vec<http::Method>,
     /// Paths may hold an encoded `%` followed by two hex digits.
     pub allow_encoded_percent: bool,
+    /// Protocol names (lower-case) a request may switch to here.
+    upgrades: Vec<String>,
     host: Option<HostPattern>,
     path_prefix: String,
 }
@@ -40,6 +42,23 @@ impl Route {
             Cow::Owned(text) => Cow::Owned(crate::path::fold_case(&text).into_owned()),
         }
     }
+
+    /// Whether every protocol an `Upgrade` field lists may be switched to here (and it
+    /// lists one at least). Each item is a protocol name, with an optional `/version`
+    /// that is not looked at.
+    pub fn allows_upgrade(&self, upgrade: &[u8]) -> bool {
+        let mut listed = 0;
+        upgrade
+            .split(|b| *b == b',')
+            .map(|item| item.trim_ascii())
+            .filter(|item| !item.is_empty())
+            .all(|item| {
+                listed += 1;
+                let name = item.split(|b| *b == b'/').next().unwrap_or(item);
+                (self.upgrades.iter()).any(|allowed| allowed.as_bytes().eq_ignore_ascii_case(name))
+            })
+            && listed > 0
+    }
 }
 
 impl RouteTable {
@@ -56,6 +75,7 @@ impl RouteTable {
                     case_insensitive: s.case_insensitive,
                     allow_body_on: s.allow_body_on.clone(),
                     allow_encoded_percent: s.allow_encoded_percent,
+                    upgrades: s.upgrades.clone(),
                     host: s.host.clone(),
                     path_prefix: s.path_prefix.clone(),
                 };
@@ -125,6 +145,28 @@ mod tests {
             case_insensitive: false,
             allow_body_on: Vec::new(),
             allow_encoded_percent: false,
+            upgrades: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn upgrades_pass_only_to_the_protocols_a_route_lists() {
+        let mut settings = route("ws", None, "/");
+        let closed = RouteTable::new(std::slice::from_ref(&settings));
+        settings.upgrades = vec!["websocket".to_owned()];
+        let open = RouteTable::new(&[settings]);
+        let (closed, open) = (&closed.routes[0], &open.routes[0]);
+        assert!(!closed.allows_upgrade(b"websocket"));
+        assert!(open.allows_upgrade(b"websocket"));
+        assert!(open.allows_upgrade(b"WebSocket/13"));
+        for refused in [
+            &b"websocket, tls/1.3"[..],
+            b"foo",
+            b"",
+            b" , ",
+            b"websockets",
+        ] {
+            assert!(!open.allows_upgrade(refused), "{refused:?}");
         }
     }
 

@@ -273,10 +273,11 @@ const LEGITIMATE: &[(&str, &str)] = &[
 /// case-insensitive or not, in front of an upstream that records what it receives.
 async fn gateway(policy: &str, case_insensitive: bool) -> (TestUpstream, TestGateway) {
     let up = TestUpstream::start("app").await;
-    let yaml = config(&[up.url()], "").replace(
+    // Upgrades are allowed, so that the policy alone decides a switch to /admin.
+    let yaml = with_websocket(&config(&[up.url()], "").replace(
         "upstream: app }",
         &format!("upstream: app, case_insensitive: {case_insensitive} }}"),
-    );
+    ));
     let gw = TestGateway::with_policy(&yaml, policy).await;
     (up, gw)
 }
@@ -487,7 +488,11 @@ const UPGRADE: &str = "GET /public/ws HTTP/1.1\r\nHost: app\r\nConnection: Upgra
 #[tokio::test]
 async fn bytes_sent_before_the_switch_are_never_tunnelled() {
     let (up, upstream) = switching_upstream().await;
-    let gw = TestGateway::with_policy(&config(&[format!("http://{up}")], ""), ALLOW_LIST).await;
+    let gw = TestGateway::with_policy(
+        &with_websocket(&config(&[format!("http://{up}")], "")),
+        ALLOW_LIST,
+    )
+    .await;
     let attempt = format!("{UPGRADE}GET /admin HTTP/1.1\r\nHost: app\r\n\r\n");
     let answer = raw_until_closed(gw.addr, attempt.as_bytes(), Duration::from_secs(5)).await;
     assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
@@ -507,7 +512,11 @@ async fn bytes_sent_before_the_switch_are_never_tunnelled() {
 async fn bytes_sent_while_the_switch_is_agreed_are_never_tunnelled() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let (up, upstream) = switching_upstream_after(Duration::from_millis(400)).await;
-    let gw = TestGateway::with_policy(&config(&[format!("http://{up}")], ""), ALLOW_LIST).await;
+    let gw = TestGateway::with_policy(
+        &with_websocket(&config(&[format!("http://{up}")], "")),
+        ALLOW_LIST,
+    )
+    .await;
     let mut client = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
     client.write_all(UPGRADE.as_bytes()).await.unwrap();
     // The head has been read alone; these bytes come while the upstream deliberates.
@@ -534,7 +543,7 @@ async fn bytes_sent_while_the_switch_is_agreed_are_never_tunnelled() {
 #[tokio::test]
 async fn a_refused_switch_keeps_http_and_the_policy_in_force() {
     let up = TestUpstream::start("app").await;
-    let gw = TestGateway::with_policy(&config(&[up.url()], ""), ALLOW_LIST).await;
+    let gw = TestGateway::with_policy(&with_websocket(&config(&[up.url()], "")), ALLOW_LIST).await;
     let attempt = format!("{UPGRADE}GET /admin HTTP/1.1\r\nHost: app\r\nConnection: close\r\n\r\n");
     let answer = raw_until_closed(gw.addr, attempt.as_bytes(), Duration::from_secs(5)).await;
     let statuses: Vec<&str> = answer

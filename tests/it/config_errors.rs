@@ -217,3 +217,14 @@ fn allow_body_on_lists_only_methods_without_defined_content() {
         "gw.yaml:2:58: routes[0].allow_body_on[1]: \"POST\" is not GET, HEAD, OPTIONS, DELETE or TRACE; other methods may always carry content"
     );
 }
+
+#[test]
+fn upgrades_name_protocols_and_never_h2c() {
+    assert_eq!(
+        errors(
+            "upstreams: { app: { targets: [\"builtin:echo\"] } }\nroutes: [{ id: main, upstream: app, upgrades: [websocket, H2C, \"web socket\"] }]\n"
+        ),
+        "gw.yaml:2:59: routes[0].upgrades[1]: \"H2C\" is never forwarded: the gateway serves HTTP/2 itself\n\
+         gw.yaml:2:64: routes[0].upgrades[2]: \"web socket\" is not a protocol name such as \"websocket\" (letters, digits, '-', '.', '_')"
+    );
+}

@@ -198,7 +198,7 @@ async fn read_head(stream: &mut TcpStream) -> Vec<u8> {
 #[tokio::test]
 async fn websocket_upgrade_is_tunnelled_both_ways() {
     let (up, upstream_task) = websocket_echo_upstream().await;
-    let gw = TestGateway::start(&config(&[format!("http://{up}")], "")).await;
+    let gw = TestGateway::start(&with_websocket(&config(&[format!("http://{up}")], ""))).await;
     let mut stream = TcpStream::connect(gw.addr).await.unwrap();
     let handshake = format!(
         "GET /chat HTTP/1.1\r\nHost: chat.example\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {WS_KEY}\r\nSec-WebSocket-Version: 13\r\n\r\n"
@@ -246,6 +246,66 @@ async fn websocket_upgrade_is_tunnelled_both_ways() {
         "sec-websocket-key: {}",
         WS_KEY.to_ascii_lowercase()
     )));
+}
+
+/// A route that does not list a protocol in `upgrades` refuses the switch before the
+/// upstream sees it, and closes: the client was about to speak another protocol.
+#[tokio::test]
+async fn an_upgrade_passes_only_where_its_route_allows_it() {
+    let up = TestUpstream::start("a").await;
+    let yaml = config(&[up.url()], "").replace(
+        "  - { id: main, path_prefix: /, upstream: app }\n",
+        "  - { id: main, path_prefix: /, upstream: app }\n  - { id: chat, path_prefix: /chat, upstream: app, upgrades: [WebSocket] }\n",
+    );
+    let gw = TestGateway::start(&yaml).await;
+    let ask = |path: &str, protocol: &str| {
+        format!(
+            "GET {path} HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: {protocol}\r\n\r\nGET /after HTTP/1.1\r\nHost: a\r\n\r\n"
+        )
+    };
+    for (path, protocol) in [("/ws", "websocket"), ("/chat", "websocket, tls/1.3")] {
+        let answer = raw_until_closed(
+            gw.addr,
+            ask(path, protocol).as_bytes(),
+            Duration::from_secs(5),
+        )
+        .await;
+        assert!(
+            answer.starts_with("HTTP/1.1 403"),
+            "{path} {protocol}: {answer}"
+        );
+        assert!(
+            answer.contains("x-portcullis-reason: upgrade_not_allowed"),
+            "{answer}"
+        );
+        assert_eq!(
+            answer.matches("HTTP/1.1 ").count(),
+            1,
+            "the connection closes: {answer}"
+        );
+    }
+    assert!(up.seen().is_empty(), "{:?}", up.seen());
+    // On the route that lists it, the ask reaches the upstream (which answers it as a plain
+    // request: no `101`, so HTTP carries on).
+    let answer = raw_exchange(
+        gw.addr,
+        ask("/chat", "websocket/13").as_bytes(),
+        Duration::from_secs(2),
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let seen = up.seen();
+    assert_eq!(seen[0].target, "/chat");
+    assert_eq!(seen[0].one("upgrade"), Some("websocket/13"));
+    let metrics = gw.metrics().await;
+    assert_eq!(
+        metric(
+            &metrics,
+            "portcullis_requests_total{decision=\"error\",reason=\"upgrade_not_allowed\",route=\"main\"}"
+        ),
+        1.0,
+        "{metrics}"
+    );
 }
 
 #[tokio::test]

@@ -290,10 +290,10 @@ async fn garbage_bytes_get_an_answer_or_a_close_never_a_hang() {
 #[tokio::test]
 async fn a_websocket_tunnel_keeps_its_connection_slot() {
     let (up, _upstream) = switching_upstream().await;
-    let gw = TestGateway::start(&config(
+    let gw = TestGateway::start(&with_websocket(&config(
         &[format!("http://{up}")],
         "limits: { max_connections: 1 }\n",
-    ))
+    )))
     .await;
     let mut tunnel = TcpStream::connect(gw.addr).await.unwrap();
     tunnel
@@ -346,10 +346,10 @@ async fn a_connection_that_sends_nothing_is_closed_after_the_head_timeout() {
 #[tokio::test]
 async fn an_idle_websocket_tunnel_is_closed() {
     let (up, _upstream) = switching_upstream().await;
-    let gw = TestGateway::start(&config(
+    let gw = TestGateway::start(&with_websocket(&config(
         &[format!("http://{up}")],
         "limits: { idle_timeout: 300ms }\n",
-    ))
+    )))
     .await;
     let answer = raw_until_closed(
         gw.addr,

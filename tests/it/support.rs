@@ -182,6 +182,11 @@ pub fn config(targets: &[String], extra: &str) -> String {
     )
 }
 
+/// `yaml` from [`config`] with WebSocket upgrades allowed on its route.
+pub fn with_websocket(yaml: &str) -> String {
+    yaml.replace("upstream: app", "upstream: app, upgrades: [websocket]")
+}
+
 /// A request the test upstream received.
 #[derive(Debug, Clone)]
 pub struct Seen {
