@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
-use http::header::{CACHE_CONTROL, CONTENT_TYPE};
+use http::header::{CACHE_CONTROL, CONTENT_TYPE, HOST};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -19,9 +19,10 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
+use crate::config::HostPattern;
 use crate::config::cases::parse_principal;
-use crate::proxy::Live;
 use crate::proxy::offline::{self, Caller};
+use crate::proxy::{Live, normalize};
 use crate::reload::Reloader;
 use crate::telemetry::Metrics;
 
@@ -53,6 +54,32 @@ pub struct AdminState {
     pub live: Live,
     /// What `/policy` reports and `POST /reload` runs.
     pub reloader: Arc<Reloader>,
+    /// Names `Host` may carry besides IP addresses and `localhost` (`admin.allowed_hosts`).
+    pub allowed_hosts: Vec<HostPattern>,
+}
+
+/// Whether an admin request's `Host` names the admin listener: an IP address,
+/// `localhost`, or an allowed name. None at all (HTTP/1.0) is let through: browsers
+/// always send one.
+///
+/// SECURITY: DNS rebinding. A web page at `evil.example` can have its name resolve to
+/// 127.0.0.1 and then read this listener as its own origin; its requests still carry
+/// `Host: evil.example`.
+fn host_allowed(request: &Request<Incoming>, allowed: &[HostPattern]) -> bool {
+    let mut hosts = request.headers().get_all(HOST).iter();
+    let Some(value) = hosts.next() else {
+        return true;
+    };
+    if hosts.next().is_some() {
+        return false;
+    }
+    let Some(host) = normalize::parse_host(value.as_bytes()) else {
+        return false;
+    };
+    let literal = host.trim_start_matches('[').trim_end_matches(']');
+    host == "localhost"
+        || literal.parse::<std::net::IpAddr>().is_ok()
+        || allowed.iter().any(|pattern| pattern.matches(&host))
 }
 
 /// Admin connections served at once; more are closed at accept.
@@ -96,6 +123,12 @@ pub async fn run(listener: TcpListener, state: Arc<AdminState>) {
 }
 
 async fn serve(state: &AdminState, request: Request<Incoming>) -> Response<Full<Bytes>> {
+    if !host_allowed(&request, &state.allowed_hosts) {
+        return text(
+            StatusCode::FORBIDDEN,
+            "admin requests must name this listener in Host: an IP address, localhost, or a name in admin.allowed_hosts\n",
+        );
+    }
     if request.method() == Method::POST {
         // SECURITY: a web page can make a browser POST to a loopback address without
         // asking (a "simple" cross-site request). Browsers mark their requests; tools such

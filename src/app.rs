@@ -99,6 +99,7 @@ impl Gateway {
             }
         }
         let admin_state = Arc::new(AdminState {
+            allowed_hosts: config.admin.allowed_hosts.clone(),
             metrics,
             readiness: readiness.clone(),
             live,

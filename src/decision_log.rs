@@ -6,6 +6,7 @@
 //! This module knows the line's fields and where it goes; the request flow that fills
 //! them is `proxy`'s.
 
+use std::borrow::Cow;
 use std::io::Write;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -13,7 +14,7 @@ use std::sync::mpsc::{SyncSender, TrySendError};
 use std::time::{Duration, SystemTime};
 
 use crate::config::{DecisionSink, LogSettings};
-use crate::policy::{Decision, Effect, Principal};
+use crate::policy::{Decision, Effect, PathGlob, Principal};
 
 /// What a decision-log line says of a decided request.
 pub struct Decided<'a> {
@@ -50,6 +51,8 @@ pub struct Refused<'a> {
 pub struct DecisionLog {
     sink: Sink,
     sample_allows: f64,
+    /// `log.redact_paths`.
+    redact_paths: Vec<PathGlob>,
 }
 
 enum Sink {
@@ -62,6 +65,33 @@ enum Sink {
         lines: SyncSender<String>,
         dropped: AtomicU64,
     },
+}
+
+/// `path` with the segments that the first glob of `globs` to match captures written as
+/// `{name}`, so that secrets in paths stay out of the log.
+fn redact<'p>(globs: &[PathGlob], path: &'p str) -> Cow<'p, str> {
+    let Some(captures) = globs.iter().find_map(|glob| glob.matches(path)) else {
+        return Cow::Borrowed(path);
+    };
+    // A capture is a slice of `path` itself: its place is its offset.
+    let mut places: Vec<(usize, usize, &str)> = (captures.into_iter())
+        .map(|(name, segment)| {
+            let start = segment.as_ptr() as usize - path.as_ptr() as usize;
+            (start, start + segment.len(), name)
+        })
+        .collect();
+    places.sort_unstable();
+    let mut redacted = String::with_capacity(path.len());
+    let mut at = 0;
+    for (start, end, name) in places {
+        redacted.push_str(path.get(at..start).unwrap_or_default());
+        redacted.push('{');
+        redacted.push_str(name);
+        redacted.push('}');
+        at = end;
+    }
+    redacted.push_str(path.get(at..).unwrap_or_default());
+    Cow::Owned(redacted)
 }
 
 /// Lines waiting for the writer thread, at most.
@@ -87,6 +117,7 @@ impl DecisionLog {
         Ok(DecisionLog {
             sink,
             sample_allows: settings.sample_allows,
+            redact_paths: settings.redact_paths.clone(),
         })
     }
 
@@ -103,6 +134,8 @@ impl DecisionLog {
             return;
         }
         let request_id = request.request_id.to_str().unwrap_or("");
+        let path = redact(&self.redact_paths, request.path);
+        let path = path.as_ref();
         let audit: Vec<String> = decision
             .audit_matches()
             .map(|step| format!("{}:would_{}", step.rule, step.effect.as_str()))
@@ -119,7 +152,7 @@ impl DecisionLog {
                     request.id = request_id,
                     route.id = request.route,
                     http.method = request.method,
-                    url.path = request.path,
+                    url.path = path,
                     client.ip = %request.client_ip,
                     principal.id = principal,
                     decision.reason = decision.reason.code(),
@@ -159,7 +192,7 @@ impl DecisionLog {
                         "request.id": request_id,
                         "route.id": request.route,
                         "http.method": request.method,
-                        "url.path": request.path,
+                        "url.path": path,
                         "client.ip": request.client_ip.to_string(),
                         "principal.id": principal,
                         "decision.reason": decision.reason.code(),
@@ -285,5 +318,24 @@ mod tests {
         // 10,000 draws at one in ten: 1,000 expected, with a standard deviation of 30.
         let tenth = logged(0.1);
         assert!((700..1_300).contains(&tenth), "{tenth}");
+    }
+
+    #[test]
+    fn captured_segments_are_left_out_of_logged_paths() {
+        let globs: Vec<PathGlob> = ["/reset/{token}", "/invites/*/{code}/**"]
+            .iter()
+            .map(|glob| PathGlob::parse(glob).unwrap())
+            .collect();
+        for (path, logged) in [
+            ("/reset/s3cr3t", "/reset/{token}"),
+            ("/invites/team/abc123/accept", "/invites/team/{code}/accept"),
+            ("/invites/team/abc123", "/invites/team/{code}"),
+            ("/reset", "/reset"),
+            ("/reset/s3cr3t/more", "/reset/s3cr3t/more"),
+            ("/other/s3cr3t", "/other/s3cr3t"),
+        ] {
+            assert_eq!(redact(&globs, path), logged, "{path}");
+        }
+        assert_eq!(redact(&[], "/reset/s3cr3t"), "/reset/s3cr3t");
     }
 }

@@ -74,6 +74,8 @@ pub struct Fixed {
     pub listen: Vec<SocketAddr>,
     /// The admin listener's address, as configured.
     pub admin: SocketAddr,
+    /// `admin.allowed_hosts`.
+    pub admin_hosts: Vec<config::HostPattern>,
     /// `limits.max_connections`.
     pub max_connections: usize,
     /// `shutdown.grace_period`.
@@ -92,6 +94,7 @@ impl Fixed {
                 .map(|listener| listener.addr)
                 .collect(),
             admin: config.admin.addr,
+            admin_hosts: config.admin.allowed_hosts.clone(),
             max_connections: config.limits.max_connections,
             grace: config.shutdown_grace,
             watch: config.watch,
@@ -114,6 +117,9 @@ impl Fixed {
                 "admin.addr: {} (serving on {})",
                 now.admin, self.admin
             ));
+        }
+        if now.admin_hosts != self.admin_hosts {
+            changes.push("admin.allowed_hosts: changed".to_owned());
         }
         if now.max_connections != self.max_connections {
             changes.push(format!(

@@ -116,6 +116,14 @@ pub fn build(path: &Path, text: &str, raw: RawConfig) -> Result<Config, ConfigEr
         );
     }
 
+    let mut admin_hosts = Vec::new();
+    for (index, text) in raw.admin.allowed_hosts.iter().enumerate() {
+        let yaml_path = format!("admin.allowed_hosts[{index}]");
+        if let Some(pattern) = builder.typed(&yaml_path, parse_host_pattern(text)) {
+            admin_hosts.push(pattern);
+        }
+    }
+
     let mut trusted_proxies = Vec::new();
     for (index, text) in raw.network.trusted_proxies.iter().enumerate() {
         let yaml_path = format!("network.trusted_proxies[{index}]");
@@ -208,7 +216,10 @@ pub fn build(path: &Path, text: &str, raw: RawConfig) -> Result<Config, ConfigEr
                 watch: raw.policy.watch,
                 file: path.to_owned(),
                 listeners,
-                admin: AdminSettings { addr: admin_addr },
+                admin: AdminSettings {
+                    addr: admin_addr,
+                    allowed_hosts: admin_hosts,
+                },
                 trusted_proxies,
                 keep_override_headers: raw.network.keep_override_headers,
                 forwarded_header: match raw.network.forwarded_header {
@@ -262,9 +273,24 @@ fn build_log(builder: &mut Builder, raw: &RawLog, base_dir: &Path) -> LogSetting
             format!("{sample_allows} is not a share between 0 and 1 (0.1 logs one allowed request in ten)"),
         );
     }
+    let mut redact_paths = Vec::new();
+    for (index, text) in raw.redact_paths.iter().enumerate() {
+        let yaml_path = format!("log.redact_paths[{index}]");
+        let glob = crate::policy::PathGlob::parse(text).and_then(|glob| {
+            if glob.capture_names().next().is_none() {
+                Err(format!("path \"{text}\" captures no segment to leave out; write {{name}} where the secret is, as in /reset/{{token}}"))
+            } else {
+                Ok(glob)
+            }
+        });
+        if let Some(glob) = builder.typed(&yaml_path, glob) {
+            redact_paths.push(glob);
+        }
+    }
     LogSettings {
         decisions,
         sample_allows: sample_allows.clamp(0.0, 1.0),
+        redact_paths,
     }
 }
 

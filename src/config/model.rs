@@ -71,6 +71,8 @@ pub struct LogSettings {
     pub decisions: DecisionSink,
     /// The share of allowed requests logged; denials and errors are always logged.
     pub sample_allows: f64,
+    /// Globs whose captured segments the decision log leaves out.
+    pub redact_paths: Vec<crate::policy::PathGlob>,
 }
 
 /// Where decision lines go.
@@ -247,6 +249,8 @@ pub struct ListenerSettings {
 pub struct AdminSettings {
     /// The address to bind; loopback by default.
     pub addr: SocketAddr,
+    /// Names admin requests may carry in `Host` besides IP addresses and `localhost`.
+    pub allowed_hosts: Vec<HostPattern>,
 }
 
 /// The name of an upstream, as written under `upstreams`.

@@ -62,6 +62,10 @@ pub struct RawLog {
     /// The share of allowed requests logged, 0 to 1; denials and errors are always logged.
     #[serde(default = "default_sample_allows")]
     pub sample_allows: f64,
+    /// Path globs whose `{name}` segments hold secrets (reset tokens, invite codes): the
+    /// decision log writes `{name}` in their place. "/reset/{token}", "/invites/*/{code}".
+    #[serde(default)]
+    pub redact_paths: Vec<String>,
 }
 
 impl Default for RawLog {
@@ -69,6 +73,7 @@ impl Default for RawLog {
         RawLog {
             decisions: default_decisions(),
             sample_allows: default_sample_allows(),
+            redact_paths: Vec::new(),
         }
     }
 }
@@ -287,12 +292,19 @@ pub struct RawAdmin {
     /// host:port of the admin listener; keep it off public networks.
     #[serde(default = "default_admin_addr")]
     pub addr: String,
+    /// Host names admin requests may carry in `Host` besides IP addresses and
+    /// "localhost", such as a Kubernetes Service's name; "*.example.com" matches any
+    /// subdomain. Others are refused, so that a web page cannot read the admin listener
+    /// through a name it rebinds to a local address.
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
 }
 
 impl Default for RawAdmin {
     fn default() -> Self {
         RawAdmin {
             addr: default_admin_addr(),
+            allowed_hosts: Vec::new(),
         }
     }
 }

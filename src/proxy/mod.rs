@@ -9,7 +9,7 @@ mod forward;
 mod h1;
 mod handle;
 pub mod listener;
-mod normalize;
+pub(crate) mod normalize;
 pub mod offline;
 mod pool;
 pub mod respond;

@@ -228,3 +228,14 @@ fn upgrades_name_protocols_and_never_h2c() {
          gw.yaml:2:64: routes[0].upgrades[2]: \"web socket\" is not a protocol name such as \"websocket\" (letters, digits, '-', '.', '_')"
     );
 }
+
+#[test]
+fn redacted_paths_must_capture_a_segment() {
+    assert_eq!(
+        errors(&format!(
+            "log: {{ redact_paths: [\"/reset/*\", \"reset/{{t}}\"] }}\n{VALID_TAIL}"
+        )),
+        "gw.yaml:1:23: log.redact_paths[0]: path \"/reset/*\" captures no segment to leave out; write {name} where the secret is, as in /reset/{token}\n\
+         gw.yaml:1:35: log.redact_paths[1]: path \"reset/{t}\" must start with \"/\""
+    );
+}

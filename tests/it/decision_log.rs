@@ -162,3 +162,33 @@ async fn a_decision_log_beside_the_config_does_not_trigger_reloads() {
     }
     panic!("the policy edit was not reloaded");
 }
+
+/// Secrets in paths stay out of the log where `log.redact_paths` says they are; the
+/// upstream still gets the whole path.
+#[tokio::test]
+async fn redacted_path_segments_never_reach_the_log() {
+    let up = TestUpstream::start("app").await;
+    let policy =
+        "rules:\n  - { id: resets, effect: allow, match: { paths: [\"/reset/*\", \"/a\"] } }\n";
+    let gw = TestGateway::with_policy(
+        &config(
+            &[up.url()],
+            "log: { decisions: decisions.log, redact_paths: [\"/reset/{token}\"] }\n",
+        ),
+        policy,
+    )
+    .await;
+    for path in ["/reset/s3cr3t-t0ken", "/a"] {
+        let status = client().request(get(&gw.url(path))).await.unwrap().status();
+        assert_eq!(status, StatusCode::OK, "{path}");
+    }
+    let logged = lines(&gw, 2).await;
+    let paths: Vec<&str> = logged
+        .iter()
+        .filter_map(|line| line["url.path"].as_str())
+        .collect();
+    assert_eq!(paths, ["/reset/{token}", "/a"]);
+    let text = std::fs::read_to_string(gw.file("decisions.log")).unwrap();
+    assert!(!text.contains("s3cr3t"), "{text}");
+    assert_eq!(up.seen()[0].target, "/reset/s3cr3t-t0ken");
+}

@@ -432,3 +432,47 @@ async fn admin_changes_are_refused_from_browsers() {
     }
     assert_eq!(policy(&gw).await["reloads"]["ok"], 0);
 }
+
+/// DNS rebinding: a page whose name resolves to the admin address sends its own name in
+/// `Host`; only IP addresses, `localhost` and `admin.allowed_hosts` are answered.
+#[tokio::test]
+async fn admin_requests_must_name_the_admin_listener() {
+    let up = TestUpstream::start("app").await;
+    let yaml = config(&[up.url()], "").replace(
+        "admin: { addr: 127.0.0.1:0 }",
+        "admin: { addr: 127.0.0.1:0, allowed_hosts: [portcullis-admin.ops, \"*.svc.cluster.local\"] }",
+    );
+    let gw = TestGateway::start(&yaml).await;
+    let port = gw.admin.port();
+    for (host, expected) in [
+        (format!("127.0.0.1:{port}"), StatusCode::OK),
+        (format!("localhost:{port}"), StatusCode::OK),
+        (format!("[::1]:{port}"), StatusCode::OK),
+        ("portcullis-admin.ops".to_owned(), StatusCode::OK),
+        (format!("gw.ops.svc.cluster.local:{port}"), StatusCode::OK),
+        (format!("evil.example:{port}"), StatusCode::FORBIDDEN),
+        ("localhost.evil.example".to_owned(), StatusCode::FORBIDDEN),
+        ("svc.cluster.local".to_owned(), StatusCode::FORBIDDEN),
+        ("a b".to_owned(), StatusCode::FORBIDDEN),
+    ] {
+        for path in ["/metrics", "/policy"] {
+            let answer = raw_exchange(
+                gw.admin,
+                format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n")
+                    .as_bytes(),
+                Duration::from_secs(5),
+            )
+            .await;
+            let status = answer.split(' ').nth(1).unwrap_or_default();
+            assert_eq!(status, expected.as_str(), "{host} {path}: {answer:.200}");
+        }
+    }
+    // Two hosts are one too many.
+    let answer = raw_exchange(
+        gw.admin,
+        b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nHost: evil.example\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(!answer.starts_with("HTTP/1.1 200"), "{answer:.200}");
+}
