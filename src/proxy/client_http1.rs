@@ -116,7 +116,17 @@ pub struct Http1Body<IO = ActivityIo> {
     decoder: Decoder,
     reading: Reading,
     back: Option<oneshot::Sender<Returned<IO>>>,
+    /// Pieces of the body handed out, and their bytes: what reading it has cost.
+    pieces: u64,
+    received: u64,
 }
+
+/// Pieces a request body may come in for free; beyond them, each piece must bring
+/// `MIN_PIECE` bytes on average. SECURITY: every piece (a chunk, or a read) costs a frame
+/// handed through the gateway. A megabyte in one-byte chunks would cost a million of
+/// them, where one chunk costs a few; this keeps its cost within a small multiple.
+const FREE_PIECES: u64 = 16 * 1024;
+const MIN_PIECE: u64 = 64;
 
 /// Where a request body stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -159,6 +169,8 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Http1Body<IO> {
                 Reading::Body
             },
             back: Some(back),
+            pieces: 0,
+            received: 0,
         }
     }
 
@@ -211,6 +223,13 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Http1Body<IO> {
         ) {
             Poll::Pending => Poll::Pending,
             Poll::Ready(Ok(Some(data))) => {
+                self.pieces += 1;
+                self.received += data.len() as u64;
+                if self.pieces > FREE_PIECES + self.received / MIN_PIECE {
+                    return self.fail(format!(
+                        "the request body came in too many small pieces (more than {FREE_PIECES}, averaging under {MIN_PIECE} bytes); send it in larger chunks"
+                    ));
+                }
                 if self.decoder.is_done() {
                     self.reading = Reading::Done;
                 }

@@ -384,3 +384,36 @@ async fn switching_upstream() -> (std::net::SocketAddr, tokio::task::JoinHandle<
     });
     (addr, task)
 }
+
+/// Every piece of a body costs a frame through the gateway: a megabyte in one-byte chunks
+/// is refused once its pieces pass what their bytes pay for, long before a million.
+#[tokio::test]
+async fn a_body_in_too_many_tiny_chunks_is_refused() {
+    let gw = TestGateway::start(&config(&["builtin:echo".to_owned()], "")).await;
+    let chunked = |count: usize, size: usize| {
+        let mut request =
+            b"POST /upload HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n".to_vec();
+        let chunk = format!("{size:x}\r\n{}\r\n", "x".repeat(size));
+        for _ in 0..count {
+            request.extend_from_slice(chunk.as_bytes());
+        }
+        request.extend_from_slice(b"0\r\n\r\n");
+        request
+    };
+    // Within the free pieces, and large chunks: both read whole.
+    for (count, size) in [(10_000, 1), (100, 10 * 1024)] {
+        let answer =
+            raw_until_closed(gw.addr, &chunked(count, size), Duration::from_secs(10)).await;
+        assert!(
+            answer.starts_with("HTTP/1.1 200"),
+            "{count}×{size}: {answer:.300}"
+        );
+        assert!(
+            answer.contains(&format!("\"body_bytes\": {}", count * size)),
+            "{answer}"
+        );
+    }
+    let answer = raw_until_closed(gw.addr, &chunked(1 << 20, 1), Duration::from_secs(10)).await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer:.300}");
+    assert!(answer.contains("too many small pieces"), "{answer}");
+}
