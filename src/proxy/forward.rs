@@ -348,6 +348,11 @@ pub struct RequestBody {
 const PROGRESS_STEP: u64 = 64 * 1024;
 
 impl RequestBody {
+    /// The body's progress, shared with the attempt's timeout; `None` without a body.
+    pub(super) fn progress(&self) -> Option<Arc<Progress>> {
+        self.progress.clone()
+    }
+
     pub(super) fn new(inner: ClientBody, limit: Option<u64>) -> RequestBody {
         let progress = (!inner.is_end_stream()).then(|| {
             Arc::new(Progress {
@@ -383,7 +388,7 @@ impl Progress {
         self.awaiting_client.load(Ordering::Relaxed)
     }
 
-    fn set_awaiting_client(&self, awaiting: bool) {
+    pub(super) fn set_awaiting_client(&self, awaiting: bool) {
         self.awaiting_client.store(awaiting, Ordering::Relaxed);
     }
 

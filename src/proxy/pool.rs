@@ -23,7 +23,7 @@ use prometheus::IntCounter;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::forward::{BoxError, RequestBody};
+use super::forward::{BoxError, Progress, RequestBody};
 use super::h1::Malformed;
 use super::h1::body::{Decoder, Encoder, ReadError, WriteError, poll_read_body, write_body};
 use super::h1::client::{self, Added, Parsed, ResponseHead};
@@ -98,6 +98,57 @@ impl Duplex for TcpStream {
     }
 }
 
+/// The upstream side of an upload, which tells the body's progress when the upstream
+/// stops taking bytes: a timeout then is the upstream's (504), not the client's (408).
+struct Watched<W> {
+    inner: W,
+    progress: Option<Arc<Progress>>,
+}
+
+impl<W> Watched<W> {
+    fn mark<T>(&self, polled: Poll<T>) -> Poll<T> {
+        if polled.is_pending()
+            && let Some(progress) = &self.progress
+        {
+            progress.set_awaiting_client(false);
+        }
+        polled
+    }
+}
+
+impl<W: AsyncWrite + Unpin> AsyncWrite for Watched<W> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.mark(polled)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.mark(polled)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let polled = Pin::new(&mut self.inner).poll_flush(cx);
+        self.mark(polled)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
 /// How an exchange on one connection failed.
 #[derive(Debug, thiserror::Error)]
 enum ExchangeError {
@@ -155,6 +206,7 @@ impl Pool {
             framing,
             head_request: parts.method == http::Method::HEAD,
             upgrade: added.replaces(&http::header::UPGRADE),
+            progress: body.progress(),
         };
         if let Some(connection) = self.take_idle() {
             match exchange.run(connection, &mut body).await {
@@ -315,6 +367,8 @@ struct Exchange<'a> {
     head_request: bool,
     /// The request asks to switch protocols.
     upgrade: bool,
+    /// The request body's progress, told when the upstream stops taking it.
+    progress: Option<Arc<Progress>>,
 }
 
 impl Exchange<'_> {
@@ -339,7 +393,11 @@ impl Exchange<'_> {
             let Connection { stream, read } = &mut connection;
             // The halves live in this block, so that the connection is free again after it.
             let raced = {
-                let (mut reader, mut writer) = stream.halves();
+                let (mut reader, writer) = stream.halves();
+                let mut writer = Watched {
+                    inner: writer,
+                    progress: self.progress.clone(),
+                };
                 let upload = async {
                     let mut out = Vec::with_capacity(self.head.len() + 4096);
                     out.extend_from_slice(self.head);
@@ -631,6 +689,7 @@ mod tests {
             framing,
             head_request: false,
             upgrade: false,
+            progress: None,
         }
     }
 

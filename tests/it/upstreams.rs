@@ -345,3 +345,61 @@ async fn idle_upstream_connections_expire_after_keepalive_timeout() {
     upstream_names(&gw, 1).await;
     assert_eq!(up.connections.load(std::sync::atomic::Ordering::Relaxed), 2);
 }
+
+/// An upstream that stops reading the body is the slow one: `504`, counted against it,
+/// even while the client still has more to send.
+#[tokio::test]
+async fn an_upstream_that_stops_reading_the_body_is_a_504() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let upstream = tokio::spawn(async move {
+        // Reads the head and a little, then holds the connection without reading.
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let mut first = [0u8; 1024];
+        let _ = stream.read(&mut first).await;
+        tokio::time::sleep(std::time::Duration::from_secs(30)).await;
+        drop(stream);
+    });
+    let yaml = config(
+        &[format!("http://{addr}")],
+        "limits: { max_body_size: 1GiB }\n",
+    )
+    .replace("timeout: 5s", "timeout: 1s");
+    let gw = TestGateway::start(&yaml).await;
+    let stream = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let (mut read, mut write) = stream.into_split();
+    let sender = tokio::spawn(async move {
+        let _ = write
+            .write_all(b"POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 536870912\r\n\r\n")
+            .await;
+        // Pieces smaller than the gateway gathers before writing, with pauses between:
+        // the gateway finds the client idle each time, then writes upstream, and that
+        // write is what blocks. Bounded: 96 MiB at most, far more than loopback buffers.
+        let piece = vec![b'x'; 12 * 1024];
+        for _ in 0..8192 {
+            if write.write_all(&piece).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+    });
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        read.read_to_end(&mut answer),
+    )
+    .await;
+    sender.abort();
+    upstream.abort();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 504"), "{answer:.400}");
+    let metrics = gw.metrics().await;
+    assert_eq!(
+        metric(
+            &metrics,
+            "portcullis_upstream_errors_total{kind=\"timeout\",upstream=\"app\"}"
+        ),
+        1.0
+    );
+}
