@@ -73,13 +73,18 @@ fn redact<'p>(globs: &[PathGlob], path: &'p str) -> Cow<'p, str> {
     let Some(captures) = globs.iter().find_map(|glob| glob.matches(path)) else {
         return Cow::Borrowed(path);
     };
-    // A capture is a slice of `path` itself: its place is its offset.
-    let mut places: Vec<(usize, usize, &str)> = (captures.into_iter())
+    // A capture is a slice of `path` itself: its place is its offset. (Should one ever
+    // not be, nothing of the path is logged: a secret must not slip through.)
+    let places: Option<Vec<(usize, usize, &str)>> = (captures.into_iter())
         .map(|(name, segment)| {
-            let start = segment.as_ptr() as usize - path.as_ptr() as usize;
-            (start, start + segment.len(), name)
+            let start = (segment.as_ptr() as usize).checked_sub(path.as_ptr() as usize)?;
+            let end = start + segment.len();
+            (end <= path.len()).then_some((start, end, name))
         })
         .collect();
+    let Some(mut places) = places else {
+        return Cow::Borrowed("{redacted}");
+    };
     places.sort_unstable();
     let mut redacted = String::with_capacity(path.len());
     let mut at = 0;

@@ -451,6 +451,11 @@ fn the_compose_kit_serves_its_config_as_the_container_mounts_it() {
         job["static_configs"][0]["targets"][0],
         format!("{BINARY}:{}", config.admin.addr.port())
     );
+    // The admin listener answers a scrape by that name only when it is allowed.
+    assert!(
+        (config.admin.allowed_hosts.iter()).any(|pattern| pattern.matches(BINARY)),
+        "admin.allowed_hosts lets Prometheus scrape by the name {BINARY}"
+    );
     let mounts = strings(&services["prometheus"]["volumes"]);
     for rules in strings(&prometheus["rule_files"]) {
         assert!(

@@ -318,21 +318,26 @@ async fn ambiguous_or_malformed_response_heads_are_a_502() {
         "HTTP/1.1 2000 OK\r\ncontent-length: 0\r\n\r\n",
         "SSH-2.0-OpenSSH\r\n\r\n",
     ] {
-        let up = ScriptedUpstream::start(vec![answer(head)]).await;
-        let gw = TestGateway::start(&config(&[up.url()], "")).await;
-        let response = client().request(get(&gw.url("/"))).await.unwrap();
-        expect_problem(response, StatusCode::BAD_GATEWAY, "upstream_unreachable").await;
-        // Counted as the upstream breaking the protocol, not as a connect failure.
-        let metrics = gw.metrics().await;
-        assert_eq!(
-            metric(
-                &metrics,
-                "portcullis_upstream_errors_total{kind=\"protocol\",upstream=\"app\"}"
-            ),
-            1.0,
-            "{head:?}"
-        );
+        expect_protocol_502(head).await;
     }
+}
+
+/// A client's GET, answered by an upstream that writes `answer_text`, gets a 502 that
+/// explains itself, counted as the upstream breaking the protocol (not a connect failure).
+async fn expect_protocol_502(answer_text: &str) {
+    let up = ScriptedUpstream::start(vec![answer(answer_text)]).await;
+    let gw = TestGateway::start(&config(&[up.url()], "")).await;
+    let response = client().request(get(&gw.url("/"))).await.unwrap();
+    expect_problem(response, StatusCode::BAD_GATEWAY, "upstream_unreachable").await;
+    let metrics = gw.metrics().await;
+    assert_eq!(
+        metric(
+            &metrics,
+            "portcullis_upstream_errors_total{kind=\"protocol\",upstream=\"app\"}"
+        ),
+        1.0,
+        "{answer_text:?}"
+    );
 }
 
 #[tokio::test]
@@ -401,21 +406,9 @@ async fn a_body_malformed_before_its_first_byte_is_a_502_with_a_body() {
         "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n0\r\nx-sum: \x00\r\n\r\n",
         "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n0\r\nHTTP/1.1 200 OK\r\n\r\n",
     ] {
-        let up = ScriptedUpstream::start(vec![answer(answer_text)]).await;
-        let gw = TestGateway::start(&config(&[up.url()], "")).await;
         // The fault arrived with the head, so nothing of the response has left: the client
         // gets an answer that explains itself, not a connection closed without one.
-        let response = client().request(get(&gw.url("/"))).await.unwrap();
-        expect_problem(response, StatusCode::BAD_GATEWAY, "upstream_unreachable").await;
-        let metrics = gw.metrics().await;
-        assert_eq!(
-            metric(
-                &metrics,
-                "portcullis_upstream_errors_total{kind=\"protocol\",upstream=\"app\"}"
-            ),
-            1.0,
-            "{answer_text:?}"
-        );
+        expect_protocol_502(answer_text).await;
     }
 }
 
