@@ -238,7 +238,7 @@ async fn a_target_that_never_accepts_times_out_on_connect() {
 
 #[tokio::test]
 async fn a_trickled_body_does_not_hold_the_upstream_forever() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let up = TestUpstream::start("a").await;
     let yaml = config(&[up.url()], "").replace("timeout: 5s", "timeout: 500ms");
     let gw = TestGateway::start(&yaml).await;
@@ -255,13 +255,7 @@ async fn a_trickled_body_does_not_hold_the_upstream_forever() {
             break;
         }
     }
-    let mut answer = Vec::new();
-    let _ = tokio::time::timeout(
-        std::time::Duration::from_secs(5),
-        stream.read_to_end(&mut answer),
-    )
-    .await;
-    let answer = String::from_utf8_lossy(&answer);
+    let answer = read_answer(&mut stream, 5).await;
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     assert!(answer.contains("\"reason\":\"body_timeout\""), "{answer}");
     assert!(answer.contains("connection: close"), "{answer}");
@@ -285,7 +279,7 @@ async fn a_trickled_body_does_not_hold_the_upstream_forever() {
 
 #[tokio::test]
 async fn a_malformed_body_found_after_the_head_went_upstream_is_a_400() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let up = TestUpstream::start("a").await;
     let gw = TestGateway::start(&config(&[up.url()], "")).await;
     let mut stream = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
@@ -304,13 +298,7 @@ async fn a_malformed_body_found_after_the_head_went_upstream_is_a_400() {
     }
     assert_eq!(up.seen().len(), 1, "the head went upstream");
     stream.write_all(b"zz\r\n").await.unwrap();
-    let mut answer = Vec::new();
-    let _ = tokio::time::timeout(
-        std::time::Duration::from_secs(5),
-        stream.read_to_end(&mut answer),
-    )
-    .await;
-    let answer = String::from_utf8_lossy(&answer);
+    let answer = read_answer(&mut stream, 5).await;
     assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
     assert!(answer.contains("\"reason\":\"bad_request\""), "{answer}");
     assert!(answer.contains("connection: close"), "{answer}");
@@ -384,15 +372,9 @@ async fn an_upstream_that_stops_reading_the_body_is_a_504() {
             tokio::time::sleep(std::time::Duration::from_millis(2)).await;
         }
     });
-    let mut answer = Vec::new();
-    let _ = tokio::time::timeout(
-        std::time::Duration::from_secs(10),
-        read.read_to_end(&mut answer),
-    )
-    .await;
+    let answer = read_answer(&mut read, 10).await;
     sender.abort();
     upstream.abort();
-    let answer = String::from_utf8_lossy(&answer);
     assert!(answer.starts_with("HTTP/1.1 504"), "{answer:.400}");
     let metrics = gw.metrics().await;
     assert_eq!(
@@ -402,4 +384,13 @@ async fn an_upstream_that_stops_reading_the_body_is_a_504() {
         ),
         1.0
     );
+}
+
+/// What `stream` sends until it closes, or until `seconds` pass.
+async fn read_answer(stream: &mut (impl tokio::io::AsyncRead + Unpin), seconds: u64) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut answer = Vec::new();
+    let read = stream.read_to_end(&mut answer);
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(seconds), read).await;
+    String::from_utf8_lossy(&answer).into_owned()
 }
