@@ -17,6 +17,7 @@ use crate::admin::{self, AdminState, Readiness};
 use crate::config::Config;
 use crate::proxy::Live;
 use crate::proxy::Proxy;
+use crate::proxy::head_memory::HeadMemory;
 use crate::proxy::listener::{self, Listeners};
 use crate::reload::{self, Reloader};
 use crate::telemetry::Metrics;
@@ -69,8 +70,14 @@ impl Gateway {
 
         let (shutdown, shutdown_rx) = watch::channel(false);
         let connections = Arc::new(Semaphore::new(config.limits.max_connections));
+        let head_memory = Arc::new(HeadMemory::new(
+            config.limits.header_memory,
+            metrics.header_memory.clone(),
+            metrics.header_memory_cuts.clone(),
+        ));
         let listeners = Listeners {
             connections: connections.clone(),
+            head_memory,
             shutdown: shutdown_rx,
         };
         let mut tasks = JoinSet::new();

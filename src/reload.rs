@@ -78,6 +78,8 @@ pub struct Fixed {
     pub admin_hosts: Vec<config::HostPattern>,
     /// `limits.max_connections`.
     pub max_connections: usize,
+    /// `limits.header_memory`.
+    pub header_memory: usize,
     /// `shutdown.grace_period`.
     pub grace: Duration,
     /// `policy.watch`.
@@ -96,6 +98,7 @@ impl Fixed {
             admin: config.admin.addr,
             admin_hosts: config.admin.allowed_hosts.clone(),
             max_connections: config.limits.max_connections,
+            header_memory: config.limits.header_memory,
             grace: config.shutdown_grace,
             watch: config.watch,
         }
@@ -125,6 +128,13 @@ impl Fixed {
             changes.push(format!(
                 "limits.max_connections: {} (enforcing {})",
                 now.max_connections, self.max_connections
+            ));
+        }
+        if now.header_memory != self.header_memory {
+            changes.push(format!(
+                "limits.header_memory: {} (enforcing {})",
+                config::format_size(now.header_memory as u64),
+                config::format_size(self.header_memory as u64)
             ));
         }
         if now.grace != self.grace {

@@ -26,6 +26,11 @@ pub mod names {
     pub const CONNECTIONS_ACTIVE: &str = "portcullis_connections_active";
     /// Client connections closed at accept because `limits.max_connections` was reached.
     pub const CONNECTIONS_REJECTED_TOTAL: &str = "portcullis_connections_rejected_total";
+    /// Memory held by HTTP/1 request heads still being read.
+    pub const HEADER_MEMORY_BYTES: &str = "portcullis_header_memory_bytes";
+    /// Connections closed because their unfinished head was the slowest when
+    /// `limits.header_memory` ran out.
+    pub const HEADER_MEMORY_CUTS_TOTAL: &str = "portcullis_header_memory_cuts_total";
     /// Always 1, labelled with the version.
     pub const BUILD_INFO: &str = "portcullis_build_info";
     /// Time the policy took to decide a request.
@@ -52,6 +57,8 @@ pub mod names {
         UPSTREAM_ERRORS_TOTAL,
         CONNECTIONS_ACTIVE,
         CONNECTIONS_REJECTED_TOTAL,
+        HEADER_MEMORY_BYTES,
+        HEADER_MEMORY_CUTS_TOTAL,
         BUILD_INFO,
         DECISION_DURATION,
         RULE_MATCHES_TOTAL,
@@ -131,6 +138,10 @@ pub struct Metrics {
     pub connections_active: IntGauge,
     /// [`names::CONNECTIONS_REJECTED_TOTAL`].
     pub connections_rejected: IntCounter,
+    /// [`names::HEADER_MEMORY_BYTES`].
+    pub header_memory: IntGauge,
+    /// [`names::HEADER_MEMORY_CUTS_TOTAL`].
+    pub header_memory_cuts: IntCounter,
     /// [`names::DECISION_DURATION`].
     pub decision_duration: Histogram,
     /// [`names::RULE_MATCHES_TOTAL`].
@@ -197,6 +208,16 @@ impl Metrics {
             "Client connections closed at accept because limits.max_connections was reached.",
         )
         .expect("static metric definition is valid");
+        let header_memory = IntGauge::new(
+            names::HEADER_MEMORY_BYTES,
+            "Memory held by HTTP/1 request heads still being read, in bytes.",
+        )
+        .expect("static metric definition is valid");
+        let header_memory_cuts = IntCounter::new(
+            names::HEADER_MEMORY_CUTS_TOTAL,
+            "Connections closed because their unfinished request head was the slowest when limits.header_memory ran out.",
+        )
+        .expect("static metric definition is valid");
         let build_info = IntGaugeVec::new(
             Opts::new(names::BUILD_INFO, "Always 1; the version is in the label."),
             &["version"],
@@ -261,7 +282,7 @@ impl Metrics {
         .expect("static metric definition is valid");
         policy_last_reload_successful.set(1);
 
-        let collectors: [Box<dyn prometheus::core::Collector>; 14] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 16] = [
             Box::new(policy_last_reload_successful.clone()),
             Box::new(jwks_refreshes.clone()),
             Box::new(policy_reloads.clone()),
@@ -275,6 +296,8 @@ impl Metrics {
             Box::new(upstream_errors.clone()),
             Box::new(connections_active.clone()),
             Box::new(connections_rejected.clone()),
+            Box::new(header_memory.clone()),
+            Box::new(header_memory_cuts.clone()),
             Box::new(build_info),
         ];
         for collector in collectors {
@@ -290,6 +313,8 @@ impl Metrics {
             upstream_errors,
             connections_active,
             connections_rejected,
+            header_memory,
+            header_memory_cuts,
             decision_duration,
             rule_matches,
             policy_rules,

@@ -25,7 +25,7 @@ use super::raw::{
     RawJwt, RawLimits, RawLog, RawRoute, RawSecret, RawUpstream,
 };
 use super::source::{Source, key_segment};
-use super::units::{parse_duration, parse_size};
+use super::units::{format_size, parse_duration, parse_size};
 use crate::key_set::KeySet;
 
 /// The longest duration any setting accepts, which keeps deadline arithmetic far from overflow.
@@ -1005,12 +1005,30 @@ fn build_limits(builder: &mut Builder, raw: &RawLimits) -> Option<Limits> {
             }),
     );
 
+    // Each unfinished head may hold up to four times max_header_size while it is read;
+    // a budget for fewer than four of the largest would cut ordinary slow clients.
+    let header_memory = builder.typed("limits.header_memory", parse_size(&raw.header_memory));
+    let header_memory = match (header_memory, max_header_size) {
+        (Some(memory), Some(largest)) if memory < 16 * largest => {
+            builder.error(
+                "limits.header_memory",
+                format!(
+                    "must be at least 16 times limits.max_header_size ({}): each head being read may hold four times that",
+                    format_size(16 * largest)
+                ),
+            );
+            None
+        }
+        (memory, _) => memory.and_then(|memory| usize::try_from(memory).ok()),
+    };
+
     Some(Limits {
         header_read_timeout: header_read_timeout?,
         max_header_size: usize::try_from(max_header_size?).ok()?,
         max_body_size: max_body_size?,
         idle_timeout: idle_timeout?,
         max_connections: max_connections?,
+        header_memory: header_memory?,
     })
 }
 

@@ -31,7 +31,7 @@ pub use model::{
 };
 pub use policy::{PolicySummary, parse_list_file, wildcard_match};
 pub use raw::DEFAULT_ADMIN_ADDR;
-pub use units::{format_duration, parse_duration, parse_size};
+pub use units::{format_duration, format_size, parse_duration, parse_size};
 
 use std::path::Path;
 

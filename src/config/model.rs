@@ -355,4 +355,6 @@ pub struct Limits {
     pub idle_timeout: Duration,
     /// Client connections open at once; further connections are closed at accept.
     pub max_connections: usize,
+    /// Memory all unfinished HTTP/1 request heads may hold together, in bytes.
+    pub header_memory: usize,
 }

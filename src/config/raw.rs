@@ -432,6 +432,10 @@ pub struct RawLimits {
     #[serde(default = "default_max_connections")]
     #[schemars(with = "u32", range(min = 1, max = 1_000_000))]
     pub max_connections: String,
+    /// Memory all unfinished HTTP/1 request heads may hold together, e.g. "64MiB"; the
+    /// slowest are cut first when it runs out.
+    #[serde(default = "default_header_memory")]
+    pub header_memory: String,
 }
 
 impl Default for RawLimits {
@@ -442,6 +446,7 @@ impl Default for RawLimits {
             max_body_size: None,
             idle_timeout: default_idle_timeout(),
             max_connections: default_max_connections(),
+            header_memory: default_header_memory(),
         }
     }
 }
@@ -460,6 +465,10 @@ fn default_idle_timeout() -> String {
 
 fn default_max_connections() -> String {
     "10000".to_owned()
+}
+
+fn default_header_memory() -> String {
+    "64MiB".to_owned()
 }
 
 /// Graceful shutdown on SIGTERM and SIGINT.

@@ -81,6 +81,16 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("size \"{text}\" is too large"))
 }
 
+/// Formats a size as config files write it, in the largest unit that divides it.
+pub fn format_size(bytes: u64) -> String {
+    for (unit, multiplier) in [("GiB", 1u64 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)] {
+        if bytes != 0 && bytes.is_multiple_of(multiplier) {
+            return format!("{}{unit}", bytes / multiplier);
+        }
+    }
+    bytes.to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -121,5 +131,12 @@ mod tests {
         assert!(parse_size("10MB").is_err());
         assert!(parse_size("KiB").is_err());
         assert!(parse_size("99999999999GiB").is_err());
+    }
+
+    #[test]
+    fn sizes_round_trip() {
+        for text in ["0", "1000", "64KiB", "1536KiB", "16MiB", "2GiB"] {
+            assert_eq!(format_size(parse_size(text).unwrap()), text);
+        }
     }
 }

@@ -30,6 +30,7 @@ use super::h1::client::ResponseFields;
 use super::h1::server::{HeadError, RequestHead, parse_request};
 use super::h1::{self, FieldKind, push_decimal, write_field};
 use super::handle::{handle, refuse};
+use super::head_memory::{HeadCharge, HeadMemory};
 use super::listener::{Activity, ActivityIo, ConnMeta, InFlight};
 use super::respond::{self, ProxyError, X_REQUEST_ID};
 use super::{BoxError, ProxyBody};
@@ -55,6 +56,8 @@ pub struct Settings {
     /// Idle-watchdog ticks a request head may take from its first byte (see
     /// `Activity::ticks`), rounded up so that a head is never cut off early.
     pub head_ticks: u64,
+    /// The budget unfinished heads are charged to (`limits.header_memory`).
+    pub head_memory: Arc<HeadMemory>,
 }
 
 /// The client's socket and what has been read from it but not used yet. Generic over the
@@ -527,6 +530,8 @@ impl Connection {
                 .take()
                 .unwrap_or_else(|| activity.ticks())
         });
+        // Charged only once the head is found unfinished; released on return.
+        let mut charge: Option<HeadCharge> = None;
         loop {
             if !wire.buf.is_empty() {
                 let max_header_size = self.settings.max_header_size;
@@ -542,6 +547,13 @@ impl Connection {
                 if wire.buf.len() >= self.settings.max_head {
                     return Err(too_large(max_header_size));
                 }
+                // SECURITY: an unfinished head holds memory for as long as its client
+                // likes (up to `header_read_timeout`); every such head is charged to one
+                // budget, which cuts the slowest when it runs out.
+                wire.buf.reserve(READ_SIZE);
+                charge
+                    .get_or_insert_with(|| self.settings.head_memory.charge(&activity))
+                    .hold(wire.buf.capacity(), wire.buf.len());
             }
             let head_ticks = self.settings.head_ticks;
             let peer = self.meta.peer;
@@ -558,6 +570,10 @@ impl Connection {
                     && activity.ticks().wrapping_sub(started) >= head_ticks
                 {
                     tracing::debug!(client.addr = %peer, "request head not complete within header_read_timeout; closing");
+                    return Poll::Ready(None);
+                }
+                if charge.as_ref().is_some_and(HeadCharge::is_cut) {
+                    tracing::debug!(client.addr = %peer, "request head the slowest when limits.header_memory ran out; closing");
                     return Poll::Ready(None);
                 }
                 poll_read_more(wire, cx).map(Some)

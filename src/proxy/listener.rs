@@ -24,6 +24,7 @@ use super::client_http1::{self, ClientBody, Wire};
 use super::forward;
 use super::h1::client::ResponseFields;
 use super::handle::handle;
+use super::head_memory::HeadMemory;
 use crate::config::Limits;
 use crate::proxy::Live;
 
@@ -61,6 +62,8 @@ impl Drop for ConnectionGuard {
 pub struct Listeners {
     /// One permit per open client connection (`limits.max_connections`).
     pub connections: Arc<Semaphore>,
+    /// The memory unfinished request heads may hold together (`limits.header_memory`).
+    pub head_memory: Arc<HeadMemory>,
     /// Becomes `true` when the gateway starts draining.
     pub shutdown: watch::Receiver<bool>,
 }
@@ -118,6 +121,7 @@ pub async fn run(listener: TcpListener, live: Live, listeners: Listeners) {
             stream,
             meta,
             proxy.limits.clone(),
+            listeners.head_memory.clone(),
             live.clone(),
             listeners.shutdown.clone(),
         ));
@@ -130,6 +134,7 @@ async fn serve_connection(
     stream: TcpStream,
     meta: ConnMeta,
     limits: Limits,
+    head_memory: Arc<HeadMemory>,
     live: Live,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -187,6 +192,7 @@ async fn serve_connection(
             )
             .unwrap_or(u64::MAX)
             .saturating_add(1),
+            head_memory,
         };
         let wire = Wire {
             io,
@@ -426,7 +432,7 @@ impl Activity {
         }
     }
 
-    fn wake(&self) {
+    pub(super) fn wake(&self) {
         let waker = self
             .waker
             .lock()

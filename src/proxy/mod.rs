@@ -8,6 +8,7 @@ mod echo;
 mod forward;
 mod h1;
 mod handle;
+pub mod head_memory;
 pub mod listener;
 pub(crate) mod normalize;
 pub mod offline;

@@ -23,7 +23,7 @@ fn unknown_keys_name_the_key_and_the_known_ones() {
     );
     assert_eq!(
         errors(&format!("{VALID_TAIL}limits:\n  max_body: 1\n")),
-        "gw.yaml:4:3: limits.max_body: unknown field `max_body`, expected one of header_read_timeout, max_header_size, max_body_size, idle_timeout, max_connections"
+        "gw.yaml:4:3: limits.max_body: unknown field `max_body`, expected one of header_read_timeout, max_header_size, max_body_size, idle_timeout, max_connections, header_memory"
     );
 }
 
@@ -64,6 +64,16 @@ gw.yaml:13:48: routes[2].upstream: unknown upstream "missing"
 gw.yaml:14:28: limits.max_connections: "0" is not a whole number between 1 and 1000000
 gw.yaml:14:48: limits.max_header_size: size "10MB" has unknown unit "MB": use B, KiB, MiB or GiB
 gw.yaml:15:27: shutdown.grace_period: must be longer than 0s"#
+    );
+}
+
+#[test]
+fn a_header_memory_too_small_for_the_largest_heads_is_refused() {
+    assert_eq!(
+        errors(&format!(
+            "{VALID_TAIL}limits: {{ max_header_size: 64KiB, header_memory: 512KiB }}\n"
+        )),
+        "gw.yaml:3:50: limits.header_memory: must be at least 16 times limits.max_header_size (1MiB): each head being read may hold four times that"
     );
 }
 

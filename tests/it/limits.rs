@@ -417,3 +417,93 @@ async fn a_body_in_too_many_tiny_chunks_is_refused() {
     assert!(answer.starts_with("HTTP/1.1 400"), "{answer:.300}");
     assert!(answer.contains("too many small pieces"), "{answer}");
 }
+
+/// Unfinished heads share one memory budget: when it runs out, the slowest heads are cut,
+/// their connections closed, and memory held never passes the budget.
+#[tokio::test]
+async fn unfinished_heads_past_header_memory_are_cut_slowest_first() {
+    const BUDGET: f64 = 64.0 * 1024.0;
+    let gw = TestGateway::start(&config(
+        &["builtin:echo".to_owned()],
+        "limits: { max_header_size: 4KiB, header_memory: 64KiB, header_read_timeout: 60s, idle_timeout: 60s }\n",
+    ))
+    .await;
+    let held = async || metric(&gw.metrics().await, "portcullis_header_memory_bytes");
+
+    // Four trickling heads, each holding at least a read's worth of memory (8 KiB).
+    let mut slow = Vec::new();
+    for _ in 0..4 {
+        let mut stream = TcpStream::connect(gw.addr).await.unwrap();
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nHost: a\r\nX-Slow: ")
+            .await
+            .unwrap();
+        slow.push(stream);
+    }
+    let mut charged = false;
+    for _ in 0..250 {
+        if held().await >= 4.0 * 8192.0 {
+            charged = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(charged, "the four slow heads were never charged");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // Heads that arrive fast, 3 KB at once, ten of them: far past the budget.
+    let part = format!(
+        "GET / HTTP/1.1\r\nHost: a\r\nX-Fill: {}\r\n",
+        "x".repeat(3000)
+    );
+    let mut fast = Vec::new();
+    for _ in 0..10 {
+        let mut stream = TcpStream::connect(gw.addr).await.unwrap();
+        stream.write_all(part.as_bytes()).await.unwrap();
+        fast.push(stream);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // The slow heads went first.
+    for stream in &mut slow {
+        let mut rest = Vec::new();
+        let closed =
+            tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut rest)).await;
+        assert!(closed.is_ok(), "a slow head outlived the budget");
+        assert!(rest.is_empty(), "{}", String::from_utf8_lossy(&rest));
+    }
+    // The newest head, the fastest, finishes and is answered.
+    let mut newest = fast.pop().unwrap();
+    newest
+        .write_all(b"Connection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), newest.read_to_end(&mut answer))
+        .await
+        .expect("the newest head is answered")
+        .unwrap();
+    assert!(answer.starts_with(b"HTTP/1.1 200"));
+
+    // Every cut is a closed connection, and what stays is inside the budget.
+    let metrics = gw.metrics().await;
+    let cuts = metric(&metrics, "portcullis_header_memory_cuts_total");
+    assert!(cuts > 4.0, "{metrics}");
+    let mut closed = 0;
+    for _ in 0..100 {
+        closed = 0;
+        for stream in &fast {
+            let mut byte = [0u8; 1];
+            if matches!(stream.try_read(&mut byte), Ok(0)) {
+                closed += 1;
+            }
+        }
+        if f64::from(closed) + 4.0 >= cuts {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(f64::from(closed) + 4.0, cuts);
+    let in_use = metric(&metrics, "portcullis_header_memory_bytes");
+    assert!(in_use > 0.0 && in_use <= BUDGET, "{in_use} bytes held");
+}

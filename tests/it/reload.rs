@@ -284,7 +284,11 @@ async fn settings_that_need_a_restart_are_reported() {
         "gw.yaml",
         &format!(
             "{}\npolicy: {{ files: [policy.yaml], watch: false }}\n",
-            config(&[up.url()], "limits: { max_connections: 7 }\n").replace(
+            config(
+                &[up.url()],
+                "limits: { max_connections: 7, header_memory: 32MiB }\n",
+            )
+            .replace(
                 "listen: [{ addr: 127.0.0.1:0 }]",
                 "listen: [{ addr: 127.0.0.1:1 }]"
             )
@@ -302,7 +306,8 @@ async fn settings_that_need_a_restart_are_reported() {
         restart,
         [
             "listen: 127.0.0.1:1 (serving on 127.0.0.1:0)",
-            "limits.max_connections: 7 (enforcing 10000)"
+            "limits.max_connections: 7 (enforcing 10000)",
+            "limits.header_memory: 32MiB (enforcing 64MiB)"
         ]
     );
     assert_eq!(
