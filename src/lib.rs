@@ -9,6 +9,8 @@ pub mod config;
 pub mod decision_log;
 pub mod healthcheck;
 pub mod identity;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod invariants;
 pub mod key_set;
 pub mod path;
 pub mod proxy;

@@ -29,7 +29,7 @@ pub use model::{
     JwtSettings, KeySource, Limits, ListenerSettings, LogSettings, RemoteKeys, RouteId,
     RouteSettings, Secret, Target, TokenSource, UpstreamName, UpstreamSettings,
 };
-pub use policy::{PolicySummary, parse_list_file, wildcard_match};
+pub use policy::{PolicySummary, compile as compile_policy, parse_list_file, wildcard_match};
 pub use raw::DEFAULT_ADMIN_ADDR;
 pub use units::{format_duration, format_size, parse_duration, parse_size};
 

@@ -148,22 +148,38 @@ struct File {
 
 /// Reads, parses and compiles `files`; every error found is returned.
 pub fn build(files: &[PathBuf]) -> Result<(PolicySet, PolicySummary), Vec<ConfigError>> {
+    let mut unreadable = Vec::new();
+    let mut sources = Vec::new();
+    for path in files {
+        match std::fs::read_to_string(path) {
+            Ok(text) => sources.push((path.clone(), text)),
+            Err(err) => unreadable.push(ConfigError::unreadable(path, &err)),
+        }
+    }
+    match compile(&sources) {
+        Ok(built) if unreadable.is_empty() => Ok(built),
+        Ok(_) => Err(unreadable),
+        Err(errors) => {
+            unreadable.extend(errors);
+            Err(unreadable)
+        }
+    }
+}
+
+/// Parses and compiles policy files already read, as `(path, text)` in order; every
+/// error found is returned. List files they name are still read from disk.
+pub fn compile(
+    sources: &[(PathBuf, String)],
+) -> Result<(PolicySet, PolicySummary), Vec<ConfigError>> {
     let mut errors = Vec::new();
     let mut parsed = Vec::new();
     let mut digest = Sha256::new();
-    for path in files {
-        let text = match std::fs::read_to_string(path) {
-            Ok(text) => text,
-            Err(err) => {
-                errors.push(ConfigError::unreadable(path, &err));
-                continue;
-            }
-        };
-        digest_file(&mut digest, path, &text);
-        match parse_policy(path, &text) {
+    for (path, text) in sources {
+        digest_file(&mut digest, path, text);
+        match parse_policy(path, text) {
             Ok(raw) => parsed.push(File {
                 builder: Builder {
-                    source: Source::new(path, &text),
+                    source: Source::new(path, text),
                     errors: Vec::new(),
                 },
                 raw,
@@ -174,7 +190,7 @@ pub fn build(files: &[PathBuf]) -> Result<(PolicySet, PolicySummary), Vec<Config
 
     let mut lists: HashMap<String, Arc<NetSet>> = HashMap::new();
     let mut summary = PolicySummary {
-        files: files.to_vec(),
+        files: sources.iter().map(|(path, _)| path.clone()).collect(),
         lists: Vec::new(),
         rule_origins: Vec::new(),
         warnings: Vec::new(),

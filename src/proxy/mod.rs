@@ -6,7 +6,7 @@ mod admit;
 mod client_http1;
 mod echo;
 mod forward;
-mod h1;
+pub(crate) mod h1;
 mod handle;
 pub mod head_memory;
 pub mod listener;

@@ -408,32 +408,7 @@ async fn write_two<W: AsyncWrite + Unpin>(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Decodes `input` fed `step` bytes at a time: the body, and what is left after it;
-    /// `Err(None)` when the body needs more than the input.
-    fn decode_in_steps(
-        mut framing: Decoder,
-        input: &[u8],
-        step: usize,
-    ) -> Result<(Vec<u8>, Vec<u8>), Option<Malformed>> {
-        let mut buf = BytesMut::new();
-        let mut body = Vec::new();
-        let mut fed = 0;
-        loop {
-            match framing.decode(&mut buf).map_err(Some)? {
-                Decoded::Data(data) => body.extend_from_slice(&data),
-                Decoded::End => return Ok((body, buf.to_vec())),
-                Decoded::NeedMore => {
-                    if fed == input.len() {
-                        return Err(None);
-                    }
-                    let end = (fed + step).min(input.len());
-                    buf.extend_from_slice(&input[fed..end]);
-                    fed = end;
-                }
-            }
-        }
-    }
+    use crate::invariants::decode_in_steps;
 
     #[test]
     fn chunked_bodies_decode_however_they_are_split() {
