@@ -418,6 +418,50 @@ async fn a_body_in_too_many_tiny_chunks_is_refused() {
     assert!(answer.contains("too many small pieces"), "{answer}");
 }
 
+/// A body of `count` one-byte DATA frames, for HTTP/2.
+struct TinyFrames(usize);
+
+impl http_body::Body for TinyFrames {
+    type Data = bytes::Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+        if self.0 == 0 {
+            return std::task::Poll::Ready(None);
+        }
+        self.0 -= 1;
+        std::task::Poll::Ready(Some(Ok(http_body::Frame::data(bytes::Bytes::from_static(
+            b"x",
+        )))))
+    }
+}
+
+/// HTTP/2 bounds the same cost in its own layer: the h2 library ends a connection whose
+/// peer sends a flood of small DATA frames (GOAWAY, ENHANCE_YOUR_CALM).
+#[tokio::test]
+async fn an_http2_body_in_a_flood_of_tiny_frames_ends_its_connection() {
+    let gw = TestGateway::start(&config(&["builtin:echo".to_owned()], "")).await;
+    let h2: hyper_util::client::legacy::Client<_, ClientBody> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .http2_only(true)
+            .build_http();
+    let post = |frames: usize| {
+        Request::post(gw.url("/upload"))
+            .body(TinyFrames(frames).boxed())
+            .unwrap()
+    };
+    let response = h2.request(post(1_000)).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(body_text(response).await.contains("\"body_bytes\": 1000"));
+    assert!(
+        h2.request(post(100_000)).await.is_err(),
+        "a flood of one-byte DATA frames was read whole"
+    );
+}
+
 /// Unfinished heads share one memory budget: when it runs out, the slowest heads are cut,
 /// their connections closed, and memory held never passes the budget.
 #[tokio::test]
