@@ -14,10 +14,11 @@ src/proxy/client_http1.rs), which is what bounds their cost.
 import os
 import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
+
+import gateway as bench_gateway
 
 ROUNDS = int(os.environ.get("ROUNDS", "5"))
 # Requests per round: CPU time is read in clock ticks (10 ms), too coarse for one.
@@ -34,7 +35,6 @@ routes: [{{ id: all, upstream: echo }}]
 policy: {{ files: [policy.yaml] }}
 limits: {{ max_body_size: 2MiB }}
 """
-POLICY = "rules:\n  - { id: all, effect: allow }\n"
 
 
 def body(size: int) -> bytes:
@@ -69,21 +69,8 @@ def send(payload: bytes) -> str:
 
 def main() -> int:
     with tempfile.TemporaryDirectory() as scratch:
-        with open(os.path.join(scratch, "gw.yaml"), "w") as config:
-            config.write(CONFIG)
-        with open(os.path.join(scratch, "policy.yaml"), "w") as policy:
-            policy.write(POLICY)
-        gateway = subprocess.Popen(
-            [BINARY, "run", "-c", os.path.join(scratch, "gw.yaml"), "--log-level", "error"],
-            stdout=subprocess.DEVNULL,
-        )
+        gateway = bench_gateway.start(BINARY, scratch, CONFIG, PORT)
         try:
-            for _ in range(100):
-                try:
-                    socket.create_connection(("127.0.0.1", PORT), timeout=1).close()
-                    break
-                except OSError:
-                    time.sleep(0.05)
             results = {}
             for size in (MIB, 64, 1):
                 payload = body(size)

@@ -14,11 +14,12 @@ whether an ordinary request is still answered.
 import os
 import re
 import socket
-import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
+
+import gateway as bench_gateway
 
 CONNECTIONS = int(os.environ.get("CONNECTIONS", "1370"))
 HEAD = int(os.environ.get("HEAD", "120000"))
@@ -35,7 +36,6 @@ routes: [{{ id: all, upstream: echo }}]
 policy: {{ files: [policy.yaml] }}
 limits: {{ header_read_timeout: 60s, header_memory: {budget} }}
 """
-POLICY = "rules:\n  - { id: all, effect: allow }\n"
 
 
 def rss_mib(pid: int) -> float:
@@ -70,20 +70,10 @@ def closed(conn: socket.socket) -> bool:
 
 
 def measure(budget: str, scratch: str) -> None:
-    with open(os.path.join(scratch, "gw.yaml"), "w") as config:
-        config.write(CONFIG.format(port=PORT, admin=ADMIN, budget=budget))
-    gateway = subprocess.Popen(
-        [BINARY, "run", "-c", os.path.join(scratch, "gw.yaml"), "--log-level", "error"],
-        stdout=subprocess.DEVNULL,
-    )
+    config = CONFIG.format(port=PORT, admin=ADMIN, budget=budget)
+    gateway = bench_gateway.start(BINARY, scratch, config, PORT)
     conns = []
     try:
-        for _ in range(100):
-            try:
-                socket.create_connection(("127.0.0.1", PORT), timeout=1).close()
-                break
-            except OSError:
-                time.sleep(0.05)
         ordinary_request()
         before = rss_mib(gateway.pid)
         head = b"GET / HTTP/1.1\r\nHost: a\r\nX-Fill: " + b"x" * HEAD
@@ -114,8 +104,6 @@ def main() -> int:
     print(f"{CONNECTIONS} connections, each with {HEAD} bytes of an unfinished head")
     print(f"{'budget':>8} {'RSS MiB':>10} {'after':>10} {'held MiB':>10} {'cuts':>6} {'closed':>7}  next request")
     with tempfile.TemporaryDirectory() as scratch:
-        with open(os.path.join(scratch, "policy.yaml"), "w") as policy:
-            policy.write(POLICY)
         for budget in BUDGETS:
             measure(budget, scratch)
     return 0
