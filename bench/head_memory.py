@@ -6,6 +6,8 @@ tight `limits.header_memory`.
 
 Starts the release binary in front of its built-in echo upstream, then opens CONNECTIONS
 connections that each send HEAD bytes of an unfinished head (no blank line) and wait.
+With FINISH=1 each head is finished instead, its answer read, and the connection kept
+open, idle: what a large head leaves behind on a kept-alive connection.
 For each budget it prints the gateway's resident memory before and after, what
 `portcullis_header_memory_bytes` says is held, how many connections the gateway cut, and
 whether an ordinary request is still answered.
@@ -25,6 +27,7 @@ CONNECTIONS = int(os.environ.get("CONNECTIONS", "1370"))
 HEAD = int(os.environ.get("HEAD", "120000"))
 # The first budget is large enough never to cut: the gateway as it was without one.
 BUDGETS = os.environ.get("BUDGETS", "4GiB 64MiB").split()
+FINISH = os.environ.get("FINISH") == "1"
 BINARY = os.environ.get("PORTCULLIS", "target/release/portcullis")
 PORT = 18095
 ADMIN = 18096
@@ -77,10 +80,14 @@ def measure(budget: str, scratch: str) -> None:
         ordinary_request()
         before = rss_mib(gateway.pid)
         head = b"GET / HTTP/1.1\r\nHost: a\r\nX-Fill: " + b"x" * HEAD
+        if FINISH:
+            head += b"\r\n\r\n"
         for _ in range(CONNECTIONS):
             conn = socket.create_connection(("127.0.0.1", PORT), timeout=5)
             try:
                 conn.sendall(head)
+                if FINISH:
+                    conn.recv(65536)
             except OSError:
                 pass  # cut while sending
             conns.append(conn)
@@ -101,7 +108,8 @@ def measure(budget: str, scratch: str) -> None:
 
 
 def main() -> int:
-    print(f"{CONNECTIONS} connections, each with {HEAD} bytes of an unfinished head")
+    kind = "a finished head, then idle" if FINISH else "an unfinished head"
+    print(f"{CONNECTIONS} connections, each with {HEAD} bytes of {kind}")
     print(f"{'budget':>8} {'RSS MiB':>10} {'after':>10} {'held MiB':>10} {'cuts':>6} {'closed':>7}  next request")
     with tempfile.TemporaryDirectory() as scratch:
         for budget in BUDGETS:

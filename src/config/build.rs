@@ -1005,16 +1005,17 @@ fn build_limits(builder: &mut Builder, raw: &RawLimits) -> Option<Limits> {
             }),
     );
 
-    // Each unfinished head may hold up to four times max_header_size while it is read;
-    // a budget for fewer than four of the largest would cut ordinary slow clients.
+    // Each unfinished head may hold up to four times max_header_size (and a read's 8KiB
+    // more) while it is read; a budget for fewer than a few of the largest would cut
+    // ordinary slow clients.
     let header_memory = builder.typed("limits.header_memory", parse_size(&raw.header_memory));
     let header_memory = match (header_memory, max_header_size) {
-        (Some(memory), Some(largest)) if memory < 16 * largest => {
+        (Some(memory), Some(largest)) if memory < (16 * largest).max(1 << 20) => {
             builder.error(
                 "limits.header_memory",
                 format!(
-                    "must be at least 16 times limits.max_header_size ({}): each head being read may hold four times that",
-                    format_size(16 * largest)
+                    "must be at least {} (16 times limits.max_header_size, and 1MiB at least): each head being read may hold four times max_header_size",
+                    format_size((16 * largest).max(1 << 20))
                 ),
             );
             None

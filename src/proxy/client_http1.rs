@@ -68,6 +68,8 @@ pub struct Wire<IO = ActivityIo> {
     /// The tick at which the first bytes in `buf` arrived while a request was being
     /// handled: the next head's clock starts there.
     pub next_head_since: Option<u64>,
+    /// The charge for those bytes, which the next head's reading takes over.
+    pub head_charge: Option<HeadCharge>,
 }
 
 /// A request body as the proxy receives it, from either protocol.
@@ -509,7 +511,8 @@ impl Connection {
     ) -> Option<Response<ProxyBody>> {
         // Pinned here and lent: the call's future is large, and moving it costs a copy.
         let call = std::pin::pin!(self.call(request));
-        watch_while(&self.meta.activity, wire, self.settings.max_head, call).await
+        let limits = (self.settings.max_head, &self.settings.head_memory);
+        watch_while(&self.meta.activity, wire, limits, call).await
     }
 
     /// Hands the request to the pipeline, counted as in flight until its response head.
@@ -530,13 +533,26 @@ impl Connection {
                 .take()
                 .unwrap_or_else(|| activity.ticks())
         });
-        // Charged only once the head is found unfinished; released on return.
-        let mut charge: Option<HeadCharge> = None;
+        // Charged once the head is found unfinished (or while the previous request was
+        // answered); released on return.
+        let mut charge = wire.head_charge.take();
         loop {
+            if charge.as_ref().is_some_and(HeadCharge::is_cut) {
+                tracing::debug!(client.addr = %self.meta.peer, "request head the slowest when limits.header_memory ran out; closing");
+                return Err(NoHead::Close);
+            }
             if !wire.buf.is_empty() {
                 let max_header_size = self.settings.max_header_size;
                 match parse_request(&mut wire.buf, &mut self.scratch) {
-                    Ok(Some(head)) => return Ok(head),
+                    Ok(Some(head)) => {
+                        // A head that took more than one read grew the buffer. What
+                        // follows it moves to a buffer of its own size, so that the grown
+                        // one goes with the head instead of staying with the connection.
+                        if charge.is_some() {
+                            wire.buf = BytesMut::from(&wire.buf[..]);
+                        }
+                        return Ok(head);
+                    }
                     Ok(None) => {}
                     Err(HeadError::TooManyFields) => return Err(too_large(max_header_size)),
                     Err(HeadError::Malformed { problem, method }) => {
@@ -750,16 +766,21 @@ fn too_large(max_header_size: usize) -> NoHead {
 /// when they arrive.
 ///
 /// Only a call that outlasts a tick of the idle watchdog is watched, so a quick one
-/// costs no read that would find nothing.
+/// costs no read that would find nothing. What is read, at most `max_head` bytes, is
+/// charged to `head_memory`; a client whose bytes the budget cuts is dropped like one
+/// that hung up.
 async fn watch_while<IO: AsyncRead + Unpin, F: Future>(
-    activity: &Activity,
+    activity: &Arc<Activity>,
     wire: &mut Wire<IO>,
-    max_head: usize,
+    (max_head, head_memory): (usize, &Arc<HeadMemory>),
     mut call: Pin<&mut F>,
 ) -> Option<F::Output> {
     let started = activity.ticks();
     if !wire.buf.is_empty() {
         wire.next_head_since = Some(started);
+        wire.head_charge
+            .get_or_insert_with(|| head_memory.charge(activity))
+            .hold(wire.buf.capacity(), wire.buf.len());
     }
     // A client that closes its side after pipelining requests still gets answers.
     let mut closed_with_more = false;
@@ -767,6 +788,9 @@ async fn watch_while<IO: AsyncRead + Unpin, F: Future>(
         activity.wake_on_change(cx);
         if let Poll::Ready(output) = call.as_mut().poll(cx) {
             return Poll::Ready(Some(output));
+        }
+        if wire.head_charge.as_ref().is_some_and(HeadCharge::is_cut) {
+            return Poll::Ready(None);
         }
         while !closed_with_more && activity.ticks() != started && wire.buf.len() < max_head {
             let was_empty = wire.buf.is_empty();
@@ -776,6 +800,13 @@ async fn watch_while<IO: AsyncRead + Unpin, F: Future>(
                 Poll::Ready(Ok(_)) => {
                     if was_empty {
                         wire.next_head_since = Some(activity.ticks());
+                    }
+                    let charge = wire
+                        .head_charge
+                        .get_or_insert_with(|| head_memory.charge(activity));
+                    charge.hold(wire.buf.capacity(), wire.buf.len());
+                    if charge.is_cut() {
+                        return Poll::Ready(None);
                     }
                 }
                 Poll::Pending => break,
@@ -869,11 +900,19 @@ mod tests {
 
     use super::*;
 
+    /// A header memory budget no test here reaches.
+    fn head_memory() -> Arc<HeadMemory> {
+        let in_use = prometheus::IntGauge::new("in_use", "test").unwrap();
+        let cuts = prometheus::IntCounter::new("cuts", "test").unwrap();
+        Arc::new(HeadMemory::new(1 << 20, in_use, cuts))
+    }
+
     fn wire(io: Mock) -> Wire<Mock> {
         Wire {
             io,
             buf: BytesMut::new(),
             next_head_since: None,
+            head_charge: None,
         }
     }
 
@@ -1007,7 +1046,8 @@ mod tests {
             let _ = answer.send("response");
         });
         let answered = std::pin::pin!(answered);
-        let watched = watch_while(&activity, &mut wire, 8192, answered);
+        let memory = head_memory();
+        let watched = watch_while(&activity, &mut wire, (8192, &memory), answered);
         let output = tokio::time::timeout(Duration::from_secs(10), watched)
             .await
             .unwrap();
@@ -1034,7 +1074,8 @@ mod tests {
             tokio::spawn(async move { activity.tick() })
         };
         let never = std::pin::pin!(never);
-        let watched = watch_while(&activity, &mut wire, 8192, never);
+        let memory = head_memory();
+        let watched = watch_while(&activity, &mut wire, (8192, &memory), never);
         let watched = tokio::time::timeout(Duration::from_secs(10), watched).await;
         assert_eq!(
             watched,

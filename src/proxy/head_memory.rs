@@ -2,13 +2,15 @@
 //! shared by every client connection.
 //!
 //! SECURITY: a client may hold an unfinished head for up to `header_read_timeout`, and
-//! each holds up to twice `max_header_size`. Thousands of connections doing so at once
-//! would take memory without bound. The budget caps their sum: when a head would take it
+//! each holds up to four times `max_header_size` while it is read (twice, in a buffer
+//! that doubles as it grows). Thousands of connections doing so at once would take
+//! memory without bound. The budget caps their sum: when a head would take it
 //! past the budget, the heads arriving slowest are cut first. A client on a slow link
 //! that is nearly done keeps its place over one that trickles.
 //!
-//! A head that arrives whole in one read is never charged, so ordinary traffic never
-//! takes the lock.
+//! A head is charged from its first read that leaves it unfinished, or from its first
+//! bytes when they arrive while the previous request is still being answered. One that
+//! arrives whole in one read is never charged, so ordinary traffic never takes the lock.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -86,40 +88,34 @@ impl HeadMemory {
         self.heads.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Cuts the slowest heads until the budget holds again.
+    /// Cuts the slowest heads until the budget holds again. Usually one or two go, so
+    /// each is found by a scan rather than by sorting them all.
     fn enforce(&self, heads: &mut Heads) {
-        if heads.used <= self.limit {
-            return;
-        }
         let now = Instant::now();
-        let mut order: Vec<(u64, &Charged)> =
-            heads.charged.iter().map(|(id, head)| (*id, head)).collect();
-        order.sort_unstable_by(|(_, a), (_, b)| {
-            if a.slower_than(b, now) {
-                std::cmp::Ordering::Less
-            } else if b.slower_than(a, now) {
-                std::cmp::Ordering::Greater
-            } else {
-                std::cmp::Ordering::Equal
-            }
-        });
-        let mut over = heads.used - self.limit;
-        let mut cut = Vec::new();
-        for (id, head) in order {
-            if over == 0 {
+        while heads.used > self.limit {
+            let slowest = heads
+                .charged
+                .iter()
+                .reduce(|slowest, head| {
+                    if head.1.slower_than(slowest.1, now) {
+                        head
+                    } else {
+                        slowest
+                    }
+                })
+                .map(|(id, _)| *id);
+            let Some(head) = slowest.and_then(|id| heads.charged.remove(&id)) else {
                 break;
-            }
-            over = over.saturating_sub(head.held);
-            cut.push(id);
+            };
+            heads.used -= head.held;
+            head.cut.store(true, Ordering::Relaxed);
+            head.activity.wake();
+            self.cuts.inc();
         }
-        for id in cut {
-            if let Some(head) = heads.charged.remove(&id) {
-                heads.used -= head.held;
-                head.cut.store(true, Ordering::Relaxed);
-                head.activity.wake();
-                self.cuts.inc();
-            }
-        }
+        self.publish(heads);
+    }
+
+    fn publish(&self, heads: &Heads) {
         self.in_use
             .set(i64::try_from(heads.used).unwrap_or(i64::MAX));
     }
@@ -166,9 +162,6 @@ impl HeadCharge {
                 self.id = Some(id);
             }
         }
-        self.memory
-            .in_use
-            .set(i64::try_from(heads.used).unwrap_or(i64::MAX));
         self.memory.enforce(heads);
     }
 
@@ -186,9 +179,7 @@ impl Drop for HeadCharge {
         let mut heads = self.memory.heads();
         if let Some(head) = heads.charged.remove(&id) {
             heads.used -= head.held;
-            self.memory
-                .in_use
-                .set(i64::try_from(heads.used).unwrap_or(i64::MAX));
+            self.memory.publish(&heads);
         }
     }
 }

@@ -198,6 +198,7 @@ async fn serve_connection(
             io,
             buf,
             next_head_since: None,
+            head_charge: None,
         };
         Box::pin(client_http1::serve(wire, meta, live, settings))
     };

@@ -73,7 +73,7 @@ fn a_header_memory_too_small_for_the_largest_heads_is_refused() {
         errors(&format!(
             "{VALID_TAIL}limits: {{ max_header_size: 64KiB, header_memory: 512KiB }}\n"
         )),
-        "gw.yaml:3:50: limits.header_memory: must be at least 16 times limits.max_header_size (1MiB): each head being read may hold four times that"
+        "gw.yaml:3:50: limits.header_memory: must be at least 1MiB (16 times limits.max_header_size, and 1MiB at least): each head being read may hold four times max_header_size"
     );
 }
 

@@ -466,10 +466,10 @@ async fn an_http2_body_in_a_flood_of_tiny_frames_ends_its_connection() {
 /// their connections closed, and memory held never passes the budget.
 #[tokio::test]
 async fn unfinished_heads_past_header_memory_are_cut_slowest_first() {
-    const BUDGET: f64 = 64.0 * 1024.0;
+    const BUDGET: f64 = 1024.0 * 1024.0;
     let gw = TestGateway::start(&config(
         &["builtin:echo".to_owned()],
-        "limits: { max_header_size: 4KiB, header_memory: 64KiB, header_read_timeout: 60s, idle_timeout: 60s }\n",
+        "limits: { header_memory: 1MiB, header_read_timeout: 60s, idle_timeout: 60s }\n",
     ))
     .await;
     let held = async || metric(&gw.metrics().await, "portcullis_header_memory_bytes");
@@ -495,15 +495,16 @@ async fn unfinished_heads_past_header_memory_are_cut_slowest_first() {
     assert!(charged, "the four slow heads were never charged");
     tokio::time::sleep(Duration::from_millis(300)).await;
 
-    // Heads that arrive fast, 3 KB at once, ten of them: far past the budget.
+    // Heads that arrive fast, 60 KB at once, sixteen of them: far past the budget.
     let part = format!(
         "GET / HTTP/1.1\r\nHost: a\r\nX-Fill: {}\r\n",
-        "x".repeat(3000)
+        "x".repeat(60_000)
     );
     let mut fast = Vec::new();
-    for _ in 0..10 {
+    for _ in 0..16 {
         let mut stream = TcpStream::connect(gw.addr).await.unwrap();
-        stream.write_all(part.as_bytes()).await.unwrap();
+        // One cut while it is still being written is counted with the closed ones.
+        let _ = stream.write_all(part.as_bytes()).await;
         fast.push(stream);
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -550,4 +551,42 @@ async fn unfinished_heads_past_header_memory_are_cut_slowest_first() {
     assert_eq!(f64::from(closed) + 4.0, cuts);
     let in_use = metric(&metrics, "portcullis_header_memory_bytes");
     assert!(in_use > 0.0 && in_use <= BUDGET, "{in_use} bytes held");
+}
+
+/// Bytes of the next head that arrive while a request is answered count against the
+/// budget from then on, not only once the head is read.
+#[tokio::test]
+async fn a_pipelined_head_is_charged_while_the_request_before_it_is_answered() {
+    let up = TestUpstream::start("a").await;
+    let gw = TestGateway::start(&config(
+        &[up.url()],
+        "limits: { header_read_timeout: 4s, idle_timeout: 60s }\n",
+    ))
+    .await;
+    let held = async || metric(&gw.metrics().await, "portcullis_header_memory_bytes");
+    let mut stream = TcpStream::connect(gw.addr).await.unwrap();
+    stream
+        .write_all(
+            b"GET /slow/3000 HTTP/1.1\r\nHost: a\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\nX-Next: ",
+        )
+        .await
+        .unwrap();
+    // The watchdog ticks every second here; the call is watched from its first tick.
+    let mut answer = vec![0u8; 4096];
+    let mut charged_during_the_call = false;
+    let first = loop {
+        match tokio::time::timeout(Duration::from_millis(50), stream.read(&mut answer)).await {
+            Ok(read) => break read.unwrap(),
+            Err(_) => charged_during_the_call |= held().await > 0.0,
+        }
+    };
+    assert!(String::from_utf8_lossy(&answer[..first]).starts_with("HTTP/1.1 200"));
+    assert!(
+        charged_during_the_call,
+        "the pipelined bytes were never charged"
+    );
+    stream.write_all(b"1\r\n\r\n").await.unwrap();
+    let second = stream.read(&mut answer).await.unwrap();
+    assert!(String::from_utf8_lossy(&answer[..second]).starts_with("HTTP/1.1 200"));
+    assert_eq!(held().await, 0.0, "a head read whole gives its memory back");
 }
