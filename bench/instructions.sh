@@ -5,6 +5,9 @@
 #
 #   bash bench/instructions.sh
 #
+# The deny rows send /admin/bench, which the demo policy denies, against nginx answering
+# `return 403` with a small JSON body itself.
+#
 # Each proxy runs under callgrind twice, serving N1 and then N2 keep-alive requests from
 # ab (8 connections); the difference of the two totals divided by N2 - N1 leaves out
 # start-up and shutdown. Kernel time is not counted: both proxies make the same system
@@ -46,6 +49,14 @@ cat >"$WORK/upstream.conf" <<CONF
 daemon off; pid $WORK/upstream.pid; $common
 http { $temp server { listen 127.0.0.1:$UPSTREAM_PORT;
     location / { default_type text/plain; return 200 'hello from the upstream\n'; } } }
+CONF
+# The deny rows: nginx answers 403 itself, as a policy that denies the path would.
+cat >"$WORK/deny.conf" <<CONF
+daemon off; master_process off; pid $WORK/proxy.pid; $common
+http { $temp
+    server { listen 127.0.0.1:$PROXY_PORT; location / {
+        default_type application/problem+json; add_header X-Request-Id \$request_id always;
+        return 403 '{"type":"urn:portcullis:reason:no_matching_allow","status":403,"request_id":"\$request_id"}'; } } }
 CONF
 cat >"$WORK/proxy.conf" <<CONF
 daemon off; master_process off; pid $WORK/proxy.pid; $common
@@ -93,9 +104,14 @@ run() { # requests, stop signal, command... → total instructions
         curl -s -o /dev/null "http://127.0.0.1:$PROXY_PORT/public/" 2>/dev/null && break
         sleep 0.1
     done
-    # The demo policy's public-read rule allows this path.
-    ab -q -k -c 8 -n "$requests" "${AB_HEADERS[@]}" "http://127.0.0.1:$PROXY_PORT/public/bench" >"$WORK/ab.txt" 2>&1
-    grep -q "^Non-2xx" "$WORK/ab.txt" && { echo "non-2xx answers:" >&2; cat "$WORK/ab.txt" >&2; exit 1; }
+    ab -q -k -c 8 -n "$requests" "${AB_HEADERS[@]}" "http://127.0.0.1:$PROXY_PORT$BENCH_PATH" >"$WORK/ab.txt" 2>&1
+    local refused
+    refused=$(awk '/^Non-2xx responses:/ { print $3 }' "$WORK/ab.txt")
+    if [ "${DENY:-0}" = 1 ]; then
+        [ "${refused:-0}" = "$requests" ] || { echo "answers that are not denials:" >&2; cat "$WORK/ab.txt" >&2; exit 1; }
+    elif [ -n "$refused" ]; then
+        echo "non-2xx answers:" >&2; cat "$WORK/ab.txt" >&2; exit 1
+    fi
     kill "-$signal" "$pid"
     wait "$pid" || true
     local total
@@ -112,9 +128,15 @@ per_request() { # name, signal, command...
     echo "$name $(( (large - small) / (N2 - N1) ))"
 }
 
+# The demo policy's public-read rule allows this path; nothing allows /admin/ from here.
+BENCH_PATH=/public/bench
 read -r _ nginx < <(per_request nginx QUIT nginx -c "$WORK/proxy.conf")
 read -r _ portcullis < <(per_request portcullis TERM "$BINARY" --log-level warn run -c "$WORK/allow-all.yaml")
 read -r _ demo < <(per_request demo TERM "$BINARY" --log-level warn run -c "$WORK/demo.yaml")
+BENCH_PATH=/admin/bench DENY=1
+read -r _ nginx_deny < <(per_request nginx-deny QUIT nginx -c "$WORK/deny.conf")
+read -r _ demo_deny < <(per_request demo-deny TERM "$BINARY" --log-level warn run -c "$WORK/demo.yaml")
+BENCH_PATH=/public/bench DENY=0
 AB_HEADERS=(-H "Authorization: Bearer $TOKEN")
 read -r _ jwt < <(per_request jwt TERM "$BINARY" --log-level warn run -c "$WORK/jwt.yaml")
 
@@ -127,3 +149,8 @@ echo "| nginx proxy | $nginx | 1.00 |"
 echo "| portcullis (allow all) | $portcullis | $(awk -v a="$portcullis" -v b="$nginx" 'BEGIN { printf "%.2f", a / b }') |"
 echo "| portcullis (demo policy) | $demo | $(awk -v a="$demo" -v b="$nginx" 'BEGIN { printf "%.2f", a / b }') |"
 echo "| portcullis (JWT, warm cache) | $jwt | $(awk -v a="$jwt" -v b="$nginx" 'BEGIN { printf "%.2f", a / b }') |"
+echo
+echo "| denial | user-space instructions per request | vs nginx |"
+echo "|---|---:|---:|"
+echo "| nginx return 403 | $nginx_deny | 1.00 |"
+echo "| portcullis (demo policy, 403 problem+json) | $demo_deny | $(awk -v a="$demo_deny" -v b="$nginx_deny" 'BEGIN { printf "%.2f", a / b }') |"

@@ -11,6 +11,7 @@ pub mod healthcheck;
 pub mod identity;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod invariants;
+pub mod json;
 pub mod key_set;
 pub mod path;
 pub mod proxy;

@@ -12,6 +12,7 @@ use super::ProxyBody;
 use super::forward::BoxError;
 use crate::config::{DenialSettings, Detail, format_duration};
 use crate::identity::Identity;
+use crate::json;
 use crate::policy::{Decision, Outcome, PolicySet, Reason};
 
 /// Something went wrong with a request; says whose fault it was through its status.
@@ -221,16 +222,12 @@ pub fn problem(
     detail: &str,
     request_id: &str,
 ) -> Response<ProxyBody> {
-    let body = serde_json::json!({
-        "type": format!("urn:portcullis:reason:{reason}"),
-        "title": status.canonical_reason().unwrap_or(""),
-        "status": status.as_u16(),
-        "reason": reason,
-        "detail": detail,
-        "request_id": request_id,
-    });
+    let mut body = String::with_capacity(256);
+    let mut object = problem_fields(&mut body, status, reason);
+    object.str("detail", detail).str("request_id", request_id);
+    object.finish();
     let mut response = Response::new(
-        Full::new(Bytes::from(body.to_string()))
+        Full::new(Bytes::from(body))
             .map_err(|never| match never {})
             .boxed_unsync(),
     );
@@ -245,6 +242,17 @@ pub fn problem(
         headers.insert(X_PORTCULLIS_REASON, value);
     }
     response
+}
+
+/// Opens a problem document (RFC 9457) in `out` with the fields every one starts with.
+fn problem_fields<'a>(out: &'a mut String, status: StatusCode, reason: &str) -> json::Object<'a> {
+    let mut object = json::Object::new(out);
+    object
+        .str_parts("type", &["urn:portcullis:reason:", reason])
+        .str("title", status.canonical_reason().unwrap_or(""))
+        .u64("status", u64::from(status.as_u16()))
+        .str("reason", reason);
+    object
 }
 
 /// Displays an error and its sources joined by `: `.
@@ -399,37 +407,28 @@ pub fn denied(
         };
         ("text/html; charset=utf-8", page.render())
     } else {
-        let mut body = serde_json::json!({
-            "type": format!("urn:portcullis:reason:{reason}"),
-            "title": status.canonical_reason().unwrap_or(""),
-            "status": status.as_u16(),
-            "reason": reason,
-            "request_id": request_id,
-        });
-        if let Some(rule) = rule {
-            body["rule"] = rule.into();
-        }
-        if let Some(hint) = &hint {
-            body["detail"] = hint.as_str().into();
-        }
-        if let Some(help) = help {
-            body["help"] = help.into();
-        }
+        let mut body = String::with_capacity(512);
+        let mut object = problem_fields(&mut body, status, reason);
+        object
+            .some_str("rule", rule)
+            .some_str("detail", hint.as_deref())
+            .some_str("help", help)
+            .str("request_id", request_id);
         if !closest.is_empty() {
-            body["closest"] = closest
-                .iter()
-                .map(|(rule, reason)| serde_json::json!({"rule": rule, "reason": reason}))
-                .collect();
+            object.objects("closest", &closest, |item, (rule, reason)| {
+                item.str("rule", rule).str("reason", reason);
+            });
         }
         if detail == Detail::Verbose {
-            body["trace"] = trace
-                .iter()
-                .map(|(rule, effect, mode, outcome)| {
-                    serde_json::json!({"rule": rule, "effect": effect, "mode": mode, "outcome": outcome})
-                })
-                .collect();
+            object.objects("trace", &trace, |item, (rule, effect, mode, outcome)| {
+                item.str("rule", rule)
+                    .str("effect", effect)
+                    .str("mode", mode)
+                    .str("outcome", outcome);
+            });
         }
-        ("application/problem+json", body.to_string())
+        object.finish();
+        ("application/problem+json", body)
     };
 
     let mut response = Response::new(
