@@ -15,13 +15,16 @@ impl<'a> Object<'a> {
         Object { out, first: true }
     }
 
+    /// Keys are our own words, never data: they are written as they are.
     fn key(&mut self, key: &str) {
+        debug_assert!(!needs_escape(key), "{key:?}");
         if !self.first {
             self.out.push(',');
         }
         self.first = false;
-        string(self.out, key);
-        self.out.push(':');
+        self.out.push('"');
+        self.out.push_str(key);
+        self.out.push_str("\":");
     }
 
     /// `"key": "value"`.
@@ -92,6 +95,10 @@ pub fn string(out: &mut String, value: &str) {
 
 /// Writes `value` escaped for the inside of a JSON string (RFC 8259 §7).
 fn escape_into(out: &mut String, value: &str) {
+    if !needs_escape(value) {
+        out.push_str(value);
+        return;
+    }
     let mut plain = 0;
     for (at, byte) in value.bytes().enumerate() {
         let escaped = match byte {
@@ -117,9 +124,49 @@ fn escape_into(out: &mut String, value: &str) {
     out.push_str(&value[plain..]);
 }
 
+/// Whether `value` has a byte that a JSON string must escape: `"`, `\` or a control
+/// character. Nearly every string has none, so eight bytes are checked at a time.
+fn needs_escape(value: &str) -> bool {
+    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
+    // Whether a byte of `word` is zero, or below `n` (for n <= 128): exact as a yes or no.
+    let below = |word: u64, n: u64| word.wrapping_sub(ONES * n) & !word & HIGHS != 0;
+    let zero = |word: u64| below(word, 1);
+    let mut words = value.as_bytes().chunks_exact(8);
+    for chunk in &mut words {
+        let mut bytes = [0u8; 8];
+        bytes.copy_from_slice(chunk);
+        let word = u64::from_ne_bytes(bytes);
+        if below(word, 0x20)
+            || zero(word ^ (ONES * u64::from(b'"')))
+            || zero(word ^ (ONES * u64::from(b'\\')))
+        {
+            return true;
+        }
+    }
+    words
+        .remainder()
+        .iter()
+        .any(|byte| *byte < 0x20 || *byte == b'"' || *byte == b'\\')
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_byte_that_needs_an_escape_is_found_wherever_it_sits() {
+        for byte in 0u8..=0x7f {
+            let expected = byte < 0x20 || byte == b'"' || byte == b'\\';
+            for at in 0..17 {
+                let mut text = vec![b'a'; 17];
+                text[at] = byte;
+                let text = String::from_utf8(text).unwrap();
+                assert_eq!(needs_escape(&text), expected, "{byte:#x} at {at}");
+            }
+        }
+        assert!(!needs_escape("caf\u{e9} \u{2713} \u{7f}\u{80}"));
+    }
 
     #[test]
     fn objects_read_back_as_written() {
@@ -129,7 +176,7 @@ mod tests {
         let mut object = Object::new(&mut out);
         object
             .str("plain", "value")
-            .str(tricky, tricky)
+            .str("tricky", tricky)
             .str_parts("joined", &["urn:", "x\"y"])
             .some_str("absent", None)
             .some_str("present", Some("yes"))
@@ -144,7 +191,7 @@ mod tests {
             read,
             serde_json::json!({
                 "plain": "value",
-                tricky: tricky,
+                "tricky": tricky,
                 "joined": "urn:x\"y",
                 "present": "yes",
                 "number": u64::MAX,
