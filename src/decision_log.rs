@@ -14,6 +14,7 @@ use std::sync::mpsc::{SyncSender, TrySendError};
 use std::time::{Duration, SystemTime};
 
 use crate::config::{DecisionSink, LogSettings};
+use crate::json;
 use crate::policy::{Decision, Effect, PathGlob, Principal};
 
 /// What a decision-log line says of a decided request.
@@ -181,32 +182,38 @@ impl DecisionLog {
                 }
             }
             sink => {
-                let trace: Vec<serde_json::Value> = decision
-                    .trace
-                    .iter()
-                    .map(|step| {
-                        serde_json::json!({ "rule": &*step.rule.0, "effect": step.effect.as_str(),
-                            "mode": step.mode.as_str(), "outcome": step.outcome.to_string() })
+                let mut line = String::with_capacity(512);
+                let mut object = json::Object::new(&mut line);
+                object
+                    .str("timestamp", &timestamp())
+                    .str("decision", decision.effect.as_str())
+                    .str("request.id", request_id)
+                    .str("route.id", request.route)
+                    .str("http.method", request.method)
+                    .str("url.path", path)
+                    .display("client.ip", request.client_ip)
+                    .str_or_null("principal.id", principal)
+                    .str("decision.reason", decision.reason.code())
+                    .str_or_null("rule.id", rule)
+                    .array("audit", |items| {
+                        for step in decision.audit_matches() {
+                            let effect = step.effect.as_str();
+                            items.str_parts(&[&step.rule.0, ":would_", effect]);
+                        }
                     })
-                    .collect();
-                write_line(
-                    sink,
-                    &serde_json::json!({
-                        "timestamp": timestamp(),
-                        "decision": decision.effect.as_str(),
-                        "request.id": request_id,
-                        "route.id": request.route,
-                        "http.method": request.method,
-                        "url.path": path,
-                        "client.ip": request.client_ip.to_string(),
-                        "principal.id": principal,
-                        "decision.reason": decision.reason.code(),
-                        "rule.id": rule,
-                        "audit": audit,
-                        "decision.micros": took.as_micros() as u64,
-                        "trace": trace,
-                    }),
-                );
+                    .u64("decision.micros", took.as_micros() as u64)
+                    .array("trace", |items| {
+                        for step in &decision.trace {
+                            let mut item = items.object();
+                            item.str("rule", &step.rule.0)
+                                .str("effect", step.effect.as_str())
+                                .str("mode", step.mode.as_str())
+                                .display("outcome", &step.outcome);
+                            item.finish();
+                        }
+                    });
+                object.finish();
+                write_line(sink, line);
             }
         }
     }
@@ -224,18 +231,20 @@ impl DecisionLog {
                 decision.reason = request.reason,
                 "decision"
             ),
-            sink => write_line(
-                sink,
-                &serde_json::json!({
-                    "timestamp": timestamp(),
-                    "decision": "error",
-                    "request.id": request.request_id,
-                    "route.id": request.route,
-                    "http.method": request.method,
-                    "client.ip": request.peer.to_canonical().to_string(),
-                    "decision.reason": request.reason,
-                }),
-            ),
+            sink => {
+                let mut line = String::with_capacity(256);
+                let mut object = json::Object::new(&mut line);
+                object
+                    .str("timestamp", &timestamp())
+                    .str("decision", "error")
+                    .str("request.id", request.request_id)
+                    .str_or_null("route.id", request.route)
+                    .str("http.method", request.method)
+                    .display("client.ip", request.peer.to_canonical())
+                    .str("decision.reason", request.reason);
+                object.finish();
+                write_line(sink, line);
+            }
         }
     }
 }
@@ -283,13 +292,12 @@ fn writer(mut out: Box<dyn Write + Send>, name: &str) -> Result<Sink, String> {
     })
 }
 
-fn write_line(sink: &Sink, line: &serde_json::Value) {
+fn write_line(sink: &Sink, mut line: String) {
     let Sink::Writer { lines, dropped } = sink else {
         return;
     };
-    let mut text = line.to_string();
-    text.push('\n');
-    match lines.try_send(text) {
+    line.push('\n');
+    match lines.try_send(line) {
         Ok(()) => {}
         Err(TrySendError::Full(_)) => {
             // A warning for the first line dropped, then one per 10,000.

@@ -43,6 +43,45 @@ impl<'a> Object<'a> {
         self
     }
 
+    /// `"key": "value"`, or `"key": null` when there is no value.
+    pub fn str_or_null(&mut self, key: &str, value: Option<&str>) -> &mut Self {
+        match value {
+            Some(value) => self.str(key, value),
+            None => {
+                self.key(key);
+                self.out.push_str("null");
+                self
+            }
+        }
+    }
+
+    /// `"key": "…"`, the string being what `value` displays, written without a copy.
+    pub fn display(&mut self, key: &str, value: impl std::fmt::Display) -> &mut Self {
+        use std::fmt::Write as _;
+        self.key(key);
+        self.out.push('"');
+        let start = self.out.len();
+        let _ = write!(self.out, "{value}");
+        if needs_escape(&self.out[start..]) {
+            let shown = self.out.split_off(start);
+            escape_into(self.out, &shown);
+        }
+        self.out.push('"');
+        self
+    }
+
+    /// `"key": [ … ]`, the items written by `items`.
+    pub fn array(&mut self, key: &str, items: impl FnOnce(&mut Array<'_>)) -> &mut Self {
+        self.key(key);
+        self.out.push('[');
+        items(&mut Array {
+            out: self.out,
+            first: true,
+        });
+        self.out.push(']');
+        self
+    }
+
     /// `"key": "value"`, left out when there is no value.
     pub fn some_str(&mut self, key: &str, value: Option<&str>) -> &mut Self {
         if let Some(value) = value {
@@ -83,6 +122,37 @@ impl<'a> Object<'a> {
     /// Closes the object.
     pub fn finish(self) {
         self.out.push('}');
+    }
+}
+
+/// A JSON array being written, inside an object's [`Object::array`].
+pub struct Array<'a> {
+    out: &'a mut String,
+    first: bool,
+}
+
+impl Array<'_> {
+    fn comma(&mut self) {
+        if !self.first {
+            self.out.push(',');
+        }
+        self.first = false;
+    }
+
+    /// A string item, made of `parts` one after another.
+    pub fn str_parts(&mut self, parts: &[&str]) {
+        self.comma();
+        self.out.push('"');
+        for part in parts {
+            escape_into(self.out, part);
+        }
+        self.out.push('"');
+    }
+
+    /// An object item; the caller finishes it.
+    pub fn object(&mut self) -> Object<'_> {
+        self.comma();
+        Object::new(self.out)
     }
 }
 
@@ -184,7 +254,13 @@ mod tests {
             .objects("list", ["a", "b"], |item, name| {
                 item.str("name", name);
             })
-            .objects("empty", std::iter::empty::<&str>(), |_, _| {});
+            .objects("empty", std::iter::empty::<&str>(), |_, _| {})
+            .str_or_null("none", None)
+            .display("shown", format_args!("a{}b", '"'))
+            .array("mixed", |array| {
+                array.str_parts(&["x", ":", "y"]);
+                array.object().finish();
+            });
         object.finish();
         let read: serde_json::Value = serde_json::from_str(&out).unwrap();
         assert_eq!(
@@ -197,6 +273,9 @@ mod tests {
                 "number": u64::MAX,
                 "list": [{ "name": "a" }, { "name": "b" }],
                 "empty": [],
+                "none": null,
+                "shown": "a\"b",
+                "mixed": ["x:y", {}],
             })
         );
     }
