@@ -44,6 +44,10 @@ pub fn request_head(bytes: &[u8]) {
     }
 
     let (parts, ()) = head.request.into_parts();
+    // CONNECT is read only to be answered 405; it is never written upstream.
+    if parts.method == http::Method::CONNECT {
+        return;
+    }
     let encoder = match head.framing {
         Decoder::Empty | Decoder::Length(0) => Encoder::Empty,
         Decoder::Length(length) => Encoder::Length(length),

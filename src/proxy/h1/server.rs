@@ -89,6 +89,12 @@ pub fn parse_request(
     let target = head.slice(target_at);
     normalize::refuse_fragment(&target).map_err(|_| refuse(Malformed::Fragment))?;
     let uri = Uri::from_maybe_shared(target).map_err(|_| refuse(Malformed::Target))?;
+    // SECURITY: authority-form (`host:port`) is only for CONNECT, which admission answers
+    // 405. On any other method its path reads as empty here, and would be decided as ""
+    // and sent upstream as "/" (found by the `request_head` fuzz target).
+    if uri.scheme().is_none() && uri.authority().is_some() && method != Method::CONNECT {
+        return Err(refuse(Malformed::Target));
+    }
     let framing = request_framing(&seen, version).map_err(refuse)?;
 
     let mut headers = HeaderMap::with_capacity(kept.len());
@@ -248,6 +254,21 @@ mod tests {
             "GET http://a/#x HTTP/1.1\r\nHost: a\r\n\r\n",
         ] {
             assert_eq!(problem(text), Some(Malformed::Fragment), "{text:?}");
+        }
+        for text in [
+            "GET example.com:80 HTTP/1.1\r\nHost: a\r\n\r\n",
+            "yV *V HTTP/1.0\r\n\r\n",
+        ] {
+            assert_eq!(problem(text), Some(Malformed::Target), "{text:?}");
+        }
+        for (text, path) in [
+            ("GET http://a HTTP/1.1\r\nHost: a\r\n\r\n", "/"),
+            ("OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n", "*"),
+            // Read, so that admission can answer it 405.
+            ("CONNECT example.com:443 HTTP/1.1\r\nHost: a\r\n\r\n", ""),
+        ] {
+            let head = parse(text).unwrap_or_else(|err| panic!("{text:?}: {err:?}"));
+            assert_eq!(head.request.uri().path(), path, "{text:?}");
         }
         // The method is known by then: a refusal of HEAD must have no body.
         assert_eq!(
