@@ -35,11 +35,7 @@ impl<'a> Object<'a> {
     /// `"key": "…"`, the string being `parts` one after another.
     pub fn str_parts(&mut self, key: &str, parts: &[&str]) -> &mut Self {
         self.key(key);
-        self.out.push('"');
-        for part in parts {
-            escape_into(self.out, part);
-        }
-        self.out.push('"');
+        quoted(self.out, parts);
         self
     }
 
@@ -142,11 +138,7 @@ impl Array<'_> {
     /// A string item, made of `parts` one after another.
     pub fn str_parts(&mut self, parts: &[&str]) {
         self.comma();
-        self.out.push('"');
-        for part in parts {
-            escape_into(self.out, part);
-        }
-        self.out.push('"');
+        quoted(self.out, parts);
     }
 
     /// An object item; the caller finishes it.
@@ -156,10 +148,12 @@ impl Array<'_> {
     }
 }
 
-/// Writes `value` as a JSON string.
-pub fn string(out: &mut String, value: &str) {
+/// Writes `parts`, one after another, as one JSON string.
+fn quoted(out: &mut String, parts: &[&str]) {
     out.push('"');
-    escape_into(out, value);
+    for part in parts {
+        escape_into(out, part);
+    }
     out.push('"');
 }
 
