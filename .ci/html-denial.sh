@@ -30,7 +30,12 @@ done
 if grep -qiE '<script|<link|<img|<iframe|src=' "$work/dom.html"; then
     echo "the page loads scripts or other assets:"; cat "$work/dom.html"; exit 1
 fi
-# The page names the request id of its own decision-log line.
+# The page names the request id of its own decision-log line (written within about
+# 100 ms of the request).
+for _ in $(seq 1 50); do
+    grep -qF '"url.path":"/admin/users"' "$work/log" && break
+    sleep 0.1
+done
 request_id=$(grep -F '"url.path":"/admin/users"' "$work/log" | head -1 |
     grep -o '"request.id":"[0-9A-Z]\{26\}"' | cut -d'"' -f4)
 grep -qF "$request_id" "$work/dom.html" || { echo "the page lacks the request id $request_id"; exit 1; }

@@ -76,6 +76,7 @@ admin: { addr: 127.0.0.1:$ADMIN_PORT }
 upstreams: { app: { targets: ["http://127.0.0.1:$UPSTREAM_PORT"] } }
 routes: [{ id: all, upstream: app }]
 policy: { files: ["$variant-policies/*.yaml"] }
+log: { decisions: off }
 CONF
 done
 # The demo policy has a rule for API-key callers, the jwt variant needs the demo token

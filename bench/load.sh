@@ -24,8 +24,8 @@
 # The upstream is nginx returning a static body. The load generator is pinned to CPU 0,
 # every server to CPU 1, one worker each, so the ratio compares CPU spent per request.
 # Both proxies do the same work: keep-alive upstream pool, X-Forwarded-For/-Proto/-Host,
-# a request id sent upstream and returned, no access log (portcullis at --log-level warn
-# writes no decision log, except in the demo-log row). Requests go to /public/bench,
+# a request id sent upstream and returned, no access log (portcullis with
+# `log.decisions: off`, except in the demo-log row). Requests go to /public/bench,
 # which the demo policy's public-read rule allows.
 set -euo pipefail
 [ -n "${TRACE:-}" ] && set -x
@@ -110,7 +110,7 @@ nginx_conf proxy "
         }
     }"
 
-portcullis_conf() { # name, port, admin port, policy files
+portcullis_conf() { # name, port, admin port, policy files, decision log (default off)
     cat > "$WORK/$1.yaml" <<CONF
 listen: [{ addr: 127.0.0.1:$2 }]
 admin: { addr: 127.0.0.1:$3 }
@@ -119,6 +119,7 @@ upstreams:
 routes:
   - { id: all, path_prefix: /, upstream: app }
 policy: { files: [$4] }
+log: { decisions: ${5:-off} }
 CONF
 }
 mkdir -p "$WORK/policies"
@@ -127,7 +128,7 @@ cp -r config/keys "$WORK/keys"
 echo 'rules: [{ id: allow-all, effect: allow }]' >"$WORK/allow-all.yaml"
 portcullis_conf portcullis $PORTCULLIS_PORT $PORTCULLIS_ADMIN_PORT allow-all.yaml
 portcullis_conf demo $DEMO_PORT $DEMO_ADMIN_PORT "policies/*.yaml"
-portcullis_conf demo-log $DEMO_LOG_PORT $DEMO_LOG_ADMIN_PORT "policies/*.yaml"
+portcullis_conf demo-log $DEMO_LOG_PORT $DEMO_LOG_ADMIN_PORT "policies/*.yaml" log
 echo 'rules: [{ id: token-holders, effect: allow, when: { scopes: { all: ["bench:read"] } } }]' >"$WORK/token-holders.yaml"
 portcullis_conf jwt $JWT_PORT $JWT_ADMIN_PORT token-holders.yaml
 # The demo policy has a rule for API-key callers, the jwt row needs the demo token

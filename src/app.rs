@@ -32,8 +32,12 @@ pub struct Gateway {
     max_connections: usize,
     grace: Duration,
     reloader: Arc<Reloader>,
+    live: Live,
     tasks: JoinSet<()>,
 }
+
+/// How long a shutdown waits for the decision log's last lines to be written.
+const DECISION_LOG_CLOSE: Duration = Duration::from_secs(5);
 
 /// How a drain ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -105,6 +109,7 @@ impl Gateway {
                 }
             }
         }
+        let admin_live = live.clone();
         let admin_state = Arc::new(AdminState {
             allowed_hosts: config.admin.allowed_hosts.clone(),
             metrics,
@@ -124,6 +129,7 @@ impl Gateway {
             max_connections: config.limits.max_connections,
             grace: config.shutdown_grace,
             reloader,
+            live: admin_live,
             tasks,
         })
     }
@@ -154,6 +160,12 @@ impl Gateway {
         let drained = tokio::time::timeout(self.grace, self.connections.acquire_many(all)).await;
         self.tasks.abort_all();
         self.reloader.stop();
+        // The lines of every request answered are written before the process ends.
+        self.live
+            .load()
+            .decision_log()
+            .close(DECISION_LOG_CLOSE)
+            .await;
         match drained {
             Ok(_) => Drained::Clean,
             Err(_) => {

@@ -1,7 +1,14 @@
 //! The decision log: one JSON line per request the gateway decided (and per request it
-//! refused before deciding), to the process log, stdout or a file. Allowed requests may
-//! be sampled; denials and errors are always logged. A line names the principal by its
-//! subject, never a token or key.
+//! refused before deciding), with the same fields whichever sink it goes to: stderr
+//! beside the process log, stdout or a file. Allowed requests may be sampled; denials and
+//! errors are always logged. A line names the principal by its subject, never a token or
+//! key.
+//!
+//! A request formats its line straight into its thread's batch, a buffer only that
+//! thread fills. One writer thread takes each batch when it reaches 64 KiB, every 100 ms,
+//! before a reload switches sinks, and at shutdown, and writes it with one write. When the
+//! writer falls behind (a full disk, a pipe no one reads), whole batches are dropped and
+//! counted, unless `log.on_full: block` asks requests to wait for it.
 //!
 //! This module knows the line's fields and where it goes; the request flow that fills
 //! them is `proxy`'s.
@@ -9,11 +16,14 @@
 use std::borrow::Cow;
 use std::io::Write;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{SyncSender, TrySendError};
-use std::time::{Duration, SystemTime};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime};
 
-use crate::config::{DecisionSink, LogSettings};
+use prometheus::IntCounter;
+
+use crate::config::{DecisionSink, LogSettings, OnFull};
 use crate::json;
 use crate::policy::{Decision, Effect, PathGlob, Principal};
 
@@ -48,24 +58,68 @@ pub struct Refused<'a> {
     pub reason: &'a str,
 }
 
-/// Where lines go, and how many allowed requests are logged.
+/// The decision log of one load of the config: what is logged, and the writer, which
+/// outlives reloads.
 pub struct DecisionLog {
-    sink: Sink,
+    writer: Arc<Writer>,
+    /// False for `log.decisions: off`.
+    on: bool,
+    on_full: OnFull,
     sample_allows: f64,
     /// `log.redact_paths`.
     redact_paths: Vec<PathGlob>,
+    /// The sink this load opened, handed to the writer when the load starts serving.
+    opened: Mutex<Option<Out>>,
 }
 
-enum Sink {
-    /// The process log, through `tracing`.
-    Log,
-    /// Lines for the writer thread (stdout or a file): a full disk or a reader that stops
-    /// reading a pipe must not stall request handling, so lines that do not fit are
-    /// dropped and counted.
-    Writer {
-        lines: SyncSender<String>,
-        dropped: AtomicU64,
-    },
+/// A batch is handed to the writer once it holds this much.
+const BATCH: usize = 64 * 1024;
+
+/// The writer takes every thread's batch at least this often.
+const FLUSH_EVERY: Duration = Duration::from_millis(100);
+
+/// Full batches waiting for the writer, at most (4 MiB of lines).
+const QUEUED: usize = 64;
+
+/// Batches, one per thread that logs (threads past this many share).
+const SHARDS: usize = 64;
+
+/// Where lines are written.
+struct Out {
+    name: String,
+    write: Box<dyn Write + Send>,
+}
+
+/// The lines one thread has formatted and the writer has not taken yet.
+#[derive(Default)]
+struct Batch {
+    text: String,
+    lines: u64,
+}
+
+/// One thread's batch, on a cache line of its own: only that thread and, every 100 ms,
+/// the writer touch it.
+#[repr(align(128))]
+#[derive(Default)]
+struct Shard(Mutex<Batch>);
+
+/// What requests and the writer thread share.
+struct Shared {
+    shards: Box<[Shard]>,
+    /// Sinks to switch to once every line before is written (reloads), oldest first.
+    switch: Mutex<Vec<Out>>,
+    closing: AtomicBool,
+    /// `portcullis_decision_log_dropped_total`.
+    dropped: IntCounter,
+    /// Lines dropped since the last warning (a warning per 10,000).
+    unwarned: AtomicU64,
+}
+
+/// The writer thread and the way to it.
+struct Writer {
+    shared: Arc<Shared>,
+    batches: SyncSender<Batch>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 /// `path` with the segments that the first glob of `globs` to match captures written as
@@ -100,15 +154,25 @@ fn redact<'p>(globs: &[PathGlob], path: &'p str) -> Cow<'p, str> {
     Cow::Owned(redacted)
 }
 
-/// Lines waiting for the writer thread, at most.
-const QUEUE: usize = 8192;
-
 impl DecisionLog {
-    /// Opens the log `settings` describe: a file is created if missing and appended to.
-    pub fn open(settings: &LogSettings) -> Result<DecisionLog, String> {
-        let sink = match &settings.decisions {
-            DecisionSink::Log => Sink::Log,
-            DecisionSink::Stdout => writer(Box::new(std::io::stdout()), "stdout")?,
+    /// Opens the sink `settings` name (a file is created if missing and appended to). A
+    /// reload passes the log it replaces, whose writer thread it keeps; the first load
+    /// starts one, counting dropped lines in `dropped`.
+    pub fn open(
+        settings: &LogSettings,
+        previous: Option<&DecisionLog>,
+        dropped: &IntCounter,
+    ) -> Result<DecisionLog, String> {
+        let opened = match &settings.decisions {
+            DecisionSink::Off => None,
+            DecisionSink::Log => Some(Out {
+                name: "stderr".to_owned(),
+                write: Box::new(std::io::stderr()),
+            }),
+            DecisionSink::Stdout => Some(Out {
+                name: "stdout".to_owned(),
+                write: Box::new(std::io::stdout()),
+            }),
             DecisionSink::File(path) => {
                 let file = std::fs::OpenOptions::new()
                     .create(true)
@@ -117,136 +181,300 @@ impl DecisionLog {
                     .map_err(|err| {
                         format!("cannot open the decision log \"{}\": {err}", path.display())
                     })?;
-                writer(Box::new(file), &path.display().to_string())?
+                Some(Out {
+                    name: path.display().to_string(),
+                    write: Box::new(file),
+                })
             }
         };
+        let writer = match previous {
+            Some(previous) => Arc::clone(&previous.writer),
+            None => Writer::start(dropped.clone())?,
+        };
         Ok(DecisionLog {
-            sink,
+            writer,
+            on: opened.is_some(),
+            on_full: settings.on_full,
             sample_allows: settings.sample_allows,
             redact_paths: settings.redact_paths.clone(),
+            opened: Mutex::new(opened),
         })
     }
 
-    /// Logs a decided request (an allowed one as sampled), with the full trace at debug
-    /// when the sink is the process log.
+    /// Makes this load's sink the one written to, once every line logged before is
+    /// written to the sink it replaces. Called when the load starts serving.
+    pub fn serving(&self) {
+        if let Some(out) = lock(&self.opened).take() {
+            lock(&self.writer.shared.switch).push(out);
+            self.writer.wake();
+        }
+    }
+
+    /// Writes every line logged so far and stops the writer thread, waiting for it at
+    /// most `within` (a sink that blocks keeps what it could not take). Lines logged
+    /// after this are dropped. Returns whether the writer finished in time.
+    pub async fn close(&self, within: Duration) -> bool {
+        self.writer.shared.closing.store(true, Ordering::Release);
+        self.writer.wake();
+        let Some(thread) = lock(&self.writer.thread).take() else {
+            return true;
+        };
+        let deadline = Instant::now() + within;
+        while !thread.is_finished() {
+            if Instant::now() >= deadline {
+                tracing::warn!(
+                    "the decision log's sink did not take its last lines in time; they are lost"
+                );
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let _ = thread.join();
+        true
+    }
+
+    /// Logs a decided request (an allowed one as sampled), with the whole trace.
     pub fn decided(&self, request: &Decided<'_>, decision: &Decision, took: Duration) {
-        if decision.effect == Effect::Allow && !sampled(self.sample_allows) {
+        if !self.on || (decision.effect == Effect::Allow && !sampled(self.sample_allows)) {
             return;
         }
-        // The line is built only when someone reads it: this runs on every request.
-        if matches!(self.sink, Sink::Log)
-            && !tracing::enabled!(target: "portcullis::decision", tracing::Level::INFO)
-        {
-            return;
-        }
-        let request_id = request.request_id.to_str().unwrap_or("");
         let path = redact(&self.redact_paths, request.path);
-        let path = path.as_ref();
-        let audit: Vec<String> = decision
-            .audit_matches()
-            .map(|step| format!("{}:would_{}", step.rule, step.effect.as_str()))
-            .collect();
         let principal = request
             .principal
             .map(|principal| principal.subject.as_str());
         let rule = decision.rule.as_ref().map(|rule| &*rule.0);
-        match &self.sink {
-            Sink::Log => {
-                tracing::info!(
-                    target: "portcullis::decision",
-                    decision = decision.effect.as_str(),
-                    request.id = request_id,
-                    route.id = request.route,
-                    http.method = request.method,
-                    url.path = path,
-                    client.ip = %request.client_ip,
-                    principal.id = principal,
-                    decision.reason = decision.reason.code(),
-                    rule.id = rule,
-                    audit = audit.join(","),
-                    decision.micros = took.as_micros() as u64,
-                    "decision"
-                );
-                if tracing::enabled!(target: "portcullis::decision", tracing::Level::DEBUG) {
-                    for step in &decision.trace {
-                        tracing::debug!(
-                            target: "portcullis::decision",
-                            outcome = %step.outcome,
-                            request.id = request_id,
-                            rule.id = %step.rule,
-                            rule.effect = step.effect.as_str(),
-                            rule.mode = step.mode.as_str(),
-                            "rule considered"
-                        );
+        self.writer.line(self.on_full, |text| {
+            let mut object = json::Object::new(text);
+            line_head(&mut object, decision.effect.as_str())
+                .str("request.id", request.request_id.to_str().unwrap_or(""))
+                .str("route.id", request.route)
+                .str("http.method", request.method)
+                .str("url.path", &path)
+                .display("client.ip", request.client_ip)
+                .str_or_null("principal.id", principal)
+                .str("decision.reason", decision.reason.code())
+                .str_or_null("rule.id", rule)
+                .array("audit", |items| {
+                    for step in decision.audit_matches() {
+                        let effect = step.effect.as_str();
+                        items.str_parts(&[&step.rule.0, ":would_", effect]);
                     }
-                }
+                })
+                .u64("decision.micros", took.as_micros() as u64)
+                .array("trace", |items| {
+                    for step in &decision.trace {
+                        let mut item = items.object();
+                        item.str("rule", &step.rule.0)
+                            .str("effect", step.effect.as_str())
+                            .str("mode", step.mode.as_str())
+                            .display("outcome", &step.outcome);
+                        item.finish();
+                    }
+                });
+            object.finish();
+        });
+    }
+
+    /// Logs a request refused before it was decided: the fields a decision would have
+    /// are there, null or empty.
+    pub fn refused(&self, request: &Refused<'_>) {
+        if !self.on {
+            return;
+        }
+        self.writer.line(self.on_full, |text| {
+            let mut object = json::Object::new(text);
+            line_head(&mut object, "error")
+                .str("request.id", request.request_id)
+                .str_or_null("route.id", request.route)
+                .str("http.method", request.method)
+                .str_or_null("url.path", None)
+                .display("client.ip", request.peer.to_canonical())
+                .str_or_null("principal.id", None)
+                .str("decision.reason", request.reason)
+                .str_or_null("rule.id", None)
+                .array("audit", |_| {})
+                .str_or_null("decision.micros", None)
+                .array("trace", |_| {});
+            object.finish();
+        });
+    }
+}
+
+/// The fields every line starts with.
+fn line_head<'o, 'a>(object: &'o mut json::Object<'a>, decision: &str) -> &'o mut json::Object<'a> {
+    let now = crate::telemetry::Timestamp::new(SystemTime::now());
+    object
+        .str("timestamp", now.as_str())
+        .str("decision", decision)
+}
+
+impl Writer {
+    fn start(dropped: IntCounter) -> Result<Arc<Writer>, String> {
+        let shared = Arc::new(Shared {
+            shards: (0..SHARDS).map(|_| Shard::default()).collect(),
+            switch: Mutex::new(Vec::new()),
+            closing: AtomicBool::new(false),
+            dropped,
+            unwarned: AtomicU64::new(0),
+        });
+        let (batches, queued) = std::sync::mpsc::sync_channel::<Batch>(QUEUED);
+        let thread = std::thread::Builder::new()
+            .name("decision-log".to_owned())
+            .spawn({
+                let shared = Arc::clone(&shared);
+                move || write_batches(&shared, &queued)
+            })
+            .map_err(|err| format!("cannot start the decision-log writer: {err}"))?;
+        Ok(Arc::new(Writer {
+            shared,
+            batches,
+            thread: Mutex::new(Some(thread)),
+        }))
+    }
+
+    /// Appends the line `format` writes to this thread's batch, and hands the batch to
+    /// the writer when it is full.
+    fn line(&self, on_full: OnFull, format: impl FnOnce(&mut String)) {
+        let shard = &self.shared.shards[shard_index()];
+        let full = {
+            let mut batch = lock(&shard.0);
+            if batch.text.capacity() == 0 {
+                batch.text.reserve(BATCH + 4096);
             }
-            sink => {
-                let mut line = String::with_capacity(512);
-                let mut object = json::Object::new(&mut line);
-                object
-                    .str("timestamp", &timestamp())
-                    .str("decision", decision.effect.as_str())
-                    .str("request.id", request_id)
-                    .str("route.id", request.route)
-                    .str("http.method", request.method)
-                    .str("url.path", path)
-                    .display("client.ip", request.client_ip)
-                    .str_or_null("principal.id", principal)
-                    .str("decision.reason", decision.reason.code())
-                    .str_or_null("rule.id", rule)
-                    .array("audit", |items| {
-                        for step in decision.audit_matches() {
-                            let effect = step.effect.as_str();
-                            items.str_parts(&[&step.rule.0, ":would_", effect]);
-                        }
-                    })
-                    .u64("decision.micros", took.as_micros() as u64)
-                    .array("trace", |items| {
-                        for step in &decision.trace {
-                            let mut item = items.object();
-                            item.str("rule", &step.rule.0)
-                                .str("effect", step.effect.as_str())
-                                .str("mode", step.mode.as_str())
-                                .display("outcome", &step.outcome);
-                            item.finish();
-                        }
-                    });
-                object.finish();
-                write_line(sink, line);
-            }
+            format(&mut batch.text);
+            batch.text.push('\n');
+            batch.lines += 1;
+            (batch.text.len() >= BATCH).then(|| std::mem::take(&mut *batch))
+        };
+        if let Some(batch) = full {
+            self.hand_over(batch, on_full);
         }
     }
 
-    /// Logs a request refused before it was decided.
-    pub fn refused(&self, request: &Refused<'_>) {
-        match &self.sink {
-            Sink::Log => tracing::info!(
-                target: "portcullis::decision",
-                decision = "error",
-                request.id = request.request_id,
-                route.id = request.route,
-                http.method = request.method,
-                client.ip = %request.peer.to_canonical(),
-                decision.reason = request.reason,
-                "decision"
-            ),
-            sink => {
-                let mut line = String::with_capacity(256);
-                let mut object = json::Object::new(&mut line);
-                object
-                    .str("timestamp", &timestamp())
-                    .str("decision", "error")
-                    .str("request.id", request.request_id)
-                    .str_or_null("route.id", request.route)
-                    .str("http.method", request.method)
-                    .display("client.ip", request.peer.to_canonical())
-                    .str("decision.reason", request.reason);
-                object.finish();
-                write_line(sink, line);
-            }
+    fn hand_over(&self, batch: Batch, on_full: OnFull) {
+        let lines = batch.lines;
+        let sent = match on_full {
+            OnFull::Block => self.batches.send(batch).is_ok(),
+            OnFull::Drop => match self.batches.try_send(batch) {
+                Ok(()) => true,
+                Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => false,
+            },
+        };
+        if !sent {
+            self.shared
+                .dropped_lines(lines, "the decision log cannot keep up");
         }
     }
+
+    /// Wakes the writer thread (it looks at least every 100 ms anyway).
+    fn wake(&self) {
+        let _ = self.batches.try_send(Batch::default());
+    }
+}
+
+impl Shared {
+    fn dropped_lines(&self, lines: u64, why: &str) {
+        self.dropped.inc_by(lines);
+        let before = self.unwarned.fetch_add(lines, Ordering::Relaxed);
+        if before == 0 || before + lines >= 10_000 {
+            self.unwarned.store(0, Ordering::Relaxed);
+            tracing::warn!(lines, "{why}; lines dropped");
+        }
+    }
+}
+
+/// The writer thread: writes batches as they come, every thread's batch every 100 ms,
+/// switches sinks when a reload asks, and ends at shutdown (or when every load that used
+/// it is gone) once everything is written.
+fn write_batches(shared: &Shared, queued: &Receiver<Batch>) {
+    let mut out: Option<Out> = None;
+    let mut failing = false;
+    let mut swept = Instant::now();
+    loop {
+        // The first sink serves before any request is accepted.
+        if out.is_none() {
+            let mut switch = lock(&shared.switch);
+            if !switch.is_empty() {
+                out = Some(switch.remove(0));
+            }
+        }
+        let gone = match queued.recv_timeout(FLUSH_EVERY) {
+            Ok(batch) => {
+                write(shared, &mut out, &mut failing, batch);
+                false
+            }
+            Err(RecvTimeoutError::Timeout) => false,
+            Err(RecvTimeoutError::Disconnected) => true,
+        };
+        let closing = gone || shared.closing.load(Ordering::Acquire);
+        let switch = std::mem::take(&mut *lock(&shared.switch));
+        if closing || !switch.is_empty() || swept.elapsed() >= FLUSH_EVERY {
+            // Full batches sent before come first, then what every thread holds.
+            while let Ok(batch) = queued.try_recv() {
+                write(shared, &mut out, &mut failing, batch);
+            }
+            for shard in &shared.shards {
+                let batch = std::mem::take(&mut *lock(&shard.0));
+                write(shared, &mut out, &mut failing, batch);
+            }
+            swept = Instant::now();
+        }
+        // Of several reloads since the last look, the latest sink is the one serving.
+        if let Some(next) = switch.into_iter().last() {
+            out = Some(next);
+            failing = false;
+        }
+        if closing {
+            return;
+        }
+    }
+}
+
+fn write(shared: &Shared, out: &mut Option<Out>, failing: &mut bool, batch: Batch) {
+    if batch.lines == 0 {
+        return;
+    }
+    // Only lines of a log that never served (a gateway that failed to start) land here.
+    let Some(out) = out else {
+        shared.dropped_lines(batch.lines, "the decision log has no sink yet");
+        return;
+    };
+    let written = out
+        .write
+        .write_all(batch.text.as_bytes())
+        .and_then(|()| out.write.flush());
+    // One warning when writing starts failing, one when it works again.
+    match written {
+        Err(err) => {
+            if !*failing {
+                *failing = true;
+                tracing::warn!(error = %err, log = %out.name, "cannot write the decision log; dropping lines until it works again");
+            }
+            shared.dropped.inc_by(batch.lines);
+        }
+        Ok(()) if *failing => {
+            *failing = false;
+            tracing::info!(log = %out.name, "writing the decision log again");
+        }
+        Ok(()) => {}
+    }
+}
+
+/// This thread's shard: threads take shards in the order they first log.
+fn shard_index() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static INDEX: usize = NEXT.fetch_add(1, Ordering::Relaxed) % SHARDS;
+    }
+    INDEX.with(|index| *index)
+}
+
+/// A lock whose holder cannot leave its data half-changed: a panic elsewhere does not
+/// stop the log.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Whether this allowed request is among the logged share.
@@ -257,66 +485,6 @@ fn sampled(share: f64) -> bool {
     // The top 53 bits of a random word, as a fraction in [0, 1).
     let draw = (crate::telemetry::next_random() >> 11) as f64 / (1u64 << 53) as f64;
     draw < share
-}
-
-/// A thread writing each line it is sent to `out` (the process's stdout, or a file
-/// opened for appending: one write per line, so lines never interleave). It ends when the
-/// sink is dropped, with the state that used it.
-fn writer(mut out: Box<dyn Write + Send>, name: &str) -> Result<Sink, String> {
-    let (lines, queued) = std::sync::mpsc::sync_channel::<String>(QUEUE);
-    let what = name.to_owned();
-    std::thread::Builder::new()
-        .name("decision-log".to_owned())
-        .spawn(move || {
-            let mut failing = false;
-            for line in queued {
-                let written = out.write_all(line.as_bytes()).and_then(|()| out.flush());
-                // One warning when writing starts failing, one when it works again.
-                match written {
-                    Err(err) if !failing => {
-                        failing = true;
-                        tracing::warn!(error = %err, log = %what, "cannot write the decision log; dropping lines until it works again");
-                    }
-                    Ok(()) if failing => {
-                        failing = false;
-                        tracing::info!(log = %what, "writing the decision log again");
-                    }
-                    _ => {}
-                }
-            }
-        })
-        .map_err(|err| format!("cannot start the decision-log writer: {err}"))?;
-    Ok(Sink::Writer {
-        lines,
-        dropped: AtomicU64::new(0),
-    })
-}
-
-fn write_line(sink: &Sink, mut line: String) {
-    let Sink::Writer { lines, dropped } = sink else {
-        return;
-    };
-    line.push('\n');
-    match lines.try_send(line) {
-        Ok(()) => {}
-        Err(TrySendError::Full(_)) => {
-            // A warning for the first line dropped, then one per 10,000.
-            if dropped.fetch_add(1, Ordering::Relaxed) % 10_000 == 0 {
-                tracing::warn!("the decision log cannot keep up; dropping lines");
-            }
-        }
-        Err(TrySendError::Disconnected(_)) => {}
-    }
-}
-
-/// Now, RFC 3339 in UTC with milliseconds.
-fn timestamp() -> String {
-    let now = SystemTime::now();
-    let millis = now
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |since| since.subsec_millis());
-    let seconds = crate::telemetry::rfc3339(now);
-    format!("{}.{millis:03}Z", seconds.trim_end_matches('Z'))
 }
 
 #[cfg(test)]
@@ -350,5 +518,66 @@ mod tests {
             assert_eq!(redact(&globs, path), logged, "{path}");
         }
         assert_eq!(redact(&[], "/reset/s3cr3t"), "/reset/s3cr3t");
+    }
+
+    fn refuse(log: &DecisionLog, id: &str) {
+        log.refused(&Refused {
+            request_id: id,
+            route: None,
+            method: "GET",
+            peer: IpAddr::from([127, 0, 0, 1]),
+            reason: "bad_request",
+        });
+    }
+
+    /// A reload's new sink takes over only once the lines logged before are written to
+    /// the old one; lines still being logged by the old load's requests follow the writer.
+    #[tokio::test]
+    async fn a_reload_switches_sinks_after_writing_what_came_before() {
+        let dir = std::env::temp_dir().join(format!("portcullis-dl-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let settings = |name: &str| LogSettings {
+            decisions: DecisionSink::File(dir.join(name)),
+            on_full: OnFull::Drop,
+            sample_allows: 1.0,
+            redact_paths: Vec::new(),
+        };
+        let dropped = IntCounter::new("dropped", "dropped").unwrap();
+        // Until the writer has taken the sink a load's `serving` handed it (bounded wait).
+        let taken = |log: &DecisionLog| {
+            for _ in 0..500 {
+                if lock(&log.writer.shared.switch).is_empty() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            panic!("the writer did not take the new sink");
+        };
+        let first = DecisionLog::open(&settings("first.log"), None, &dropped).unwrap();
+        first.serving();
+        taken(&first);
+        refuse(&first, "one");
+        let second = DecisionLog::open(&settings("second.log"), Some(&first), &dropped).unwrap();
+        refuse(&first, "two");
+        second.serving();
+        taken(&second);
+        refuse(&first, "three");
+        refuse(&second, "four");
+        assert!(second.close(Duration::from_secs(5)).await);
+        refuse(&second, "after close");
+        let ids = |name: &str| -> Vec<String> {
+            std::fs::read_to_string(dir.join(name))
+                .unwrap()
+                .lines()
+                .map(|line| {
+                    let line: serde_json::Value = serde_json::from_str(line).unwrap();
+                    line["request.id"].as_str().unwrap().to_owned()
+                })
+                .collect()
+        };
+        assert_eq!(ids("first.log"), ["one", "two"]);
+        assert_eq!(ids("second.log"), ["three", "four"]);
+        assert_eq!(dropped.get(), 0);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

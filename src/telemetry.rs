@@ -31,6 +31,8 @@ pub mod names {
     /// Connections closed because their unfinished head was the slowest when
     /// `limits.header_memory` ran out.
     pub const HEADER_MEMORY_CUTS_TOTAL: &str = "portcullis_header_memory_cuts_total";
+    /// Decision-log lines dropped because the writer fell behind or its sink failed.
+    pub const DECISION_LOG_DROPPED_TOTAL: &str = "portcullis_decision_log_dropped_total";
     /// Always 1, labelled with the version.
     pub const BUILD_INFO: &str = "portcullis_build_info";
     /// Time the policy took to decide a request.
@@ -59,6 +61,7 @@ pub mod names {
         CONNECTIONS_REJECTED_TOTAL,
         HEADER_MEMORY_BYTES,
         HEADER_MEMORY_CUTS_TOTAL,
+        DECISION_LOG_DROPPED_TOTAL,
         BUILD_INFO,
         DECISION_DURATION,
         RULE_MATCHES_TOTAL,
@@ -142,6 +145,8 @@ pub struct Metrics {
     pub header_memory: IntGauge,
     /// [`names::HEADER_MEMORY_CUTS_TOTAL`].
     pub header_memory_cuts: IntCounter,
+    /// [`names::DECISION_LOG_DROPPED_TOTAL`].
+    pub decision_log_dropped: IntCounter,
     /// [`names::DECISION_DURATION`].
     pub decision_duration: Histogram,
     /// [`names::RULE_MATCHES_TOTAL`].
@@ -218,6 +223,11 @@ impl Metrics {
             "Connections closed because their unfinished request head was the slowest when limits.header_memory ran out.",
         )
         .expect("static metric definition is valid");
+        let decision_log_dropped = IntCounter::new(
+            names::DECISION_LOG_DROPPED_TOTAL,
+            "Decision-log lines dropped because the writer fell behind or its sink failed.",
+        )
+        .expect("static metric definition is valid");
         let build_info = IntGaugeVec::new(
             Opts::new(names::BUILD_INFO, "Always 1; the version is in the label."),
             &["version"],
@@ -282,7 +292,8 @@ impl Metrics {
         .expect("static metric definition is valid");
         policy_last_reload_successful.set(1);
 
-        let collectors: [Box<dyn prometheus::core::Collector>; 16] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 17] = [
+            Box::new(decision_log_dropped.clone()),
             Box::new(policy_last_reload_successful.clone()),
             Box::new(jwks_refreshes.clone()),
             Box::new(policy_reloads.clone()),
@@ -315,6 +326,7 @@ impl Metrics {
             connections_rejected,
             header_memory,
             header_memory_cuts,
+            decision_log_dropped,
             decision_duration,
             rule_matches,
             policy_rules,
@@ -428,6 +440,43 @@ pub fn is_valid_request_id(value: &[u8]) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
 }
 
+/// A time as RFC 3339 in UTC with milliseconds (`2026-12-06T23:39:00.123Z`), for lines
+/// written on every request: the date and time of day are worked out once a second per
+/// thread.
+pub struct Timestamp([u8; 24]);
+
+impl Timestamp {
+    /// `time`, formatted.
+    pub fn new(time: SystemTime) -> Timestamp {
+        thread_local! {
+            static SECOND: Cell<(u64, [u8; 19])> = const { Cell::new((u64::MAX, [0; 19])) };
+        }
+        let since = time.duration_since(UNIX_EPOCH).unwrap_or_default();
+        let seconds = since.as_secs();
+        let (cached, mut text) = SECOND.get();
+        if cached != seconds {
+            let formatted = rfc3339(time);
+            text.copy_from_slice(&formatted.as_bytes()[..19]);
+            SECOND.set((seconds, text));
+        }
+        let millis = since.subsec_millis();
+        let mut out = [0u8; 24];
+        out[..19].copy_from_slice(&text);
+        out[19] = b'.';
+        out[20] = b'0' + (millis / 100) as u8;
+        out[21] = b'0' + (millis / 10 % 10) as u8;
+        out[22] = b'0' + (millis % 10) as u8;
+        out[23] = b'Z';
+        Timestamp(out)
+    }
+
+    /// The text.
+    pub fn as_str(&self) -> &str {
+        // Every byte written above is ASCII.
+        std::str::from_utf8(&self.0).unwrap_or("1970-01-01T00:00:00.000Z")
+    }
+}
+
 /// `time` as RFC 3339 in UTC, to the second.
 pub fn rfc3339(time: SystemTime) -> String {
     let seconds = time
@@ -488,6 +537,18 @@ mod tests {
             "portcullis_requests_total{decision=\"allow\",reason=\"allowed\",route=\"api\"} 1"
         ));
         assert!(text.contains("portcullis_build_info{version="));
+    }
+
+    #[test]
+    fn timestamps_have_milliseconds_and_follow_the_second() {
+        let at = |millis| {
+            let time = SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(millis);
+            Timestamp::new(time).as_str().to_owned()
+        };
+        assert_eq!(at(1_795_910_399_007), "2026-11-28T23:59:59.007Z");
+        assert_eq!(at(1_795_910_399_999), "2026-11-28T23:59:59.999Z");
+        assert_eq!(at(1_795_910_400_120), "2026-11-29T00:00:00.120Z");
+        assert_eq!(at(0), "1970-01-01T00:00:00.000Z");
     }
 
     #[test]

@@ -18,11 +18,11 @@ use super::model::{
     ApiKeyEntry, ApiKeySettings, DenialSettings, Detail, ForwardHeaderNames, ForwardedHeader,
     IdentitySettings, JwtSettings, KeySource, RemoteKeys, Secret, TokenSource,
 };
-use super::model::{DecisionSink, LogSettings};
+use super::model::{DecisionSink, LogSettings, OnFull};
 use super::policy::{self, PolicySummary};
 use super::raw::{
     RawApiKey, RawApiKeyFile, RawConfig, RawDenials, RawDetail, RawForwardedHeader, RawIdentity,
-    RawJwt, RawLimits, RawLog, RawRoute, RawSecret, RawUpstream,
+    RawJwt, RawLimits, RawLog, RawOnFull, RawRoute, RawSecret, RawUpstream,
 };
 use super::source::{Source, key_segment};
 use super::units::{format_size, parse_duration, parse_size};
@@ -260,8 +260,9 @@ fn build_log(builder: &mut Builder, raw: &RawLog, base_dir: &Path) -> LogSetting
     let decisions = match raw.decisions.as_str() {
         "log" => DecisionSink::Log,
         "stdout" => DecisionSink::Stdout,
+        "off" => DecisionSink::Off,
         "" => {
-            builder.error("log.decisions", "write log, stdout or a file path");
+            builder.error("log.decisions", "write log, stdout, off or a file path");
             DecisionSink::Log
         }
         file => DecisionSink::File(base_dir.join(file)),
@@ -289,6 +290,10 @@ fn build_log(builder: &mut Builder, raw: &RawLog, base_dir: &Path) -> LogSetting
     }
     LogSettings {
         decisions,
+        on_full: match raw.on_full {
+            RawOnFull::Drop => OnFull::Drop,
+            RawOnFull::Block => OnFull::Block,
+        },
         sample_allows: sample_allows.clamp(0.0, 1.0),
         redact_paths,
     }

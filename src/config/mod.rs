@@ -26,7 +26,7 @@ pub use error::{ConfigError, ConfigErrors};
 pub use model::{
     AdminSettings, ApiKeyEntry, ApiKeySettings, BODILESS_METHODS, Config, DecisionSink,
     DenialSettings, Detail, ForwardHeaderNames, ForwardedHeader, HostPattern, IdentitySettings,
-    JwtSettings, KeySource, Limits, ListenerSettings, LogSettings, RemoteKeys, RouteId,
+    JwtSettings, KeySource, Limits, ListenerSettings, LogSettings, OnFull, RemoteKeys, RouteId,
     RouteSettings, Secret, Target, TokenSource, UpstreamName, UpstreamSettings,
 };
 pub use policy::{PolicySummary, compile as compile_policy, parse_list_file, wildcard_match};

@@ -69,6 +69,8 @@ pub struct Config {
 pub struct LogSettings {
     /// Where decision lines go.
     pub decisions: DecisionSink,
+    /// What a request does when the writer has fallen behind.
+    pub on_full: OnFull,
     /// The share of allowed requests logged; denials and errors are always logged.
     pub sample_allows: f64,
     /// Globs whose captured segments the decision log leaves out.
@@ -78,12 +80,23 @@ pub struct LogSettings {
 /// Where decision lines go.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DecisionSink {
-    /// The process log (stderr), as events of target `portcullis::decision` at info.
+    /// Standard error, beside the process log, a JSON line each.
     Log,
     /// Standard output, a JSON line each.
     Stdout,
     /// A file, appended to, a JSON line each.
     File(PathBuf),
+    /// No decision log.
+    Off,
+}
+
+/// `log.on_full`: what a request does when the decision-log writer has fallen behind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnFull {
+    /// Drop the line and count it.
+    Drop,
+    /// Wait for the writer.
+    Block,
 }
 
 /// The `identity` section.

@@ -55,10 +55,15 @@ pub struct RawConfig {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawLog {
-    /// Where decision lines go: `log` (the process log on stderr, as events of target
-    /// portcullis::decision), `stdout`, or a file path (appended to; reopened on reload).
+    /// Where decision lines go: `log` (stderr, beside the process log), `stdout`, a file
+    /// path (appended to; reopened on reload), or `off`.
     #[serde(default = "default_decisions")]
     pub decisions: String,
+    /// What a request does when the decision-log writer has fallen 4 MiB behind: `drop`
+    /// its line (counted in portcullis_decision_log_dropped_total) or `block` until the
+    /// writer catches up.
+    #[serde(default)]
+    pub on_full: RawOnFull,
     /// The share of allowed requests logged, 0 to 1; denials and errors are always logged.
     #[serde(default = "default_sample_allows")]
     pub sample_allows: f64,
@@ -72,10 +77,22 @@ impl Default for RawLog {
     fn default() -> RawLog {
         RawLog {
             decisions: default_decisions(),
+            on_full: RawOnFull::default(),
             sample_allows: default_sample_allows(),
             redact_paths: Vec::new(),
         }
     }
+}
+
+/// `log.on_full`.
+#[derive(Debug, Default, Clone, Copy, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RawOnFull {
+    /// Drop the line and count it; requests never wait for the log.
+    #[default]
+    Drop,
+    /// Wait for the writer: no line is lost, but a stuck sink stalls requests.
+    Block,
 }
 
 fn default_decisions() -> String {

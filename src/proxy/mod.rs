@@ -68,7 +68,11 @@ impl Proxy {
         metrics: Arc<Metrics>,
         previous: Option<&Proxy>,
     ) -> Result<Proxy, String> {
-        let decision_log = DecisionLog::open(&config.log)?;
+        let decision_log = DecisionLog::open(
+            &config.log,
+            previous.map(|previous| &previous.decision_log),
+            &metrics.decision_log_dropped,
+        )?;
         let upstreams = config
             .upstreams
             .iter()
@@ -117,8 +121,10 @@ impl Proxy {
         })
     }
 
-    /// Marks this state as the one serving, in the metrics that describe it.
+    /// Marks this state as the one serving, in the metrics that describe it and the
+    /// decision log's sink.
     pub fn serving(&self) {
+        self.decision_log.serving();
         self.metrics
             .policy_rules
             .set(i64::try_from(self.config.policy.rules().len()).unwrap_or(i64::MAX));
@@ -127,6 +133,11 @@ impl Proxy {
     /// The identity setup, whose key sets the gateway keeps fresh and `/readyz` reports.
     pub fn identity(&self) -> &Arc<Identity> {
         &self.identity
+    }
+
+    /// The decision log, which the gateway closes at shutdown.
+    pub fn decision_log(&self) -> &DecisionLog {
+        &self.decision_log
     }
 
     /// The config this state was built from.

@@ -69,6 +69,7 @@ async fn denials_are_always_logged_and_allows_as_sampled() {
         2,
         "one denial, one refusal, no allow: {logged:?}"
     );
+    logged.iter().for_each(assert_decision_log_fields);
     let denial = &logged[0];
     assert_eq!(denial["decision"], "deny");
     assert_eq!(denial["decision.reason"], "no_matching_allow");
@@ -191,4 +192,82 @@ async fn redacted_path_segments_never_reach_the_log() {
     let text = std::fs::read_to_string(gw.file("decisions.log")).unwrap();
     assert!(!text.contains("s3cr3t"), "{text}");
     assert_eq!(up.seen()[0].target, "/reset/s3cr3t-t0ken");
+}
+
+/// Lines wait in their thread's batch for at most 100 ms; a graceful shutdown writes them
+/// all before it returns.
+#[tokio::test]
+async fn a_graceful_shutdown_writes_every_line_before_it_returns() {
+    let up = TestUpstream::start("app").await;
+    let gw = TestGateway::with_policy(
+        &config(&[up.url()], "log: { decisions: decisions.log }\n"),
+        POLICY,
+    )
+    .await;
+    const REQUESTS: usize = 40;
+    for _ in 0..REQUESTS {
+        let status = client().request(get(&gw.url("/a"))).await.unwrap().status();
+        assert_eq!(status, StatusCode::OK);
+    }
+    let log = gw.file("decisions.log");
+    let (drained, _scratch) = gw.shutdown().await;
+    assert_eq!(drained, portcullis::app::Drained::Clean);
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(text.lines().count(), REQUESTS, "{text}");
+    for line in text.lines() {
+        let line: serde_json::Value = serde_json::from_str(line).expect("a JSON line");
+        assert_eq!(line["decision"], "allow");
+    }
+}
+
+/// A sink that takes nothing (a FIFO whose reader never reads) never holds a request up:
+/// once 4 MiB of lines wait, further lines are dropped and counted.
+#[tokio::test]
+async fn lines_are_dropped_and_counted_when_the_sink_blocks() {
+    let up = TestUpstream::start("app").await;
+    let scratch = Scratch::new();
+    let fifo = scratch.path().join("decisions.fifo");
+    let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+    assert!(made.is_ok_and(|status| status.success()), "mkfifo");
+    // Opening a FIFO blocks until its other end is opened: the reader opens in a thread
+    // of its own, then holds the FIFO open without reading.
+    let reader = std::thread::spawn({
+        let fifo = fifo.clone();
+        move || std::fs::File::open(fifo).expect("the FIFO opens for reading")
+    });
+    // Forty rules in each denial's trace: lines of a few KiB fill the queue sooner.
+    let mut policy = String::from("rules:\n");
+    for index in 0..40 {
+        policy.push_str(&format!(
+            "  - {{ id: office-{index}, effect: allow, when: {{ ip: [10.{index}.0.0/16] }} }}\n"
+        ));
+    }
+    scratch.write("policy.yaml", &policy);
+    let path = scratch.write(
+        "gw.yaml",
+        &format!(
+            "{}policy: {{ files: [policy.yaml], watch: false }}\n",
+            config(&[up.url()], "log: { decisions: decisions.fifo }\n")
+        ),
+    );
+    let gw = TestGateway::from_file(&path, scratch).await;
+    let _reader = reader.join().unwrap();
+
+    let mut answered = 0;
+    for round in 0..60 {
+        let mut requests = tokio::task::JoinSet::new();
+        for _ in 0..50 {
+            requests.spawn(client().request(get(&gw.url("/denied"))));
+        }
+        while let Some(response) = requests.join_next().await {
+            assert_eq!(response.unwrap().unwrap().status(), StatusCode::FORBIDDEN);
+            answered += 1;
+        }
+        let dropped = metric(&gw.metrics().await, "portcullis_decision_log_dropped_total");
+        if dropped > 0.0 {
+            assert!(round > 0, "nothing is dropped before the queue is full");
+            return;
+        }
+    }
+    panic!("{answered} denials answered, no line counted as dropped");
 }

@@ -131,6 +131,11 @@ impl TestGateway {
         }
     }
 
+    /// Drains the gateway as SIGTERM does, keeping its files.
+    pub async fn shutdown(self) -> (portcullis::app::Drained, Scratch) {
+        (self._gateway.shutdown().await, self._scratch)
+    }
+
     /// `http://addr` + `path`.
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
@@ -170,16 +175,51 @@ impl TestGateway {
 
 /// A config with one upstream `app` of `targets`, one catch-all route, and `extra` YAML
 /// appended (limits, network, …).
+///
+/// The decision log is off unless `extra` has a `log` section: its lines would go to the
+/// test binary's stderr.
 pub fn config(targets: &[String], extra: &str) -> String {
     let targets: Vec<String> = targets.iter().map(|t| format!("\"{t}\"")).collect();
+    let log = if extra.contains("log:") {
+        ""
+    } else {
+        "log: { decisions: off }\n"
+    };
     format!(
         "listen: [{{ addr: 127.0.0.1:0 }}]\n\
          admin: {{ addr: 127.0.0.1:0 }}\n\
          upstreams:\n  app:\n    targets: [{}]\n    timeout: 5s\n\
          routes:\n  - {{ id: main, path_prefix: /, upstream: app }}\n\
-         {extra}",
+         {log}{extra}",
         targets.join(", ")
     )
+}
+
+/// The fields of every decision-log line, whichever sink it goes to and whatever the
+/// decision (in the order serde_json lists them).
+pub const DECISION_LOG_FIELDS: &[&str] = &[
+    "audit",
+    "client.ip",
+    "decision",
+    "decision.micros",
+    "decision.reason",
+    "http.method",
+    "principal.id",
+    "request.id",
+    "route.id",
+    "rule.id",
+    "timestamp",
+    "trace",
+    "url.path",
+];
+
+/// Asserts that a decision-log line has exactly [`DECISION_LOG_FIELDS`].
+pub fn assert_decision_log_fields(line: &serde_json::Value) {
+    let fields: Vec<&str> = line
+        .as_object()
+        .map(|object| object.keys().map(String::as_str).collect())
+        .unwrap_or_default();
+    assert_eq!(fields, DECISION_LOG_FIELDS, "{line}");
 }
 
 /// `yaml` from [`config`] with WebSocket upgrades allowed on its route.
