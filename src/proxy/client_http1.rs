@@ -70,6 +70,12 @@ pub struct Wire<IO = ActivityIo> {
     pub next_head_since: Option<u64>,
     /// The charge for those bytes, which the next head's reading takes over.
     pub head_charge: Option<HeadCharge>,
+    /// The request being answered was sent before the previous one was answered
+    /// (pipelined).
+    pub pipelined: bool,
+    /// The client closed its sending side after pipelining requests: what it sent is
+    /// answered, and nothing more is read.
+    pub client_done: bool,
 }
 
 /// A request body as the proxy receives it, from either protocol.
@@ -527,6 +533,7 @@ impl Connection {
     /// Reads until `wire.buf` starts with a whole request head, and takes it off.
     async fn read_head(&mut self, wire: &mut Wire) -> Result<RequestHead, NoHead> {
         let activity = self.meta.activity.clone();
+        wire.pipelined = !wire.buf.is_empty() && wire.next_head_since.is_some();
         // A head's time starts with its first byte: now, for bytes already here.
         let mut started = (!wire.buf.is_empty()).then(|| {
             wire.next_head_since
@@ -763,7 +770,9 @@ fn too_large(max_header_size: usize) -> NoHead {
 /// Runs `call` (a request without a body) while watching the client: a client that hangs
 /// up drops the call (and its upstream exchange), `None`; bytes it sends meanwhile (the
 /// next request, pipelined) are kept in `wire.buf`, and the next head's clock starts
-/// when they arrive.
+/// when they arrive. A client that closes its side with requests pipelined (unanswered in
+/// `wire.buf`, or the one being answered) is not hanging up: it is done sending, and gets
+/// its answers.
 ///
 /// Only a call that outlasts a tick of the idle watchdog is watched, so a quick one
 /// costs no read that would find nothing. What is read, at most `max_head` bytes, is
@@ -782,8 +791,6 @@ async fn watch_while<IO: AsyncRead + Unpin, F: Future>(
             .get_or_insert_with(|| head_memory.charge(activity))
             .hold(wire.buf.capacity(), wire.buf.len());
     }
-    // A client that closes its side after pipelining requests still gets answers.
-    let mut closed_with_more = false;
     poll_fn(|cx| {
         activity.wake_on_change(cx);
         if let Poll::Ready(output) = call.as_mut().poll(cx) {
@@ -792,10 +799,12 @@ async fn watch_while<IO: AsyncRead + Unpin, F: Future>(
         if wire.head_charge.as_ref().is_some_and(HeadCharge::is_cut) {
             return Poll::Ready(None);
         }
-        while !closed_with_more && activity.ticks() != started && wire.buf.len() < max_head {
+        while !wire.client_done && activity.ticks() != started && wire.buf.len() < max_head {
             let was_empty = wire.buf.is_empty();
             match poll_read_more(wire, cx) {
-                Poll::Ready(Ok(0)) if !wire.buf.is_empty() => closed_with_more = true,
+                Poll::Ready(Ok(0)) if !wire.buf.is_empty() || wire.pipelined => {
+                    wire.client_done = true;
+                }
                 Poll::Ready(Ok(0) | Err(_)) => return Poll::Ready(None),
                 Poll::Ready(Ok(_)) => {
                     if was_empty {
@@ -913,6 +922,8 @@ mod tests {
             buf: BytesMut::new(),
             next_head_since: None,
             head_charge: None,
+            pipelined: false,
+            client_done: false,
         }
     }
 
@@ -1084,6 +1095,34 @@ mod tests {
         );
         clock.await.unwrap();
         assert!(activity.ticks() > started);
+    }
+
+    /// A client that pipelined requests and then closed its side is done sending, not
+    /// gone: the last of its requests is answered even when its close is seen only while
+    /// that request is being answered, and nothing more is read.
+    #[tokio::test]
+    async fn a_client_that_closes_after_pipelining_gets_its_last_answer() {
+        let activity = Arc::new(Activity::default());
+        let mut wire = wire(Builder::new().build());
+        wire.pipelined = true;
+        let (answer, answered) = oneshot::channel();
+        let ticker = activity.clone();
+        let clock = tokio::spawn(async move {
+            ticker.tick();
+            tokio::task::yield_now().await;
+            ticker.tick();
+            tokio::task::yield_now().await;
+            let _ = answer.send("response");
+        });
+        let answered = std::pin::pin!(answered);
+        let memory = head_memory();
+        let watched = watch_while(&activity, &mut wire, (8192, &memory), answered);
+        let output = tokio::time::timeout(Duration::from_secs(10), watched)
+            .await
+            .unwrap();
+        clock.await.unwrap();
+        assert_eq!(output.map(Result::unwrap), Some("response"));
+        assert!(wire.client_done);
     }
 
     #[test]

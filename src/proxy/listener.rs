@@ -199,6 +199,8 @@ async fn serve_connection(
             buf,
             next_head_since: None,
             head_charge: None,
+            pipelined: false,
+            client_done: false,
         };
         Box::pin(client_http1::serve(wire, meta, live, settings))
     };
