@@ -12,7 +12,7 @@ use std::future::{Future, poll_fn};
 use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll, Waker, ready};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
@@ -82,7 +82,14 @@ pub struct Wire<IO = ActivityIo> {
 pub enum ClientBody {
     Empty,
     Http1(Http1Body),
-    Http2(Incoming),
+    Http2(Incoming, Pieces),
+}
+
+impl ClientBody {
+    /// An HTTP/2 request's body, as hyper reads it.
+    pub fn http2(body: Incoming) -> ClientBody {
+        ClientBody::Http2(body, Pieces::default())
+    }
 }
 
 impl Body for ClientBody {
@@ -96,7 +103,16 @@ impl Body for ClientBody {
         match self.get_mut() {
             ClientBody::Empty => Poll::Ready(None),
             ClientBody::Http1(body) => body.poll_frame(cx),
-            ClientBody::Http2(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
+            ClientBody::Http2(body, pieces) => {
+                let frame = ready!(Pin::new(body).poll_frame(cx));
+                if let Some(Ok(frame)) = &frame
+                    && let Some(data) = frame.data_ref()
+                    && let Err(problem) = pieces.count(data.len())
+                {
+                    return Poll::Ready(Some(Err(problem.into())));
+                }
+                Poll::Ready(frame.map(|frame| frame.map_err(Into::into)))
+            }
         }
     }
 
@@ -104,7 +120,7 @@ impl Body for ClientBody {
         match self {
             ClientBody::Empty => true,
             ClientBody::Http1(body) => body.size_hint().upper() == Some(0),
-            ClientBody::Http2(body) => body.is_end_stream(),
+            ClientBody::Http2(body, _) => body.is_end_stream(),
         }
     }
 
@@ -112,7 +128,7 @@ impl Body for ClientBody {
         match self {
             ClientBody::Empty => SizeHint::with_exact(0),
             ClientBody::Http1(body) => body.size_hint(),
-            ClientBody::Http2(body) => body.size_hint(),
+            ClientBody::Http2(body, _) => body.size_hint(),
         }
     }
 }
@@ -127,9 +143,7 @@ pub struct Http1Body<IO = ActivityIo> {
     decoder: Decoder,
     reading: Reading,
     back: Option<oneshot::Sender<Returned<IO>>>,
-    /// Pieces of the body handed out, and their bytes: what reading it has cost.
-    pieces: u64,
-    received: u64,
+    pieces: Pieces,
 }
 
 /// Pieces a request body may come in for free; beyond them, each piece must bring
@@ -138,6 +152,29 @@ pub struct Http1Body<IO = ActivityIo> {
 /// them, where one chunk costs a few; this keeps its cost within a small multiple.
 const FREE_PIECES: u64 = 16 * 1024;
 const MIN_PIECE: u64 = 64;
+
+/// Pieces of a request body handed out (chunks or reads of HTTP/1, DATA frames of
+/// HTTP/2), and their bytes: what reading it has cost.
+#[derive(Debug, Default)]
+pub struct Pieces {
+    pieces: u64,
+    received: u64,
+}
+
+impl Pieces {
+    /// Counts a piece of `len` bytes; an error once the body has come in too many small
+    /// pieces.
+    fn count(&mut self, len: usize) -> Result<(), String> {
+        self.pieces += 1;
+        self.received += len as u64;
+        if self.pieces > FREE_PIECES + self.received / MIN_PIECE {
+            return Err(format!(
+                "the request body came in too many small pieces (more than {FREE_PIECES}, averaging under {MIN_PIECE} bytes); send it in larger chunks"
+            ));
+        }
+        Ok(())
+    }
+}
 
 /// Where a request body stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -180,8 +217,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Http1Body<IO> {
                 Reading::Body
             },
             back: Some(back),
-            pieces: 0,
-            received: 0,
+            pieces: Pieces::default(),
         }
     }
 
@@ -234,12 +270,8 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Http1Body<IO> {
         ) {
             Poll::Pending => Poll::Pending,
             Poll::Ready(Ok(Some(data))) => {
-                self.pieces += 1;
-                self.received += data.len() as u64;
-                if self.pieces > FREE_PIECES + self.received / MIN_PIECE {
-                    return self.fail(format!(
-                        "the request body came in too many small pieces (more than {FREE_PIECES}, averaging under {MIN_PIECE} bytes); send it in larger chunks"
-                    ));
+                if let Err(problem) = self.pieces.count(data.len()) {
+                    return self.fail(problem);
                 }
                 if self.decoder.is_done() {
                     self.reading = Reading::Done;

@@ -257,7 +257,7 @@ fn serve_http2(
         let proxy = live.load_full();
         let meta = meta.clone();
         async move {
-            let mut response = handle(proxy, meta, request.map(ClientBody::Http2)).await;
+            let mut response = handle(proxy, meta, request.map(ClientBody::http2)).await;
             drop(in_flight);
             // An HTTP/1 upstream's fields become a map only here; the HTTP/1 writer
             // passes them on as they came.
