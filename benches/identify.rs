@@ -122,7 +122,7 @@ fn identify(c: &mut Criterion) {
     for (name, algorithm, jwks, key) in cases {
         let settings = settings(jwks, algorithm);
         let token = token(algorithm, &key);
-        let metrics = Metrics::new();
+        let metrics = Metrics::new(1);
         let identity = Identity::new(&settings, &metrics, None);
         identity.verify_token(&token).unwrap();
         group.bench_function(format!("{name}/cache-hit"), |b| {

@@ -22,7 +22,7 @@ use tokio::sync::Semaphore;
 use crate::config::HostPattern;
 use crate::config::cases::parse_principal;
 use crate::proxy::offline::{self, Caller};
-use crate::proxy::{Live, normalize};
+use crate::proxy::{Serving, normalize};
 use crate::reload::Reloader;
 use crate::telemetry::Metrics;
 
@@ -51,7 +51,7 @@ pub struct AdminState {
     /// The state `/readyz` reports.
     pub readiness: Arc<Readiness>,
     /// The serving state, whose token keys `/readyz` checks.
-    pub live: Live,
+    pub serving: Arc<Serving>,
     /// What `/policy` reports and `POST /reload` runs.
     pub reloader: Arc<Reloader>,
     /// Names `Host` may carry besides IP addresses and `localhost` (`admin.allowed_hosts`).
@@ -183,7 +183,7 @@ async fn serve(state: &AdminState, request: Request<Incoming>) -> Response<Full<
                     "not ready: listeners are not bound yet\n",
                 )
             } else {
-                let unavailable = state.live.load().identity().unavailable();
+                let unavailable = state.serving.load().identity().unavailable();
                 if unavailable.is_empty() {
                     text(StatusCode::OK, "ready\n")
                 } else {
@@ -277,10 +277,10 @@ async fn explain(state: &AdminState, request: Request<Incoming>) -> Response<Ful
         },
     };
     let headers: Vec<(String, String)> = asked.headers.into_iter().collect();
-    let proxy = state.live.load_full();
+    let load = state.serving.load();
     let answer = offline::decide(
-        proxy.config(),
-        proxy.identity(),
+        load.config(),
+        load.identity(),
         &asked.method,
         &asked.url,
         ip,

@@ -7,18 +7,15 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
-use arc_swap::ArcSwap;
-
 use crate::admin::{self, AdminState, Readiness};
 use crate::config::Config;
-use crate::proxy::Live;
-use crate::proxy::Proxy;
 use crate::proxy::head_memory::HeadMemory;
 use crate::proxy::listener::{self, Listeners};
+use crate::proxy::{Live, Load, Serving};
 use crate::reload::{self, Reloader};
 use crate::telemetry::Metrics;
 
@@ -32,12 +29,12 @@ pub struct Gateway {
     max_connections: usize,
     grace: Duration,
     reloader: Arc<Reloader>,
-    live: Live,
+    serving: Arc<Serving>,
+    /// Tells the workers to stop once the drain is over; dropping it does too.
+    stop: watch::Sender<bool>,
+    workers: Vec<std::thread::JoinHandle<()>>,
     tasks: JoinSet<()>,
 }
-
-/// How long a shutdown waits for the decision log's last lines to be written.
-const DECISION_LOG_CLOSE: Duration = Duration::from_secs(5);
 
 /// How a drain ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,29 +45,96 @@ pub enum Drained {
     GraceExpired(usize),
 }
 
+/// How long a shutdown waits for the workers to stop and the decision log's last lines to
+/// be written, after the drain.
+const THREADS_STOP: Duration = Duration::from_secs(5);
+
+/// Backlog of each listening socket: connections the kernel completes before a worker
+/// accepts them.
+const BACKLOG: u32 = 1024;
+
+/// How many workers serve: the config's count, or one per CPU the process may use (its
+/// affinity and cgroup quota count; `TOKIO_WORKER_THREADS` overrides, as it did when
+/// tokio's scheduler spread the work).
+pub fn worker_count(configured: Option<usize>) -> usize {
+    if let Some(count) = configured {
+        return count;
+    }
+    let from_env = std::env::var("TOKIO_WORKER_THREADS")
+        .ok()
+        .and_then(|value| value.trim().parse::<usize>().ok())
+        .filter(|count| *count > 0);
+    from_env.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
+/// A listening socket on `addr` that other sockets of this process may share
+/// (`SO_REUSEPORT`: the kernel spreads new connections among them). Made while a runtime
+/// runs, handed over as a std socket, to be registered with a worker's runtime.
+fn shared_socket(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    #[cfg(unix)]
+    socket.set_reuseport(true)?;
+    socket.bind(addr)?;
+    socket.listen(BACKLOG)?.into_std()
+}
+
 impl Gateway {
     /// Binds every listener and starts serving. Fails, with nothing left running, when an
     /// address cannot be bound.
     pub async fn start(config: &Config) -> anyhow::Result<Gateway> {
-        let metrics = Arc::new(Metrics::new());
-        let proxy = Proxy::new(config, metrics.clone(), None).map_err(anyhow::Error::msg)?;
-        proxy.serving();
+        // Without SO_REUSEPORT, one socket per address: one worker.
+        let workers = if cfg!(unix) {
+            worker_count(config.workers)
+        } else {
+            1
+        };
+        let metrics = Arc::new(Metrics::new(workers));
+        let load = Load::new(config, &metrics, None).map_err(anyhow::Error::msg)?;
+        load.serving(&metrics);
         let readiness = Arc::new(Readiness::default());
         // Keys first, so that the first requests find them; an issuer whose keys cannot be
         // fetched is logged, keeps being retried, and holds `/readyz` back.
-        proxy.identity().load_keys().await;
-        let live: Live = Arc::new(ArcSwap::from_pointee(proxy));
+        load.identity().load_keys().await;
+        let serving = Arc::new(Serving::new(load, &metrics));
 
-        let mut bound = Vec::new();
+        // Each worker gets a socket of its own for every listener, all on one address.
+        let mut sockets: Vec<Vec<std::net::TcpListener>> =
+            (0..workers).map(|_| Vec::new()).collect();
+        let mut listen_addrs = Vec::new();
         for settings in &config.listeners {
-            let listener = TcpListener::bind(settings.addr)
-                .await
-                .with_context(|| format!("binding listener {}", settings.addr))?;
-            bound.push(listener);
+            // SO_REUSEPORT would let this process join the sockets of another one on the
+            // same port (an old instance still running) and take half its traffic: a
+            // plain bind first finds the address taken.
+            if settings.addr.port() != 0 {
+                drop(
+                    std::net::TcpListener::bind(settings.addr)
+                        .with_context(|| format!("binding listener {}", settings.addr))?,
+                );
+            }
+            let mut addr = settings.addr;
+            for worker in &mut sockets {
+                let socket = shared_socket(addr)
+                    .with_context(|| format!("binding listener {}", settings.addr))?;
+                // Port 0 picks a port once; the other workers' sockets share it.
+                addr = socket
+                    .local_addr()
+                    .context("reading a bound listener's address")?;
+                worker.push(socket);
+            }
+            tracing::info!(addr = %addr, workers, "listening");
+            listen_addrs.push(addr);
         }
         let admin_listener = TcpListener::bind(config.admin.addr)
             .await
             .with_context(|| format!("binding admin listener {}", config.admin.addr))?;
+        let admin_addr = admin_listener
+            .local_addr()
+            .context("reading the admin listener's address")?;
 
         let (shutdown, shutdown_rx) = watch::channel(false);
         let connections = Arc::new(Semaphore::new(config.limits.max_connections));
@@ -84,21 +148,29 @@ impl Gateway {
             head_memory,
             shutdown: shutdown_rx,
         };
-        let mut tasks = JoinSet::new();
-        let mut listen_addrs = Vec::new();
-        for listener in bound {
-            let addr = listener
-                .local_addr()
-                .context("reading a bound listener's address")?;
-            tracing::info!(addr = %addr, "listening");
-            listen_addrs.push(addr);
-            tasks.spawn(listener::run(listener, live.clone(), listeners.clone()));
+        let (stop, stopped) = watch::channel(false);
+        let mut threads = Vec::new();
+        for (index, sockets) in sockets.into_iter().enumerate() {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("starting a worker's runtime")?;
+            let live = serving
+                .worker(index)
+                .context("a worker without a serving state")?
+                .clone();
+            let listeners = listeners.clone();
+            let stopped = stopped.clone();
+            let thread = std::thread::Builder::new()
+                .name(format!("worker-{index}"))
+                .spawn(move || serve_worker(runtime, sockets, live, listeners, stopped))
+                .context("starting a worker thread")?;
+            threads.push(thread);
         }
-        let admin_addr = admin_listener
-            .local_addr()
-            .context("reading the admin listener's address")?;
+
+        let mut tasks = JoinSet::new();
         tracing::info!(addr = %admin_addr, "admin listening");
-        let reloader = Reloader::new(config, live.clone(), metrics.clone());
+        let reloader = Reloader::new(config, serving.clone(), metrics.clone());
         if config.watch {
             match reload::watch(reloader.clone()) {
                 Ok(watching) => {
@@ -109,12 +181,11 @@ impl Gateway {
                 }
             }
         }
-        let admin_live = live.clone();
         let admin_state = Arc::new(AdminState {
             allowed_hosts: config.admin.allowed_hosts.clone(),
             metrics,
             readiness: readiness.clone(),
-            live,
+            serving: serving.clone(),
             reloader: reloader.clone(),
         });
         tasks.spawn(admin::run(admin_listener, admin_state));
@@ -129,7 +200,9 @@ impl Gateway {
             max_connections: config.limits.max_connections,
             grace: config.shutdown_grace,
             reloader,
-            live: admin_live,
+            serving,
+            stop,
+            workers: threads,
             tasks,
         })
     }
@@ -144,6 +217,11 @@ impl Gateway {
         self.admin_addr
     }
 
+    /// How many workers serve clients.
+    pub fn workers(&self) -> usize {
+        self.serving.workers()
+    }
+
     /// Reads the config and policy files again and serves new requests with them, as
     /// SIGHUP does.
     pub fn reloader(&self) -> &Arc<Reloader> {
@@ -151,7 +229,8 @@ impl Gateway {
     }
 
     /// Stops accepting, asks every connection to finish its in-flight requests, and waits
-    /// for them up to the grace period.
+    /// for them up to the grace period. Then stops the workers and writes the decision
+    /// log's last lines.
     pub async fn shutdown(mut self) -> Drained {
         self.readiness.draining.store(true, Ordering::Relaxed);
         // Receivers only go away with the listeners, so a failed send means nothing to stop.
@@ -160,12 +239,13 @@ impl Gateway {
         let drained = tokio::time::timeout(self.grace, self.connections.acquire_many(all)).await;
         self.tasks.abort_all();
         self.reloader.stop();
+        let _ = self.stop.send(true);
+        let mut threads = std::mem::take(&mut self.workers);
         // The lines of every request answered are written before the process ends.
-        self.live
-            .load()
-            .decision_log()
-            .close(DECISION_LOG_CLOSE)
-            .await;
+        threads.extend(self.serving.load().decision_log().close());
+        if !joined(threads, THREADS_STOP).await {
+            tracing::warn!("a worker or the decision-log writer did not stop in time");
+        }
         match drained {
             Ok(_) => Drained::Clean,
             Err(_) => {
@@ -173,6 +253,47 @@ impl Gateway {
             }
         }
     }
+}
+
+/// A worker: its own runtime, accepting on its own sockets and serving those connections
+/// from start to end, until the gateway stops it (or goes away).
+fn serve_worker(
+    runtime: tokio::runtime::Runtime,
+    sockets: Vec<std::net::TcpListener>,
+    live: Live,
+    listeners: Listeners,
+    mut stopped: watch::Receiver<bool>,
+) {
+    runtime.block_on(async move {
+        let mut accepting = JoinSet::new();
+        for socket in sockets {
+            match TcpListener::from_std(socket) {
+                Ok(listener) => {
+                    accepting.spawn(listener::run(listener, live.clone(), listeners.clone()));
+                }
+                Err(err) => tracing::error!(error = %err, "a worker cannot accept on its socket"),
+            }
+        }
+        // A closed channel (the gateway dropped) stops the worker too.
+        let _ = stopped.wait_for(|stop| *stop).await;
+    });
+    // Connections still open past the grace period end here.
+    runtime.shutdown_timeout(Duration::from_millis(100));
+}
+
+/// Waits for `threads` to end, at most `within`; whether they all did.
+async fn joined(threads: Vec<std::thread::JoinHandle<()>>, within: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + within;
+    for thread in threads {
+        while !thread.is_finished() {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let _ = thread.join();
+    }
+    true
 }
 
 /// Runs the gateway until SIGTERM or SIGINT, then drains it.

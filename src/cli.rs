@@ -161,19 +161,6 @@ pub fn log_colour(stderr_is_terminal: bool, no_color: Option<std::ffi::OsString>
 /// Exit code for invalid config or usage.
 pub const EXIT_INVALID: u8 = 2;
 
-/// The runtime the gateway serves on: tokio's, with a worker per CPU the process may use
-/// (its affinity and cgroup quota count; `TOKIO_WORKER_THREADS` overrides). With one CPU,
-/// the single-threaded scheduler does the same work without the machinery that lets
-/// threads steal each other's tasks.
-fn runtime(one_cpu: bool) -> std::io::Result<tokio::runtime::Runtime> {
-    let mut builder = if one_cpu {
-        tokio::runtime::Builder::new_current_thread()
-    } else {
-        tokio::runtime::Builder::new_multi_thread()
-    };
-    builder.enable_all().build()
-}
-
 /// Runs a parsed command line and returns the process exit code.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let command = cli.command.unwrap_or_else(|| Command::Run {
@@ -184,8 +171,12 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let Some(config) = load_or_report(&config) else {
                 return Ok(ExitCode::from(EXIT_INVALID));
             };
-            let one_cpu = std::thread::available_parallelism().is_ok_and(|n| n.get() == 1);
-            let runtime = runtime(one_cpu).map_err(anyhow::Error::from)?;
+            // The main thread's runtime runs signals, reloads, key fetches and the admin
+            // listener; clients are served by the workers' runtimes (`app`).
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(anyhow::Error::from)?;
             runtime.block_on(crate::app::run(config))?;
             Ok(ExitCode::SUCCESS)
         }
@@ -559,8 +550,6 @@ fn plural(count: usize) -> &'static str {
 
 #[cfg(test)]
 mod tests {
-    use tokio::runtime::RuntimeFlavor;
-
     #[test]
     fn logs_are_coloured_only_at_a_terminal_without_no_color() {
         use super::log_colour;
@@ -569,16 +558,5 @@ mod tests {
         assert!(!log_colour(true, Some("1".into())));
         assert!(!log_colour(false, None));
         assert!(!log_colour(false, Some("".into())));
-    }
-
-    #[test]
-    fn one_cpu_gets_the_single_threaded_runtime() {
-        let single = super::runtime(true).expect("a runtime");
-        assert_eq!(
-            single.handle().runtime_flavor(),
-            RuntimeFlavor::CurrentThread
-        );
-        let pool = super::runtime(false).expect("a runtime");
-        assert_eq!(pool.handle().runtime_flavor(), RuntimeFlavor::MultiThread);
     }
 }

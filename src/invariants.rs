@@ -216,7 +216,7 @@ fn demo_identity() -> &'static Identity {
     IDENTITY.get_or_init(|| {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/portcullis.yaml");
         let config = config::load(&path).unwrap_or_else(|errors| panic!("{errors}"));
-        let metrics = Arc::new(crate::telemetry::Metrics::new());
+        let metrics = Arc::new(crate::telemetry::Metrics::new(1));
         Identity::new(&config.identity, &metrics, None)
     })
 }

@@ -21,7 +21,7 @@ use notify::{Event, EventKind, RecommendedWatcher, RecursiveMode, Watcher as _};
 
 use crate::config::{self, Config};
 use crate::identity::IssuerKeys;
-use crate::proxy::{Live, Proxy};
+use crate::proxy::{Load, Serving};
 use crate::telemetry::Metrics;
 
 /// How long file events are gathered before one reload: an editor's save or a ConfigMap
@@ -84,6 +84,8 @@ pub struct Fixed {
     pub grace: Duration,
     /// `policy.watch`.
     pub watch: bool,
+    /// `workers`, `None` for `auto`.
+    pub workers: Option<usize>,
 }
 
 impl Fixed {
@@ -101,6 +103,7 @@ impl Fixed {
             header_memory: config.limits.header_memory,
             grace: config.shutdown_grace,
             watch: config.watch,
+            workers: config.workers,
         }
     }
 
@@ -144,6 +147,15 @@ impl Fixed {
                 config::format_duration(self.grace)
             ));
         }
+        if now.workers != self.workers {
+            let count =
+                |workers: Option<usize>| workers.map_or("auto".to_owned(), |n| n.to_string());
+            changes.push(format!(
+                "workers: {} (in force: {})",
+                count(now.workers),
+                count(self.workers)
+            ));
+        }
         if now.watch != self.watch {
             changes.push(format!(
                 "policy.watch: {} (in force: {})",
@@ -162,7 +174,7 @@ fn addresses(addrs: &[SocketAddr]) -> String {
 /// Replaces the serving state when asked to.
 pub struct Reloader {
     config_path: PathBuf,
-    live: Live,
+    serving: Arc<Serving>,
     metrics: Arc<Metrics>,
     fixed: Fixed,
     status: Mutex<Status>,
@@ -176,14 +188,14 @@ pub struct Reloader {
 }
 
 impl Reloader {
-    /// A reloader for the state `config` built, serving in `live`; starts keeping its
+    /// A reloader for the state `config` built, serving in `serving`; starts keeping its
     /// token issuers' key sets fresh.
-    pub fn new(config: &Config, live: Live, metrics: Arc<Metrics>) -> Arc<Reloader> {
+    pub fn new(config: &Config, serving: Arc<Serving>, metrics: Arc<Metrics>) -> Arc<Reloader> {
         metrics
             .policy_info
             .with_label_values(&[&config.hash])
             .set(1);
-        let refreshing = keep_keys_fresh(&live.load(), Vec::new());
+        let refreshing = keep_keys_fresh(&serving.load(), Vec::new());
         Arc::new(Reloader {
             config_path: config.file.clone(),
             fixed: Fixed::of(config),
@@ -200,7 +212,7 @@ impl Reloader {
             reloading: tokio::sync::Mutex::new(()),
             refreshing: Mutex::new(refreshing),
             stopped: AtomicBool::new(false),
-            live,
+            serving,
             metrics,
         })
     }
@@ -245,9 +257,9 @@ impl Reloader {
             Ok(config) => config,
             Err(errors) => return Err(self.failed(why, &errors)),
         };
-        let previous = self.live.load_full();
-        let proxy = match Proxy::new(&config, self.metrics.clone(), Some(&previous)) {
-            Ok(proxy) => Arc::new(proxy),
+        let previous = self.serving.load();
+        let load = match Load::new(&config, &self.metrics, Some(&previous)) {
+            Ok(load) => load,
             Err(problem) => {
                 let errors = config::ConfigErrors::from(config::ConfigError::at(
                     &config.file,
@@ -261,8 +273,8 @@ impl Reloader {
         // Issuers new to this config (or with a new key source) fetch their keys before
         // they serve; the others keep theirs. A new issuer without keys would refuse
         // every token it signed: the reload fails instead, and the old state serves on.
-        proxy.identity().load_keys().await;
-        let unavailable: Vec<String> = proxy
+        load.identity().load_keys().await;
+        let unavailable: Vec<String> = load
             .identity()
             .remote_key_sets()
             .filter(|keys| {
@@ -284,8 +296,9 @@ impl Reloader {
             );
             return Err(self.failed(why, &errors));
         }
-        proxy.serving();
-        self.live.store(Arc::clone(&proxy));
+        load.serving(&self.metrics);
+        let load = Arc::new(load);
+        self.serving.replace(Arc::clone(&load));
         {
             let mut refreshing = self
                 .refreshing
@@ -294,7 +307,7 @@ impl Reloader {
             // After `stop` (shutdown), nothing is kept fresh any more.
             if !self.stopped.load(Ordering::Acquire) {
                 let before = std::mem::take(&mut *refreshing);
-                *refreshing = keep_keys_fresh(&proxy, before);
+                *refreshing = keep_keys_fresh(&load, before);
             }
         }
 
@@ -422,14 +435,14 @@ fn files(config: &Config) -> Vec<String> {
         .collect()
 }
 
-/// The tasks keeping `proxy`'s fetched key sets fresh: those of `before` whose set it
+/// The tasks keeping `load`'s fetched key sets fresh: those of `before` whose set it
 /// still uses, and new ones for new sets. The others are stopped.
 fn keep_keys_fresh(
-    proxy: &Proxy,
+    load: &Load,
     mut before: Vec<(Arc<IssuerKeys>, tokio::task::AbortHandle)>,
 ) -> Vec<(Arc<IssuerKeys>, tokio::task::AbortHandle)> {
     let mut now = Vec::new();
-    for keys in proxy.identity().remote_key_sets() {
+    for keys in load.identity().remote_key_sets() {
         match before.iter().position(|(kept, _)| Arc::ptr_eq(kept, keys)) {
             Some(position) => now.push(before.swap_remove(position)),
             None => now.push((
@@ -460,7 +473,7 @@ pub fn watch(
     // Only changes to what the config reads count. The filter runs for every event in a
     // watched directory, including each line a log beside the config gets, so it is a
     // lookup, with no system call.
-    let first = Relevant::of(reloader.live.load().config());
+    let first = Relevant::of(reloader.serving.load().config());
     let mut watching = BTreeSet::new();
     let relevant = Arc::new(std::sync::RwLock::new(first.clone()));
     let wanted = Arc::clone(&relevant);
@@ -494,7 +507,7 @@ pub fn watch(
             tokio::time::sleep(DEBOUNCE).await;
             while triggered.try_recv().is_ok() {}
             let _ = reloader.reload("file change").await;
-            let now = Relevant::of(reloader.live.load().config());
+            let now = Relevant::of(reloader.serving.load().config());
             follow(&mut watcher, &mut watching, now.dirs());
             match relevant.write() {
                 Ok(mut relevant) => *relevant = now,

@@ -5,6 +5,7 @@
 
 use std::cell::Cell;
 use std::hash::{BuildHasher, Hasher};
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use prometheus::{
@@ -126,8 +127,32 @@ const LATENCY_BUCKETS: &[f64] = &[
     0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 ];
 
-/// Every metric the gateway exports, registered in one registry.
+/// Every metric the gateway exports. Those that requests and connections change live in
+/// one [`Shard`] per worker, so that no two cores write the same counter; a scrape sums
+/// the shards. The rest change rarely (reloads, key fetches) and live here once.
 pub struct Metrics {
+    registry: Registry,
+    shards: Vec<Arc<Shard>>,
+    /// [`names::HEADER_MEMORY_BYTES`].
+    pub header_memory: IntGauge,
+    /// [`names::HEADER_MEMORY_CUTS_TOTAL`].
+    pub header_memory_cuts: IntCounter,
+    /// [`names::DECISION_LOG_DROPPED_TOTAL`].
+    pub decision_log_dropped: IntCounter,
+    /// [`names::POLICY_RULES`].
+    pub policy_rules: IntGauge,
+    /// [`names::JWKS_REFRESHES_TOTAL`].
+    pub jwks_refreshes: IntCounterVec,
+    /// [`names::POLICY_RELOADS_TOTAL`].
+    pub policy_reloads: IntCounterVec,
+    /// [`names::POLICY_INFO`].
+    pub policy_info: IntGaugeVec,
+    /// [`names::POLICY_LAST_RELOAD_SUCCESSFUL`].
+    pub policy_last_reload_successful: IntGauge,
+}
+
+/// One worker's metrics: what its requests and connections change.
+pub struct Shard {
     registry: Registry,
     /// [`names::REQUESTS_TOTAL`].
     pub requests: IntCounterVec,
@@ -141,26 +166,10 @@ pub struct Metrics {
     pub connections_active: IntGauge,
     /// [`names::CONNECTIONS_REJECTED_TOTAL`].
     pub connections_rejected: IntCounter,
-    /// [`names::HEADER_MEMORY_BYTES`].
-    pub header_memory: IntGauge,
-    /// [`names::HEADER_MEMORY_CUTS_TOTAL`].
-    pub header_memory_cuts: IntCounter,
-    /// [`names::DECISION_LOG_DROPPED_TOTAL`].
-    pub decision_log_dropped: IntCounter,
     /// [`names::DECISION_DURATION`].
     pub decision_duration: Histogram,
     /// [`names::RULE_MATCHES_TOTAL`].
     pub rule_matches: IntCounterVec,
-    /// [`names::POLICY_RULES`].
-    pub policy_rules: IntGauge,
-    /// [`names::JWKS_REFRESHES_TOTAL`].
-    pub jwks_refreshes: IntCounterVec,
-    /// [`names::POLICY_RELOADS_TOTAL`].
-    pub policy_reloads: IntCounterVec,
-    /// [`names::POLICY_INFO`].
-    pub policy_info: IntGaugeVec,
-    /// [`names::POLICY_LAST_RELOAD_SUCCESSFUL`].
-    pub policy_last_reload_successful: IntGauge,
 }
 
 /// Decision-time buckets from 1µs to 10ms: a decision is a few microseconds.
@@ -168,201 +177,288 @@ const DECISION_BUCKETS: &[f64] = &[
     0.000001, 0.0000025, 0.000005, 0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.001, 0.01,
 ];
 
-impl Metrics {
-    /// Creates and registers every metric.
-    pub fn new() -> Metrics {
+/// Registers `metric` in `registry` and hands it back. Our metric definitions are
+/// constants, each name registered once: a failure is a bug caught by every test.
+fn registered<M: prometheus::core::Collector + Clone + 'static>(
+    registry: &Registry,
+    metric: Result<M, prometheus::Error>,
+) -> M {
+    let metric = metric.expect("static metric definition is valid");
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("each metric name is registered once");
+    metric
+}
+
+impl Shard {
+    fn new() -> Shard {
         let registry = Registry::new();
-        let requests = IntCounterVec::new(
-            Opts::new(
-                names::REQUESTS_TOTAL,
-                "Requests by route, decision and reason.",
+        let latency = |name: &str, help: &str| {
+            HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec())
+        };
+        Shard {
+            requests: registered(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        names::REQUESTS_TOTAL,
+                        "Requests by route, decision and reason.",
+                    ),
+                    &["route", "decision", "reason"],
+                ),
             ),
-            &["route", "decision", "reason"],
-        )
-        .expect("static metric definition is valid");
-        let request_duration = Histogram::with_opts(
-            HistogramOpts::new(
-                names::REQUEST_DURATION,
-                "Time from a request's head to its response head, in seconds.",
-            )
-            .buckets(LATENCY_BUCKETS.to_vec()),
-        )
-        .expect("static metric definition is valid");
-        let upstream_duration = HistogramVec::new(
-            HistogramOpts::new(
-                names::UPSTREAM_DURATION,
-                "Time from sending a request upstream to its response head, in seconds.",
-            )
-            .buckets(LATENCY_BUCKETS.to_vec()),
-            &["upstream"],
-        )
-        .expect("static metric definition is valid");
-        let upstream_errors = IntCounterVec::new(
-            Opts::new(
-                names::UPSTREAM_ERRORS_TOTAL,
-                "Upstream failures by upstream and kind.",
+            request_duration: registered(
+                &registry,
+                Histogram::with_opts(latency(
+                    names::REQUEST_DURATION,
+                    "Time from a request's head to its response head, in seconds.",
+                )),
             ),
-            &["upstream", "kind"],
-        )
-        .expect("static metric definition is valid");
-        let connections_active =
-            IntGauge::new(names::CONNECTIONS_ACTIVE, "Client connections open now.")
-                .expect("static metric definition is valid");
-        let connections_rejected = IntCounter::new(
-            names::CONNECTIONS_REJECTED_TOTAL,
-            "Client connections closed at accept because limits.max_connections was reached.",
-        )
-        .expect("static metric definition is valid");
-        let header_memory = IntGauge::new(
-            names::HEADER_MEMORY_BYTES,
-            "Memory held by HTTP/1 request heads still being read, in bytes.",
-        )
-        .expect("static metric definition is valid");
-        let header_memory_cuts = IntCounter::new(
-            names::HEADER_MEMORY_CUTS_TOTAL,
-            "Connections closed because their unfinished request head was the slowest when limits.header_memory ran out.",
-        )
-        .expect("static metric definition is valid");
-        let decision_log_dropped = IntCounter::new(
-            names::DECISION_LOG_DROPPED_TOTAL,
-            "Decision-log lines dropped because the writer fell behind or its sink failed.",
-        )
-        .expect("static metric definition is valid");
-        let build_info = IntGaugeVec::new(
-            Opts::new(names::BUILD_INFO, "Always 1; the version is in the label."),
-            &["version"],
-        )
-        .expect("static metric definition is valid");
+            upstream_duration: registered(
+                &registry,
+                HistogramVec::new(
+                    latency(
+                        names::UPSTREAM_DURATION,
+                        "Time from sending a request upstream to its response head, in seconds.",
+                    ),
+                    &["upstream"],
+                ),
+            ),
+            upstream_errors: registered(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        names::UPSTREAM_ERRORS_TOTAL,
+                        "Upstream failures by upstream and kind.",
+                    ),
+                    &["upstream", "kind"],
+                ),
+            ),
+            connections_active: registered(
+                &registry,
+                IntGauge::new(names::CONNECTIONS_ACTIVE, "Client connections open now."),
+            ),
+            connections_rejected: registered(
+                &registry,
+                IntCounter::new(
+                    names::CONNECTIONS_REJECTED_TOTAL,
+                    "Client connections closed at accept because limits.max_connections was reached.",
+                ),
+            ),
+            decision_duration: registered(
+                &registry,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        names::DECISION_DURATION,
+                        "Time the policy took to decide a request, in seconds.",
+                    )
+                    .buckets(DECISION_BUCKETS.to_vec()),
+                ),
+            ),
+            rule_matches: registered(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        names::RULE_MATCHES_TOTAL,
+                        "Requests each rule matched, by rule, effect and mode.",
+                    ),
+                    &["rule", "effect", "mode"],
+                ),
+            ),
+            registry,
+        }
+    }
+}
+
+impl Metrics {
+    /// Creates and registers every metric, with a shard for each of `workers`.
+    pub fn new(workers: usize) -> Metrics {
+        let registry = Registry::new();
+        let build_info = registered(
+            &registry,
+            IntGaugeVec::new(
+                Opts::new(names::BUILD_INFO, "Always 1; the version is in the label."),
+                &["version"],
+            ),
+        );
         build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
-
-        let decision_duration = Histogram::with_opts(
-            HistogramOpts::new(
-                names::DECISION_DURATION,
-                "Time the policy took to decide a request, in seconds.",
-            )
-            .buckets(DECISION_BUCKETS.to_vec()),
-        )
-        .expect("static metric definition is valid");
-        let rule_matches = IntCounterVec::new(
-            Opts::new(
-                names::RULE_MATCHES_TOTAL,
-                "Requests each rule matched, by rule, effect and mode.",
+        let policy_reloads = registered(
+            &registry,
+            IntCounterVec::new(
+                Opts::new(
+                    names::POLICY_RELOADS_TOTAL,
+                    "Reloads of the config and policy files, by result.",
+                ),
+                &["result"],
             ),
-            &["rule", "effect", "mode"],
-        )
-        .expect("static metric definition is valid");
-        let policy_rules = IntGauge::new(names::POLICY_RULES, "Rules in the loaded policy.")
-            .expect("static metric definition is valid");
-
-        let jwks_refreshes = IntCounterVec::new(
-            Opts::new(
-                names::JWKS_REFRESHES_TOTAL,
-                "Fetches of token issuers' key sets, by issuer and result.",
-            ),
-            &["issuer", "result"],
-        )
-        .expect("static metric definition is valid");
-
-        let policy_reloads = IntCounterVec::new(
-            Opts::new(
-                names::POLICY_RELOADS_TOTAL,
-                "Reloads of the config and policy files, by result.",
-            ),
-            &["result"],
-        )
-        .expect("static metric definition is valid");
+        );
         for result in ["ok", "error"] {
             policy_reloads.with_label_values(&[result]);
         }
-        let policy_info = IntGaugeVec::new(
-            Opts::new(
-                names::POLICY_INFO,
-                "Always 1; the hash of the config and policy files serving now is in the label.",
+        let policy_last_reload_successful = registered(
+            &registry,
+            IntGauge::new(
+                names::POLICY_LAST_RELOAD_SUCCESSFUL,
+                "1 when the last reload succeeded (or none was tried), 0 while the last one failed.",
             ),
-            &["hash"],
-        )
-        .expect("static metric definition is valid");
-
-        let policy_last_reload_successful = IntGauge::new(
-            names::POLICY_LAST_RELOAD_SUCCESSFUL,
-            "1 when the last reload succeeded (or none was tried), 0 while the last one failed.",
-        )
-        .expect("static metric definition is valid");
+        );
         policy_last_reload_successful.set(1);
-
-        let collectors: [Box<dyn prometheus::core::Collector>; 17] = [
-            Box::new(decision_log_dropped.clone()),
-            Box::new(policy_last_reload_successful.clone()),
-            Box::new(jwks_refreshes.clone()),
-            Box::new(policy_reloads.clone()),
-            Box::new(policy_info.clone()),
-            Box::new(decision_duration.clone()),
-            Box::new(rule_matches.clone()),
-            Box::new(policy_rules.clone()),
-            Box::new(requests.clone()),
-            Box::new(request_duration.clone()),
-            Box::new(upstream_duration.clone()),
-            Box::new(upstream_errors.clone()),
-            Box::new(connections_active.clone()),
-            Box::new(connections_rejected.clone()),
-            Box::new(header_memory.clone()),
-            Box::new(header_memory_cuts.clone()),
-            Box::new(build_info),
-        ];
-        for collector in collectors {
-            registry
-                .register(collector)
-                .expect("each metric name is registered once");
-        }
         Metrics {
-            registry,
-            requests,
-            request_duration,
-            upstream_duration,
-            upstream_errors,
-            connections_active,
-            connections_rejected,
-            header_memory,
-            header_memory_cuts,
-            decision_log_dropped,
-            decision_duration,
-            rule_matches,
-            policy_rules,
-            jwks_refreshes,
+            shards: (0..workers.max(1))
+                .map(|_| Arc::new(Shard::new()))
+                .collect(),
+            header_memory: registered(
+                &registry,
+                IntGauge::new(
+                    names::HEADER_MEMORY_BYTES,
+                    "Memory held by HTTP/1 request heads still being read, in bytes.",
+                ),
+            ),
+            header_memory_cuts: registered(
+                &registry,
+                IntCounter::new(
+                    names::HEADER_MEMORY_CUTS_TOTAL,
+                    "Connections closed because their unfinished request head was the slowest when limits.header_memory ran out.",
+                ),
+            ),
+            decision_log_dropped: registered(
+                &registry,
+                IntCounter::new(
+                    names::DECISION_LOG_DROPPED_TOTAL,
+                    "Decision-log lines dropped because the writer fell behind or its sink failed.",
+                ),
+            ),
+            policy_rules: registered(
+                &registry,
+                IntGauge::new(names::POLICY_RULES, "Rules in the loaded policy."),
+            ),
+            jwks_refreshes: registered(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        names::JWKS_REFRESHES_TOTAL,
+                        "Fetches of token issuers' key sets, by issuer and result.",
+                    ),
+                    &["issuer", "result"],
+                ),
+            ),
             policy_reloads,
-            policy_info,
+            policy_info: registered(
+                &registry,
+                IntGaugeVec::new(
+                    Opts::new(
+                        names::POLICY_INFO,
+                        "Always 1; the hash of the config and policy files serving now is in the label.",
+                    ),
+                    &["hash"],
+                ),
+            ),
             policy_last_reload_successful,
+            registry,
         }
+    }
+
+    /// The workers' shards, one each.
+    pub fn shards(&self) -> &[Arc<Shard>] {
+        &self.shards
     }
 
     /// Drops the series of rules, routes, upstreams and token issuers that are no longer
     /// configured (after a reload), so that dashboards stop showing them. Each name is a
     /// label value: `rules` of `rule`, `routes` of `route`, and so on.
     pub fn forget(&self, rules: &[&str], routes: &[&str], upstreams: &[&str], issuers: &[&str]) {
-        forget_series(&self.rule_matches, "rule", rules);
-        forget_series(&self.requests, "route", routes);
-        forget_series(&self.upstream_duration, "upstream", upstreams);
-        forget_series(&self.upstream_errors, "upstream", upstreams);
+        for shard in &self.shards {
+            forget_series(&shard.rule_matches, "rule", rules);
+            forget_series(&shard.requests, "route", routes);
+            forget_series(&shard.upstream_duration, "upstream", upstreams);
+            forget_series(&shard.upstream_errors, "upstream", upstreams);
+        }
         forget_series(&self.jwks_refreshes, "issuer", issuers);
     }
 
-    /// The Prometheus text exposition of every metric.
+    /// The Prometheus text exposition of every metric, the shards summed.
     pub fn encode(&self) -> String {
+        let mut families = self.registry.gather();
+        families.extend(sum_shards(
+            self.shards.iter().map(|shard| shard.registry.gather()),
+        ));
+        families.sort_by(|a, b| a.name().cmp(b.name()));
         let mut text = Vec::new();
         // Encoding into a Vec cannot fail for I/O reasons, and our metric names are valid.
-        if let Err(err) = TextEncoder::new().encode(&self.registry.gather(), &mut text) {
+        if let Err(err) = TextEncoder::new().encode(&families, &mut text) {
             tracing::warn!(error = %err, "encoding metrics failed");
         }
         String::from_utf8(text).unwrap_or_default()
     }
 }
 
-impl Default for Metrics {
-    fn default() -> Self {
-        Metrics::new()
+/// The shards' metric families as one: each series (a name and its label values) is the
+/// sum of that series in every shard. Counters only grow in each shard, so their sums only
+/// grow; a series any shard has is there.
+fn sum_shards(
+    shards: impl Iterator<Item = Vec<prometheus::proto::MetricFamily>>,
+) -> Vec<prometheus::proto::MetricFamily> {
+    use prometheus::proto::{Bucket, MetricFamily, MetricType};
+    use std::collections::BTreeMap;
+    let mut families: BTreeMap<String, MetricFamily> = BTreeMap::new();
+    for gathered in shards {
+        for mut family in gathered {
+            let Some(summed) = families.get_mut(family.name()) else {
+                families.insert(family.name().to_owned(), family);
+                continue;
+            };
+            let kind = family.get_field_type();
+            for metric in family.take_metric() {
+                let same = summed
+                    .mut_metric()
+                    .iter_mut()
+                    .find(|known| known.get_label() == metric.get_label());
+                let Some(known) = same else {
+                    summed.mut_metric().push(metric);
+                    continue;
+                };
+                match kind {
+                    MetricType::COUNTER => {
+                        let mut counter = known.get_counter().clone();
+                        counter.set_value(counter.get_value() + metric.get_counter().get_value());
+                        known.set_counter(counter);
+                    }
+                    MetricType::GAUGE => {
+                        let mut gauge = known.get_gauge().clone();
+                        gauge.set_value(gauge.get_value() + metric.get_gauge().get_value());
+                        known.set_gauge(gauge);
+                    }
+                    MetricType::HISTOGRAM => {
+                        let mut histogram = known.get_histogram().clone();
+                        let more = metric.get_histogram();
+                        histogram.set_sample_count(
+                            histogram.get_sample_count() + more.get_sample_count(),
+                        );
+                        histogram
+                            .set_sample_sum(histogram.get_sample_sum() + more.get_sample_sum());
+                        // Every shard's histogram has the same buckets, in the same order.
+                        let buckets: Vec<Bucket> = (histogram.get_bucket().iter())
+                            .zip(more.get_bucket())
+                            .map(|(bucket, other)| {
+                                let mut sum = bucket.clone();
+                                sum.set_cumulative_count(
+                                    bucket.cumulative_count() + other.cumulative_count(),
+                                );
+                                sum
+                            })
+                            .collect();
+                        histogram.set_bucket(buckets);
+                        known.set_histogram(histogram);
+                    }
+                    // The shards hold counters, gauges and histograms only.
+                    _ => {}
+                }
+            }
+        }
     }
+    families.into_values().collect()
 }
 
 /// Removes every series of `vec` whose `label` is one of `gone`.
@@ -527,8 +623,8 @@ mod tests {
 
     #[test]
     fn metrics_encode_with_names() {
-        let metrics = Metrics::new();
-        metrics
+        let metrics = Metrics::new(1);
+        metrics.shards()[0]
             .requests
             .with_label_values(&["api", "allow", "allowed"])
             .inc();
@@ -537,6 +633,53 @@ mod tests {
             "portcullis_requests_total{decision=\"allow\",reason=\"allowed\",route=\"api\"} 1"
         ));
         assert!(text.contains("portcullis_build_info{version="));
+    }
+
+    #[test]
+    fn shards_are_summed_series_by_series() {
+        let metrics = Metrics::new(3);
+        let [one, two, three] = metrics.shards() else {
+            panic!("three shards");
+        };
+        one.requests
+            .with_label_values(&["api", "allow", "allowed"])
+            .inc_by(2);
+        two.requests
+            .with_label_values(&["api", "allow", "allowed"])
+            .inc_by(3);
+        three
+            .requests
+            .with_label_values(&["web", "deny", "missing_role"])
+            .inc();
+        one.connections_active.set(4);
+        two.connections_active.set(1);
+        one.request_duration.observe(0.00002);
+        three.request_duration.observe(0.2);
+        let text = metrics.encode();
+        for (series, value) in [
+            (
+                "portcullis_requests_total{decision=\"allow\",reason=\"allowed\",route=\"api\"}",
+                "5",
+            ),
+            (
+                "portcullis_requests_total{decision=\"deny\",reason=\"missing_role\",route=\"web\"}",
+                "1",
+            ),
+            ("portcullis_connections_active", "5"),
+            (
+                "portcullis_request_duration_seconds_bucket{le=\"0.000025\"}",
+                "1",
+            ),
+            (
+                "portcullis_request_duration_seconds_bucket{le=\"0.25\"}",
+                "2",
+            ),
+            ("portcullis_request_duration_seconds_count", "2"),
+        ] {
+            let line = format!("{series} {value}");
+            assert!(text.lines().any(|found| found == line), "{line}\n{text}");
+        }
+        assert_eq!(text.matches("# TYPE portcullis_requests_total").count(), 1);
     }
 
     #[test]

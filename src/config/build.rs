@@ -145,6 +145,7 @@ pub fn build(path: &Path, text: &str, raw: RawConfig) -> Result<Config, ConfigEr
     let routes = build_routes(&mut builder, &raw.routes, &raw.upstreams, &upstreams);
     let limits = build_limits(&mut builder, &raw.limits);
     let shutdown_grace = builder.duration("shutdown.grace_period", &raw.shutdown.grace_period);
+    let workers = build_workers(&mut builder, &raw.workers);
     let denials = build_denials(&mut builder, &raw.denials);
     let base_dir = path.parent().unwrap_or(Path::new(""));
     let mut identity_files = Vec::new();
@@ -230,6 +231,7 @@ pub fn build(path: &Path, text: &str, raw: RawConfig) -> Result<Config, ConfigEr
                 routes,
                 limits,
                 shutdown_grace,
+                workers,
                 policy: Arc::new(policy_set),
                 policy_summary,
                 denials,
@@ -254,6 +256,24 @@ pub fn build(path: &Path, text: &str, raw: RawConfig) -> Result<Config, ConfigEr
             Err(ConfigErrors(errors))
         }
     }
+}
+
+/// The most workers a config may ask for: beyond the cores of any host, threads only
+/// contend.
+const MAX_WORKERS: usize = 1024;
+
+fn build_workers(builder: &mut Builder, raw: &str) -> Option<usize> {
+    if raw == "auto" {
+        return None;
+    }
+    builder.typed(
+        "workers",
+        (raw.parse::<usize>().ok())
+            .filter(|count| (1..=MAX_WORKERS).contains(count))
+            .ok_or_else(|| {
+                format!("\"{raw}\" is not a worker count: write auto (one per CPU) or a whole number from 1 to {MAX_WORKERS}")
+            }),
+    )
 }
 
 fn build_log(builder: &mut Builder, raw: &RawLog, base_dir: &Path) -> LogSettings {

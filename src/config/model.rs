@@ -39,6 +39,8 @@ pub struct Config {
     pub limits: Limits,
     /// How long in-flight requests may take to finish after SIGTERM or SIGINT.
     pub shutdown_grace: Duration,
+    /// `workers`: how many threads serve clients; `None` for one per CPU (`auto`).
+    pub workers: Option<usize>,
     /// The compiled rules of every policy file.
     pub policy: Arc<PolicySet>,
     /// Which policy files and lists were loaded.

@@ -37,6 +37,11 @@ pub struct RawConfig {
     /// Graceful shutdown on SIGTERM and SIGINT.
     #[serde(default)]
     pub shutdown: RawShutdown,
+    /// Threads that serve clients, each with its own listening sockets, upstream pools and
+    /// metrics: `auto` (one per CPU the process may use) or a number. Restart-only.
+    #[serde(default = "default_workers")]
+    #[schemars(schema_with = "workers_schema")]
+    pub workers: String,
     /// The policy files that decide every request.
     #[serde(default)]
     pub policy: RawPolicy,
@@ -82,6 +87,20 @@ impl Default for RawLog {
             redact_paths: Vec::new(),
         }
     }
+}
+
+fn default_workers() -> String {
+    "auto".to_owned()
+}
+
+/// `workers`: `auto`, or a whole number from 1 to 1024.
+fn workers_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "anyOf": [
+            { "const": "auto" },
+            { "type": "integer", "minimum": 1, "maximum": 1024 }
+        ]
+    })
 }
 
 /// `log.on_full`.

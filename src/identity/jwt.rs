@@ -528,7 +528,7 @@ mod tests {
                 roles_claim: "roles".into(),
                 leeway: Duration::from_secs(0),
             }],
-            &Metrics::new(),
+            &Metrics::new(1),
             None,
         );
         let sign = |exp: u64| {

@@ -25,15 +25,17 @@ use super::h1::client::Added;
 use super::pool::{Exchanged, Pool, SendError, Switched};
 use super::respond::ProxyError;
 use crate::config::{Target, UpstreamName, UpstreamSettings};
-use crate::telemetry::{Metrics, UpstreamErrorKind};
+use crate::telemetry::{Shard, UpstreamErrorKind};
 
 /// The error type of bodies on the data path.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// One upstream: its targets, their health, and a keep-alive pool per target.
+/// One upstream as one worker uses it: its targets, a keep-alive pool per target, and
+/// the targets' health, which every worker shares.
 pub struct Upstream {
     name: UpstreamName,
     targets: Vec<TargetState>,
+    health: Arc<Health>,
     next: AtomicUsize,
     timeout: Duration,
     failure_cooldown: Duration,
@@ -46,8 +48,23 @@ struct TargetState {
     target: Target,
     /// Connections to an HTTP target; `None` for the built-in echo.
     pool: Option<Arc<Pool>>,
-    /// Milliseconds on [`clock_ms`] until which the target is skipped; 0 when healthy.
-    down_until: AtomicU64,
+}
+
+/// Which targets of one upstream are skipped, shared by every worker's [`Upstream`] of one
+/// load: a failed connect on one worker spares the others the attempt. Requests only read
+/// it; a failure writes it.
+pub struct Health {
+    /// Per target, milliseconds on [`clock_ms`] until which it is skipped; 0 when healthy.
+    down_until: Box<[AtomicU64]>,
+}
+
+impl Health {
+    /// Every target of `settings` healthy.
+    pub fn new(settings: &UpstreamSettings) -> Arc<Health> {
+        Arc::new(Health {
+            down_until: settings.targets.iter().map(|_| AtomicU64::new(0)).collect(),
+        })
+    }
 }
 
 /// What the upstream answered, and its connection when it switched protocols.
@@ -73,8 +90,9 @@ enum Attempt {
 }
 
 impl Upstream {
-    /// Creates the upstream. No connection is made until the first request.
-    pub fn new(settings: &UpstreamSettings, metrics: &Metrics) -> Upstream {
+    /// Creates the upstream, with the targets' health of the load. No connection is made
+    /// until the first request.
+    pub fn new(settings: &UpstreamSettings, health: Arc<Health>, metrics: &Shard) -> Upstream {
         let name: &str = &settings.name.0;
         let errors = |kind: UpstreamErrorKind| {
             metrics
@@ -97,9 +115,9 @@ impl Upstream {
                         )),
                         Target::Echo => None,
                     },
-                    down_until: AtomicU64::new(0),
                 })
                 .collect(),
+            health,
             next: AtomicUsize::new(0),
             timeout: settings.timeout,
             failure_cooldown: settings.failure_cooldown,
@@ -271,7 +289,7 @@ impl Upstream {
             .map(|offset| (start + offset) % count)
             .filter(|index| Some(*index) != exclude)
             .find(
-                |index| match self.targets[*index].down_until.load(Ordering::Relaxed) {
+                |index| match self.health.down_until[*index].load(Ordering::Relaxed) {
                     0 => true,
                     until => until <= *now.get_or_insert_with(clock_ms),
                 },
@@ -285,9 +303,7 @@ impl Upstream {
 
     fn mark_down(&self, index: usize, error: &std::io::Error) {
         let until = clock_ms().saturating_add(self.failure_cooldown.as_millis() as u64);
-        self.targets[index]
-            .down_until
-            .store(until, Ordering::Relaxed);
+        self.health.down_until[index].store(until, Ordering::Relaxed);
         tracing::warn!(
             upstream = %self.name,
             target = %self.targets[index].target,

@@ -19,6 +19,7 @@ mod route;
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use prometheus::IntCounter;
 
@@ -26,20 +27,131 @@ use crate::config::{Config, DenialSettings, Limits};
 use crate::decision_log::DecisionLog;
 use crate::identity::Identity;
 use crate::policy::PolicySet;
-use crate::telemetry::{DecisionLabel, Metrics};
+use crate::telemetry::{DecisionLabel, Metrics, Shard};
 
 use admit::Admission;
 pub use forward::BoxError;
-use forward::Upstream;
+use forward::{Health, Upstream};
 
 /// The body type of every response the proxy sends.
 pub type ProxyBody = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
 
-/// The state requests are served with now: one `Proxy` of one load, swapped whole on
-/// reload. Each request takes the one current when it arrives.
-pub type Live = std::sync::Arc<arc_swap::ArcSwap<Proxy>>;
+/// The state one worker serves requests with now: its `Proxy` of the load serving, swapped
+/// whole on reload. Each request takes the one current when it arrives. Only this worker
+/// reads it per request, so its reference count stays in this worker's cache.
+pub type Live = Arc<ArcSwap<Proxy>>;
 
-/// The compiled state a request is served with: routes, upstream clients, limits.
+/// What one load of the config and policy files serves with, shared by every worker:
+/// the config, the identity setup (issuers' keys, the verified-token cache) and the
+/// decision log. Built once per load; each worker builds its [`Proxy`] from it.
+pub struct Load {
+    config: Arc<Config>,
+    identity: Arc<Identity>,
+    decision_log: Arc<DecisionLog>,
+    /// Each upstream's targets' health, in config order.
+    health: Vec<Arc<Health>>,
+}
+
+impl Load {
+    /// Types the identity setup and opens the decision log of a validated config. A
+    /// reload passes the load it replaces, whose token issuers' key sets carry over where
+    /// unchanged, and whose decision-log writer it keeps.
+    pub fn new(
+        config: &Config,
+        metrics: &Metrics,
+        previous: Option<&Load>,
+    ) -> Result<Load, String> {
+        let decision_log = DecisionLog::open(
+            &config.log,
+            previous.map(|previous| &*previous.decision_log),
+            &metrics.decision_log_dropped,
+        )?;
+        Ok(Load {
+            identity: Arc::new(Identity::new(
+                &config.identity,
+                metrics,
+                previous.map(|previous| &*previous.identity),
+            )),
+            config: Arc::new(config.clone()),
+            decision_log: Arc::new(decision_log),
+            health: config.upstreams.iter().map(Health::new).collect(),
+        })
+    }
+
+    /// Marks this load as the one serving: in the metrics that describe it, and as the
+    /// decision log's sink.
+    pub fn serving(&self, metrics: &Metrics) {
+        self.decision_log.serving();
+        metrics
+            .policy_rules
+            .set(i64::try_from(self.config.policy.rules().len()).unwrap_or(i64::MAX));
+    }
+
+    /// The identity setup, whose key sets the gateway keeps fresh and `/readyz` reports.
+    pub fn identity(&self) -> &Arc<Identity> {
+        &self.identity
+    }
+
+    /// The config this load was built from.
+    pub fn config(&self) -> &Arc<Config> {
+        &self.config
+    }
+
+    /// The decision log, which the gateway closes at shutdown.
+    pub fn decision_log(&self) -> &DecisionLog {
+        &self.decision_log
+    }
+}
+
+/// The state every worker serves with, swapped together on reload: the load, and each
+/// worker's `Proxy` of it.
+pub struct Serving {
+    load: ArcSwap<Load>,
+    workers: Vec<Live>,
+    shards: Vec<Arc<Shard>>,
+}
+
+impl Serving {
+    /// Serves `load`, with a `Proxy` of it for each of the workers `metrics` has shards for.
+    pub fn new(load: Load, metrics: &Metrics) -> Serving {
+        let shards = metrics.shards().to_vec();
+        let workers = (shards.iter())
+            .map(|shard| Arc::new(ArcSwap::from_pointee(Proxy::new(&load, shard.clone()))))
+            .collect();
+        Serving {
+            load: ArcSwap::from_pointee(load),
+            workers,
+            shards,
+        }
+    }
+
+    /// The load serving now.
+    pub fn load(&self) -> Arc<Load> {
+        self.load.load_full()
+    }
+
+    /// Worker `index`'s state.
+    pub fn worker(&self, index: usize) -> Option<&Live> {
+        self.workers.get(index)
+    }
+
+    /// How many workers serve.
+    pub fn workers(&self) -> usize {
+        self.workers.len()
+    }
+
+    /// Serves new requests with `load` on every worker. Requests already under way finish
+    /// with the state they started with.
+    pub fn replace(&self, load: Arc<Load>) {
+        for (live, shard) in self.workers.iter().zip(&self.shards) {
+            live.store(Arc::new(Proxy::new(&load, shard.clone())));
+        }
+        self.load.store(load);
+    }
+}
+
+/// One worker's state for one load: routes, its own upstream pools and health, and its
+/// own metrics shard, beside what the load shares.
 pub struct Proxy {
     admission: Admission,
     upstreams: Vec<Upstream>,
@@ -48,35 +160,22 @@ pub struct Proxy {
     policy: Arc<PolicySet>,
     identity: Arc<Identity>,
     denials: DenialSettings,
-    metrics: Arc<Metrics>,
+    metrics: Arc<Shard>,
     /// `requests_total{route, decision="allow", reason="allowed"}` per route, resolved once
     /// so the hot path does not hash label values; indexed by `Route::index`.
     allowed: Vec<IntCounter>,
     /// `rule_matches_total{rule, effect, mode}` per rule, in the policy's rule order.
     rule_matches: Vec<IntCounter>,
-    /// The config this state was built from (for `/explain` and reloads).
-    config: Arc<Config>,
-    decision_log: DecisionLog,
+    decision_log: Arc<DecisionLog>,
 }
 
 impl Proxy {
-    /// Builds routes and upstream clients from a validated config, and opens its decision
-    /// log. A reload passes the state it replaces, whose token issuers' key sets carry
-    /// over where unchanged.
-    pub fn new(
-        config: &Config,
-        metrics: Arc<Metrics>,
-        previous: Option<&Proxy>,
-    ) -> Result<Proxy, String> {
-        let decision_log = DecisionLog::open(
-            &config.log,
-            previous.map(|previous| &previous.decision_log),
-            &metrics.decision_log_dropped,
-        )?;
-        let upstreams = config
-            .upstreams
-            .iter()
-            .map(|settings| Upstream::new(settings, &metrics))
+    /// Builds a worker's routes and upstream clients for `load`, counting in `metrics`.
+    pub fn new(load: &Load, metrics: Arc<Shard>) -> Proxy {
+        let config = &load.config;
+        let upstreams = (config.upstreams.iter())
+            .zip(&load.health)
+            .map(|(settings, health)| Upstream::new(settings, Arc::clone(health), &metrics))
             .collect();
         let allowed = config
             .routes
@@ -101,48 +200,19 @@ impl Proxy {
                 ])
             })
             .collect();
-        Ok(Proxy {
-            decision_log,
+        Proxy {
+            decision_log: Arc::clone(&load.decision_log),
             rule_matches,
             admission: Admission::new(config),
             upstreams,
             keep_override_headers: config.keep_override_headers,
             limits: config.limits.clone(),
             policy: Arc::clone(&config.policy),
-            identity: Arc::new(Identity::new(
-                &config.identity,
-                &metrics,
-                previous.map(|previous| &*previous.identity),
-            )),
-            config: Arc::new(config.clone()),
+            identity: Arc::clone(&load.identity),
             denials: config.denials.clone(),
             metrics,
             allowed,
-        })
-    }
-
-    /// Marks this state as the one serving, in the metrics that describe it and the
-    /// decision log's sink.
-    pub fn serving(&self) {
-        self.decision_log.serving();
-        self.metrics
-            .policy_rules
-            .set(i64::try_from(self.config.policy.rules().len()).unwrap_or(i64::MAX));
-    }
-
-    /// The identity setup, whose key sets the gateway keeps fresh and `/readyz` reports.
-    pub fn identity(&self) -> &Arc<Identity> {
-        &self.identity
-    }
-
-    /// The decision log, which the gateway closes at shutdown.
-    pub fn decision_log(&self) -> &DecisionLog {
-        &self.decision_log
-    }
-
-    /// The config this state was built from.
-    pub fn config(&self) -> &Arc<Config> {
-        &self.config
+        }
     }
 
     /// Whether forwarding headers from this socket peer are believed.

@@ -123,7 +123,7 @@ impl Offline {
 /// the gateway does at start. A fetch that fails is reported on stderr; that issuer's
 /// tokens are then refused, as they would be live.
 pub fn identity(config: &Config) -> Identity {
-    let identity = Identity::new(&config.identity, &Metrics::new(), None);
+    let identity = Identity::new(&config.identity, &Metrics::new(1), None);
     if identity.remote_key_sets().next().is_some() {
         match tokio::runtime::Builder::new_current_thread()
             .enable_all()

@@ -263,14 +263,7 @@ async fn a_client_that_hangs_up_drops_its_request() {
     drop(client);
     // The connection (and its request to the upstream) goes long before the upstream
     // would have answered.
-    let mut active = f64::NAN;
-    for _ in 0..40 {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        active = metric(&gw.metrics().await, "portcullis_connections_active");
-        if active == 0.0 {
-            break;
-        }
-    }
+    let active = settled_metric(&gw, "portcullis_connections_active", 0.0).await;
     assert_eq!(active, 0.0, "the connection is still open");
     assert_eq!(up.seen().len(), 1);
 }

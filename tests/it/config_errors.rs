@@ -249,3 +249,15 @@ fn redacted_paths_must_capture_a_segment() {
          gw.yaml:1:35: log.redact_paths[1]: path \"reset/{t}\" must start with \"/\""
     );
 }
+
+#[test]
+fn worker_counts_are_checked() {
+    for value in ["0", "2000", "many", "2.5"] {
+        assert_eq!(
+            errors(&format!("{VALID_TAIL}workers: {value}\n")),
+            format!(
+                "gw.yaml:3:10: workers: \"{value}\" is not a worker count: write auto (one per CPU) or a whole number from 1 to 1024"
+            )
+        );
+    }
+}

@@ -365,6 +365,57 @@ fn an_address_in_use_exits_1_naming_it() {
     );
 }
 
+/// Workers share a port through SO_REUSEPORT, but a second gateway must not: it would
+/// take half of the first one's connections.
+#[tokio::test]
+async fn a_second_gateway_on_the_same_port_exits_1() {
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = free.local_addr().unwrap();
+    drop(free);
+    let scratch = Scratch::with_allow_all();
+    let config = scratch.write(
+        "gw.yaml",
+        &process_config("builtin:echo", "workers: 2\n").replace(
+            "listen: [{ addr: 127.0.0.1:0 }]",
+            &format!("listen: [{{ addr: {addr} }}]"),
+        ),
+    );
+    let first = Process::start(&config);
+    assert_eq!(first.addr, addr);
+    let mut second = Command::new(BINARY)
+        .args(["run", "-c"])
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut status = None;
+    for _ in 0..200 {
+        status = second.try_wait().unwrap();
+        if status.is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let Some(status) = status else {
+        let _ = second.kill();
+        let _ = second.wait();
+        panic!("the second gateway started on the first one's port");
+    };
+    assert_eq!(status.code(), Some(1));
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut second.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(
+        stderr.contains(&format!("error: binding listener {addr}: ")),
+        "{stderr}"
+    );
+    let response = client()
+        .request(get(&format!("http://{addr}/still")))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+}
+
 /// Peak resident memory of a process, from /proc.
 fn peak_resident_bytes(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();

@@ -360,7 +360,7 @@ async fn an_idle_websocket_tunnel_is_closed() {
     assert!(answer.starts_with("HTTP/1.1 101"), "{answer}");
     let metrics = gw.metrics().await;
     assert_eq!(
-        metric(&metrics, "portcullis_connections_active"),
+        settled_metric(&gw, "portcullis_connections_active", 0.0).await,
         0.0,
         "{metrics}"
     );

@@ -21,6 +21,7 @@
 //! - `jwt`: tokens against a JWKS file: every way a token is refused, `explain --token`.
 //! - `jwks`: key sets over HTTP(S): RSA and HMAC, rotation, rate limit, outages.
 //! - `deploy`: the Dockerfile's and Kubernetes manifests' checkable parts.
+//! - `workers`: several workers: metrics summed exactly, counters never going down.
 
 #![allow(
     clippy::unwrap_used,
@@ -45,3 +46,4 @@ mod reload;
 mod support;
 mod upstream_wire;
 mod upstreams;
+mod workers;

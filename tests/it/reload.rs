@@ -223,14 +223,16 @@ async fn a_configmap_symlink_swap_reloads() {
 async fn fifty_reloads_under_traffic_lose_no_request() {
     let one = TestUpstream::start("one").await;
     let two = TestUpstream::start("two").await;
+    // Several workers: each reload reaches every one of them.
     let yaml = |target: &TestUpstream| {
         format!(
             "{}\npolicy: {{ files: [policy.yaml], watch: false }}\n",
-            config(&[target.url()], "")
+            config(&[target.url()], "workers: 4\n")
         )
     };
     let gw = Arc::new(
-        TestGateway::with_policy_watching(&config(&[one.url()], ""), ALLOW_ALL, false).await,
+        TestGateway::with_policy_watching(&config(&[one.url()], "workers: 4\n"), ALLOW_ALL, false)
+            .await,
     );
     let stop = Arc::new(AtomicBool::new(false));
     let mut traffic = tokio::task::JoinSet::new();
@@ -286,7 +288,7 @@ async fn settings_that_need_a_restart_are_reported() {
             "{}\npolicy: {{ files: [policy.yaml], watch: false }}\n",
             config(
                 &[up.url()],
-                "limits: { max_connections: 7, header_memory: 32MiB }\n",
+                "limits: { max_connections: 7, header_memory: 32MiB }\nworkers: 3\n",
             )
             .replace(
                 "listen: [{ addr: 127.0.0.1:0 }]",
@@ -307,7 +309,8 @@ async fn settings_that_need_a_restart_are_reported() {
         [
             "listen: 127.0.0.1:1 (serving on 127.0.0.1:0)",
             "limits.max_connections: 7 (enforcing 10000)",
-            "limits.header_memory: 32MiB (enforcing 64MiB)"
+            "limits.header_memory: 32MiB (enforcing 64MiB)",
+            "workers: 3 (in force: auto)"
         ]
     );
     assert_eq!(

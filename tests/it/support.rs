@@ -491,6 +491,21 @@ pub async fn expect_problem(
     body
 }
 
+/// The value of `series` once it is `expected`, or after 2 s its last value. The gateway
+/// serves on threads of its own: a count that a closed connection changes may change just
+/// after the client sees the close.
+pub async fn settled_metric(gw: &TestGateway, series: &str, expected: f64) -> f64 {
+    let mut value = f64::NAN;
+    for _ in 0..40 {
+        value = metric(&gw.metrics().await, series);
+        if value == expected {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    value
+}
+
 /// Sends raw bytes on a new connection and reads until the server closes it or `limit`
 /// passes; returns what was read. For a kept-alive connection, `limit` ends the read.
 pub async fn raw_exchange(addr: SocketAddr, request: &[u8], limit: Duration) -> String {
