@@ -12,7 +12,13 @@
 # ab (8 connections); the difference of the two totals divided by N2 - N1 leaves out
 # start-up and shutdown. Kernel time is not counted: both proxies make the same system
 # calls per request (one read and one write on each side). Each proxy is pinned to one CPU
-# as in bench/load.sh, so portcullis runs the single-threaded runtime it runs there.
+# as in bench/load.sh, so portcullis runs one worker, as it does there.
+#
+# What it cannot see: contention. Under callgrind every thread runs in turn on one CPU,
+# so a cache line that two cores write (a shared counter, a lock, a reference count) costs
+# no more instructions than one only one core writes, though on a real machine it costs
+# cache misses and stalls that grow with the cores. `WORKERS=2 bash bench/load.sh` shows
+# those.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
