@@ -228,7 +228,7 @@ impl DecisionLog {
         let principal = request
             .principal
             .map(|principal| principal.subject.as_str());
-        let rule = decision.rule.as_ref().map(|rule| &*rule.0);
+        let rule = decision.rule.as_ref().map(|rule| rule.0);
         self.writer.line(self.on_full, |text| {
             let mut object = json::Object::new(text);
             line_head(&mut object, decision.effect.as_str())
@@ -243,14 +243,14 @@ impl DecisionLog {
                 .array("audit", |items| {
                     for step in decision.audit_matches() {
                         let effect = step.effect.as_str();
-                        items.str_parts(&[&step.rule.0, ":would_", effect]);
+                        items.str_parts(&[step.rule.0, ":would_", effect]);
                     }
                 })
                 .u64("decision.micros", took.as_micros() as u64)
                 .array("trace", |items| {
                     for step in &decision.trace {
                         let mut item = items.object();
-                        item.str("rule", &step.rule.0)
+                        item.str("rule", step.rule.0)
                             .str("effect", step.effect.as_str())
                             .str("mode", step.mode.as_str())
                             .display("outcome", &step.outcome);

@@ -408,8 +408,8 @@ fn forget_removed(metrics: &Metrics, before: &Config, after: &Config) {
         before.filter(|id| !after.contains(id)).collect()
     }
     let rules = gone(
-        before.policy.rules().iter().map(|rule| &*rule.id.0),
-        after.policy.rules().iter().map(|rule| &*rule.id.0),
+        before.policy.rules().iter().map(|rule| rule.id.0),
+        after.policy.rules().iter().map(|rule| rule.id.0),
     );
     let routes = gone(
         before.routes.iter().map(|route| &*route.id.0),

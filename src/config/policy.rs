@@ -516,7 +516,7 @@ fn build_rule(
         return None;
     }
     Some(Rule {
-        id: RuleId(Arc::from(raw.id.as_str())),
+        id: RuleId::new(&raw.id),
         description: raw.description.clone(),
         effect: match raw.effect {
             RawEffect::Allow => Effect::Allow,

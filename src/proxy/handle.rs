@@ -104,14 +104,14 @@ fn failed(
     request_id: &HeaderValue,
     method: &str,
     version: Version,
-    failure: Failure,
+    failure: Failure<'_>,
 ) -> Response<ProxyBody> {
     let Failure {
         route,
         error: err,
         decided,
     } = failure;
-    let route_label = route.as_ref().map_or(NO_ROUTE_LABEL, |id| &id.0);
+    let route_label = route.map_or(NO_ROUTE_LABEL, |id| &id.0);
     proxy
         .metrics
         .requests
@@ -120,7 +120,7 @@ fn failed(
     if !decided {
         proxy.decision_log.refused(&Refused {
             request_id: request_id.to_str().unwrap_or(""),
-            route: route.as_ref().map(|id| &*id.0),
+            route: route.map(|id| &*id.0),
             method,
             peer: conn.peer.ip(),
             reason: err.reason(),
@@ -138,7 +138,7 @@ fn failed(
 }
 
 /// How a request that got through the pipeline was answered.
-enum Answer {
+enum Answer<'p> {
     /// Allowed and forwarded; `route` indexes the config's routes.
     Forwarded {
         route: usize,
@@ -146,7 +146,7 @@ enum Answer {
     },
     /// Denied by the policy; `html` when the client prefers an HTML page.
     Denied {
-        route: RouteId,
+        route: &'p RouteId,
         decision: Decision,
         html: bool,
     },
@@ -154,14 +154,14 @@ enum Answer {
 
 /// A request that failed, on the route it took (if it got that far), and whether it was
 /// decided (and so has its decision-log line already).
-struct Failure {
-    route: Option<RouteId>,
+struct Failure<'p> {
+    route: Option<&'p RouteId>,
     error: ProxyError,
     decided: bool,
 }
 
-impl Failure {
-    fn early(error: ProxyError) -> Failure {
+impl Failure<'_> {
+    fn early(error: ProxyError) -> Self {
         Failure {
             route: None,
             error,
@@ -170,13 +170,13 @@ impl Failure {
     }
 }
 
-async fn pipeline(
-    proxy: &Proxy,
+async fn pipeline<'p>(
+    proxy: &'p Proxy,
     conn: &ConnMeta,
     trusted: bool,
     request_id: &HeaderValue,
     mut request: Request<ClientBody>,
-) -> Result<Answer, Failure> {
+) -> Result<Answer<'p>, Failure<'p>> {
     let limits = &proxy.limits;
     check_limits(&request, limits.max_header_size, limits.max_body_size).map_err(Failure::early)?;
 
@@ -213,7 +213,7 @@ async fn pipeline(
         && !route.allow_body_on.contains(&parts.method)
     {
         return Err(Failure {
-            route: Some(route.id.clone()),
+            route: Some(&route.id),
             error: ProxyError::BodyNotAllowed {
                 method: parts.method.clone(),
             },
@@ -226,13 +226,13 @@ async fn pipeline(
         && !route.allows_upgrade(switch.protocol.as_bytes())
     {
         return Err(Failure {
-            route: Some(route.id.clone()),
+            route: Some(&route.id),
             error: ProxyError::UpgradeNotAllowed,
             decided: false,
         });
     }
     let fail = |error: ProxyError| Failure {
-        route: Some(route.id.clone()),
+        route: Some(&route.id),
         error,
         decided: true,
     };
@@ -266,7 +266,7 @@ async fn pipeline(
     proxy.decision_log.decided(&decided, &decision, took);
     if !decision.is_allowed() {
         return Ok(Answer::Denied {
-            route: route.id.clone(),
+            route: &route.id,
             decision,
             html: respond::prefers_html(parts.headers.get(header::ACCEPT)),
         });

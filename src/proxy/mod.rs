@@ -194,7 +194,7 @@ impl Proxy {
             .iter()
             .map(|rule| {
                 metrics.rule_matches.with_label_values(&[
-                    &rule.id.0,
+                    rule.id.0,
                     rule.effect.as_str(),
                     rule.mode.as_str(),
                 ])

@@ -347,11 +347,7 @@ pub fn denied(
     let reason = decision.reason.code();
     let detail = settings.detail;
     let shows_rule = detail != Detail::Minimal;
-    let rule = decision
-        .rule
-        .as_ref()
-        .filter(|_| shows_rule)
-        .map(|id| id.0.as_ref());
+    let rule = decision.rule.as_ref().filter(|_| shows_rule).map(|id| id.0);
     let help = shows_rule
         .then(|| {
             decision
@@ -368,7 +364,7 @@ pub fn denied(
             .closest()
             .filter_map(|step| match &step.outcome {
                 Outcome::NotApplicable(reason) | Outcome::ConditionFailed(reason) => {
-                    Some((step.rule.0.as_ref(), reason.code()))
+                    Some((step.rule.0, reason.code()))
                 }
                 Outcome::Matched => None,
             })

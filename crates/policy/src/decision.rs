@@ -2,17 +2,37 @@
 //! trace of every rule considered. Also how each reason reads to an operator
 //! ([`Display`](std::fmt::Display)); what the client reads is the responder's.
 
+use std::collections::BTreeSet;
 use std::fmt;
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::{Mutex, PoisonError};
 
 /// A rule's id, unique across all policy files.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct RuleId(pub Arc<str>);
+///
+/// Ids are interned: one copy of each for the life of the process, shared by every load
+/// that names it. A decision then names its rules by copying a reference, not by touching
+/// a reference count: a write to memory that every core serving requests would share. The
+/// copies kept are the distinct ids ever loaded, a few bytes each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RuleId(pub &'static str);
+
+impl RuleId {
+    /// The id `id`, interned.
+    pub fn new(id: &str) -> RuleId {
+        static IDS: Mutex<BTreeSet<&'static str>> = Mutex::new(BTreeSet::new());
+        let mut ids = IDS.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(known) = ids.get(id) {
+            return RuleId(known);
+        }
+        let kept: &'static str = Box::leak(Box::from(id));
+        ids.insert(kept);
+        RuleId(kept)
+    }
+}
 
 impl fmt::Display for RuleId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(self.0)
     }
 }
 

@@ -126,7 +126,7 @@ impl PolicySet {
                 }
             }
             trace.push(Step {
-                rule: rule.id.clone(),
+                rule: rule.id,
                 position: candidate.rule,
                 effect: rule.effect,
                 mode: rule.mode,
@@ -141,7 +141,7 @@ impl PolicySet {
         };
         Decision {
             effect,
-            rule: rule.map(|rule| rule.id.clone()),
+            rule: rule.map(|rule| rule.id),
             reason,
             trace,
         }

@@ -41,7 +41,7 @@ impl Rule {
     /// set its fields to narrow it.
     pub fn new(id: &str, effect: Effect) -> Rule {
         Rule {
-            id: RuleId(std::sync::Arc::from(id)),
+            id: RuleId::new(id),
             description: None,
             effect,
             mode: Mode::Enforce,

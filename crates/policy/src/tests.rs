@@ -177,7 +177,7 @@ fn check(rules: Vec<RuleSpec>, req: Req, expect: Expect) -> Decision {
     let decision = decide(rules, &req);
     let found = (
         decision.effect,
-        decision.rule.as_ref().map(|r| &*r.0),
+        decision.rule.as_ref().map(|r| r.0),
         decision.reason.code(),
     );
     assert_eq!(found, expect, "{} {}: {decision:#?}", req.method, req.path);
@@ -286,7 +286,7 @@ fn audit_rules_never_change_the_outcome() {
         req("GET", "/a/secret"),
         (ALLOW, Some("read"), "allowed"),
     );
-    let audits: Vec<&str> = decision.audit_matches().map(|s| &*s.rule.0).collect();
+    let audits: Vec<&str> = decision.audit_matches().map(|s| s.rule.0).collect();
     assert_eq!(audits, ["staged-deny"]);
 
     let decision = check(
@@ -311,9 +311,9 @@ fn closest_allow_explains_in_file_order() {
         req("GET", "/reports/q3"),
         (DENY, Some("office-only"), "ip_not_allowed"),
     );
-    let closest: Vec<&str> = decision.closest().map(|s| &*s.rule.0).collect();
+    let closest: Vec<&str> = decision.closest().map(|s| s.rule.0).collect();
     assert_eq!(closest, ["office-only", "writers"]);
-    assert!(decision.trace.iter().all(|s| &*s.rule.0 != "unrelated"));
+    assert!(decision.trace.iter().all(|s| s.rule.0 != "unrelated"));
     assert_eq!(
         decision.reason.to_string(),
         "client 192.0.2.1 does not satisfy 10.0.0.0/8"
@@ -781,4 +781,13 @@ fn a_401_only_when_credentials_would_help() {
         req("GET", "/members/x"),
         (DENY, Some("members"), "credentials_missing"),
     );
+}
+
+#[test]
+fn rule_ids_are_interned_once_for_every_load_that_names_them() {
+    let first = RuleId::new("interned-rule");
+    let again = RuleId::new(&String::from("interned-rule"));
+    assert_eq!(first, again);
+    assert!(std::ptr::eq(first.0, again.0), "one copy of the id");
+    assert_ne!(RuleId::new("interned-other"), first);
 }
