@@ -88,9 +88,26 @@ impl<'a> Object<'a> {
 
     /// `"key": n`.
     pub fn u64(&mut self, key: &str, value: u64) -> &mut Self {
-        use std::fmt::Write as _;
         self.key(key);
-        let _ = write!(self.out, "{value}");
+        push_u64(self.out, value);
+        self
+    }
+
+    /// `"key": "address"`. An IPv4 address (nearly every client) is written digit by
+    /// digit, without the formatting machinery, which costs twenty times as much.
+    pub fn ip(&mut self, key: &str, value: std::net::IpAddr) -> &mut Self {
+        let std::net::IpAddr::V4(v4) = value else {
+            return self.display(key, value);
+        };
+        self.key(key);
+        self.out.push('"');
+        for (index, octet) in v4.octets().into_iter().enumerate() {
+            if index > 0 {
+                self.out.push('.');
+            }
+            push_u64(self.out, u64::from(octet));
+        }
+        self.out.push('"');
         self
     }
 
@@ -146,6 +163,22 @@ impl Array<'_> {
         self.comma();
         Object::new(self.out)
     }
+}
+
+/// Writes `value` in decimal.
+fn push_u64(out: &mut String, mut value: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (value % 10) as u8;
+        value /= 10;
+        if value == 0 {
+            break;
+        }
+    }
+    // Every byte written is an ASCII digit.
+    out.push_str(std::str::from_utf8(&digits[at..]).unwrap_or("0"));
 }
 
 /// Writes `parts`, one after another, as one JSON string.
@@ -245,6 +278,10 @@ mod tests {
             .some_str("absent", None)
             .some_str("present", Some("yes"))
             .u64("number", u64::MAX)
+            .u64("zero", 0)
+            .ip("v4", std::net::IpAddr::from([192, 0, 2, 10]))
+            .ip("v4 zeros", std::net::IpAddr::from([0, 0, 0, 0]))
+            .ip("v6", "2001:db8::1".parse().unwrap())
             .objects("list", ["a", "b"], |item, name| {
                 item.str("name", name);
             })
@@ -265,6 +302,10 @@ mod tests {
                 "joined": "urn:x\"y",
                 "present": "yes",
                 "number": u64::MAX,
+                "zero": 0,
+                "v4": "192.0.2.10",
+                "v4 zeros": "0.0.0.0",
+                "v6": "2001:db8::1",
                 "list": [{ "name": "a" }, { "name": "b" }],
                 "empty": [],
                 "none": null,
