@@ -16,7 +16,7 @@
 use std::borrow::Cow;
 use std::io::Write;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
@@ -321,7 +321,7 @@ impl Writer {
     /// Appends the line `format` writes to this thread's batch, and hands the batch to
     /// the writer when it is full.
     fn line(&self, on_full: OnFull, format: impl FnOnce(&mut String)) {
-        let shard = &self.shared.shards[shard_index()];
+        let shard = &self.shared.shards[crate::telemetry::thread_slot() % SHARDS];
         let full = {
             let mut batch = lock(&shard.0);
             if batch.text.capacity() == 0 {
@@ -444,15 +444,6 @@ fn write(shared: &Shared, out: &mut Option<Out>, failing: &mut bool, batch: Batc
         }
         Ok(()) => {}
     }
-}
-
-/// This thread's shard: threads take shards in the order they first log.
-fn shard_index() -> usize {
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
-    thread_local! {
-        static INDEX: usize = NEXT.fetch_add(1, Ordering::Relaxed) % SHARDS;
-    }
-    INDEX.with(|index| *index)
 }
 
 /// A lock whose holder cannot leave its data half-changed: a panic elsewhere does not

@@ -505,6 +505,17 @@ pub fn new_request_id() -> [u8; 26] {
     id
 }
 
+/// This thread's number, 0 for the first thread to ask, then 1, 2, …: for state kept per
+/// thread (decision-log batches, verified-token caches), so that each worker writes memory
+/// no other core writes.
+pub fn thread_slot() -> usize {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    thread_local! {
+        static SLOT: usize = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+    SLOT.with(|slot| *slot)
+}
+
 /// A per-thread splitmix64 stream seeded from the OS-keyed `RandomState`. Request ids need
 /// uniqueness, not secrecy, so a fast generator is enough.
 pub(crate) fn next_random() -> u64 {
