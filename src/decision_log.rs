@@ -25,7 +25,7 @@ use prometheus::IntCounter;
 
 use crate::config::{DecisionSink, LogSettings, OnFull};
 use crate::json;
-use crate::policy::{Decision, Effect, PathGlob, Principal};
+use crate::policy::{Address, Decision, Effect, PathGlob, Principal};
 
 /// What a decision-log line says of a decided request.
 pub struct Decided<'a> {
@@ -236,7 +236,7 @@ impl DecisionLog {
                 .str("route.id", request.route)
                 .str("http.method", request.method)
                 .str("url.path", &path)
-                .ip("client.ip", request.client_ip)
+                .display("client.ip", Address(request.client_ip))
                 .str_or_null("principal.id", principal)
                 .str("decision.reason", decision.reason.code())
                 .str_or_null("rule.id", rule)
@@ -274,7 +274,7 @@ impl DecisionLog {
                 .str_or_null("route.id", request.route)
                 .str("http.method", request.method)
                 .str_or_null("url.path", None)
-                .ip("client.ip", request.peer.to_canonical())
+                .display("client.ip", Address(request.peer.to_canonical()))
                 .str_or_null("principal.id", None)
                 .str("decision.reason", request.reason)
                 .str_or_null("rule.id", None)

@@ -26,7 +26,9 @@ mod rule;
 mod scopes;
 
 pub use claims::{ClaimPattern, ClaimsCondition};
-pub use decision::{Decision, Effect, Mode, Outcome, Reason, RuleId, Step, elapsed, needs};
+pub use decision::{
+    Address, Decision, Effect, Mode, Outcome, Reason, RuleId, Step, elapsed, needs,
+};
 pub use facts::RequestFacts;
 pub use headers::{HeaderCondition, ValuePattern};
 pub use network::{NetSet, Networks};

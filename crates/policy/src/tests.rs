@@ -791,3 +791,23 @@ fn rule_ids_are_interned_once_for_every_load_that_names_them() {
     assert!(std::ptr::eq(first.0, again.0), "one copy of the id");
     assert_ne!(RuleId::new("interned-other"), first);
 }
+
+#[test]
+fn addresses_in_reasons_read_as_the_standard_library_writes_them() {
+    for ip in [
+        "0.0.0.0",
+        "10.0.0.1",
+        "127.0.0.1",
+        "192.168.100.9",
+        "255.255.255.255",
+        "2001:db8::1",
+        "::ffff:10.0.0.1",
+    ] {
+        let ip: IpAddr = ip.parse().unwrap();
+        let reason = Reason::IpDenied {
+            ip,
+            networks: "@office".to_owned(),
+        };
+        assert_eq!(reason.to_string(), format!("client {ip} matches @office"));
+    }
+}
