@@ -1075,27 +1075,40 @@ mod tests {
         assert_eq!(started.elapsed(), LINGER_TIME);
     }
 
+    /// Watches a call whose upstream answers once `ticks` ticks of the watchdog have
+    /// passed; what the watch gave back.
+    async fn answered_after_ticks(
+        activity: &Arc<Activity>,
+        wire: &mut Wire<Mock>,
+        ticks: usize,
+    ) -> Option<&'static str> {
+        let (answer, answered) = oneshot::channel();
+        let ticker = activity.clone();
+        let clock = tokio::spawn(async move {
+            for _ in 0..ticks {
+                ticker.tick();
+                tokio::task::yield_now().await;
+            }
+            let _ = answer.send("response");
+        });
+        let answered = std::pin::pin!(answered);
+        let memory = head_memory();
+        let watched = watch_while(activity, wire, (8192, &memory), answered);
+        let output = tokio::time::timeout(Duration::from_secs(10), watched)
+            .await
+            .unwrap();
+        clock.await.unwrap();
+        output.map(Result::unwrap)
+    }
+
     #[tokio::test]
     async fn bytes_pipelined_during_a_call_are_kept_for_the_next_head() {
         let activity = Arc::new(Activity::default());
         let next = b"GET /next HTTP/1.1\r\nHost: a\r\n\r\n";
         let mut wire = wire(Builder::new().read(next).build());
-        let (answer, answered) = oneshot::channel();
-        let ticker = activity.clone();
-        let clock = tokio::spawn(async move {
-            // A tick passes while the call waits on its upstream: now the client is read.
-            ticker.tick();
-            tokio::task::yield_now().await;
-            let _ = answer.send("response");
-        });
-        let answered = std::pin::pin!(answered);
-        let memory = head_memory();
-        let watched = watch_while(&activity, &mut wire, (8192, &memory), answered);
-        let output = tokio::time::timeout(Duration::from_secs(10), watched)
-            .await
-            .unwrap();
-        clock.await.unwrap();
-        assert_eq!(output.map(Result::unwrap), Some("response"));
+        // A tick passes while the call waits on its upstream: now the client is read.
+        let output = answered_after_ticks(&activity, &mut wire, 1).await;
+        assert_eq!(output, Some("response"));
         assert_eq!(&wire.buf[..], next);
         assert_eq!(
             wire.next_head_since,
@@ -1137,23 +1150,8 @@ mod tests {
         let activity = Arc::new(Activity::default());
         let mut wire = wire(Builder::new().build());
         wire.pipelined = true;
-        let (answer, answered) = oneshot::channel();
-        let ticker = activity.clone();
-        let clock = tokio::spawn(async move {
-            ticker.tick();
-            tokio::task::yield_now().await;
-            ticker.tick();
-            tokio::task::yield_now().await;
-            let _ = answer.send("response");
-        });
-        let answered = std::pin::pin!(answered);
-        let memory = head_memory();
-        let watched = watch_while(&activity, &mut wire, (8192, &memory), answered);
-        let output = tokio::time::timeout(Duration::from_secs(10), watched)
-            .await
-            .unwrap();
-        clock.await.unwrap();
-        assert_eq!(output.map(Result::unwrap), Some("response"));
+        let output = answered_after_ticks(&activity, &mut wire, 2).await;
+        assert_eq!(output, Some("response"));
         assert!(wire.client_done);
     }
 
