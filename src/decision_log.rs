@@ -16,7 +16,7 @@
 use std::borrow::Cow;
 use std::io::Write;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
@@ -111,8 +111,6 @@ struct Shared {
     closing: AtomicBool,
     /// `portcullis_decision_log_dropped_total`.
     dropped: IntCounter,
-    /// Lines dropped since the last warning (a warning per 10,000).
-    unwarned: AtomicU64,
 }
 
 /// The writer thread and the way to it.
@@ -301,7 +299,6 @@ impl Writer {
             switch: Mutex::new(Vec::new()),
             closing: AtomicBool::new(false),
             dropped,
-            unwarned: AtomicU64::new(0),
         });
         let (batches, queued) = std::sync::mpsc::sync_channel::<Batch>(QUEUED);
         let thread = std::thread::Builder::new()
@@ -359,12 +356,12 @@ impl Writer {
 }
 
 impl Shared {
+    /// Counts dropped lines, with a warning for the first and then one per 10,000.
     fn dropped_lines(&self, lines: u64, why: &str) {
+        let before = self.dropped.get();
         self.dropped.inc_by(lines);
-        let before = self.unwarned.fetch_add(lines, Ordering::Relaxed);
-        if before == 0 || before + lines >= 10_000 {
-            self.unwarned.store(0, Ordering::Relaxed);
-            tracing::warn!(lines, "{why}; lines dropped");
+        if before == 0 || before / 10_000 != (before + lines) / 10_000 {
+            tracing::warn!(lines = before + lines, "{why}; lines dropped so far");
         }
     }
 }
@@ -436,6 +433,7 @@ fn write(shared: &Shared, out: &mut Option<Out>, failing: &mut bool, batch: Batc
                 *failing = true;
                 tracing::warn!(error = %err, log = %out.name, "cannot write the decision log; dropping lines until it works again");
             }
+            // Counted without `dropped_lines`' warnings: this failure has its own.
             shared.dropped.inc_by(batch.lines);
         }
         Ok(()) if *failing => {
