@@ -378,7 +378,13 @@ fn build_identity(
                             "\"{name}\" frames, routes or controls the message, so it cannot carry identity; use a name of your own (the defaults are X-Auth-Subject, X-Auth-Roles and X-Auth-Scopes)"
                         ))
                     } else {
-                        Ok(header)
+                        // Set on every request with a caller, by every worker: a name
+                        // of its own would be a reference count they all share. (A name
+                        // `from_bytes` took is a valid lower-case one, as `from_static`
+                        // requires.)
+                        Ok(http::HeaderName::from_static(crate::policy::interned(
+                            header.as_str(),
+                        )))
                     }
                 }),
         )

@@ -19,15 +19,23 @@ pub struct RuleId(pub &'static str);
 impl RuleId {
     /// The id `id`, interned.
     pub fn new(id: &str) -> RuleId {
-        static IDS: Mutex<BTreeSet<&'static str>> = Mutex::new(BTreeSet::new());
-        let mut ids = IDS.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(known) = ids.get(id) {
-            return RuleId(known);
-        }
-        let kept: &'static str = Box::leak(Box::from(id));
-        ids.insert(kept);
-        RuleId(kept)
+        RuleId(interned(id))
     }
+}
+
+/// `text`, kept once for the life of the process: the same `&'static str` for every
+/// caller that names it. For names taken from the config (rule ids, header names) that a
+/// request would otherwise reach through a reference count every core shares; the copies
+/// kept are the distinct names ever loaded.
+pub fn interned(text: &str) -> &'static str {
+    static KEPT: Mutex<BTreeSet<&'static str>> = Mutex::new(BTreeSet::new());
+    let mut kept = KEPT.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(known) = kept.get(text) {
+        return known;
+    }
+    let new: &'static str = Box::leak(Box::from(text));
+    kept.insert(new);
+    new
 }
 
 impl fmt::Display for RuleId {

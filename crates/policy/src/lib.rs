@@ -27,7 +27,7 @@ mod scopes;
 
 pub use claims::{ClaimPattern, ClaimsCondition};
 pub use decision::{
-    Address, Decision, Effect, Mode, Outcome, Reason, RuleId, Step, elapsed, needs,
+    Address, Decision, Effect, Mode, Outcome, Reason, RuleId, Step, elapsed, interned, needs,
 };
 pub use facts::RequestFacts;
 pub use headers::{HeaderCondition, ValuePattern};
