@@ -345,20 +345,29 @@ fn an_address_in_use_exits_1_naming_it() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap();
     let scratch = Scratch::with_allow_all();
-    let config = scratch.write(
-        "gw.yaml",
-        &process_config("builtin:echo", "").replace(
-            "listen: [{ addr: 127.0.0.1:0 }]",
-            &format!("listen: [{{ addr: {addr} }}]"),
-        ),
-    );
+    let config = listening_on(&scratch, addr, "");
     let output = Command::new(BINARY)
         .args(["run", "-c"])
         .arg(&config)
         .output()
         .unwrap();
     assert_eq!(output.status.code(), Some(1));
-    let stderr = String::from_utf8(output.stderr).unwrap();
+    names_the_taken_address(&String::from_utf8(output.stderr).unwrap(), addr);
+}
+
+/// A config of the built-in echo upstream served on `addr`, with `extra` appended.
+fn listening_on(scratch: &Scratch, addr: SocketAddr, extra: &str) -> std::path::PathBuf {
+    scratch.write(
+        "gw.yaml",
+        &process_config("builtin:echo", extra).replace(
+            "listen: [{ addr: 127.0.0.1:0 }]",
+            &format!("listen: [{{ addr: {addr} }}]"),
+        ),
+    )
+}
+
+/// Asserts that a gateway's stderr says it could not bind `addr`.
+fn names_the_taken_address(stderr: &str, addr: SocketAddr) {
     assert!(
         stderr.contains(&format!("error: binding listener {addr}: ")),
         "{stderr}"
@@ -373,13 +382,7 @@ async fn a_second_gateway_on_the_same_port_exits_1() {
     let addr = free.local_addr().unwrap();
     drop(free);
     let scratch = Scratch::with_allow_all();
-    let config = scratch.write(
-        "gw.yaml",
-        &process_config("builtin:echo", "workers: 2\n").replace(
-            "listen: [{ addr: 127.0.0.1:0 }]",
-            &format!("listen: [{{ addr: {addr} }}]"),
-        ),
-    );
+    let config = listening_on(&scratch, addr, "workers: 2\n");
     let first = Process::start(&config);
     assert_eq!(first.addr, addr);
     let mut second = Command::new(BINARY)
@@ -405,10 +408,7 @@ async fn a_second_gateway_on_the_same_port_exits_1() {
     assert_eq!(status.code(), Some(1));
     let mut stderr = String::new();
     std::io::Read::read_to_string(&mut second.stderr.take().unwrap(), &mut stderr).unwrap();
-    assert!(
-        stderr.contains(&format!("error: binding listener {addr}: ")),
-        "{stderr}"
-    );
+    names_the_taken_address(&stderr, addr);
     let response = client()
         .request(get(&format!("http://{addr}/still")))
         .await
