@@ -32,7 +32,7 @@ fn rules(count: usize) -> Vec<Rule> {
             .iter()
             .map(|cidr| cidr.parse::<IpNet>().unwrap()),
     ));
-    let office = Networks::new(vec![office], "@office".to_owned());
+    let office = Networks::new(vec![office], "@office");
     (0..count)
         .map(|n| {
             let mut rule = Rule::new(&format!("rule-{n}"), Effect::Allow);

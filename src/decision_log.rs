@@ -234,9 +234,9 @@ impl DecisionLog {
                 .str("route.id", request.route)
                 .str("http.method", request.method)
                 .str("url.path", &path)
-                .display("client.ip", Address(request.client_ip))
+                .plain_with("client.ip", |out| Address(request.client_ip).push_to(out))
                 .str_or_null("principal.id", principal)
-                .str("decision.reason", decision.reason.code())
+                .plain("decision.reason", decision.reason.code())
                 .str_or_null("rule.id", rule)
                 .array("audit", |items| {
                     for step in decision.audit_matches() {
@@ -249,8 +249,8 @@ impl DecisionLog {
                     for step in &decision.trace {
                         let mut item = items.object();
                         item.str("rule", step.rule.0)
-                            .str("effect", step.effect.as_str())
-                            .str("mode", step.mode.as_str())
+                            .plain("effect", step.effect.as_str())
+                            .plain("mode", step.mode.as_str())
                             .display("outcome", &step.outcome);
                         item.finish();
                     }
@@ -272,7 +272,9 @@ impl DecisionLog {
                 .str_or_null("route.id", request.route)
                 .str("http.method", request.method)
                 .str_or_null("url.path", None)
-                .display("client.ip", Address(request.peer.to_canonical()))
+                .plain_with("client.ip", |out| {
+                    Address(request.peer.to_canonical()).push_to(out)
+                })
                 .str_or_null("principal.id", None)
                 .str("decision.reason", request.reason)
                 .str_or_null("rule.id", None)
@@ -288,8 +290,8 @@ impl DecisionLog {
 fn line_head<'o, 'a>(object: &'o mut json::Object<'a>, decision: &str) -> &'o mut json::Object<'a> {
     let now = crate::telemetry::Timestamp::new(SystemTime::now());
     object
-        .str("timestamp", now.as_str())
-        .str("decision", decision)
+        .plain("timestamp", now.as_str())
+        .plain("decision", decision)
 }
 
 impl Writer {

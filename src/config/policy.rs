@@ -714,7 +714,7 @@ fn networks(
     if !inline.is_empty() {
         sets.push(Arc::new(NetSet::new(inline)));
     }
-    ok.then(|| Networks::new(sets, entries.join(", ")))
+    ok.then(|| Networks::new(sets, &entries.join(", ")))
 }
 
 fn header_condition(

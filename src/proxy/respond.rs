@@ -631,7 +631,7 @@ mod tests {
             (
                 Reason::IpNotAllowed {
                     ip: "192.0.2.1".parse().unwrap(),
-                    networks: "10.0.0.0/8".to_owned(),
+                    networks: "10.0.0.0/8",
                 },
                 403,
                 "Your network is not allowed for this path.",

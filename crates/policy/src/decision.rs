@@ -49,28 +49,49 @@ impl fmt::Display for RuleId {
 /// standard formatting of each octet costs more than the rest of the sentence.
 pub struct Address(pub IpAddr);
 
+impl Address {
+    /// Appends the address to `out` as `Display` writes it.
+    pub fn push_to(&self, out: &mut String) {
+        match self.0 {
+            IpAddr::V4(v4) => {
+                let (text, len) = v4_digits(v4);
+                out.push_str(std::str::from_utf8(&text[..len]).unwrap_or("0.0.0.0"));
+            }
+            IpAddr::V6(v6) => {
+                use fmt::Write as _;
+                let _ = write!(out, "{v6}");
+            }
+        }
+    }
+}
+
 impl fmt::Display for Address {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let IpAddr::V4(v4) = self.0 else {
             return fmt::Display::fmt(&self.0, f);
         };
-        let mut text = [0u8; 15];
-        let mut len = 0;
-        for (index, octet) in v4.octets().into_iter().enumerate() {
-            if index > 0 {
-                text[len] = b'.';
-                len += 1;
-            }
-            for (digit, place) in [(octet / 100, 100), (octet / 10 % 10, 10), (octet % 10, 1)] {
-                if octet >= place || place == 1 {
-                    text[len] = b'0' + digit;
-                    len += 1;
-                }
-            }
-        }
-        // Digits and dots only.
+        let (text, len) = v4_digits(v4);
         f.write_str(std::str::from_utf8(&text[..len]).unwrap_or("0.0.0.0"))
     }
+}
+
+/// `v4` in dotted decimal: the text (digits and dots only) and its length.
+fn v4_digits(v4: std::net::Ipv4Addr) -> ([u8; 15], usize) {
+    let mut text = [0u8; 15];
+    let mut len = 0;
+    for (index, octet) in v4.octets().into_iter().enumerate() {
+        if index > 0 {
+            text[len] = b'.';
+            len += 1;
+        }
+        for (digit, place) in [(octet / 100, 100), (octet / 10 % 10, 10), (octet % 10, 1)] {
+            if octet >= place || place == 1 {
+                text[len] = b'0' + digit;
+                len += 1;
+            }
+        }
+    }
+    (text, len)
 }
 
 /// Whether a rule lets a request through or stops it.
@@ -138,14 +159,14 @@ pub enum Reason {
         /// The client's address.
         ip: IpAddr,
         /// The networks the rule names (`@list` or CIDRs), for operators only.
-        networks: String,
+        networks: &'static str,
     },
     /// A deny rule matched because of the client's address.
     IpDenied {
         /// The client's address.
         ip: IpAddr,
         /// The networks the rule names, for operators only.
-        networks: String,
+        networks: &'static str,
     },
     /// The closest rule needs an identified caller and the request carried no credentials.
     CredentialsMissing,
@@ -253,10 +274,16 @@ impl fmt::Display for Reason {
                 write!(f, "method {method} is not one of {}", allowed.join(", "))
             }
             Reason::IpNotAllowed { ip, networks } => {
-                write!(f, "client {} does not satisfy {networks}", Address(*ip))
+                f.write_str("client ")?;
+                Address(*ip).fmt(f)?;
+                f.write_str(" does not satisfy ")?;
+                f.write_str(networks)
             }
             Reason::IpDenied { ip, networks } => {
-                write!(f, "client {} matches {networks}", Address(*ip))
+                f.write_str("client ")?;
+                Address(*ip).fmt(f)?;
+                f.write_str(" matches ")?;
+                f.write_str(networks)
             }
             Reason::CredentialsMissing => f.write_str("the request carried no credentials"),
             Reason::TokenInvalid { problem } => write!(f, "invalid credentials: {problem}"),
@@ -330,8 +357,16 @@ impl fmt::Display for Outcome {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Outcome::Matched => f.write_str("matched"),
-            Outcome::NotApplicable(reason) => write!(f, "not applicable: {reason}"),
-            Outcome::ConditionFailed(reason) => write!(f, "condition failed: {reason}"),
+            // Pieces rather than `write!`: every decision-log line writes this sentence,
+            // and each level of format arguments costs more than the words.
+            Outcome::NotApplicable(reason) => {
+                f.write_str("not applicable: ")?;
+                reason.fmt(f)
+            }
+            Outcome::ConditionFailed(reason) => {
+                f.write_str("condition failed: ")?;
+                reason.fmt(f)
+            }
         }
     }
 }

@@ -149,15 +149,22 @@ impl Step for u128 {
 #[derive(Debug, Clone)]
 pub struct Networks {
     sets: Vec<Arc<NetSet>>,
-    /// How the condition was written (`@office, 10.0.0.0/8`), for operators.
-    label: String,
+    /// How the condition was written (`@office, 10.0.0.0/8`), for operators; interned, so
+    /// a denial's reason borrows it instead of copying it.
+    label: &'static str,
+    /// The label with `not ` before it, for `not_ip` conditions.
+    negated: &'static str,
 }
 
 impl Networks {
     /// Networks made of named lists and one set of inline CIDRs; `label` is how the
     /// condition reads in the policy file.
-    pub fn new(sets: Vec<Arc<NetSet>>, label: String) -> Networks {
-        Networks { sets, label }
+    pub fn new(sets: Vec<Arc<NetSet>>, label: &str) -> Networks {
+        Networks {
+            sets,
+            label: crate::decision::interned(label),
+            negated: crate::decision::interned(&format!("not {label}")),
+        }
     }
 
     /// Whether `ip` is in any of the sets.
@@ -166,8 +173,13 @@ impl Networks {
     }
 
     /// How the condition was written.
-    pub fn label(&self) -> &str {
-        &self.label
+    pub fn label(&self) -> &'static str {
+        self.label
+    }
+
+    /// How the condition was written, as a `not_ip` condition reads.
+    pub fn negated_label(&self) -> &'static str {
+        self.negated
     }
 
     /// Whether the networks hold no address at all (an empty list).

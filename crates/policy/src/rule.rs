@@ -110,7 +110,7 @@ impl Rule {
             .find_map(|condition| match condition {
                 Condition::Ip(networks) | Condition::NotIp(networks) => Some(Reason::IpDenied {
                     ip: facts.client_ip,
-                    networks: networks.label().to_owned(),
+                    networks: networks.label(),
                 }),
                 _ => None,
             })
@@ -185,11 +185,11 @@ impl Condition {
         Some(match self {
             Condition::Ip(networks) => Reason::IpNotAllowed {
                 ip: facts.client_ip,
-                networks: networks.label().to_owned(),
+                networks: networks.label(),
             },
             Condition::NotIp(networks) => Reason::IpNotAllowed {
                 ip: facts.client_ip,
-                networks: format!("not {}", networks.label()),
+                networks: networks.negated_label(),
             },
             Condition::Header(header) => Reason::NoMatchingAllow {
                 unmet: Some(header.describe()),

@@ -24,7 +24,7 @@ fn spec(id: &str, effect: Effect) -> RuleSpec {
 
 fn networks(cidrs: &[&str]) -> Networks {
     let set = NetSet::new(cidrs.iter().map(|c| c.parse::<IpNet>().unwrap()));
-    Networks::new(vec![Arc::new(set)], cidrs.join(", "))
+    Networks::new(vec![Arc::new(set)], &cidrs.join(", "))
 }
 
 fn header(name: &str, values: &[&str]) -> HeaderCondition {
@@ -806,8 +806,19 @@ fn addresses_in_reasons_read_as_the_standard_library_writes_them() {
         let ip: IpAddr = ip.parse().unwrap();
         let reason = Reason::IpDenied {
             ip,
-            networks: "@office".to_owned(),
+            networks: "@office",
         };
         assert_eq!(reason.to_string(), format!("client {ip} matches @office"));
+        let mut pushed = String::from(">");
+        Address(ip).push_to(&mut pushed);
+        assert_eq!(pushed, format!(">{ip}"));
     }
+}
+
+#[test]
+fn a_not_ip_condition_reads_with_its_not_and_its_labels_are_shared() {
+    let set = |label: &str| Networks::new(vec![], label);
+    let office = set("@office");
+    assert_eq!(office.negated_label(), "not @office");
+    assert!(std::ptr::eq(office.label(), set("@office").label()));
 }
