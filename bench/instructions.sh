@@ -90,6 +90,14 @@ done
 for variant in demo jwt; do
     sed -n '/^identity:/,/^$/p' config/portcullis.yaml >>"$WORK/$variant.yaml"
 done
+# The log rows: nginx with a buffered access log, portcullis with its decision log, both
+# written to a file.
+for conf in proxy deny; do
+    sed "s|access_log off;|access_log $WORK/access.log combined buffer=64k;|" "$WORK/$conf.conf" >"$WORK/$conf-log.conf"
+done
+# The log goes outside the configs' directory, which the gateway watches for changes.
+mkdir -p "$WORK/out"
+sed "s|^log: .*|log: { decisions: $WORK/out/decisions.log }|" "$WORK/demo.yaml" >"$WORK/demo-log.yaml"
 mkdir -p "$WORK/allow-all-policies" "$WORK/demo-policies" "$WORK/jwt-policies"
 echo 'rules: [{ id: allow-all, effect: allow }]' >"$WORK/allow-all-policies/allow-all.yaml"
 echo 'rules: [{ id: token-holders, effect: allow, when: { scopes: { all: ["bench:read"] } } }]' >"$WORK/jwt-policies/token-holders.yaml"
@@ -140,9 +148,13 @@ BENCH_PATH=/public/bench
 read -r _ nginx < <(per_request nginx QUIT nginx -c "$WORK/proxy.conf")
 read -r _ portcullis < <(per_request portcullis TERM "$BINARY" --log-level warn run -c "$WORK/allow-all.yaml")
 read -r _ demo < <(per_request demo TERM "$BINARY" --log-level warn run -c "$WORK/demo.yaml")
+read -r _ nginx_log < <(per_request nginx-log QUIT nginx -c "$WORK/proxy-log.conf")
+read -r _ demo_log < <(per_request demo-log TERM "$BINARY" --log-level warn run -c "$WORK/demo-log.yaml")
 BENCH_PATH=/admin/bench DENY=1
 read -r _ nginx_deny < <(per_request nginx-deny QUIT nginx -c "$WORK/deny.conf")
 read -r _ demo_deny < <(per_request demo-deny TERM "$BINARY" --log-level warn run -c "$WORK/demo.yaml")
+read -r _ nginx_deny_log < <(per_request nginx-deny-log QUIT nginx -c "$WORK/deny-log.conf")
+read -r _ demo_deny_log < <(per_request demo-deny-log TERM "$BINARY" --log-level warn run -c "$WORK/demo-log.yaml")
 BENCH_PATH=/public/bench DENY=0
 AB_HEADERS=(-H "Authorization: Bearer $TOKEN")
 read -r _ jwt < <(per_request jwt TERM "$BINARY" --log-level warn run -c "$WORK/jwt.yaml")
@@ -156,8 +168,15 @@ echo "| nginx proxy | $nginx | 1.00 |"
 echo "| portcullis (allow all) | $portcullis | $(awk -v a="$portcullis" -v b="$nginx" 'BEGIN { printf "%.2f", a / b }') |"
 echo "| portcullis (demo policy) | $demo | $(awk -v a="$demo" -v b="$nginx" 'BEGIN { printf "%.2f", a / b }') |"
 echo "| portcullis (JWT, warm cache) | $jwt | $(awk -v a="$jwt" -v b="$nginx" 'BEGIN { printf "%.2f", a / b }') |"
+echo "| nginx proxy, access log (buffer=64k) | $nginx_log | 1.00 |"
+echo "| portcullis (demo policy, decision log to a file) | $demo_log | $(awk -v a="$demo_log" -v b="$nginx_log" 'BEGIN { printf "%.2f", a / b }') |"
 echo
 echo "| denial | user-space instructions per request | vs nginx |"
 echo "|---|---:|---:|"
 echo "| nginx return 403 | $nginx_deny | 1.00 |"
 echo "| portcullis (demo policy, 403 problem+json) | $demo_deny | $(awk -v a="$demo_deny" -v b="$nginx_deny" 'BEGIN { printf "%.2f", a / b }') |"
+echo "| nginx return 403, access log (buffer=64k) | $nginx_deny_log | 1.00 |"
+echo "| portcullis (demo policy, decision log to a file) | $demo_deny_log | $(awk -v a="$demo_deny_log" -v b="$nginx_deny_log" 'BEGIN { printf "%.2f", a / b }') |"
+echo
+echo "What a log adds per request: nginx's access log $(( nginx_log - nginx )) (allow), $(( nginx_deny_log - nginx_deny )) (deny);"
+echo "portcullis's decision log $(( demo_log - demo )) (allow, $(awk -v a="$demo_log" -v b="$demo" 'BEGIN { printf "%.2f", a / b }')x), $(( demo_deny_log - demo_deny )) (deny, $(awk -v a="$demo_deny_log" -v b="$demo_deny" 'BEGIN { printf "%.2f", a / b }')x)."

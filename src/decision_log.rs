@@ -234,7 +234,9 @@ impl DecisionLog {
                 .str("route.id", request.route)
                 .str("http.method", request.method)
                 .str("url.path", &path)
-                .plain_with("client.ip", |out| Address(request.client_ip).push_to(out))
+                .plain_with("client.ip", |out| {
+                    let _ = Address(request.client_ip).write_to(out);
+                })
                 .str_or_null("principal.id", principal)
                 .plain("decision.reason", decision.reason.code())
                 .str_or_null("rule.id", rule)
@@ -251,7 +253,9 @@ impl DecisionLog {
                         item.str("rule", step.rule.0)
                             .plain("effect", step.effect.as_str())
                             .plain("mode", step.mode.as_str())
-                            .display("outcome", &step.outcome);
+                            .str_with("outcome", |out| {
+                                let _ = step.outcome.write_sentence(out);
+                            });
                         item.finish();
                     }
                 });
@@ -273,7 +277,7 @@ impl DecisionLog {
                 .str("http.method", request.method)
                 .str_or_null("url.path", None)
                 .plain_with("client.ip", |out| {
-                    Address(request.peer.to_canonical()).push_to(out)
+                    let _ = Address(request.peer.to_canonical()).write_to(out);
                 })
                 .str_or_null("principal.id", None)
                 .str("decision.reason", request.reason)
@@ -288,9 +292,10 @@ impl DecisionLog {
 
 /// The fields every line starts with.
 fn line_head<'o, 'a>(object: &'o mut json::Object<'a>, decision: &str) -> &'o mut json::Object<'a> {
-    let now = crate::telemetry::Timestamp::new(SystemTime::now());
     object
-        .plain("timestamp", now.as_str())
+        .plain_with("timestamp", |out| {
+            crate::telemetry::push_timestamp(out, SystemTime::now());
+        })
         .plain("decision", decision)
 }
 

@@ -30,13 +30,13 @@ impl<'a> Object<'a> {
     }
 
     /// `"key": "value"`.
-    #[inline]
+    #[inline(always)]
     pub fn str(&mut self, key: &str, value: &str) -> &mut Self {
         self.str_parts(key, &[value])
     }
 
     /// `"key": "…"`, the string being `parts` one after another.
-    #[inline]
+    #[inline(always)]
     pub fn str_parts(&mut self, key: &str, parts: &[&str]) -> &mut Self {
         self.key(key);
         quoted(self.out, parts);
@@ -44,7 +44,7 @@ impl<'a> Object<'a> {
     }
 
     /// `"key": "value"`, or `"key": null` when there is no value.
-    #[inline]
+    #[inline(always)]
     pub fn str_or_null(&mut self, key: &str, value: Option<&str>) -> &mut Self {
         match value {
             Some(value) => self.str(key, value),
@@ -58,14 +58,14 @@ impl<'a> Object<'a> {
 
     /// `"key": "value"`, for a value of the gateway's own making that never needs an
     /// escape (a reason code, a time): written as it is, without looking at its bytes.
-    #[inline]
+    #[inline(always)]
     pub fn plain(&mut self, key: &str, value: &str) -> &mut Self {
         self.plain_with(key, |out| out.push_str(value))
     }
 
     /// `"key": "…"`, the string being what `write` appends: text of the gateway's own
     /// making that never needs an escape (digits, an address).
-    #[inline]
+    #[inline(always)]
     pub fn plain_with(&mut self, key: &str, write: impl FnOnce(&mut String)) -> &mut Self {
         self.key(key);
         self.out.push('"');
@@ -83,13 +83,21 @@ impl<'a> Object<'a> {
     /// `"key": "…"`, the string being what `value` displays, written without a copy.
     pub fn display(&mut self, key: &str, value: impl std::fmt::Display) -> &mut Self {
         use std::fmt::Write as _;
+        self.str_with(key, |out| {
+            let _ = write!(out, "{value}");
+        })
+    }
+
+    /// `"key": "…"`, the string being what `write` appends, escaped where it needs it.
+    #[inline(always)]
+    pub fn str_with(&mut self, key: &str, write: impl FnOnce(&mut String)) -> &mut Self {
         self.key(key);
         self.out.push('"');
         let start = self.out.len();
-        let _ = write!(self.out, "{value}");
+        write(self.out);
         if needs_escape(&self.out[start..]) {
             let shown = self.out.split_off(start);
-            escape_into(self.out, &shown);
+            escape_slowly(self.out, &shown);
         }
         self.out.push('"');
         self
@@ -190,11 +198,11 @@ fn push_u64(out: &mut String, mut value: u64) {
             break;
         }
     }
-    // Every byte written is an ASCII digit.
-    out.push_str(std::str::from_utf8(&digits[at..]).unwrap_or("0"));
+    out.extend(digits[at..].iter().map(|digit| char::from(*digit)));
 }
 
 /// Writes `parts`, one after another, as one JSON string.
+#[inline(always)]
 fn quoted(out: &mut String, parts: &[&str]) {
     out.push('"');
     for part in parts {
@@ -250,22 +258,26 @@ fn needs_escape(value: &str) -> bool {
     // Whether a byte of `word` is zero, or below `n` (for n <= 128): exact as a yes or no.
     let below = |word: u64, n: u64| word.wrapping_sub(ONES * n) & !word & HIGHS != 0;
     let zero = |word: u64| below(word, 1);
-    let mut words = value.as_bytes().chunks_exact(8);
-    for chunk in &mut words {
-        let mut bytes = [0u8; 8];
-        bytes.copy_from_slice(chunk);
-        let word = u64::from_ne_bytes(bytes);
-        if below(word, 0x20)
+    let word_needs_escape = |word: u64| {
+        below(word, 0x20)
             || zero(word ^ (ONES * u64::from(b'"')))
             || zero(word ^ (ONES * u64::from(b'\\')))
-        {
-            return true;
-        }
+    };
+    let bytes = value.as_bytes();
+    let word_at = |at: usize| {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(&bytes[at..at + 8]);
+        u64::from_ne_bytes(word)
+    };
+    if bytes.len() < 8 {
+        return bytes
+            .iter()
+            .any(|byte| *byte < 0x20 || *byte == b'"' || *byte == b'\\');
     }
-    words
-        .remainder()
-        .iter()
-        .any(|byte| *byte < 0x20 || *byte == b'"' || *byte == b'\\')
+    // Whole words, then the last eight bytes (overlapping the words before them): no
+    // byte-by-byte tail, and no copy of one.
+    (0..bytes.len() / 8).any(|word| word_needs_escape(word_at(word * 8)))
+        || word_needs_escape(word_at(bytes.len() - 8))
 }
 
 #[cfg(test)]
@@ -276,11 +288,11 @@ mod tests {
     fn every_byte_that_needs_an_escape_is_found_wherever_it_sits() {
         for byte in 0u8..=0x7f {
             let expected = byte < 0x20 || byte == b'"' || byte == b'\\';
-            for at in 0..17 {
-                let mut text = vec![b'a'; 17];
+            for (len, at) in (1..=17).flat_map(|len| (0..len).map(move |at| (len, at))) {
+                let mut text = vec![b'a'; len];
                 text[at] = byte;
                 let text = String::from_utf8(text).unwrap();
-                assert_eq!(needs_escape(&text), expected, "{byte:#x} at {at}");
+                assert_eq!(needs_escape(&text), expected, "{byte:#x} at {at} of {len}");
             }
         }
         assert!(!needs_escape("caf\u{e9} \u{2713} \u{7f}\u{80}"));

@@ -3,7 +3,7 @@
 //! Label values come only from config ids and fixed enums, never from request data,
 //! so the number of series stays bounded whatever clients send.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -547,41 +547,31 @@ pub fn is_valid_request_id(value: &[u8]) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
 }
 
-/// A time as RFC 3339 in UTC with milliseconds (`2026-12-06T23:39:00.123Z`), for lines
-/// written on every request: the date and time of day are worked out once a second per
-/// thread.
-pub struct Timestamp([u8; 24]);
-
-impl Timestamp {
-    /// `time`, formatted.
-    pub fn new(time: SystemTime) -> Timestamp {
-        thread_local! {
-            static SECOND: Cell<(u64, [u8; 19])> = const { Cell::new((u64::MAX, [0; 19])) };
-        }
-        let since = time.duration_since(UNIX_EPOCH).unwrap_or_default();
-        let seconds = since.as_secs();
-        let (cached, mut text) = SECOND.get();
-        if cached != seconds {
-            let formatted = rfc3339(time);
-            text.copy_from_slice(&formatted.as_bytes()[..19]);
-            SECOND.set((seconds, text));
-        }
-        let millis = since.subsec_millis();
-        let mut out = [0u8; 24];
-        out[..19].copy_from_slice(&text);
-        out[19] = b'.';
-        out[20] = b'0' + (millis / 100) as u8;
-        out[21] = b'0' + (millis / 10 % 10) as u8;
-        out[22] = b'0' + (millis % 10) as u8;
-        out[23] = b'Z';
-        Timestamp(out)
+/// Appends `time` as RFC 3339 in UTC with milliseconds (`2026-12-06T23:39:00.123Z`), for
+/// lines written on every request: the date and time of day are worked out once a second
+/// per thread.
+pub fn push_timestamp(out: &mut String, time: SystemTime) {
+    thread_local! {
+        static SECOND: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
     }
-
-    /// The text.
-    pub fn as_str(&self) -> &str {
-        // Every byte written above is ASCII.
-        std::str::from_utf8(&self.0).unwrap_or("1970-01-01T00:00:00.000Z")
-    }
+    let since = time.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let seconds = since.as_secs();
+    SECOND.with_borrow_mut(|(cached, text)| {
+        if *cached != seconds {
+            *text = rfc3339(time);
+            // Without its `Z`: the milliseconds come first.
+            text.pop();
+            *cached = seconds;
+        }
+        out.push_str(text);
+    });
+    let millis = since.subsec_millis();
+    let digit = |value: u32| char::from(b'0' + (value % 10) as u8);
+    out.push('.');
+    out.push(digit(millis / 100));
+    out.push(digit(millis / 10));
+    out.push(digit(millis));
+    out.push('Z');
 }
 
 /// `time` as RFC 3339 in UTC, to the second.
@@ -697,7 +687,9 @@ mod tests {
     fn timestamps_have_milliseconds_and_follow_the_second() {
         let at = |millis| {
             let time = SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(millis);
-            Timestamp::new(time).as_str().to_owned()
+            let mut text = String::from(">");
+            push_timestamp(&mut text, time);
+            text.split_off(1)
         };
         assert_eq!(at(1_795_910_399_007), "2026-11-28T23:59:59.007Z");
         assert_eq!(at(1_795_910_399_999), "2026-11-28T23:59:59.999Z");

@@ -50,48 +50,38 @@ impl fmt::Display for RuleId {
 pub struct Address(pub IpAddr);
 
 impl Address {
-    /// Appends the address to `out` as `Display` writes it.
-    pub fn push_to(&self, out: &mut String) {
+    /// Writes the address as `Display` does, into any writer: into a `String`, without
+    /// the formatting machinery.
+    pub fn write_to<W: fmt::Write>(&self, out: &mut W) -> fmt::Result {
         match self.0 {
-            IpAddr::V4(v4) => {
-                let (text, len) = v4_digits(v4);
-                out.push_str(std::str::from_utf8(&text[..len]).unwrap_or("0.0.0.0"));
-            }
-            IpAddr::V6(v6) => {
-                use fmt::Write as _;
-                let _ = write!(out, "{v6}");
-            }
+            IpAddr::V4(v4) => write_v4(v4, out),
+            IpAddr::V6(v6) => write!(out, "{v6}"),
         }
     }
 }
 
 impl fmt::Display for Address {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let IpAddr::V4(v4) = self.0 else {
-            return fmt::Display::fmt(&self.0, f);
-        };
-        let (text, len) = v4_digits(v4);
-        f.write_str(std::str::from_utf8(&text[..len]).unwrap_or("0.0.0.0"))
+        self.write_to(f)
     }
 }
 
-/// `v4` in dotted decimal: the text (digits and dots only) and its length.
-fn v4_digits(v4: std::net::Ipv4Addr) -> ([u8; 15], usize) {
-    let mut text = [0u8; 15];
-    let mut len = 0;
+/// `v4` in dotted decimal, a character at a time: into a `String`, that is a store each.
+fn write_v4<W: fmt::Write>(v4: std::net::Ipv4Addr, out: &mut W) -> fmt::Result {
+    let digit = |value: u8| char::from(b'0' + value);
     for (index, octet) in v4.octets().into_iter().enumerate() {
         if index > 0 {
-            text[len] = b'.';
-            len += 1;
+            out.write_char('.')?;
         }
-        for (digit, place) in [(octet / 100, 100), (octet / 10 % 10, 10), (octet % 10, 1)] {
-            if octet >= place || place == 1 {
-                text[len] = b'0' + digit;
-                len += 1;
-            }
+        if octet >= 100 {
+            out.write_char(digit(octet / 100))?;
         }
+        if octet >= 10 {
+            out.write_char(digit(octet / 10 % 10))?;
+        }
+        out.write_char(digit(octet % 10))?;
     }
-    (text, len)
+    Ok(())
 }
 
 /// Whether a rule lets a request through or stops it.
@@ -262,9 +252,10 @@ pub fn needs(what: &str, required: &[String], one_of: bool) -> String {
     }
 }
 
-/// The operator's sentence: everything, networks included.
-impl fmt::Display for Reason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+impl Reason {
+    /// The operator's sentence: everything, networks included. Into any writer: a
+    /// decision-log line writes it into its `String` without the formatting machinery.
+    pub fn write_sentence<W: fmt::Write>(&self, f: &mut W) -> fmt::Result {
         match self {
             Reason::Allowed => f.write_str("allowed"),
             Reason::ExplicitDeny => f.write_str("a deny rule matched"),
@@ -275,13 +266,13 @@ impl fmt::Display for Reason {
             }
             Reason::IpNotAllowed { ip, networks } => {
                 f.write_str("client ")?;
-                Address(*ip).fmt(f)?;
+                Address(*ip).write_to(f)?;
                 f.write_str(" does not satisfy ")?;
                 f.write_str(networks)
             }
             Reason::IpDenied { ip, networks } => {
                 f.write_str("client ")?;
-                Address(*ip).fmt(f)?;
+                Address(*ip).write_to(f)?;
                 f.write_str(" matches ")?;
                 f.write_str(networks)
             }
@@ -323,6 +314,13 @@ impl fmt::Display for Reason {
     }
 }
 
+/// The operator's sentence: everything, networks included.
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.write_sentence(f)
+    }
+}
+
 /// `3m12s`, `2h5m`, `40s`.
 /// A duration in seconds as "5s", "3m20s" or "2h15m", for sentences about token expiry.
 pub fn elapsed(seconds: u64) -> String {
@@ -353,21 +351,26 @@ pub enum Outcome {
     ConditionFailed(Reason),
 }
 
-impl fmt::Display for Outcome {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+impl Outcome {
+    /// What became of the rule, in words, into any writer (see [`Reason::write_sentence`]).
+    pub fn write_sentence<W: fmt::Write>(&self, f: &mut W) -> fmt::Result {
         match self {
             Outcome::Matched => f.write_str("matched"),
-            // Pieces rather than `write!`: every decision-log line writes this sentence,
-            // and each level of format arguments costs more than the words.
             Outcome::NotApplicable(reason) => {
                 f.write_str("not applicable: ")?;
-                reason.fmt(f)
+                reason.write_sentence(f)
             }
             Outcome::ConditionFailed(reason) => {
                 f.write_str("condition failed: ")?;
-                reason.fmt(f)
+                reason.write_sentence(f)
             }
         }
+    }
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.write_sentence(f)
     }
 }
 

@@ -810,7 +810,7 @@ fn addresses_in_reasons_read_as_the_standard_library_writes_them() {
         };
         assert_eq!(reason.to_string(), format!("client {ip} matches @office"));
         let mut pushed = String::from(">");
-        Address(ip).push_to(&mut pushed);
+        Address(ip).write_to(&mut pushed).unwrap();
         assert_eq!(pushed, format!(">{ip}"));
     }
 }
