@@ -266,10 +266,15 @@ fn serve_worker(
 ) {
     runtime.block_on(async move {
         let mut accepting = JoinSet::new();
-        for socket in sockets {
+        for (index, socket) in sockets.into_iter().enumerate() {
             match TcpListener::from_std(socket) {
                 Ok(listener) => {
-                    accepting.spawn(listener::run(listener, live.clone(), listeners.clone()));
+                    accepting.spawn(listener::run(
+                        listener,
+                        index,
+                        live.clone(),
+                        listeners.clone(),
+                    ));
                 }
                 Err(err) => tracing::error!(error = %err, "a worker cannot accept on its socket"),
             }

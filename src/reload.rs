@@ -72,6 +72,8 @@ pub struct Failure {
 pub struct Fixed {
     /// The client listeners' addresses, as configured.
     pub listen: Vec<SocketAddr>,
+    /// Whether each listener terminates TLS (its certificates reload; this does not).
+    pub tls: Vec<bool>,
     /// The admin listener's address, as configured.
     pub admin: SocketAddr,
     /// `admin.allowed_hosts`.
@@ -97,6 +99,9 @@ impl Fixed {
                 .iter()
                 .map(|listener| listener.addr)
                 .collect(),
+            tls: (config.listeners.iter())
+                .map(|listener| listener.tls.is_some())
+                .collect(),
             admin: config.admin.addr,
             admin_hosts: config.admin.allowed_hosts.clone(),
             max_connections: config.limits.max_connections,
@@ -117,6 +122,20 @@ impl Fixed {
                 addresses(&now.listen),
                 addresses(&self.listen)
             ));
+        }
+        if now.listen == self.listen && now.tls != self.tls {
+            for (index, (now, then)) in now.tls.iter().zip(&self.tls).enumerate() {
+                if now != then {
+                    let (turned, serving) = if *now {
+                        ("on", "plain HTTP")
+                    } else {
+                        ("off", "TLS")
+                    };
+                    changes.push(format!(
+                        "listen[{index}].tls: turned {turned} (serving {serving})"
+                    ));
+                }
+            }
         }
         if now.admin != self.admin {
             changes.push(format!(
@@ -534,6 +553,7 @@ impl Relevant {
             .chain(&config.policy_summary.files)
             .chain(&config.policy_summary.list_files)
             .chain(&config.identity_files)
+            .chain(&config.tls_files)
             .map(|file| resolved(file))
             .collect();
         let base = config.file.parent().unwrap_or(Path::new(""));

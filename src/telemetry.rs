@@ -51,6 +51,10 @@ pub mod names {
     pub const POLICY_INFO: &str = "portcullis_policy_info";
     /// 1 when the last reload succeeded (or none was tried), 0 while the last one failed.
     pub const POLICY_LAST_RELOAD_SUCCESSFUL: &str = "portcullis_policy_last_reload_successful";
+    /// TLS handshakes with clients that failed, by listener and cause.
+    pub const TLS_HANDSHAKE_ERRORS_TOTAL: &str = "portcullis_tls_handshake_errors_total";
+    /// When each certificate a TLS listener serves expires, by listener and host.
+    pub const TLS_CERTIFICATE_EXPIRY: &str = "portcullis_tls_certificate_expiry_timestamp_seconds";
 
     /// Every metric name, for checks of what dashboards and alerts refer to.
     pub const ALL: &[&str] = &[
@@ -71,6 +75,8 @@ pub mod names {
         POLICY_RELOADS_TOTAL,
         POLICY_INFO,
         POLICY_LAST_RELOAD_SUCCESSFUL,
+        TLS_HANDSHAKE_ERRORS_TOTAL,
+        TLS_CERTIFICATE_EXPIRY,
     ];
 }
 
@@ -149,6 +155,8 @@ pub struct Metrics {
     pub policy_info: IntGaugeVec,
     /// [`names::POLICY_LAST_RELOAD_SUCCESSFUL`].
     pub policy_last_reload_successful: IntGauge,
+    /// [`names::TLS_CERTIFICATE_EXPIRY`].
+    pub tls_certificate_expiry: IntGaugeVec,
 }
 
 /// One worker's metrics: what its requests and connections change.
@@ -170,6 +178,8 @@ pub struct Shard {
     pub decision_duration: Histogram,
     /// [`names::RULE_MATCHES_TOTAL`].
     pub rule_matches: IntCounterVec,
+    /// [`names::TLS_HANDSHAKE_ERRORS_TOTAL`].
+    pub tls_handshake_errors: IntCounterVec,
 }
 
 /// Decision-time buckets from 1µs to 10ms: a decision is a few microseconds.
@@ -265,6 +275,16 @@ impl Shard {
                     &["rule", "effect", "mode"],
                 ),
             ),
+            tls_handshake_errors: registered(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        names::TLS_HANDSHAKE_ERRORS_TOTAL,
+                        "TLS handshakes with clients that failed, by listener and cause.",
+                    ),
+                    &["listener", "reason"],
+                ),
+            ),
             registry,
         }
     }
@@ -356,7 +376,30 @@ impl Metrics {
                 ),
             ),
             policy_last_reload_successful,
+            tls_certificate_expiry: registered(
+                &registry,
+                IntGaugeVec::new(
+                    Opts::new(
+                        names::TLS_CERTIFICATE_EXPIRY,
+                        "When each certificate a TLS listener serves expires, in seconds since the Unix epoch, by listener and host.",
+                    ),
+                    &["listener", "host"],
+                ),
+            ),
             registry,
+        }
+    }
+
+    /// Sets the expiry series to `certificates` (listener, host, expiry), and only those.
+    pub fn certificates_serving<'a>(
+        &self,
+        certificates: impl IntoIterator<Item = (&'a str, &'a str, i64)>,
+    ) {
+        self.tls_certificate_expiry.reset();
+        for (listener, host, not_after) in certificates {
+            self.tls_certificate_expiry
+                .with_label_values(&[listener, host])
+                .set(not_after);
         }
     }
 

@@ -18,15 +18,18 @@ use super::model::{
     ApiKeyEntry, ApiKeySettings, DenialSettings, Detail, ForwardHeaderNames, ForwardedHeader,
     IdentitySettings, JwtSettings, KeySource, RemoteKeys, Secret, TokenSource,
 };
-use super::model::{DecisionSink, LogSettings, OnFull};
+use super::model::{DecisionSink, ListenerTls, LogSettings, OnFull, ServedCertificate};
 use super::policy::{self, PolicySummary};
 use super::raw::{
-    RawApiKey, RawApiKeyFile, RawConfig, RawDenials, RawDetail, RawForwardedHeader, RawIdentity,
-    RawJwt, RawLimits, RawLog, RawOnFull, RawRoute, RawSecret, RawUpstream,
+    RawApiKey, RawApiKeyFile, RawClientCert, RawConfig, RawDenials, RawDetail, RawForwardedHeader,
+    RawIdentity, RawJwt, RawLimits, RawListenTls, RawLog, RawOnFull, RawRoute, RawSecret,
+    RawUpstream,
 };
 use super::source::{Source, key_segment};
 use super::units::{format_size, parse_duration, parse_size};
 use crate::key_set::KeySet;
+use crate::tls::{ClientCas, ClientCertMode, ServerCertificates};
+use rustls::sign::CertifiedKey;
 
 /// The longest duration any setting accepts, which keeps deadline arithmetic far from overflow.
 const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
@@ -91,18 +94,38 @@ pub fn build(path: &Path, text: &str, raw: RawConfig) -> Result<Config, ConfigEr
         errors: Vec::new(),
     };
 
+    let base_dir = path.parent().unwrap_or(Path::new(""));
     let mut listeners = Vec::new();
+    let mut tls_files = Vec::new();
     if raw.listen.is_empty() {
         builder.error("listen", "at least one listen address is required");
     }
     for (index, listen) in raw.listen.iter().enumerate() {
         let yaml_path = format!("listen[{index}].addr");
-        if let Some(addr) = builder.socket_addr(&yaml_path, &listen.addr) {
-            if addr.port() != 0 && listeners.iter().any(|l: &ListenerSettings| l.addr == addr) {
-                builder.error(&yaml_path, format!("address {addr} is listed twice"));
-            }
-            listeners.push(ListenerSettings { addr });
+        let tls = listen.tls.as_ref().map(|tls| {
+            build_listener_tls(
+                &mut builder,
+                &format!("listen[{index}].tls"),
+                tls,
+                base_dir,
+                &mut tls_files,
+            )
+        });
+        let Some(addr) = builder.socket_addr(&yaml_path, &listen.addr) else {
+            continue;
+        };
+        if addr.port() != 0 && listeners.iter().any(|l: &ListenerSettings| l.addr == addr) {
+            builder.error(&yaml_path, format!("address {addr} is listed twice"));
         }
+        // A listener whose TLS settings failed is left out: their errors stop the load.
+        if let Some(None) = tls {
+            continue;
+        }
+        listeners.push(ListenerSettings {
+            addr,
+            name: listen.addr.clone(),
+            tls: tls.flatten(),
+        });
     }
 
     let admin_addr = builder.socket_addr("admin.addr", &raw.admin.addr);
@@ -147,7 +170,6 @@ pub fn build(path: &Path, text: &str, raw: RawConfig) -> Result<Config, ConfigEr
     let shutdown_grace = builder.duration("shutdown.grace_period", &raw.shutdown.grace_period);
     let workers = build_workers(&mut builder, &raw.workers);
     let denials = build_denials(&mut builder, &raw.denials);
-    let base_dir = path.parent().unwrap_or(Path::new(""));
     let mut identity_files = Vec::new();
     let identity = build_identity(&mut builder, &raw.identity, base_dir, &mut identity_files);
 
@@ -198,9 +220,10 @@ pub fn build(path: &Path, text: &str, raw: RawConfig) -> Result<Config, ConfigEr
                 let mut digest = Sha256::new();
                 policy::digest_file(&mut digest, path, text);
                 digest.update(policy_summary.digest);
-                // The identity files (key file, key sets, secrets, CAs) change what is
-                // serving as much as a policy edit does. Only 8 bytes of the digest show.
-                for file in &identity_files {
+                // The identity files (key file, key sets, secrets, CAs) and the TLS
+                // files (certificates, keys) change what is serving as much as a policy
+                // edit does. Only 8 bytes of the digest show.
+                for file in identity_files.iter().chain(&tls_files) {
                     let bytes = std::fs::read(file).unwrap_or_default();
                     policy::digest_file(&mut digest, file, bytes);
                 }
@@ -214,6 +237,7 @@ pub fn build(path: &Path, text: &str, raw: RawConfig) -> Result<Config, ConfigEr
                 hash,
                 policy_patterns: raw.policy.files.clone(),
                 identity_files,
+                tls_files,
                 watch: raw.policy.watch,
                 file: path.to_owned(),
                 listeners,
@@ -256,6 +280,235 @@ pub fn build(path: &Path, text: &str, raw: RawConfig) -> Result<Config, ConfigEr
             Err(ConfigErrors(errors))
         }
     }
+}
+
+/// A listener's TLS settings, every file read and checked: certificates and their keys
+/// (a pair each, valid now), the client CAs and CRLs, then the rustls setup.
+fn build_listener_tls(
+    builder: &mut Builder,
+    base: &str,
+    raw: &RawListenTls,
+    base_dir: &Path,
+    files: &mut Vec<PathBuf>,
+) -> Option<ListenerTls> {
+    let errors_before = builder.errors.len();
+    let mut served = Vec::new();
+    let mut named = Vec::new();
+    let mut default = None;
+    match (&raw.cert, &raw.key) {
+        (Some(cert), Some(key)) => {
+            if let Some((pair, facts)) = served_pair(builder, base, (cert, key), base_dir, files) {
+                let hosts = facts.dns_names.clone();
+                named.extend(certificate_names(&hosts, &pair));
+                served.push(ServedCertificate {
+                    hosts: if hosts.is_empty() {
+                        vec!["default".to_owned()]
+                    } else {
+                        hosts
+                    },
+                    not_after: facts.not_after,
+                });
+                default = Some(pair);
+            }
+        }
+        (Some(_), None) => builder.error(
+            &format!("{base}.cert"),
+            "a certificate needs its private key: add key",
+        ),
+        (None, Some(_)) => builder.error(
+            &format!("{base}.key"),
+            "a private key needs its certificate: add cert",
+        ),
+        (None, None) if raw.certificates.is_empty() => builder.error(
+            base,
+            "TLS needs a certificate: cert and key, or certificates: [{ cert, key, hosts }]",
+        ),
+        (None, None) => {}
+    }
+    for (index, certificate) in raw.certificates.iter().enumerate() {
+        let base = format!("{base}.certificates[{index}]");
+        let Some((pair, facts)) = served_pair(
+            builder,
+            &base,
+            (&certificate.cert, &certificate.key),
+            base_dir,
+            files,
+        ) else {
+            continue;
+        };
+        let hosts = match &certificate.hosts {
+            Some(hosts) => hosts
+                .iter()
+                .enumerate()
+                .filter_map(|(at, host)| {
+                    let pattern =
+                        builder.typed(&format!("{base}.hosts[{at}]"), parse_host_pattern(host))?;
+                    Some(pattern.to_string())
+                })
+                .collect(),
+            None if facts.dns_names.is_empty() => {
+                builder.error(
+                    &format!("{base}.cert"),
+                    "the certificate names no DNS host: list the hosts it serves in hosts",
+                );
+                continue;
+            }
+            None => facts.dns_names.clone(),
+        };
+        named.extend(certificate_names(&hosts, &pair));
+        served.push(ServedCertificate {
+            hosts,
+            not_after: facts.not_after,
+        });
+        default.get_or_insert(pair);
+    }
+
+    let mode = match raw.client_cert {
+        Some(RawClientCert::None) => ClientCertMode::None,
+        Some(RawClientCert::Optional) => ClientCertMode::Optional,
+        Some(RawClientCert::Required) => ClientCertMode::Required,
+        None if raw.client_ca.is_some() => ClientCertMode::Optional,
+        None => ClientCertMode::None,
+    };
+    let client_cas = match &raw.client_ca {
+        Some(_) if mode == ClientCertMode::None => {
+            builder.error(
+                &format!("{base}.client_ca"),
+                "client_ca is unused with client_cert: none; remove it, or ask clients for certificates with client_cert: optional or required",
+            );
+            None
+        }
+        Some(file) => {
+            let path = base_dir.join(file);
+            files.push(path.clone());
+            let roots = builder.typed(
+                &format!("{base}.client_ca"),
+                crate::tls::read_certificates(&path),
+            )?;
+            let mut crls = Vec::new();
+            for (index, file) in raw.crls.iter().enumerate() {
+                let path = base_dir.join(file);
+                files.push(path.clone());
+                crls.extend(
+                    builder
+                        .typed(
+                            &format!("{base}.crls[{index}]"),
+                            crate::tls::read_crls(&path),
+                        )
+                        .unwrap_or_default(),
+                );
+            }
+            Some(ClientCas { roots, crls })
+        }
+        None => {
+            if mode != ClientCertMode::None {
+                builder.error(
+                    &format!("{base}.client_cert"),
+                    "asking clients for certificates needs client_ca, the CAs that issue them",
+                );
+            }
+            if !raw.crls.is_empty() {
+                builder.error(
+                    &format!("{base}.crls"),
+                    "CRLs are checked against client certificates: they need client_ca",
+                );
+            }
+            None
+        }
+    };
+    let default = default?;
+    if builder.errors.len() > errors_before {
+        return None;
+    }
+    let server = builder.typed(
+        base,
+        crate::tls::server_config(
+            ServerCertificates::new(default, named),
+            mode,
+            client_cas.as_ref(),
+        ),
+    )?;
+    Some(ListenerTls {
+        server,
+        certificates: served,
+        client_cert: mode,
+    })
+}
+
+/// A certificate and its key, read from `base.cert` and `base.key`: a pair, valid now.
+fn served_pair(
+    builder: &mut Builder,
+    base: &str,
+    (cert, key): (&String, &String),
+    base_dir: &Path,
+    files: &mut Vec<PathBuf>,
+) -> Option<(Arc<CertifiedKey>, crate::tls::CertificateFacts)> {
+    let cert_path = base_dir.join(cert);
+    let key_path = base_dir.join(key);
+    files.push(cert_path.clone());
+    files.push(key_path.clone());
+    let cert_yaml = format!("{base}.cert");
+    let key_yaml = format!("{base}.key");
+    let chain = builder.typed(&cert_yaml, crate::tls::read_certificates(&cert_path));
+    let private_key = builder.typed(&key_yaml, crate::tls::read_private_key(&key_path));
+    let chain = chain?;
+    let leaf = chain.first()?;
+    let facts = builder.typed(
+        &cert_yaml,
+        crate::tls::certificate_facts(leaf)
+            .map_err(|err| format!("\"{}\": {err}", cert_path.display())),
+    )?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| {
+            i64::try_from(since.as_secs()).unwrap_or(i64::MAX)
+        });
+    if now > facts.not_after {
+        builder.error(
+            &cert_yaml,
+            format!(
+                "\"{}\" expired on {}: renew it, or point cert at the renewed file",
+                cert_path.display(),
+                facts.valid_until
+            ),
+        );
+        return None;
+    }
+    if now < facts.not_before {
+        builder.error(
+            &cert_yaml,
+            format!(
+                "\"{}\" is not valid before {}: check this machine's clock, or the certificate's dates",
+                cert_path.display(),
+                facts.valid_from
+            ),
+        );
+        return None;
+    }
+    let pair = builder.typed(
+        &key_yaml,
+        crate::tls::certified_key(chain, private_key?).map_err(|err| {
+            format!(
+                "\"{}\" and \"{}\": {err}",
+                key_path.display(),
+                cert_path.display()
+            )
+        }),
+    )?;
+    Some((pair, facts))
+}
+
+/// The names a certificate is picked by, as patterns: `*.example.com` for any host under
+/// example.com, the others exactly.
+fn certificate_names(
+    hosts: &[String],
+    pair: &Arc<CertifiedKey>,
+) -> Vec<(HostPattern, Arc<CertifiedKey>)> {
+    hosts
+        .iter()
+        .filter_map(|host| parse_host_pattern(host).ok())
+        .map(|pattern| (pattern, Arc::clone(pair)))
+        .collect()
 }
 
 /// The most workers a config may ask for: beyond the cores of any host, threads only

@@ -26,8 +26,9 @@ pub use error::{ConfigError, ConfigErrors};
 pub use model::{
     AdminSettings, ApiKeyEntry, ApiKeySettings, BODILESS_METHODS, Config, DecisionSink,
     DenialSettings, Detail, ForwardHeaderNames, ForwardedHeader, HostPattern, IdentitySettings,
-    JwtSettings, KeySource, Limits, ListenerSettings, LogSettings, OnFull, RemoteKeys, RouteId,
-    RouteSettings, Secret, Target, TokenSource, UpstreamName, UpstreamSettings,
+    JwtSettings, KeySource, Limits, ListenerSettings, ListenerTls, LogSettings, OnFull, RemoteKeys,
+    RouteId, RouteSettings, Secret, ServedCertificate, Target, TokenSource, UpstreamName,
+    UpstreamSettings,
 };
 pub use policy::{PolicySummary, compile as compile_policy, parse_list_file, wildcard_match};
 pub use raw::DEFAULT_ADMIN_ADDR;

@@ -50,6 +50,9 @@ pub struct Config {
     /// Files the `identity` settings were read from (API-key file, key sets, secrets,
     /// CAs); a change to one reloads, as a policy file's does.
     pub identity_files: Vec<PathBuf>,
+    /// Files the listeners' TLS settings were read from (certificates, keys, client CAs,
+    /// CRLs); a change to one reloads, which is how certificates are renewed.
+    pub tls_files: Vec<PathBuf>,
     /// `policy.watch`: reload when a watched directory changes.
     pub watch: bool,
     /// A short hash of the config file and every policy, list and identity file, naming
@@ -253,10 +256,35 @@ pub struct DenialSettings {
 }
 
 /// One client-facing listener.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct ListenerSettings {
     /// The address to bind; port 0 picks a free port.
     pub addr: SocketAddr,
+    /// `addr` as written, the `listener` label of its metrics.
+    pub name: String,
+    /// TLS terminated here.
+    pub tls: Option<ListenerTls>,
+}
+
+/// TLS on a listener, ready to serve: certificates read and checked, CAs loaded.
+#[derive(Debug, Clone)]
+pub struct ListenerTls {
+    /// The rustls server setup, built at load.
+    pub server: Arc<rustls::ServerConfig>,
+    /// Each certificate served, for the expiry metric.
+    pub certificates: Vec<ServedCertificate>,
+    /// Whether clients are asked for a certificate.
+    pub client_cert: crate::tls::ClientCertMode,
+}
+
+/// A certificate a TLS listener serves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServedCertificate {
+    /// The names it is served for (`hosts`, or its DNS names), or `default` for the
+    /// default certificate when it has none.
+    pub hosts: Vec<String>,
+    /// When it expires, in seconds since the Unix epoch.
+    pub not_after: i64,
 }
 
 /// The admin listener.

@@ -16,7 +16,7 @@ use super::source::Source;
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawConfig {
-    /// Addresses the gateway accepts client traffic on (HTTP/1.1 and HTTP/2 cleartext). Default: 127.0.0.1:8080.
+    /// Addresses the gateway accepts client traffic on (HTTP/1.1 and HTTP/2, cleartext or TLS). Default: 127.0.0.1:8080.
     #[serde(default = "default_listen")]
     pub listen: Vec<RawListen>,
     /// The admin listener: /healthz, /readyz and /metrics.
@@ -313,12 +313,62 @@ fn default_scopes_header() -> String {
 pub struct RawListen {
     /// host:port to listen on; port 0 picks a free port.
     pub addr: String,
+    /// Terminate TLS here (HTTPS, and HTTP/2 by ALPN). Certificates reload without a restart;
+    /// turning TLS on or off needs one.
+    #[serde(default, deserialize_with = "not_null")]
+    pub tls: Option<RawListenTls>,
 }
 
 fn default_listen() -> Vec<RawListen> {
     vec![RawListen {
         addr: "127.0.0.1:8080".to_owned(),
+        tls: None,
     }]
+}
+
+/// TLS on a listener: its certificates, and whether clients must show one.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawListenTls {
+    /// PEM certificate chain, leaf first: the default certificate (with `key`).
+    pub cert: Option<String>,
+    /// PEM private key of `cert` (PKCS#8, RSA or EC).
+    pub key: Option<String>,
+    /// More certificates, picked by the host name the client asks for (SNI).
+    #[serde(default, deserialize_with = "not_null_value")]
+    pub certificates: Vec<RawServedCertificate>,
+    /// PEM file of the CAs whose client certificates are accepted.
+    pub client_ca: Option<String>,
+    /// Ask clients for a certificate. Default: optional with client_ca, none without.
+    pub client_cert: Option<RawClientCert>,
+    /// PEM files of certificate revocation lists for client certificates.
+    #[serde(default, deserialize_with = "not_null_value")]
+    pub crls: Vec<String>,
+}
+
+/// `listen[].tls.client_cert`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RawClientCert {
+    /// Never ask for one.
+    None,
+    /// Ask; serve clients without one, verify those who send one.
+    Optional,
+    /// Ask; a client without a valid certificate fails the handshake.
+    Required,
+}
+
+/// A certificate a TLS listener serves for some host names.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawServedCertificate {
+    /// PEM certificate chain, leaf first.
+    pub cert: String,
+    /// PEM private key of `cert`.
+    pub key: String,
+    /// The names it serves ("*.example.com" allowed). Default: its DNS names.
+    #[serde(default, deserialize_with = "not_null")]
+    pub hosts: Option<Vec<String>>,
 }
 
 /// The admin listener: /healthz, /readyz and /metrics.

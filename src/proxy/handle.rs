@@ -287,7 +287,7 @@ async fn pipeline<'p>(
         keep_override_headers: proxy.keep_override_headers,
         peer: &conn.peer_header,
         trusted,
-        proto: "http",
+        proto: if conn.tls.is_some() { "https" } else { "http" },
         host: authority.host_header.as_ref(),
     };
     let mut added = forward::request_headers(&mut parts.headers, &client, upgrade);

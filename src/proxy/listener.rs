@@ -1,6 +1,7 @@
-//! Accepting client connections: the accept loop, telling HTTP/1.1 from HTTP/2 (prior
-//! knowledge) on each connection, connection limits, idle and first-request timeouts, and
-//! drain. HTTP/1.1 is served by `client_http1`, HTTP/2 by hyper.
+//! Accepting client connections: the accept loop, TLS on listeners that terminate it
+//! (`handshake`), telling HTTP/1.1 from HTTP/2 on each connection (ALPN, or prior
+//! knowledge), connection limits, idle and first-request timeouts, and drain. HTTP/1.1 is
+//! served by `client_http1`, HTTP/2 by hyper.
 //!
 //! Knows nothing of routes or upstreams: each request is handed to `handle`.
 
@@ -19,11 +20,13 @@ use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::time::Instant;
+use tokio_rustls::server::TlsStream;
 
 use super::client_http1::{self, ClientBody, Wire};
 use super::forward;
 use super::h1::client::ResponseFields;
 use super::handle::handle;
+use super::handshake::{self, Alpn, Failure, TlsInfo};
 use super::head_memory::HeadMemory;
 use crate::config::Limits;
 use crate::proxy::Live;
@@ -42,6 +45,8 @@ pub struct ConnMeta {
     pub guard: Arc<ConnectionGuard>,
     /// Byte counts on the client socket, for idle timeouts (tunnels included).
     pub activity: Arc<Activity>,
+    /// What the TLS handshake agreed, on a listener that terminates TLS.
+    pub tls: Option<TlsInfo>,
 }
 
 /// A client connection's claim on `limits.max_connections` and on the active-connections
@@ -68,8 +73,44 @@ pub struct Listeners {
     pub shutdown: watch::Receiver<bool>,
 }
 
-/// Accepts connections on `listener` until shutdown, serving each on its own task.
-pub async fn run(listener: TcpListener, live: Live, listeners: Listeners) {
+/// TLS on one listener, for one connection: the setup of the load it was accepted under,
+/// and where its failures are counted.
+struct Terminating {
+    config: Arc<rustls::ServerConfig>,
+    failures: prometheus::IntCounterVec,
+    listener: String,
+}
+
+impl Terminating {
+    /// Counts a failed handshake, and logs it: at `info` at most once per
+    /// `HANDSHAKE_LOG_EVERY` (a scanner must not flood the log), at `debug` always.
+    fn failed(&self, failure: Failure, peer: SocketAddr) {
+        static LAST_LOGGED: AtomicU64 = AtomicU64::new(0);
+        self.failures
+            .with_label_values(&[&self.listener, failure.as_str()])
+            .inc();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| since.as_secs());
+        let last = LAST_LOGGED.load(Ordering::Relaxed);
+        if now >= last + HANDSHAKE_LOG_EVERY
+            && LAST_LOGGED
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            tracing::info!(client.addr = %peer, listener = %self.listener, reason = failure.as_str(), "TLS handshake failed; more failures in the next {HANDSHAKE_LOG_EVERY}s are counted in {} and logged at debug", crate::telemetry::names::TLS_HANDSHAKE_ERRORS_TOTAL);
+        } else {
+            tracing::debug!(client.addr = %peer, listener = %self.listener, reason = failure.as_str(), "TLS handshake failed");
+        }
+    }
+}
+
+/// Seconds between two failed handshakes logged at `info`.
+const HANDSHAKE_LOG_EVERY: u64 = 10;
+
+/// Accepts connections on `listener`, bound listener `index` of the config, until
+/// shutdown, serving each on its own task.
+pub async fn run(listener: TcpListener, index: usize, live: Live, listeners: Listeners) {
     let local = match listener.local_addr() {
         Ok(addr) => addr,
         Err(err) => {
@@ -116,9 +157,18 @@ pub async fn run(listener: TcpListener, live: Live, listeners: Listeners) {
             peer_header,
             guard,
             activity: Arc::new(Activity::default()),
+            tls: None,
         };
+        let tls = proxy.listener(index).and_then(|settings| {
+            Some(Terminating {
+                config: Arc::clone(&settings.tls.as_ref()?.server),
+                failures: proxy.metrics.tls_handshake_errors.clone(),
+                listener: settings.name.clone(),
+            })
+        });
         tokio::spawn(serve_connection(
             stream,
+            tls,
             meta,
             proxy.limits.clone(),
             listeners.head_memory.clone(),
@@ -132,7 +182,8 @@ pub async fn run(listener: TcpListener, live: Live, listeners: Listeners) {
 /// Serves one client connection until it closes, idles out, or is drained.
 async fn serve_connection(
     stream: TcpStream,
-    meta: ConnMeta,
+    tls: Option<Terminating>,
+    mut meta: ConnMeta,
     limits: Limits,
     head_memory: Arc<HeadMemory>,
     live: Live,
@@ -140,6 +191,34 @@ async fn serve_connection(
 ) {
     let activity = meta.activity.clone();
     let peer = meta.peer;
+    // SECURITY: a connection must finish its TLS handshake and start its first request
+    // within header_read_timeout of opening, whatever it sends meanwhile (nothing, half a
+    // ClientHello, half a preface, HTTP/2 pings).
+    let first_request = tokio::time::sleep(limits.header_read_timeout);
+    tokio::pin!(first_request);
+    let mut first_request_checked = false;
+
+    let (stream, alpn) = match tls {
+        None => (ClientStream::Plain(stream), None),
+        Some(tls) => {
+            let accepted = tokio::select! {
+                accepted = handshake::accept(stream, Arc::clone(&tls.config)) => accepted,
+                () = &mut first_request => Err(Failure::Timeout),
+                _ = shutdown.wait_for(|draining| *draining) => return,
+            };
+            match accepted {
+                Ok((stream, info)) => {
+                    let alpn = info.alpn;
+                    meta.tls = Some(info);
+                    (ClientStream::Tls(Box::new(stream)), alpn)
+                }
+                Err(failure) => {
+                    tls.failed(failure, peer);
+                    return;
+                }
+            }
+        }
+    };
     let meta = Arc::new(meta);
     let mut io = ActivityIo {
         inner: stream,
@@ -151,14 +230,16 @@ async fn serve_connection(
     let check_every = watchdog_period(limits.idle_timeout.min(limits.header_read_timeout) / 4);
     let idle = idle_checked(&activity, limits.idle_timeout, check_every);
     tokio::pin!(idle);
-    // SECURITY: a connection must start its first request within header_read_timeout of
-    // opening, whatever it sends meanwhile (nothing, half a preface, HTTP/2 pings).
-    let first_request = tokio::time::sleep(limits.header_read_timeout);
-    tokio::pin!(first_request);
-    let mut first_request_checked = false;
 
+    // ALPN names the protocol; without it, an HTTP/2 client with prior knowledge opens
+    // with the preface.
     let mut buf = BytesMut::new();
     let detect = async {
+        match alpn {
+            Some(Alpn::H2) => return Some(true),
+            Some(Alpn::Http1) => return Some(false),
+            None => {}
+        }
         while buf.len() < H2_PREFACE.len() && H2_PREFACE.starts_with(&buf) {
             buf.reserve(4096);
             if io.read_buf(&mut buf).await.ok()? == 0 {
@@ -471,9 +552,75 @@ impl Drop for InFlight {
     }
 }
 
+/// A client's socket: plain TCP, or TLS over it.
+pub enum ClientStream {
+    /// Plain TCP.
+    Plain(TcpStream),
+    /// TLS, the handshake done.
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for ClientStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            ClientStream::Plain(stream) => Pin::new(stream).poll_read(cx, buf),
+            ClientStream::Tls(stream) => Pin::new(stream).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for ClientStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            ClientStream::Plain(stream) => Pin::new(stream).poll_write(cx, buf),
+            ClientStream::Tls(stream) => Pin::new(stream).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            ClientStream::Plain(stream) => Pin::new(stream).poll_write_vectored(cx, bufs),
+            ClientStream::Tls(stream) => Pin::new(stream).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            ClientStream::Plain(stream) => stream.is_write_vectored(),
+            ClientStream::Tls(stream) => stream.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            ClientStream::Plain(stream) => Pin::new(stream).poll_flush(cx),
+            ClientStream::Tls(stream) => Pin::new(stream).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            ClientStream::Plain(stream) => Pin::new(stream).poll_shutdown(cx),
+            ClientStream::Tls(stream) => Pin::new(stream).poll_shutdown(cx),
+        }
+    }
+}
+
 /// A client socket that counts its reads and writes into an [`Activity`].
 pub struct ActivityIo {
-    inner: TcpStream,
+    inner: ClientStream,
     activity: Arc<Activity>,
 }
 

@@ -8,6 +8,7 @@ mod echo;
 mod forward;
 pub(crate) mod h1;
 mod handle;
+mod handshake;
 pub mod head_memory;
 pub mod listener;
 pub(crate) mod normalize;
@@ -23,7 +24,7 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 use prometheus::IntCounter;
 
-use crate::config::{Config, DenialSettings, Limits};
+use crate::config::{Config, DenialSettings, Limits, ListenerSettings};
 use crate::decision_log::DecisionLog;
 use crate::identity::Identity;
 use crate::policy::PolicySet;
@@ -50,6 +51,9 @@ pub struct Load {
     decision_log: Arc<DecisionLog>,
     /// Each upstream's targets' health, in config order.
     health: Vec<Arc<Health>>,
+    /// The listeners as they serve: those bound at start, in their order, each with the
+    /// TLS it serves with under this load (see [`serving_listeners`]).
+    listeners: Arc<[ListenerSettings]>,
 }
 
 impl Load {
@@ -75,6 +79,7 @@ impl Load {
             config: Arc::new(config.clone()),
             decision_log: Arc::new(decision_log),
             health: config.upstreams.iter().map(Health::new).collect(),
+            listeners: serving_listeners(config, previous).into(),
         })
     }
 
@@ -85,6 +90,13 @@ impl Load {
         metrics
             .policy_rules
             .set(i64::try_from(self.config.policy.rules().len()).unwrap_or(i64::MAX));
+        metrics.certificates_serving(self.listeners.iter().flat_map(|listener| {
+            let certificates = listener.tls.iter().flat_map(|tls| &tls.certificates);
+            certificates.flat_map(|certificate| {
+                (certificate.hosts.iter())
+                    .map(|host| (listener.name.as_str(), host.as_str(), certificate.not_after))
+            })
+        }));
     }
 
     /// The identity setup, whose key sets the gateway keeps fresh and `/readyz` reports.
@@ -101,6 +113,31 @@ impl Load {
     pub fn decision_log(&self) -> &DecisionLog {
         &self.decision_log
     }
+}
+
+/// The listeners a load serves: at start, the config's; after a reload, those bound at
+/// start, each with the new config's certificates. Adding or removing a listener, or
+/// turning TLS on or off, waits for a restart (`/policy` says so): until then a listener
+/// keeps the TLS it had, so that a TLS port never starts speaking plain HTTP.
+fn serving_listeners(config: &Config, previous: Option<&Load>) -> Vec<ListenerSettings> {
+    let Some(previous) = previous else {
+        return config.listeners.clone();
+    };
+    (previous.listeners.iter().enumerate())
+        .map(|(index, bound)| {
+            let now = (config.listeners.get(index))
+                .filter(|now| now.addr == bound.addr)
+                .or_else(|| config.listeners.iter().find(|now| now.addr == bound.addr));
+            let tls = match now {
+                Some(now) if now.tls.is_some() == bound.tls.is_some() => now.tls.clone(),
+                _ => bound.tls.clone(),
+            };
+            ListenerSettings {
+                tls,
+                ..bound.clone()
+            }
+        })
+        .collect()
 }
 
 /// The state every worker serves with, swapped together on reload: the load, and each
@@ -167,6 +204,8 @@ pub struct Proxy {
     /// `rule_matches_total{rule, effect, mode}` per rule, in the policy's rule order.
     rule_matches: Vec<IntCounter>,
     decision_log: Arc<DecisionLog>,
+    /// The load's listeners, in the order they were bound.
+    listeners: Arc<[ListenerSettings]>,
 }
 
 impl Proxy {
@@ -200,7 +239,20 @@ impl Proxy {
                 ])
             })
             .collect();
+        // Every cause of a failed handshake shows from the start, as 0.
+        for listener in load
+            .listeners
+            .iter()
+            .filter(|listener| listener.tls.is_some())
+        {
+            for failure in handshake::Failure::ALL {
+                metrics
+                    .tls_handshake_errors
+                    .with_label_values(&[listener.name.as_str(), failure.as_str()]);
+            }
+        }
         Proxy {
+            listeners: Arc::clone(&load.listeners),
             decision_log: Arc::clone(&load.decision_log),
             rule_matches,
             admission: Admission::new(config),
@@ -213,6 +265,11 @@ impl Proxy {
             metrics,
             allowed,
         }
+    }
+
+    /// Bound listener `index` as this load serves it.
+    pub fn listener(&self, index: usize) -> Option<&ListenerSettings> {
+        self.listeners.get(index)
     }
 
     /// Whether forwarding headers from this socket peer are believed.

@@ -222,10 +222,7 @@ pub fn problem(
     detail: &str,
     request_id: &str,
 ) -> Response<ProxyBody> {
-    let mut body = String::with_capacity(256);
-    let mut object = problem_fields(&mut body, status, reason);
-    object.str("detail", detail).str("request_id", request_id);
-    object.finish();
+    let body = problem_document(status, reason, detail, request_id);
     let mut response = Response::new(
         Full::new(Bytes::from(body))
             .map_err(|never| match never {})
@@ -242,6 +239,20 @@ pub fn problem(
         headers.insert(X_PORTCULLIS_REASON, value);
     }
     response
+}
+
+/// The text of [`problem`]'s document, for answers written without hyper.
+pub fn problem_document(
+    status: StatusCode,
+    reason: &str,
+    detail: &str,
+    request_id: &str,
+) -> String {
+    let mut body = String::with_capacity(256);
+    let mut object = problem_fields(&mut body, status, reason);
+    object.str("detail", detail).str("request_id", request_id);
+    object.finish();
+    body
 }
 
 /// Opens a problem document (RFC 9457) in `out` with the fields every one starts with.

@@ -19,7 +19,7 @@ fn unknown_keys_name_the_key_and_the_known_ones() {
         errors(&format!(
             "listen:\n  - addr: 127.0.0.1:0\n    tsl: {{}}\n{VALID_TAIL}"
         )),
-        "gw.yaml:3:5: listen[0].tsl: unknown field `tsl`, expected one of addr"
+        "gw.yaml:3:5: listen[0].tsl: unknown field `tsl`, expected one of addr, tls"
     );
     assert_eq!(
         errors(&format!("{VALID_TAIL}limits:\n  max_body: 1\n")),

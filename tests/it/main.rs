@@ -22,6 +22,8 @@
 //! - `jwks`: key sets over HTTP(S): RSA and HMAC, rotation, rate limit, outages.
 //! - `deploy`: the Dockerfile's and Kubernetes manifests' checkable parts.
 //! - `workers`: several workers: metrics summed exactly, counters never going down.
+//! - `tls`: TLS listeners: versions, ALPN, SNI, plain HTTP and garbage on a TLS port,
+//!   handshake deadlines, certificates renewed by reload.
 
 #![allow(
     clippy::unwrap_used,
@@ -44,6 +46,7 @@ mod limits;
 mod policy_cli;
 mod reload;
 mod support;
+mod tls;
 mod upstream_wire;
 mod upstreams;
 mod workers;

@@ -1,0 +1,611 @@
+//! TLS listeners through the real gateway, with certificates made here (rcgen) and real
+//! rustls clients: TLS 1.3 and 1.2, HTTP/2 by ALPN, certificates picked by SNI, plain
+//! HTTP and garbage on a TLS port, handshake deadlines, and certificates renewed by reload.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Method, StatusCode};
+use http_body_util::BodyExt;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::pki_types::{CertificateDer, ServerName};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::support::{
+    ALLOW_ALL, Scratch, TestGateway, TestUpstream, config, metric, raw_until_closed, settled_metric,
+};
+
+/// A CA that signs server (and client) certificates for a test.
+pub struct Pki {
+    ca: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+}
+
+/// A certificate and its key, as PEM, and the certificate's DER to compare with what a
+/// client sees.
+pub struct Issued {
+    pub cert_pem: String,
+    pub key_pem: String,
+    pub der: CertificateDer<'static>,
+}
+
+impl Pki {
+    pub fn new(name: &str) -> Pki {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        let ca = rcgen::CertifiedIssuer::self_signed(params, rcgen::KeyPair::generate().unwrap())
+            .unwrap();
+        Pki { ca }
+    }
+
+    pub fn ca_der(&self) -> CertificateDer<'static> {
+        self.ca.der().clone()
+    }
+
+    /// A certificate for `names` (DNS names, or IP addresses), valid now.
+    pub fn issue(&self, names: &[&str]) -> Issued {
+        self.issue_with(names, |_| {})
+    }
+
+    /// A certificate for `names`, its parameters changed by `edit` first.
+    pub fn issue_with(
+        &self,
+        names: &[&str],
+        edit: impl FnOnce(&mut rcgen::CertificateParams),
+    ) -> Issued {
+        let names: Vec<String> = names.iter().map(|name| (*name).to_owned()).collect();
+        let mut params = rcgen::CertificateParams::new(names).unwrap();
+        edit(&mut params);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.ca).unwrap();
+        Issued {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+            der: cert.der().clone(),
+        }
+    }
+}
+
+/// A client trusting `pki`'s CA, speaking `versions`, offering `alpn`.
+pub fn connector(
+    pki: &Pki,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+    alpn: &[&[u8]],
+) -> tokio_rustls::TlsConnector {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(pki.ca_der()).unwrap();
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(versions)
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|protocol| protocol.to_vec()).collect();
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+}
+
+/// A TLS connection to `gw` naming `server_name`.
+pub async fn connect(
+    gw: &TestGateway,
+    connector: &tokio_rustls::TlsConnector,
+    server_name: &str,
+) -> tokio_rustls::client::TlsStream<TcpStream> {
+    let tcp = TcpStream::connect(gw.addr).await.unwrap();
+    let name = ServerName::try_from(server_name.to_owned()).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), connector.connect(name, tcp))
+        .await
+        .expect("the handshake finishes")
+        .expect("the handshake succeeds")
+}
+
+/// An HTTP/1.1 GET over `stream` with `Connection: close`: the whole answer as text.
+pub async fn get_over(
+    mut stream: tokio_rustls::client::TlsStream<TcpStream>,
+    host: &str,
+    path: &str,
+) -> String {
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer))
+        .await
+        .expect("the answer ends")
+        .ok();
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// The certificate the server showed on `stream`.
+fn shown(stream: &tokio_rustls::client::TlsStream<TcpStream>) -> CertificateDer<'static> {
+    stream.get_ref().1.peer_certificates().unwrap()[0].clone()
+}
+
+/// A gateway in front of `upstream` whose listener serves `tls` (the YAML of
+/// `listen[0].tls`), with `files` written beside its config first.
+pub async fn tls_gateway(upstream: &str, tls: &str, files: &[(&str, &str)]) -> TestGateway {
+    tls_gateway_with(upstream, tls, files, "").await
+}
+
+/// [`tls_gateway`] with `extra` YAML appended.
+pub async fn tls_gateway_with(
+    upstream: &str,
+    tls: &str,
+    files: &[(&str, &str)],
+    extra: &str,
+) -> TestGateway {
+    let scratch = Scratch::new();
+    for (name, text) in files {
+        scratch.write(name, text);
+    }
+    scratch.write("policy.yaml", ALLOW_ALL);
+    let yaml = config(&[upstream.to_owned()], extra).replace(
+        "listen: [{ addr: 127.0.0.1:0 }]",
+        &format!("listen: [{{ addr: 127.0.0.1:0, tls: {tls} }}]"),
+    );
+    let path = scratch.write(
+        "gw.yaml",
+        &format!("{yaml}policy: {{ files: [policy.yaml], watch: false }}\n"),
+    );
+    TestGateway::from_file(&path, scratch).await
+}
+
+const SINGLE: &str = "{ cert: server.pem, key: server.key }";
+
+fn server_files(issued: &Issued) -> [(&'static str, &str); 2] {
+    [
+        ("server.pem", issued.cert_pem.as_str()),
+        ("server.key", issued.key_pem.as_str()),
+    ]
+}
+
+#[tokio::test]
+async fn https_is_served_over_tls_1_3_and_1_2_and_the_upstream_hears_https() {
+    let pki = Pki::new("test CA");
+    let server = pki.issue(&["gw.test"]);
+    let up = TestUpstream::start("app").await;
+    let gw = tls_gateway(&up.url(), SINGLE, &server_files(&server)).await;
+
+    for version in [&rustls::version::TLS13, &rustls::version::TLS12] {
+        let stream = connect(&gw, &connector(&pki, &[version], &[b"http/1.1"]), "gw.test").await;
+        let protocol = stream.get_ref().1.protocol_version();
+        assert_eq!(protocol, Some(version.version));
+        assert_eq!(shown(&stream), server.der);
+        let answer = get_over(stream, "gw.test", "/hello").await;
+        assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+        assert!(answer.ends_with("hello from app"), "{answer}");
+    }
+    let seen = up.seen();
+    assert_eq!(seen.len(), 2);
+    for request in &seen {
+        assert_eq!(request.one("x-forwarded-proto"), Some("https"));
+        assert_eq!(request.one("host"), Some("gw.test"));
+    }
+    let metrics = gw.metrics().await;
+    let expiry = metric(
+        &metrics,
+        "portcullis_tls_certificate_expiry_timestamp_seconds{host=\"gw.test\",listener=\"127.0.0.1:0\"}",
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(expiry > now, "{expiry} is after {now}");
+}
+
+#[tokio::test]
+async fn http2_is_chosen_by_alpn() {
+    let pki = Pki::new("test CA");
+    let server = pki.issue(&["gw.test"]);
+    let up = TestUpstream::start("app").await;
+    let gw = tls_gateway(&up.url(), SINGLE, &server_files(&server)).await;
+
+    let connector = connector(&pki, &[&rustls::version::TLS13], &[b"h2", b"http/1.1"]);
+    let stream = connect(&gw, &connector, "gw.test").await;
+    assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    let request = http::Request::builder()
+        .uri("https://gw.test/over-h2")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.version(), http::Version::HTTP_2);
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&body[..], b"hello from app");
+    let seen = up.seen();
+    assert_eq!(seen[0].target, "/over-h2");
+    assert_eq!(seen[0].one("x-forwarded-proto"), Some("https"));
+
+    // A client that offers only HTTP/1.1 gets HTTP/1.1.
+    let http1 = connector_http1(&pki);
+    let stream = connect(&gw, &http1, "gw.test").await;
+    assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
+}
+
+fn connector_http1(pki: &Pki) -> tokio_rustls::TlsConnector {
+    connector(pki, &[&rustls::version::TLS13], &[b"http/1.1"])
+}
+
+#[tokio::test]
+async fn sni_picks_the_certificate_for_the_name_and_the_default_for_others() {
+    let pki = Pki::new("test CA");
+    let default = pki.issue(&["default.test"]);
+    let api = pki.issue(&["api.test"]);
+    let wildcard = pki.issue(&["*.apps.test"]);
+    let exact = pki.issue(&["one.apps.test"]);
+    let up = TestUpstream::start("app").await;
+    let tls = "{ cert: default.pem, key: default.key, certificates: [\
+        { cert: api.pem, key: api.key }, \
+        { cert: wild.pem, key: wild.key }, \
+        { cert: exact.pem, key: exact.key, hosts: [one.apps.test] }] }";
+    let files = [
+        ("default.pem", default.cert_pem.as_str()),
+        ("default.key", default.key_pem.as_str()),
+        ("api.pem", api.cert_pem.as_str()),
+        ("api.key", api.key_pem.as_str()),
+        ("wild.pem", wildcard.cert_pem.as_str()),
+        ("wild.key", wildcard.key_pem.as_str()),
+        ("exact.pem", exact.cert_pem.as_str()),
+        ("exact.key", exact.key_pem.as_str()),
+    ];
+    let gw = tls_gateway(&up.url(), tls, &files).await;
+    let client = connector_http1(&pki);
+    for (name, expected) in [
+        ("api.test", &api),
+        ("two.apps.test", &wildcard),
+        // An exact name wins over a wildcard, whatever the order.
+        ("one.apps.test", &exact),
+        ("default.test", &default),
+    ] {
+        let stream = connect(&gw, &client, name).await;
+        assert!(shown(&stream) == expected.der, "{name}");
+        let answer = get_over(stream, name, "/").await;
+        assert!(
+            answer.starts_with("HTTP/1.1 200 OK\r\n"),
+            "{name}: {answer}"
+        );
+    }
+    // A name no certificate has gets the default one (which the client then refuses).
+    let tcp = TcpStream::connect(gw.addr).await.unwrap();
+    let refused = client
+        .connect(ServerName::try_from("other.test").unwrap(), tcp)
+        .await
+        .unwrap_err();
+    assert!(refused.to_string().contains("certificate"), "{refused}");
+    let metrics = gw.metrics().await;
+    for host in ["default.test", "api.test", "*.apps.test", "one.apps.test"] {
+        let series = format!(
+            "portcullis_tls_certificate_expiry_timestamp_seconds{{host=\"{host}\",listener=\"127.0.0.1:0\"}}"
+        );
+        assert!(metric(&metrics, &series) > 0.0, "{series}");
+    }
+    let series = "portcullis_tls_handshake_errors_total{listener=\"127.0.0.1:0\",reason=\"client_rejected_certificate\"}";
+    assert_eq!(settled_metric(&gw, series, 1.0).await, 1.0);
+}
+
+#[tokio::test]
+async fn plain_http_on_a_tls_port_gets_a_400_that_says_to_use_https() {
+    let pki = Pki::new("test CA");
+    let server = pki.issue(&["gw.test"]);
+    let up = TestUpstream::start("app").await;
+    let gw = tls_gateway(&up.url(), SINGLE, &server_files(&server)).await;
+    let answer = raw_until_closed(
+        gw.addr,
+        b"GET /x HTTP/1.1\r\nHost: gw.test\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(
+        answer.starts_with("HTTP/1.1 400 Bad Request\r\n"),
+        "{answer}"
+    );
+    assert!(
+        answer.contains("\r\nx-portcullis-reason: tls_required\r\n"),
+        "{answer}"
+    );
+    assert!(answer.contains("\r\nconnection: close\r\n"), "{answer}");
+    let body = &answer[answer.find("\r\n\r\n").unwrap() + 4..];
+    let problem: serde_json::Value = serde_json::from_str(body).unwrap();
+    assert_eq!(problem["status"], 400);
+    assert_eq!(problem["reason"], "tls_required");
+    assert!(
+        problem["detail"].as_str().unwrap().contains("https://"),
+        "{problem}"
+    );
+    assert!(up.seen().is_empty());
+    let series =
+        "portcullis_tls_handshake_errors_total{listener=\"127.0.0.1:0\",reason=\"plain_http\"}";
+    assert_eq!(settled_metric(&gw, series, 1.0).await, 1.0);
+}
+
+/// A ClientHello that offers TLS 1.1 and nothing newer: record header, handshake header,
+/// version 3.2, a random, no session, one cipher suite (TLS_RSA_WITH_AES_128_CBC_SHA), no
+/// compression, no extensions.
+fn tls11_client_hello() -> Vec<u8> {
+    let mut hello = vec![0x03, 0x02];
+    hello.extend([7u8; 32]);
+    hello.extend([0x00, 0x00, 0x02, 0x00, 0x2f, 0x01, 0x00]);
+    let mut handshake = vec![0x01, 0x00, 0x00, u8::try_from(hello.len()).unwrap()];
+    handshake.extend(hello);
+    let mut record = vec![
+        0x16,
+        0x03,
+        0x01,
+        0x00,
+        u8::try_from(handshake.len()).unwrap(),
+    ];
+    record.extend(handshake);
+    record
+}
+
+#[tokio::test]
+async fn old_tls_garbage_and_stalled_handshakes_are_refused_and_counted() {
+    let pki = Pki::new("test CA");
+    let server = pki.issue(&["gw.test"]);
+    let up = TestUpstream::start("app").await;
+    let gw = tls_gateway_with(
+        &up.url(),
+        SINGLE,
+        &server_files(&server),
+        "limits: { header_read_timeout: 300ms }\n",
+    )
+    .await;
+    let series = |reason: &str| {
+        format!(
+            "portcullis_tls_handshake_errors_total{{listener=\"127.0.0.1:0\",reason=\"{reason}\"}}"
+        )
+    };
+
+    // TLS 1.1: a fatal alert, then the close.
+    let answer = raw_bytes_until_closed(gw.addr, &tls11_client_hello()).await;
+    assert_eq!(
+        answer[..6],
+        [0x15, 0x03, 0x03, 0x00, 0x02, 0x02],
+        "a fatal alert"
+    );
+    assert_eq!(
+        settled_metric(&gw, &series("protocol_version"), 1.0).await,
+        1.0
+    );
+
+    // Bytes that are neither TLS nor HTTP: closed without an answer.
+    let answer = raw_bytes_until_closed(gw.addr, b"\x01\x02\x03 not a handshake").await;
+    assert!(answer.is_empty());
+    assert_eq!(settled_metric(&gw, &series("not_tls"), 1.0).await, 1.0);
+
+    // Half a ClientHello, then nothing: closed at header_read_timeout.
+    let started = std::time::Instant::now();
+    let answer = raw_bytes_until_closed(gw.addr, &tls11_client_hello()[..20]).await;
+    assert!(answer.is_empty());
+    assert!(
+        started.elapsed() >= Duration::from_millis(250),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(settled_metric(&gw, &series("timeout"), 1.0).await, 1.0);
+
+    // Everyone else is still served.
+    let stream = connect(&gw, &connector_http1(&pki), "gw.test").await;
+    assert!(
+        get_over(stream, "gw.test", "/")
+            .await
+            .starts_with("HTTP/1.1 200 OK\r\n")
+    );
+}
+
+/// Sends `bytes`, then reads until the gateway closes (at most 5 s).
+async fn raw_bytes_until_closed(addr: std::net::SocketAddr, bytes: &[u8]) -> Vec<u8> {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(bytes).await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer))
+        .await
+        .expect("the gateway closes the connection");
+    answer
+}
+
+#[tokio::test]
+async fn a_reload_serves_renewed_certificates_and_a_broken_pair_keeps_the_old_one() {
+    let pki = Pki::new("test CA");
+    let first = pki.issue(&["gw.test"]);
+    let up = TestUpstream::start("app").await;
+    let gw = tls_gateway(&up.url(), SINGLE, &server_files(&first)).await;
+    let client = connector_http1(&pki);
+    assert!(shown(&connect(&gw, &client, "gw.test").await) == first.der);
+
+    let renewed = pki.issue(&["gw.test"]);
+    gw.write("server.pem", &renewed.cert_pem);
+    gw.write("server.key", &renewed.key_pem);
+    let (code, body) = gw.admin(Method::POST, "/reload").await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    let stream = connect(&gw, &client, "gw.test").await;
+    assert!(
+        shown(&stream) == renewed.der,
+        "the renewed certificate is served"
+    );
+    assert!(
+        get_over(stream, "gw.test", "/")
+            .await
+            .starts_with("HTTP/1.1 200 OK\r\n")
+    );
+
+    // A new certificate with the old key: not a pair. The renewed one keeps serving.
+    let third = pki.issue(&["gw.test"]);
+    gw.write("server.pem", &third.cert_pem);
+    let (code, body) = gw.admin(Method::POST, "/reload").await;
+    assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert!(
+        body.contains("listen[0].tls.key") && body.contains("does not belong to the certificate"),
+        "{body}"
+    );
+    let stream = connect(&gw, &client, "gw.test").await;
+    assert!(
+        shown(&stream) == renewed.der,
+        "the renewed certificate still serves"
+    );
+    let (_, policy) = gw.admin(Method::GET, "/policy").await;
+    assert!(
+        policy.contains("does not belong to the certificate"),
+        "{policy}"
+    );
+}
+
+#[test]
+fn tls_settings_that_cannot_serve_are_config_errors_with_their_place_and_fix() {
+    let pki = Pki::new("test CA");
+    let good = pki.issue(&["gw.test"]);
+    let other = pki.issue(&["gw.test"]);
+    let expired = pki.issue_with(&["gw.test"], |params| {
+        params.not_before = rcgen::date_time_ymd(2019, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2020, 1, 1);
+    });
+    let future = pki.issue_with(&["gw.test"], |params| {
+        params.not_before = rcgen::date_time_ymd(2099, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2100, 1, 1);
+    });
+    let scratch = Scratch::new();
+    for (name, text) in [
+        ("good.pem", good.cert_pem.as_str()),
+        ("good.key", good.key_pem.as_str()),
+        ("other.key", other.key_pem.as_str()),
+        ("expired.pem", expired.cert_pem.as_str()),
+        ("expired.key", expired.key_pem.as_str()),
+        ("future.pem", future.cert_pem.as_str()),
+        ("future.key", future.key_pem.as_str()),
+        ("empty-ca.pem", "no certificates here\n"),
+        ("policy.yaml", ALLOW_ALL),
+    ] {
+        scratch.write(name, text);
+    }
+    let yaml = "\
+listen:
+  - { addr: 127.0.0.1:0, tls: { cert: missing.pem, key: good.key } }
+  - { addr: 127.0.0.1:0, tls: { cert: good.pem, key: other.key } }
+  - { addr: 127.0.0.1:0, tls: { cert: expired.pem, key: expired.key } }
+  - { addr: 127.0.0.1:0, tls: { cert: future.pem, key: future.key } }
+  - { addr: 127.0.0.1:0, tls: { cert: good.pem, key: good.key, client_ca: empty-ca.pem } }
+  - { addr: 127.0.0.1:0, tls: { cert: good.pem, key: good.key, client_cert: required } }
+  - { addr: 127.0.0.1:0, tls: { cert: good.pem, key: good.key, client_ca: good.pem, client_cert: none } }
+  - { addr: 127.0.0.1:0, tls: { key: good.key } }
+  - { addr: 127.0.0.1:0, tls: {} }
+upstreams: { app: { targets: [\"builtin:echo\"] } }
+routes: [{ id: main, upstream: app }]
+policy: { files: [policy.yaml] }
+";
+    let path = scratch.write("gw.yaml", yaml);
+    let errors = match portcullis::config::load(&path) {
+        Ok(_) => panic!("the config loaded"),
+        Err(errors) => errors.to_string(),
+    };
+    let dir = scratch.path().display().to_string();
+    let errors = errors.replace(&dir, "DIR");
+    assert_eq!(
+        errors,
+        "\
+DIR/gw.yaml:2:39: listen[0].tls.cert: cannot read \"DIR/missing.pem\": I/O error: No such file or directory (os error 2)
+DIR/gw.yaml:3:54: listen[1].tls.key: \"DIR/other.key\" and \"DIR/good.pem\": the private key does not belong to the certificate: check that the two files are a pair
+DIR/gw.yaml:4:39: listen[2].tls.cert: \"DIR/expired.pem\" expired on 2020-01-01 00:00 UTC: renew it, or point cert at the renewed file
+DIR/gw.yaml:5:39: listen[3].tls.cert: \"DIR/future.pem\" is not valid before 2099-01-01 00:00 UTC: check this machine's clock, or the certificate's dates
+DIR/gw.yaml:6:75: listen[4].tls.client_ca: \"DIR/empty-ca.pem\" holds no PEM certificate
+DIR/gw.yaml:7:77: listen[5].tls.client_cert: asking clients for certificates needs client_ca, the CAs that issue them
+DIR/gw.yaml:8:75: listen[6].tls.client_ca: client_ca is unused with client_cert: none; remove it, or ask clients for certificates with client_cert: optional or required
+DIR/gw.yaml:9:38: listen[7].tls.key: a private key needs its certificate: add cert
+DIR/gw.yaml:10:31: listen[8].tls: TLS needs a certificate: cert and key, or certificates: [{ cert, key, hosts }]"
+    );
+}
+
+#[tokio::test]
+async fn a_cert_manager_secret_swap_renews_the_certificate_without_a_reload_call() {
+    // The layout kubelet gives a mounted Secret (cert-manager's tls.crt and tls.key):
+    // symlinks through `..data`, itself a symlink to a timestamped directory, swapped by
+    // a rename.
+    let pki = Pki::new("test CA");
+    let first = pki.issue(&["gw.test"]);
+    let renewed = pki.issue(&["gw.test"]);
+    let up = TestUpstream::start("app").await;
+    let scratch = Scratch::new();
+    let secret = scratch.path().join("tls");
+    std::fs::create_dir(&secret).unwrap();
+    let version = |name: &str, issued: &Issued| {
+        let versioned = secret.join(name);
+        std::fs::create_dir(&versioned).unwrap();
+        std::fs::write(versioned.join("tls.crt"), &issued.cert_pem).unwrap();
+        std::fs::write(versioned.join("tls.key"), &issued.key_pem).unwrap();
+    };
+    version("..2026_12_07_01", &first);
+    std::os::unix::fs::symlink("..2026_12_07_01", secret.join("..data")).unwrap();
+    for file in ["tls.crt", "tls.key"] {
+        std::os::unix::fs::symlink(format!("..data/{file}"), secret.join(file)).unwrap();
+    }
+    scratch.write("policy.yaml", ALLOW_ALL);
+    let yaml = config(&[up.url()], "").replace(
+        "listen: [{ addr: 127.0.0.1:0 }]",
+        "listen: [{ addr: 127.0.0.1:0, tls: { cert: tls/tls.crt, key: tls/tls.key } }]",
+    );
+    let path = scratch.write(
+        "gw.yaml",
+        &format!("{yaml}policy: {{ files: [policy.yaml] }}\n"),
+    );
+    let gw = TestGateway::from_file(&path, scratch).await;
+    let client = connector_http1(&pki);
+    assert!(shown(&connect(&gw, &client, "gw.test").await) == first.der);
+
+    version("..2026_12_07_02", &renewed);
+    std::os::unix::fs::symlink("..2026_12_07_02", secret.join("..data_tmp")).unwrap();
+    std::fs::rename(secret.join("..data_tmp"), secret.join("..data")).unwrap();
+    let mut served = first.der.clone();
+    for _ in 0..100 {
+        served = shown(&connect(&gw, &client, "gw.test").await);
+        if served == renewed.der {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(served == renewed.der, "the renewed certificate is served");
+}
+
+#[tokio::test]
+async fn turning_tls_off_waits_for_a_restart_and_keeps_serving_tls() {
+    let pki = Pki::new("test CA");
+    let server = pki.issue(&["gw.test"]);
+    let up = TestUpstream::start("app").await;
+    let gw = tls_gateway(&up.url(), SINGLE, &server_files(&server)).await;
+    gw.write(
+        "gw.yaml",
+        &format!(
+            "{}policy: {{ files: [policy.yaml], watch: false }}\n",
+            config(&[up.url()], "")
+        ),
+    );
+    let (code, body) = gw.admin(Method::POST, "/reload").await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    let (_, policy) = gw.admin(Method::GET, "/policy").await;
+    let policy: serde_json::Value = serde_json::from_str(&policy).unwrap();
+    assert_eq!(
+        policy["restart_needed"],
+        serde_json::json!(["listen[0].tls: turned off (serving TLS)"])
+    );
+    // The port still speaks TLS only: plain HTTP is refused, TLS is served.
+    let answer = raw_until_closed(
+        gw.addr,
+        b"GET / HTTP/1.1\r\nHost: gw.test\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(
+        answer.starts_with("HTTP/1.1 400 Bad Request\r\n"),
+        "{answer}"
+    );
+    let stream = connect(&gw, &connector_http1(&pki), "gw.test").await;
+    assert!(
+        get_over(stream, "gw.test", "/")
+            .await
+            .starts_with("HTTP/1.1 200 OK\r\n")
+    );
+}
