@@ -8,6 +8,7 @@ use std::time::Duration;
 use http::{Method, StatusCode};
 use http_body_util::BodyExt;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -607,5 +608,94 @@ async fn turning_tls_off_waits_for_a_restart_and_keeps_serving_tls() {
         get_over(stream, "gw.test", "/")
             .await
             .starts_with("HTTP/1.1 200 OK\r\n")
+    );
+}
+
+/// A client trusting `pki`'s CA that shows `client` (PEM certificate and key).
+fn connector_with_cert(pki: &Pki, client: &Issued) -> tokio_rustls::TlsConnector {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(pki.ca_der()).unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(client.key_pem.as_bytes()).unwrap();
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(vec![client.der.clone()], key)
+        .unwrap();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+}
+
+/// Whether a client of `connector` gets an answer from `gw`: TLS 1.3 lets the server
+/// refuse a client certificate after the client thinks the handshake is done, so the
+/// refusal shows on the first read.
+async fn served(gw: &TestGateway, connector: &tokio_rustls::TlsConnector) -> bool {
+    let tcp = TcpStream::connect(gw.addr).await.unwrap();
+    let name = ServerName::try_from("gw.test").unwrap();
+    let Ok(stream) = connector.connect(name, tcp).await else {
+        return false;
+    };
+    get_over(stream, "gw.test", "/")
+        .await
+        .starts_with("HTTP/1.1 200 OK\r\n")
+}
+
+#[tokio::test]
+async fn client_certificates_are_asked_for_and_verified_against_client_ca() {
+    let pki = Pki::new("test CA");
+    let clients = Pki::new("clients CA");
+    let strangers = Pki::new("another CA");
+    let server = pki.issue(&["gw.test"]);
+    let client = clients.issue(&["client.test"]);
+    let stranger = strangers.issue(&["client.test"]);
+    let up = TestUpstream::start("app").await;
+    let files = [
+        ("server.pem", server.cert_pem.as_str()),
+        ("server.key", server.key_pem.as_str()),
+        ("clients.pem", &clients.ca.pem()),
+    ];
+    let series = |reason: &str| {
+        format!(
+            "portcullis_tls_handshake_errors_total{{listener=\"127.0.0.1:0\",reason=\"{reason}\"}}"
+        )
+    };
+
+    let required =
+        "{ cert: server.pem, key: server.key, client_ca: clients.pem, client_cert: required }";
+    let gw = tls_gateway(&up.url(), required, &files).await;
+    assert!(served(&gw, &connector_with_cert(&pki, &client)).await);
+    assert!(!served(&gw, &connector_http1(&pki)).await, "no certificate");
+    assert_eq!(
+        settled_metric(&gw, &series("no_client_certificate"), 1.0).await,
+        1.0
+    );
+    assert!(
+        !served(&gw, &connector_with_cert(&pki, &stranger)).await,
+        "another CA's"
+    );
+    assert_eq!(
+        settled_metric(&gw, &series("bad_client_certificate"), 1.0).await,
+        1.0
+    );
+
+    // Optional: the default with client_ca. Clients without one are served; a
+    // certificate that is shown must still verify.
+    let optional = "{ cert: server.pem, key: server.key, client_ca: clients.pem }";
+    let gw = tls_gateway(&up.url(), optional, &files).await;
+    assert!(served(&gw, &connector_http1(&pki)).await);
+    assert!(served(&gw, &connector_with_cert(&pki, &client)).await);
+    assert!(!served(&gw, &connector_with_cert(&pki, &stranger)).await);
+    assert_eq!(
+        settled_metric(&gw, &series("bad_client_certificate"), 1.0).await,
+        1.0
+    );
+
+    // A client offering only protocols the gateway does not speak is refused.
+    let h3_only = connector(&pki, &[&rustls::version::TLS13], &[b"h3"]);
+    assert!(!served(&gw, &h3_only).await);
+    assert_eq!(
+        settled_metric(&gw, &series("no_application_protocol"), 1.0).await,
+        1.0
     );
 }
