@@ -397,7 +397,12 @@ fn write_batches(shared: &Shared, queued: &Receiver<Batch>) {
             Err(RecvTimeoutError::Disconnected) => true,
         };
         let closing = gone || shared.closing.load(Ordering::Acquire);
-        let switch = std::mem::take(&mut *lock(&shared.switch));
+        let mut switch = std::mem::take(&mut *lock(&shared.switch));
+        // Lines written before this thread first saw the sink are that sink's: a slow
+        // start must not drop them as lines of a log that never served.
+        if out.is_none() && !switch.is_empty() {
+            out = Some(switch.remove(0));
+        }
         if closing || !switch.is_empty() || swept.elapsed() >= FLUSH_EVERY {
             // Full batches sent before come first, then what every thread holds.
             while let Ok(batch) = queued.try_recv() {
@@ -514,6 +519,29 @@ mod tests {
 
     /// A reload's new sink takes over only once the lines logged before are written to
     /// the old one; lines still being logged by the old load's requests follow the writer.
+    #[test]
+    fn lines_written_before_the_writer_first_sees_its_sink_are_kept() {
+        let path = std::env::temp_dir().join(format!("portcullis-dl-early-{}", std::process::id()));
+        let settings = LogSettings {
+            decisions: DecisionSink::File(path.clone()),
+            on_full: OnFull::Drop,
+            sample_allows: 1.0,
+            redact_paths: Vec::new(),
+        };
+        let dropped = IntCounter::new("dropped", "dropped").unwrap();
+        let log = DecisionLog::open(&settings, None, &dropped).unwrap();
+        // A request that lands before the writer thread has looked at the sink it serves
+        // (a slow start on a busy machine).
+        std::thread::sleep(Duration::from_millis(20));
+        refuse(&log, "early");
+        log.serving();
+        log.close().expect("the writer thread").join().unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let _ = std::fs::remove_file(&path);
+        assert!(text.contains("\"early\""), "{text}");
+        assert_eq!(dropped.get(), 0);
+    }
+
     #[test]
     fn a_reload_switches_sinks_after_writing_what_came_before() {
         let dir = std::env::temp_dir().join(format!("portcullis-dl-{}", std::process::id()));
