@@ -97,6 +97,7 @@ fn decisions(c: &mut Criterion) {
                 client_ip,
                 headers: &header_pairs,
                 principal: None,
+                client_cert: None,
             };
             // The scenario decides the way its name says, or the benchmark measures nothing.
             let decision = set.evaluate(&facts);

@@ -64,7 +64,9 @@ fn settings(jwks: serde_json::Value, algorithm: Algorithm) -> IdentitySettings {
             subject: HeaderName::from_static("x-auth-subject"),
             roles: HeaderName::from_static("x-auth-roles"),
             scopes: HeaderName::from_static("x-auth-scopes"),
+            client_cert: HeaderName::from_static("x-forwarded-client-cert"),
         },
+        client_certs: Vec::new(),
     }
 }
 

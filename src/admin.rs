@@ -20,7 +20,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 use crate::config::HostPattern;
-use crate::config::cases::parse_principal;
+use crate::config::cases::{parse_client_cert, parse_principal};
 use crate::proxy::offline::{self, Caller};
 use crate::proxy::{Serving, normalize};
 use crate::reload::Reloader;
@@ -230,6 +230,7 @@ async fn explain(state: &AdminState, request: Request<Incoming>) -> Response<Ful
         #[serde(rename = "as")]
         principal: Option<String>,
         token: Option<String>,
+        client_cert: Option<String>,
     }
     fn default_method() -> String {
         "GET".to_owned()
@@ -240,7 +241,8 @@ async fn explain(state: &AdminState, request: Request<Incoming>) -> Response<Ful
             StatusCode::BAD_REQUEST,
             &serde_json::json!({ "error": problem,
                 "expected": { "method": "GET", "url": "https://host/path", "ip": "203.0.113.7",
-                    "headers": { "X-Api-Key": "..." }, "as": "sub=alice,roles=editor", "token": "JWT" } }),
+                    "headers": { "X-Api-Key": "..." }, "as": "sub=alice,roles=editor", "token": "JWT",
+                    "client_cert": "uri=spiffe://example.org/ns/a/sa/b" } }),
         )
     };
     let read = tokio::time::timeout(
@@ -276,6 +278,15 @@ async fn explain(state: &AdminState, request: Request<Incoming>) -> Response<Ful
             Err(_) => return bad("no ip given".to_owned()),
         },
     };
+    let client_cert = match asked
+        .client_cert
+        .as_deref()
+        .map(|spec| parse_client_cert(spec, None))
+    {
+        None => None,
+        Some(Ok(certificate)) => Some(certificate),
+        Some(Err(problem)) => return bad(format!("client_cert: {problem}")),
+    };
     let headers: Vec<(String, String)> = asked.headers.into_iter().collect();
     let load = state.serving.load();
     let answer = offline::decide(
@@ -286,6 +297,7 @@ async fn explain(state: &AdminState, request: Request<Incoming>) -> Response<Ful
         ip,
         &headers,
         &caller,
+        client_cert.as_ref(),
     );
     json(StatusCode::OK, &answer.to_json())
 }

@@ -1,7 +1,7 @@
 //! The command line: `run`, `validate`, `explain`, `test` and `schema`, and the flags
 //! they share.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -96,6 +96,13 @@ pub enum Command {
         /// issuers' keys.
         #[arg(long, value_name = "JWT")]
         token: Option<String>,
+        /// The client certificate the connection shows (PEM), taken as verified.
+        #[arg(long, value_name = "FILE", conflicts_with = "cert_as")]
+        cert: Option<PathBuf>,
+        /// The client certificate's facts instead of a file:
+        /// `uri=spiffe://example.org/ns/a/sa/b,dns=a.example.org,subject=a,fingerprint=…`.
+        #[arg(long, value_name = "FACTS")]
+        cert_as: Option<String>,
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
@@ -198,10 +205,27 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             headers,
             principal,
             token,
+            cert,
+            cert_as,
             json,
         } => {
             let Some(config) = load_or_report(&config) else {
                 return Ok(ExitCode::from(EXIT_INVALID));
+            };
+            let spec = match (cert, cert_as) {
+                (Some(file), _) => Some(format!("file={}", file.display())),
+                (None, facts) => facts,
+            };
+            let client_cert = match spec
+                .as_deref()
+                .map(|spec| config::cases::parse_client_cert(spec, Some(Path::new(""))))
+            {
+                None => None,
+                Some(Ok(certificate)) => Some(certificate),
+                Some(Err(problem)) => {
+                    err_line!("--cert: {problem}");
+                    return Ok(ExitCode::from(EXIT_INVALID));
+                }
             };
             let mut pairs = Vec::new();
             for header in &headers {
@@ -224,7 +248,16 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 (None, None) => Caller::FromRequest,
             };
             let identity = offline::identity(&config);
-            let offline = offline::decide(&config, &identity, &method, &url, ip, &pairs, &caller);
+            let offline = offline::decide(
+                &config,
+                &identity,
+                &method,
+                &url,
+                ip,
+                &pairs,
+                &caller,
+                client_cert.as_ref(),
+            );
             if json {
                 out_line!("{}", offline.to_json());
             } else {
@@ -410,6 +443,7 @@ pub fn run_cases(config: &Config, cases: &[config::cases::Case]) -> (String, usi
                 .principal
                 .clone()
                 .map_or(Caller::FromRequest, Caller::Simulated),
+            request.client_cert.as_ref(),
         );
         let differences = case.expect.differences(&offline.actual());
         if differences.is_empty() {

@@ -12,7 +12,7 @@ use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use sha2::Digest as _;
 
-use crate::policy::HostPattern;
+use crate::policy::{ClientCertificate, HostPattern};
 
 /// The protocols a TLS listener offers by ALPN, preferred first.
 pub const ALPN_H2: &[u8] = b"h2";
@@ -118,18 +118,12 @@ pub fn certified_key(
     }
 }
 
-/// What a certificate says about its holder, for choosing server certificates by name,
-/// for expiry metrics and for the policy's `mtls` conditions.
+/// What a certificate says: who holds it (for choosing server certificates by name and
+/// for the policy's `mtls` conditions), and when it is valid.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CertificateFacts {
-    /// The subject's common name, when it has one.
-    pub common_name: Option<String>,
-    /// Subject alternative names of the DNS kind, lower-case.
-    pub dns_names: Vec<String>,
-    /// Subject alternative names of the URI kind (SPIFFE IDs among them).
-    pub uris: Vec<String>,
-    /// The SHA-256 of the certificate's DER bytes, lower-case hex.
-    pub fingerprint: String,
+    /// Its holder's names and its fingerprint.
+    pub holder: ClientCertificate,
     /// Valid from, in seconds since the Unix epoch.
     pub not_before: i64,
     /// Valid until, in seconds since the Unix epoch.
@@ -144,7 +138,7 @@ pub struct CertificateFacts {
 pub fn certificate_facts(certificate: &CertificateDer<'_>) -> Result<CertificateFacts, String> {
     let (_, parsed) = x509_parser::parse_x509_certificate(certificate)
         .map_err(|err| format!("not an X.509 certificate: {err}"))?;
-    let common_name = parsed
+    let subject = parsed
         .subject()
         .iter_common_name()
         .next()
@@ -165,10 +159,12 @@ pub fn certificate_facts(certificate: &CertificateDer<'_>) -> Result<Certificate
     }
     let validity = parsed.validity();
     Ok(CertificateFacts {
-        common_name,
-        dns_names,
-        uris,
-        fingerprint: hex(&sha2::Sha256::digest(certificate.as_ref())),
+        holder: ClientCertificate {
+            subject,
+            dns_names,
+            uris,
+            fingerprint: hex(&sha2::Sha256::digest(certificate.as_ref())),
+        },
         not_before: validity.not_before.timestamp(),
         not_after: validity.not_after.timestamp(),
         valid_from: readable(&validity.not_before),

@@ -18,7 +18,9 @@ use super::model::{
     ApiKeyEntry, ApiKeySettings, DenialSettings, Detail, ForwardHeaderNames, ForwardedHeader,
     IdentitySettings, JwtSettings, KeySource, RemoteKeys, Secret, TokenSource,
 };
-use super::model::{DecisionSink, ListenerTls, LogSettings, OnFull, ServedCertificate};
+use super::model::{
+    ClientCertIdentity, DecisionSink, ListenerTls, LogSettings, OnFull, ServedCertificate,
+};
 use super::policy::{self, PolicySummary};
 use super::raw::{
     RawApiKey, RawApiKeyFile, RawClientCert, RawConfig, RawDenials, RawDetail, RawForwardedHeader,
@@ -192,6 +194,7 @@ pub fn build(path: &Path, text: &str, raw: RawConfig) -> Result<Config, ConfigEr
     if let (Some(set), Some(identity)) = (&policy_set, &identity)
         && identity.api_keys.is_none()
         && identity.jwt.is_empty()
+        && identity.client_certs.is_empty()
     {
         for (rule, origin) in set.rules().iter().zip(&policy_summary.rule_origins) {
             if rule
@@ -200,7 +203,7 @@ pub fn build(path: &Path, text: &str, raw: RawConfig) -> Result<Config, ConfigEr
                 .any(|condition| condition.is_about_identity())
             {
                 policy_errors.push(origin.problem(format!(
-                    "rule \"{}\" needs an identified caller, but identity configures no credentials (identity.api_keys or identity.jwt); every request would be anonymous",
+                    "rule \"{}\" needs an identified caller, but identity configures no credentials (identity.api_keys, identity.jwt or identity.client_certs); every request would be anonymous",
                     rule.id
                 )));
             }
@@ -298,7 +301,7 @@ fn build_listener_tls(
     match (&raw.cert, &raw.key) {
         (Some(cert), Some(key)) => {
             if let Some((pair, facts)) = served_pair(builder, base, (cert, key), base_dir, files) {
-                let hosts = facts.dns_names.clone();
+                let hosts = facts.holder.dns_names.clone();
                 named.extend(certificate_names(&hosts, &pair));
                 served.push(ServedCertificate {
                     hosts: if hosts.is_empty() {
@@ -346,14 +349,14 @@ fn build_listener_tls(
                     Some(pattern.to_string())
                 })
                 .collect(),
-            None if facts.dns_names.is_empty() => {
+            None if facts.holder.dns_names.is_empty() => {
                 builder.error(
                     &format!("{base}.cert"),
                     "the certificate names no DNS host: list the hosts it serves in hosts",
                 );
                 continue;
             }
-            None => facts.dns_names.clone(),
+            None => facts.holder.dns_names.clone(),
         };
         named.extend(certificate_names(&hosts, &pair));
         served.push(ServedCertificate {
@@ -650,6 +653,22 @@ fn build_identity(
     );
     let roles = header(builder, "identity.forward_headers.roles", &forward.roles);
     let scopes = header(builder, "identity.forward_headers.scopes", &forward.scopes);
+    let client_cert = header(
+        builder,
+        "identity.forward_headers.client_cert",
+        &forward.client_cert,
+    );
+    let client_certs = (raw.client_certs.iter().enumerate())
+        .map(|(index, entry)| {
+            let base = format!("identity.client_certs[{index}]");
+            ClientCertIdentity {
+                matches: policy::mtls_condition(builder, &format!("{base}.match"), &entry.matches),
+                subject: entry.subject.clone(),
+                roles: entry.roles.clone(),
+                scopes: entry.scopes.clone(),
+            }
+        })
+        .collect();
 
     let api_keys = match &raw.api_keys {
         None => None,
@@ -687,7 +706,9 @@ fn build_identity(
             subject: subject?,
             roles: roles?,
             scopes: scopes?,
+            client_cert: client_cert?,
         },
+        client_certs,
     })
 }
 

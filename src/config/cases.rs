@@ -13,7 +13,7 @@ use serde::{Deserialize, Deserializer};
 use super::build::Builder;
 use super::error::{ConfigError, ConfigErrors};
 use super::source::{Source, key_segment};
-use crate::policy::{ClaimValue, Principal};
+use crate::policy::{ClaimValue, ClientCertificate, Principal, parse_fingerprint};
 
 /// One case: a synthetic request and what it must get.
 #[derive(Debug, Clone, PartialEq)]
@@ -42,6 +42,52 @@ pub struct CaseRequest {
     pub headers: Vec<(String, String)>,
     /// A simulated caller (`as:`), standing in for whatever credentials say.
     pub principal: Option<Principal>,
+    /// The client certificate the connection showed (`client_cert:`), taken as verified.
+    pub client_cert: Option<ClientCertificate>,
+}
+
+/// Reads a client certificate for `explain --cert-as` and cases' `client_cert`: its
+/// facts, `uri=spiffe://example.org/ns/a/sa/b,dns=api.example.org,subject=billing,
+/// fingerprint=AB:CD:…` (repeat `uri` or `dns` for several), or `file=PATH`, a PEM
+/// certificate (relative to `files`), whose facts are read; without `files`, reading
+/// files is refused (a request to the admin listener must not read the disk).
+pub fn parse_client_cert(spec: &str, files: Option<&Path>) -> Result<ClientCertificate, String> {
+    let mut certificate = ClientCertificate::default();
+    for part in spec
+        .split(',')
+        .map(str::trim)
+        .filter(|part| !part.is_empty())
+    {
+        let Some((key, value)) = part.split_once('=') else {
+            return Err(format!("\"{part}\" is not key=value"));
+        };
+        let value = value.trim();
+        match key.trim() {
+            "file" => {
+                let Some(base_dir) = files else {
+                    return Err("file= is not read here: give the certificate's facts".to_owned());
+                };
+                let path = base_dir.join(value);
+                let chain = crate::tls::read_certificates(&path)?;
+                let leaf = chain
+                    .first()
+                    .ok_or_else(|| format!("\"{value}\" holds no certificate"))?;
+                certificate = crate::tls::certificate_facts(leaf)
+                    .map_err(|err| format!("\"{}\": {err}", path.display()))?
+                    .holder;
+            }
+            "uri" | "spiffe" => certificate.uris.push(value.to_owned()),
+            "dns" => certificate.dns_names.push(value.to_ascii_lowercase()),
+            "subject" | "cn" => certificate.subject = Some(value.to_owned()),
+            "fingerprint" | "sha256" => certificate.fingerprint = parse_fingerprint(value)?,
+            other => {
+                return Err(format!(
+                    "unknown key \"{other}\": use file, uri, dns, subject or fingerprint"
+                ));
+            }
+        }
+    }
+    Ok(certificate)
 }
 
 /// Reads a simulated caller: `sub=alice,roles=editor,roles=admin,scopes=orders:read,claims.tenant=acme`.
@@ -178,6 +224,9 @@ struct RawRequest {
     /// A simulated caller: sub=alice,roles=editor,scopes=orders:read,claims.tenant=acme.
     #[serde(rename = "as")]
     principal: Option<String>,
+    /// The client certificate the connection showed, taken as verified: file=cert.pem, or
+    /// its facts: uri=spiffe://example.org/ns/a/sa/b,dns=a.example.org,subject=a,fingerprint=….
+    client_cert: Option<String>,
 }
 
 fn default_method() -> String {
@@ -248,7 +297,16 @@ pub fn load(path: &Path) -> Result<Vec<Case>, ConfigErrors> {
                 .typed(&format!("{base}.request.as"), parse_principal(spec))
                 .map(Some),
         };
-        if let (Some(ip), Some(principal)) = (ip, principal) {
+        let client_cert = match &raw_case.request.client_cert {
+            None => Some(None),
+            Some(spec) => builder
+                .typed(
+                    &format!("{base}.request.client_cert"),
+                    parse_client_cert(spec, Some(path.parent().unwrap_or(Path::new("")))),
+                )
+                .map(Some),
+        };
+        if let (Some(ip), Some(principal), Some(client_cert)) = (ip, principal, client_cert) {
             cases.push(Case {
                 name: raw_case.name,
                 origin,
@@ -258,6 +316,7 @@ pub fn load(path: &Path) -> Result<Vec<Case>, ConfigErrors> {
                     ip,
                     headers: raw_case.request.headers.into_iter().collect(),
                     principal,
+                    client_cert,
                 },
                 expect: Expected {
                     decision: raw_case.expect.decision,

@@ -7,6 +7,7 @@ use crate::policy::{Condition, Effect, HostPattern, Mode, NetSet, PathGlob, Rule
 use super::error::ConfigError;
 use super::model::{Config, KeySource, RouteSettings};
 use super::source::Source;
+use crate::tls::ClientCertMode;
 
 /// Every warning for `config`, whose own file is `source`.
 pub fn warnings(config: &Config, source: &Source) -> Vec<ConfigError> {
@@ -66,6 +67,17 @@ pub fn warnings(config: &Config, source: &Source) -> Vec<ConfigError> {
                 rule.id
             )));
         }
+        let asks_for_certificates = config.listeners.iter().any(|listener| {
+            (listener.tls.as_ref()).is_some_and(|tls| tls.client_cert != ClientCertMode::None)
+        });
+        if !asks_for_certificates
+            && (rule.when.iter()).any(|condition| matches!(condition, Condition::Mtls(_)))
+        {
+            warnings.push(origin.problem(format!(
+                "rule \"{}\" needs a client certificate, but no listener asks clients for one: its mtls condition never holds; set listen[].tls.client_ca",
+                rule.id
+            )));
+        }
         if let Some(role) = unknown_role(rule, config) {
             warnings.push(origin.problem(format!(
                 "rule \"{}\" names role \"{role}\", which no policy file declares and no API key grants; a typo here never matches",
@@ -115,7 +127,8 @@ fn is_loopback(host: &str) -> bool {
 
 /// A role a `roles` condition names that nothing declares or grants.
 fn unknown_role<'r>(rule: &'r Rule, config: &Config) -> Option<&'r str> {
-    // Tokens carry whatever roles their issuer grants; only keys' roles are known here.
+    // Tokens carry whatever roles their issuer grants; only keys' and client
+    // certificates' roles are known here.
     if !config.identity.jwt.is_empty() {
         return None;
     }
@@ -126,6 +139,8 @@ fn unknown_role<'r>(rule: &'r Rule, config: &Config) -> Option<&'r str> {
                     .iter()
                     .any(|key| key.roles.iter().any(|granted| granted == role))
             })
+            || (config.identity.client_certs.iter())
+                .any(|caller| caller.roles.iter().any(|granted| granted == role))
     };
     rule.when.iter().find_map(|condition| match condition {
         Condition::Roles(roles) => roles
@@ -145,6 +160,7 @@ fn owned_header_named<'c>(rule: &Rule, config: &'c Config) -> Option<&'c str> {
         &identity.forward.subject,
         &identity.forward.roles,
         &identity.forward.scopes,
+        &identity.forward.client_cert,
     ];
     if let Some(keys) = &identity.api_keys {
         owned.push(&keys.header);

@@ -115,6 +115,21 @@ pub struct IdentitySettings {
     pub strip_authorization: bool,
     /// Headers that carry the verified identity upstream.
     pub forward: ForwardHeaderNames,
+    /// Callers identified by client certificate, in order.
+    pub client_certs: Vec<ClientCertIdentity>,
+}
+
+/// A caller identified by client certificate (`identity.client_certs[]`).
+#[derive(Debug, Clone)]
+pub struct ClientCertIdentity {
+    /// The certificates that are this caller.
+    pub matches: crate::policy::MtlsCondition,
+    /// The subject; `None`: the certificate's own name.
+    pub subject: Option<String>,
+    /// Roles.
+    pub roles: Vec<String>,
+    /// Scopes.
+    pub scopes: Vec<String>,
 }
 
 /// One token issuer (`identity.jwt[]`).
@@ -223,6 +238,8 @@ pub struct ForwardHeaderNames {
     pub roles: http::HeaderName,
     /// Its scopes, space-separated.
     pub scopes: http::HeaderName,
+    /// The verified client certificate.
+    pub client_cert: http::HeaderName,
 }
 
 /// The header a trusted proxy reports the client address in (`network.forwarded_header`).

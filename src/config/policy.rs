@@ -15,14 +15,14 @@ use sha2::{Digest, Sha256};
 use super::build::{Builder, check_id, check_token, parse_host_pattern, parse_network};
 use super::error::{ConfigError, did_you_mean};
 use super::raw::{
-    OneOrMany, RawAnyAll, RawClaim, RawEffect, RawList, RawMode, RawPolicyFile, RawRule, RawWhen,
-    parse_policy,
+    OneOrMany, RawAnyAll, RawClaim, RawEffect, RawList, RawMode, RawMtls, RawPolicyFile, RawRule,
+    RawWhen, parse_policy,
 };
 use super::source::{Source, key_segment};
 use crate::policy::{
     ClaimPattern, ClaimValue, ClaimsCondition, Condition, Effect, HeaderCondition, MethodSet, Mode,
-    NetSet, Networks, PathGlob, PolicySet, RoleGraph, RolesCondition, Rule, RuleId,
-    ScopesCondition, Segment, ValuePattern,
+    MtlsCondition, NetSet, Networks, PathGlob, PolicySet, RoleGraph, RolesCondition, Rule, RuleId,
+    ScopesCondition, Segment, SpiffePattern, ValuePattern, parse_fingerprint,
 };
 
 /// The most errors reported for one list file; past this the file is surely not a list.
@@ -549,6 +549,39 @@ fn no_empty_map<V>(
     }
 }
 
+/// The client certificates written at `base` (a rule's `when.mtls`, or the `match` of
+/// `identity.client_certs`), each entry checked.
+pub(super) fn mtls_condition(builder: &mut Builder, base: &str, mtls: &RawMtls) -> MtlsCondition {
+    let mut each = |key: &str, entries: &[String], parse: &dyn Fn(&str) -> Result<(), String>| {
+        for (index, entry) in entries.iter().enumerate() {
+            if let Err(problem) = parse(entry) {
+                builder.error(&format!("{base}.{key}[{index}]"), problem);
+            }
+        }
+    };
+    each("dns_names", &mtls.dns_names, &|name| {
+        parse_host_pattern(name).map(drop)
+    });
+    each("spiffe_ids", &mtls.spiffe_ids, &|id| {
+        SpiffePattern::parse(id).map(drop)
+    });
+    each("fingerprints", &mtls.fingerprints, &|hash| {
+        parse_fingerprint(hash).map(drop)
+    });
+    MtlsCondition {
+        subjects: mtls.subjects.clone(),
+        dns_names: (mtls.dns_names.iter())
+            .filter_map(|name| parse_host_pattern(name).ok())
+            .collect(),
+        spiffe_ids: (mtls.spiffe_ids.iter())
+            .filter_map(|id| SpiffePattern::parse(id).ok())
+            .collect(),
+        fingerprints: (mtls.fingerprints.iter())
+            .filter_map(|hash| parse_fingerprint(hash).ok())
+            .collect(),
+    }
+}
+
 /// `{ any: [...], all: [...] }`, at least one of them non-empty.
 fn any_all(
     builder: &mut Builder,
@@ -650,11 +683,12 @@ fn build_when(
             );
         }
     }
-    if raw.mtls.is_some() {
-        builder.error(
+    if let Some(mtls) = &raw.mtls {
+        when.push(Condition::Mtls(mtls_condition(
+            builder,
             &format!("{base}.mtls"),
-            "needs TLS listeners with client certificates, which this version of portcullis does not support yet; remove it",
-        );
+            mtls,
+        )));
     }
 
     if let Some(entries) = &raw.ip

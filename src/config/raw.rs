@@ -138,6 +138,28 @@ pub struct RawIdentity {
     /// identity headers).
     #[serde(default)]
     pub strip_authorization: bool,
+    /// Callers identified by their verified client certificate, when they send no token
+    /// or API key: the first entry whose match fits names the caller.
+    #[serde(default)]
+    pub client_certs: Vec<RawClientCertIdentity>,
+}
+
+/// A caller identified by client certificate.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawClientCertIdentity {
+    /// The certificates that are this caller (any list, any entry).
+    #[serde(rename = "match")]
+    pub matches: RawMtls,
+    /// The caller's subject; default: the certificate's SPIFFE ID, else its first DNS
+    /// name, else its subject.
+    pub subject: Option<String>,
+    /// Its roles.
+    #[serde(default)]
+    pub roles: Vec<String>,
+    /// Its scopes.
+    #[serde(default)]
+    pub scopes: Vec<String>,
 }
 
 /// One token issuer.
@@ -283,6 +305,10 @@ pub struct RawForwardHeaders {
     /// Its scopes, space-separated.
     #[serde(default = "default_scopes_header")]
     pub scopes: String,
+    /// The verified client certificate (Hash, Subject, URI, DNS), as Envoy's
+    /// X-Forwarded-Client-Cert.
+    #[serde(default = "default_client_cert_header")]
+    pub client_cert: String,
 }
 
 impl Default for RawForwardHeaders {
@@ -291,8 +317,13 @@ impl Default for RawForwardHeaders {
             subject: default_subject_header(),
             roles: default_roles_header(),
             scopes: default_scopes_header(),
+            client_cert: default_client_cert_header(),
         }
     }
+}
+
+fn default_client_cert_header() -> String {
+    "X-Forwarded-Client-Cert".to_owned()
 }
 
 fn default_subject_header() -> String {
@@ -805,9 +836,28 @@ pub struct RawWhen {
     /// Header name to a value or list of values the request must carry.
     #[serde(default, deserialize_with = "not_null_value")]
     pub headers: BTreeMap<String, OneOrMany>,
-    #[schemars(skip)]
+    /// The connection must have shown a verified client certificate naming one of these
+    /// (any list); {} accepts any verified certificate.
     #[serde(default, deserialize_with = "not_null")]
-    pub mtls: Option<serde::de::IgnoredAny>,
+    pub mtls: Option<RawMtls>,
+}
+
+/// `when.mtls`: the client certificates a rule accepts.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawMtls {
+    /// Subject common names, exactly.
+    #[serde(default, deserialize_with = "not_null_value")]
+    pub subjects: Vec<String>,
+    /// DNS names (subject alternative names); "*.example.com" for any name under it.
+    #[serde(default, deserialize_with = "not_null_value")]
+    pub dns_names: Vec<String>,
+    /// SPIFFE IDs (URI subject alternative names); one ending in /* for every ID under it.
+    #[serde(default, deserialize_with = "not_null_value")]
+    pub spiffe_ids: Vec<String>,
+    /// SHA-256 fingerprints of certificates, hex, with or without colons.
+    #[serde(default, deserialize_with = "not_null_value")]
+    pub fingerprints: Vec<String>,
 }
 
 /// For keys whose absence means "every request" or "every caller": an explicit empty

@@ -11,6 +11,7 @@
 //! credentials are refused.
 
 mod api_keys;
+mod client_certs;
 mod jwks;
 mod jwt;
 
@@ -20,9 +21,10 @@ use std::time::Duration;
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::config::{ForwardHeaderNames, IdentitySettings};
-use crate::policy::{Principal, Reason};
+use crate::policy::{ClientCertificate, Principal, Reason};
 use crate::telemetry::Metrics;
 use api_keys::ApiKeys;
+use client_certs::ClientCerts;
 use jwt::{Issuers, TokenRejection};
 
 pub use crate::key_set::KeySet;
@@ -34,6 +36,7 @@ pub const REFRESH_WAIT: Duration = Duration::from_secs(2);
 /// The configured ways of identifying callers.
 pub struct Identity {
     api_keys: Option<ApiKeys>,
+    client_certs: ClientCerts,
     issuers: Issuers,
     forward: ForwardHeaderNames,
     challenge: Option<HeaderValue>,
@@ -105,6 +108,7 @@ impl Identity {
         };
         Identity {
             api_keys: settings.api_keys.as_ref().map(ApiKeys::new),
+            client_certs: ClientCerts::new(&settings.client_certs),
             issuers: Issuers::new(
                 &settings.jwt,
                 metrics,
@@ -139,6 +143,12 @@ impl Identity {
             Some(keys) => keys.identify(headers),
             None => Ok(None),
         }
+    }
+
+    /// The caller a verified client certificate names (`identity.client_certs`), for a
+    /// request that carried no token or API key: those name the caller when present.
+    pub fn identify_certificate(&self, certificate: &ClientCertificate) -> Option<Arc<Principal>> {
+        self.client_certs.identify(certificate)
     }
 
     /// Verifies a token handed over directly (`explain --token`), as if it had come in a
@@ -240,13 +250,15 @@ impl Identity {
             &self.forward.subject,
             &self.forward.roles,
             &self.forward.scopes,
+            &self.forward.client_cert,
         ]
         .into_iter()
         .chain(self.api_keys.as_ref().map(ApiKeys::header))
     }
 
-    /// Before forwarding an allowed request: sets the identity headers for `principal`,
-    /// and removes `Authorization` when configured to.
+    /// Before forwarding an allowed request: sets the identity headers for `principal`
+    /// and the certificate header for `client_cert`, and removes `Authorization` when
+    /// configured to.
     ///
     /// The fields to set are handed to `add`, not inserted: the caller writes them after
     /// the request's own fields, in place of any of the same name.
@@ -254,10 +266,14 @@ impl Identity {
         &self,
         headers: &mut HeaderMap,
         principal: Option<&Principal>,
+        client_cert: Option<&ClientCertificate>,
         mut add: impl FnMut(HeaderName, HeaderValue),
     ) {
         if self.strip_authorization {
             headers.remove(http::header::AUTHORIZATION);
+        }
+        if let Some(value) = client_cert.and_then(client_certs::forwarded) {
+            add(self.forward.client_cert.clone(), value);
         }
         let Some(principal) = principal else {
             return;

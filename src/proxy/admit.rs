@@ -15,7 +15,7 @@ use super::normalize::{self, Authority};
 use super::respond::ProxyError;
 use super::route::{Route, RouteTable};
 use crate::config::{Config, ForwardedHeader};
-use crate::policy::{Decision, PolicySet, Principal, RequestFacts};
+use crate::policy::{ClientCertificate, Decision, PolicySet, Principal, RequestFacts};
 
 /// WebDAV's `Destination` (RFC 4918 §10.3): where a `MOVE` or `COPY` writes.
 pub const DESTINATION: HeaderName = HeaderName::from_static("destination");
@@ -199,7 +199,8 @@ impl Admission {
     }
 }
 
-/// Decides an admitted request for `principal` (`None`: anonymous). `headers` are the
+/// Decides an admitted request for `principal` (`None`: anonymous), which came with
+/// `client_cert` (verified in the TLS handshake). `headers` are the
 /// request's once the identity headers a client sent are removed; the policy sees those
 /// it refers to.
 pub fn evaluate(
@@ -208,6 +209,7 @@ pub fn evaluate(
     headers: &HeaderMap,
     admitted: &Admitted<'_, '_>,
     principal: Option<&Principal>,
+    client_cert: Option<&ClientCertificate>,
 ) -> Decision {
     let headers = normalize::policy_headers(policy.header_names(), headers);
     let facts = |path| RequestFacts {
@@ -217,6 +219,7 @@ pub fn evaluate(
         client_ip: admitted.client_ip,
         headers: &headers,
         principal,
+        client_cert,
     };
     let decision = policy.evaluate(&facts(&admitted.path));
     match &admitted.destination {

@@ -22,7 +22,7 @@ use super::respond::{self, ProxyError, X_REQUEST_ID};
 use super::{Proxy, ProxyBody, normalize};
 use crate::config::{BODILESS_METHODS, RouteId};
 use crate::decision_log::{Decided, Refused};
-use crate::policy::{Decision, Outcome, Principal};
+use crate::policy::{ClientCertificate, Decision, Outcome, Principal};
 use crate::telemetry::{self, DecisionLabel, NO_ROUTE_LABEL};
 
 /// Serves one request. Never fails: every error becomes a problem+json response.
@@ -237,10 +237,12 @@ async fn pipeline<'p>(
         decided: true,
     };
 
+    let client_cert = conn.tls.as_ref().and_then(|tls| tls.client_cert.as_ref());
     let identified = proxy
         .identity
         .identify(&parts.headers, parts.uri.query())
-        .await;
+        .await
+        .map(|principal| principal.or_else(|| proxy.identity.identify_certificate(client_cert?)));
     proxy.identity.strip_client_claims(&mut parts.headers);
     if let Err(rejection) = &identified
         && rejection.is_malformed_request()
@@ -249,7 +251,7 @@ async fn pipeline<'p>(
     }
     let principal = identified.as_ref().ok().and_then(Option::as_deref);
     let (decision, took) = match &identified {
-        Ok(_) => decide(proxy, &parts, &admitted, principal),
+        Ok(_) => decide(proxy, &parts, &admitted, principal, client_cert),
         Err(rejection) => (
             Decision::unauthenticated(rejection.reason()),
             Duration::ZERO,
@@ -292,11 +294,14 @@ async fn pipeline<'p>(
     };
     let mut added = forward::request_headers(&mut parts.headers, &client, upgrade);
     let principal = identified.ok().flatten();
-    proxy
-        .identity
-        .forward_headers(&mut parts.headers, principal.as_deref(), |name, value| {
+    proxy.identity.forward_headers(
+        &mut parts.headers,
+        principal.as_deref(),
+        client_cert,
+        |name, value| {
             added.set(name, value);
-        });
+        },
+    );
     added.set(X_REQUEST_ID, request_id.clone());
     // SECURITY: a MOVE or COPY writes to exactly the destination that was decided on.
     if let Some(destination) = destination {
@@ -347,6 +352,7 @@ fn decide(
     parts: &http::request::Parts,
     admitted: &Admitted<'_, '_>,
     principal: Option<&Principal>,
+    client_cert: Option<&ClientCertificate>,
 ) -> (Decision, Duration) {
     let started = Instant::now();
     let decision = admit::evaluate(
@@ -355,6 +361,7 @@ fn decide(
         &parts.headers,
         admitted,
         principal,
+        client_cert,
     );
     let took = started.elapsed();
     proxy.metrics.decision_duration.observe(took.as_secs_f64());

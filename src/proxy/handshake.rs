@@ -14,6 +14,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 
 use super::respond;
+use crate::policy::ClientCertificate;
 use crate::tls::{ALPN_H2, ALPN_HTTP1};
 
 /// The first byte of a TLS record that carries a handshake message (RFC 8446 §5.1).
@@ -36,6 +37,8 @@ pub struct TlsInfo {
     /// The protocol chosen by ALPN; `None` when the client offered none (HTTP/1.1, or
     /// HTTP/2 with prior knowledge).
     pub alpn: Option<Alpn>,
+    /// The client's certificate, verified against the listener's `client_ca`.
+    pub client_cert: Option<ClientCertificate>,
 }
 
 /// Why a handshake failed: the `reason` label of `portcullis_tls_handshake_errors_total`.
@@ -159,12 +162,20 @@ pub async fn accept(
         .accept(stream)
         .await
         .map_err(|err| Failure::of(&err, client_version))?;
-    let alpn = match stream.get_ref().1.alpn_protocol() {
+    let session = stream.get_ref().1;
+    let alpn = match session.alpn_protocol() {
         Some(ALPN_H2) => Some(Alpn::H2),
         Some(ALPN_HTTP1) => Some(Alpn::Http1),
         _ => None,
     };
-    Ok((stream, TlsInfo { alpn }))
+    // Only a verified certificate reaches here. One that verified but cannot be read
+    // (which webpki would not pass) counts as none: mtls conditions then fail closed.
+    let client_cert = session
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+        .and_then(|leaf| crate::tls::certificate_facts(leaf).ok())
+        .map(|facts| facts.holder);
+    Ok((stream, TlsInfo { alpn, client_cert }))
 }
 
 /// The most of a plain HTTP request read before answering it.

@@ -11,7 +11,7 @@ use super::respond::ProxyError;
 use crate::config::cases::Actual;
 use crate::config::{Config, RouteId};
 use crate::identity::Identity;
-use crate::policy::{Decision, Principal};
+use crate::policy::{ClientCertificate, Decision, Principal};
 use crate::telemetry::Metrics;
 
 /// Who the synthetic request comes from.
@@ -142,7 +142,11 @@ pub fn identity(config: &Config) -> Identity {
 /// Decides `method url` from `peer` with `headers`, as the gateway running `config` would.
 /// A URL without a host is sent without one (as HTTP/1.0 may). Credentials among the
 /// headers are verified as live with `identity` (see [`identity`]), unless `caller` says
-/// otherwise.
+/// otherwise. `client_cert` is the certificate the connection would have shown.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one per fact of the synthetic request"
+)]
 pub fn decide(
     config: &Config,
     identity: &Identity,
@@ -151,6 +155,7 @@ pub fn decide(
     peer: IpAddr,
     headers: &[(String, String)],
     caller: &Caller,
+    client_cert: Option<&ClientCertificate>,
 ) -> Offline {
     let refused = |client_ip: IpAddr, route: Option<RouteId>, err: ProxyError| Offline {
         route,
@@ -222,7 +227,9 @@ pub fn decide(
     let verified = match caller {
         Caller::Simulated(principal) => Ok(Some(std::sync::Arc::new(principal.clone()))),
         Caller::Token(token) => identity.verify_token(token).map(Some),
-        Caller::FromRequest => identity.authenticate(&parts.headers, parts.uri.query()),
+        Caller::FromRequest => identity
+            .authenticate(&parts.headers, parts.uri.query())
+            .map(|principal| principal.or_else(|| identity.identify_certificate(client_cert?))),
     };
     let mut headers = parts.headers.clone();
     identity.strip_client_claims(&mut headers);
@@ -250,6 +257,7 @@ pub fn decide(
         &headers,
         &admitted,
         principal.as_deref(),
+        client_cert,
     );
     Offline {
         route: Some(route.id.clone()),

@@ -341,6 +341,12 @@ pub fn hint(reason: &Reason) -> String {
         Reason::TenantMismatch { .. } => {
             "This resource belongs to another tenant or owner.".to_owned()
         }
+        Reason::MtlsRequired {
+            presented: None, ..
+        } => "This request needs a client certificate: connect with one over TLS.".to_owned(),
+        Reason::MtlsRequired {
+            presented: Some(_), ..
+        } => "The client certificate sent is not one accepted for this request.".to_owned(),
     }
 }
 

@@ -636,6 +636,7 @@ async fn explain_gives_every_attempt_the_live_verdict() {
                 "127.0.0.1".parse().unwrap(),
                 &headers,
                 &Caller::FromRequest,
+                None,
             );
             let (status, reason) = match &explained.verdict {
                 Verdict::Refused { status, reason, .. } => (*status, (*reason).to_owned()),
@@ -692,6 +693,7 @@ async fn explain_drops_the_fields_connection_names_as_the_gateway_does() {
         "127.0.0.1".parse().unwrap(),
         &headers,
         &Caller::FromRequest,
+        None,
     );
     let Verdict::Decided(decision) = explained.verdict else {
         panic!("decided");

@@ -698,6 +698,7 @@ async fn a_move_or_copy_is_decided_at_its_destination_too() {
         "192.0.2.1".parse().unwrap(),
         &[("Destination".to_owned(), "/public/../admin/x".to_owned())],
         &portcullis::proxy::offline::Caller::FromRequest,
+        None,
     );
     assert_eq!(explained.actual().decision, "deny");
 }

@@ -394,3 +394,75 @@ fn a_secret_file_mints_hmac_tokens_the_gateway_accepts() {
     assert_eq!(answer["decision"], "allow", "{answer}");
     assert_eq!(answer["rule"], "partners", "{answer}");
 }
+
+#[test]
+fn explain_and_cases_take_a_client_certificate_or_its_facts() {
+    let scratch = Scratch::new();
+    scratch.write(
+        "policy.yaml",
+        "rules:\n  - { id: billing-api, effect: allow, when: { mtls: { spiffe_ids: [\"spiffe://example.org/ns/billing/*\"] } } }\n",
+    );
+    let config = scratch.write(
+        "gw.yaml",
+        "upstreams: { app: { targets: [\"builtin:echo\"] } }\nroutes: [{ id: main, upstream: app }]\npolicy: { files: [policy.yaml] }\n",
+    );
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.subject_alt_names.push(rcgen::SanType::URI(
+        rcgen::string::Ia5String::try_from("spiffe://example.org/ns/billing/sa/api").unwrap(),
+    ));
+    let cert = scratch.write("billing.pem", &params.self_signed(&key).unwrap().pem());
+    let config = config.to_str().unwrap();
+    let explain = |extra: &[&str]| {
+        let mut args = vec!["explain", "-c", config, "--json", "--url", "/invoices"];
+        args.extend(extra);
+        let (code, stdout, stderr) = run(&args);
+        assert_eq!(code, Some(0), "{stderr}");
+        let answer: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+        (answer["decision"].clone(), answer["reason"].clone())
+    };
+    let allowed = (serde_json::json!("allow"), serde_json::json!("allowed"));
+    assert_eq!(explain(&["--cert", cert.to_str().unwrap()]), allowed);
+    assert_eq!(
+        explain(&["--cert-as", "uri=spiffe://example.org/ns/billing/sa/api"]),
+        allowed
+    );
+    let refused = (
+        serde_json::json!("deny"),
+        serde_json::json!("mtls_required"),
+    );
+    assert_eq!(
+        explain(&["--cert-as", "uri=spiffe://example.org/ns/web/sa/x"]),
+        refused
+    );
+    assert_eq!(explain(&[]), refused);
+    let (code, _, stderr) = run(&[
+        "explain",
+        "-c",
+        config,
+        "--url",
+        "/",
+        "--cert-as",
+        "colour=red",
+    ]);
+    assert_eq!(code, Some(2));
+    assert!(stderr.contains("unknown key \"colour\""), "{stderr}");
+
+    let cases = scratch.write(
+        "cases.yaml",
+        "cases:
+  - name: the billing workload's certificate
+    request: { url: /invoices, client_cert: file=billing.pem }
+    expect: { decision: allow, rule: billing-api }
+  - name: its facts
+    request: { url: /invoices, client_cert: \"uri=spiffe://example.org/ns/billing/sa/api\" }
+    expect: { decision: allow }
+  - name: no certificate
+    request: { url: /invoices }
+    expect: { decision: deny, reason: mtls_required }
+",
+    );
+    let (code, stdout, stderr) = run(&["test", "-c", config, cases.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert!(stdout.ends_with("3 passed, 0 failed\n"), "{stdout}");
+}

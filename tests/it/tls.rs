@@ -699,3 +699,144 @@ async fn client_certificates_are_asked_for_and_verified_against_client_ca() {
         1.0
     );
 }
+
+/// A client certificate from `pki` with a SPIFFE ID, a DNS name and a common name.
+fn workload(pki: &Pki, spiffe_id: &str, common_name: &str) -> Issued {
+    pki.issue_with(&[], |params| {
+        params.subject_alt_names.push(rcgen::SanType::URI(
+            rcgen::string::Ia5String::try_from(spiffe_id).unwrap(),
+        ));
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, common_name);
+    })
+}
+
+/// An HTTP/1.1 GET over a fresh TLS connection from `connector`, with `headers`.
+async fn get_with(
+    gw: &TestGateway,
+    connector: &tokio_rustls::TlsConnector,
+    path: &str,
+    headers: &str,
+) -> String {
+    let mut stream = connect(gw, connector, "gw.test").await;
+    let request =
+        format!("GET {path} HTTP/1.1\r\nHost: gw.test\r\n{headers}Connection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer))
+        .await
+        .expect("the answer ends")
+        .ok();
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+#[tokio::test]
+async fn mtls_rules_and_certificate_callers_decide_and_the_upstream_hears_the_certificate() {
+    let pki = Pki::new("test CA");
+    let clients = Pki::new("workloads CA");
+    let server = pki.issue(&["gw.test"]);
+    let billing = workload(
+        &clients,
+        "spiffe://example.org/ns/billing/sa/api",
+        "billing",
+    );
+    let web = workload(&clients, "spiffe://example.org/ns/web/sa/frontend", "web");
+    let up = TestUpstream::start("app").await;
+    let scratch = Scratch::new();
+    for (name, text) in [
+        ("server.pem", server.cert_pem.as_str()),
+        ("server.key", server.key_pem.as_str()),
+        ("clients.pem", clients.ca.pem().as_str()),
+    ] {
+        scratch.write(name, text);
+    }
+    scratch.write(
+        "policy.yaml",
+        "rules:
+  - id: billing-api
+    effect: allow
+    match: { paths: [\"/billing/**\"] }
+    when: { mtls: { spiffe_ids: [\"spiffe://example.org/ns/billing/*\"] } }
+  - id: services
+    effect: allow
+    match: { paths: [\"/internal/**\"] }
+    when: { roles: { any: [service] } }
+",
+    );
+    let yaml = config(&[up.url()], "").replace(
+        "listen: [{ addr: 127.0.0.1:0 }]",
+        "listen: [{ addr: 127.0.0.1:0, tls: { cert: server.pem, key: server.key, client_ca: clients.pem } }]",
+    );
+    let identity = "identity:
+  client_certs:
+    - match: { subjects: [billing] }
+      subject: billing-service
+      roles: [service]
+";
+    let path = scratch.write(
+        "gw.yaml",
+        &format!("{yaml}{identity}policy: {{ files: [policy.yaml], watch: false }}\n"),
+    );
+    let gw = TestGateway::from_file(&path, scratch).await;
+    let as_billing = connector_with_cert(&pki, &billing);
+    let as_web = connector_with_cert(&pki, &web);
+
+    let forged = "X-Forwarded-Client-Cert: Hash=00;URI=spiffe://example.org/ns/billing/sa/api\r\nX-Auth-Subject: root\r\n";
+    let answer = get_with(&gw, &as_billing, "/billing/invoices", forged).await;
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+    let seen = up.seen();
+    let forwarded = seen[0].one("x-forwarded-client-cert").unwrap();
+    let fingerprint = {
+        use sha2::Digest as _;
+        sha2::Sha256::digest(billing.der.as_ref())
+            .iter()
+            .map(|byte| format!("{byte:02x}"))
+            .collect::<String>()
+    };
+    assert_eq!(
+        forwarded,
+        format!(
+            "Hash={fingerprint};Subject=\"CN=billing\";URI=spiffe://example.org/ns/billing/sa/api"
+        )
+    );
+    assert_eq!(seen[0].one("x-auth-subject"), Some("billing-service"));
+    assert_eq!(seen[0].one("x-auth-roles"), Some("service"));
+
+    // Another workload's certificate, and none at all: 403 mtls_required.
+    for (connector, what) in [
+        (&as_web, "another workload"),
+        (&connector_http1(&pki), "no certificate"),
+    ] {
+        let answer = get_with(&gw, connector, "/billing/invoices", "").await;
+        assert!(
+            answer.starts_with("HTTP/1.1 403 Forbidden\r\n"),
+            "{what}: {answer}"
+        );
+        assert!(
+            answer.contains("\r\nx-portcullis-reason: mtls_required\r\n"),
+            "{what}: {answer}"
+        );
+        assert!(answer.contains("client certificate"), "{what}: {answer}");
+    }
+    // A certificate caller's roles work as a token's do; the web workload has none.
+    assert!(
+        get_with(&gw, &as_billing, "/internal/x", "")
+            .await
+            .starts_with("HTTP/1.1 200 OK\r\n")
+    );
+    let answer = get_with(&gw, &as_web, "/internal/x", "").await;
+    assert!(
+        answer.starts_with("HTTP/1.1 401 Unauthorized\r\n"),
+        "{answer}"
+    );
+    assert_eq!(up.seen().len(), 2, "no denied request reached the upstream");
+    let metrics = gw.metrics().await;
+    assert_eq!(
+        metric(
+            &metrics,
+            "portcullis_requests_total{decision=\"deny\",reason=\"mtls_required\",route=\"main\"}"
+        ),
+        2.0
+    );
+}

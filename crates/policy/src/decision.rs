@@ -196,6 +196,14 @@ pub enum Reason {
         /// The caller's scopes.
         present: Vec<String>,
     },
+    /// The closest rule needs a client certificate it accepts, and the connection showed
+    /// none, or another one.
+    MtlsRequired {
+        /// How the certificate shown names its holder, if one was shown.
+        presented: Option<String>,
+        /// The certificates the rule accepts, for operators.
+        accepted: String,
+    },
     /// A claim of the caller (such as its tenant) does not match the resource.
     TenantMismatch {
         /// The claim's name.
@@ -225,6 +233,7 @@ impl Reason {
             Reason::MissingRole { .. } => "missing_role",
             Reason::MissingScope { .. } => "missing_scope",
             Reason::TenantMismatch { .. } => "tenant_mismatch",
+            Reason::MtlsRequired { .. } => "mtls_required",
         }
     }
 
@@ -310,6 +319,17 @@ impl Reason {
                 expected,
                 found,
             } => write!(f, "claim {claim} must be {expected}; it is {found}"),
+            Reason::MtlsRequired {
+                presented: None,
+                accepted,
+            } => write!(
+                f,
+                "requires a client certificate ({accepted}); none was shown"
+            ),
+            Reason::MtlsRequired {
+                presented: Some(presented),
+                accepted,
+            } => write!(f, "client certificate {presented} is not one of {accepted}"),
         }
     }
 }

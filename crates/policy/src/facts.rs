@@ -3,6 +3,7 @@
 
 use std::net::IpAddr;
 
+use super::mtls::ClientCertificate;
 use super::principal::Principal;
 
 /// One request, as the policy sees it.
@@ -22,6 +23,8 @@ pub struct RequestFacts<'a> {
     pub headers: &'a [(&'a str, &'a str)],
     /// The identified caller, or `None` for an anonymous request.
     pub principal: Option<&'a Principal>,
+    /// The client certificate verified in the TLS handshake, if any.
+    pub client_cert: Option<&'a ClientCertificate>,
 }
 
 impl RequestFacts<'_> {

@@ -19,6 +19,7 @@ mod decision;
 mod facts;
 mod headers;
 mod index;
+mod mtls;
 mod network;
 mod principal;
 mod roles;
@@ -31,6 +32,7 @@ pub use decision::{
 };
 pub use facts::RequestFacts;
 pub use headers::{HeaderCondition, ValuePattern};
+pub use mtls::{ClientCertificate, MtlsCondition, SpiffePattern, parse_fingerprint};
 pub use network::{NetSet, Networks};
 pub use principal::{ClaimValue, Principal};
 pub use roles::{RoleGraph, RolesCondition};

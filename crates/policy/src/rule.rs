@@ -7,6 +7,7 @@ use super::claims::ClaimsCondition;
 use super::decision::{Effect, Mode, Outcome, Reason, RuleId};
 use super::facts::RequestFacts;
 use super::headers::HeaderCondition;
+use super::mtls::MtlsCondition;
 use super::network::Networks;
 use super::roles::RolesCondition;
 use super::scopes::ScopesCondition;
@@ -135,6 +136,8 @@ pub enum Condition {
     NotIp(Networks),
     /// The request must carry this header with an accepted value.
     Header(HeaderCondition),
+    /// The connection must have shown a verified client certificate this accepts.
+    Mtls(MtlsCondition),
 }
 
 impl Condition {
@@ -177,6 +180,7 @@ impl Condition {
             Condition::Ip(networks) => networks.contains(facts.client_ip),
             Condition::NotIp(networks) => !networks.contains(facts.client_ip),
             Condition::Header(header) => header.holds(facts, captures),
+            Condition::Mtls(mtls) => facts.client_cert.is_some_and(|cert| mtls.accepts(cert)),
             _ => true,
         };
         if holds {
@@ -193,6 +197,10 @@ impl Condition {
             },
             Condition::Header(header) => Reason::NoMatchingAllow {
                 unmet: Some(header.describe()),
+            },
+            Condition::Mtls(mtls) => Reason::MtlsRequired {
+                presented: facts.client_cert.map(|cert| cert.name().to_owned()),
+                accepted: mtls.describe(),
             },
             _ => return None,
         })

@@ -98,6 +98,15 @@ impl RuleSpec {
         }));
         self
     }
+    fn mtls(mut self, spiffe_ids: &[&str]) -> Self {
+        self.0.when.push(Condition::Mtls(MtlsCondition {
+            spiffe_ids: (spiffe_ids.iter())
+                .map(|id| SpiffePattern::parse(id).unwrap())
+                .collect(),
+            ..MtlsCondition::default()
+        }));
+        self
+    }
     fn authenticated(mut self) -> Self {
         self.0.when.push(Condition::Authenticated);
         self
@@ -115,6 +124,7 @@ struct Req {
     ip: IpAddr,
     headers: Vec<(&'static str, &'static str)>,
     principal: Option<Principal>,
+    client_cert: Option<ClientCertificate>,
 }
 
 fn req(method: &'static str, path: &'static str) -> Req {
@@ -125,6 +135,7 @@ fn req(method: &'static str, path: &'static str) -> Req {
         ip: "192.0.2.1".parse().unwrap(),
         headers: Vec::new(),
         principal: None,
+        client_cert: None,
     }
 }
 
@@ -135,6 +146,14 @@ impl Req {
     }
     fn host(mut self, host: Option<&'static str>) -> Self {
         self.host = host;
+        self
+    }
+    fn with_cert(mut self, spiffe_id: &str) -> Self {
+        self.client_cert = Some(ClientCertificate {
+            uris: vec![spiffe_id.to_owned()],
+            fingerprint: "00".repeat(32),
+            ..ClientCertificate::default()
+        });
         self
     }
     fn header(mut self, name: &'static str, value: &'static str) -> Self {
@@ -169,6 +188,7 @@ fn decide(rules: Vec<RuleSpec>, req: &Req) -> Decision {
         client_ip: req.ip,
         headers: &req.headers,
         principal: req.principal.as_ref(),
+        client_cert: req.client_cert.as_ref(),
     };
     set.evaluate(&facts)
 }
@@ -821,4 +841,47 @@ fn a_not_ip_condition_reads_with_its_not_and_its_labels_are_shared() {
     let office = set("@office");
     assert_eq!(office.negated_label(), "not @office");
     assert!(std::ptr::eq(office.label(), set("@office").label()));
+}
+
+#[test]
+fn client_certificates() {
+    let rules = || {
+        vec![
+            allow("billing-api")
+                .paths(&["/billing/**"])
+                .mtls(&["spiffe://example.org/ns/billing/*"]),
+            deny("quarantined")
+                .paths(&["/**"])
+                .mtls(&["spiffe://example.org/ns/quarantine/*"]),
+        ]
+    };
+    check(
+        rules(),
+        req("GET", "/billing/x").with_cert("spiffe://example.org/ns/billing/sa/api"),
+        (ALLOW, Some("billing-api"), "allowed"),
+    );
+    let missing = check(
+        rules(),
+        req("GET", "/billing/x"),
+        (DENY, Some("billing-api"), "mtls_required"),
+    );
+    assert_eq!(
+        missing.reason.to_string(),
+        "requires a client certificate (spiffe://example.org/ns/billing/*); none was shown"
+    );
+    let other = check(
+        rules(),
+        req("GET", "/billing/x").with_cert("spiffe://example.org/ns/web/sa/frontend"),
+        (DENY, Some("billing-api"), "mtls_required"),
+    );
+    assert_eq!(
+        other.reason.to_string(),
+        "client certificate spiffe://example.org/ns/web/sa/frontend is not one of spiffe://example.org/ns/billing/*"
+    );
+    assert!(!other.reason.is_authentication());
+    check(
+        rules(),
+        req("GET", "/billing/x").with_cert("spiffe://example.org/ns/quarantine/sa/x"),
+        (DENY, Some("quarantined"), "explicit_deny"),
+    );
 }
