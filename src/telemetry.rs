@@ -111,6 +111,8 @@ pub enum UpstreamErrorKind {
     Timeout,
     /// The connection broke or the upstream spoke invalid HTTP.
     Protocol,
+    /// The TLS handshake with an https target failed (its certificate did not verify).
+    Tls,
 }
 
 impl UpstreamErrorKind {
@@ -120,6 +122,7 @@ impl UpstreamErrorKind {
             UpstreamErrorKind::Connect => "connect",
             UpstreamErrorKind::Timeout => "timeout",
             UpstreamErrorKind::Protocol => "protocol",
+            UpstreamErrorKind::Tls => "tls",
         }
     }
 }

@@ -23,6 +23,38 @@ pub const ALPN_HTTP1: &[u8] = b"http/1.1";
 pub fn client_config(
     roots: Option<&[CertificateDer<'static>]>,
 ) -> Result<Arc<rustls::ClientConfig>, String> {
+    upstream_client_config(roots, None, false)
+}
+
+/// The client setup for an upstream's https targets: certificates verified against
+/// `roots` (the system's when `None`), or not at all when `insecure`; `client_auth`
+/// shown to targets that ask for a certificate. Sessions are resumed: the setup keeps a
+/// cache of them, which every connection made with it shares.
+pub fn upstream_client_config(
+    roots: Option<&[CertificateDer<'static>]>,
+    client_auth: Option<Arc<CertifiedKey>>,
+    insecure: bool,
+) -> Result<Arc<rustls::ClientConfig>, String> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
+        .with_safe_default_protocol_versions()
+        .map_err(|err| format!("cannot set up TLS: {err}"))?;
+    let builder = if insecure {
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate(provider)))
+    } else {
+        builder.with_root_certificates(root_store(roots)?)
+    };
+    let mut config = match client_auth {
+        Some(key) => builder.with_client_cert_resolver(Arc::new(ShowCertificate(key))),
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![ALPN_HTTP1.to_vec()];
+    Ok(Arc::new(config))
+}
+
+fn root_store(roots: Option<&[CertificateDer<'static>]>) -> Result<rustls::RootCertStore, String> {
     let mut store = rustls::RootCertStore::empty();
     match roots {
         Some(roots) => {
@@ -43,14 +75,102 @@ pub fn client_config(
             }
         }
     }
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|err| format!("cannot set up TLS: {err}"))?
-        .with_root_certificates(store)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
+    Ok(store)
+}
+
+/// The one client certificate an upstream setup shows.
+#[derive(Debug)]
+struct ShowCertificate(Arc<CertifiedKey>);
+
+impl rustls::client::ResolvesClientCert for ShowCertificate {
+    fn resolve(
+        &self,
+        _issuers: &[&[u8]],
+        _schemes: &[rustls::SignatureScheme],
+    ) -> Option<Arc<CertifiedKey>> {
+        Some(Arc::clone(&self.0))
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+/// `insecure_skip_verify`: any certificate chain is accepted, for any name. The
+/// handshake's signatures are still checked, so the peer holds the key of the
+/// certificate it showed; who that peer is, nothing says.
+#[derive(Debug)]
+struct AcceptAnyCertificate(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AcceptAnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        signature: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            signature,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        signature: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            signature,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// Why a TLS handshake with an upstream failed, in a few words (`unknown CA`, `name
+/// mismatch`, `certificate expired`), when `err` is such a failure (tokio-rustls reports
+/// them as I/O errors).
+pub fn upstream_failure(err: &std::io::Error) -> Option<&'static str> {
+    use rustls::CertificateError;
+    let tls = err.get_ref()?.downcast_ref::<rustls::Error>()?;
+    Some(match tls {
+        rustls::Error::InvalidCertificate(certificate) => match certificate {
+            CertificateError::UnknownIssuer => "unknown CA",
+            CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. } => {
+                "name mismatch"
+            }
+            CertificateError::Expired | CertificateError::ExpiredContext { .. } => {
+                "certificate expired"
+            }
+            CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
+                "certificate not yet valid"
+            }
+            CertificateError::Revoked => "certificate revoked",
+            _ => "invalid certificate",
+        },
+        rustls::Error::AlertReceived(_) => "handshake refused by the upstream",
+        _ => "TLS handshake failed",
+    })
 }
 
 /// The certificates in a PEM file.

@@ -20,12 +20,13 @@ use super::model::{
 };
 use super::model::{
     ClientCertIdentity, DecisionSink, ListenerTls, LogSettings, OnFull, ServedCertificate,
+    UpstreamTls,
 };
 use super::policy::{self, PolicySummary};
 use super::raw::{
     RawApiKey, RawApiKeyFile, RawClientCert, RawConfig, RawDenials, RawDetail, RawForwardedHeader,
     RawIdentity, RawJwt, RawLimits, RawListenTls, RawLog, RawOnFull, RawRoute, RawSecret,
-    RawUpstream,
+    RawUpstream, RawUpstreamTls,
 };
 use super::source::{Source, key_segment};
 use super::units::{format_size, parse_duration, parse_size};
@@ -162,7 +163,7 @@ pub fn build(path: &Path, text: &str, raw: RawConfig) -> Result<Config, ConfigEr
         builder.error("upstreams", "at least one upstream is required");
     }
     for (name, upstream) in &raw.upstreams {
-        if let Some(settings) = build_upstream(&mut builder, name, upstream) {
+        if let Some(settings) = build_upstream(&mut builder, name, upstream, base_dir) {
             upstreams.push(settings);
         }
     }
@@ -1130,6 +1131,7 @@ fn build_upstream(
     builder: &mut Builder,
     name: &str,
     raw: &RawUpstream,
+    base_dir: &Path,
 ) -> Option<UpstreamSettings> {
     let base = format!("upstreams.{}", key_segment(name));
     let name_ok = builder
@@ -1155,6 +1157,25 @@ fn build_upstream(
         builder.duration(&format!("{base}.failure_cooldown"), &raw.failure_cooldown);
     let keepalive_timeout =
         builder.duration(&format!("{base}.keepalive_timeout"), &raw.keepalive_timeout);
+    let https = targets
+        .iter()
+        .any(|target| matches!(target, Target::Https(_)));
+    let tls = match (&raw.tls, https) {
+        (Some(_), false) if targets.len() == raw.targets.len() => {
+            builder.error(
+                &format!("{base}.tls"),
+                "tls is for https targets, and this upstream has none; remove it, or use https:// targets",
+            );
+            None
+        }
+        (raw_tls, true) => Some(build_upstream_tls(
+            builder,
+            &format!("{base}.tls"),
+            raw_tls.as_ref(),
+            base_dir,
+        )),
+        _ => None,
+    };
     if !name_ok || targets.len() != raw.targets.len() {
         return None;
     }
@@ -1165,6 +1186,102 @@ fn build_upstream(
         timeout: timeout?,
         failure_cooldown: failure_cooldown?,
         keepalive_timeout: keepalive_timeout?,
+        tls: match tls {
+            Some(tls) => Some(tls?),
+            None => None,
+        },
+    })
+}
+
+/// The TLS setup for an upstream's https targets (`base` is `upstreams.NAME.tls`, which
+/// may be absent: the system's CAs, no client certificate).
+fn build_upstream_tls(
+    builder: &mut Builder,
+    base: &str,
+    raw: Option<&RawUpstreamTls>,
+    base_dir: &Path,
+) -> Option<UpstreamTls> {
+    let errors_before = builder.errors.len();
+    let default = RawUpstreamTls {
+        ca: None,
+        server_name: None,
+        cert: None,
+        key: None,
+        insecure_skip_verify: false,
+    };
+    let raw = raw.unwrap_or(&default);
+    let roots = raw.ca.as_ref().and_then(|file| {
+        builder.typed(
+            &format!("{base}.ca"),
+            crate::tls::read_certificates(&base_dir.join(file)),
+        )
+    });
+    let server_name = raw.server_name.as_ref().and_then(|name| {
+        builder.typed(
+            &format!("{base}.server_name"),
+            rustls::pki_types::ServerName::try_from(name.clone())
+                .map_err(|_| format!("\"{name}\" is not a DNS name or an IP address")),
+        )
+    });
+    let client_auth = match (&raw.cert, &raw.key) {
+        (Some(cert), Some(key)) => {
+            let cert_path = base_dir.join(cert);
+            let key_path = base_dir.join(key);
+            let chain = builder.typed(
+                &format!("{base}.cert"),
+                crate::tls::read_certificates(&cert_path),
+            );
+            let private_key = builder.typed(
+                &format!("{base}.key"),
+                crate::tls::read_private_key(&key_path),
+            );
+            match (chain, private_key) {
+                (Some(chain), Some(private_key)) => builder.typed(
+                    &format!("{base}.key"),
+                    crate::tls::certified_key(chain, private_key).map_err(|err| {
+                        format!(
+                            "\"{}\" and \"{}\": {err}",
+                            key_path.display(),
+                            cert_path.display()
+                        )
+                    }),
+                ),
+                _ => None,
+            }
+        }
+        (Some(_), None) => {
+            builder.error(
+                &format!("{base}.cert"),
+                "a certificate needs its private key: add key",
+            );
+            None
+        }
+        (None, Some(_)) => {
+            builder.error(
+                &format!("{base}.key"),
+                "a private key needs its certificate: add cert",
+            );
+            None
+        }
+        (None, None) => None,
+    };
+    if raw.insecure_skip_verify && raw.ca.is_some() {
+        builder.error(
+            &format!("{base}.insecure_skip_verify"),
+            "ca names the CAs to verify against, and insecure_skip_verify turns verification off; keep one",
+        );
+    }
+    if builder.errors.len() > errors_before {
+        return None;
+    }
+    let client = builder.typed(
+        base,
+        crate::tls::upstream_client_config(roots.as_deref(), client_auth, raw.insecure_skip_verify),
+    )?;
+    Some(UpstreamTls {
+        client,
+        server_name,
+        insecure: raw.insecure_skip_verify,
     })
 }
 
@@ -1395,19 +1512,15 @@ fn parse_target(text: &str) -> Result<Target, String> {
     let uri: http::Uri = text
         .parse()
         .map_err(|_| format!("\"{text}\" is not a target URL such as \"http://127.0.0.1:8081\""))?;
-    match uri.scheme_str() {
-        Some("http") => {}
-        Some("https") => {
-            return Err(format!(
-                "\"{text}\": https targets are not supported by this version; use http:// or put a TLS sidecar in front of the upstream"
-            ));
-        }
+    let (https, default_port) = match uri.scheme_str() {
+        Some("http") => (false, 80),
+        Some("https") => (true, 443),
         _ => {
             return Err(format!(
-                "\"{text}\" must start with http:// (or be builtin:echo)"
+                "\"{text}\" must start with http:// or https:// (or be builtin:echo)"
             ));
         }
-    }
+    };
     let authority = uri
         .authority()
         .ok_or_else(|| format!("\"{text}\" has no host"))?;
@@ -1419,13 +1532,18 @@ fn parse_target(text: &str) -> Result<Target, String> {
             "\"{text}\" must not have a path: routes forward the request path unchanged"
         ));
     }
-    if authority.port().is_some() {
-        return Ok(Target::Http(authority.clone()));
-    }
-    format!("{}:80", authority.host())
-        .parse()
-        .map(Target::Http)
-        .map_err(|_| format!("\"{text}\" has an invalid host"))
+    let authority = if authority.port().is_some() {
+        authority.clone()
+    } else {
+        format!("{}:{default_port}", authority.host())
+            .parse()
+            .map_err(|_| format!("\"{text}\" has an invalid host"))?
+    };
+    Ok(if https {
+        Target::Https(authority)
+    } else {
+        Target::Http(authority)
+    })
 }
 
 /// `api.example.com` or `*.example.com`; lower-cased, no port.
@@ -1486,10 +1604,13 @@ mod tests {
             parse_target("http://app.internal"),
             Ok(Target::Http("app.internal:80".parse().unwrap()))
         );
-        assert!(
-            parse_target("https://a:1")
-                .unwrap_err()
-                .contains("https targets")
+        assert_eq!(
+            parse_target("https://a:1"),
+            Ok(Target::Https("a:1".parse().unwrap()))
+        );
+        assert_eq!(
+            parse_target("https://api.internal"),
+            Ok(Target::Https("api.internal:443".parse().unwrap()))
         );
         assert!(
             parse_target("http://a:1/base")

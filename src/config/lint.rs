@@ -47,6 +47,17 @@ pub fn warnings(config: &Config, source: &Source) -> Vec<ConfigError> {
             ));
         }
     }
+    for upstream in &config.upstreams {
+        if upstream.tls.as_ref().is_some_and(|tls| tls.insecure) {
+            let yaml_path = format!("upstreams.{}.tls.insecure_skip_verify", upstream.name.0);
+            warnings.push(ConfigError::at(
+                source.path(),
+                source.locate(&yaml_path),
+                &yaml_path,
+                "the https targets' certificates are not verified: anyone on the path can read and change this traffic; name their CA in tls.ca instead",
+            ));
+        }
+    }
     let rules = config.policy.rules();
     let trusted = NetSet::new(config.trusted_proxies.iter().copied());
     for (rule, origin) in rules.iter().zip(&config.policy_summary.rule_origins) {

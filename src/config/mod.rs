@@ -28,7 +28,7 @@ pub use model::{
     DecisionSink, DenialSettings, Detail, ForwardHeaderNames, ForwardedHeader, HostPattern,
     IdentitySettings, JwtSettings, KeySource, Limits, ListenerSettings, ListenerTls, LogSettings,
     OnFull, RemoteKeys, RouteId, RouteSettings, Secret, ServedCertificate, Target, TokenSource,
-    UpstreamName, UpstreamSettings,
+    UpstreamName, UpstreamSettings, UpstreamTls,
 };
 pub use policy::{PolicySummary, compile as compile_policy, parse_list_file, wildcard_match};
 pub use raw::DEFAULT_ADMIN_ADDR;

@@ -349,6 +349,20 @@ pub struct UpstreamSettings {
     pub failure_cooldown: Duration,
     /// How long an unused connection to a target is kept for reuse.
     pub keepalive_timeout: Duration,
+    /// TLS to its https targets; `Some` when it has one.
+    pub tls: Option<UpstreamTls>,
+}
+
+/// TLS to an upstream's https targets, ready to connect with.
+#[derive(Debug, Clone)]
+pub struct UpstreamTls {
+    /// The rustls client setup: trusted CAs, the client certificate, the session cache
+    /// that resumes sessions (shared by every worker).
+    pub client: Arc<rustls::ClientConfig>,
+    /// The name sent and checked instead of each target's host.
+    pub server_name: Option<rustls::pki_types::ServerName<'static>>,
+    /// Certificates are not verified (`insecure_skip_verify`).
+    pub insecure: bool,
 }
 
 /// One server behind an upstream.
@@ -356,6 +370,8 @@ pub struct UpstreamSettings {
 pub enum Target {
     /// A plain-HTTP server at `host:port`.
     Http(http::uri::Authority),
+    /// An HTTPS server at `host:port`.
+    Https(http::uri::Authority),
     /// The built-in echo server, which answers with the request it saw as JSON.
     Echo,
 }
@@ -364,6 +380,7 @@ impl fmt::Display for Target {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Target::Http(authority) => write!(f, "http://{authority}"),
+            Target::Https(authority) => write!(f, "https://{authority}"),
             Target::Echo => f.write_str("builtin:echo"),
         }
     }

@@ -461,7 +461,7 @@ pub enum RawForwardedHeader {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawUpstream {
-    /// http://host:port servers (round robin), or builtin:echo.
+    /// http://host:port or https://host:port servers (round robin), or builtin:echo.
     pub targets: Vec<String>,
     /// How long to wait for a TCP connection to a target, e.g. "2s".
     #[serde(default = "default_connect_timeout")]
@@ -475,6 +475,28 @@ pub struct RawUpstream {
     /// How long an unused upstream connection is kept for reuse.
     #[serde(default = "default_keepalive_timeout")]
     pub keepalive_timeout: String,
+    /// How https targets are verified, and the client certificate shown to them.
+    #[serde(default, deserialize_with = "not_null")]
+    pub tls: Option<RawUpstreamTls>,
+}
+
+/// TLS to an upstream's https targets.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstreamTls {
+    /// PEM file of the CAs that sign the targets' certificates; default: the system's.
+    pub ca: Option<String>,
+    /// The name sent (SNI) and checked in the targets' certificates; default: the host
+    /// of each target.
+    pub server_name: Option<String>,
+    /// PEM certificate chain shown to targets that ask for one (upstream mTLS), with key.
+    pub cert: Option<String>,
+    /// PEM private key of cert.
+    pub key: Option<String>,
+    /// Accept any certificate from the targets. Only for tests: anyone on the path can
+    /// read and change the traffic. Logged as a warning at every load.
+    #[serde(default)]
+    pub insecure_skip_verify: bool,
 }
 
 fn default_connect_timeout() -> String {

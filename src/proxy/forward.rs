@@ -22,9 +22,9 @@ use super::client_http1::ClientBody;
 use super::echo;
 use super::h1;
 use super::h1::client::Added;
-use super::pool::{Exchanged, Pool, SendError, Switched};
+use super::pool::{Exchanged, Pool, PoolTls, SendError, Switched};
 use super::respond::ProxyError;
-use crate::config::{Target, UpstreamName, UpstreamSettings};
+use crate::config::{Target, UpstreamName, UpstreamSettings, UpstreamTls};
 use crate::telemetry::{Shard, UpstreamErrorKind};
 
 /// The error type of bodies on the data path.
@@ -41,6 +41,7 @@ pub struct Upstream {
     failure_cooldown: Duration,
     duration: Histogram,
     connect_errors: IntCounter,
+    tls_errors: IntCounter,
     timeout_errors: IntCounter,
 }
 
@@ -65,6 +66,28 @@ impl Health {
             down_until: settings.targets.iter().map(|_| AtomicU64::new(0)).collect(),
         })
     }
+}
+
+/// How a pool for the https target at `authority` connects: the upstream's setup, and
+/// `tls.server_name` or the target's host as the name sent and checked.
+fn pool_tls(tls: Option<&UpstreamTls>, authority: &http::uri::Authority) -> Option<PoolTls> {
+    let tls = tls?;
+    let server_name = match &tls.server_name {
+        Some(name) => name.clone(),
+        // Config checked the host; an IP address in brackets loses them to parse.
+        None => rustls::pki_types::ServerName::try_from(
+            authority
+                .host()
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_owned(),
+        )
+        .ok()?,
+    };
+    Some(PoolTls {
+        client: Arc::clone(&tls.client),
+        server_name,
+    })
 }
 
 /// What the upstream answered, and its connection when it switched protocols.
@@ -109,6 +132,14 @@ impl Upstream {
                     pool: match target {
                         Target::Http(authority) => Some(Pool::new(
                             authority.clone(),
+                            None,
+                            settings.connect_timeout,
+                            settings.keepalive_timeout,
+                            errors(UpstreamErrorKind::Protocol),
+                        )),
+                        Target::Https(authority) => Some(Pool::new(
+                            authority.clone(),
+                            pool_tls(settings.tls.as_ref(), authority),
                             settings.connect_timeout,
                             settings.keepalive_timeout,
                             errors(UpstreamErrorKind::Protocol),
@@ -123,6 +154,7 @@ impl Upstream {
             failure_cooldown: settings.failure_cooldown,
             duration: metrics.upstream_duration.with_label_values(&[name]),
             connect_errors: errors(UpstreamErrorKind::Connect),
+            tls_errors: errors(UpstreamErrorKind::Tls),
             timeout_errors: errors(UpstreamErrorKind::Timeout),
         }
     }
@@ -153,7 +185,7 @@ impl Upstream {
         };
         self.mark_down(first, &error);
         let Some(second) = self.pick(Some(first)) else {
-            return Err(self.unreachable(error.into()));
+            return Err(self.not_connected(first, error));
         };
         tracing::debug!(upstream = %self.name, target = %self.targets[second].target, "retrying on another target");
         match self.attempt(second, *request, added).await {
@@ -161,8 +193,21 @@ impl Upstream {
             Attempt::Failed(err) => Err(err),
             Attempt::ConnectFailed(error, _) => {
                 self.mark_down(second, &error);
-                Err(self.unreachable(error.into()))
+                Err(self.not_connected(second, error))
             }
+        }
+    }
+
+    /// The answer when no connection to target `index` could be made: a TLS handshake
+    /// that failed says why, anything else is unreachable.
+    fn not_connected(&self, index: usize, error: std::io::Error) -> ProxyError {
+        match crate::tls::upstream_failure(&error) {
+            Some(cause) => ProxyError::UpstreamTls {
+                upstream: self.name.to_string(),
+                target: self.targets[index].target.to_string(),
+                cause,
+            },
+            None => self.unreachable(error.into()),
         }
     }
 
@@ -201,10 +246,22 @@ impl Upstream {
                 })
             }
             Ok(Err(SendError::Connect(error, request))) => {
-                self.connect_errors.inc();
+                if crate::tls::upstream_failure(&error).is_some() {
+                    self.tls_errors.inc();
+                } else {
+                    self.connect_errors.inc();
+                }
                 Attempt::ConnectFailed(error, request)
             }
             Ok(Err(SendError::Failed(err))) => Attempt::Failed(self.unreachable(err)),
+            Ok(Err(SendError::Tls(cause))) => {
+                self.tls_errors.inc();
+                Attempt::Failed(ProxyError::UpstreamTls {
+                    upstream: self.name.to_string(),
+                    target: target.target.to_string(),
+                    cause,
+                })
+            }
             // SECURITY: the client's own faults are never counted against the upstream,
             // so that no anonymous client can fire the upstream's alerts.
             Ok(Err(SendError::Body(err))) => Attempt::Failed(match body_too_large(err.as_ref()) {

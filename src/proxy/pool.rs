@@ -45,6 +45,9 @@ pub enum SendError {
     /// Reading the client's body failed: it broke off, was malformed or passed the body
     /// limit. The client's fault, not the upstream's.
     Body(BoxError),
+    /// The upstream refused the TLS session after the handshake seemed done (TLS 1.3
+    /// refuses a client certificate then), or broke it: why, in a few words.
+    Tls(&'static str),
 }
 
 /// A response from the upstream, and the connection itself when it switched protocols.
@@ -55,14 +58,90 @@ pub struct Exchanged {
 
 /// An upstream connection after a `101 Switching Protocols`, for the tunnel.
 pub struct Switched {
-    pub stream: TcpStream,
+    pub stream: UpstreamStream,
     /// Bytes the upstream sent after the 101, already read.
     pub early: Bytes,
+}
+
+/// A connection to a target: plain TCP, or TLS over it.
+pub enum UpstreamStream {
+    /// An http target's.
+    Plain(TcpStream),
+    /// An https target's.
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for UpstreamStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            UpstreamStream::Plain(stream) => Pin::new(stream).poll_read(cx, buf),
+            UpstreamStream::Tls(stream) => Pin::new(stream).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for UpstreamStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            UpstreamStream::Plain(stream) => Pin::new(stream).poll_write(cx, buf),
+            UpstreamStream::Tls(stream) => Pin::new(stream).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            UpstreamStream::Plain(stream) => Pin::new(stream).poll_write_vectored(cx, bufs),
+            UpstreamStream::Tls(stream) => Pin::new(stream).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            UpstreamStream::Plain(stream) => stream.is_write_vectored(),
+            UpstreamStream::Tls(stream) => stream.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            UpstreamStream::Plain(stream) => Pin::new(stream).poll_flush(cx),
+            UpstreamStream::Tls(stream) => Pin::new(stream).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            UpstreamStream::Plain(stream) => Pin::new(stream).poll_shutdown(cx),
+            UpstreamStream::Tls(stream) => Pin::new(stream).poll_shutdown(cx),
+        }
+    }
+}
+
+/// How a pool reaches its target over TLS.
+pub struct PoolTls {
+    /// The client setup of the upstream, which holds its session cache.
+    pub client: Arc<rustls::ClientConfig>,
+    /// The name sent and checked.
+    pub server_name: rustls::pki_types::ServerName<'static>,
 }
 
 /// The connections to one target.
 pub struct Pool {
     authority: http::uri::Authority,
+    /// `Some` for an https target.
+    tls: Option<PoolTls>,
     connect_timeout: Duration,
     /// Idle connections older than this are closed rather than reused: it should be
     /// shorter than the upstream's own keep-alive timeout, so that we never send on a
@@ -81,7 +160,7 @@ struct Idle {
 
 /// One open connection and what has been read from it but not yet used. Generic over the
 /// stream so that tests can script one.
-pub struct Connection<S = TcpStream> {
+pub struct Connection<S = UpstreamStream> {
     stream: S,
     read: BytesMut,
 }
@@ -95,6 +174,86 @@ trait Duplex: AsyncRead + AsyncWrite + Unpin {
 impl Duplex for TcpStream {
     fn halves(&mut self) -> (impl AsyncRead + Unpin + '_, impl AsyncWrite + Unpin + '_) {
         self.split()
+    }
+}
+
+impl Duplex for UpstreamStream {
+    fn halves(&mut self) -> (impl AsyncRead + Unpin + '_, impl AsyncWrite + Unpin + '_) {
+        match self {
+            UpstreamStream::Plain(stream) => {
+                let (read, write) = stream.split();
+                (Half::Plain(read), Half::Plain(write))
+            }
+            // A TLS stream cannot be split by borrowing: its halves share a lock.
+            UpstreamStream::Tls(stream) => {
+                let (read, write) = tokio::io::split(&mut **stream);
+                (Half::Tls(read), Half::Tls(write))
+            }
+        }
+    }
+}
+
+/// One half of an [`UpstreamStream`]: a TCP half borrowed, or a TLS half.
+enum Half<P, T> {
+    Plain(P),
+    Tls(T),
+}
+
+impl<P: AsyncRead + Unpin, T: AsyncRead + Unpin> AsyncRead for Half<P, T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Half::Plain(half) => Pin::new(half).poll_read(cx, buf),
+            Half::Tls(half) => Pin::new(half).poll_read(cx, buf),
+        }
+    }
+}
+
+impl<P: AsyncWrite + Unpin, T: AsyncWrite + Unpin> AsyncWrite for Half<P, T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Half::Plain(half) => Pin::new(half).poll_write(cx, buf),
+            Half::Tls(half) => Pin::new(half).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Half::Plain(half) => Pin::new(half).poll_write_vectored(cx, bufs),
+            Half::Tls(half) => Pin::new(half).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Half::Plain(half) => half.is_write_vectored(),
+            Half::Tls(half) => half.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Half::Plain(half) => Pin::new(half).poll_flush(cx),
+            Half::Tls(half) => Pin::new(half).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Half::Plain(half) => Pin::new(half).poll_shutdown(cx),
+            Half::Tls(half) => Pin::new(half).poll_shutdown(cx),
+        }
     }
 }
 
@@ -168,12 +327,14 @@ impl Pool {
     /// A pool for `authority` (`host:port`). Connects lazily.
     pub fn new(
         authority: http::uri::Authority,
+        tls: Option<PoolTls>,
         connect_timeout: Duration,
         keepalive_timeout: Duration,
         protocol_errors: IntCounter,
     ) -> Arc<Pool> {
         Arc::new(Pool {
             authority,
+            tls,
             connect_timeout,
             keepalive_timeout,
             idle: Mutex::new(Vec::new()),
@@ -238,6 +399,11 @@ impl Pool {
 
     /// Tells the client's faults from the upstream's, and counts the upstream's.
     fn failed(&self, err: ExchangeError) -> SendError {
+        if let ExchangeError::Io(io) = &err
+            && let Some(cause) = crate::tls::upstream_failure(io)
+        {
+            return SendError::Tls(cause);
+        }
         match err {
             ExchangeError::Body(err) => SendError::Body(err),
             err => {
@@ -261,14 +427,23 @@ impl Pool {
         None
     }
 
+    /// A new connection, its TLS handshake (for an https target) included in the connect
+    /// timeout.
     async fn connect(&self) -> io::Result<Connection> {
-        let stream = tokio::time::timeout(
-            self.connect_timeout,
-            TcpStream::connect(self.authority.as_str()),
-        )
-        .await
-        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
-        stream.set_nodelay(true)?;
+        let connecting = async {
+            let stream = TcpStream::connect(self.authority.as_str()).await?;
+            stream.set_nodelay(true)?;
+            match &self.tls {
+                None => Ok(UpstreamStream::Plain(stream)),
+                Some(tls) => tokio_rustls::TlsConnector::from(Arc::clone(&tls.client))
+                    .connect(tls.server_name.clone(), stream)
+                    .await
+                    .map(|stream| UpstreamStream::Tls(Box::new(stream))),
+            }
+        };
+        let stream = tokio::time::timeout(self.connect_timeout, connecting)
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
         Ok(Connection {
             stream,
             read: BytesMut::with_capacity(READ_SIZE),
@@ -346,14 +521,23 @@ impl Connection {
     /// bytes nobody asked for, rule it out. Asks the runtime's readiness first, so that
     /// the usual case costs no system call.
     fn is_quiet(&self) -> bool {
+        let tcp = match &self.stream {
+            UpstreamStream::Plain(stream) => stream,
+            UpstreamStream::Tls(stream) => stream.get_ref().0,
+        };
         let mut context = Context::from_waker(Waker::noop());
-        match self.stream.poll_read_ready(&mut context) {
+        match tcp.poll_read_ready(&mut context) {
+            Poll::Ready(Ok(())) if matches!(self.stream, UpstreamStream::Tls(_)) => {
+                // Bytes on a TLS connection cannot be peeked without reading them; a close
+                // or anything else rules the connection out.
+                false
+            }
             Poll::Pending => true,
             Poll::Ready(Err(_)) => false,
             // Readiness can be left over from the last read; a read that would block
             // settles it.
             Poll::Ready(Ok(())) => matches!(
-                self.stream.try_read(&mut [0u8; 1]),
+                tcp.try_read(&mut [0u8; 1]),
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock
             ),
         }
@@ -804,6 +988,7 @@ mod tests {
         });
         let pool = Pool::new(
             addr.to_string().parse().unwrap(),
+            None,
             Duration::from_secs(5),
             Duration::from_secs(60),
             IntCounter::new("protocol_errors", "test").unwrap(),

@@ -65,6 +65,17 @@ pub enum ProxyError {
         #[source]
         source: BoxError,
     },
+    /// No TLS connection to the upstream's https target could be made: its certificate
+    /// did not verify, or the handshake failed.
+    #[error("the TLS handshake with upstream {upstream} ({target}) failed: {cause}")]
+    UpstreamTls {
+        /// The upstream's name.
+        upstream: String,
+        /// The target, `https://host:port`.
+        target: String,
+        /// Why, in a few words: `unknown CA`, `name mismatch`, `certificate expired`.
+        cause: &'static str,
+    },
     /// The upstream did not send a response head in time (504).
     #[error("upstream \"{upstream}\" did not answer within {}", format_duration(*.timeout))]
     UpstreamTimeout {
@@ -88,6 +99,7 @@ impl ProxyError {
             ProxyError::BodyTooLarge { .. } => "body_too_large",
             ProxyError::BodyTimeout { .. } => "body_timeout",
             ProxyError::UpstreamUnreachable { .. } => "upstream_unreachable",
+            ProxyError::UpstreamTls { .. } => "upstream_tls_error",
             ProxyError::UpstreamTimeout { .. } => "upstream_timeout",
         }
     }
@@ -119,7 +131,9 @@ impl ProxyError {
             ProxyError::HeaderTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
-            ProxyError::UpstreamUnreachable { .. } => StatusCode::BAD_GATEWAY,
+            ProxyError::UpstreamUnreachable { .. } | ProxyError::UpstreamTls { .. } => {
+                StatusCode::BAD_GATEWAY
+            }
             ProxyError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
         }
     }
@@ -153,6 +167,9 @@ impl ProxyError {
                 format_duration(*timeout)
             ),
             ProxyError::UpstreamUnreachable { .. } => UNREACHABLE_DETAIL.to_owned(),
+            ProxyError::UpstreamTls { cause, .. } => format!(
+                "The gateway could not make a secure connection to the service behind it ({cause}). Try again later."
+            ),
             ProxyError::UpstreamTimeout { timeout, .. } => format!(
                 "The service behind this gateway did not answer within {}. Try again later.",
                 format_duration(*timeout)
@@ -176,7 +193,9 @@ pub fn error(err: &ProxyError, request_id: &HeaderValue) -> Response<ProxyBody> 
         | ProxyError::BodyTimeout { .. } => {
             tracing::debug!(request.id = request_id_text, error = %ErrorChain(err), "request refused");
         }
-        ProxyError::UpstreamUnreachable { .. } | ProxyError::UpstreamTimeout { .. } => {
+        ProxyError::UpstreamUnreachable { .. }
+        | ProxyError::UpstreamTls { .. }
+        | ProxyError::UpstreamTimeout { .. } => {
             tracing::warn!(request.id = request_id_text, error = %ErrorChain(err), "upstream failed");
         }
     }

@@ -36,7 +36,7 @@ admin: { addr: 127.0.0.1:99999 }
 network: { trusted_proxies: [10.0.0.1/8, office] }
 upstreams:
   app:
-    targets: [\"http://127.0.0.1:1/base\", \"https://secure:443\"]
+    targets: [\"http://127.0.0.1:1/base\", \"ftp://files:21\"]
     connect_timeout: 2
     timeout: 3 weeks
 routes:
@@ -53,7 +53,7 @@ gw.yaml:3:16: admin.addr: "127.0.0.1:99999" is not an address with a port, e.g. 
 gw.yaml:4:30: network.trusted_proxies[0]: "10.0.0.1/8" has host bits set; did you mean "10.0.0.0/8"?
 gw.yaml:4:42: network.trusted_proxies[1]: "office" is not an IP network, e.g. "10.0.0.0/8" or "2001:db8::/32"
 gw.yaml:7:15: upstreams.app.targets[0]: "http://127.0.0.1:1/base" must not have a path: routes forward the request path unchanged
-gw.yaml:7:42: upstreams.app.targets[1]: "https://secure:443": https targets are not supported by this version; use http:// or put a TLS sidecar in front of the upstream
+gw.yaml:7:42: upstreams.app.targets[1]: "ftp://files:21" must start with http:// or https:// (or be builtin:echo)
 gw.yaml:8:22: upstreams.app.connect_timeout: duration "2" needs a unit: ms, s, m or h (e.g. "2s")
 gw.yaml:9:14: upstreams.app.timeout: duration "3 weeks" has unknown unit " weeks": use ms, s, m or h
 gw.yaml:12:11: routes[1].id: duplicate route id "main" (first defined on line 11)

@@ -22,8 +22,9 @@
 //! - `jwks`: key sets over HTTP(S): RSA and HMAC, rotation, rate limit, outages.
 //! - `deploy`: the Dockerfile's and Kubernetes manifests' checkable parts.
 //! - `workers`: several workers: metrics summed exactly, counters never going down.
-//! - `tls`: TLS listeners: versions, ALPN, SNI, plain HTTP and garbage on a TLS port,
-//!   handshake deadlines, certificates renewed by reload.
+//! - `tls`: TLS listeners (versions, ALPN, SNI, plain HTTP and garbage on a TLS port,
+//!   handshake deadlines, certificates renewed by reload), client certificates and mtls
+//!   rules, and https upstreams (verification, resumption, upstream mTLS).
 
 #![allow(
     clippy::unwrap_used,

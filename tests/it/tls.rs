@@ -840,3 +840,264 @@ async fn mtls_rules_and_certificate_callers_decide_and_the_upstream_hears_the_ce
         2.0
     );
 }
+
+/// An HTTPS upstream on loopback, closing after every answer so that every request makes
+/// a new connection; it counts full and resumed handshakes, and answers `hello over tls`.
+struct TlsUpstream {
+    addr: std::net::SocketAddr,
+    handshakes: Arc<std::sync::Mutex<Vec<Option<rustls::HandshakeKind>>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for TlsUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl TlsUpstream {
+    async fn start(server: &Issued, client_ca: Option<&Pki>) -> TlsUpstream {
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let builder = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
+            .with_safe_default_protocol_versions()
+            .unwrap();
+        let builder = match client_ca {
+            Some(pki) => {
+                let mut roots = rustls::RootCertStore::empty();
+                roots.add(pki.ca_der()).unwrap();
+                builder.with_client_cert_verifier(
+                    rustls::server::WebPkiClientVerifier::builder_with_provider(
+                        Arc::new(roots),
+                        provider,
+                    )
+                    .build()
+                    .unwrap(),
+                )
+            }
+            None => builder.with_no_client_auth(),
+        };
+        let key =
+            rustls::pki_types::PrivateKeyDer::from_pem_slice(server.key_pem.as_bytes()).unwrap();
+        let config = builder
+            .with_single_cert(vec![server.der.clone()], key)
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let handshakes = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = Arc::clone(&handshakes);
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    continue;
+                };
+                let acceptor = acceptor.clone();
+                let seen = Arc::clone(&seen);
+                tokio::spawn(async move {
+                    let Ok(stream) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    seen.lock()
+                        .unwrap()
+                        .push(stream.get_ref().1.handshake_kind());
+                    let service = hyper::service::service_fn(|_request| async {
+                        Ok::<_, std::convert::Infallible>(http::Response::new(
+                            http_body_util::Full::new(bytes::Bytes::from_static(b"hello over tls")),
+                        ))
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .keep_alive(false)
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        TlsUpstream {
+            addr,
+            handshakes,
+            task,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("https://{}", self.addr)
+    }
+}
+
+/// A plain gateway in front of `upstream` (an https URL), `tls` the YAML of
+/// `upstreams.app.tls` (empty for none), with `files` beside its config.
+async fn gateway_to(upstream: &str, tls: &str, files: &[(&str, &str)]) -> TestGateway {
+    let scratch = Scratch::new();
+    for (name, text) in files {
+        scratch.write(name, text);
+    }
+    scratch.write("policy.yaml", ALLOW_ALL);
+    let mut yaml = config(&[upstream.to_owned()], "");
+    if !tls.is_empty() {
+        yaml = yaml.replace(
+            "    timeout: 5s\n",
+            &format!("    timeout: 5s\n    tls: {tls}\n"),
+        );
+    }
+    let path = scratch.write(
+        "gw.yaml",
+        &format!("{yaml}policy: {{ files: [policy.yaml], watch: false }}\n"),
+    );
+    TestGateway::from_file(&path, scratch).await
+}
+
+/// A GET to the plain gateway: status, `X-Portcullis-Reason` and body.
+async fn plain_get(gw: &TestGateway) -> (StatusCode, String, String) {
+    let response = crate::support::client()
+        .request(crate::support::get(&gw.url("/x")))
+        .await
+        .unwrap();
+    let status = response.status();
+    let reason = response
+        .headers()
+        .get("x-portcullis-reason")
+        .map(|value| value.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    (status, reason, crate::support::body_text(response).await)
+}
+
+#[tokio::test]
+async fn https_upstreams_are_verified_against_their_ca_and_sessions_resume() {
+    let pki = Pki::new("upstream CA");
+    let server = pki.issue(&["127.0.0.1"]);
+    let up = TlsUpstream::start(&server, None).await;
+    let ca = pki.ca.pem();
+    let gw = gateway_to(
+        &up.url(),
+        "{ ca: upstream-ca.pem }",
+        &[("upstream-ca.pem", &ca)],
+    )
+    .await;
+    for _ in 0..3 {
+        let (status, reason, body) = plain_get(&gw).await;
+        assert_eq!((status, reason.as_str()), (StatusCode::OK, ""), "{body}");
+        assert_eq!(body, "hello over tls");
+    }
+    let handshakes = up.handshakes.lock().unwrap().clone();
+    assert_eq!(handshakes.len(), 3, "a connection per request");
+    assert_eq!(handshakes[0], Some(rustls::HandshakeKind::Full));
+    assert!(
+        handshakes[1..]
+            .iter()
+            .all(|kind| *kind == Some(rustls::HandshakeKind::Resumed)),
+        "{handshakes:?}"
+    );
+}
+
+#[tokio::test]
+async fn upstream_certificates_that_do_not_verify_are_502_upstream_tls_error_with_the_cause() {
+    let pki = Pki::new("upstream CA");
+    let ca = pki.ca.pem();
+    let files = [("upstream-ca.pem", ca.as_str())];
+    let with_ca = "{ ca: upstream-ca.pem }";
+
+    // The system's CAs do not know a private CA.
+    let up = TlsUpstream::start(&pki.issue(&["127.0.0.1"]), None).await;
+    let gw = gateway_to(&up.url(), "", &[]).await;
+    let (status, reason, body) = plain_get(&gw).await;
+    assert_eq!(
+        (status, reason.as_str()),
+        (StatusCode::BAD_GATEWAY, "upstream_tls_error")
+    );
+    assert!(body.contains("unknown CA"), "{body}");
+    let series = "portcullis_upstream_errors_total{kind=\"tls\",upstream=\"app\"}";
+    assert_eq!(settled_metric(&gw, series, 1.0).await, 1.0);
+
+    // A certificate for another name; then the name it has, asked for by server_name.
+    let up = TlsUpstream::start(&pki.issue(&["api.internal"]), None).await;
+    let gw = gateway_to(&up.url(), with_ca, &files).await;
+    let (status, reason, body) = plain_get(&gw).await;
+    assert_eq!(
+        (status, reason.as_str()),
+        (StatusCode::BAD_GATEWAY, "upstream_tls_error")
+    );
+    assert!(body.contains("name mismatch"), "{body}");
+    let gw = gateway_to(
+        &up.url(),
+        "{ ca: upstream-ca.pem, server_name: api.internal }",
+        &files,
+    )
+    .await;
+    assert_eq!(plain_get(&gw).await.0, StatusCode::OK);
+
+    // An expired certificate.
+    let expired = pki.issue_with(&["127.0.0.1"], |params| {
+        params.not_before = rcgen::date_time_ymd(2019, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2020, 1, 1);
+    });
+    let up = TlsUpstream::start(&expired, None).await;
+    let gw = gateway_to(&up.url(), with_ca, &files).await;
+    let (status, reason, body) = plain_get(&gw).await;
+    assert_eq!(
+        (status, reason.as_str()),
+        (StatusCode::BAD_GATEWAY, "upstream_tls_error")
+    );
+    assert!(body.contains("certificate expired"), "{body}");
+
+    // Verification off: served, and validate says why that is dangerous.
+    let gw = gateway_to(&up.url(), "{ insecure_skip_verify: true }", &[]).await;
+    assert_eq!(plain_get(&gw).await.0, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn an_upstream_that_wants_a_client_certificate_gets_the_configured_one() {
+    let pki = Pki::new("upstream CA");
+    let clients = Pki::new("gateway clients CA");
+    let server = pki.issue(&["127.0.0.1"]);
+    let gateway_cert = clients.issue(&["gateway.internal"]);
+    let up = TlsUpstream::start(&server, Some(&clients)).await;
+    let ca = pki.ca.pem();
+    let files = [
+        ("upstream-ca.pem", ca.as_str()),
+        ("gateway.pem", gateway_cert.cert_pem.as_str()),
+        ("gateway.key", gateway_cert.key_pem.as_str()),
+    ];
+    let gw = gateway_to(
+        &up.url(),
+        "{ ca: upstream-ca.pem, cert: gateway.pem, key: gateway.key }",
+        &files,
+    )
+    .await;
+    let (status, _, body) = plain_get(&gw).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    // Without one, the upstream refuses the session.
+    let gw = gateway_to(&up.url(), "{ ca: upstream-ca.pem }", &files).await;
+    let (status, reason, body) = plain_get(&gw).await;
+    assert_eq!(
+        (status, reason.as_str()),
+        (StatusCode::BAD_GATEWAY, "upstream_tls_error"),
+        "{body}"
+    );
+}
+
+#[test]
+fn upstream_tls_settings_that_cannot_work_are_config_errors() {
+    let scratch = Scratch::new();
+    scratch.write("policy.yaml", ALLOW_ALL);
+    let yaml = "\
+upstreams:
+  plain: { targets: [\"http://127.0.0.1:1\"], tls: { ca: ca.pem } }
+  secure: { targets: [\"https://127.0.0.1:1\"], tls: { ca: missing.pem, cert: gateway.pem, insecure_skip_verify: true } }
+routes: [{ id: main, upstream: plain }, { id: other, path_prefix: /other, upstream: secure }]
+policy: { files: [policy.yaml] }
+";
+    let path = scratch.write("gw.yaml", yaml);
+    let errors = match portcullis::config::load(&path) {
+        Ok(_) => panic!("the config loaded"),
+        Err(errors) => errors.to_string(),
+    };
+    let errors = errors.replace(&scratch.path().display().to_string(), "DIR");
+    assert_eq!(
+        errors,
+        "\
+DIR/gw.yaml:2:50: upstreams.plain.tls: tls is for https targets, and this upstream has none; remove it, or use https:// targets
+DIR/gw.yaml:3:58: upstreams.secure.tls.ca: cannot read \"DIR/missing.pem\": I/O error: No such file or directory (os error 2)
+DIR/gw.yaml:3:77: upstreams.secure.tls.cert: a certificate needs its private key: add key
+DIR/gw.yaml:3:112: upstreams.secure.tls.insecure_skip_verify: ca names the CAs to verify against, and insecure_skip_verify turns verification off; keep one"
+    );
+}
