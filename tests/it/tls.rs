@@ -1101,3 +1101,47 @@ DIR/gw.yaml:3:77: upstreams.secure.tls.cert: a certificate needs its private key
 DIR/gw.yaml:3:112: upstreams.secure.tls.insecure_skip_verify: ca names the CAs to verify against, and insecure_skip_verify turns verification off; keep one"
     );
 }
+
+#[tokio::test]
+async fn a_revoked_client_certificate_fails_the_handshake() {
+    let pki = Pki::new("test CA");
+    let clients = Pki::new("clients CA");
+    let server = pki.issue(&["gw.test"]);
+    let with_serial = |serial: u64| {
+        clients.issue_with(&["client.test"], |params| {
+            params.serial_number = Some(rcgen::SerialNumber::from(serial));
+        })
+    };
+    let revoked = with_serial(42);
+    let good = with_serial(43);
+    let crl = rcgen::CertificateRevocationListParams {
+        this_update: rcgen::date_time_ymd(2026, 1, 1),
+        next_update: rcgen::date_time_ymd(2099, 1, 1),
+        crl_number: rcgen::SerialNumber::from(1u64),
+        issuing_distribution_point: None,
+        revoked_certs: vec![rcgen::RevokedCertParams {
+            serial_number: rcgen::SerialNumber::from(42u64),
+            revocation_time: rcgen::date_time_ymd(2026, 1, 1),
+            reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+            invalidity_date: None,
+        }],
+        key_identifier_method: rcgen::KeyIdMethod::Sha256,
+    }
+    .signed_by(&clients.ca)
+    .unwrap()
+    .pem()
+    .unwrap();
+    let up = TestUpstream::start("app").await;
+    let files = [
+        ("server.pem", server.cert_pem.as_str()),
+        ("server.key", server.key_pem.as_str()),
+        ("clients.pem", &clients.ca.pem()),
+        ("clients.crl", crl.as_str()),
+    ];
+    let tls = "{ cert: server.pem, key: server.key, client_ca: clients.pem, client_cert: required, crls: [clients.crl] }";
+    let gw = tls_gateway(&up.url(), tls, &files).await;
+    assert!(served(&gw, &connector_with_cert(&pki, &good)).await);
+    assert!(!served(&gw, &connector_with_cert(&pki, &revoked)).await);
+    let series = "portcullis_tls_handshake_errors_total{listener=\"127.0.0.1:0\",reason=\"bad_client_certificate\"}";
+    assert_eq!(settled_metric(&gw, series, 1.0).await, 1.0);
+}
