@@ -18,6 +18,11 @@
 #   nginx-deny-log    the same, with the buffered access log
 #   deny              wrk → portcullis, whose policy denies /admin/bench; no decision log
 #   deny-log          the same, with the default decision log
+#   nginx-tls         wrk → nginx terminating TLS (kept-alive connections), then as nginx
+#   tls               wrk → portcullis terminating TLS with the same certificate, then as demo
+#
+# With the TLS rows, new TLS handshakes per second are measured too, after the rounds:
+# openssl s_time, a new connection per request, full handshakes and resumed ones.
 #
 # The bench policy, the same in both proxies: a block list of 1,000 networks (none of
 # them loopback), /admin from one office network only (not loopback: so /admin is a
@@ -49,7 +54,7 @@ ROUNDS=${ROUNDS:-5}
 WARMUP=${WARMUP:-2s}
 CONNECTIONS=${CONNECTIONS:-64}
 WORKERS=${WORKERS:-1}
-ALL_ROWS="direct nginx nginx-log portcullis demo demo-log jwt nginx-deny nginx-deny-log deny deny-log"
+ALL_ROWS="direct nginx nginx-log portcullis demo demo-log jwt nginx-deny nginx-deny-log deny deny-log nginx-tls tls"
 read -r -a ROWS <<<"${ROWS:-$ALL_ROWS}"
 UPSTREAM_PORT=18081
 NGINX_PROXY_PORT=18082
@@ -62,11 +67,15 @@ DEMO_LOG_PORT=18085
 DEMO_LOG_ADMIN_PORT=18095
 JWT_PORT=18086
 JWT_ADMIN_PORT=18096
+NGINX_TLS_PORT=18088
+TLS_PORT=18089
+TLS_ADMIN_PORT=18099
 
 . bench/common.sh
 need nginx nginx-light
 need wrk wrk
 need taskset util-linux
+need openssl openssl
 if [ "$(nproc)" -gt "$WORKERS" ]; then
     LOAD_CPUS=0
     SERVER_CPUS="1-$WORKERS"
@@ -129,12 +138,13 @@ nginx_conf upstream off "
 # The bench policy in nginx: the block list, /admin from the office, /public for anyone,
 # the rest denied; a denial is a small problem+json body with the request id (portcullis
 # answers at its default detail, standard, which also names the rule and a hint).
-proxy_server() { # port
+proxy_server() { # port, [TLS directives: the listener's, then the server's]
     echo "
     upstream app { server 127.0.0.1:$UPSTREAM_PORT; keepalive 128; }
     geo \$blocked { default 0; include $WORK/blocklist.conf; }
     server {
-        listen 127.0.0.1:$1;
+        listen 127.0.0.1:$1 ${2:-};
+        ${3:-}
         if (\$blocked) { return 403; }
         error_page 403 = @denied;
         location @denied {
@@ -158,11 +168,18 @@ proxy_server() { # port
     }"
 }
 nginx_conf proxy off "$(proxy_server $NGINX_PROXY_PORT)"
+# One certificate for both TLS rows (ECDSA P-256, the usual choice at the edge), and
+# nginx's usual session settings: a shared cache and tickets.
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=localhost \
+    -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" -keyout "$WORK/tls.key" -out "$WORK/tls.pem" 2>/dev/null
+nginx_conf proxy-tls off "$(proxy_server $NGINX_TLS_PORT ssl "ssl_certificate $WORK/tls.pem;
+        ssl_certificate_key $WORK/tls.key; ssl_protocols TLSv1.2 TLSv1.3;
+        ssl_session_cache shared:SSL:10m; ssl_session_tickets on;")"
 nginx_conf proxy-log on "$(proxy_server $NGINX_LOG_PORT)"
 
-portcullis_conf() { # name, port, admin port, policy files, decision log
+portcullis_conf() { # name, port, admin port, policy files, decision log, [listener's TLS]
     cat > "$WORK/$1.yaml" <<CONF
-listen: [{ addr: 127.0.0.1:$2 }]
+listen: [{ addr: 127.0.0.1:$2${6:+, tls: $6} }]
 admin: { addr: 127.0.0.1:$3 }
 workers: $WORKERS
 upstreams:
@@ -188,6 +205,7 @@ echo 'rules: [{ id: allow-all, effect: allow }]' >"$WORK/allow-all.yaml"
 portcullis_conf portcullis $PORTCULLIS_PORT $PORTCULLIS_ADMIN_PORT allow-all.yaml off
 portcullis_conf demo $DEMO_PORT $DEMO_ADMIN_PORT "policies/bench.yaml" off
 portcullis_conf demo-log $DEMO_LOG_PORT $DEMO_LOG_ADMIN_PORT "policies/bench.yaml" log
+portcullis_conf tls $TLS_PORT $TLS_ADMIN_PORT "policies/bench.yaml" off "{ cert: tls.pem, key: tls.key }"
 echo 'rules: [{ id: token-holders, effect: allow, when: { scopes: { all: ["bench:read"] } } }]' >"$WORK/token-holders.yaml"
 portcullis_conf jwt $JWT_PORT $JWT_ADMIN_PORT token-holders.yaml off
 # The jwt row needs the demo token issuer: give it the demo config's identity section.
@@ -217,7 +235,8 @@ wait_for() { # port
 }
 
 for port in $UPSTREAM_PORT $NGINX_PROXY_PORT $NGINX_LOG_PORT $PORTCULLIS_PORT $PORTCULLIS_ADMIN_PORT \
-    $DEMO_PORT $DEMO_ADMIN_PORT $DEMO_LOG_PORT $DEMO_LOG_ADMIN_PORT $JWT_PORT $JWT_ADMIN_PORT; do
+    $DEMO_PORT $DEMO_ADMIN_PORT $DEMO_LOG_PORT $DEMO_LOG_ADMIN_PORT $JWT_PORT $JWT_ADMIN_PORT \
+    $NGINX_TLS_PORT $TLS_PORT $TLS_ADMIN_PORT; do
     if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
         echo "port $port is already in use; stop whatever listens there first" >&2
         exit 1
@@ -227,6 +246,7 @@ done
 start upstream nginx -p "$WORK/upstream" -c "$WORK/upstream/nginx.conf"
 start nginx-proxy nginx -p "$WORK/proxy" -c "$WORK/proxy/nginx.conf"
 start nginx-proxy-log nginx -p "$WORK/proxy-log" -c "$WORK/proxy-log/nginx.conf"
+start nginx-proxy-tls nginx -p "$WORK/proxy-tls" -c "$WORK/proxy-tls/nginx.conf"
 start portcullis "$BINARY" --log-level warn run -c "$WORK/portcullis.yaml"
 PORTCULLIS_PID=$!
 start demo "$BINARY" --log-level warn run -c "$WORK/demo.yaml"
@@ -235,7 +255,10 @@ start demo-log "$BINARY" --log-level warn run -c "$WORK/demo-log.yaml"
 DEMO_LOG_PID=$!
 start jwt "$BINARY" --log-level warn run -c "$WORK/jwt.yaml"
 JWT_PID=$!
-for port in $UPSTREAM_PORT $NGINX_PROXY_PORT $NGINX_LOG_PORT $PORTCULLIS_PORT $DEMO_PORT $DEMO_LOG_PORT $JWT_PORT; do
+start tls "$BINARY" --log-level warn run -c "$WORK/tls.yaml"
+TLS_PID=$!
+for port in $UPSTREAM_PORT $NGINX_PROXY_PORT $NGINX_LOG_PORT $PORTCULLIS_PORT $DEMO_PORT $DEMO_LOG_PORT $JWT_PORT \
+    $NGINX_TLS_PORT $TLS_PORT; do
     wait_for $port
 done
 
@@ -243,6 +266,10 @@ done
 status() { curl -s -o /dev/null -w '%{http_code}' "$@"; }
 for port in $UPSTREAM_PORT $NGINX_PROXY_PORT $NGINX_LOG_PORT $PORTCULLIS_PORT $DEMO_PORT $DEMO_LOG_PORT; do
     [ "$(status "http://127.0.0.1:$port/public/bench")" = 200 ] || { echo "port $port does not answer 200" >&2; exit 1; }
+done
+for port in $NGINX_TLS_PORT $TLS_PORT; do
+    [ "$(status --cacert "$WORK/tls.pem" "https://localhost:$port/public/bench")" = 200 ] ||
+        { echo "port $port does not answer 200 over TLS" >&2; exit 1; }
 done
 for port in $NGINX_PROXY_PORT $NGINX_LOG_PORT $DEMO_PORT $DEMO_LOG_PORT; do
     [ "$(status "http://127.0.0.1:$port/admin/bench")" = 403 ] || { echo "port $port does not deny /admin" >&2; exit 1; }
@@ -271,15 +298,15 @@ nginx_workers() { # pid file → the workers' pids
     ps -o pid= --ppid "$(cat "$1")" | tr -d ' ' | tr '\n' ' '
 }
 
-measure() { # row name, port, path, expected status, proxy pids (or -), [header] → "rps p50 p99 cpu_us_per_request"
+measure() { # row name, base URL, path, expected status, proxy pids (or -), [header] → "rps p50 p99 cpu_us_per_request"
     local header=()
     [ -n "${6:-}" ] && header=(-H "$6")
     local wrk=(taskset -c "$LOAD_CPUS" wrk -t"$WORKERS" -c"$CONNECTIONS" "${header[@]}")
-    "${wrk[@]}" -d"$WARMUP" "http://127.0.0.1:$2$3" >/dev/null
+    "${wrk[@]}" -d"$WARMUP" "$2$3" >/dev/null
     local out ticks_before ticks_after
     # shellcheck disable=SC2086 # the pids are words
     [ "$5" != - ] && ticks_before=$(cpu_ticks $5)
-    out=$("${wrk[@]}" -d"$DURATION" --latency "http://127.0.0.1:$2$3")
+    out=$("${wrk[@]}" -d"$DURATION" --latency "$2$3")
     # shellcheck disable=SC2086
     [ "$5" != - ] && ticks_after=$(cpu_ticks $5)
     echo "$out" >>"$WORK/wrk-$1.txt"
@@ -309,23 +336,27 @@ median() { sort -g | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]
 
 NGINX_PIDS=$(nginx_workers "$WORK/proxy/nginx.pid")
 NGINX_LOG_PIDS=$(nginx_workers "$WORK/proxy-log/nginx.pid")
+NGINX_TLS_PIDS=$(nginx_workers "$WORK/proxy-tls/nginx.pid")
 # On a virtual machine, time the hypervisor gives to other guests ("steal" in /proc/stat)
 # slows whichever row is running; the run reports how much there was.
 cpu_times() { awk '$1 == "cpu" { print $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9, $9 }' /proc/stat; }
 read -r TOTAL_BEFORE STEAL_BEFORE < <(cpu_times)
 measure_row() { # row name
+    local http=http://127.0.0.1 https=https://127.0.0.1
     case $1 in
-        direct) measure direct $UPSTREAM_PORT /public/bench 200 - ;;
-        nginx) measure nginx $NGINX_PROXY_PORT /public/bench 200 "$NGINX_PIDS" ;;
-        nginx-log) measure nginx-log $NGINX_LOG_PORT /public/bench 200 "$NGINX_LOG_PIDS" ;;
-        portcullis) measure portcullis $PORTCULLIS_PORT /public/bench 200 "$PORTCULLIS_PID" ;;
-        demo) measure demo $DEMO_PORT /public/bench 200 "$DEMO_PID" ;;
-        demo-log) measure demo-log $DEMO_LOG_PORT /public/bench 200 "$DEMO_LOG_PID" ;;
-        jwt) measure jwt $JWT_PORT /public/bench 200 "$JWT_PID" "Authorization: Bearer $TOKEN" ;;
-        nginx-deny) measure nginx-deny $NGINX_PROXY_PORT /admin/bench 403 "$NGINX_PIDS" ;;
-        nginx-deny-log) measure nginx-deny-log $NGINX_LOG_PORT /admin/bench 403 "$NGINX_LOG_PIDS" ;;
-        deny) measure deny $DEMO_PORT /admin/bench 403 "$DEMO_PID" ;;
-        deny-log) measure deny-log $DEMO_LOG_PORT /admin/bench 403 "$DEMO_LOG_PID" ;;
+        direct) measure direct $http:$UPSTREAM_PORT /public/bench 200 - ;;
+        nginx) measure nginx $http:$NGINX_PROXY_PORT /public/bench 200 "$NGINX_PIDS" ;;
+        nginx-log) measure nginx-log $http:$NGINX_LOG_PORT /public/bench 200 "$NGINX_LOG_PIDS" ;;
+        portcullis) measure portcullis $http:$PORTCULLIS_PORT /public/bench 200 "$PORTCULLIS_PID" ;;
+        demo) measure demo $http:$DEMO_PORT /public/bench 200 "$DEMO_PID" ;;
+        demo-log) measure demo-log $http:$DEMO_LOG_PORT /public/bench 200 "$DEMO_LOG_PID" ;;
+        jwt) measure jwt $http:$JWT_PORT /public/bench 200 "$JWT_PID" "Authorization: Bearer $TOKEN" ;;
+        nginx-deny) measure nginx-deny $http:$NGINX_PROXY_PORT /admin/bench 403 "$NGINX_PIDS" ;;
+        nginx-deny-log) measure nginx-deny-log $http:$NGINX_LOG_PORT /admin/bench 403 "$NGINX_LOG_PIDS" ;;
+        deny) measure deny $http:$DEMO_PORT /admin/bench 403 "$DEMO_PID" ;;
+        deny-log) measure deny-log $http:$DEMO_LOG_PORT /admin/bench 403 "$DEMO_LOG_PID" ;;
+        nginx-tls) measure nginx-tls $https:$NGINX_TLS_PORT /public/bench 200 "$NGINX_TLS_PIDS" ;;
+        tls) measure tls $https:$TLS_PORT /public/bench 200 "$TLS_PID" ;;
         *) echo "unknown row $1; rows: $ALL_ROWS" >&2; exit 2 ;;
     esac
 }
@@ -386,6 +417,8 @@ row "nginx deny" nginx-deny
 row "nginx deny, access log" nginx-deny-log
 row "portcullis deny" deny nginx-deny
 row "portcullis deny, decision log" deny-log nginx-deny-log
+row "nginx proxy, TLS" nginx-tls
+row "portcullis (bench policy, TLS)" tls nginx-tls
 echo
 [ -f "$WORK/demo-log.txt" ] && [ -f "$WORK/demo.txt" ] &&
     echo "The decision log, paired by round: allow req/s $(paired demo-log 1 demo)×, CPU per request $(paired demo-log 4 demo)×"
@@ -395,5 +428,35 @@ echo
     echo "nginx's access log, paired by round: allow req/s $(paired nginx-log 1 nginx)×, CPU per request $(paired nginx-log 4 nginx)×"
 [ -f "$WORK/jwt.txt" ] && [ -f "$WORK/portcullis.txt" ] &&
     echo "JWT row vs allow-all row, paired by round: req/s $(paired jwt 1 portcullis)×, CPU per request $(paired jwt 4 portcullis)×"
+[ -f "$WORK/tls.txt" ] && [ -f "$WORK/demo.txt" ] &&
+    echo "TLS against plain HTTP, paired by round: req/s $(paired tls 1 demo)×, CPU per request $(paired tls 4 demo)×"
+
+# New TLS connections per second: openssl s_time opens a connection per request, each a
+# full handshake (-new) or a resumed one (-reuse), for HANDSHAKE_TIME seconds, in turn
+# for nginx and portcullis, ROUNDS times; the median.
+handshakes() { # port, -new or -reuse → connections per second
+    taskset -c "$LOAD_CPUS" openssl s_time -connect "127.0.0.1:$1" "$2" -time "${HANDSHAKE_TIME:-5}" \
+        -www /public/bench 2>/dev/null |
+        awk '/connections in .* real seconds/ { printf "%.1f\n", $1 / $4; exit }'
+}
+if [ -f "$WORK/tls.txt" ] && [ -f "$WORK/nginx-tls.txt" ]; then
+    for round in $(seq 1 "$ROUNDS"); do
+        for kind in -new -reuse; do
+            handshakes $NGINX_TLS_PORT $kind >>"$WORK/hs-nginx$kind.txt"
+            handshakes $TLS_PORT $kind >>"$WORK/hs-portcullis$kind.txt"
+        done
+    done
+    echo
+    echo "New TLS connections per second (openssl s_time, one client, a GET each; median of $ROUNDS rounds of ${HANDSHAKE_TIME:-5} s):"
+    echo
+    echo "| handshake | nginx | portcullis | vs nginx |"
+    echo "|---|---:|---:|---:|"
+    for kind in -new -reuse; do
+        n=$(median <"$WORK/hs-nginx$kind.txt")
+        p=$(median <"$WORK/hs-portcullis$kind.txt")
+        label=full; [ "$kind" = -reuse ] && label=resumed
+        echo "| $label | $n | $p | $(awk -v a="$p" -v b="$n" 'BEGIN { if (b > 0) printf "%.2f", a / b }') |"
+    done
+fi
 awk -v s=$((STEAL_AFTER - STEAL_BEFORE)) -v t=$((TOTAL_AFTER - TOTAL_BEFORE)) \
     'BEGIN { if (t > 0) printf "CPU time taken by other guests of the host during the run (steal): %.1f%%\n", 100 * s / t }'
