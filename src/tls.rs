@@ -4,7 +4,7 @@
 //! trust store unless the config names its own CAs); PEM files and what a certificate says.
 
 use std::path::Path;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
@@ -377,9 +377,13 @@ pub struct ClientCas {
     pub crls: Vec<CertificateRevocationListDer<'static>>,
 }
 
-/// The server setup of a TLS listener: TLS 1.2 and 1.3, ALPN `h2` and `http/1.1`, session
-/// tickets shared by every listener (so that a client resumes on any worker, and across
-/// reloads), and client certificates as `mode` says.
+/// The server setup of a TLS listener: TLS 1.2 and 1.3, ALPN `h2` and `http/1.1`, and
+/// client certificates as `mode` says. Sessions resume on any worker, with tickets and a
+/// cache of this setup's own.
+///
+/// SECURITY: a resumed session keeps the client certificate of its first handshake,
+/// unchecked. So sessions never cross listeners (whose CAs and modes differ) or loads (a
+/// reload may have revoked the certificate): each setup has its own ticket keys.
 pub fn server_config(
     certificates: ServerCertificates,
     mode: ClientCertMode,
@@ -413,19 +417,7 @@ pub fn server_config(
     };
     let mut config = builder.with_cert_resolver(Arc::new(certificates));
     config.alpn_protocols = vec![ALPN_H2.to_vec(), ALPN_HTTP1.to_vec()];
-    config.ticketer = ticketer()?;
+    config.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new()
+        .map_err(|err| format!("cannot make session-ticket keys: {err}"))?;
     Ok(Arc::new(config))
-}
-
-/// The session-ticket keys of the process: one set, which rotates itself, so that a
-/// ticket from one listener, worker or load resumes on any other.
-fn ticketer() -> Result<Arc<dyn rustls::server::ProducesTickets>, String> {
-    static TICKETER: OnceLock<Result<Arc<dyn rustls::server::ProducesTickets>, String>> =
-        OnceLock::new();
-    TICKETER
-        .get_or_init(|| {
-            rustls::crypto::aws_lc_rs::Ticketer::new()
-                .map_err(|err| format!("cannot make session-ticket keys: {err}"))
-        })
-        .clone()
 }
