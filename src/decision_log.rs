@@ -388,7 +388,14 @@ fn write_batches(shared: &Shared, queued: &Receiver<Batch>) {
                 out = Some(switch.remove(0));
             }
         }
-        let gone = match queued.recv_timeout(FLUSH_EVERY) {
+        let received = queued.recv_timeout(FLUSH_EVERY);
+        let mut switch = std::mem::take(&mut *lock(&shared.switch));
+        // Lines written before this thread first saw the sink are that sink's: a slow
+        // start must not drop them as lines of a log that never served.
+        if out.is_none() && !switch.is_empty() {
+            out = Some(switch.remove(0));
+        }
+        let gone = match received {
             Ok(batch) => {
                 write(shared, &mut out, &mut failing, batch);
                 false
@@ -397,12 +404,6 @@ fn write_batches(shared: &Shared, queued: &Receiver<Batch>) {
             Err(RecvTimeoutError::Disconnected) => true,
         };
         let closing = gone || shared.closing.load(Ordering::Acquire);
-        let mut switch = std::mem::take(&mut *lock(&shared.switch));
-        // Lines written before this thread first saw the sink are that sink's: a slow
-        // start must not drop them as lines of a log that never served.
-        if out.is_none() && !switch.is_empty() {
-            out = Some(switch.remove(0));
-        }
         if closing || !switch.is_empty() || swept.elapsed() >= FLUSH_EVERY {
             // Full batches sent before come first, then what every thread holds.
             while let Ok(batch) = queued.try_recv() {

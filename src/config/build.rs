@@ -163,7 +163,9 @@ pub fn build(path: &Path, text: &str, raw: RawConfig) -> Result<Config, ConfigEr
         builder.error("upstreams", "at least one upstream is required");
     }
     for (name, upstream) in &raw.upstreams {
-        if let Some(settings) = build_upstream(&mut builder, name, upstream, base_dir) {
+        if let Some(settings) =
+            build_upstream(&mut builder, name, upstream, base_dir, &mut tls_files)
+        {
             upstreams.push(settings);
         }
     }
@@ -1132,6 +1134,7 @@ fn build_upstream(
     name: &str,
     raw: &RawUpstream,
     base_dir: &Path,
+    files: &mut Vec<PathBuf>,
 ) -> Option<UpstreamSettings> {
     let base = format!("upstreams.{}", key_segment(name));
     let name_ok = builder
@@ -1168,12 +1171,27 @@ fn build_upstream(
             );
             None
         }
-        (raw_tls, true) => Some(build_upstream_tls(
-            builder,
-            &format!("{base}.tls"),
-            raw_tls.as_ref(),
-            base_dir,
-        )),
+        (raw_tls, true) => {
+            if raw_tls.as_ref().is_none_or(|tls| tls.server_name.is_none()) {
+                for (index, target) in targets.iter().enumerate() {
+                    if let Target::Https(authority) = target
+                        && tls_name(authority.host()).is_err()
+                    {
+                        builder.error(
+                            &format!("{base}.targets[{index}]"),
+                            format!("\"{}\" cannot be named in a TLS handshake; set tls.server_name to the name its certificate has", authority.host()),
+                        );
+                    }
+                }
+            }
+            Some(build_upstream_tls(
+                builder,
+                &format!("{base}.tls"),
+                raw_tls.as_ref(),
+                base_dir,
+                files,
+            ))
+        }
         _ => None,
     };
     if !name_ok || targets.len() != raw.targets.len() {
@@ -1193,6 +1211,13 @@ fn build_upstream(
     })
 }
 
+/// `host` as a TLS handshake names it: a DNS name (sent as SNI) or an IP address.
+pub(crate) fn tls_name(host: &str) -> Result<rustls::pki_types::ServerName<'static>, String> {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    rustls::pki_types::ServerName::try_from(host.to_owned())
+        .map_err(|_| format!("\"{host}\" is not a DNS name or an IP address"))
+}
+
 /// The TLS setup for an upstream's https targets (`base` is `upstreams.NAME.tls`, which
 /// may be absent: the system's CAs, no client certificate).
 fn build_upstream_tls(
@@ -1200,6 +1225,7 @@ fn build_upstream_tls(
     base: &str,
     raw: Option<&RawUpstreamTls>,
     base_dir: &Path,
+    files: &mut Vec<PathBuf>,
 ) -> Option<UpstreamTls> {
     let errors_before = builder.errors.len();
     let default = RawUpstreamTls {
@@ -1211,22 +1237,18 @@ fn build_upstream_tls(
     };
     let raw = raw.unwrap_or(&default);
     let roots = raw.ca.as_ref().and_then(|file| {
-        builder.typed(
-            &format!("{base}.ca"),
-            crate::tls::read_certificates(&base_dir.join(file)),
-        )
+        let path = base_dir.join(file);
+        files.push(path.clone());
+        builder.typed(&format!("{base}.ca"), crate::tls::read_certificates(&path))
     });
-    let server_name = raw.server_name.as_ref().and_then(|name| {
-        builder.typed(
-            &format!("{base}.server_name"),
-            rustls::pki_types::ServerName::try_from(name.clone())
-                .map_err(|_| format!("\"{name}\" is not a DNS name or an IP address")),
-        )
-    });
+    let server_name = (raw.server_name.as_ref())
+        .and_then(|name| builder.typed(&format!("{base}.server_name"), tls_name(name)));
     let client_auth = match (&raw.cert, &raw.key) {
         (Some(cert), Some(key)) => {
             let cert_path = base_dir.join(cert);
             let key_path = base_dir.join(key);
+            files.push(cert_path.clone());
+            files.push(key_path.clone());
             let chain = builder.typed(
                 &format!("{base}.cert"),
                 crate::tls::read_certificates(&cert_path),

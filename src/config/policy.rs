@@ -552,31 +552,50 @@ fn no_empty_map<V>(
 /// The client certificates written at `base` (a rule's `when.mtls`, or the `match` of
 /// `identity.client_certs`), each entry checked.
 pub(super) fn mtls_condition(builder: &mut Builder, base: &str, mtls: &RawMtls) -> MtlsCondition {
-    let mut each = |key: &str, entries: &[String], parse: &dyn Fn(&str) -> Result<(), String>| {
+    // SECURITY: only `{}` accepts any certificate; a list written empty (a template that
+    // rendered nothing) must not widen the rule to every certificate.
+    let mut entries = |key: &str, entries: &Option<Vec<String>>| -> Vec<String> {
+        match entries {
+            Some(entries) if entries.is_empty() => {
+                builder.error(
+                    &format!("{base}.{key}"),
+                    "holds no entries; write at least one, or remove the key (mtls: {} accepts any verified certificate)",
+                );
+                Vec::new()
+            }
+            Some(entries) => entries.clone(),
+            None => Vec::new(),
+        }
+    };
+    let subjects = entries("subjects", &mtls.subjects);
+    let dns_names = entries("dns_names", &mtls.dns_names);
+    let spiffe_ids = entries("spiffe_ids", &mtls.spiffe_ids);
+    let fingerprints = entries("fingerprints", &mtls.fingerprints);
+    let mut parsed = |key: &str, entries: &[String], parse: &dyn Fn(&str) -> Result<(), String>| {
         for (index, entry) in entries.iter().enumerate() {
             if let Err(problem) = parse(entry) {
                 builder.error(&format!("{base}.{key}[{index}]"), problem);
             }
         }
     };
-    each("dns_names", &mtls.dns_names, &|name| {
+    parsed("dns_names", &dns_names, &|name| {
         parse_host_pattern(name).map(drop)
     });
-    each("spiffe_ids", &mtls.spiffe_ids, &|id| {
+    parsed("spiffe_ids", &spiffe_ids, &|id| {
         SpiffePattern::parse(id).map(drop)
     });
-    each("fingerprints", &mtls.fingerprints, &|hash| {
+    parsed("fingerprints", &fingerprints, &|hash| {
         parse_fingerprint(hash).map(drop)
     });
     MtlsCondition {
-        subjects: mtls.subjects.clone(),
-        dns_names: (mtls.dns_names.iter())
+        subjects,
+        dns_names: (dns_names.iter())
             .filter_map(|name| parse_host_pattern(name).ok())
             .collect(),
-        spiffe_ids: (mtls.spiffe_ids.iter())
+        spiffe_ids: (spiffe_ids.iter())
             .filter_map(|id| SpiffePattern::parse(id).ok())
             .collect(),
-        fingerprints: (mtls.fingerprints.iter())
+        fingerprints: (fingerprints.iter())
             .filter_map(|hash| parse_fingerprint(hash).ok())
             .collect(),
     }

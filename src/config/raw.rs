@@ -869,17 +869,17 @@ pub struct RawWhen {
 #[serde(deny_unknown_fields)]
 pub struct RawMtls {
     /// Subject common names, exactly.
-    #[serde(default, deserialize_with = "not_null_value")]
-    pub subjects: Vec<String>,
+    #[serde(default, deserialize_with = "not_null")]
+    pub subjects: Option<Vec<String>>,
     /// DNS names (subject alternative names); "*.example.com" for any name under it.
-    #[serde(default, deserialize_with = "not_null_value")]
-    pub dns_names: Vec<String>,
+    #[serde(default, deserialize_with = "not_null")]
+    pub dns_names: Option<Vec<String>>,
     /// SPIFFE IDs (URI subject alternative names); one ending in /* for every ID under it.
-    #[serde(default, deserialize_with = "not_null_value")]
-    pub spiffe_ids: Vec<String>,
+    #[serde(default, deserialize_with = "not_null")]
+    pub spiffe_ids: Option<Vec<String>>,
     /// SHA-256 fingerprints of certificates, hex, with or without colons.
-    #[serde(default, deserialize_with = "not_null_value")]
-    pub fingerprints: Vec<String>,
+    #[serde(default, deserialize_with = "not_null")]
+    pub fingerprints: Option<Vec<String>>,
 }
 
 /// For keys whose absence means "every request" or "every caller": an explicit empty

@@ -69,12 +69,13 @@ impl Health {
 }
 
 /// How a pool for the https target at `authority` connects: the upstream's setup, and
-/// `tls.server_name` or the target's host as the name sent and checked.
+/// `tls.server_name` or the target's host as the name sent and checked. `None` leaves
+/// the target without a pool, whose requests fail (never in plain text).
 fn pool_tls(tls: Option<&UpstreamTls>, authority: &http::uri::Authority) -> Option<PoolTls> {
     let tls = tls?;
     let server_name = match &tls.server_name {
         Some(name) => name.clone(),
-        // Config checked the host; an IP address in brackets loses them to parse.
+        // An IP address in brackets loses them to parse.
         None => rustls::pki_types::ServerName::try_from(
             authority
                 .host()
@@ -137,13 +138,17 @@ impl Upstream {
                             settings.keepalive_timeout,
                             errors(UpstreamErrorKind::Protocol),
                         )),
-                        Target::Https(authority) => Some(Pool::new(
-                            authority.clone(),
-                            pool_tls(settings.tls.as_ref(), authority),
-                            settings.connect_timeout,
-                            settings.keepalive_timeout,
-                            errors(UpstreamErrorKind::Protocol),
-                        )),
+                        Target::Https(authority) => {
+                            pool_tls(settings.tls.as_ref(), authority).map(|tls| {
+                                Pool::new(
+                                    authority.clone(),
+                                    Some(tls),
+                                    settings.connect_timeout,
+                                    settings.keepalive_timeout,
+                                    errors(UpstreamErrorKind::Protocol),
+                                )
+                            })
+                        }
                         Target::Echo => None,
                     },
                 })
@@ -220,7 +225,21 @@ impl Upstream {
         let target = &self.targets[index];
         let progress = request.body().progress.clone();
         let started = Instant::now();
-        let Some(pool) = &target.pool else {
+        let pool = match (&target.target, &target.pool) {
+            (Target::Echo, _) => None,
+            (_, Some(pool)) => Some(pool),
+            // SECURITY: an https target never goes out in plain text. (Config checks
+            // that each one has a name for the handshake, so this does not happen.)
+            (_, None) => {
+                self.tls_errors.inc();
+                return Attempt::Failed(ProxyError::UpstreamTls {
+                    upstream: self.name.to_string(),
+                    target: target.target.to_string(),
+                    cause: "no TLS setup for the target",
+                });
+            }
+        };
+        let Some(pool) = pool else {
             added.apply_to(request.headers_mut());
             return match self
                 .answered_in_time(started, progress.as_deref(), echo::respond(request))
@@ -256,6 +275,8 @@ impl Upstream {
             Ok(Err(SendError::Failed(err))) => Attempt::Failed(self.unreachable(err)),
             Ok(Err(SendError::Tls(cause))) => {
                 self.tls_errors.inc();
+                // Not retried: the request may have gone out. The next ones go elsewhere.
+                self.mark_down(index, &std::io::Error::other(cause));
                 Attempt::Failed(ProxyError::UpstreamTls {
                     upstream: self.name.to_string(),
                     target: target.target.to_string(),

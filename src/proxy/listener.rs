@@ -159,12 +159,16 @@ pub async fn run(listener: TcpListener, index: usize, live: Live, listeners: Lis
             activity: Arc::new(Activity::default()),
             tls: None,
         };
-        let tls = proxy.listener(index).and_then(|settings| {
-            Some(Terminating {
-                config: Arc::clone(&settings.tls.as_ref()?.server),
-                failures: proxy.metrics.tls_handshake_errors.clone(),
-                listener: settings.name.clone(),
-            })
+        // SECURITY: a socket the serving state does not know is closed, never served
+        // in plain text (loads keep every bound listener, so this does not happen).
+        let Some(settings) = proxy.listener(index) else {
+            tracing::error!(listener = %local, "no settings for this listener; closing the connection");
+            continue;
+        };
+        let tls = settings.tls.as_ref().map(|tls| Terminating {
+            config: Arc::clone(&tls.server),
+            failures: proxy.metrics.tls_handshake_errors.clone(),
+            listener: settings.name.clone(),
         });
         tokio::spawn(serve_connection(
             stream,

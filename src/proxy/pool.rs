@@ -700,12 +700,14 @@ async fn read_head<R: AsyncRead + Unpin>(
     }
 }
 
+/// Whether the upstream went away: a reset, or (on TLS) a close without `close_notify`.
 fn is_reset(err: &io::Error) -> bool {
     matches!(
         err.kind(),
         io::ErrorKind::ConnectionReset
             | io::ErrorKind::ConnectionAborted
             | io::ErrorKind::BrokenPipe
+            | io::ErrorKind::UnexpectedEof
     )
 }
 

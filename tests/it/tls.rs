@@ -1145,3 +1145,76 @@ async fn a_revoked_client_certificate_fails_the_handshake() {
     let series = "portcullis_tls_handshake_errors_total{listener=\"127.0.0.1:0\",reason=\"bad_client_certificate\"}";
     assert_eq!(settled_metric(&gw, series, 1.0).await, 1.0);
 }
+
+#[tokio::test]
+async fn sessions_resume_within_a_load_and_never_across_a_reload() {
+    // A resumed session keeps its first handshake's client certificate unchecked: a
+    // reload (which may have revoked it) must not let it resume.
+    let pki = Pki::new("test CA");
+    let server = pki.issue(&["gw.test"]);
+    let up = TestUpstream::start("app").await;
+    let gw = tls_gateway(&up.url(), SINGLE, &server_files(&server)).await;
+    let client = connector_http1(&pki);
+    let kind =
+        |stream: &tokio_rustls::client::TlsStream<TcpStream>| stream.get_ref().1.handshake_kind();
+    let session = |gw: &TestGateway| {
+        let client = client.clone();
+        let addr = gw.addr;
+        async move {
+            let tcp = TcpStream::connect(addr).await.unwrap();
+            let mut stream = client
+                .connect(ServerName::try_from("gw.test").unwrap(), tcp)
+                .await
+                .unwrap();
+            // A request and its answer, so that the session tickets arrive.
+            stream
+                .write_all(b"GET / HTTP/1.1\r\nHost: gw.test\r\nConnection: close\r\n\r\n")
+                .await
+                .unwrap();
+            let mut answer = Vec::new();
+            let _ = stream.read_to_end(&mut answer).await;
+            stream
+        }
+    };
+    assert_eq!(kind(&session(&gw).await), Some(rustls::HandshakeKind::Full));
+    assert_eq!(
+        kind(&session(&gw).await),
+        Some(rustls::HandshakeKind::Resumed)
+    );
+    let (code, body) = gw.admin(Method::POST, "/reload").await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    assert_eq!(
+        kind(&session(&gw).await),
+        Some(rustls::HandshakeKind::Full),
+        "a session of the load before is not resumed"
+    );
+}
+
+#[test]
+fn https_targets_need_a_name_and_mtls_lists_an_entry() {
+    let scratch = Scratch::new();
+    scratch.write(
+        "policy.yaml",
+        "rules:\n  - { id: any-cert, effect: allow, when: { mtls: { spiffe_ids: [] } } }\n",
+    );
+    let yaml = "\
+upstreams:
+  secure: { targets: [\"https://127.1:8443\"], tls: { insecure_skip_verify: true } }
+routes: [{ id: main, upstream: secure }]
+policy: { files: [policy.yaml] }
+";
+    let path = scratch.write("gw.yaml", yaml);
+    let errors = match portcullis::config::load(&path) {
+        Ok(_) => panic!("the config loaded"),
+        Err(errors) => errors.to_string(),
+    };
+    let errors = errors.replace(&scratch.path().display().to_string(), "DIR");
+    assert!(
+        errors.contains("upstreams.secure.targets[0]: \"127.1\" cannot be named in a TLS handshake; set tls.server_name"),
+        "{errors}"
+    );
+    assert!(
+        errors.contains("rules[0].when.mtls.spiffe_ids: holds no entries"),
+        "{errors}"
+    );
+}
