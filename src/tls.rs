@@ -421,3 +421,47 @@ pub fn server_config(
         .map_err(|err| format!("cannot make session-ticket keys: {err}"))?;
     Ok(Arc::new(config))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture(name: &str) -> std::path::PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/tls")
+            .join(name)
+    }
+
+    #[test]
+    fn keys_in_every_pem_form_pair_with_their_certificates() {
+        for (cert, key) in [
+            ("rsa.pem", "rsa-pkcs1.key"),
+            ("ec.pem", "ec-sec1.key"),
+            ("ec.pem", "ec-pkcs8.key"),
+        ] {
+            let chain = read_certificates(&fixture(cert)).unwrap();
+            let private = read_private_key(&fixture(key)).unwrap();
+            assert!(certified_key(chain, private).is_ok(), "{cert} with {key}");
+        }
+        let rsa = read_certificates(&fixture("rsa.pem")).unwrap();
+        let ec_key = read_private_key(&fixture("ec-sec1.key")).unwrap();
+        let mismatch = certified_key(rsa, ec_key).unwrap_err();
+        assert!(mismatch.contains("does not belong"), "{mismatch}");
+        let not_a_key = read_private_key(&fixture("rsa.pem")).unwrap_err();
+        assert!(
+            not_a_key.contains("holds no PEM private key"),
+            "{not_a_key}"
+        );
+    }
+
+    #[test]
+    fn a_certificate_says_its_names_fingerprint_and_dates() {
+        let chain = read_certificates(&fixture("ec.pem")).unwrap();
+        let facts = certificate_facts(&chain[0]).unwrap();
+        assert_eq!(facts.holder.subject.as_deref(), Some("ec.test"));
+        assert_eq!(facts.holder.dns_names, ["ec.test"]);
+        assert_eq!(facts.holder.fingerprint.len(), 64);
+        assert!(facts.not_after > facts.not_before);
+        assert!(facts.valid_until.ends_with(" UTC"), "{}", facts.valid_until);
+    }
+}
