@@ -53,16 +53,9 @@ pub struct CaseRequest {
 /// files is refused (a request to the admin listener must not read the disk).
 pub fn parse_client_cert(spec: &str, files: Option<&Path>) -> Result<ClientCertificate, String> {
     let mut certificate = ClientCertificate::default();
-    for part in spec
-        .split(',')
-        .map(str::trim)
-        .filter(|part| !part.is_empty())
-    {
-        let Some((key, value)) = part.split_once('=') else {
-            return Err(format!("\"{part}\" is not key=value"));
-        };
-        let value = value.trim();
-        match key.trim() {
+    for pair in key_values(spec) {
+        let (key, value) = pair?;
+        match key {
             "file" => {
                 let Some(base_dir) = files else {
                     return Err("file= is not read here: give the certificate's facts".to_owned());
@@ -90,6 +83,17 @@ pub fn parse_client_cert(spec: &str, files: Option<&Path>) -> Result<ClientCerti
     Ok(certificate)
 }
 
+/// The `key=value` pairs of a comma-separated spec (`--as`, `--cert-as`), trimmed.
+fn key_values(spec: &str) -> impl Iterator<Item = Result<(&str, &str), String>> {
+    spec.split(',')
+        .map(str::trim)
+        .filter(|part| !part.is_empty())
+        .map(|part| match part.split_once('=') {
+            Some((key, value)) => Ok((key.trim(), value.trim())),
+            None => Err(format!("\"{part}\" is not key=value")),
+        })
+}
+
 /// Reads a simulated caller: `sub=alice,roles=editor,roles=admin,scopes=orders:read,claims.tenant=acme`.
 /// Repeat `roles` or `scopes` for several; a claim that reads as a number or `true`/`false`
 /// is one.
@@ -98,15 +102,9 @@ pub fn parse_principal(spec: &str) -> Result<Principal, String> {
         issuer: "simulated".to_owned(),
         ..Principal::default()
     };
-    for part in spec
-        .split(',')
-        .map(str::trim)
-        .filter(|part| !part.is_empty())
-    {
-        let Some((key, value)) = part.split_once('=') else {
-            return Err(format!("\"{part}\" is not key=value"));
-        };
-        match key.trim() {
+    for pair in key_values(spec) {
+        let (key, value) = pair?;
+        match key {
             "sub" | "subject" => principal.subject = value.to_owned(),
             "roles" | "role" => principal.roles.push(value.to_owned()),
             "scopes" | "scope" => principal.scopes.push(value.to_owned()),

@@ -2,6 +2,73 @@
 //!
 //! `handle.rs` orders the phases; each other file owns one of them.
 
+/// `AsyncRead` and `AsyncWrite` for an enum of streams (`Enum { Variant, … }`, each variant
+/// holding one stream), each call passed to the stream of the variant at hand: one
+/// connection type for plain and TLS sockets without boxing or dynamic dispatch.
+macro_rules! streams_enum_io {
+    ($name:ident { $($variant:ident),+ }) => {
+        impl tokio::io::AsyncRead for $name {
+            fn poll_read(
+                self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+                buf: &mut tokio::io::ReadBuf<'_>,
+            ) -> std::task::Poll<std::io::Result<()>> {
+                match self.get_mut() {
+                    $($name::$variant(stream) => std::pin::Pin::new(stream).poll_read(cx, buf),)+
+                }
+            }
+        }
+
+        impl tokio::io::AsyncWrite for $name {
+            fn poll_write(
+                self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+                buf: &[u8],
+            ) -> std::task::Poll<std::io::Result<usize>> {
+                match self.get_mut() {
+                    $($name::$variant(stream) => std::pin::Pin::new(stream).poll_write(cx, buf),)+
+                }
+            }
+
+            fn poll_write_vectored(
+                self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+                bufs: &[std::io::IoSlice<'_>],
+            ) -> std::task::Poll<std::io::Result<usize>> {
+                match self.get_mut() {
+                    $($name::$variant(stream) => {
+                        std::pin::Pin::new(stream).poll_write_vectored(cx, bufs)
+                    })+
+                }
+            }
+
+            fn is_write_vectored(&self) -> bool {
+                match self {
+                    $($name::$variant(stream) => stream.is_write_vectored(),)+
+                }
+            }
+
+            fn poll_flush(
+                self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+            ) -> std::task::Poll<std::io::Result<()>> {
+                match self.get_mut() {
+                    $($name::$variant(stream) => std::pin::Pin::new(stream).poll_flush(cx),)+
+                }
+            }
+
+            fn poll_shutdown(
+                self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+            ) -> std::task::Poll<std::io::Result<()>> {
+                match self.get_mut() {
+                    $($name::$variant(stream) => std::pin::Pin::new(stream).poll_shutdown(cx),)+
+                }
+            }
+        }
+    };
+}
+
 mod admit;
 mod client_http1;
 mod echo;
