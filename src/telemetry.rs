@@ -394,15 +394,34 @@ impl Metrics {
     }
 
     /// Sets the expiry series to `certificates` (listener, host, expiry), and only those.
+    /// The new ones are set before the old ones go, so that no scrape finds none.
     pub fn certificates_serving<'a>(
         &self,
         certificates: impl IntoIterator<Item = (&'a str, &'a str, i64)>,
     ) {
-        self.tls_certificate_expiry.reset();
+        use prometheus::core::Collector as _;
+        let mut serving = std::collections::BTreeSet::new();
         for (listener, host, not_after) in certificates {
             self.tls_certificate_expiry
                 .with_label_values(&[listener, host])
                 .set(not_after);
+            serving.insert((listener.to_owned(), host.to_owned()));
+        }
+        for family in self.tls_certificate_expiry.collect() {
+            for metric in family.get_metric() {
+                let label = |name: &str| {
+                    (metric.get_label().iter())
+                        .find(|pair| pair.name() == name)
+                        .map_or("", |pair| pair.value())
+                        .to_owned()
+                };
+                let series = (label("listener"), label("host"));
+                if !serving.contains(&series) {
+                    let _ = self
+                        .tls_certificate_expiry
+                        .remove_label_values(&[&series.0, &series.1]);
+                }
+            }
         }
     }
 
@@ -727,6 +746,25 @@ mod tests {
             assert!(text.lines().any(|found| found == line), "{line}\n{text}");
         }
         assert_eq!(text.matches("# TYPE portcullis_requests_total").count(), 1);
+    }
+
+    #[test]
+    fn certificate_expiry_series_follow_the_certificates_serving() {
+        let metrics = Metrics::new(1);
+        metrics
+            .certificates_serving([("0.0.0.0:443", "a.test", 10), ("0.0.0.0:443", "b.test", 20)]);
+        metrics
+            .certificates_serving([("0.0.0.0:443", "b.test", 30), ("0.0.0.0:443", "c.test", 40)]);
+        let text = metrics.encode();
+        let series = |host: &str| {
+            format!(
+                "{}{{host=\"{host}\",listener=\"0.0.0.0:443\"}}",
+                names::TLS_CERTIFICATE_EXPIRY
+            )
+        };
+        assert!(!text.contains(&series("a.test")), "{text}");
+        assert!(text.contains(&format!("{} 30", series("b.test"))), "{text}");
+        assert!(text.contains(&format!("{} 40", series("c.test"))), "{text}");
     }
 
     #[test]

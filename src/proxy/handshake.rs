@@ -138,25 +138,38 @@ impl Failure {
     }
 }
 
-/// Takes a TLS handshake with the client on `stream`. A plain HTTP request is answered
-/// with a 400 that says to use `https://`, as nginx does, and counts as a failure.
+/// How a connection that did not become TLS ended.
+pub enum Refusal {
+    /// It sent a plain HTTP request: the caller answers it with [`refuse_plain_http`].
+    PlainHttp(TcpStream),
+    /// The handshake failed.
+    Failed(Failure),
+}
+
+impl From<Failure> for Refusal {
+    fn from(failure: Failure) -> Refusal {
+        Refusal::Failed(failure)
+    }
+}
+
+/// Takes a TLS handshake with the client on `stream`. A plain HTTP request is handed
+/// back, to be answered with a 400 that says to use `https://`, as nginx does.
 pub async fn accept(
     stream: TcpStream,
     config: Arc<rustls::ServerConfig>,
-) -> Result<(TlsStream<TcpStream>, TlsInfo), Failure> {
+) -> Result<(TlsStream<TcpStream>, TlsInfo), Refusal> {
     // The record header (5 bytes), the handshake header (4), the ClientHello's version (2).
     let mut first = [0u8; 11];
     let seen = match stream.peek(&mut first).await {
-        Ok(0) | Err(_) => return Err(Failure::Closed),
+        Ok(0) | Err(_) => return Err(Failure::Closed.into()),
         Ok(seen) => seen,
     };
     let client_version = (seen == first.len()).then(|| u16::from_be_bytes([first[9], first[10]]));
     if first[0] != HANDSHAKE_RECORD {
         if first[0].is_ascii_uppercase() {
-            refuse_plain_http(stream).await;
-            return Err(Failure::PlainHttp);
+            return Err(Refusal::PlainHttp(stream));
         }
-        return Err(Failure::NotTls);
+        return Err(Failure::NotTls.into());
     }
     let stream = tokio_rustls::TlsAcceptor::from(config)
         .accept(stream)
@@ -185,8 +198,8 @@ const PLAIN_LINGER: Duration = Duration::from_secs(1);
 
 /// Answers a plain HTTP request on a TLS port with a 400 and closes. The head is read
 /// first, and the connection drained for a moment after, so that the close does not
-/// reset the connection before the client has read the answer.
-async fn refuse_plain_http(mut stream: TcpStream) {
+/// reset the connection before the client has read the answer. The caller bounds it.
+pub async fn refuse_plain_http(mut stream: TcpStream) {
     let mut head = Vec::with_capacity(1024);
     let mut chunk = [0u8; 4096];
     while head.len() < PLAIN_HEAD_LIMIT && memchr::memmem::find(&head, b"\r\n\r\n").is_none() {

@@ -26,7 +26,7 @@ use super::client_http1::{self, ClientBody, Wire};
 use super::forward;
 use super::h1::client::ResponseFields;
 use super::handle::handle;
-use super::handshake::{self, Alpn, Failure, TlsInfo};
+use super::handshake::{self, Alpn, Failure, Refusal, TlsInfo};
 use super::head_memory::HeadMemory;
 use crate::config::Limits;
 use crate::proxy::Live;
@@ -207,7 +207,7 @@ async fn serve_connection(
         Some(tls) => {
             let accepted = tokio::select! {
                 accepted = handshake::accept(stream, Arc::clone(&tls.config)) => accepted,
-                () = &mut first_request => Err(Failure::Timeout),
+                () = &mut first_request => Err(Refusal::Failed(Failure::Timeout)),
                 _ = shutdown.wait_for(|draining| *draining) => return,
             };
             match accepted {
@@ -216,7 +216,16 @@ async fn serve_connection(
                     meta.tls = Some(info);
                     (ClientStream::Tls(Box::new(stream)), alpn)
                 }
-                Err(failure) => {
+                Err(Refusal::PlainHttp(stream)) => {
+                    tls.failed(Failure::PlainHttp, peer);
+                    // Within what is left of the first request's time.
+                    tokio::select! {
+                        () = handshake::refuse_plain_http(stream) => {}
+                        () = &mut first_request => {}
+                    }
+                    return;
+                }
+                Err(Refusal::Failed(failure)) => {
                     tls.failed(failure, peer);
                     return;
                 }
