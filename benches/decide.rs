@@ -98,6 +98,7 @@ fn decisions(c: &mut Criterion) {
                 headers: &header_pairs,
                 principal: None,
                 client_cert: None,
+                country: None,
             };
             // The scenario decides the way its name says, or the benchmark measures nothing.
             let decision = set.evaluate(&facts);

@@ -21,7 +21,8 @@ use tokio::sync::Semaphore;
 
 use crate::config::HostPattern;
 use crate::config::cases::{parse_client_cert, parse_principal};
-use crate::proxy::offline::{self, Caller};
+use crate::policy::Country;
+use crate::proxy::offline::{self, Caller, Synthetic};
 use crate::proxy::{Serving, normalize};
 use crate::reload::Reloader;
 use crate::telemetry::Metrics;
@@ -183,7 +184,9 @@ async fn serve(state: &AdminState, request: Request<Incoming>) -> Response<Full<
                     "not ready: listeners are not bound yet\n",
                 )
             } else {
-                let unavailable = state.serving.load().identity().unavailable();
+                let load = state.serving.load();
+                let mut unavailable = load.identity().unavailable();
+                unavailable.extend(load.geo().unavailable().map(str::to_owned));
                 if unavailable.is_empty() {
                     text(StatusCode::OK, "ready\n")
                 } else {
@@ -231,6 +234,7 @@ async fn explain(state: &AdminState, request: Request<Incoming>) -> Response<Ful
         principal: Option<String>,
         token: Option<String>,
         client_cert: Option<String>,
+        country: Option<String>,
     }
     fn default_method() -> String {
         "GET".to_owned()
@@ -242,7 +246,7 @@ async fn explain(state: &AdminState, request: Request<Incoming>) -> Response<Ful
             &serde_json::json!({ "error": problem,
                 "expected": { "method": "GET", "url": "https://host/path", "ip": "203.0.113.7",
                     "headers": { "X-Api-Key": "..." }, "as": "sub=alice,roles=editor", "token": "JWT",
-                    "client_cert": "uri=spiffe://example.org/ns/a/sa/b" } }),
+                    "client_cert": "uri=spiffe://example.org/ns/a/sa/b", "country": "DE" } }),
         )
     };
     let read = tokio::time::timeout(
@@ -287,17 +291,26 @@ async fn explain(state: &AdminState, request: Request<Incoming>) -> Response<Ful
         Some(Ok(certificate)) => Some(certificate),
         Some(Err(problem)) => return bad(format!("client_cert: {problem}")),
     };
+    let country = match asked.country.as_deref().map(Country::parse) {
+        None => None,
+        Some(Ok(country)) => Some(country),
+        Some(Err(problem)) => return bad(format!("country: {problem}")),
+    };
     let headers: Vec<(String, String)> = asked.headers.into_iter().collect();
     let load = state.serving.load();
     let answer = offline::decide(
         load.config(),
         load.identity(),
-        &asked.method,
-        &asked.url,
-        ip,
-        &headers,
-        &caller,
-        client_cert.as_ref(),
+        load.geo(),
+        &Synthetic {
+            method: &asked.method,
+            url: &asked.url,
+            peer: ip,
+            headers: &headers,
+            caller: &caller,
+            client_cert: client_cert.as_ref(),
+            country,
+        },
     );
     json(StatusCode::OK, &answer.to_json())
 }

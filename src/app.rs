@@ -94,7 +94,8 @@ impl Gateway {
             1
         };
         let metrics = Arc::new(Metrics::new(workers));
-        let load = Load::new(config, &metrics, None).map_err(anyhow::Error::msg)?;
+        let geo = crate::geoip::Geo::load(config.geoip.as_ref(), None);
+        let load = Load::new(config, geo, &metrics, None).map_err(anyhow::Error::msg)?;
         load.serving(&metrics);
         let readiness = Arc::new(Readiness::default());
         // Keys first, so that the first requests find them; an issuer whose keys cannot be

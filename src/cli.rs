@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::config::{self, Config};
-use crate::proxy::offline::{self, Caller, Offline, Verdict};
+use crate::proxy::offline::{self, Caller, Offline, Synthetic, Verdict};
 
 /// Writes a line to stdout. A closed pipe (`portcullis schema | head`) is not an error
 /// worth a panic: the reader has all it wanted.
@@ -103,6 +103,10 @@ pub enum Command {
         /// `uri=spiffe://example.org/ns/a/sa/b,dns=a.example.org,subject=a,fingerprint=…`.
         #[arg(long, value_name = "FACTS")]
         cert_as: Option<String>,
+        /// The client's country (ISO 3166-1 alpha-2, XX for unknown), instead of what the
+        /// geo database says of --ip.
+        #[arg(long, value_name = "CODE")]
+        country: Option<String>,
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
@@ -207,6 +211,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             token,
             cert,
             cert_as,
+            country,
             json,
         } => {
             let Some(config) = load_or_report(&config) else {
@@ -247,16 +252,33 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 (None, Some(token)) => Caller::Token(token),
                 (None, None) => Caller::FromRequest,
             };
+            let country = match country.as_deref().map(crate::policy::Country::parse) {
+                None => None,
+                Some(Ok(country)) => Some(country),
+                Some(Err(problem)) => {
+                    err_line!("--country: {problem}");
+                    return Ok(ExitCode::from(EXIT_INVALID));
+                }
+            };
             let identity = offline::identity(&config);
+            let geo = match country {
+                // A country given needs no database.
+                Some(_) => std::sync::Arc::default(),
+                None => offline::geo(&config),
+            };
             let offline = offline::decide(
                 &config,
                 &identity,
-                &method,
-                &url,
-                ip,
-                &pairs,
-                &caller,
-                client_cert.as_ref(),
+                &geo,
+                &Synthetic {
+                    method: &method,
+                    url: &url,
+                    peer: ip,
+                    headers: &pairs,
+                    caller: &caller,
+                    client_cert: client_cert.as_ref(),
+                    country,
+                },
             );
             if json {
                 out_line!("{}", offline.to_json());
@@ -430,20 +452,23 @@ pub fn run_cases(config: &Config, cases: &[config::cases::Case]) -> (String, usi
     let mut report = String::new();
     let mut failed = 0;
     let identity = offline::identity(config);
+    let geo = offline::geo(config);
     for case in cases {
         let request = &case.request;
+        let caller = (request.principal.clone()).map_or(Caller::FromRequest, Caller::Simulated);
         let offline = offline::decide(
             config,
             &identity,
-            &request.method,
-            &request.url,
-            request.ip,
-            &request.headers,
-            &request
-                .principal
-                .clone()
-                .map_or(Caller::FromRequest, Caller::Simulated),
-            request.client_cert.as_ref(),
+            &geo,
+            &Synthetic {
+                method: &request.method,
+                url: &request.url,
+                peer: request.ip,
+                headers: &request.headers,
+                caller: &caller,
+                client_cert: request.client_cert.as_ref(),
+                country: request.country,
+            },
         );
         let differences = case.expect.differences(&offline.actual());
         if differences.is_empty() {

@@ -25,7 +25,7 @@ use prometheus::IntCounter;
 
 use crate::config::{DecisionSink, LogSettings, OnFull};
 use crate::json;
-use crate::policy::{Address, Decision, Effect, PathGlob, Principal};
+use crate::policy::{Address, Country, Decision, Effect, PathGlob, Principal};
 
 /// What a decision-log line says of a decided request.
 pub struct Decided<'a> {
@@ -39,6 +39,8 @@ pub struct Decided<'a> {
     pub path: &'a str,
     /// The client address the policy saw.
     pub client_ip: IpAddr,
+    /// The client's country, when a rule named countries and it was found out.
+    pub country: Option<Country>,
     /// Who called, when identified.
     pub principal: Option<&'a Principal>,
 }
@@ -237,6 +239,10 @@ impl DecisionLog {
                 .plain_with("client.ip", |out| {
                     let _ = Address(request.client_ip).write_to(out);
                 })
+                .str_or_null(
+                    "client.geo.country_iso_code",
+                    request.country.as_ref().map(Country::as_str),
+                )
                 .str_or_null("principal.id", principal)
                 .plain("decision.reason", decision.reason.code())
                 .str_or_null("rule.id", rule)
@@ -279,6 +285,7 @@ impl DecisionLog {
                 .plain_with("client.ip", |out| {
                     let _ = Address(request.peer.to_canonical()).write_to(out);
                 })
+                .str_or_null("client.geo.country_iso_code", None)
                 .str_or_null("principal.id", None)
                 .str("decision.reason", request.reason)
                 .str_or_null("rule.id", None)

@@ -7,6 +7,7 @@ pub mod app;
 pub mod cli;
 pub mod config;
 pub mod decision_log;
+pub mod geoip;
 pub mod healthcheck;
 pub mod identity;
 #[cfg(any(test, feature = "fuzzing"))]

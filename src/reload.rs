@@ -20,6 +20,7 @@ use std::time::{Duration, SystemTime};
 use notify::{Event, EventKind, RecommendedWatcher, RecursiveMode, Watcher as _};
 
 use crate::config::{self, Config};
+use crate::geoip::Geo;
 use crate::identity::IssuerKeys;
 use crate::proxy::{Load, Serving};
 use crate::telemetry::Metrics;
@@ -264,20 +265,27 @@ impl Reloader {
     async fn reload_now(&self, why: &str) -> Result<Status, Failure> {
         let _one_at_a_time = self.reloading.lock().await;
         let path = self.config_path.clone();
-        let loaded = tokio::task::spawn_blocking(move || config::load(&path))
-            .await
-            .unwrap_or_else(|err| {
-                Err(config::ConfigErrors::from(config::ConfigError::unreadable(
-                    &self.config_path,
-                    &std::io::Error::other(err.to_string()),
-                )))
-            });
-        let config = match loaded {
-            Ok(config) => config,
+        let previous = self.serving.load();
+        // A new country database is read (and checked) off the runtime, as the files are.
+        let previous_geo = Arc::clone(previous.geo());
+        let loaded = tokio::task::spawn_blocking(move || {
+            config::load(&path).map(|config| {
+                let geo = Geo::load(config.geoip.as_ref(), Some(&previous_geo));
+                (config, geo)
+            })
+        })
+        .await
+        .unwrap_or_else(|err| {
+            Err(config::ConfigErrors::from(config::ConfigError::unreadable(
+                &self.config_path,
+                &std::io::Error::other(err.to_string()),
+            )))
+        });
+        let (config, geo) = match loaded {
+            Ok(loaded) => loaded,
             Err(errors) => return Err(self.failed(why, &errors)),
         };
-        let previous = self.serving.load();
-        let load = match Load::new(&config, &self.metrics, Some(&previous)) {
+        let load = match Load::new(&config, geo, &self.metrics, Some(&previous)) {
             Ok(load) => load,
             Err(problem) => {
                 let errors = config::ConfigErrors::from(config::ConfigError::at(
@@ -554,6 +562,7 @@ impl Relevant {
             .chain(&config.policy_summary.list_files)
             .chain(&config.identity_files)
             .chain(&config.tls_files)
+            .chain(config.geoip.iter().flat_map(|geoip| &geoip.database))
             .map(|file| resolved(file))
             .collect();
         let base = config.file.parent().unwrap_or(Path::new(""));

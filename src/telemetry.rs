@@ -55,6 +55,13 @@ pub mod names {
     pub const TLS_HANDSHAKE_ERRORS_TOTAL: &str = "portcullis_tls_handshake_errors_total";
     /// When each certificate a TLS listener serves expires, by listener and host.
     pub const TLS_CERTIFICATE_EXPIRY: &str = "portcullis_tls_certificate_expiry_timestamp_seconds";
+    /// Country lookups in the geo database, by result (`found`, `unknown`, `error`).
+    pub const GEOIP_LOOKUPS_TOTAL: &str = "portcullis_geoip_lookups_total";
+    /// 1 when the configured country database serves lookups, 0 when none could be loaded.
+    pub const GEOIP_DATABASE_LOADED: &str = "portcullis_geoip_database_loaded";
+    /// When the country database serving was built, by its own metadata.
+    pub const GEOIP_DATABASE_BUILD_TIMESTAMP: &str =
+        "portcullis_geoip_database_build_timestamp_seconds";
 
     /// Every metric name, for checks of what dashboards and alerts refer to.
     pub const ALL: &[&str] = &[
@@ -77,6 +84,9 @@ pub mod names {
         POLICY_LAST_RELOAD_SUCCESSFUL,
         TLS_HANDSHAKE_ERRORS_TOTAL,
         TLS_CERTIFICATE_EXPIRY,
+        GEOIP_LOOKUPS_TOTAL,
+        GEOIP_DATABASE_LOADED,
+        GEOIP_DATABASE_BUILD_TIMESTAMP,
     ];
 }
 
@@ -160,6 +170,10 @@ pub struct Metrics {
     pub policy_last_reload_successful: IntGauge,
     /// [`names::TLS_CERTIFICATE_EXPIRY`].
     pub tls_certificate_expiry: IntGaugeVec,
+    /// [`names::GEOIP_DATABASE_LOADED`].
+    pub geoip_database_loaded: IntGaugeVec,
+    /// [`names::GEOIP_DATABASE_BUILD_TIMESTAMP`].
+    pub geoip_database_build: IntGaugeVec,
 }
 
 /// One worker's metrics: what its requests and connections change.
@@ -183,6 +197,8 @@ pub struct Shard {
     pub rule_matches: IntCounterVec,
     /// [`names::TLS_HANDSHAKE_ERRORS_TOTAL`].
     pub tls_handshake_errors: IntCounterVec,
+    /// [`names::GEOIP_LOOKUPS_TOTAL`].
+    pub geoip_lookups: IntCounterVec,
 }
 
 /// Decision-time buckets from 1µs to 10ms: a decision is a few microseconds.
@@ -288,6 +304,16 @@ impl Shard {
                     &["listener", "reason"],
                 ),
             ),
+            geoip_lookups: registered(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        names::GEOIP_LOOKUPS_TOTAL,
+                        "Country lookups in the geo database, by result: found, unknown (XX) or error (no database loaded, or a record unreadable).",
+                    ),
+                    &["result"],
+                ),
+            ),
             registry,
         }
     }
@@ -389,7 +415,51 @@ impl Metrics {
                     &["listener", "host"],
                 ),
             ),
+            geoip_database_loaded: registered(
+                &registry,
+                IntGaugeVec::new(
+                    Opts::new(
+                        names::GEOIP_DATABASE_LOADED,
+                        "1 when a country database serves lookups, 0 when the configured one could not be loaded (country conditions fail closed).",
+                    ),
+                    &["database"],
+                ),
+            ),
+            geoip_database_build: registered(
+                &registry,
+                IntGaugeVec::new(
+                    Opts::new(
+                        names::GEOIP_DATABASE_BUILD_TIMESTAMP,
+                        "When the country database serving was built, in seconds since the Unix epoch (from its metadata).",
+                    ),
+                    &["database"],
+                ),
+            ),
             registry,
+        }
+    }
+
+    /// Sets the country-database series: `database` is the configured file and the build
+    /// time of the database serving, if one does (`None`: none configured). Series of a
+    /// file no longer configured go, after the new ones are set.
+    pub fn geoip_serving(&self, database: Option<(&std::path::Path, Option<u64>)>) {
+        let label = database.map(|(path, _)| path.display().to_string());
+        if let (Some(label), Some((_, built))) = (&label, database) {
+            self.geoip_database_loaded
+                .with_label_values(&[label.as_str()])
+                .set(i64::from(built.is_some()));
+            match built {
+                Some(epoch) => self
+                    .geoip_database_build
+                    .with_label_values(&[label.as_str()])
+                    .set(i64::try_from(epoch).unwrap_or(i64::MAX)),
+                None => {
+                    let _ = self.geoip_database_build.remove_label_values(&[label]);
+                }
+            }
+        }
+        for gauge in [&self.geoip_database_loaded, &self.geoip_database_build] {
+            keep_only(gauge, "database", label.as_deref());
         }
     }
 
@@ -527,6 +597,21 @@ fn sum_shards(
 }
 
 /// Removes every series of `vec` whose `label` is one of `gone`.
+/// Removes every series of `gauges` whose `label` is not `keep`.
+fn keep_only(gauges: &IntGaugeVec, label: &str, keep: Option<&str>) {
+    use prometheus::core::Collector as _;
+    for family in gauges.collect() {
+        for metric in family.get_metric() {
+            let value = (metric.get_label().iter())
+                .find(|pair| pair.name() == label)
+                .map_or("", |pair| pair.value());
+            if Some(value) != keep {
+                let _ = gauges.remove_label_values(&[value]);
+            }
+        }
+    }
+}
+
 fn forget_series<B: prometheus::core::MetricVecBuilder>(
     vec: &prometheus::core::MetricVec<B>,
     label: &str,

@@ -1,5 +1,7 @@
 //! Helpers for the crate's own unit tests.
 
+pub mod mmdb;
+
 /// A fixed xorshift sequence: randomized tests that are the same on every run.
 pub struct Xorshift(u64);
 

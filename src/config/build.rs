@@ -19,18 +19,19 @@ use super::model::{
     IdentitySettings, JwtSettings, KeySource, RemoteKeys, Secret, TokenSource,
 };
 use super::model::{
-    ClientCertIdentity, DecisionSink, ListenerTls, LogSettings, OnFull, ServedCertificate,
-    UpstreamTls,
+    ClientCertIdentity, DecisionSink, GeoipSettings, ListenerTls, LogSettings, OnFull,
+    ServedCertificate, UpstreamTls,
 };
 use super::policy::{self, PolicySummary};
 use super::raw::{
     RawApiKey, RawApiKeyFile, RawClientCert, RawConfig, RawDenials, RawDetail, RawForwardedHeader,
-    RawIdentity, RawJwt, RawLimits, RawListenTls, RawLog, RawOnFull, RawRoute, RawSecret,
+    RawGeoip, RawIdentity, RawJwt, RawLimits, RawListenTls, RawLog, RawOnFull, RawRoute, RawSecret,
     RawUpstream, RawUpstreamTls,
 };
 use super::source::{Source, key_segment};
 use super::units::{format_size, parse_duration, parse_size};
 use crate::key_set::KeySet;
+use crate::policy::Condition;
 use crate::tls::{ClientCas, ClientCertMode, ServerCertificates};
 use rustls::sign::CertifiedKey;
 
@@ -158,6 +159,12 @@ pub fn build(path: &Path, text: &str, raw: RawConfig) -> Result<Config, ConfigEr
         }
     }
 
+    let geoip = raw
+        .network
+        .geoip
+        .as_ref()
+        .and_then(|geoip| build_geoip(&mut builder, geoip, base_dir));
+
     let mut upstreams = Vec::new();
     if raw.upstreams.is_empty() {
         builder.error("upstreams", "at least one upstream is required");
@@ -213,6 +220,26 @@ pub fn build(path: &Path, text: &str, raw: RawConfig) -> Result<Config, ConfigEr
         }
     }
 
+    if let Some(set) = &policy_set
+        && set.uses_countries()
+        && raw.network.geoip.is_none()
+    {
+        for (rule, origin) in set.rules().iter().zip(&policy_summary.rule_origins) {
+            let names_countries = rule.when.iter().any(|condition| {
+                matches!(
+                    condition,
+                    Condition::Countries(_) | Condition::NotCountries(_)
+                )
+            });
+            if names_countries {
+                policy_errors.push(origin.problem(format!(
+                    "rule \"{}\" names countries, but the config names no country source; add network.geoip.database (a .mmdb country database) or network.geoip.header",
+                    rule.id
+                )));
+            }
+        }
+    }
+
     match (admin_addr, limits, shutdown_grace, policy_set, identity) {
         (
             Some(admin_addr),
@@ -253,6 +280,7 @@ pub fn build(path: &Path, text: &str, raw: RawConfig) -> Result<Config, ConfigEr
                 },
                 trusted_proxies,
                 keep_override_headers: raw.network.keep_override_headers,
+                geoip,
                 forwarded_header: match raw.network.forwarded_header {
                     RawForwardedHeader::XForwardedFor => ForwardedHeader::XForwardedFor,
                     RawForwardedHeader::Forwarded => ForwardedHeader::Forwarded,
@@ -286,6 +314,51 @@ pub fn build(path: &Path, text: &str, raw: RawConfig) -> Result<Config, ConfigEr
             Err(ConfigErrors(errors))
         }
     }
+}
+
+/// `network.geoip`: a database path, a header, or both. The database itself is read by
+/// the gateway (`geoip`), which keeps serving without it (fail closed) when it cannot.
+fn build_geoip(builder: &mut Builder, raw: &RawGeoip, base_dir: &Path) -> Option<GeoipSettings> {
+    if raw.database.is_none() && raw.header.is_none() {
+        builder.error(
+            "network.geoip",
+            "name a country database (database: path/to/countries.mmdb), a header trusted proxies set (header: CF-IPCountry), or both",
+        );
+        return None;
+    }
+    let header = match &raw.header {
+        None => None,
+        Some(name) => Some(builder.typed(
+            "network.geoip.header",
+            http::HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| format!("\"{name}\" is not a header name"))
+                .and_then(|header| {
+                    if is_message_control(&header) {
+                        Err(format!(
+                            "\"{name}\" frames, routes or controls the message, so it cannot carry a country"
+                        ))
+                    } else {
+                        Ok(header)
+                    }
+                }),
+        )?),
+    };
+    let database = match &raw.database {
+        Some(file) if file.trim().is_empty() => {
+            builder.error(
+                "network.geoip.database",
+                "name a .mmdb file, or remove the key",
+            );
+            return None;
+        }
+        Some(file) => Some(base_dir.join(file)),
+        None => None,
+    };
+    Some(GeoipSettings {
+        database,
+        header,
+        keep_untrusted_header: raw.keep_untrusted_header,
+    })
 }
 
 /// A listener's TLS settings, every file read and checked: certificates and their keys

@@ -13,7 +13,7 @@ use serde::{Deserialize, Deserializer};
 use super::build::Builder;
 use super::error::{ConfigError, ConfigErrors};
 use super::source::{Source, key_segment};
-use crate::policy::{ClaimValue, ClientCertificate, Principal, parse_fingerprint};
+use crate::policy::{ClaimValue, ClientCertificate, Country, Principal, parse_fingerprint};
 
 /// One case: a synthetic request and what it must get.
 #[derive(Debug, Clone, PartialEq)]
@@ -44,6 +44,8 @@ pub struct CaseRequest {
     pub principal: Option<Principal>,
     /// The client certificate the connection showed (`client_cert:`), taken as verified.
     pub client_cert: Option<ClientCertificate>,
+    /// The client's country (`country:`), instead of what the geo database says.
+    pub country: Option<Country>,
 }
 
 /// Reads a client certificate for `explain --cert-as` and cases' `client_cert`: its
@@ -225,6 +227,9 @@ struct RawRequest {
     /// The client certificate the connection showed, taken as verified: file=cert.pem, or
     /// its facts: uri=spiffe://example.org/ns/a/sa/b,dns=a.example.org,subject=a,fingerprint=….
     client_cert: Option<String>,
+    /// The client's country (ISO 3166-1 alpha-2, XX for unknown), instead of what the geo
+    /// database says of ip.
+    country: Option<String>,
 }
 
 fn default_method() -> String {
@@ -304,7 +309,15 @@ pub fn load(path: &Path) -> Result<Vec<Case>, ConfigErrors> {
                 )
                 .map(Some),
         };
-        if let (Some(ip), Some(principal), Some(client_cert)) = (ip, principal, client_cert) {
+        let country = match &raw_case.request.country {
+            None => Some(None),
+            Some(code) => builder
+                .typed(&format!("{base}.request.country"), Country::parse(code))
+                .map(Some),
+        };
+        if let (Some(ip), Some(principal), Some(client_cert), Some(country)) =
+            (ip, principal, client_cert, country)
+        {
             cases.push(Case {
                 name: raw_case.name,
                 origin,
@@ -315,6 +328,7 @@ pub fn load(path: &Path) -> Result<Vec<Case>, ConfigErrors> {
                     headers: raw_case.request.headers.into_iter().collect(),
                     principal,
                     client_cert,
+                    country,
                 },
                 expect: Expected {
                     decision: raw_case.expect.decision,

@@ -58,6 +58,17 @@ pub fn warnings(config: &Config, source: &Source) -> Vec<ConfigError> {
             ));
         }
     }
+    if let Some(geoip) = &config.geoip
+        && geoip.database.is_none()
+        && config.trusted_proxies.is_empty()
+    {
+        warnings.push(ConfigError::at(
+            source.path(),
+            source.locate("network.geoip.header"),
+            "network.geoip.header",
+            "the country header is believed only from network.trusted_proxies, which names none, and no database is named: no request's country is known, so country conditions fail closed",
+        ));
+    }
     let rules = config.policy.rules();
     let trusted = NetSet::new(config.trusted_proxies.iter().copied());
     for (rule, origin) in rules.iter().zip(&config.policy_summary.rule_origins) {

@@ -25,10 +25,10 @@ pub use build::secret_bytes;
 pub use error::{ConfigError, ConfigErrors};
 pub use model::{
     AdminSettings, ApiKeyEntry, ApiKeySettings, BODILESS_METHODS, ClientCertIdentity, Config,
-    DecisionSink, DenialSettings, Detail, ForwardHeaderNames, ForwardedHeader, HostPattern,
-    IdentitySettings, JwtSettings, KeySource, Limits, ListenerSettings, ListenerTls, LogSettings,
-    OnFull, RemoteKeys, RouteId, RouteSettings, Secret, ServedCertificate, Target, TokenSource,
-    UpstreamName, UpstreamSettings, UpstreamTls,
+    DecisionSink, DenialSettings, Detail, ForwardHeaderNames, ForwardedHeader, GeoipSettings,
+    HostPattern, IdentitySettings, JwtSettings, KeySource, Limits, ListenerSettings, ListenerTls,
+    LogSettings, OnFull, RemoteKeys, RouteId, RouteSettings, Secret, ServedCertificate, Target,
+    TokenSource, UpstreamName, UpstreamSettings, UpstreamTls,
 };
 pub use policy::{PolicySummary, compile as compile_policy, parse_list_file, wildcard_match};
 pub use raw::DEFAULT_ADMIN_ADDR;

@@ -31,6 +31,8 @@ pub struct Config {
     pub keep_override_headers: bool,
     /// The header trusted proxies report the client address in.
     pub forwarded_header: ForwardedHeader,
+    /// Where the client's country comes from (`network.geoip`).
+    pub geoip: Option<GeoipSettings>,
     /// Upstreams in name order.
     pub upstreams: Vec<UpstreamSettings>,
     /// Routes in file order.
@@ -261,6 +263,17 @@ pub enum Detail {
     Standard,
     /// Also the trace of every rule considered; for trusted callers and staging only.
     Verbose,
+}
+
+/// `network.geoip`: where the client's country comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GeoipSettings {
+    /// The country database (`.mmdb`), resolved against the config file's directory.
+    pub database: Option<PathBuf>,
+    /// The header trusted proxies report the country in.
+    pub header: Option<http::HeaderName>,
+    /// Forward that header from untrusted peers instead of removing it.
+    pub keep_untrusted_header: bool,
 }
 
 /// The `denials` section.

@@ -20,10 +20,28 @@ use super::raw::{
 };
 use super::source::{Source, key_segment};
 use crate::policy::{
-    ClaimPattern, ClaimValue, ClaimsCondition, Condition, Effect, HeaderCondition, MethodSet, Mode,
-    MtlsCondition, NetSet, Networks, PathGlob, PolicySet, RoleGraph, RolesCondition, Rule, RuleId,
-    ScopesCondition, Segment, SpiffePattern, ValuePattern, parse_fingerprint,
+    ClaimPattern, ClaimValue, ClaimsCondition, Condition, Countries, Country, CountrySet, Effect,
+    HeaderCondition, MethodSet, Mode, MtlsCondition, NetSet, Networks, PathGlob, PolicySet,
+    RoleGraph, RolesCondition, Rule, RuleId, ScopesCondition, Segment, SpiffePattern, ValuePattern,
+    parse_fingerprint,
 };
+
+/// The named lists of every policy file: networks and countries, and where each name was
+/// defined (broken lists included, so that a reference to one is not also "unknown").
+#[derive(Default)]
+struct Lists {
+    networks: HashMap<String, Arc<NetSet>>,
+    countries: HashMap<String, CountrySet>,
+    defined: HashMap<String, String>,
+}
+
+/// Whether a list entry is written as a country code (`DE`, `T1`; `DEU` is a mistake
+/// the country check explains) rather than a network, which always has `.` or `:`.
+fn looks_like_country(entry: &str) -> bool {
+    (1..=3).contains(&entry.len())
+        && entry.bytes().all(|byte| byte.is_ascii_alphanumeric())
+        && entry.bytes().any(|byte| byte.is_ascii_alphabetic())
+}
 
 /// The most errors reported for one list file; past this the file is surely not a list.
 const MAX_LIST_FILE_ERRORS: usize = 10;
@@ -188,7 +206,7 @@ pub fn compile(
         }
     }
 
-    let mut lists: HashMap<String, Arc<NetSet>> = HashMap::new();
+    let mut lists = Lists::default();
     let mut summary = PolicySummary {
         files: sources.iter().map(|(path, _)| path.clone()).collect(),
         lists: Vec::new(),
@@ -197,7 +215,6 @@ pub fn compile(
         digest: [0; 32],
         list_files: Vec::new(),
     };
-    let mut list_origin: HashMap<String, String> = HashMap::new();
     for file in &mut parsed {
         for (name, raw_list) in &file.raw.lists {
             let base = format!("lists.{}", key_segment(name));
@@ -208,14 +225,26 @@ pub fn compile(
             {
                 continue;
             }
-            if let Some(origin) = list_origin.get(name) {
+            if let Some(origin) = lists.defined.get(name) {
                 file.builder.error(
                     &base,
                     format!("list \"{name}\" is already defined in {origin}"),
                 );
                 continue;
             }
-            list_origin.insert(name.clone(), origin_of(&file.builder, &base));
+            lists
+                .defined
+                .insert(name.clone(), origin_of(&file.builder, &base));
+            if let RawList::Inline(entries) = raw_list
+                && entries
+                    .first()
+                    .is_some_and(|entry| looks_like_country(entry))
+            {
+                if let Some(set) = build_country_list(&mut file.builder, &base, entries) {
+                    lists.countries.insert(name.clone(), set);
+                }
+                continue;
+            }
             if let Some(set) = build_list(
                 &mut file.builder,
                 &base,
@@ -234,7 +263,7 @@ pub fn compile(
                     ));
                 }
                 summary.lists.push((name.clone(), set.prefixes()));
-                lists.insert(name.clone(), Arc::new(set));
+                lists.networks.insert(name.clone(), Arc::new(set));
             }
         }
     }
@@ -303,8 +332,7 @@ pub fn compile(
             } else {
                 rule_origin.insert(raw_rule.id.clone(), origin_of(&file.builder, &id_path));
             }
-            if let Some(rule) = build_rule(&mut file.builder, &base, raw_rule, &lists, &list_origin)
-            {
+            if let Some(rule) = build_rule(&mut file.builder, &base, raw_rule, &lists) {
                 rules.push(rule);
                 summary.rule_origins.push(RuleOrigin {
                     file: file.builder.source.path().to_owned(),
@@ -335,6 +363,29 @@ fn origin_of(builder: &Builder, yaml_path: &str) -> String {
         Some((line, _)) => format!("{file}:{line}"),
         None => file.to_string(),
     }
+}
+
+/// A list of country codes, each checked; a network among them is an error (a list holds
+/// one kind).
+fn build_country_list(builder: &mut Builder, base: &str, entries: &[String]) -> Option<CountrySet> {
+    let mut set = CountrySet::default();
+    let mut ok = true;
+    for (index, entry) in entries.iter().enumerate() {
+        let yaml_path = format!("{base}[{index}]");
+        if !looks_like_country(entry) {
+            builder.error(
+                &yaml_path,
+                format!("\"{entry}\" is not a country code, and this list holds countries; put networks in a list of their own"),
+            );
+            ok = false;
+            continue;
+        }
+        match builder.typed(&yaml_path, Country::parse(entry)) {
+            Some(country) => set.extend([country]),
+            None => ok = false,
+        }
+    }
+    ok.then_some(set)
 }
 
 fn build_list(
@@ -418,13 +469,7 @@ pub fn parse_list_file(path: &Path, text: &str) -> (NetSet, Vec<ConfigError>) {
     (NetSet::new(networks), errors)
 }
 
-fn build_rule(
-    builder: &mut Builder,
-    base: &str,
-    raw: &RawRule,
-    lists: &HashMap<String, Arc<NetSet>>,
-    defined: &HashMap<String, String>,
-) -> Option<Rule> {
+fn build_rule(builder: &mut Builder, base: &str, raw: &RawRule, lists: &Lists) -> Option<Rule> {
     let errors_before = builder.errors.len();
     builder.typed(&format!("{base}.id"), check_id("rule id", &raw.id));
 
@@ -490,14 +535,7 @@ fn build_rule(
         })
         .collect();
 
-    let when = build_when(
-        builder,
-        &format!("{base}.when"),
-        &raw.when,
-        lists,
-        defined,
-        &paths,
-    );
+    let when = build_when(builder, &format!("{base}.when"), &raw.when, lists, &paths);
 
     if let Some(help) = &raw.help {
         let link = ["https://", "http://", "mailto:"]
@@ -641,8 +679,7 @@ fn build_when(
     builder: &mut Builder,
     base: &str,
     raw: &RawWhen,
-    lists: &HashMap<String, Arc<NetSet>>,
-    defined: &HashMap<String, String>,
+    lists: &Lists,
     paths: &[PathGlob],
 ) -> Vec<Condition> {
     let mut when = Vec::new();
@@ -691,17 +728,6 @@ fn build_when(
         }
         when.push(Condition::Claims(ClaimsCondition { claims: patterns }));
     }
-    for (key, present) in [
-        ("countries", raw.countries.is_some()),
-        ("not_countries", raw.not_countries.is_some()),
-    ] {
-        if present {
-            builder.error(
-                &format!("{base}.{key}"),
-                "needs network.geoip (a country database), which this version of portcullis does not support yet; remove it",
-            );
-        }
-    }
     if let Some(mtls) = &raw.mtls {
         when.push(Condition::Mtls(mtls_condition(
             builder,
@@ -711,15 +737,25 @@ fn build_when(
     }
 
     if let Some(entries) = &raw.ip
-        && let Some(networks) = networks(builder, &format!("{base}.ip"), entries, lists, defined)
+        && let Some(networks) = networks(builder, &format!("{base}.ip"), entries, lists)
     {
         when.push(Condition::Ip(networks));
     }
     if let Some(entries) = &raw.not_ip
-        && let Some(networks) =
-            networks(builder, &format!("{base}.not_ip"), entries, lists, defined)
+        && let Some(networks) = networks(builder, &format!("{base}.not_ip"), entries, lists)
     {
         when.push(Condition::NotIp(networks));
+    }
+    if let Some(entries) = &raw.countries
+        && let Some(countries) = countries(builder, &format!("{base}.countries"), entries, lists)
+    {
+        when.push(Condition::Countries(countries));
+    }
+    if let Some(entries) = &raw.not_countries
+        && let Some(countries) =
+            countries(builder, &format!("{base}.not_countries"), entries, lists)
+    {
+        when.push(Condition::NotCountries(countries));
     }
     no_empty_map(builder, &format!("{base}.headers"), &raw.headers);
     for (name, values) in &raw.headers {
@@ -736,8 +772,7 @@ fn networks(
     builder: &mut Builder,
     yaml_path: &str,
     entries: &[String],
-    lists: &HashMap<String, Arc<NetSet>>,
-    defined: &HashMap<String, String>,
+    lists: &Lists,
 ) -> Option<Networks> {
     non_empty(builder, yaml_path, entries.len(), "address");
     let mut sets = Vec::new();
@@ -746,17 +781,21 @@ fn networks(
     for (index, entry) in entries.iter().enumerate() {
         let entry_path = format!("{yaml_path}[{index}]");
         if let Some(name) = entry.strip_prefix('@') {
-            match lists.get(name) {
+            match lists.networks.get(name) {
                 Some(set) => sets.push(Arc::clone(set)),
-                // A list that is defined but broken has its own error already.
-                None if defined.contains_key(name) => ok = false,
                 None => {
                     ok = false;
-                    let help = did_you_mean(name, defined.keys().map(String::as_str))
-                        .map(|help| help.replacen('"', "\"@", 1));
-                    builder.error_with_help(&entry_path, format!("unknown list \"{entry}\""), help);
+                    unusable_list(builder, &entry_path, name, lists, ListKind::Networks);
                 }
             }
+        } else if looks_like_country(entry) && Country::parse(entry).is_ok() {
+            ok = false;
+            builder.error(
+                &entry_path,
+                format!(
+                    "\"{entry}\" is a country code; name countries in countries or not_countries"
+                ),
+            );
         } else {
             match builder.typed(&entry_path, parse_network(entry)) {
                 Some(network) => inline.push(network),
@@ -768,6 +807,78 @@ fn networks(
         sets.push(Arc::new(NetSet::new(inline)));
     }
     ok.then(|| Networks::new(sets, &entries.join(", ")))
+}
+
+/// `["@eu", "CH"]`: named country lists and country codes.
+fn countries(
+    builder: &mut Builder,
+    yaml_path: &str,
+    entries: &[String],
+    lists: &Lists,
+) -> Option<Countries> {
+    non_empty(builder, yaml_path, entries.len(), "country");
+    let mut set = CountrySet::default();
+    let mut ok = !entries.is_empty();
+    for (index, entry) in entries.iter().enumerate() {
+        let entry_path = format!("{yaml_path}[{index}]");
+        if let Some(name) = entry.strip_prefix('@') {
+            match lists.countries.get(name) {
+                Some(list) => set.union(list),
+                None => {
+                    ok = false;
+                    unusable_list(builder, &entry_path, name, lists, ListKind::Countries);
+                }
+            }
+        } else {
+            match builder.typed(&entry_path, Country::parse(entry)) {
+                Some(country) => set.extend([country]),
+                None => ok = false,
+            }
+        }
+    }
+    ok.then(|| Countries::new(set, &entries.join(", ")))
+}
+
+/// What a condition needs a named list to hold.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum ListKind {
+    Networks,
+    Countries,
+}
+
+/// Reports why `@name` cannot be used where a list of `wanted` is: it holds the other
+/// kind, or it does not exist (with the closest name of the right kind). A list that is
+/// defined but broken has its own error already.
+fn unusable_list(
+    builder: &mut Builder,
+    yaml_path: &str,
+    name: &str,
+    lists: &Lists,
+    wanted: ListKind,
+) {
+    let of_other_kind = |list: &str| match wanted {
+        ListKind::Networks => lists.countries.contains_key(list),
+        ListKind::Countries => lists.networks.contains_key(list),
+    };
+    let other = of_other_kind(name);
+    // Broken lists of the right kind are still names worth suggesting.
+    let own = (lists.defined.keys())
+        .filter(|defined| !of_other_kind(defined))
+        .map(String::as_str);
+    if other {
+        let message = match wanted {
+            ListKind::Networks => {
+                format!("list \"@{name}\" holds countries; name it in countries or not_countries")
+            }
+            ListKind::Countries => {
+                format!("list \"@{name}\" holds networks; name it in ip or not_ip")
+            }
+        };
+        builder.error(yaml_path, message);
+    } else if !lists.defined.contains_key(name) {
+        let help = did_you_mean(name, own).map(|help| help.replacen('"', "\"@", 1));
+        builder.error_with_help(yaml_path, format!("unknown list \"@{name}\""), help);
+    }
 }
 
 fn header_condition(

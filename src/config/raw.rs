@@ -446,6 +446,24 @@ pub struct RawNetwork {
     /// Which header a trusted proxy reports the client address in.
     #[serde(default)]
     pub forwarded_header: RawForwardedHeader,
+    /// Where the client's country comes from, for countries and not_countries conditions.
+    #[serde(default, deserialize_with = "not_null")]
+    pub geoip: Option<RawGeoip>,
+}
+
+/// `network.geoip`: a country database, and a header trusted proxies report the country in.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawGeoip {
+    /// A MaxMind DB (.mmdb) country database: GeoLite2 or GeoIP2 Country, DB-IP, ip-location-db.
+    /// Read into memory; reloaded when the file changes.
+    pub database: Option<String>,
+    /// A header in which trusted proxies report the country (CF-IPCountry,
+    /// CloudFront-Viewer-Country); believed before the database, and only from trusted_proxies.
+    pub header: Option<String>,
+    /// Forward that header from peers that are not trusted proxies; by default it is removed.
+    #[serde(default)]
+    pub keep_untrusted_header: bool,
 }
 
 /// x-forwarded-for (the default) or forwarded (RFC 7239); only this one is read.
@@ -693,7 +711,8 @@ pub struct RawPolicyFile {
     pub rules: Vec<RawRule>,
 }
 
-/// A named list of networks: written inline, or `{ file: path }` with one CIDR per line.
+/// A named list: networks written inline, or `{ file: path }` with one CIDR per line; or
+/// country codes written inline.
 #[derive(Debug)]
 pub enum RawList {
     Inline(Vec<String>),
@@ -707,7 +726,7 @@ impl JsonSchema for RawList {
 
     fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
         schemars::json_schema!({
-            "description": "Networks (CIDRs or addresses), or { file: path } naming a file with one per line.",
+            "description": "Networks (CIDRs or addresses), or { file: path } naming a file with one per line; or country codes (ISO 3166-1 alpha-2).",
             "oneOf": [
                 { "type": "array", "items": { "type": "string" } },
                 {
@@ -826,8 +845,6 @@ pub struct RawMatch {
 }
 
 /// What the caller must satisfy for a rule to match; every key present must hold.
-// The identity, country and client-certificate keys are accepted here so that `build`
-// can say why they cannot be used yet, instead of "unknown field".
 #[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawWhen {
@@ -849,12 +866,13 @@ pub struct RawWhen {
     /// The client address must not be in any of these.
     #[serde(default, deserialize_with = "not_null")]
     pub not_ip: Option<Vec<String>>,
-    #[schemars(skip)]
+    /// The client's country must be one of these: ISO 3166-1 alpha-2 codes (XX: unknown) or
+    /// "@list". Needs network.geoip.
     #[serde(default, deserialize_with = "not_null")]
-    pub countries: Option<serde::de::IgnoredAny>,
-    #[schemars(skip)]
+    pub countries: Option<Vec<String>>,
+    /// The client's country must not be one of these.
     #[serde(default, deserialize_with = "not_null")]
-    pub not_countries: Option<serde::de::IgnoredAny>,
+    pub not_countries: Option<Vec<String>>,
     /// Header name to a value or list of values the request must carry.
     #[serde(default, deserialize_with = "not_null_value")]
     pub headers: BTreeMap<String, OneOrMany>,

@@ -6,6 +6,7 @@
 
 use std::borrow::Cow;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use http::header::HeaderName;
 use http::{HeaderMap, HeaderValue, Method, Uri, Version};
@@ -15,17 +16,21 @@ use super::normalize::{self, Authority};
 use super::respond::ProxyError;
 use super::route::{Route, RouteTable};
 use crate::config::{Config, ForwardedHeader};
+use crate::geoip::{Geo, Located};
 use crate::policy::{ClientCertificate, Decision, PolicySet, Principal, RequestFacts};
 
 /// WebDAV's `Destination` (RFC 4918 §10.3): where a `MOVE` or `COPY` writes.
 pub const DESTINATION: HeaderName = HeaderName::from_static("destination");
 
-/// What admission reads of the serving state: the routes, and whose forwarding headers
-/// are believed.
+/// What admission reads of the serving state: the routes, whose forwarding headers
+/// are believed, and where countries come from.
 pub struct Admission {
     routes: RouteTable,
     trusted_proxies: Vec<IpNet>,
     forwarded_header: ForwardedHeader,
+    geo: Arc<Geo>,
+    /// Whether a rule names countries: only then is a request located.
+    locate: bool,
 }
 
 /// A request admitted: where it goes and what the policy will see of it. `'r` is the
@@ -37,6 +42,8 @@ pub struct Admitted<'r, 'u> {
     pub path: Cow<'u, str>,
     /// The client's address: the peer, or what a trusted proxy reports.
     pub client_ip: IpAddr,
+    /// The client's country, when a rule names countries.
+    pub located: Located,
     /// Why a trusted proxy's forwarding header was not believed, when it was not.
     pub forwarding_problem: Option<&'static str>,
     /// The route it takes.
@@ -76,13 +83,20 @@ pub struct Refusal {
 }
 
 impl Admission {
-    /// The admission of a config's routes and trusted proxies.
-    pub fn new(config: &Config) -> Admission {
+    /// The admission of a config's routes and trusted proxies, locating clients with `geo`.
+    pub fn new(config: &Config, geo: Arc<Geo>) -> Admission {
         Admission {
             routes: RouteTable::new(&config.routes),
             trusted_proxies: config.trusted_proxies.clone(),
             forwarded_header: config.forwarded_header,
+            geo,
+            locate: config.policy.uses_countries(),
         }
+    }
+
+    /// Where countries come from.
+    pub fn geo(&self) -> &Geo {
+        &self.geo
     }
 
     /// Whether forwarding headers from this socket peer are believed.
@@ -125,10 +139,17 @@ impl Admission {
         let destination = self
             .destination(&head, authority.host.as_deref(), route)
             .map_err(refuse(client_ip))?;
+        let located = if self.locate {
+            self.geo
+                .locate(client_ip, head.headers, self.is_trusted(peer))
+        } else {
+            Located::NotAsked
+        };
         Ok(Admitted {
             authority,
             path,
             client_ip,
+            located,
             forwarding_problem,
             route,
             destination,
@@ -220,6 +241,7 @@ pub fn evaluate(
         headers: &headers,
         principal,
         client_cert,
+        country: admitted.located.country(),
     };
     let decision = policy.evaluate(&facts(&admitted.path));
     match &admitted.destination {

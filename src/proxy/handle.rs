@@ -205,6 +205,12 @@ async fn pipeline<'p>(
             "{problem}; deciding on the peer address"
         );
     }
+    proxy.count_lookup(admitted.located);
+    // SECURITY: a country header the gateway did not believe must not fool the policy's
+    // header conditions or the upstream either.
+    if !trusted && let Some(name) = proxy.admission.geo().untrusted_header() {
+        parts.headers.remove(name);
+    }
     let route = admitted.route;
     // SECURITY: content on a method that defines none is read as the next request by an
     // upstream that ignores it: a request smuggled past the policy.
@@ -263,6 +269,7 @@ async fn pipeline<'p>(
         method: parts.method.as_str(),
         path: &admitted.path,
         client_ip: admitted.client_ip,
+        country: admitted.located.country(),
         principal,
     };
     proxy.decision_log.decided(&decided, &decision, took);

@@ -93,6 +93,7 @@ use prometheus::IntCounter;
 
 use crate::config::{Config, DenialSettings, Limits, ListenerSettings};
 use crate::decision_log::DecisionLog;
+use crate::geoip::{Geo, Located, LookupResult};
 use crate::identity::Identity;
 use crate::policy::PolicySet;
 use crate::telemetry::{DecisionLabel, Metrics, Shard};
@@ -115,6 +116,9 @@ pub type Live = Arc<ArcSwap<Proxy>>;
 pub struct Load {
     config: Arc<Config>,
     identity: Arc<Identity>,
+    /// Where countries come from; its database is carried over by the next load while the
+    /// file does not change.
+    geo: Arc<Geo>,
     decision_log: Arc<DecisionLog>,
     /// Each upstream's targets' health, in config order.
     health: Vec<Arc<Health>>,
@@ -124,11 +128,13 @@ pub struct Load {
 }
 
 impl Load {
-    /// Types the identity setup and opens the decision log of a validated config. A
-    /// reload passes the load it replaces, whose token issuers' key sets carry over where
-    /// unchanged, and whose decision-log writer it keeps.
+    /// Types the identity setup and opens the decision log of a validated config, with
+    /// `geo` read for it ([`Geo::load`], which reads files). A reload passes the load it
+    /// replaces, whose token issuers' key sets carry over where unchanged, and whose
+    /// decision-log writer it keeps.
     pub fn new(
         config: &Config,
+        geo: Geo,
         metrics: &Metrics,
         previous: Option<&Load>,
     ) -> Result<Load, String> {
@@ -144,6 +150,7 @@ impl Load {
                 previous.map(|previous| &*previous.identity),
             )),
             config: Arc::new(config.clone()),
+            geo: Arc::new(geo),
             decision_log: Arc::new(decision_log),
             health: config.upstreams.iter().map(Health::new).collect(),
             listeners: serving_listeners(config, previous).into(),
@@ -154,6 +161,11 @@ impl Load {
     /// decision log's sink.
     pub fn serving(&self, metrics: &Metrics) {
         self.decision_log.serving();
+        metrics.geoip_serving(
+            (self.config.geoip.as_ref())
+                .and_then(|geoip| geoip.database.as_deref())
+                .map(|configured| (configured, self.geo.database().map(|db| db.build_epoch()))),
+        );
         metrics
             .policy_rules
             .set(i64::try_from(self.config.policy.rules().len()).unwrap_or(i64::MAX));
@@ -169,6 +181,11 @@ impl Load {
     /// The identity setup, whose key sets the gateway keeps fresh and `/readyz` reports.
     pub fn identity(&self) -> &Arc<Identity> {
         &self.identity
+    }
+
+    /// Where countries come from, whose database `/readyz` reports.
+    pub fn geo(&self) -> &Arc<Geo> {
+        &self.geo
     }
 
     /// The config this load was built from.
@@ -270,6 +287,8 @@ pub struct Proxy {
     allowed: Vec<IntCounter>,
     /// `rule_matches_total{rule, effect, mode}` per rule, in the policy's rule order.
     rule_matches: Vec<IntCounter>,
+    /// `geoip_lookups_total{result}`, in [`LookupResult::ALL`] order.
+    geoip_lookups: Vec<IntCounter>,
     decision_log: Arc<DecisionLog>,
     /// The load's listeners, in the order they were bound.
     listeners: Arc<[ListenerSettings]>,
@@ -318,11 +337,19 @@ impl Proxy {
                     .with_label_values(&[listener.name.as_str(), failure.as_str()]);
             }
         }
+        let geoip_lookups = if config.geoip.is_some() {
+            (LookupResult::ALL.iter())
+                .map(|result| metrics.geoip_lookups.with_label_values(&[result.as_str()]))
+                .collect()
+        } else {
+            Vec::new()
+        };
         Proxy {
+            geoip_lookups,
             listeners: Arc::clone(&load.listeners),
             decision_log: Arc::clone(&load.decision_log),
             rule_matches,
-            admission: Admission::new(config),
+            admission: Admission::new(config, Arc::clone(&load.geo)),
             upstreams,
             keep_override_headers: config.keep_override_headers,
             limits: config.limits.clone(),
@@ -342,5 +369,14 @@ impl Proxy {
     /// Whether forwarding headers from this socket peer are believed.
     fn is_trusted(&self, peer: IpAddr) -> bool {
         self.admission.is_trusted(peer)
+    }
+
+    /// Counts a country lookup in `geoip_lookups_total`.
+    fn count_lookup(&self, located: Located) {
+        if let Some(result) = located.lookup_result()
+            && let Some(counter) = self.geoip_lookups.get(result as usize)
+        {
+            counter.inc();
+        }
     }
 }

@@ -2,6 +2,7 @@
 //! the same normalization, routing and policy as a live request, without sockets.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use http::{HeaderName, HeaderValue, Method, Request, Version};
 
@@ -10,8 +11,9 @@ use super::normalize;
 use super::respond::ProxyError;
 use crate::config::cases::Actual;
 use crate::config::{Config, RouteId};
+use crate::geoip::{Geo, Located};
 use crate::identity::Identity;
-use crate::policy::{ClientCertificate, Decision, Principal};
+use crate::policy::{ClientCertificate, Country, Decision, Principal};
 use crate::telemetry::Metrics;
 
 /// Who the synthetic request comes from.
@@ -34,6 +36,8 @@ pub struct Offline {
     pub path: Option<String>,
     /// The client address the policy would see.
     pub client_ip: IpAddr,
+    /// The client's country, when a rule names countries.
+    pub located: Located,
     /// The decision, or why the request is refused before one.
     pub verdict: Verdict,
 }
@@ -61,6 +65,7 @@ impl Offline {
             "route": self.route.as_ref().map(|route| route.to_string()),
             "path": self.path,
             "client_ip": self.client_ip.to_string(),
+            "country": self.located.country().map(|country| country.to_string()),
         });
         match &self.verdict {
             Verdict::Refused {
@@ -139,28 +144,58 @@ pub fn identity(config: &Config) -> Identity {
     identity
 }
 
-/// Decides `method url` from `peer` with `headers`, as the gateway running `config` would.
-/// A URL without a host is sent without one (as HTTP/1.0 may). Credentials among the
-/// headers are verified as live with `identity` (see [`identity`]), unless `caller` says
-/// otherwise. `client_cert` is the certificate the connection would have shown.
-#[expect(
-    clippy::too_many_arguments,
-    reason = "one per fact of the synthetic request"
-)]
+/// A synthetic request, as `explain`, a test case or `POST /explain` describes it.
+pub struct Synthetic<'a> {
+    /// The method.
+    pub method: &'a str,
+    /// The URL; one without a host is sent without one (as HTTP/1.0 may).
+    pub url: &'a str,
+    /// The socket peer.
+    pub peer: IpAddr,
+    /// The header fields.
+    pub headers: &'a [(String, String)],
+    /// Who calls.
+    pub caller: &'a Caller,
+    /// The certificate the connection would have shown.
+    pub client_cert: Option<&'a ClientCertificate>,
+    /// The client's country, instead of what the geo setup finds (`--country`).
+    pub country: Option<Country>,
+}
+
+/// The country setup of `config` for offline decisions: its database read once. A
+/// database that does not load is reported on stderr; country conditions then fail
+/// closed, as they would live.
+pub fn geo(config: &Config) -> Arc<Geo> {
+    let geo = Geo::load(config.geoip.as_ref(), None);
+    if let Some(problem) = geo.unavailable() {
+        eprintln!("warning: {problem}");
+    }
+    Arc::new(geo)
+}
+
+/// Decides `request` as the gateway running `config` would. Credentials among its
+/// headers are verified as live with `identity` (see [`identity`]), unless its caller
+/// says otherwise; its country comes from `geo` (see [`geo`]) unless it names one.
 pub fn decide(
     config: &Config,
     identity: &Identity,
-    method: &str,
-    url: &str,
-    peer: IpAddr,
-    headers: &[(String, String)],
-    caller: &Caller,
-    client_cert: Option<&ClientCertificate>,
+    geo: &Arc<Geo>,
+    request: &Synthetic<'_>,
 ) -> Offline {
+    let Synthetic {
+        method,
+        url,
+        peer,
+        headers,
+        caller,
+        client_cert,
+        country,
+    } = *request;
     let refused = |client_ip: IpAddr, route: Option<RouteId>, err: ProxyError| Offline {
         route,
         path: None,
         client_ip,
+        located: Located::NotAsked,
         verdict: Verdict::Refused {
             status: err.status().as_u16(),
             reason: err.reason(),
@@ -211,7 +246,11 @@ pub fn decide(
     // gateway leaves them out of every request it reads, and so does this one.
     super::forward::remove_hop_by_hop(&mut parts.headers);
 
-    let admission = Admission::new(config);
+    let geo = match country {
+        Some(country) => Arc::new(Geo::fixed(country)),
+        None => Arc::clone(geo),
+    };
+    let admission = Admission::new(config, geo);
     let head = Head {
         method: &parts.method,
         uri: &parts.uri,
@@ -224,6 +263,7 @@ pub fn decide(
     };
     let route = admitted.route;
     let client_ip = admitted.client_ip;
+    let located = admitted.located;
     let verified = match caller {
         Caller::Simulated(principal) => Ok(Some(std::sync::Arc::new(principal.clone()))),
         Caller::Token(token) => identity.verify_token(token).map(Some),
@@ -247,6 +287,7 @@ pub fn decide(
                 route: Some(route.id.clone()),
                 path: Some(admitted.path.into_owned()),
                 client_ip,
+                located,
                 verdict: Verdict::Decided(Decision::unauthenticated(rejection.reason())),
             };
         }
@@ -263,6 +304,7 @@ pub fn decide(
         route: Some(route.id.clone()),
         path: Some(admitted.path.into_owned()),
         client_ip,
+        located,
         verdict: Verdict::Decided(decision),
     }
 }

@@ -13,7 +13,7 @@ use super::forward::BoxError;
 use crate::config::{DenialSettings, Detail, format_duration};
 use crate::identity::Identity;
 use crate::json;
-use crate::policy::{Decision, Outcome, PolicySet, Reason};
+use crate::policy::{Country, Decision, Outcome, PolicySet, Reason};
 
 /// Something went wrong with a request; says whose fault it was through its status.
 #[derive(Debug, thiserror::Error)]
@@ -328,6 +328,19 @@ pub fn hint(reason: &Reason) -> String {
         ),
         Reason::IpNotAllowed { .. } => "Your network is not allowed for this path.".to_owned(),
         Reason::IpDenied { .. } => "Requests from your network are blocked.".to_owned(),
+        Reason::CountryDenied {
+            country: Some(country),
+            ..
+        } if *country == Country::UNKNOWN => {
+            "Requests from an unknown location (XX) are not allowed here.".to_owned()
+        }
+        Reason::CountryDenied {
+            country: Some(country),
+            ..
+        } => format!("Requests from country {country} are not allowed here."),
+        Reason::CountryDenied { country: None, .. } => {
+            "Where this request comes from could not be determined, and access here depends on it; try again later.".to_owned()
+        }
         Reason::CredentialsMissing => {
             "This request needs credentials: send a token or an API key.".to_owned()
         }

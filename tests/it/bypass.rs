@@ -597,7 +597,7 @@ fn as_explained(bytes: &str) -> Option<Explained> {
 /// attempt it can express, it gives the status and reason the live gateway answered.
 #[tokio::test]
 async fn explain_gives_every_attempt_the_live_verdict() {
-    use portcullis::proxy::offline::{self, Caller, Verdict};
+    use portcullis::proxy::offline::{self, Caller, Synthetic, Verdict};
     let mut compared = 0;
     let mut differ = Vec::new();
     for (policy, case_insensitive) in [(ALLOW_LIST, false), (DENY_LIST, true)] {
@@ -631,12 +631,16 @@ async fn explain_gives_every_attempt_the_live_verdict() {
             let explained = offline::decide(
                 &config,
                 &identity,
-                &method,
-                &target,
-                "127.0.0.1".parse().unwrap(),
-                &headers,
-                &Caller::FromRequest,
-                None,
+                &std::sync::Arc::default(),
+                &Synthetic {
+                    method: &method,
+                    url: &target,
+                    peer: "127.0.0.1".parse().unwrap(),
+                    headers: &headers,
+                    caller: &Caller::FromRequest,
+                    client_cert: None,
+                    country: None,
+                },
             );
             let (status, reason) = match &explained.verdict {
                 Verdict::Refused { status, reason, .. } => (*status, (*reason).to_owned()),
@@ -672,7 +676,7 @@ async fn explain_gives_every_attempt_the_live_verdict() {
 /// not live.
 #[tokio::test]
 async fn explain_drops_the_fields_connection_names_as_the_gateway_does() {
-    use portcullis::proxy::offline::{self, Caller, Verdict};
+    use portcullis::proxy::offline::{self, Caller, Synthetic, Verdict};
     let policy = "rules:\n  - { id: staging, effect: allow, when: { headers: { x-environment: staging } } }\n";
     let up = TestUpstream::start("app").await;
     let gw = TestGateway::with_policy(&config(&[up.url()], ""), policy).await;
@@ -688,12 +692,16 @@ async fn explain_drops_the_fields_connection_names_as_the_gateway_does() {
     let explained = offline::decide(
         &config,
         &offline::identity(&config),
-        &method,
-        &target,
-        "127.0.0.1".parse().unwrap(),
-        &headers,
-        &Caller::FromRequest,
-        None,
+        &offline::geo(&config),
+        &Synthetic {
+            method: &method,
+            url: &target,
+            peer: "127.0.0.1".parse().unwrap(),
+            headers: &headers,
+            caller: &Caller::FromRequest,
+            client_cert: None,
+            country: None,
+        },
     );
     let Verdict::Decided(decision) = explained.verdict else {
         panic!("decided");

@@ -693,12 +693,16 @@ async fn a_move_or_copy_is_decided_at_its_destination_too() {
     let explained = portcullis::proxy::offline::decide(
         &config,
         &portcullis::proxy::offline::identity(&config),
-        "MOVE",
-        "http://app/public/a",
-        "192.0.2.1".parse().unwrap(),
-        &[("Destination".to_owned(), "/public/../admin/x".to_owned())],
-        &portcullis::proxy::offline::Caller::FromRequest,
-        None,
+        &portcullis::proxy::offline::geo(&config),
+        &portcullis::proxy::offline::Synthetic {
+            method: "MOVE",
+            url: "http://app/public/a",
+            peer: "192.0.2.1".parse().unwrap(),
+            headers: &[("Destination".to_owned(), "/public/../admin/x".to_owned())],
+            caller: &portcullis::proxy::offline::Caller::FromRequest,
+            client_cert: None,
+            country: None,
+        },
     );
     assert_eq!(explained.actual().decision, "deny");
 }

@@ -152,7 +152,7 @@ fn policy_errors_name_file_line_column_and_path() {
     let scratch = Scratch::new();
     let rules = scratch.write(
         "rules.yaml",
-        "lists:\n  office: [203.0.113.0/24, 10.1.1.1/8]\nrules:\n  - id: a\n    effect: allow\n    match: { paths: [/api//x, \"/api/{}\"], methods: [get] }\n    when: { ip: [\"@ofice\"], countries: [KP, IR] }\n  - id: a\n    effect: deny\n    match: { headers: { x-tenant: \"{tenant}\" } }\n    help: ask Bob\n",
+        "lists:\n  office: [203.0.113.0/24, 10.1.1.1/8]\nrules:\n  - id: a\n    effect: allow\n    match: { paths: [/api//x, \"/api/{}\"], methods: [get] }\n    when: { ip: [\"@ofice\"], countries: [KP, UK] }\n  - id: a\n    effect: deny\n    match: { headers: { x-tenant: \"{tenant}\" } }\n    help: ask Bob\n",
     );
     let config = scratch.write(
         "gw.yaml",
@@ -176,7 +176,7 @@ fn policy_errors_name_file_line_column_and_path() {
              {rules}:6:31: rules[0].match.paths[1]: path \"/api/{{}}\": capture \"{{}}\" needs a name of letters, digits and '_', such as {{tenant}}\n\
              {rules}:6:53: rules[0].match.methods[0]: methods are case-sensitive: \"get\" would never match; write \"GET\"\n\
              {rules}:7:18: rules[0].when.ip[0]: unknown list \"@ofice\"\n  help: did you mean \"@office\"?\n\
-             {rules}:7:40: rules[0].when.countries: needs network.geoip (a country database), which this version of portcullis does not support yet; remove it\n\
+             {rules}:7:45: rules[0].when.countries[1]: \"UK\" is not an ISO 3166-1 alpha-2 country code; did you mean \"GB\"?\n\
              {rules}:8:9: rules[1].id: duplicate rule id \"a\" (first defined in {rules}:4)\n\
              {rules}:10:35: rules[1].match.headers.x-tenant: \"{{tenant}}\" refers to a path capture, but the rule has no paths\n\
              {rules}:11:11: rules[1].help: help must be a link (https://…, http://… or mailto:…); put prose in description\n\
@@ -247,8 +247,8 @@ fn schema_describes_each_kind_of_file() {
     let (_, stdout, _) = run(&["schema", "policy"]);
     assert!(stdout.contains("\"enforce\"") && stdout.contains("\"audit\""));
     assert!(
-        !stdout.contains("\"countries\""),
-        "refused keys are not offered"
+        stdout.contains("\"countries\"") && stdout.contains("\"not_countries\""),
+        "country conditions are offered"
     );
 }
 

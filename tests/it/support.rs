@@ -199,6 +199,7 @@ pub fn config(targets: &[String], extra: &str) -> String {
 /// decision (in the order serde_json lists them).
 pub const DECISION_LOG_FIELDS: &[&str] = &[
     "audit",
+    "client.geo.country_iso_code",
     "client.ip",
     "decision",
     "decision.micros",

@@ -7,6 +7,8 @@ use std::fmt;
 use std::net::IpAddr;
 use std::sync::{Mutex, PoisonError};
 
+use crate::country::Country;
+
 /// A rule's id, unique across all policy files.
 ///
 /// Ids are interned: one copy of each for the life of the process, shared by every load
@@ -158,6 +160,17 @@ pub enum Reason {
         /// The networks the rule names, for operators only.
         networks: &'static str,
     },
+    /// The client's country is not one an allow rule requires, or is one a deny rule names;
+    /// or it could not be found out, and a rule names countries (fail closed).
+    CountryDenied {
+        /// The client's country (`XX`: the database does not know the address); `None`
+        /// when it could not be found out (no geo database loaded).
+        country: Option<Country>,
+        /// The countries the rule names (`@eu, CH`, or `not KP`), for operators.
+        countries: &'static str,
+        /// Whether a deny rule matched, rather than an allow rule failing.
+        by_deny: bool,
+    },
     /// The closest rule needs an identified caller and the request carried no credentials.
     CredentialsMissing,
     /// The token has expired.
@@ -225,6 +238,7 @@ impl Reason {
             Reason::MethodNotAllowed { .. } => "method_not_allowed",
             Reason::IpNotAllowed { .. } => "ip_not_allowed",
             Reason::IpDenied { .. } => "ip_denied",
+            Reason::CountryDenied { .. } => "country_denied",
             Reason::CredentialsMissing => "credentials_missing",
             Reason::TokenInvalid { .. } => "token_invalid",
             Reason::TokenExpired { .. } => "token_expired",
@@ -284,6 +298,33 @@ impl Reason {
                 Address(*ip).write_to(f)?;
                 f.write_str(" matches ")?;
                 f.write_str(networks)
+            }
+            Reason::CountryDenied {
+                country: Some(country),
+                countries,
+                by_deny,
+            } => {
+                f.write_str("country ")?;
+                f.write_str(country.as_str())?;
+                f.write_str(if *by_deny {
+                    " matches "
+                } else {
+                    " does not satisfy "
+                })?;
+                f.write_str(countries)
+            }
+            Reason::CountryDenied {
+                country: None,
+                countries,
+                by_deny,
+            } => {
+                f.write_str("the country is not known (no geo database is loaded), so ")?;
+                f.write_str(countries)?;
+                f.write_str(if *by_deny {
+                    " counts as matched (fail closed)"
+                } else {
+                    " counts as not satisfied (fail closed)"
+                })
             }
             Reason::CredentialsMissing => f.write_str("the request carried no credentials"),
             Reason::TokenInvalid { problem } => write!(f, "invalid credentials: {problem}"),
@@ -443,7 +484,12 @@ impl Decision {
     /// path but failed, in file order.
     pub fn closest(&self) -> impl Iterator<Item = &Step> {
         let default_deny = self.effect == Effect::Deny
-            && !matches!(self.reason, Reason::ExplicitDeny | Reason::IpDenied { .. });
+            && !matches!(
+                self.reason,
+                Reason::ExplicitDeny
+                    | Reason::IpDenied { .. }
+                    | Reason::CountryDenied { by_deny: true, .. }
+            );
         self.trace.iter().filter(move |step| {
             default_deny
                 && step.effect == Effect::Allow

@@ -3,6 +3,7 @@
 
 use std::net::IpAddr;
 
+use super::country::Country;
 use super::mtls::ClientCertificate;
 use super::principal::Principal;
 
@@ -25,6 +26,10 @@ pub struct RequestFacts<'a> {
     pub principal: Option<&'a Principal>,
     /// The client certificate verified in the TLS handshake, if any.
     pub client_cert: Option<&'a ClientCertificate>,
+    /// The client's country ([`Country::UNKNOWN`] when the database does not know the
+    /// address); `None` when it could not be found out (no database loaded), or was not
+    /// needed ([`crate::PolicySet::uses_countries`]).
+    pub country: Option<Country>,
 }
 
 impl RequestFacts<'_> {

@@ -7,14 +7,17 @@
 //!
 //! Semantics:
 //! 1. any matching enforced deny rule denies (`ip_denied` when it names networks,
-//!    `explicit_deny` otherwise);
+//!    `country_denied` when it names countries, `explicit_deny` otherwise);
 //! 2. otherwise any matching enforced allow rule allows;
 //! 3. otherwise the default deny is explained by the closest allow rules, those whose
 //!    hosts and paths fit: the first one in file order gives the reason (its methods:
 //!    `method_not_allowed`; its first failing condition); with none, `no_matching_allow`;
-//! 4. audit rules are judged and traced, and never change the outcome.
+//! 4. audit rules are judged and traced, and never change the outcome;
+//! 5. a country condition on a request whose country is not known (no geo database
+//!    loaded) fails an allow rule and holds for a deny rule: fail closed.
 
 mod claims;
+mod country;
 mod decision;
 mod facts;
 mod headers;
@@ -27,6 +30,7 @@ mod rule;
 mod scopes;
 
 pub use claims::{ClaimPattern, ClaimsCondition};
+pub use country::{Countries, Country, CountrySet};
 pub use decision::{
     Address, Decision, Effect, Mode, Outcome, Reason, RuleId, Step, elapsed, interned, needs,
 };
@@ -47,6 +51,7 @@ pub struct PolicySet {
     rules: Vec<Rule>,
     index: Index,
     header_names: Vec<String>,
+    uses_countries: bool,
     roles: RoleGraph,
 }
 
@@ -71,10 +76,17 @@ impl PolicySet {
             .collect();
         header_names.sort();
         header_names.dedup();
+        let uses_countries = (rules.iter().flat_map(|rule| &rule.when)).any(|condition| {
+            matches!(
+                condition,
+                Condition::Countries(_) | Condition::NotCountries(_)
+            )
+        });
         PolicySet {
             index: Index::new(&rules),
             rules,
             header_names,
+            uses_countries,
             roles,
         }
     }
@@ -88,6 +100,12 @@ impl PolicySet {
     /// only these.
     pub fn header_names(&self) -> &[String] {
         &self.header_names
+    }
+
+    /// Whether a rule names countries: only then does a request need
+    /// [`RequestFacts::country`].
+    pub fn uses_countries(&self) -> bool {
+        self.uses_countries
     }
 
     /// Decides one request. Never fails: anything that does not allow, denies.

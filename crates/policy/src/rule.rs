@@ -4,6 +4,7 @@
 use std::fmt;
 
 use super::claims::ClaimsCondition;
+use super::country::Countries;
 use super::decision::{Effect, Mode, Outcome, Reason, RuleId};
 use super::facts::RequestFacts;
 use super::headers::HeaderCondition;
@@ -76,13 +77,13 @@ impl Rule {
             .partition(|condition| condition.is_about_identity());
         if let Some(reason) = other
             .iter()
-            .find_map(|condition| condition.failure(facts, captures, roles))
+            .find_map(|condition| condition.failure(facts, captures, roles, self.effect))
         {
             return Outcome::ConditionFailed(reason);
         }
         let identity_failure = identity
             .iter()
-            .find_map(|condition| condition.failure(facts, captures, roles));
+            .find_map(|condition| condition.failure(facts, captures, roles, self.effect));
         match identity_failure {
             Some(reason) if reason != Reason::CredentialsMissing => {
                 return Outcome::ConditionFailed(reason);
@@ -104,7 +105,8 @@ impl Rule {
     }
 
     /// Why this rule, having matched as an enforced deny rule, denies: `ip_denied` when it
-    /// names networks, `explicit_deny` otherwise.
+    /// names networks, `country_denied` when it names countries (the first of them in
+    /// evaluation order), `explicit_deny` otherwise.
     pub fn deny_reason(&self, facts: &RequestFacts<'_>) -> Reason {
         self.when
             .iter()
@@ -112,6 +114,16 @@ impl Rule {
                 Condition::Ip(networks) | Condition::NotIp(networks) => Some(Reason::IpDenied {
                     ip: facts.client_ip,
                     networks: networks.label(),
+                }),
+                Condition::Countries(countries) => Some(Reason::CountryDenied {
+                    country: facts.country,
+                    countries: countries.label(),
+                    by_deny: true,
+                }),
+                Condition::NotCountries(countries) => Some(Reason::CountryDenied {
+                    country: facts.country,
+                    countries: countries.negated_label(),
+                    by_deny: true,
                 }),
                 _ => None,
             })
@@ -134,6 +146,10 @@ pub enum Condition {
     Ip(Networks),
     /// The client address must not be in any of these networks.
     NotIp(Networks),
+    /// The client's country must be one of these.
+    Countries(Countries),
+    /// The client's country must not be one of these.
+    NotCountries(Countries),
     /// The request must carry this header with an accepted value.
     Header(HeaderCondition),
     /// The connection must have shown a verified client certificate this accepts.
@@ -152,12 +168,15 @@ impl Condition {
         )
     }
 
-    /// `None` when the condition holds, otherwise the reason it failed.
+    /// `None` when the condition holds, otherwise the reason it failed. A condition that
+    /// cannot be judged (a country not found out) fails in an allow rule (`effect`) and
+    /// holds in a deny rule: fail closed.
     fn failure(
         &self,
         facts: &RequestFacts<'_>,
         captures: &[(&str, &str)],
         roles: &[&str],
+        effect: Effect,
     ) -> Option<Reason> {
         // Identity conditions: an anonymous request cannot satisfy them, and the answer
         // to that is a 401 asking for credentials, not a 403.
@@ -181,6 +200,16 @@ impl Condition {
             Condition::NotIp(networks) => !networks.contains(facts.client_ip),
             Condition::Header(header) => header.holds(facts, captures),
             Condition::Mtls(mtls) => facts.client_cert.is_some_and(|cert| mtls.accepts(cert)),
+            Condition::Countries(countries) => {
+                facts.country.map_or(effect == Effect::Deny, |country| {
+                    countries.contains(country)
+                })
+            }
+            Condition::NotCountries(countries) => {
+                facts.country.map_or(effect == Effect::Deny, |country| {
+                    !countries.contains(country)
+                })
+            }
             _ => true,
         };
         if holds {
@@ -201,6 +230,16 @@ impl Condition {
             Condition::Mtls(mtls) => Reason::MtlsRequired {
                 presented: facts.client_cert.map(|cert| cert.name().to_owned()),
                 accepted: mtls.describe(),
+            },
+            Condition::Countries(countries) => Reason::CountryDenied {
+                country: facts.country,
+                countries: countries.label(),
+                by_deny: effect == Effect::Deny,
+            },
+            Condition::NotCountries(countries) => Reason::CountryDenied {
+                country: facts.country,
+                countries: countries.negated_label(),
+                by_deny: effect == Effect::Deny,
             },
             _ => return None,
         })

@@ -27,6 +27,11 @@ fn networks(cidrs: &[&str]) -> Networks {
     Networks::new(vec![Arc::new(set)], &cidrs.join(", "))
 }
 
+fn countries(codes: &[&str]) -> Countries {
+    let set = CountrySet::new(codes.iter().map(|code| Country::parse(code).unwrap()));
+    Countries::new(set, &codes.join(", "))
+}
+
 fn header(name: &str, values: &[&str]) -> HeaderCondition {
     HeaderCondition {
         name: name.to_owned(),
@@ -68,6 +73,14 @@ impl RuleSpec {
     }
     fn not_ip(mut self, cidrs: &[&str]) -> Self {
         self.0.when.push(Condition::NotIp(networks(cidrs)));
+        self
+    }
+    fn countries(mut self, codes: &[&str]) -> Self {
+        self.0.when.push(Condition::Countries(countries(codes)));
+        self
+    }
+    fn not_countries(mut self, codes: &[&str]) -> Self {
+        self.0.when.push(Condition::NotCountries(countries(codes)));
         self
     }
     fn when_header(mut self, name: &str, values: &[&str]) -> Self {
@@ -125,6 +138,7 @@ struct Req {
     headers: Vec<(&'static str, &'static str)>,
     principal: Option<Principal>,
     client_cert: Option<ClientCertificate>,
+    country: Option<Country>,
 }
 
 fn req(method: &'static str, path: &'static str) -> Req {
@@ -136,12 +150,18 @@ fn req(method: &'static str, path: &'static str) -> Req {
         headers: Vec::new(),
         principal: None,
         client_cert: None,
+        country: None,
     }
 }
 
 impl Req {
     fn from(mut self, ip: &str) -> Self {
         self.ip = ip.parse().unwrap();
+        self
+    }
+    /// From this country (`None`: it could not be found out).
+    fn country(mut self, code: Option<&str>) -> Self {
+        self.country = code.map(|code| Country::parse(code).unwrap());
         self
     }
     fn host(mut self, host: Option<&'static str>) -> Self {
@@ -189,6 +209,7 @@ fn decide(rules: Vec<RuleSpec>, req: &Req) -> Decision {
         headers: &req.headers,
         principal: req.principal.as_ref(),
         client_cert: req.client_cert.as_ref(),
+        country: req.country,
     };
     set.evaluate(&facts)
 }
@@ -398,6 +419,126 @@ fn not_ip() {
         req("GET", "/x"),
         (DENY, Some("not-office"), "ip_denied"),
     );
+}
+
+#[test]
+fn country_conditions() {
+    let rules = || {
+        vec![
+            deny("embargo").countries(&["KP", "IR"]),
+            allow("eu-only").paths(&["/eu/**"]).countries(&["DE", "FR"]),
+            allow("not-from-us")
+                .paths(&["/intl/**"])
+                .not_countries(&["US"]),
+            allow("public").paths(&["/public/**"]),
+        ]
+    };
+    for (path, country, expect) in [
+        ("/eu/a", Some("DE"), (ALLOW, Some("eu-only"), "allowed")),
+        (
+            "/eu/a",
+            Some("US"),
+            (DENY, Some("eu-only"), "country_denied"),
+        ),
+        (
+            "/intl/a",
+            Some("DE"),
+            (ALLOW, Some("not-from-us"), "allowed"),
+        ),
+        (
+            "/intl/a",
+            Some("US"),
+            (DENY, Some("not-from-us"), "country_denied"),
+        ),
+        (
+            "/public/a",
+            Some("KP"),
+            (DENY, Some("embargo"), "country_denied"),
+        ),
+        ("/public/a", Some("DE"), (ALLOW, Some("public"), "allowed")),
+        // An address the database does not know is XX: it matches only XX.
+        ("/public/a", Some("XX"), (ALLOW, Some("public"), "allowed")),
+        (
+            "/eu/a",
+            Some("XX"),
+            (DENY, Some("eu-only"), "country_denied"),
+        ),
+        (
+            "/intl/a",
+            Some("XX"),
+            (ALLOW, Some("not-from-us"), "allowed"),
+        ),
+        // Not found out (no database loaded): allow rules fail and deny rules hold.
+        ("/public/a", None, (DENY, Some("embargo"), "country_denied")),
+    ] {
+        check(rules(), req("GET", path).country(country), expect);
+    }
+    check(
+        vec![allow("unknown-only").countries(&["XX"])],
+        req("GET", "/").country(Some("XX")),
+        (ALLOW, Some("unknown-only"), "allowed"),
+    );
+    for rule in [
+        allow("eu").countries(&["DE"]),
+        allow("not-us").not_countries(&["US"]),
+    ] {
+        let id = rule.0.id.0;
+        check(
+            vec![rule],
+            req("GET", "/").country(None),
+            (DENY, Some(id), "country_denied"),
+        );
+    }
+    check(
+        vec![allow("all"), deny("not-eu").not_countries(&["DE"])],
+        req("GET", "/").country(None),
+        (DENY, Some("not-eu"), "country_denied"),
+    );
+}
+
+#[test]
+fn country_reasons_say_what_was_seen_and_whether_it_was_known() {
+    let sentence = |rules, country| {
+        decide(rules, &req("GET", "/").country(country))
+            .reason
+            .to_string()
+    };
+    assert_eq!(
+        sentence(vec![deny("embargo").countries(&["KP", "IR"])], Some("KP")),
+        "country KP matches KP, IR"
+    );
+    assert_eq!(
+        sentence(vec![allow("eu").countries(&["DE", "FR"])], Some("US")),
+        "country US does not satisfy DE, FR"
+    );
+    assert_eq!(
+        sentence(vec![allow("intl").not_countries(&["US"])], Some("US")),
+        "country US does not satisfy not US"
+    );
+    assert_eq!(
+        sentence(vec![allow("eu").countries(&["DE"])], None),
+        "the country is not known (no geo database is loaded), so DE counts as not satisfied (fail closed)"
+    );
+    assert_eq!(
+        sentence(vec![allow("all"), deny("embargo").countries(&["KP"])], None),
+        "the country is not known (no geo database is loaded), so KP counts as matched (fail closed)"
+    );
+    // A deny rule's country reason is not a default deny: no closest allow rules.
+    let decision = decide(
+        vec![
+            allow("all").methods(&["POST"]),
+            deny("embargo").countries(&["KP"]),
+        ],
+        &req("GET", "/").country(Some("KP")),
+    );
+    assert_eq!(decision.closest().count(), 0);
+    let decision = decide(
+        vec![allow("eu").countries(&["DE"])],
+        &req("GET", "/").country(Some("KP")),
+    );
+    assert_eq!(decision.closest().count(), 1);
+    assert!(PolicySet::new(vec![allow("eu").countries(&["DE"]).0]).uses_countries());
+    assert!(!PolicySet::new(vec![allow("office").ip(&["10.0.0.0/8"]).0]).uses_countries());
 }
 
 #[test]

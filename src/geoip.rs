@@ -1,0 +1,605 @@
+//! The client's country, for `countries` and `not_countries` conditions: from a header a
+//! trusted proxy sets (`CF-IPCountry`), or from a MaxMind DB country database read into
+//! memory (GeoLite2 / GeoIP2, DB-IP, ip-location-db).
+//!
+//! A database that is configured but did not load leaves the country unknown to the
+//! policy (`None`), which fails allow rules and holds for deny rules; an address the
+//! loaded database does not know is `XX`, a country like any other.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use http::{HeaderMap, HeaderName};
+use maxminddb::Reader;
+
+use crate::config::GeoipSettings;
+use crate::policy::Country;
+
+/// A country database in memory.
+pub struct Database {
+    reader: Reader<Vec<u8>>,
+    path: PathBuf,
+    stamp: Stamp,
+}
+
+/// What tells one version of a file from another without reading it: a new file written
+/// and renamed over the old, or a ConfigMap's `..data` swap, changes its inode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    len: u64,
+    modified: Option<SystemTime>,
+    inode: u64,
+}
+
+impl Stamp {
+    fn of(path: &Path) -> Option<Stamp> {
+        use std::os::unix::fs::MetadataExt as _;
+        let meta = std::fs::metadata(path).ok()?;
+        Some(Stamp {
+            len: meta.len(),
+            modified: meta.modified().ok(),
+            inode: meta.ino(),
+        })
+    }
+}
+
+/// The fields of a record that name a country, in both layouts in public use.
+#[derive(serde::Deserialize)]
+struct Record<'a> {
+    /// GeoLite2, GeoIP2 and DB-IP: where the address is.
+    #[serde(borrow)]
+    country: Option<Named<'a>>,
+    /// GeoLite2, GeoIP2 and DB-IP: where the network is registered, when the first is
+    /// missing (anycast, satellite providers).
+    #[serde(borrow)]
+    registered_country: Option<Named<'a>>,
+    /// ip-location-db: one flat code.
+    #[serde(borrow)]
+    country_code: Option<&'a str>,
+}
+
+#[derive(serde::Deserialize)]
+struct Named<'a> {
+    #[serde(borrow)]
+    iso_code: Option<&'a str>,
+}
+
+impl Record<'_> {
+    fn code(&self) -> Option<&str> {
+        (self.country.as_ref().and_then(|named| named.iso_code))
+            .or_else(|| (self.registered_country.as_ref()).and_then(|named| named.iso_code))
+            .or(self.country_code)
+    }
+}
+
+/// What a database said of an address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lookup {
+    /// Its record names this country.
+    Found(Country),
+    /// The database has no record for it, or one without a country.
+    Unknown,
+    /// The record could not be read.
+    Failed,
+}
+
+impl Database {
+    /// Reads and checks a database: the format, every record's encoding (so that a
+    /// lookup cannot meet a broken one later), and that its records name countries.
+    pub fn open(path: &Path) -> Result<Database, String> {
+        let stamp = Stamp::of(path);
+        let bytes = std::fs::read(path).map_err(|err| format!("cannot read it: {err}"))?;
+        let reader = Reader::from_source(bytes)
+            .map_err(|err| format!("it is not a MaxMind DB (.mmdb) file: {err}"))?;
+        reader
+            .verify()
+            .map_err(|err| format!("it is damaged: {err}"))?;
+        let database = Database {
+            reader,
+            path: path.to_owned(),
+            stamp: stamp.unwrap_or(Stamp {
+                len: 0,
+                modified: None,
+                inode: 0,
+            }),
+        };
+        database.check_countries()?;
+        Ok(database)
+    }
+
+    /// Refuses a database of another kind (ASN, ISP) whose records name no country: with
+    /// it every address would be `XX`. Looks at a few well-known public addresses; a
+    /// database that knows none of them (a private or test one) is taken as it is.
+    fn check_countries(&self) -> Result<(), String> {
+        let probes = [
+            "8.8.8.8",
+            "1.1.1.1",
+            "9.9.9.9",
+            "81.2.69.142",
+            "2001:4860:4860::8888",
+        ];
+        let mut records = 0;
+        for probe in probes {
+            let Ok(ip) = probe.parse::<IpAddr>() else {
+                continue;
+            };
+            let has_record = (self.reader.lookup(ip).ok()).is_some_and(|found| found.has_data());
+            match self.lookup(ip) {
+                Lookup::Found(_) => return Ok(()),
+                _ if has_record => records += 1,
+                _ => {}
+            }
+        }
+        if records == 0 {
+            return Ok(());
+        }
+        Err(format!(
+            "its records name no country (database type \"{}\"); use a country database",
+            self.reader.metadata().database_type
+        ))
+    }
+
+    /// The country of `ip`. An IPv4-mapped IPv6 address is looked up as the IPv4 address
+    /// it carries; an IPv6 address in an IPv4-only database is unknown.
+    pub fn lookup(&self, ip: IpAddr) -> Lookup {
+        let ip = ip.to_canonical();
+        if ip.is_ipv6() && self.reader.metadata().ip_version == 4 {
+            return Lookup::Unknown;
+        }
+        let Ok(found) = self.reader.lookup(ip) else {
+            return Lookup::Failed;
+        };
+        match found.decode::<Record<'_>>() {
+            Ok(None) => Lookup::Unknown,
+            Ok(Some(record)) => record
+                .code()
+                .and_then(|code| Country::from_reported(code.as_bytes()))
+                .map_or(Lookup::Unknown, Lookup::Found),
+            Err(_) => Lookup::Failed,
+        }
+    }
+
+    /// When the database was built (seconds since the epoch), as its metadata says.
+    pub fn build_epoch(&self) -> u64 {
+        self.reader.metadata().build_epoch
+    }
+
+    /// The file it was read from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Whether the file at `path` is still the one read.
+    fn is_current(&self, path: &Path) -> bool {
+        self.path == path && Stamp::of(path) == Some(self.stamp)
+    }
+}
+
+/// Where a request's country came from, and what it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Located {
+    /// No rule names countries: nobody asked.
+    NotAsked,
+    /// A trusted proxy's header said so.
+    Header(Country),
+    /// Named for an offline decision (`explain --country`, a test case's `country`).
+    Given(Country),
+    /// The database said so (`Lookup::Unknown` is `XX`).
+    Database(Lookup),
+    /// No database is loaded (or none is configured) and no trusted header said.
+    Unavailable,
+}
+
+impl Located {
+    /// The country the policy sees: `None` when it could not be found out.
+    pub fn country(self) -> Option<Country> {
+        match self {
+            Located::Header(country)
+            | Located::Given(country)
+            | Located::Database(Lookup::Found(country)) => Some(country),
+            Located::Database(Lookup::Unknown) => Some(Country::UNKNOWN),
+            Located::Database(Lookup::Failed) | Located::Unavailable | Located::NotAsked => None,
+        }
+    }
+
+    /// The `result` label of `portcullis_geoip_lookups_total` when a database was asked,
+    /// or should have been.
+    pub fn lookup_result(self) -> Option<LookupResult> {
+        match self {
+            Located::Database(Lookup::Found(_)) => Some(LookupResult::Found),
+            Located::Database(Lookup::Unknown) => Some(LookupResult::Unknown),
+            Located::Database(Lookup::Failed) | Located::Unavailable => Some(LookupResult::Error),
+            Located::Header(_) | Located::Given(_) | Located::NotAsked => None,
+        }
+    }
+}
+
+/// The `result` label of `portcullis_geoip_lookups_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LookupResult {
+    /// The database named a country.
+    Found,
+    /// It did not know the address (`XX`).
+    Unknown,
+    /// No database could be asked, or the record could not be read.
+    Error,
+}
+
+impl LookupResult {
+    /// Every value, in label order.
+    pub const ALL: [LookupResult; 3] = [
+        LookupResult::Found,
+        LookupResult::Unknown,
+        LookupResult::Error,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LookupResult::Found => "found",
+            LookupResult::Unknown => "unknown",
+            LookupResult::Error => "error",
+        }
+    }
+}
+
+/// The country setup of one load of the config: the database serving (carried over
+/// from the load before while its file is unchanged), and the header.
+#[derive(Default)]
+pub struct Geo {
+    database: Option<Arc<Database>>,
+    /// The configured database file.
+    configured: Option<PathBuf>,
+    /// Why the configured file is not the one serving, when it is not.
+    problem: Option<String>,
+    header: Option<HeaderName>,
+    keep_untrusted_header: bool,
+    /// Every address is in this country (`explain --country`).
+    fixed: Option<Country>,
+}
+
+impl Geo {
+    /// The setup of `settings`, reading the database unless `previous` has read the same
+    /// file. A file that does not load keeps the previous load's database, if it had one;
+    /// either way the problem is logged and kept for `/readyz` and `/policy`. Reads the
+    /// file: call it off the request path.
+    pub fn load(settings: Option<&GeoipSettings>, previous: Option<&Geo>) -> Geo {
+        let Some(settings) = settings else {
+            return Geo::default();
+        };
+        let mut geo = Geo {
+            configured: settings.database.clone(),
+            header: settings.header.clone(),
+            keep_untrusted_header: settings.keep_untrusted_header,
+            ..Geo::default()
+        };
+        let Some(path) = &settings.database else {
+            return geo;
+        };
+        let kept = previous.and_then(|previous| previous.database.as_ref());
+        if let Some(database) = kept.filter(|database| database.is_current(path)) {
+            geo.database = Some(Arc::clone(database));
+            return geo;
+        }
+        match Database::open(path) {
+            Ok(database) => {
+                tracing::info!(
+                    geoip.database = %path.display(),
+                    geoip.build_epoch = database.build_epoch(),
+                    "country database loaded"
+                );
+                geo.database = Some(Arc::new(database));
+            }
+            Err(problem) => {
+                let problem = format!("geo database {} did not load: {problem}", path.display());
+                match kept {
+                    Some(database) => tracing::error!(
+                        "{problem}; still serving {} (built {})",
+                        database.path().display(),
+                        database.build_epoch()
+                    ),
+                    None => tracing::error!(
+                        "{problem}; countries and not_countries conditions fail closed until it loads"
+                    ),
+                }
+                geo.database = kept.cloned();
+                geo.problem = Some(problem);
+            }
+        }
+        geo
+    }
+
+    /// A setup that puts every address in `country`, for `explain --country` and test
+    /// cases that name one.
+    pub fn fixed(country: Country) -> Geo {
+        Geo {
+            fixed: Some(country),
+            ..Geo::default()
+        }
+    }
+
+    /// Where the request from `client_ip` is, believing `headers` when they come from a
+    /// trusted proxy (`trusted`).
+    pub fn locate(&self, client_ip: IpAddr, headers: &HeaderMap, trusted: bool) -> Located {
+        if let Some(country) = self.fixed {
+            return Located::Given(country);
+        }
+        if trusted
+            && let Some(name) = &self.header
+            && let Some(country) = reported(headers, name)
+        {
+            return Located::Header(country);
+        }
+        match &self.database {
+            Some(database) => Located::Database(database.lookup(client_ip)),
+            None => Located::Unavailable,
+        }
+    }
+
+    /// The header to remove from a request that does not come from a trusted proxy.
+    pub fn untrusted_header(&self) -> Option<&HeaderName> {
+        self.header.as_ref().filter(|_| !self.keep_untrusted_header)
+    }
+
+    /// The database serving, if any.
+    pub fn database(&self) -> Option<&Arc<Database>> {
+        self.database.as_ref()
+    }
+
+    /// Why no database serves although one is configured, for `/readyz`.
+    pub fn unavailable(&self) -> Option<&str> {
+        match (&self.database, &self.configured) {
+            (None, Some(_)) => self.problem.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// Why the configured file is not the one serving, if it is not.
+    pub fn problem(&self) -> Option<&str> {
+        self.problem.as_deref()
+    }
+}
+
+/// The country a proxy reports in header `name`: one field of two letters or digits
+/// (any case). Anything else is not believed.
+fn reported(headers: &HeaderMap, name: &HeaderName) -> Option<Country> {
+    let mut values = headers.get_all(name).iter();
+    let value = values.next()?;
+    if values.next().is_some() {
+        return None;
+    }
+    Country::from_reported(value.as_bytes().trim_ascii())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::mmdb;
+
+    fn ip(text: &str) -> IpAddr {
+        text.parse().unwrap()
+    }
+
+    fn country(code: &str) -> Lookup {
+        Lookup::Found(Country::parse(code).unwrap())
+    }
+
+    fn written(bytes: &[u8]) -> (tempfile_dir::Dir, PathBuf) {
+        let dir = tempfile_dir::Dir::new();
+        let path = dir.path().join("countries.mmdb");
+        std::fs::write(&path, bytes).unwrap();
+        (dir, path)
+    }
+
+    mod tempfile_dir {
+        /// A directory removed when dropped.
+        pub struct Dir(std::path::PathBuf);
+        impl Dir {
+            pub fn new() -> Dir {
+                use std::sync::atomic::{AtomicUsize, Ordering};
+                static NEXT: AtomicUsize = AtomicUsize::new(0);
+                let path = std::env::temp_dir().join(format!(
+                    "portcullis-geoip-{}-{}",
+                    std::process::id(),
+                    NEXT.fetch_add(1, Ordering::Relaxed)
+                ));
+                std::fs::create_dir_all(&path).unwrap();
+                Dir(path)
+            }
+            pub fn path(&self) -> &std::path::Path {
+                &self.0
+            }
+        }
+        impl Drop for Dir {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_dir_all(&self.0);
+            }
+        }
+    }
+
+    #[test]
+    fn both_layouts_ipv4_ipv6_and_mapped_addresses() {
+        let maxmind = mmdb::database(
+            &[
+                (
+                    "81.2.69.0/24",
+                    mmdb::maxmind_country(Some("GB"), Some("GB")),
+                ),
+                ("2001:db8::/32", mmdb::maxmind_country(Some("DE"), None)),
+                // Anycast: registered country only.
+                ("192.0.2.0/24", mmdb::maxmind_country(None, Some("US"))),
+                ("198.51.100.0/24", mmdb::maxmind_country(None, None)),
+            ],
+            "GeoLite2-Country",
+            1_700_000_000,
+            false,
+        );
+        let flat = mmdb::database(
+            &[
+                ("81.2.69.0/24", mmdb::flat_country("GB")),
+                ("2001:db8::/32", mmdb::flat_country("de")),
+            ],
+            "geo-whois-asn-country",
+            1_700_000_000,
+            false,
+        );
+        for bytes in [maxmind, flat] {
+            let (_dir, path) = written(&bytes);
+            let database = Database::open(&path).unwrap();
+            assert_eq!(database.build_epoch(), 1_700_000_000);
+            for (address, expected) in [
+                ("81.2.69.142", country("GB")),
+                ("::ffff:81.2.69.142", country("GB")),
+                ("2001:db8::1", country("DE")),
+                ("81.2.70.1", Lookup::Unknown),
+                ("10.0.0.1", Lookup::Unknown),
+                ("2001:db9::1", Lookup::Unknown),
+            ] {
+                assert_eq!(database.lookup(ip(address)), expected, "{address}");
+            }
+        }
+        let (_dir, path) = written(&mmdb::database(
+            &[
+                ("192.0.2.0/24", mmdb::maxmind_country(None, Some("US"))),
+                ("198.51.100.0/24", mmdb::maxmind_country(None, None)),
+            ],
+            "GeoLite2-Country",
+            1,
+            false,
+        ));
+        let database = Database::open(&path).unwrap();
+        assert_eq!(database.lookup(ip("192.0.2.1")), country("US"));
+        assert_eq!(database.lookup(ip("198.51.100.1")), Lookup::Unknown);
+    }
+
+    #[test]
+    fn an_ipv4_only_database_does_not_know_ipv6_addresses() {
+        let (_dir, path) = written(&mmdb::database(
+            &[("81.2.69.0/24", mmdb::flat_country("GB"))],
+            "test",
+            1,
+            true,
+        ));
+        let database = Database::open(&path).unwrap();
+        assert_eq!(database.lookup(ip("81.2.69.1")), country("GB"));
+        assert_eq!(database.lookup(ip("::ffff:81.2.69.1")), country("GB"));
+        assert_eq!(database.lookup(ip("2001:db8::1")), Lookup::Unknown);
+    }
+
+    #[test]
+    fn files_that_are_not_country_databases_are_refused() {
+        let good = mmdb::database(&[("81.2.69.0/24", mmdb::flat_country("GB"))], "t", 1, false);
+        let asn = mmdb::database(
+            &[(
+                "8.8.8.0/24",
+                mmdb::Value::Map(vec![(
+                    "autonomous_system_number".to_owned(),
+                    mmdb::Value::U32(15169),
+                )]),
+            )],
+            "GeoLite2-ASN",
+            1,
+            false,
+        );
+        for (bytes, needle) in [
+            (b"not a database".to_vec(), "not a MaxMind DB"),
+            (good[..good.len() / 2].to_vec(), "not a MaxMind DB"),
+            (asn, "name no country"),
+        ] {
+            let (_dir, path) = written(&bytes);
+            let err = Database::open(&path).err().unwrap();
+            assert!(err.contains(needle), "{err}");
+        }
+        let err = Database::open(Path::new("/nonexistent/countries.mmdb"))
+            .err()
+            .unwrap();
+        assert!(err.contains("cannot read it"), "{err}");
+    }
+
+    #[test]
+    fn a_reload_keeps_an_unchanged_database_and_the_old_one_when_the_new_fails() {
+        let (_dir, path) = written(&mmdb::database(
+            &[("81.2.69.0/24", mmdb::flat_country("GB"))],
+            "t",
+            1,
+            false,
+        ));
+        let settings = GeoipSettings {
+            database: Some(path.clone()),
+            header: None,
+            keep_untrusted_header: false,
+        };
+        let first = Geo::load(Some(&settings), None);
+        assert!(first.unavailable().is_none());
+        let same = Geo::load(Some(&settings), Some(&first));
+        assert!(Arc::ptr_eq(
+            same.database().unwrap(),
+            first.database().unwrap()
+        ));
+        // A new file written elsewhere and renamed over the old one.
+        let next = path.with_extension("new");
+        std::fs::write(&next, b"garbage").unwrap();
+        std::fs::rename(&next, &path).unwrap();
+        let broken = Geo::load(Some(&settings), Some(&same));
+        assert!(Arc::ptr_eq(
+            broken.database().unwrap(),
+            first.database().unwrap()
+        ));
+        assert!(broken.problem().unwrap().contains("did not load"));
+        assert!(broken.unavailable().is_none());
+        // Without a database before it, a broken file leaves none serving.
+        let none = Geo::load(Some(&settings), None);
+        assert!(none.database().is_none());
+        assert!(none.unavailable().unwrap().contains("did not load"));
+        let headers = HeaderMap::new();
+        assert_eq!(
+            none.locate(ip("81.2.69.1"), &headers, false),
+            Located::Unavailable
+        );
+        assert_eq!(Located::Unavailable.country(), None);
+    }
+
+    #[test]
+    fn the_header_is_believed_only_from_trusted_proxies_and_only_when_well_formed() {
+        let (_dir, path) = written(&mmdb::database(
+            &[("81.2.69.0/24", mmdb::flat_country("GB"))],
+            "t",
+            1,
+            false,
+        ));
+        let geo = Geo::load(
+            Some(&GeoipSettings {
+                database: Some(path),
+                header: Some(HeaderName::from_static("cf-ipcountry")),
+                keep_untrusted_header: false,
+            }),
+            None,
+        );
+        let with = |values: &[&str]| {
+            let mut headers = HeaderMap::new();
+            for value in values {
+                headers.append("cf-ipcountry", value.parse().unwrap());
+            }
+            headers
+        };
+        let client = ip("81.2.69.1");
+        let gb = Located::Database(country("GB"));
+        let de = Located::Header(Country::parse("DE").unwrap());
+        assert_eq!(geo.locate(client, &with(&["DE"]), true), de);
+        assert_eq!(geo.locate(client, &with(&[" de "]), true), de);
+        assert_eq!(geo.locate(client, &with(&["DE"]), false), gb);
+        for odd in [&["DEU"][..], &["DE", "FR"], &[""], &[]] {
+            assert_eq!(geo.locate(client, &with(odd), true), gb, "{odd:?}");
+        }
+        assert_eq!(
+            geo.untrusted_header().map(HeaderName::as_str),
+            Some("cf-ipcountry")
+        );
+        assert_eq!(
+            Geo::fixed(Country::parse("FR").unwrap()).locate(client, &with(&["DE"]), true),
+            Located::Given(Country::parse("FR").unwrap())
+        );
+    }
+}
