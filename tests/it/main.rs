@@ -22,6 +22,8 @@
 //! - `jwks`: key sets over HTTP(S): RSA and HMAC, rotation, rate limit, outages.
 //! - `deploy`: the Dockerfile's and Kubernetes manifests' checkable parts.
 //! - `workers`: several workers: metrics summed exactly, counters never going down.
+//! - `geoip`: country rules against `.mmdb` files written by `mmdb` (both record layouts),
+//!   a database that fails to load, reloads, the country header, `explain --country`.
 //! - `tls`: TLS listeners (versions, ALPN, SNI, plain HTTP and garbage on a TLS port,
 //!   handshake deadlines, certificates renewed by reload), client certificates and mtls
 //!   rules, and https upstreams (verification, resumption, upstream mTLS).
@@ -31,6 +33,9 @@
     reason = "a test that meets an unexpected error should fail loudly"
 )]
 
+#[path = "../../src/testing/mmdb.rs"]
+mod mmdb;
+
 mod boundaries;
 mod bypass;
 mod client_wire;
@@ -39,6 +44,7 @@ mod decision_log;
 mod denials;
 mod deploy;
 mod forwarding;
+mod geoip;
 mod identity;
 mod jwks;
 mod jwt;

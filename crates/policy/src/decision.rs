@@ -168,7 +168,8 @@ pub enum Reason {
         country: Option<Country>,
         /// The countries the rule names (`@eu, CH`, or `not KP`), for operators.
         countries: &'static str,
-        /// Whether a deny rule matched, rather than an allow rule failing.
+        /// Whether a deny rule matched because of it, rather than a rule's condition
+        /// failing on it.
         by_deny: bool,
     },
     /// The closest rule needs an identified caller and the request carried no credentials.

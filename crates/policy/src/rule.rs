@@ -234,12 +234,12 @@ impl Condition {
             Condition::Countries(countries) => Reason::CountryDenied {
                 country: facts.country,
                 countries: countries.label(),
-                by_deny: effect == Effect::Deny,
+                by_deny: false,
             },
             Condition::NotCountries(countries) => Reason::CountryDenied {
                 country: facts.country,
                 countries: countries.negated_label(),
-                by_deny: effect == Effect::Deny,
+                by_deny: false,
             },
             _ => return None,
         })

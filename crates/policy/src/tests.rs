@@ -523,6 +523,15 @@ fn country_reasons_say_what_was_seen_and_whether_it_was_known() {
         sentence(vec![allow("all"), deny("embargo").countries(&["KP"])], None),
         "the country is not known (no geo database is loaded), so KP counts as matched (fail closed)"
     );
+    // A deny rule that spares the country says so in the trace.
+    let decision = decide(
+        vec![allow("all"), deny("embargo").countries(&["KP"])],
+        &req("GET", "/").country(Some("US")),
+    );
+    assert_eq!(
+        decision.trace[1].outcome.to_string(),
+        "condition failed: country US does not satisfy KP"
+    );
     // A deny rule's country reason is not a default deny: no closest allow rules.
     let decision = decide(
         vec![
