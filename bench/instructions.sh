@@ -8,6 +8,10 @@
 # The deny rows send /admin/bench, which the demo policy denies, against nginx answering
 # `return 403` with a small JSON body itself.
 #
+# The xff and country rows come as from a trusted proxy, with X-Forwarded-For naming a
+# public address: the demo policy, then the demo policy with a country rule and the
+# public country database (.ci/geoip-database.sh), so that every request is looked up.
+#
 # Each proxy runs under callgrind twice, serving N1 and then N2 keep-alive requests from
 # ab (8 connections); the difference of the two totals divided by N2 - N1 leaves out
 # start-up and shutdown. Kernel time is not counted: both proxies make the same system
@@ -37,6 +41,7 @@ if [ "$(nproc)" -lt 2 ]; then echo "needs 2 CPUs (the proxy is pinned to the sec
 
 cargo build --release --quiet --locked
 BINARY=$PWD/target/release/portcullis
+GEOIP_DATABASE=$(bash .ci/geoip-database.sh)
 
 WORK=$(mktemp -d)
 UPSTREAM_PID=
@@ -95,6 +100,14 @@ done
 for conf in proxy deny; do
     sed "s|access_log off;|access_log $WORK/access.log combined buffer=64k;|" "$WORK/$conf.conf" >"$WORK/$conf-log.conf"
 done
+# The xff and country rows: the demo policy behind a trusted proxy, and with a country rule.
+mkdir -p "$WORK/country-policies"
+cp config/policies/*.yaml "$WORK/country-policies/"
+echo 'rules: [{ id: embargo, effect: deny, when: { countries: [KP, IR, SY, CU] } }]' >"$WORK/country-policies/zz-embargo.yaml"
+sed 's|^log: .*|&\nnetwork: { trusted_proxies: [127.0.0.1] }|' "$WORK/demo.yaml" >"$WORK/xff.yaml"
+sed -e 's|demo-policies|country-policies|' \
+    -e "s|^log: .*|&\\nnetwork: { trusted_proxies: [127.0.0.1], geoip: { database: $GEOIP_DATABASE } }|" \
+    "$WORK/demo.yaml" >"$WORK/country.yaml"
 # The log goes outside the configs' directory, which the gateway watches for changes.
 mkdir -p "$WORK/out"
 sed "s|^log: .*|log: { decisions: $WORK/out/decisions.log }|" "$WORK/demo.yaml" >"$WORK/demo-log.yaml"
@@ -158,6 +171,9 @@ read -r _ demo_deny_log < <(per_request demo-deny-log TERM "$BINARY" --log-level
 BENCH_PATH=/public/bench DENY=0
 AB_HEADERS=(-H "Authorization: Bearer $TOKEN")
 read -r _ jwt < <(per_request jwt TERM "$BINARY" --log-level warn run -c "$WORK/jwt.yaml")
+AB_HEADERS=(-H "X-Forwarded-For: 81.2.69.142")
+read -r _ xff < <(per_request xff TERM "$BINARY" --log-level warn run -c "$WORK/xff.yaml")
+read -r _ country < <(per_request country TERM "$BINARY" --log-level warn run -c "$WORK/country.yaml")
 
 echo
 echo "callgrind, ab -k -c 8, ($N2 - $N1) requests; $(date -u +%Y-%m-%dT%H:%MZ)"
@@ -168,6 +184,8 @@ echo "| nginx proxy | $nginx | 1.00 |"
 echo "| portcullis (allow all) | $portcullis | $(awk -v a="$portcullis" -v b="$nginx" 'BEGIN { printf "%.2f", a / b }') |"
 echo "| portcullis (demo policy) | $demo | $(awk -v a="$demo" -v b="$nginx" 'BEGIN { printf "%.2f", a / b }') |"
 echo "| portcullis (JWT, warm cache) | $jwt | $(awk -v a="$jwt" -v b="$nginx" 'BEGIN { printf "%.2f", a / b }') |"
+echo "| portcullis (demo policy, X-Forwarded-For from a trusted proxy) | $xff | $(awk -v a="$xff" -v b="$nginx" 'BEGIN { printf "%.2f", a / b }') |"
+echo "| portcullis (the same, and a country rule: a lookup per request) | $country | $(awk -v a="$country" -v b="$nginx" 'BEGIN { printf "%.2f", a / b }') |"
 echo "| nginx proxy, access log (buffer=64k) | $nginx_log | 1.00 |"
 echo "| portcullis (demo policy, decision log to a file) | $demo_log | $(awk -v a="$demo_log" -v b="$nginx_log" 'BEGIN { printf "%.2f", a / b }') |"
 echo
@@ -179,4 +197,5 @@ echo "| nginx return 403, access log (buffer=64k) | $nginx_deny_log | 1.00 |"
 echo "| portcullis (demo policy, decision log to a file) | $demo_deny_log | $(awk -v a="$demo_deny_log" -v b="$nginx_deny_log" 'BEGIN { printf "%.2f", a / b }') |"
 echo
 echo "What a log adds per request: nginx's access log $(( nginx_log - nginx )) (allow), $(( nginx_deny_log - nginx_deny )) (deny);"
+echo "A country rule adds $(( country - xff )) ($(awk -v a="$country" -v b="$xff" 'BEGIN { printf "%.3f", a / b }')x)."
 echo "portcullis's decision log $(( demo_log - demo )) (allow, $(awk -v a="$demo_log" -v b="$demo" 'BEGIN { printf "%.2f", a / b }')x), $(( demo_deny_log - demo_deny )) (deny, $(awk -v a="$demo_deny_log" -v b="$demo_deny" 'BEGIN { printf "%.2f", a / b }')x)."

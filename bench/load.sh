@@ -20,6 +20,11 @@
 #   deny-log          the same, with the default decision log
 #   nginx-tls         wrk → nginx terminating TLS (kept-alive connections), then as nginx
 #   tls               wrk → portcullis terminating TLS with the same certificate, then as demo
+#   xff               wrk → portcullis as a trusted proxy's next hop: every request carries
+#                     X-Forwarded-For with a public address (in GB); the bench policy decides
+#   country           the same, with a country rule added (an embargo on four countries)
+#                     and the public ip-location-db database (.ci/geoip-database.sh): every
+#                     request is looked up; compared with the xff row
 #
 # With the TLS rows, new TLS handshakes per second are measured too, after the rounds:
 # openssl s_time, a new connection per request, full handshakes and resumed ones.
@@ -54,7 +59,7 @@ ROUNDS=${ROUNDS:-5}
 WARMUP=${WARMUP:-2s}
 CONNECTIONS=${CONNECTIONS:-64}
 WORKERS=${WORKERS:-1}
-ALL_ROWS="direct nginx nginx-log portcullis demo demo-log jwt nginx-deny nginx-deny-log deny deny-log nginx-tls tls"
+ALL_ROWS="direct nginx nginx-log portcullis demo demo-log jwt nginx-deny nginx-deny-log deny deny-log nginx-tls tls xff country"
 read -r -a ROWS <<<"${ROWS:-$ALL_ROWS}"
 UPSTREAM_PORT=18081
 NGINX_PROXY_PORT=18082
@@ -70,6 +75,12 @@ JWT_ADMIN_PORT=18096
 NGINX_TLS_PORT=18088
 TLS_PORT=18089
 TLS_ADMIN_PORT=18099
+XFF_PORT=18090
+XFF_ADMIN_PORT=18100
+COUNTRY_PORT=18091
+COUNTRY_ADMIN_PORT=18101
+# A public address, in GB in the database: the client every xff and country request is from.
+CLIENT_ADDRESS=81.2.69.142
 
 . bench/common.sh
 need nginx nginx-light
@@ -88,6 +99,7 @@ fi
 
 cargo build --release --quiet --locked
 BINARY=target/release/portcullis
+GEOIP_DATABASE=$(bash .ci/geoip-database.sh)
 
 WORK=$(mktemp -d)
 PIDS=()
@@ -177,7 +189,7 @@ nginx_conf proxy-tls off "$(proxy_server $NGINX_TLS_PORT ssl "ssl_certificate $W
         ssl_session_cache shared:SSL:10m; ssl_session_tickets on;")"
 nginx_conf proxy-log on "$(proxy_server $NGINX_LOG_PORT)"
 
-portcullis_conf() { # name, port, admin port, policy files, decision log, [listener's TLS]
+portcullis_conf() { # name, port, admin port, policy files, decision log, [listener's TLS], [network section]
     cat > "$WORK/$1.yaml" <<CONF
 listen: [{ addr: 127.0.0.1:$2${6:+, tls: $6} }]
 admin: { addr: 127.0.0.1:$3 }
@@ -188,6 +200,7 @@ routes:
   - { id: all, path_prefix: /, upstream: app }
 policy: { files: [$4] }
 log: { decisions: $5 }
+${7:+network: $7}
 CONF
 }
 mkdir -p "$WORK/policies"
@@ -206,6 +219,12 @@ portcullis_conf portcullis $PORTCULLIS_PORT $PORTCULLIS_ADMIN_PORT allow-all.yam
 portcullis_conf demo $DEMO_PORT $DEMO_ADMIN_PORT "policies/bench.yaml" off
 portcullis_conf demo-log $DEMO_LOG_PORT $DEMO_LOG_ADMIN_PORT "policies/bench.yaml" log
 portcullis_conf tls $TLS_PORT $TLS_ADMIN_PORT "policies/bench.yaml" off "{ cert: tls.pem, key: tls.key }"
+mkdir -p "$WORK/country"
+{ cat "$WORK/policies/bench.yaml"; echo '  - { id: embargo, effect: deny, when: { countries: [KP, IR, SY, CU] } }'; } \
+    >"$WORK/country/bench.yaml"
+portcullis_conf xff $XFF_PORT $XFF_ADMIN_PORT "policies/bench.yaml" off "" "{ trusted_proxies: [127.0.0.1] }"
+portcullis_conf country $COUNTRY_PORT $COUNTRY_ADMIN_PORT "country/bench.yaml" off "" \
+    "{ trusted_proxies: [127.0.0.1], geoip: { database: $GEOIP_DATABASE } }"
 echo 'rules: [{ id: token-holders, effect: allow, when: { scopes: { all: ["bench:read"] } } }]' >"$WORK/token-holders.yaml"
 portcullis_conf jwt $JWT_PORT $JWT_ADMIN_PORT token-holders.yaml off
 # The jwt row needs the demo token issuer: give it the demo config's identity section.
@@ -236,7 +255,7 @@ wait_for() { # port
 
 for port in $UPSTREAM_PORT $NGINX_PROXY_PORT $NGINX_LOG_PORT $PORTCULLIS_PORT $PORTCULLIS_ADMIN_PORT \
     $DEMO_PORT $DEMO_ADMIN_PORT $DEMO_LOG_PORT $DEMO_LOG_ADMIN_PORT $JWT_PORT $JWT_ADMIN_PORT \
-    $NGINX_TLS_PORT $TLS_PORT $TLS_ADMIN_PORT; do
+    $NGINX_TLS_PORT $TLS_PORT $TLS_ADMIN_PORT $XFF_PORT $XFF_ADMIN_PORT $COUNTRY_PORT $COUNTRY_ADMIN_PORT; do
     if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
         echo "port $port is already in use; stop whatever listens there first" >&2
         exit 1
@@ -257,8 +276,12 @@ start jwt "$BINARY" --log-level warn run -c "$WORK/jwt.yaml"
 JWT_PID=$!
 start tls "$BINARY" --log-level warn run -c "$WORK/tls.yaml"
 TLS_PID=$!
+start xff "$BINARY" --log-level warn run -c "$WORK/xff.yaml"
+XFF_PID=$!
+start country "$BINARY" --log-level warn run -c "$WORK/country.yaml"
+COUNTRY_PID=$!
 for port in $UPSTREAM_PORT $NGINX_PROXY_PORT $NGINX_LOG_PORT $PORTCULLIS_PORT $DEMO_PORT $DEMO_LOG_PORT $JWT_PORT \
-    $NGINX_TLS_PORT $TLS_PORT; do
+    $NGINX_TLS_PORT $TLS_PORT $XFF_PORT $COUNTRY_PORT; do
     wait_for $port
 done
 
@@ -278,6 +301,16 @@ done
     { echo "the jwt row does not answer 200 with the token" >&2; exit 1; }
 [ "$(status "http://127.0.0.1:$JWT_PORT/public/bench")" = 401 ] ||
     { echo "the jwt row answers without a token" >&2; exit 1; }
+for port in $XFF_PORT $COUNTRY_PORT; do
+    [ "$(status -H "X-Forwarded-For: $CLIENT_ADDRESS" "http://127.0.0.1:$port/public/bench")" = 200 ] ||
+        { echo "port $port does not answer 200 for $CLIENT_ADDRESS" >&2; exit 1; }
+done
+# The country row looks every request up: an embargoed address is stopped, and the
+# database counts a lookup.
+[ "$(status -H "X-Forwarded-For: 175.45.176.1" "http://127.0.0.1:$COUNTRY_PORT/public/bench")" = 403 ] ||
+    { echo "the country row does not stop an embargoed address" >&2; exit 1; }
+curl -s "http://127.0.0.1:$COUNTRY_ADMIN_PORT/metrics" | grep -q '^portcullis_geoip_lookups_total{result="found"} [1-9]' ||
+    { echo "the country row counts no lookups" >&2; exit 1; }
 sleep 0.3
 grep -q '"decision":"allow"' "$WORK/logs/demo-log.out" || { echo "the demo-log row writes no decision log" >&2; exit 1; }
 
@@ -357,6 +390,8 @@ measure_row() { # row name
         deny-log) measure deny-log $http:$DEMO_LOG_PORT /admin/bench 403 "$DEMO_LOG_PID" ;;
         nginx-tls) measure nginx-tls $https:$NGINX_TLS_PORT /public/bench 200 "$NGINX_TLS_PIDS" ;;
         tls) measure tls $https:$TLS_PORT /public/bench 200 "$TLS_PID" ;;
+        xff) measure xff $http:$XFF_PORT /public/bench 200 "$XFF_PID" "X-Forwarded-For: $CLIENT_ADDRESS" ;;
+        country) measure country $http:$COUNTRY_PORT /public/bench 200 "$COUNTRY_PID" "X-Forwarded-For: $CLIENT_ADDRESS" ;;
         *) echo "unknown row $1; rows: $ALL_ROWS" >&2; exit 2 ;;
     esac
 }
@@ -419,6 +454,8 @@ row "portcullis deny" deny nginx-deny
 row "portcullis deny, decision log" deny-log nginx-deny-log
 row "nginx proxy, TLS" nginx-tls
 row "portcullis (bench policy, TLS)" tls nginx-tls
+row "portcullis (bench policy, X-Forwarded-For)" xff nginx
+row "portcullis (bench policy + country rule, X-Forwarded-For)" country xff
 echo
 [ -f "$WORK/demo-log.txt" ] && [ -f "$WORK/demo.txt" ] &&
     echo "The decision log, paired by round: allow req/s $(paired demo-log 1 demo)×, CPU per request $(paired demo-log 4 demo)×"
@@ -430,6 +467,11 @@ echo
     echo "JWT row vs allow-all row, paired by round: req/s $(paired jwt 1 portcullis)×, CPU per request $(paired jwt 4 portcullis)×"
 [ -f "$WORK/tls.txt" ] && [ -f "$WORK/demo.txt" ] &&
     echo "TLS against plain HTTP, paired by round: req/s $(paired tls 1 demo)×, CPU per request $(paired tls 4 demo)×"
+if [ -f "$WORK/country.txt" ] && [ -f "$WORK/xff.txt" ]; then
+    echo "A country rule against the same policy without it, paired by round: req/s $(paired country 1 xff)×, p99 $(paired country 3 xff)×, CPU per request $(paired country 4 xff)×"
+    rss() { awk '/^VmRSS/ { printf "%.1f", $2 / 1024 }' "/proc/$1/status"; }
+    echo "Resident memory after the run: $(rss "$XFF_PID") MiB without the database, $(rss "$COUNTRY_PID") MiB with it ($(du -m "$GEOIP_DATABASE" | cut -f1) MiB file)"
+fi
 
 # New TLS connections per second: openssl s_time opens a connection per request, each a
 # full handshake (-new) or a resumed one (-reuse), for HANDSHAKE_TIME seconds, in turn

@@ -9,6 +9,7 @@
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
 use http::{HeaderMap, HeaderName};
@@ -22,6 +23,66 @@ pub struct Database {
     reader: Reader<Vec<u8>>,
     path: PathBuf,
     stamp: Stamp,
+    /// What records already read said, by where they are in the data section.
+    records: RecordCache,
+}
+
+/// The country of records already decoded, by their offset in the data section. A
+/// country database holds a few hundred distinct records, shared by a million networks:
+/// decoding one costs more than walking the tree to it, and this makes it a load.
+///
+/// Direct-mapped and lock-free: each slot is one `u64` holding the offset (plus one, so
+/// that 0 is empty) and the answer; a reader checks the offset before believing a slot.
+/// Workers write a slot only on a miss, so in the steady state they share it read-only.
+struct RecordCache {
+    slots: Box<[AtomicU64]>,
+}
+
+/// Slots in a [`RecordCache`]: a power of two, several times the records of a database.
+const RECORD_SLOTS: usize = 4096;
+
+/// The answer part of a slot for "no country in this record".
+const NO_COUNTRY: u64 = 0xffff;
+
+impl RecordCache {
+    fn new() -> RecordCache {
+        RecordCache {
+            slots: (0..RECORD_SLOTS).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+
+    fn slot(&self, offset: u64) -> &AtomicU64 {
+        // Fibonacci hashing: offsets are multiples of small record sizes.
+        let index = (offset.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 52) as usize;
+        &self.slots[index % RECORD_SLOTS]
+    }
+
+    fn get(&self, offset: u64) -> Option<Lookup> {
+        let entry = self.slot(offset).load(Ordering::Relaxed);
+        if entry >> 32 != offset + 1 {
+            return None;
+        }
+        let [.., a, b] = entry.to_be_bytes();
+        Some(match entry & 0xffff {
+            NO_COUNTRY => Lookup::Unknown,
+            _ => Country::from_reported(&[a, b]).map_or(Lookup::Unknown, Lookup::Found),
+        })
+    }
+
+    fn put(&self, offset: u64, lookup: Lookup) {
+        let answer = match lookup {
+            Lookup::Found(country) => {
+                let [a, b] = country.as_str().as_bytes() else {
+                    return;
+                };
+                u64::from(u16::from_be_bytes([*a, *b]))
+            }
+            Lookup::Unknown => NO_COUNTRY,
+            Lookup::Failed => return,
+        };
+        self.slot(offset)
+            .store(((offset + 1) << 32) | answer, Ordering::Relaxed);
+    }
 }
 
 /// What tells one version of a file from another without reading it: a new file written
@@ -97,6 +158,7 @@ impl Database {
             .map_err(|err| format!("it is not a MaxMind DB (.mmdb) file: {err}"))?;
         let database = Database {
             reader,
+            records: RecordCache::new(),
             path: path.to_owned(),
             stamp: stamp.unwrap_or(Stamp {
                 len: 0,
@@ -150,14 +212,25 @@ impl Database {
         let Ok(found) = self.reader.lookup(ip) else {
             return Lookup::Failed;
         };
-        match found.decode::<Record<'_>>() {
+        // Offsets past 32 bits (a database over 4 GiB) are decoded every time.
+        let offset = (found.offset())
+            .and_then(|offset| u64::try_from(offset).ok())
+            .filter(|offset| *offset < u64::from(u32::MAX));
+        if let Some(known) = offset.and_then(|offset| self.records.get(offset)) {
+            return known;
+        }
+        let lookup = match found.decode::<Record<'_>>() {
             Ok(None) => Lookup::Unknown,
             Ok(Some(record)) => record
                 .code()
                 .and_then(|code| Country::from_reported(code.as_bytes()))
                 .map_or(Lookup::Unknown, Lookup::Found),
             Err(_) => Lookup::Failed,
+        };
+        if let Some(offset) = offset {
+            self.records.put(offset, lookup);
         }
+        lookup
     }
 
     /// When the database was built (seconds since the epoch), as its metadata says.
@@ -359,6 +432,34 @@ impl Geo {
     pub fn problem(&self) -> Option<&str> {
         self.problem.as_deref()
     }
+
+    /// What `/policy` shows of the database, when one is configured.
+    pub fn status(&self) -> Option<GeoStatus> {
+        let configured = self.configured.as_ref()?;
+        Some(GeoStatus {
+            database: configured.display().to_string(),
+            serving: (self.database.as_ref()).map(|database| database.path().display().to_string()),
+            build_epoch: self
+                .database
+                .as_ref()
+                .map(|database| database.build_epoch()),
+            problem: self.problem.clone(),
+        })
+    }
+}
+
+/// The country database as `/policy` shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct GeoStatus {
+    /// The configured file.
+    pub database: String,
+    /// The file whose database serves lookups: the configured one, or the last good one
+    /// when the configured one did not load; `None` when none serves.
+    pub serving: Option<String>,
+    /// When the database serving was built (seconds since the epoch).
+    pub build_epoch: Option<u64>,
+    /// Why the configured file is not the one serving.
+    pub problem: Option<String>,
 }
 
 /// The country a proxy reports in header `name`: one field of two letters or digits
@@ -471,6 +572,47 @@ mod tests {
         let database = Database::open(&path).unwrap();
         assert_eq!(database.lookup(ip("192.0.2.1")), country("US"));
         assert_eq!(database.lookup(ip("198.51.100.1")), Lookup::Unknown);
+    }
+
+    #[test]
+    fn repeated_lookups_answer_from_the_record_cache_as_the_records_say() {
+        // 1,296 networks with a record each, more than the cache's slots hold without
+        // collisions: every answer, first and cached, must be its own record's.
+        let symbols = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ";
+        let codes: Vec<String> = (symbols.iter())
+            .flat_map(|a| {
+                symbols
+                    .iter()
+                    .map(move |b| String::from_utf8(vec![*a, *b]).unwrap())
+            })
+            .collect();
+        let networks: Vec<(String, mmdb::Value)> = (codes.iter().enumerate())
+            .map(|(index, code)| {
+                let network = format!("10.{}.{}.0/24", index / 256, index % 256);
+                let record = if index % 2 == 0 {
+                    mmdb::flat_country(code)
+                } else {
+                    mmdb::maxmind_country(Some(code), None)
+                };
+                (network, record)
+            })
+            .collect();
+        let records: Vec<(&str, mmdb::Value)> = (networks.iter())
+            .map(|(network, record)| (network.as_str(), record.clone()))
+            .collect();
+        let (_dir, path) = written(&mmdb::database(&records, "t", 1, false));
+        let database = Database::open(&path).unwrap();
+        for _ in 0..3 {
+            for (index, code) in codes.iter().enumerate() {
+                let address = ip(&format!("10.{}.{}.9", index / 256, index % 256));
+                assert_eq!(
+                    database.lookup(address),
+                    Lookup::Found(Country::from_reported(code.as_bytes()).unwrap()),
+                    "{address}"
+                );
+            }
+            assert_eq!(database.lookup(ip("11.0.0.1")), Lookup::Unknown);
+        }
     }
 
     #[test]

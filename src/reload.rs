@@ -20,7 +20,7 @@ use std::time::{Duration, SystemTime};
 use notify::{Event, EventKind, RecommendedWatcher, RecursiveMode, Watcher as _};
 
 use crate::config::{self, Config};
-use crate::geoip::Geo;
+use crate::geoip::{Geo, GeoStatus};
 use crate::identity::IssuerKeys;
 use crate::proxy::{Load, Serving};
 use crate::telemetry::Metrics;
@@ -48,6 +48,8 @@ pub struct Status {
     pub last_error: Option<Failure>,
     /// Settings changed in the files that take effect only after a restart.
     pub restart_needed: Vec<String>,
+    /// The country database, when one is configured.
+    pub geoip: Option<GeoStatus>,
 }
 
 /// Reload counts.
@@ -228,6 +230,7 @@ impl Reloader {
                 reloads: Reloads::default(),
                 last_error: None,
                 restart_needed: Vec::new(),
+                geoip: serving.load().geo().status(),
             }),
             reloading: tokio::sync::Mutex::new(()),
             refreshing: Mutex::new(refreshing),
@@ -370,6 +373,7 @@ impl Reloader {
             status.reloads.ok += 1;
             status.last_error = None;
             status.restart_needed = restart_needed;
+            status.geoip = load.geo().status();
         });
         tracing::info!(
             reload.trigger = why,

@@ -300,6 +300,18 @@ async fn a_changed_database_is_reloaded_and_a_broken_one_keeps_the_last_good_one
     assert_eq!(code, StatusCode::OK);
     assert_eq!(from(&gw, "81.2.69.142", "/eu/a").await.0, 200);
     assert_eq!(gw.admin(Method::GET, "/readyz").await.0, StatusCode::OK);
+    // /policy says which file serves and why the new one does not.
+    let (_, body) = gw.admin(Method::GET, "/policy").await;
+    let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let database = gw.file("countries.mmdb").display().to_string();
+    assert_eq!(status["geoip"]["database"], database.as_str());
+    assert_eq!(status["geoip"]["serving"], database.as_str());
+    assert_eq!(status["geoip"]["build_epoch"], EPOCH);
+    assert!(
+        (status["geoip"]["problem"].as_str())
+            .is_some_and(|problem| problem.contains("did not load")),
+        "{status}"
+    );
 }
 
 #[tokio::test]

@@ -67,15 +67,13 @@ impl Index {
         host: Option<&str>,
         path: &'f str,
     ) -> Vec<Candidate<'p, 'f>> {
-        let mut ends: Vec<End> = self
-            .everywhere
-            .iter()
-            .map(|&rule| End {
-                rule,
-                glob: None,
-                wild: Vec::new(),
-            })
-            .collect();
+        // Room for the rules that apply everywhere and a few path rules: one allocation.
+        let mut ends: Vec<End> = Vec::with_capacity(self.everywhere.len() + 4);
+        ends.extend(self.everywhere.iter().map(|&rule| End {
+            rule,
+            glob: None,
+            wild: Vec::new(),
+        }));
         let no_tries =
             self.any_host.nodes.is_empty() && self.exact.is_empty() && self.suffix.is_empty();
         let parts: Vec<&'f str> = if no_tries {

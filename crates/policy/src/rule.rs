@@ -70,20 +70,19 @@ impl Rule {
             });
         }
         // Conditions credentials cannot change come first, then the identity ones, so
-        // that a caller is asked to authenticate (401) only when that would help.
-        let (identity, other): (Vec<&Condition>, Vec<&Condition>) = self
-            .when
-            .iter()
-            .partition(|condition| condition.is_about_identity());
-        if let Some(reason) = other
-            .iter()
-            .find_map(|condition| condition.failure(facts, captures, roles, self.effect))
+        // that a caller is asked to authenticate (401) only when that would help. (Two
+        // passes over the conditions, rather than two lists of them: no allocation.)
+        let failure =
+            |condition: &Condition| condition.failure(facts, captures, roles, self.effect);
+        if let Some(reason) = (self.when.iter())
+            .filter(|condition| !condition.is_about_identity())
+            .find_map(failure)
         {
             return Outcome::ConditionFailed(reason);
         }
-        let identity_failure = identity
-            .iter()
-            .find_map(|condition| condition.failure(facts, captures, roles, self.effect));
+        let identity_failure = (self.when.iter())
+            .filter(|condition| condition.is_about_identity())
+            .find_map(failure);
         match identity_failure {
             Some(reason) if reason != Reason::CredentialsMissing => {
                 return Outcome::ConditionFailed(reason);
