@@ -18,9 +18,7 @@ if ! "$venv/bin/python" -c 'import maxminddb' 2>/dev/null; then
     "$venv/bin/pip" install --quiet --disable-pip-version-check maxminddb==3.2.0
 fi
 
-pid=""
-work=$(mktemp -d)
-trap '[ -n "$pid" ] && kill "$pid" 2>/dev/null; wait 2>/dev/null; rm -rf "$work"' EXIT
+. .ci/gateway.sh
 fail() { echo "geoip check: $*"; [ -f "$work/log" ] && tail -20 "$work/log"; exit 1; }
 
 cat >"$work/policy.yaml" <<'POLICY'
@@ -41,16 +39,7 @@ log: { decisions: decisions.log }
 CONF
 
 cargo build --release --quiet --locked
-target/release/portcullis --log-format json run -c "$work/gw.yaml" >"$work/log" 2>&1 &
-pid=$!
-addr="" admin=""
-for _ in $(seq 100); do
-    addr=$(grep -m1 '"message":"listening"' "$work/log" | sed -n 's/.*"addr":"\([^"]*\)".*/\1/p' || true)
-    admin=$(grep -m1 '"message":"admin listening"' "$work/log" | sed -n 's/.*"addr":"\([^"]*\)".*/\1/p' || true)
-    [ -n "$addr" ] && [ -n "$admin" ] && break
-    sleep 0.1
-done
-[ -n "$addr" ] && [ -n "$admin" ] || fail "the gateway did not start"
+start_gateway target/release/portcullis "$work/gw.yaml"
 ready=$(curl -s --max-time 10 "http://$admin/readyz")
 [ "$ready" = "ready" ] || fail "not ready with the database: $ready"
 

@@ -14,7 +14,7 @@ if ! command -v chromium >/dev/null; then
     DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq chromium >/dev/null
 fi
 
-. .ci/demo-gateway.sh
+. .ci/gateway.sh
 start_demo_gateway
 
 url="http://$addr/admin/users"

@@ -9,7 +9,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-. .ci/demo-gateway.sh
+. .ci/gateway.sh
 
 if ! command -v promtool >/dev/null; then
     sudo_cmd=""

@@ -18,9 +18,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
-pid=""
-work=$(mktemp -d)
-trap '[ -n "$pid" ] && kill "$pid" 2>/dev/null; wait 2>/dev/null; rm -rf "$work"' EXIT
+. .ci/gateway.sh
 fail() { echo "tls check: $*"; [ -f "$work/log" ] && tail -20 "$work/log"; exit 1; }
 
 # A CA, a server certificate for localhost, and a client certificate with a SPIFFE ID.
@@ -59,16 +57,7 @@ log: { decisions: off }
 CONF
 
 cargo build --release --quiet --locked
-target/release/portcullis --log-format json run -c "$work/gw.yaml" >"$work/log" 2>&1 &
-pid=$!
-addr="" admin=""
-for _ in $(seq 100); do
-    addr=$(grep -m1 '"message":"listening"' "$work/log" | sed -n 's/.*"addr":"\([^"]*\)".*/\1/p' || true)
-    admin=$(grep -m1 '"message":"admin listening"' "$work/log" | sed -n 's/.*"addr":"\([^"]*\)".*/\1/p' || true)
-    [ -n "$addr" ] && [ -n "$admin" ] && break
-    sleep 0.1
-done
-[ -n "$addr" ] && [ -n "$admin" ] || fail "the gateway did not start"
+start_gateway target/release/portcullis "$work/gw.yaml"
 port=${addr##*:}
 url="https://localhost:$port"
 

@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
 use http::{HeaderMap, HeaderName};
+use ipnet::IpNet;
 use maxminddb::Reader;
 
 use crate::config::GeoipSettings;
@@ -87,11 +88,14 @@ impl RecordCache {
 
 /// What tells one version of a file from another without reading it: a new file written
 /// and renamed over the old, or a ConfigMap's `..data` swap, changes its inode.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 struct Stamp {
     len: u64,
     modified: Option<SystemTime>,
     inode: u64,
+    /// The inode's change time: a copy over the file that keeps its length and mtime
+    /// (`cp -p`) still changes it.
+    changed: (i64, i64),
 }
 
 impl Stamp {
@@ -102,9 +106,14 @@ impl Stamp {
             len: meta.len(),
             modified: meta.modified().ok(),
             inode: meta.ino(),
+            changed: (meta.ctime(), meta.ctime_nsec()),
         })
     }
 }
+
+/// The largest database read: GeoIP2 Enterprise is under 1 GiB, and record offsets past
+/// 4 GiB would not fit the record cache's slots.
+const MAX_DATABASE_BYTES: u64 = 2 << 30;
 
 /// The fields of a record that name a country, in both layouts in public use.
 #[derive(serde::Deserialize)]
@@ -152,22 +161,66 @@ impl Database {
     /// lookups never read, such as an empty description; a damaged record is met by a
     /// lookup, which then fails closed.)
     pub fn open(path: &Path) -> Result<Database, String> {
-        let stamp = Stamp::of(path);
-        let bytes = std::fs::read(path).map_err(|err| format!("cannot read it: {err}"))?;
+        use std::io::Read as _;
+        let stamp = Stamp::of(path).unwrap_or_default();
+        let mut file = std::fs::File::open(path).map_err(|err| format!("cannot read it: {err}"))?;
+        let meta = file
+            .metadata()
+            .map_err(|err| format!("cannot read it: {err}"))?;
+        // A device or a pipe would be read forever (and a reload with it).
+        if !meta.is_file() {
+            return Err("it is not a regular file".to_owned());
+        }
+        if meta.len() > MAX_DATABASE_BYTES {
+            return Err(format!(
+                "it is {} MiB; the most read is {} MiB",
+                meta.len() >> 20,
+                MAX_DATABASE_BYTES >> 20
+            ));
+        }
+        let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
+        (&mut file)
+            .take(MAX_DATABASE_BYTES + 1)
+            .read_to_end(&mut bytes)
+            .map_err(|err| format!("cannot read it: {err}"))?;
+        if bytes.len() as u64 > MAX_DATABASE_BYTES {
+            return Err("it grew past the most read while it was read".to_owned());
+        }
         let reader = Reader::from_source(bytes)
             .map_err(|err| format!("it is not a MaxMind DB (.mmdb) file: {err}"))?;
         let database = Database {
             reader,
             records: RecordCache::new(),
             path: path.to_owned(),
-            stamp: stamp.unwrap_or(Stamp {
-                len: 0,
-                modified: None,
-                inode: 0,
-            }),
+            stamp,
         };
         database.check_countries()?;
         Ok(database)
+    }
+
+    /// What the database cannot tell, when it covers one address family only: the other
+    /// family's clients are all `XX`, so deny rules by country never stop them.
+    pub fn coverage_warning(&self) -> Option<String> {
+        let knows = |probes: &[&str]| {
+            probes.iter().any(|probe| {
+                probe.parse::<IpAddr>().is_ok_and(|ip| {
+                    (self.reader.lookup(ip).ok()).is_some_and(|found| found.has_data())
+                })
+            })
+        };
+        let v4 = knows(&["8.8.8.8", "1.1.1.1", "9.9.9.9", "81.2.69.142"]);
+        let v6 = self.reader.metadata().ip_version == 6
+            && knows(&[
+                "2001:4860:4860::8888",
+                "2606:4700:4700::1111",
+                "2a00:1450:4001::1",
+            ]);
+        match (v4, v6) {
+            (true, false) => Some("it knows no IPv6 networks: every IPv6 client is XX"),
+            (false, true) => Some("it knows no IPv4 networks: every IPv4 client is XX"),
+            _ => None,
+        }
+        .map(str::to_owned)
     }
 
     /// Refuses a database of another kind (ASN, ISP) whose records name no country: with
@@ -327,6 +380,8 @@ pub struct Geo {
     /// Why the configured file is not the one serving, when it is not.
     problem: Option<String>,
     header: Option<HeaderName>,
+    /// The proxies whose word in `header` is believed.
+    header_from: Vec<IpNet>,
     keep_untrusted_header: bool,
     /// Every address is in this country (`explain --country`).
     fixed: Option<Country>,
@@ -344,6 +399,7 @@ impl Geo {
         let mut geo = Geo {
             configured: settings.database.clone(),
             header: settings.header.clone(),
+            header_from: settings.header_from.clone(),
             keep_untrusted_header: settings.keep_untrusted_header,
             ..Geo::default()
         };
@@ -362,6 +418,9 @@ impl Geo {
                     geoip.build_epoch = database.build_epoch(),
                     "country database loaded"
                 );
+                if let Some(warning) = database.coverage_warning() {
+                    tracing::warn!("geo database {}: {warning}", path.display());
+                }
                 geo.database = Some(Arc::new(database));
             }
             Err(problem) => {
@@ -384,24 +443,41 @@ impl Geo {
     }
 
     /// A setup that puts every address in `country`, for `explain --country` and test
-    /// cases that name one.
-    pub fn fixed(country: Country) -> Geo {
+    /// cases that name one; the header is handled as `settings` say.
+    pub fn fixed(country: Country, settings: Option<&GeoipSettings>) -> Geo {
         Geo {
             fixed: Some(country),
+            header: settings.and_then(|settings| settings.header.clone()),
+            header_from: (settings.map(|settings| settings.header_from.clone()))
+                .unwrap_or_default(),
+            keep_untrusted_header: settings.is_some_and(|settings| settings.keep_untrusted_header),
             ..Geo::default()
         }
     }
 
-    /// Where the request from `client_ip` is, believing `headers` when they come from a
-    /// trusted proxy (`trusted`).
-    pub fn locate(&self, client_ip: IpAddr, headers: &HeaderMap, trusted: bool) -> Located {
+    /// The country the configured header reports, when it is believed: it comes from the
+    /// proxy that took the client's connection (`accepted_by`), which must be one of
+    /// `header_from`, and holds one well-formed code.
+    pub fn reported(&self, headers: &HeaderMap, accepted_by: IpAddr) -> Option<Country> {
+        let name = self.header.as_ref()?;
+        let accepted_by = accepted_by.to_canonical();
+        if !self
+            .header_from
+            .iter()
+            .any(|net| net.contains(&accepted_by))
+        {
+            return None;
+        }
+        reported(headers, name)
+    }
+
+    /// Where the request from `client_ip` is: what the header reported (see
+    /// [`Geo::reported`]), or else what the database says.
+    pub fn locate(&self, client_ip: IpAddr, reported: Option<Country>) -> Located {
         if let Some(country) = self.fixed {
             return Located::Given(country);
         }
-        if trusted
-            && let Some(name) = &self.header
-            && let Some(country) = reported(headers, name)
-        {
+        if let Some(country) = reported {
             return Located::Header(country);
         }
         match &self.database {
@@ -410,8 +486,9 @@ impl Geo {
         }
     }
 
-    /// The header to remove from a request that does not come from a trusted proxy.
-    pub fn untrusted_header(&self) -> Option<&HeaderName> {
+    /// The header to remove from a request whose header was not believed (see
+    /// [`Geo::reported`]), so that the upstream cannot be fooled by it either.
+    pub fn unbelieved_header(&self) -> Option<&HeaderName> {
         self.header.as_ref().filter(|_| !self.keep_untrusted_header)
     }
 
@@ -657,6 +734,46 @@ mod tests {
             .err()
             .unwrap();
         assert!(err.contains("cannot read it"), "{err}");
+        let dir = tempfile_dir::Dir::new();
+        for odd in [Path::new("/dev/zero"), dir.path()] {
+            let err = Database::open(odd).err().unwrap();
+            assert!(
+                err.contains("not a regular file"),
+                "{}: {err}",
+                odd.display()
+            );
+        }
+    }
+
+    #[test]
+    fn a_database_of_one_address_family_is_said_to_be() {
+        let one_family = |networks: &[(&str, mmdb::Value)], ipv4_only| {
+            let (_dir, path) = written(&mmdb::database(networks, "t", 1, ipv4_only));
+            Database::open(&path).unwrap().coverage_warning()
+        };
+        let v4 = ("8.8.8.0/24", mmdb::flat_country("US"));
+        let v6 = ("2001:4860::/32", mmdb::flat_country("US"));
+        assert!(
+            one_family(std::slice::from_ref(&v4), true)
+                .unwrap()
+                .contains("no IPv6")
+        );
+        assert!(
+            one_family(std::slice::from_ref(&v4), false)
+                .unwrap()
+                .contains("no IPv6")
+        );
+        assert!(
+            one_family(std::slice::from_ref(&v6), false)
+                .unwrap()
+                .contains("no IPv4")
+        );
+        assert_eq!(one_family(&[v4, v6], false), None);
+        // A private or test database knows none of the probes: nothing to say.
+        assert_eq!(
+            one_family(&[("10.0.0.0/8", mmdb::flat_country("DE"))], false),
+            None
+        );
     }
 
     #[test]
@@ -670,6 +787,7 @@ mod tests {
         let settings = GeoipSettings {
             database: Some(path.clone()),
             header: None,
+            header_from: Vec::new(),
             keep_untrusted_header: false,
         };
         let first = Geo::load(Some(&settings), None);
@@ -694,30 +812,25 @@ mod tests {
         let none = Geo::load(Some(&settings), None);
         assert!(none.database().is_none());
         assert!(none.unavailable().unwrap().contains("did not load"));
-        let headers = HeaderMap::new();
-        assert_eq!(
-            none.locate(ip("81.2.69.1"), &headers, false),
-            Located::Unavailable
-        );
+        assert_eq!(none.locate(ip("81.2.69.1"), None), Located::Unavailable);
         assert_eq!(Located::Unavailable.country(), None);
     }
 
     #[test]
-    fn the_header_is_believed_only_from_trusted_proxies_and_only_when_well_formed() {
+    fn the_header_is_believed_only_from_the_proxies_that_set_it_and_when_well_formed() {
         let (_dir, path) = written(&mmdb::database(
             &[("81.2.69.0/24", mmdb::flat_country("GB"))],
             "t",
             1,
             false,
         ));
-        let geo = Geo::load(
-            Some(&GeoipSettings {
-                database: Some(path),
-                header: Some(HeaderName::from_static("cf-ipcountry")),
-                keep_untrusted_header: false,
-            }),
-            None,
-        );
+        let settings = GeoipSettings {
+            database: Some(path),
+            header: Some(HeaderName::from_static("cf-ipcountry")),
+            header_from: vec!["10.0.0.0/8".parse().unwrap()],
+            keep_untrusted_header: false,
+        };
+        let geo = Geo::load(Some(&settings), None);
         let with = |values: &[&str]| {
             let mut headers = HeaderMap::new();
             for value in values {
@@ -725,22 +838,33 @@ mod tests {
             }
             headers
         };
-        let client = ip("81.2.69.1");
-        let gb = Located::Database(country("GB"));
-        let de = Located::Header(Country::parse("DE").unwrap());
-        assert_eq!(geo.locate(client, &with(&["DE"]), true), de);
-        assert_eq!(geo.locate(client, &with(&[" de "]), true), de);
-        assert_eq!(geo.locate(client, &with(&["DE"]), false), gb);
-        for odd in [&["DEU"][..], &["DE", "FR"], &[""], &[]] {
-            assert_eq!(geo.locate(client, &with(odd), true), gb, "{odd:?}");
+        let (cdn, elsewhere) = (ip("10.0.0.2"), ip("192.0.2.1"));
+        let de = Some(Country::parse("DE").unwrap());
+        assert_eq!(geo.reported(&with(&["DE"]), cdn), de);
+        assert_eq!(geo.reported(&with(&[" de "]), ip("::ffff:10.0.0.2")), de);
+        assert_eq!(geo.reported(&with(&["DE"]), elsewhere), None);
+        for odd in [&["DEU"][..], &["DE", "FR"], &["DE, FR"], &[""], &[]] {
+            assert_eq!(geo.reported(&with(odd), cdn), None, "{odd:?}");
         }
+        let client = ip("81.2.69.1");
         assert_eq!(
-            geo.untrusted_header().map(HeaderName::as_str),
+            geo.locate(client, de),
+            Located::Header(Country::parse("DE").unwrap())
+        );
+        assert_eq!(geo.locate(client, None), Located::Database(country("GB")));
+        assert_eq!(
+            geo.unbelieved_header().map(HeaderName::as_str),
             Some("cf-ipcountry")
         );
+        let fixed = Geo::fixed(Country::parse("FR").unwrap(), Some(&settings));
         assert_eq!(
-            Geo::fixed(Country::parse("FR").unwrap()).locate(client, &with(&["DE"]), true),
+            fixed.locate(client, de),
             Located::Given(Country::parse("FR").unwrap())
+        );
+        assert_eq!(fixed.reported(&with(&["DE"]), cdn), de);
+        assert_eq!(
+            fixed.unbelieved_header().map(HeaderName::as_str),
+            Some("cf-ipcountry")
         );
     }
 }

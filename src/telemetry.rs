@@ -57,7 +57,7 @@ pub mod names {
     pub const TLS_CERTIFICATE_EXPIRY: &str = "portcullis_tls_certificate_expiry_timestamp_seconds";
     /// Country lookups in the geo database, by result (`found`, `unknown`, `error`).
     pub const GEOIP_LOOKUPS_TOTAL: &str = "portcullis_geoip_lookups_total";
-    /// 1 when the configured country database serves lookups, 0 when none could be loaded.
+    /// 1 when the configured country database is the one serving, 0 when it did not load.
     pub const GEOIP_DATABASE_LOADED: &str = "portcullis_geoip_database_loaded";
     /// When the country database serving was built, by its own metadata.
     pub const GEOIP_DATABASE_BUILD_TIMESTAMP: &str =
@@ -420,7 +420,7 @@ impl Metrics {
                 IntGaugeVec::new(
                     Opts::new(
                         names::GEOIP_DATABASE_LOADED,
-                        "1 when a country database serves lookups, 0 when the configured one could not be loaded (country conditions fail closed).",
+                        "1 when the configured country database is the one serving lookups, 0 when it did not load (the last good one serves, or none: country conditions fail closed).",
                     ),
                     &["database"],
                 ),
@@ -430,7 +430,7 @@ impl Metrics {
                 IntGaugeVec::new(
                     Opts::new(
                         names::GEOIP_DATABASE_BUILD_TIMESTAMP,
-                        "When the country database serving was built, in seconds since the Unix epoch (from its metadata).",
+                        "When the country database serving lookups was built, in seconds since the Unix epoch (from its metadata), by its file.",
                     ),
                     &["database"],
                 ),
@@ -439,28 +439,38 @@ impl Metrics {
         }
     }
 
-    /// Sets the country-database series: `database` is the configured file and the build
-    /// time of the database serving, if one does (`None`: none configured). Series of a
-    /// file no longer configured go, after the new ones are set.
-    pub fn geoip_serving(&self, database: Option<(&std::path::Path, Option<u64>)>) {
-        let label = database.map(|(path, _)| path.display().to_string());
-        if let (Some(label), Some((_, built))) = (&label, database) {
+    /// Sets the country-database series: `configured` is the configured file and whether
+    /// it is the one serving; `serving` is the file serving lookups and its build time.
+    /// Series of files no longer named go, after the new ones are set.
+    pub fn geoip_serving(
+        &self,
+        configured: Option<(&std::path::Path, bool)>,
+        serving: Option<(&std::path::Path, u64)>,
+    ) {
+        let configured_label = configured.map(|(path, loaded)| {
+            let label = path.display().to_string();
             self.geoip_database_loaded
                 .with_label_values(&[label.as_str()])
-                .set(i64::from(built.is_some()));
-            match built {
-                Some(epoch) => self
-                    .geoip_database_build
-                    .with_label_values(&[label.as_str()])
-                    .set(i64::try_from(epoch).unwrap_or(i64::MAX)),
-                None => {
-                    let _ = self.geoip_database_build.remove_label_values(&[label]);
-                }
-            }
-        }
-        for gauge in [&self.geoip_database_loaded, &self.geoip_database_build] {
-            keep_only(gauge, "database", label.as_deref());
-        }
+                .set(i64::from(loaded));
+            label
+        });
+        let serving_label = serving.map(|(path, epoch)| {
+            let label = path.display().to_string();
+            self.geoip_database_build
+                .with_label_values(&[label.as_str()])
+                .set(i64::try_from(epoch).unwrap_or(i64::MAX));
+            label
+        });
+        keep_only(
+            &self.geoip_database_loaded,
+            "database",
+            configured_label.as_deref(),
+        );
+        keep_only(
+            &self.geoip_database_build,
+            "database",
+            serving_label.as_deref(),
+        );
     }
 
     /// Sets the expiry series to `certificates` (listener, host, expiry), and only those.
@@ -596,7 +606,6 @@ fn sum_shards(
     families.into_values().collect()
 }
 
-/// Removes every series of `vec` whose `label` is one of `gone`.
 /// Removes every series of `gauges` whose `label` is not `keep`.
 fn keep_only(gauges: &IntGaugeVec, label: &str, keep: Option<&str>) {
     use prometheus::core::Collector as _;
@@ -612,6 +621,7 @@ fn keep_only(gauges: &IntGaugeVec, label: &str, keep: Option<&str>) {
     }
 }
 
+/// Removes every series of `vec` whose `label` is one of `gone`.
 fn forget_series<B: prometheus::core::MetricVecBuilder>(
     vec: &prometheus::core::MetricVec<B>,
     label: &str,

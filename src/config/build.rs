@@ -159,11 +159,8 @@ pub fn build(path: &Path, text: &str, raw: RawConfig) -> Result<Config, ConfigEr
         }
     }
 
-    let geoip = raw
-        .network
-        .geoip
-        .as_ref()
-        .and_then(|geoip| build_geoip(&mut builder, geoip, base_dir));
+    let geoip = (raw.network.geoip.as_ref())
+        .and_then(|geoip| build_geoip(&mut builder, geoip, base_dir, &trusted_proxies));
 
     let mut upstreams = Vec::new();
     if raw.upstreams.is_empty() {
@@ -185,6 +182,27 @@ pub fn build(path: &Path, text: &str, raw: RawConfig) -> Result<Config, ConfigEr
     let mut identity_files = Vec::new();
     let identity = build_identity(&mut builder, &raw.identity, base_dir, &mut identity_files);
 
+    if let (Some(identity), Some(header)) =
+        (&identity, geoip.as_ref().and_then(|g| g.header.as_ref()))
+    {
+        let forward = &identity.forward;
+        let owned = [
+            &forward.subject,
+            &forward.roles,
+            &forward.scopes,
+            &forward.client_cert,
+        ]
+        .into_iter()
+        .chain(identity.api_keys.as_ref().map(|keys| &keys.header));
+        for name in owned {
+            if name == header {
+                builder.error(
+                    "network.geoip.header",
+                    format!("\"{header}\" is a header identity uses; name the header your proxy sets, such as CF-IPCountry"),
+                );
+            }
+        }
+    }
     let log = build_log(&mut builder, &raw.log, base_dir);
     let mut policy_files = Vec::new();
     for (index, pattern) in raw.policy.files.iter().enumerate() {
@@ -318,7 +336,12 @@ pub fn build(path: &Path, text: &str, raw: RawConfig) -> Result<Config, ConfigEr
 
 /// `network.geoip`: a database path, a header, or both. The database itself is read by
 /// the gateway (`geoip`), which keeps serving without it (fail closed) when it cannot.
-fn build_geoip(builder: &mut Builder, raw: &RawGeoip, base_dir: &Path) -> Option<GeoipSettings> {
+fn build_geoip(
+    builder: &mut Builder,
+    raw: &RawGeoip,
+    base_dir: &Path,
+    trusted_proxies: &[IpNet],
+) -> Option<GeoipSettings> {
     if raw.database.is_none() && raw.header.is_none() {
         builder.error(
             "network.geoip",
@@ -333,9 +356,26 @@ fn build_geoip(builder: &mut Builder, raw: &RawGeoip, base_dir: &Path) -> Option
             http::HeaderName::from_bytes(name.as_bytes())
                 .map_err(|_| format!("\"{name}\" is not a header name"))
                 .and_then(|header| {
+                    // The gateway reads these for something else, and would remove them
+                    // from every request it does not believe.
+                    const OWNED: [&str; 9] = [
+                        "authorization",
+                        "proxy-authorization",
+                        "cookie",
+                        "x-forwarded-for",
+                        "forwarded",
+                        "x-forwarded-proto",
+                        "x-forwarded-host",
+                        "x-real-ip",
+                        "x-request-id",
+                    ];
                     if is_message_control(&header) {
                         Err(format!(
                             "\"{name}\" frames, routes or controls the message, so it cannot carry a country"
+                        ))
+                    } else if OWNED.contains(&header.as_str()) {
+                        Err(format!(
+                            "\"{name}\" carries credentials or the client's address, so it cannot carry a country; name the header your proxy sets, such as CF-IPCountry"
                         ))
                     } else {
                         Ok(header)
@@ -354,9 +394,27 @@ fn build_geoip(builder: &mut Builder, raw: &RawGeoip, base_dir: &Path) -> Option
         Some(file) => Some(base_dir.join(file)),
         None => None,
     };
+    let header_from = match &raw.header_from {
+        None => trusted_proxies.to_vec(),
+        Some(entries) => {
+            let mut networks = Vec::new();
+            for (index, text) in entries.iter().enumerate() {
+                let yaml_path = format!("network.geoip.header_from[{index}]");
+                networks.push(builder.typed(&yaml_path, parse_network(text))?);
+            }
+            if header.is_none() {
+                builder.error(
+                    "network.geoip.header_from",
+                    "names the proxies that set the country header, but no header is named; add header",
+                );
+            }
+            networks
+        }
+    };
     Some(GeoipSettings {
         database,
         header,
+        header_from,
         keep_untrusted_header: raw.keep_untrusted_header,
     })
 }

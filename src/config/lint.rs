@@ -60,13 +60,13 @@ pub fn warnings(config: &Config, source: &Source) -> Vec<ConfigError> {
     }
     if let Some(geoip) = &config.geoip
         && geoip.database.is_none()
-        && config.trusted_proxies.is_empty()
+        && geoip.header_from.is_empty()
     {
         warnings.push(ConfigError::at(
             source.path(),
             source.locate("network.geoip.header"),
             "network.geoip.header",
-            "the country header is believed only from network.trusted_proxies, which names none, and no database is named: no request's country is known, so country conditions fail closed",
+            "the country header is believed only from network.geoip.header_from (by default network.trusted_proxies), which names none, and no database is named: no request's country is known, so country conditions fail closed",
         ));
     }
     let rules = config.policy.rules();

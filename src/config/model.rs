@@ -272,7 +272,10 @@ pub struct GeoipSettings {
     pub database: Option<PathBuf>,
     /// The header trusted proxies report the country in.
     pub header: Option<http::HeaderName>,
-    /// Forward that header from untrusted peers instead of removing it.
+    /// The proxies whose word in that header is believed: `header_from`, or else
+    /// `trusted_proxies`.
+    pub header_from: Vec<IpNet>,
+    /// Forward that header when it was not believed, instead of removing it.
     pub keep_untrusted_header: bool,
 }
 

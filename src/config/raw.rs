@@ -461,7 +461,11 @@ pub struct RawGeoip {
     /// A header in which trusted proxies report the country (CF-IPCountry,
     /// CloudFront-Viewer-Country); believed before the database, and only from trusted_proxies.
     pub header: Option<String>,
-    /// Forward that header from peers that are not trusted proxies; by default it is removed.
+    /// CIDRs of the proxies that set that header (a CDN's ranges): it is believed only when
+    /// the proxy that took the client's connection is one of them. Default: trusted_proxies.
+    #[serde(default, deserialize_with = "not_null")]
+    pub header_from: Option<Vec<String>>,
+    /// Forward that header when it was not believed; by default it is removed.
     #[serde(default)]
     pub keep_untrusted_header: bool,
 }

@@ -44,6 +44,9 @@ pub struct Admitted<'r, 'u> {
     pub client_ip: IpAddr,
     /// The client's country, when a rule names countries.
     pub located: Located,
+    /// Whether the country header (`network.geoip.header`) was believed; one that was not
+    /// is removed before forwarding.
+    pub header_believed: bool,
     /// Why a trusted proxy's forwarding header was not believed, when it was not.
     pub forwarding_problem: Option<&'static str>,
     /// The route it takes.
@@ -117,10 +120,10 @@ impl Admission {
         if head.method == Method::CONNECT {
             return Err(refuse(peer)(ProxyError::ConnectRefused));
         }
-        let (client_ip, forwarding_problem) =
-            normalize::client_ip(head.headers, peer, self.forwarded_header, |ip| {
-                self.is_trusted(ip)
-            });
+        let client = normalize::client_ip(head.headers, peer, self.forwarded_header, |ip| {
+            self.is_trusted(ip)
+        });
+        let (client_ip, forwarding_problem) = (client.ip, client.problem);
         let authority = normalize::authority(head.uri, head.headers, head.version)
             .map_err(refuse(client_ip))?;
         let path = normalize::path(head.uri.path()).map_err(refuse(client_ip))?;
@@ -139,9 +142,9 @@ impl Admission {
         let destination = self
             .destination(&head, authority.host.as_deref(), route)
             .map_err(refuse(client_ip))?;
+        let reported = self.geo.reported(head.headers, client.accepted_by);
         let located = if self.locate {
-            self.geo
-                .locate(client_ip, head.headers, self.is_trusted(peer))
+            self.geo.locate(client_ip, reported)
         } else {
             Located::NotAsked
         };
@@ -150,6 +153,7 @@ impl Admission {
             path,
             client_ip,
             located,
+            header_believed: reported.is_some(),
             forwarding_problem,
             route,
             destination,

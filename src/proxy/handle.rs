@@ -208,7 +208,9 @@ async fn pipeline<'p>(
     proxy.count_lookup(admitted.located);
     // SECURITY: a country header the gateway did not believe must not fool the policy's
     // header conditions or the upstream either.
-    if !trusted && let Some(name) = proxy.admission.geo().untrusted_header() {
+    if !admitted.header_believed
+        && let Some(name) = proxy.admission.geo().unbelieved_header()
+    {
         parts.headers.remove(name);
     }
     let route = admitted.route;

@@ -161,10 +161,17 @@ impl Load {
     /// decision log's sink.
     pub fn serving(&self, metrics: &Metrics) {
         self.decision_log.serving();
+        let serving = self.geo.database();
         metrics.geoip_serving(
             (self.config.geoip.as_ref())
                 .and_then(|geoip| geoip.database.as_deref())
-                .map(|configured| (configured, self.geo.database().map(|db| db.build_epoch()))),
+                .map(|configured| {
+                    (
+                        configured,
+                        self.geo.problem().is_none() && serving.is_some(),
+                    )
+                }),
+            serving.map(|database| (database.path(), database.build_epoch())),
         );
         metrics
             .policy_rules

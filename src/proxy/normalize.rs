@@ -123,6 +123,19 @@ pub fn parse_host(value: &[u8]) -> Option<String> {
     (reg_name_ok && !host.is_empty()).then(|| host.to_ascii_lowercase())
 }
 
+/// Where a request comes from, as far as the trusted proxies say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientAddress {
+    /// The client's address.
+    pub ip: IpAddr,
+    /// The trusted proxy that took the client's connection (the peer, when the client
+    /// reached the gateway itself): the only hop that saw the client, and so the only
+    /// one whose word about it (a country header) can be believed.
+    pub accepted_by: IpAddr,
+    /// Why a trusted proxy's forwarding header was not believed, when it was not.
+    pub problem: Option<&'static str>,
+}
+
 /// The client's address: the socket peer, or, when the peer is a trusted proxy, the
 /// rightmost address in `header` that is not itself a trusted proxy. The chain is read
 /// from the right, where the trusted proxies wrote, and reading stops at the first
@@ -134,39 +147,51 @@ pub fn client_ip(
     peer: IpAddr,
     header: ForwardedHeader,
     is_trusted: impl Fn(IpAddr) -> bool,
-) -> (IpAddr, Option<&'static str>) {
+) -> ClientAddress {
     let peer = peer.to_canonical();
+    let direct = |problem| ClientAddress {
+        ip: peer,
+        accepted_by: peer,
+        problem,
+    };
     if !is_trusted(peer) {
-        return (peer, None);
+        return direct(None);
     }
     let name = match header {
         ForwardedHeader::XForwardedFor => X_FORWARDED_FOR,
         ForwardedHeader::Forwarded => FORWARDED,
     };
     let lines: Vec<&HeaderValue> = headers.get_all(&name).iter().collect();
-    let mut leftmost_trusted = None;
+    // The hop read last, and the one right of it: the proxy that took its connection.
+    let mut hop = direct(None);
     for line in lines.iter().rev() {
         // Entries are read one at a time from the right, so bytes a client put left of
         // its real address (even ones that are not text) are never looked at.
         for entry in line.as_bytes().rsplit(|&b| b == b',') {
             let Ok(entry) = std::str::from_utf8(entry) else {
-                return (peer, Some(MALFORMED));
+                return direct(Some(MALFORMED));
             };
             let address = match header {
                 ForwardedHeader::XForwardedFor => node_address(entry.trim()),
                 ForwardedHeader::Forwarded => forwarded_for(entry),
             };
-            match address {
-                // SECURITY: the first address that is not one of our proxies is the
-                // client; whatever lies left of it is the client's own claim.
-                Some(ip) if !is_trusted(ip) => return (ip, None),
-                Some(ip) => leftmost_trusted = Some(ip),
-                None => return (peer, Some(MALFORMED)),
+            let Some(ip) = address else {
+                return direct(Some(MALFORMED));
+            };
+            hop = ClientAddress {
+                ip,
+                accepted_by: hop.ip,
+                problem: None,
+            };
+            // SECURITY: the first address that is not one of our proxies is the
+            // client; whatever lies left of it is the client's own claim.
+            if !is_trusted(ip) {
+                return hop;
             }
         }
     }
     // Every hop was a trusted proxy: the first of them is the client.
-    (leftmost_trusted.unwrap_or(peer), None)
+    hop
 }
 
 const MALFORMED: &str = "malformed forwarding header from a trusted proxy";
@@ -346,10 +371,48 @@ mod tests {
             ForwardedHeader::XForwardedFor
         };
         let trusted: Vec<ipnet::IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
-        let (ip, problem) = client_ip(&headers, peer.parse().unwrap(), header, |ip| {
+        let client = client_ip(&headers, peer.parse().unwrap(), header, |ip| {
             trusted.iter().any(|net| net.contains(&ip))
         });
-        (ip.to_string(), problem.is_some())
+        (client.ip.to_string(), client.problem.is_some())
+    }
+
+    #[test]
+    fn the_proxy_that_took_the_clients_connection_is_known() {
+        let trusted: Vec<ipnet::IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let accepted_by = |value: Option<&str>, peer: &str| {
+            let mut headers = HeaderMap::new();
+            if let Some(value) = value {
+                headers.insert(X_FORWARDED_FOR, HeaderValue::from_str(value).unwrap());
+            }
+            let client = client_ip(
+                &headers,
+                peer.parse().unwrap(),
+                ForwardedHeader::XForwardedFor,
+                |ip| trusted.iter().any(|net| net.contains(&ip)),
+            );
+            (client.ip.to_string(), client.accepted_by.to_string())
+        };
+        let pair = |a: &str, b: &str| (a.to_owned(), b.to_owned());
+        // A CDN (10.0.0.2) behind a load balancer (the peer).
+        assert_eq!(
+            accepted_by(Some("203.0.113.9, 10.0.0.2"), "10.0.0.1"),
+            pair("203.0.113.9", "10.0.0.2")
+        );
+        // Straight to the load balancer.
+        assert_eq!(
+            accepted_by(Some("6.6.6.6, 203.0.113.9"), "10.0.0.1"),
+            pair("203.0.113.9", "10.0.0.1")
+        );
+        assert_eq!(accepted_by(None, "10.0.0.1"), pair("10.0.0.1", "10.0.0.1"));
+        assert_eq!(
+            accepted_by(Some("203.0.113.9"), "192.0.2.1"),
+            pair("192.0.2.1", "192.0.2.1")
+        );
+        assert_eq!(
+            accepted_by(Some("10.0.0.3, 10.0.0.2"), "10.0.0.1"),
+            pair("10.0.0.3", "10.0.0.2")
+        );
     }
 
     #[test]

@@ -247,7 +247,7 @@ pub fn decide(
     super::forward::remove_hop_by_hop(&mut parts.headers);
 
     let geo = match country {
-        Some(country) => Arc::new(Geo::fixed(country)),
+        Some(country) => Arc::new(Geo::fixed(country, config.geoip.as_ref())),
         None => Arc::clone(geo),
     };
     let admission = Admission::new(config, geo);
@@ -273,6 +273,12 @@ pub fn decide(
     };
     let mut headers = parts.headers.clone();
     identity.strip_client_claims(&mut headers);
+    // As live: a country header that was not believed decides nothing.
+    if !admitted.header_believed
+        && let Some(name) = admission.geo().unbelieved_header()
+    {
+        headers.remove(name);
+    }
     let principal = match verified {
         Ok(principal) => principal,
         Err(rejection) if rejection.is_malformed_request() => {

@@ -300,10 +300,29 @@ async fn a_changed_database_is_reloaded_and_a_broken_one_keeps_the_last_good_one
     assert_eq!(code, StatusCode::OK);
     assert_eq!(from(&gw, "81.2.69.142", "/eu/a").await.0, 200);
     assert_eq!(gw.admin(Method::GET, "/readyz").await.0, StatusCode::OK);
+    // The metrics say the configured file did not load, and which database serves.
+    let metrics = gw.metrics().await;
+    let database = gw.file("countries.mmdb").display().to_string();
+    assert_eq!(
+        metric(
+            &metrics,
+            &format!("portcullis_geoip_database_loaded{{database=\"{database}\"}}")
+        ),
+        0.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        metric(
+            &metrics,
+            &format!(
+                "portcullis_geoip_database_build_timestamp_seconds{{database=\"{database}\"}}"
+            )
+        ),
+        EPOCH as f64
+    );
     // /policy says which file serves and why the new one does not.
     let (_, body) = gw.admin(Method::GET, "/policy").await;
     let status: serde_json::Value = serde_json::from_str(&body).unwrap();
-    let database = gw.file("countries.mmdb").display().to_string();
     assert_eq!(status["geoip"]["database"], database.as_str());
     assert_eq!(status["geoip"]["serving"], database.as_str());
     assert_eq!(status["geoip"]["build_epoch"], EPOCH);
@@ -327,8 +346,13 @@ async fn the_country_header_is_believed_only_from_trusted_proxies() {
     assert_eq!((status, reason.as_str()), (403, "country_denied"));
     assert_eq!(send(&gw, "/eu/a", &[("cf-ipcountry", "de")]).await.0, 200);
     assert_eq!(up.seen().last().unwrap().one("cf-ipcountry"), Some("de"));
-    // A value that is not a country is not believed: the database decides.
+    // A value that is not a country is not believed: the database decides, and the
+    // upstream does not get it either.
     assert_eq!(send(&gw, "/eu/a", &[("cf-ipcountry", "GBR")]).await.0, 200);
+    assert_eq!(up.seen().last().unwrap().one("cf-ipcountry"), None);
+    let two = [("cf-ipcountry", "KP"), ("cf-ipcountry", "DE")];
+    assert_eq!(send(&gw, "/public/a", &two).await.0, 200);
+    assert!(up.seen().last().unwrap().all("cf-ipcountry").is_empty());
     assert_eq!(send(&gw, "/eu/a", &[]).await.0, 200);
     // Tor exits, as Cloudflare reports them.
     assert_eq!(send(&gw, "/intl/a", &[("cf-ipcountry", "T1")]).await.0, 200);
@@ -345,7 +369,22 @@ async fn the_country_header_is_believed_only_from_trusted_proxies() {
     assert_eq!(send(&gw, "/intl/a", &[("cf-ipcountry", "GB")]).await.0, 200);
     drop(gw);
 
-    // Unless the config keeps it for the upstream; it still decides nothing.
+    // A CDN (127.0.0.2) in front of a load balancer (the peer, 127.0.0.1): the header is
+    // believed only when the CDN took the client's connection, not when a client went to
+    // the load balancer itself.
+    let chain = "network:\n  trusted_proxies: [127.0.0.0/8]\n  geoip: { database: countries.mmdb, header: CF-IPCountry, header_from: [127.0.0.2] }";
+    let gw = gateway(&up, &france, chain).await;
+    let via_cdn = [
+        ("x-forwarded-for", "203.0.113.9, 127.0.0.2"),
+        ("cf-ipcountry", "KP"),
+    ];
+    assert_eq!(send(&gw, "/public/a", &via_cdn).await.0, 403);
+    let around_it = [("x-forwarded-for", "203.0.113.9"), ("cf-ipcountry", "KP")];
+    assert_eq!(send(&gw, "/public/a", &around_it).await.0, 200);
+    assert_eq!(up.seen().last().unwrap().one("cf-ipcountry"), None);
+    drop(gw);
+
+    // Unless the config keeps it for the upstream; it still decides no country.
     let kept = "network:\n  geoip: { database: countries.mmdb, header: CF-IPCountry, keep_untrusted_header: true }";
     let gw = gateway(&up, &france, kept).await;
     assert_eq!(
@@ -378,6 +417,17 @@ fn country_settings_are_checked_at_load() {
         Ok(())
     );
     assert_eq!(load("network: { geoip: { header: CF-IPCountry } }"), Ok(()));
+    let header_only = scratch.write(
+        "gw.yaml",
+        "upstreams: { app: { targets: [builtin:echo] } }\nroutes: [{ id: main, upstream: app }]\npolicy: { files: [policy.yaml] }\nnetwork: { geoip: { header: CF-IPCountry } }\n",
+    );
+    let warnings = portcullis::config::load(&header_only).unwrap().warnings;
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.to_string().contains("no request's country is known")),
+        "{warnings:?}"
+    );
     for (network, needle) in [
         (
             "",
@@ -394,6 +444,22 @@ fn country_settings_are_checked_at_load() {
         (
             "network: { geoip: { header: Content-Length } }",
             "cannot carry a country",
+        ),
+        (
+            "network: { geoip: { header: Authorization } }",
+            "carries credentials or the client's address",
+        ),
+        (
+            "network: { geoip: { header: X-Auth-Subject } }",
+            "is a header identity uses",
+        ),
+        (
+            "network: { geoip: { database: countries.mmdb, header_from: [10.0.0.0/8] } }",
+            "no header is named",
+        ),
+        (
+            "network: { geoip: { header: CF-IPCountry, header_from: [cdn] } }",
+            "network.geoip.header_from[0]",
         ),
     ] {
         let err = load(network).unwrap_err();
@@ -500,6 +566,33 @@ fn explain_and_policy_tests_use_the_database_or_the_country_given() {
         ),
         "{stderr}"
     );
+
+    // A country header that is not believed is gone before the policy looks, as live.
+    scratch.write(
+        "header-policy.yaml",
+        "rules:\n  - { id: de-by-header, effect: allow, match: { paths: [\"/hdr/**\"] }, when: { headers: { cf-ipcountry: DE } } }\n",
+    );
+    let with_header = scratch.write(
+        "header.yaml",
+        "upstreams: { app: { targets: [builtin:echo] } }\nroutes: [{ id: main, upstream: app }]\npolicy: { files: [header-policy.yaml] }\nnetwork: { trusted_proxies: [10.0.0.0/8], geoip: { header: CF-IPCountry } }\n",
+    );
+    for (peer, decision) in [("203.0.113.7", "deny"), ("10.0.0.1", "allow")] {
+        let (code, stdout, stderr) = run(&[
+            "explain",
+            "-c",
+            with_header.to_str().unwrap(),
+            "--url",
+            "http://app/hdr/a",
+            "--ip",
+            peer,
+            "--header",
+            "CF-IPCountry: DE",
+            "--json",
+        ]);
+        assert_eq!(code, Some(0), "{stderr}");
+        let answer: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+        assert_eq!(answer["decision"], decision, "from {peer}: {answer}");
+    }
 
     let cases = scratch.write(
         "cases.yaml",

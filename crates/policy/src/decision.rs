@@ -164,7 +164,8 @@ pub enum Reason {
     /// or it could not be found out, and a rule names countries (fail closed).
     CountryDenied {
         /// The client's country (`XX`: the database does not know the address); `None`
-        /// when it could not be found out (no geo database loaded).
+        /// when it could not be found out (no geo database serves, or its record for the
+        /// address is unreadable).
         country: Option<Country>,
         /// The countries the rule names (`@eu, CH`, or `not KP`), for operators.
         countries: &'static str,
@@ -319,7 +320,7 @@ impl Reason {
                 countries,
                 by_deny,
             } => {
-                f.write_str("the country is not known (no geo database is loaded), so ")?;
+                f.write_str("the country could not be determined, so ")?;
                 f.write_str(countries)?;
                 f.write_str(if *by_deny {
                     " counts as matched (fail closed)"

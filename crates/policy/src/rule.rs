@@ -103,10 +103,26 @@ impl Rule {
         }
     }
 
-    /// Why this rule, having matched as an enforced deny rule, denies: `ip_denied` when it
-    /// names networks, `country_denied` when it names countries (the first of them in
-    /// evaluation order), `explicit_deny` otherwise.
+    /// Why this rule, having matched as an enforced deny rule, denies: `country_denied`
+    /// when it names countries and the country could not be found out (fail closed, which
+    /// the answer must say); otherwise `ip_denied` when it names networks,
+    /// `country_denied` when it names countries (the first of them in evaluation order),
+    /// `explicit_deny` otherwise.
     pub fn deny_reason(&self, facts: &RequestFacts<'_>) -> Reason {
+        let unknown_country = facts.country.is_none().then(|| {
+            self.when.iter().find_map(|condition| match condition {
+                Condition::Countries(countries) => Some(countries.label()),
+                Condition::NotCountries(countries) => Some(countries.negated_label()),
+                _ => None,
+            })
+        });
+        if let Some(Some(countries)) = unknown_country {
+            return Reason::CountryDenied {
+                country: None,
+                countries,
+                by_deny: true,
+            };
+        }
         self.when
             .iter()
             .find_map(|condition| match condition {

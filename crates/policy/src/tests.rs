@@ -494,6 +494,24 @@ fn country_conditions() {
         req("GET", "/").country(None),
         (DENY, Some("not-eu"), "country_denied"),
     );
+    // A deny rule that names networks and countries: an unknown country is the reason
+    // when it made the rule hold (fail closed), the networks otherwise.
+    let mixed = || {
+        vec![
+            allow("all"),
+            deny("mixed").ip(&["192.0.2.0/24"]).countries(&["KP"]),
+        ]
+    };
+    check(
+        mixed(),
+        req("GET", "/").country(None),
+        (DENY, Some("mixed"), "country_denied"),
+    );
+    check(
+        mixed(),
+        req("GET", "/").country(Some("KP")),
+        (DENY, Some("mixed"), "ip_denied"),
+    );
 }
 
 #[test]
@@ -517,11 +535,11 @@ fn country_reasons_say_what_was_seen_and_whether_it_was_known() {
     );
     assert_eq!(
         sentence(vec![allow("eu").countries(&["DE"])], None),
-        "the country is not known (no geo database is loaded), so DE counts as not satisfied (fail closed)"
+        "the country could not be determined, so DE counts as not satisfied (fail closed)"
     );
     assert_eq!(
         sentence(vec![allow("all"), deny("embargo").countries(&["KP"])], None),
-        "the country is not known (no geo database is loaded), so KP counts as matched (fail closed)"
+        "the country could not be determined, so KP counts as matched (fail closed)"
     );
     // A deny rule that spares the country says so in the trace.
     let decision = decide(
