@@ -184,6 +184,16 @@ async fn countries_are_looked_up_for_the_client_address_in_both_layouts() {
 }
 
 #[tokio::test]
+async fn a_minimal_denial_does_not_say_the_country() {
+    let up = TestUpstream::start("app").await;
+    let minimal = format!("{TRUSTED}\ndenials: {{ detail: minimal }}");
+    let gw = gateway(&up, &world(false), &minimal).await;
+    let (status, reason, body) = from(&gw, "81.2.69.142", "/eu/a").await;
+    assert_eq!((status, reason.as_str()), (403, "country_denied"));
+    assert!(!body.contains("GB") && !body.contains("detail"), "{body}");
+}
+
+#[tokio::test]
 async fn the_decision_log_and_the_trace_carry_the_country() {
     let up = TestUpstream::start("app").await;
     let gw = gateway(&up, &world(false), TRUSTED).await;
