@@ -95,6 +95,7 @@ impl Gateway {
         };
         let metrics = Arc::new(Metrics::new(workers));
         let geo = crate::geoip::Geo::load(config.geoip.as_ref(), None);
+        geo.log();
         let load = Load::new(config, geo, &metrics, None).map_err(anyhow::Error::msg)?;
         load.serving(&metrics);
         let readiness = Arc::new(Readiness::default());

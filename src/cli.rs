@@ -198,6 +198,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             for warning in &config.warnings {
                 err_line!("warning: {warning}");
             }
+            // The gateway starts without its country database (country rules fail closed
+            // until it loads), so this is a warning too; reading it warns on stderr.
+            offline::geo(&config);
             out_line!("ok: {}", summary(&config));
             Ok(ExitCode::SUCCESS)
         }

@@ -385,6 +385,16 @@ pub struct Geo {
     keep_untrusted_header: bool,
     /// Every address is in this country (`explain --country`).
     fixed: Option<Country>,
+    /// What loading it did, for the log.
+    notes: Vec<Note>,
+}
+
+/// What [`Geo::load`] did, for the log.
+enum Note {
+    /// A database was read; it was built then.
+    Loaded(u64),
+    Warning(String),
+    Error(String),
 }
 
 impl Geo {
@@ -413,33 +423,57 @@ impl Geo {
         }
         match Database::open(path) {
             Ok(database) => {
-                tracing::info!(
-                    geoip.database = %path.display(),
-                    geoip.build_epoch = database.build_epoch(),
-                    "country database loaded"
-                );
+                geo.notes.push(Note::Loaded(database.build_epoch()));
                 if let Some(warning) = database.coverage_warning() {
-                    tracing::warn!("geo database {}: {warning}", path.display());
+                    geo.notes.push(Note::Warning(format!(
+                        "geo database {}: {warning}",
+                        path.display()
+                    )));
                 }
                 geo.database = Some(Arc::new(database));
             }
             Err(problem) => {
                 let problem = format!("geo database {} did not load: {problem}", path.display());
-                match kept {
-                    Some(database) => tracing::error!(
+                let consequence = match kept {
+                    Some(database) => format!(
                         "{problem}; still serving {} (built {})",
                         database.path().display(),
                         database.build_epoch()
                     ),
-                    None => tracing::error!(
+                    None => format!(
                         "{problem}; countries and not_countries conditions fail closed until it loads"
                     ),
-                }
+                };
+                geo.notes.push(Note::Error(consequence));
                 geo.database = kept.cloned();
                 geo.problem = Some(problem);
             }
         }
         geo
+    }
+
+    /// Logs what [`Geo::load`] did: a database read, a warning about it, or why it did
+    /// not load. The gateway calls it; offline commands print [`Geo::warnings`] instead.
+    pub fn log(&self) {
+        for note in &self.notes {
+            match note {
+                Note::Loaded(epoch) => tracing::info!(
+                    geoip.database = %self.configured.as_deref().unwrap_or(Path::new("")).display(),
+                    geoip.build_epoch = epoch,
+                    "country database loaded"
+                ),
+                Note::Warning(text) => tracing::warn!("{text}"),
+                Note::Error(text) => tracing::error!("{text}"),
+            }
+        }
+    }
+
+    /// What [`Geo::load`] found wrong, in words: warnings and errors.
+    pub fn warnings(&self) -> impl Iterator<Item = &str> {
+        self.notes.iter().filter_map(|note| match note {
+            Note::Loaded(_) => None,
+            Note::Warning(text) | Note::Error(text) => Some(text.as_str()),
+        })
     }
 
     /// A setup that puts every address in `country`, for `explain --country` and test

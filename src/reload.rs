@@ -288,6 +288,7 @@ impl Reloader {
             Ok(loaded) => loaded,
             Err(errors) => return Err(self.failed(why, &errors)),
         };
+        geo.log();
         let load = match Load::new(&config, geo, &self.metrics, Some(&previous)) {
             Ok(load) => load,
             Err(problem) => {

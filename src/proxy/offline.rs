@@ -163,12 +163,12 @@ pub struct Synthetic<'a> {
 }
 
 /// The country setup of `config` for offline decisions: its database read once. A
-/// database that does not load is reported on stderr; country conditions then fail
-/// closed, as they would live.
+/// database that does not load (or covers one address family) is reported on stderr;
+/// country conditions then fail closed, as they would live.
 pub fn geo(config: &Config) -> Arc<Geo> {
     let geo = Geo::load(config.geoip.as_ref(), None);
-    if let Some(problem) = geo.unavailable() {
-        eprintln!("warning: {problem}");
+    for warning in geo.warnings() {
+        eprintln!("warning: {warning}");
     }
     Arc::new(geo)
 }

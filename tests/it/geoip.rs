@@ -44,7 +44,8 @@ fn database(flat: bool, networks: &[(&str, &str)]) -> Vec<u8> {
     mmdb::database(&records, kind, EPOCH, false)
 }
 
-/// The usual networks: GB, DE (IPv6), KP.
+/// The usual networks: GB, DE (IPv6), KP, and Google's IPv6 block (US), which the
+/// gateway probes to tell a one-family database.
 fn world(flat: bool) -> Vec<u8> {
     database(
         flat,
@@ -52,6 +53,7 @@ fn world(flat: bool) -> Vec<u8> {
             ("81.2.69.0/24", "GB"),
             ("2001:db8::/32", "DE"),
             ("175.45.176.0/22", "KP"),
+            ("2001:4860::/32", "US"),
         ],
     )
 }
@@ -535,6 +537,20 @@ fn explain_and_policy_tests_use_the_database_or_the_country_given() {
         )
     };
     let config = config.to_str().unwrap();
+    let (code, stdout, stderr) = run(&["validate", "-c", config]);
+    assert_eq!((code, stderr.as_str()), (Some(0), ""), "{stdout}");
+    // A database that is not there is worth a warning, not a refusal: the gateway
+    // starts without it, failing closed.
+    let missing = scratch.write(
+        "missing.yaml",
+        "upstreams: { app: { targets: [builtin:echo] } }\nroutes: [{ id: main, upstream: app }]\npolicy: { files: [policy.yaml] }\nnetwork: { geoip: { database: gone.mmdb } }\n",
+    );
+    let (code, _, stderr) = run(&["validate", "-c", missing.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stderr.contains("warning: geo database") && stderr.contains("gone.mmdb did not load"),
+        "{stderr}"
+    );
     let explain = |extra: &[&str]| {
         let mut args = vec![
             "explain",
