@@ -563,6 +563,31 @@ struct Explained {
     headers: Vec<(String, String)>,
 }
 
+impl Explained {
+    /// What `explain` says of it, sent from 127.0.0.1 as the tests' requests are.
+    fn decide(
+        &self,
+        config: &portcullis::config::Config,
+        identity: &portcullis::identity::Identity,
+    ) -> portcullis::proxy::offline::Offline {
+        use portcullis::proxy::offline::{self, Caller, Synthetic};
+        offline::decide(
+            config,
+            identity,
+            &offline::geo(config),
+            &Synthetic {
+                method: &self.method,
+                url: &self.target,
+                peer: "127.0.0.1".parse().unwrap(),
+                headers: &self.headers,
+                caller: &Caller::FromRequest,
+                client_cert: None,
+                country: None,
+            },
+        )
+    }
+}
+
 /// One request head as `explain` takes it. None for attempts that are more than one
 /// well-formed head (pipelines, bodies, heads the reader refuses), which only a socket
 /// can send.
@@ -597,7 +622,7 @@ fn as_explained(bytes: &str) -> Option<Explained> {
 /// attempt it can express, it gives the status and reason the live gateway answered.
 #[tokio::test]
 async fn explain_gives_every_attempt_the_live_verdict() {
-    use portcullis::proxy::offline::{self, Caller, Synthetic, Verdict};
+    use portcullis::proxy::offline::{self, Verdict};
     let mut compared = 0;
     let mut differ = Vec::new();
     for (policy, case_insensitive) in [(ALLOW_LIST, false), (DENY_LIST, true)] {
@@ -605,12 +630,7 @@ async fn explain_gives_every_attempt_the_live_verdict() {
         let config = portcullis::config::load(&gw.file("gw.yaml")).unwrap();
         let identity = offline::identity(&config);
         for (what, bytes) in raw_attempts() {
-            let Some(Explained {
-                method,
-                target,
-                headers,
-            }) = as_explained(&bytes)
-            else {
+            let Some(explained) = as_explained(&bytes) else {
                 continue;
             };
             let answer = raw_until_closed(gw.addr, bytes.as_bytes(), Duration::from_secs(5)).await;
@@ -628,20 +648,7 @@ async fn explain_gives_every_attempt_the_live_verdict() {
                         .then(|| value.trim().to_owned())
                 })
                 .unwrap_or_else(|| "allowed".to_owned());
-            let explained = offline::decide(
-                &config,
-                &identity,
-                &std::sync::Arc::default(),
-                &Synthetic {
-                    method: &method,
-                    url: &target,
-                    peer: "127.0.0.1".parse().unwrap(),
-                    headers: &headers,
-                    caller: &Caller::FromRequest,
-                    client_cert: None,
-                    country: None,
-                },
-            );
+            let explained = explained.decide(&config, &identity);
             let (status, reason) = match &explained.verdict {
                 Verdict::Refused { status, reason, .. } => (*status, (*reason).to_owned()),
                 Verdict::Decided(decision) if decision.is_allowed() => (200, "allowed".to_owned()),
@@ -676,7 +683,7 @@ async fn explain_gives_every_attempt_the_live_verdict() {
 /// not live.
 #[tokio::test]
 async fn explain_drops_the_fields_connection_names_as_the_gateway_does() {
-    use portcullis::proxy::offline::{self, Caller, Synthetic, Verdict};
+    use portcullis::proxy::offline::{self, Verdict};
     let policy = "rules:\n  - { id: staging, effect: allow, when: { headers: { x-environment: staging } } }\n";
     let up = TestUpstream::start("app").await;
     let gw = TestGateway::with_policy(&config(&[up.url()], ""), policy).await;
@@ -684,25 +691,9 @@ async fn explain_drops_the_fields_connection_names_as_the_gateway_does() {
     let answer = raw_until_closed(gw.addr, named.as_bytes(), Duration::from_secs(5)).await;
     assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
     let config = portcullis::config::load(&gw.file("gw.yaml")).unwrap();
-    let Explained {
-        method,
-        target,
-        headers,
-    } = as_explained(named).unwrap();
-    let explained = offline::decide(
-        &config,
-        &offline::identity(&config),
-        &offline::geo(&config),
-        &Synthetic {
-            method: &method,
-            url: &target,
-            peer: "127.0.0.1".parse().unwrap(),
-            headers: &headers,
-            caller: &Caller::FromRequest,
-            client_cert: None,
-            country: None,
-        },
-    );
+    let explained = as_explained(named)
+        .unwrap()
+        .decide(&config, &offline::identity(&config));
     let Verdict::Decided(decision) = explained.verdict else {
         panic!("decided");
     };

@@ -77,6 +77,11 @@ async fn gateway(up: &TestUpstream, bytes: &[u8], network: &str) -> TestGateway 
     TestGateway::from_file(&path, scratch).await
 }
 
+/// The value of the country-database series `name` for the file `database`.
+fn database_metric(metrics: &str, name: &str, database: &str) -> f64 {
+    metric(metrics, &format!("{name}{{database=\"{database}\"}}"))
+}
+
 /// `GET path` with `headers`: its status, reason and body.
 async fn send(gw: &TestGateway, path: &str, headers: &[(&str, &str)]) -> (u16, String, String) {
     let mut request = http::Request::get(gw.url(path));
@@ -164,19 +169,15 @@ async fn countries_are_looked_up_for_the_client_address_in_both_layouts() {
         );
         let database = gw.file("countries.mmdb").display().to_string();
         assert_eq!(
-            metric(
+            database_metric(
                 &metrics,
-                &format!(
-                    "portcullis_geoip_database_build_timestamp_seconds{{database=\"{database}\"}}"
-                )
+                "portcullis_geoip_database_build_timestamp_seconds",
+                &database
             ),
             EPOCH as f64
         );
         assert_eq!(
-            metric(
-                &metrics,
-                &format!("portcullis_geoip_database_loaded{{database=\"{database}\"}}")
-            ),
+            database_metric(&metrics, "portcullis_geoip_database_loaded", &database),
             1.0
         );
         // No series per country.
@@ -250,10 +251,7 @@ async fn a_database_that_does_not_load_fails_closed_until_one_does() {
     let metrics = gw.metrics().await;
     let database = gw.file("countries.mmdb").display().to_string();
     assert_eq!(
-        metric(
-            &metrics,
-            &format!("portcullis_geoip_database_loaded{{database=\"{database}\"}}")
-        ),
+        database_metric(&metrics, "portcullis_geoip_database_loaded", &database),
         0.0
     );
     assert!(
@@ -316,19 +314,15 @@ async fn a_changed_database_is_reloaded_and_a_broken_one_keeps_the_last_good_one
     let metrics = gw.metrics().await;
     let database = gw.file("countries.mmdb").display().to_string();
     assert_eq!(
-        metric(
-            &metrics,
-            &format!("portcullis_geoip_database_loaded{{database=\"{database}\"}}")
-        ),
+        database_metric(&metrics, "portcullis_geoip_database_loaded", &database),
         0.0,
         "{metrics}"
     );
     assert_eq!(
-        metric(
+        database_metric(
             &metrics,
-            &format!(
-                "portcullis_geoip_database_build_timestamp_seconds{{database=\"{database}\"}}"
-            )
+            "portcullis_geoip_database_build_timestamp_seconds",
+            &database
         ),
         EPOCH as f64
     );
