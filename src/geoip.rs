@@ -6,7 +6,7 @@
 //! policy (`None`), which fails allow rules and holds for deny rules; an address the
 //! loaded database does not know is `XX`, a country like any other.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -111,6 +111,21 @@ impl Stamp {
     }
 }
 
+/// Well-known public addresses (resolvers, MaxMind's own test address) that every full
+/// database places: to tell a country database from another kind, and to see which
+/// address families it covers.
+const PROBES_V4: [IpAddr; 4] = [
+    IpAddr::V4(Ipv4Addr::new(8, 8, 8, 8)),
+    IpAddr::V4(Ipv4Addr::new(1, 1, 1, 1)),
+    IpAddr::V4(Ipv4Addr::new(9, 9, 9, 9)),
+    IpAddr::V4(Ipv4Addr::new(81, 2, 69, 142)),
+];
+const PROBES_V6: [IpAddr; 3] = [
+    IpAddr::V6(Ipv6Addr::new(0x2001, 0x4860, 0x4860, 0, 0, 0, 0, 0x8888)),
+    IpAddr::V6(Ipv6Addr::new(0x2606, 0x4700, 0x4700, 0, 0, 0, 0, 0x1111)),
+    IpAddr::V6(Ipv6Addr::new(0x2a00, 0x1450, 0x4001, 0, 0, 0, 0, 1)),
+];
+
 /// The largest database read: GeoIP2 Enterprise is under 1 GiB, and record offsets past
 /// 4 GiB would not fit the record cache's slots.
 const MAX_DATABASE_BYTES: u64 = 2 << 30;
@@ -198,23 +213,17 @@ impl Database {
         Ok(database)
     }
 
+    /// Whether the database has a record for `ip`, naming a country or not.
+    fn has_record(&self, ip: IpAddr) -> bool {
+        (self.reader.lookup(ip).ok()).is_some_and(|found| found.has_data())
+    }
+
     /// What the database cannot tell, when it covers one address family only: the other
     /// family's clients are all `XX`, so deny rules by country never stop them.
     pub fn coverage_warning(&self) -> Option<String> {
-        let knows = |probes: &[&str]| {
-            probes.iter().any(|probe| {
-                probe.parse::<IpAddr>().is_ok_and(|ip| {
-                    (self.reader.lookup(ip).ok()).is_some_and(|found| found.has_data())
-                })
-            })
-        };
-        let v4 = knows(&["8.8.8.8", "1.1.1.1", "9.9.9.9", "81.2.69.142"]);
-        let v6 = self.reader.metadata().ip_version == 6
-            && knows(&[
-                "2001:4860:4860::8888",
-                "2606:4700:4700::1111",
-                "2a00:1450:4001::1",
-            ]);
+        let knows = |probes: &[IpAddr]| probes.iter().any(|ip| self.has_record(*ip));
+        let v4 = knows(&PROBES_V4);
+        let v6 = self.reader.metadata().ip_version == 6 && knows(&PROBES_V6);
         match (v4, v6) {
             (true, false) => Some("it knows no IPv6 networks: every IPv6 client is XX"),
             (false, true) => Some("it knows no IPv4 networks: every IPv4 client is XX"),
@@ -227,26 +236,12 @@ impl Database {
     /// it every address would be `XX`. Looks at a few well-known public addresses; a
     /// database that knows none of them (a private or test one) is taken as it is.
     fn check_countries(&self) -> Result<(), String> {
-        let probes = [
-            "8.8.8.8",
-            "1.1.1.1",
-            "9.9.9.9",
-            "81.2.69.142",
-            "2001:4860:4860::8888",
-        ];
-        let mut records = 0;
-        for probe in probes {
-            let Ok(ip) = probe.parse::<IpAddr>() else {
-                continue;
-            };
-            let has_record = (self.reader.lookup(ip).ok()).is_some_and(|found| found.has_data());
-            match self.lookup(ip) {
-                Lookup::Found(_) => return Ok(()),
-                _ if has_record => records += 1,
-                _ => {}
-            }
-        }
-        if records == 0 {
+        let probes = PROBES_V4.iter().chain(&PROBES_V6);
+        let with_records: Vec<IpAddr> =
+            probes.filter(|ip| self.has_record(**ip)).copied().collect();
+        if with_records.is_empty()
+            || (with_records.iter()).any(|ip| matches!(self.lookup(*ip), Lookup::Found(_)))
+        {
             return Ok(());
         }
         Err(format!(
@@ -587,7 +582,7 @@ fn reported(headers: &HeaderMap, name: &HeaderName) -> Option<Country> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::mmdb;
+    use crate::testing::{ScratchDir, mmdb};
 
     fn ip(text: &str) -> IpAddr {
         text.parse().unwrap()
@@ -597,37 +592,11 @@ mod tests {
         Lookup::Found(Country::parse(code).unwrap())
     }
 
-    fn written(bytes: &[u8]) -> (tempfile_dir::Dir, PathBuf) {
-        let dir = tempfile_dir::Dir::new();
+    fn written(bytes: &[u8]) -> (ScratchDir, PathBuf) {
+        let dir = ScratchDir::new();
         let path = dir.path().join("countries.mmdb");
         std::fs::write(&path, bytes).unwrap();
         (dir, path)
-    }
-
-    mod tempfile_dir {
-        /// A directory removed when dropped.
-        pub struct Dir(std::path::PathBuf);
-        impl Dir {
-            pub fn new() -> Dir {
-                use std::sync::atomic::{AtomicUsize, Ordering};
-                static NEXT: AtomicUsize = AtomicUsize::new(0);
-                let path = std::env::temp_dir().join(format!(
-                    "portcullis-geoip-{}-{}",
-                    std::process::id(),
-                    NEXT.fetch_add(1, Ordering::Relaxed)
-                ));
-                std::fs::create_dir_all(&path).unwrap();
-                Dir(path)
-            }
-            pub fn path(&self) -> &std::path::Path {
-                &self.0
-            }
-        }
-        impl Drop for Dir {
-            fn drop(&mut self) {
-                let _ = std::fs::remove_dir_all(&self.0);
-            }
-        }
     }
 
     #[test]
@@ -768,7 +737,7 @@ mod tests {
             .err()
             .unwrap();
         assert!(err.contains("cannot read it"), "{err}");
-        let dir = tempfile_dir::Dir::new();
+        let dir = ScratchDir::new();
         for odd in [Path::new("/dev/zero"), dir.path()] {
             let err = Database::open(odd).err().unwrap();
             assert!(
