@@ -79,10 +79,10 @@ answer=$(curl -s --max-time 10 -D - "http://127.0.0.1:$port/public/x")
 grep -q '^HTTP/1.1 400' <<<"$answer" && grep -q 'tls_required' <<<"$answer" || fail "plain HTTP: $answer"
 # openssl s_client: ALPN h2 agreed, TLS 1.1 refused.
 alpn=$(openssl s_client -connect "127.0.0.1:$port" -servername localhost -CAfile "$work/ca.pem" \
-    -alpn h2,http/1.1 </dev/null 2>/dev/null | grep '^ALPN protocol' || true)
+    -alpn h2,http/1.1 </dev/null 2>/dev/null | grep -a '^ALPN protocol' || true)
 [ "$alpn" = "ALPN protocol: h2" ] || fail "s_client -alpn h2: '$alpn'"
 if openssl s_client -connect "127.0.0.1:$port" -tls1_1 -cipher 'DEFAULT:@SECLEVEL=0' </dev/null 2>/dev/null |
-    grep -q '^ *Protocol *: TLSv1.1'; then
+    grep -aq '^ *Protocol *: TLSv1.1'; then
     fail "a TLS 1.1 handshake succeeded"
 fi
 metrics=$(curl -s --max-time 10 "http://$admin/metrics")
