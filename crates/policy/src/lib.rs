@@ -10,8 +10,10 @@
 //!    `country_denied` when it names countries, `explicit_deny` otherwise);
 //! 2. otherwise any matching enforced allow rule allows;
 //! 3. otherwise the default deny is explained by the closest allow rules, those whose
-//!    hosts and paths fit: the first one in file order gives the reason (its methods:
-//!    `method_not_allowed`; its first failing condition); with none, `no_matching_allow`;
+//!    hosts and paths fit. One that only credentials stand between comes first (a 401),
+//!    then those whose methods fit too and failed only on `when`, then those that failed
+//!    on their methods (`method_not_allowed`); file order breaks ties. With none,
+//!    `no_matching_allow`;
 //! 4. audit rules are judged and traced, and never change the outcome;
 //! 5. a country condition on a request whose country is not known (no geo database
 //!    loaded) fails an allow rule and holds for a deny rule: fail closed.
@@ -118,7 +120,9 @@ impl PolicySet {
         let mut trace = Vec::with_capacity(candidates.len());
         let mut deny: Option<&Rule> = None;
         let mut allow: Option<&Rule> = None;
-        let mut closest: Option<(&Rule, Reason)> = None;
+        // The closest allow rule explains a default deny: the best ranked, then the first
+        // in file order (see [`closeness`]).
+        let mut closest: Option<(&Rule, Reason, Closeness)> = None;
         for candidate in &candidates {
             let rule = &self.rules[candidate.rule];
             let outcome = rule.check(facts, &candidate.captures, &roles);
@@ -130,19 +134,14 @@ impl PolicySet {
                     (Outcome::Matched, Effect::Allow) => {
                         allow.get_or_insert(rule);
                     }
-                    // The first close rule explains the denial, except that a rule only
-                    // credentials stand between wins: the answer is then a 401 that asks
-                    // for them, not a 403.
                     (
                         Outcome::NotApplicable(reason) | Outcome::ConditionFailed(reason),
                         Effect::Allow,
-                    ) if closest.is_none()
-                        || (*reason == Reason::CredentialsMissing
-                            && closest.as_ref().is_some_and(|(_, first)| {
-                                *first != Reason::CredentialsMissing
-                            })) =>
-                    {
-                        closest = Some((rule, reason.clone()));
+                    ) => {
+                        let rank = closeness(rule, &outcome, facts);
+                        if closest.as_ref().is_none_or(|(_, _, best)| rank < *best) {
+                            closest = Some((rule, reason.clone(), rank));
+                        }
                     }
                     _ => {}
                 }
@@ -155,6 +154,7 @@ impl PolicySet {
                 outcome,
             });
         }
+        let closest = closest.map(|(rule, reason, _)| (rule, reason));
         let (effect, rule, reason) = match (deny, allow, closest) {
             (Some(rule), _, _) => (Effect::Deny, Some(rule), rule.deny_reason(facts)),
             (None, Some(rule), _) => (Effect::Allow, Some(rule), Reason::Allowed),
@@ -177,6 +177,37 @@ impl PolicySet {
     /// The rule with this id.
     pub fn rule(&self, id: &RuleId) -> Option<&Rule> {
         self.rules.iter().find(|rule| rule.id == *id)
+    }
+}
+
+/// How close an allow rule that failed came to allowing a request; lower is closer.
+/// File order breaks ties (the first of equals is kept).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Closeness {
+    /// 0 when only credentials stand between the caller and the rule: the answer is then
+    /// a 401 that asks for them, not a 403.
+    credentials: u8,
+    /// 0 when the rule's methods (and `match`) fit too and only its `when` failed: its
+    /// reason (`missing_scope`, say) tells the caller more than another rule's
+    /// `method_not_allowed`.
+    fit: u8,
+}
+
+fn closeness(rule: &Rule, outcome: &Outcome, facts: &RequestFacts<'_>) -> Closeness {
+    let methods_fit = (rule.methods.as_ref()).is_none_or(|methods| methods.contains(facts.method));
+    match outcome {
+        Outcome::ConditionFailed(Reason::CredentialsMissing) => Closeness {
+            credentials: 0,
+            fit: 0,
+        },
+        Outcome::ConditionFailed(_) if methods_fit => Closeness {
+            credentials: 1,
+            fit: 0,
+        },
+        _ => Closeness {
+            credentials: 1,
+            fit: 1,
+        },
     }
 }
 

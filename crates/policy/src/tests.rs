@@ -1053,3 +1053,95 @@ fn client_certificates() {
         (DENY, Some("quarantined"), "explicit_deny"),
     );
 }
+
+/// Of several close allow rules, one that fits the request's method and failed only on
+/// `when` explains a default deny before one that failed on its methods; credentials come
+/// first; file order breaks ties.
+#[test]
+fn the_closest_allow_rule_is_ranked_before_file_order() {
+    let read = || {
+        allow("orders-read")
+            .paths(&["/orders/**"])
+            .methods(&["GET"])
+    };
+    let write = || {
+        allow("orders-write")
+            .paths(&["/orders/**"])
+            .methods(&["GET", "POST"])
+            .scopes_all(&["orders:write"])
+    };
+    let reader = || req("POST", "/orders/7").by_caller(&[], &["orders:read"], &[]);
+    // A method failure first in file order, a scope failure second: the scope explains.
+    check(
+        vec![read(), write()],
+        reader(),
+        (DENY, Some("orders-write"), "missing_scope"),
+    );
+    check(
+        vec![write(), read()],
+        reader(),
+        (DENY, Some("orders-write"), "missing_scope"),
+    );
+    // Two rules that fail on `when`: the first in file order.
+    let office = || {
+        allow("orders-office")
+            .paths(&["/orders/**"])
+            .methods(&["POST"])
+            .ip(&["203.0.113.0/24"])
+    };
+    check(
+        vec![office(), write()],
+        reader(),
+        (DENY, Some("orders-office"), "ip_not_allowed"),
+    );
+    check(
+        vec![write(), office()],
+        reader(),
+        (DENY, Some("orders-write"), "missing_scope"),
+    );
+    // Two rules that fail on their methods: the first in file order.
+    let delete = || {
+        allow("orders-delete")
+            .paths(&["/orders/**"])
+            .methods(&["DELETE"])
+    };
+    check(
+        vec![delete(), read()],
+        reader(),
+        (DENY, Some("orders-delete"), "method_not_allowed"),
+    );
+    // A rule whose `when` failed but whose methods do not fit either ranks with method
+    // failures: file order.
+    let office_get = || {
+        allow("office-get")
+            .paths(&["/orders/**"])
+            .methods(&["GET"])
+            .ip(&["203.0.113.0/24"])
+    };
+    check(
+        vec![read(), office_get()],
+        reader(),
+        (DENY, Some("orders-read"), "method_not_allowed"),
+    );
+    check(
+        vec![office_get(), read()],
+        reader(),
+        (DENY, Some("office-get"), "ip_not_allowed"),
+    );
+    // An anonymous caller: the rule only credentials stand between comes first (a 401).
+    let members = || {
+        allow("members")
+            .paths(&["/orders/**"])
+            .methods(&["POST"])
+            .authenticated()
+    };
+    check(
+        vec![office(), read(), members()],
+        req("POST", "/orders/7"),
+        (DENY, Some("members"), "credentials_missing"),
+    );
+    // Every close rule stays in the trace, in file order.
+    let decision = decide(vec![read(), write()], &reader());
+    let listed: Vec<&str> = decision.closest().map(|step| step.rule.0).collect();
+    assert_eq!(listed, ["orders-read", "orders-write"]);
+}
