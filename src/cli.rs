@@ -486,6 +486,7 @@ pub fn run_cases(config: &Config, cases: &[config::cases::Case]) -> (String, usi
             for difference in differences {
                 report.push_str(&format!("      {difference}\n"));
             }
+            report.push_str(&format!("      got: {}\n", got(&offline)));
         }
     }
     report.push_str(&format!(
@@ -493,6 +494,21 @@ pub fn run_cases(config: &Config, cases: &[config::cases::Case]) -> (String, usi
         cases.len() - failed
     ));
     (report, failed)
+}
+
+/// What a case got, whole: the decision, the reason, the rule and why, so that a failure
+/// says what to change without a second command.
+fn got(offline: &Offline) -> String {
+    match &offline.verdict {
+        Verdict::Decided(decision) => format!(
+            "{} {} by {}: {}",
+            decision.effect.as_str(),
+            decision.reason.code(),
+            (decision.rule.as_ref()).map_or("no rule".to_owned(), |rule| format!("rule {rule}")),
+            decision.reason
+        ),
+        Verdict::Refused { reason, detail, .. } => format!("refused {reason}: {detail}"),
+    }
 }
 
 /// The human form of `portcullis explain`.

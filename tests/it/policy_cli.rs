@@ -63,7 +63,7 @@ fn a_failing_case_exits_1_with_a_readable_difference() {
     assert_eq!(
         stdout,
         format!(
-            "FAIL  admin is open ({}:2)\n      GET http://localhost/admin/x from 192.0.2.1\n      decision: expected allow, got deny\n0 passed, 1 failed\n",
+            "FAIL  admin is open ({}:2)\n      GET http://localhost/admin/x from 192.0.2.1\n      decision: expected allow, got deny\n      got: deny ip_not_allowed by rule admin-console: client 192.0.2.1 does not satisfy @office\n0 passed, 1 failed\n",
             cases.display()
         )
     );
