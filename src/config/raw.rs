@@ -1064,14 +1064,51 @@ pub(super) fn parse_as<T: serde::de::DeserializeOwned>(
 ) -> Result<T, ConfigErrors> {
     serde_saphyr::from_str::<T>(text).map_err(|err| {
         let location = err.location();
-        let message = serde_message(&err);
+        let (message, help) = for_a_newcomer(serde_message(&err));
         let source = Source::new(path, text);
         let position = location.map(|l| (l.line() as usize, l.column() as usize));
         let yaml_path = position
             .and_then(|(line, column)| source.path_at(line, column))
             .unwrap_or_default();
-        ConfigErrors::from(ConfigError::at(path, position, yaml_path, message))
+        ConfigErrors::from(ConfigError::at(path, position, yaml_path, message).with_help(help))
     })
+}
+
+/// The parser's message in the words of someone who has just met YAML: a tab says to
+/// indent with spaces, a scalar where a list belongs says to write `[...]`, and an
+/// unknown key or value gets the closest known one as help.
+fn for_a_newcomer(message: String) -> (String, Option<String>) {
+    if message.contains("tabs disallowed") {
+        return (
+            "a tab in the indentation: indent with spaces".to_owned(),
+            None,
+        );
+    }
+    if message.contains("expected sequence start") {
+        return (
+            "expects a list here: write [a, b], or one \"- item\" per line".to_owned(),
+            None,
+        );
+    }
+    for kind in ["unknown field `", "unknown variant `"] {
+        let Some(rest) = message.split_once(kind).map(|(_, rest)| rest) else {
+            continue;
+        };
+        let Some((unknown, rest)) = rest.split_once('`') else {
+            continue;
+        };
+        let expected = (rest.split_once("expected one of "))
+            .or_else(|| rest.split_once("expected "))
+            .map(|(_, list)| list);
+        let known: Vec<&str> = (expected.into_iter())
+            .flat_map(|list| list.split([',', ' ']))
+            .map(|name| name.trim_matches('`'))
+            .filter(|name| !name.is_empty() && *name != "or")
+            .collect();
+        let help = super::error::did_you_mean(unknown, known);
+        return (message, help);
+    }
+    (message, None)
 }
 
 /// The parser's message without its own location suffix, which we print in front instead.

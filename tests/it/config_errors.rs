@@ -93,7 +93,29 @@ fn syntax_errors_stop_the_file_with_a_position() {
 fn wrong_shapes_name_the_expected_one() {
     assert_eq!(
         errors(&format!("listen: 127.0.0.1:8080\n{VALID_TAIL}")),
-        "gw.yaml:1:9: listen: expected sequence start"
+        "gw.yaml:1:9: listen: expects a list here: write [a, b], or one \"- item\" per line"
+    );
+}
+
+#[test]
+fn a_newcomers_mistakes_say_what_to_write() {
+    // A tab in the indentation, on the tab's own line.
+    assert_eq!(
+        errors(
+            "upstreams:\n  app:\n\ttargets: [\"builtin:echo\"]\nroutes: [{ id: main, upstream: app }]\n"
+        ),
+        "gw.yaml:3:2: upstreams.app: a tab in the indentation: indent with spaces"
+    );
+    // Unknown keys and values get the closest known one.
+    assert_eq!(
+        errors(
+            "upstreams: { app: { targts: [\"builtin:echo\"] } }\nroutes: [{ id: main, upstream: app }]\n"
+        ),
+        "gw.yaml:1:21: upstreams.app.targts: unknown field `targts`, expected one of targets, connect_timeout, timeout, failure_cooldown, keepalive_timeout, tls\n  help: did you mean \"targets\"?"
+    );
+    assert_eq!(
+        errors(&format!("{VALID_TAIL}denials: {{ detail: verbos }}\n")),
+        "gw.yaml:3:20: denials.detail: unknown variant `verbos`, expected one of minimal, standard, verbose\n  help: did you mean \"verbose\"?"
     );
 }
 

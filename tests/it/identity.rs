@@ -364,7 +364,7 @@ fn key_file_mistakes_are_placed_in_the_key_file() {
     assert_eq!(
         with("keys:\n  - { id: x, sha265: abc }\n"),
         format!(
-            "{dir}/keys.yaml:2:14: keys[0].sha265: unknown field `sha265`, expected one of id, sha256, roles, scopes"
+            "{dir}/keys.yaml:2:14: keys[0].sha265: unknown field `sha265`, expected one of id, sha256, roles, scopes\n  help: did you mean \"sha256\"?"
         )
     );
     std::fs::remove_file(scratch.path().join("keys.yaml")).unwrap();
