@@ -592,6 +592,11 @@ mod tests {
         Lookup::Found(Country::parse(code).unwrap())
     }
 
+    /// A database that knows one network, 81.2.69.0/24, in GB.
+    fn gb_only() -> Vec<u8> {
+        mmdb::database(&[("81.2.69.0/24", mmdb::flat_country("GB"))], "t", 1, false)
+    }
+
     fn written(bytes: &[u8]) -> (ScratchDir, PathBuf) {
         let dir = ScratchDir::new();
         let path = dir.path().join("countries.mmdb");
@@ -711,7 +716,7 @@ mod tests {
 
     #[test]
     fn files_that_are_not_country_databases_are_refused() {
-        let good = mmdb::database(&[("81.2.69.0/24", mmdb::flat_country("GB"))], "t", 1, false);
+        let good = gb_only();
         let asn = mmdb::database(
             &[(
                 "8.8.8.0/24",
@@ -781,12 +786,7 @@ mod tests {
 
     #[test]
     fn a_reload_keeps_an_unchanged_database_and_the_old_one_when_the_new_fails() {
-        let (_dir, path) = written(&mmdb::database(
-            &[("81.2.69.0/24", mmdb::flat_country("GB"))],
-            "t",
-            1,
-            false,
-        ));
+        let (_dir, path) = written(&gb_only());
         let settings = GeoipSettings {
             database: Some(path.clone()),
             header: None,
@@ -821,12 +821,7 @@ mod tests {
 
     #[test]
     fn the_header_is_believed_only_from_the_proxies_that_set_it_and_when_well_formed() {
-        let (_dir, path) = written(&mmdb::database(
-            &[("81.2.69.0/24", mmdb::flat_country("GB"))],
-            "t",
-            1,
-            false,
-        ));
+        let (_dir, path) = written(&gb_only());
         let settings = GeoipSettings {
             database: Some(path),
             header: Some(HeaderName::from_static("cf-ipcountry")),

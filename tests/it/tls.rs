@@ -154,6 +154,11 @@ pub async fn tls_gateway_with(
 
 const SINGLE: &str = "{ cert: server.pem, key: server.key }";
 
+/// The series counting the listener's failed handshakes for `reason`.
+fn handshake_errors(reason: &str) -> String {
+    format!("portcullis_tls_handshake_errors_total{{listener=\"127.0.0.1:0\",reason=\"{reason}\"}}")
+}
+
 fn server_files(issued: &Issued) -> [(&'static str, &str); 2] {
     [
         ("server.pem", issued.cert_pem.as_str()),
@@ -286,8 +291,10 @@ async fn sni_picks_the_certificate_for_the_name_and_the_default_for_others() {
         );
         assert!(metric(&metrics, &series) > 0.0, "{series}");
     }
-    let series = "portcullis_tls_handshake_errors_total{listener=\"127.0.0.1:0\",reason=\"client_rejected_certificate\"}";
-    assert_eq!(settled_metric(&gw, series, 1.0).await, 1.0);
+    assert_eq!(
+        settled_metric(&gw, &handshake_errors("client_rejected_certificate"), 1.0).await,
+        1.0
+    );
 }
 
 #[tokio::test]
@@ -320,9 +327,10 @@ async fn plain_http_on_a_tls_port_gets_a_400_that_says_to_use_https() {
         "{problem}"
     );
     assert!(up.seen().is_empty());
-    let series =
-        "portcullis_tls_handshake_errors_total{listener=\"127.0.0.1:0\",reason=\"plain_http\"}";
-    assert_eq!(settled_metric(&gw, series, 1.0).await, 1.0);
+    assert_eq!(
+        settled_metric(&gw, &handshake_errors("plain_http"), 1.0).await,
+        1.0
+    );
 }
 
 /// A ClientHello that offers TLS 1.1 and nothing newer: record header, handshake header,
@@ -357,11 +365,7 @@ async fn old_tls_garbage_and_stalled_handshakes_are_refused_and_counted() {
         "limits: { header_read_timeout: 300ms }\n",
     )
     .await;
-    let series = |reason: &str| {
-        format!(
-            "portcullis_tls_handshake_errors_total{{listener=\"127.0.0.1:0\",reason=\"{reason}\"}}"
-        )
-    };
+    let series = handshake_errors;
 
     // TLS 1.1: a fatal alert, then the close.
     let answer = raw_bytes_until_closed(gw.addr, &tls11_client_hello()).await;
@@ -655,11 +659,7 @@ async fn client_certificates_are_asked_for_and_verified_against_client_ca() {
         ("server.key", server.key_pem.as_str()),
         ("clients.pem", &clients.ca.pem()),
     ];
-    let series = |reason: &str| {
-        format!(
-            "portcullis_tls_handshake_errors_total{{listener=\"127.0.0.1:0\",reason=\"{reason}\"}}"
-        )
-    };
+    let series = handshake_errors;
 
     let required =
         "{ cert: server.pem, key: server.key, client_ca: clients.pem, client_cert: required }";
@@ -1142,8 +1142,10 @@ async fn a_revoked_client_certificate_fails_the_handshake() {
     let gw = tls_gateway(&up.url(), tls, &files).await;
     assert!(served(&gw, &connector_with_cert(&pki, &good)).await);
     assert!(!served(&gw, &connector_with_cert(&pki, &revoked)).await);
-    let series = "portcullis_tls_handshake_errors_total{listener=\"127.0.0.1:0\",reason=\"bad_client_certificate\"}";
-    assert_eq!(settled_metric(&gw, series, 1.0).await, 1.0);
+    assert_eq!(
+        settled_metric(&gw, &handshake_errors("bad_client_certificate"), 1.0).await,
+        1.0
+    );
 }
 
 #[tokio::test]
