@@ -20,11 +20,8 @@ impl<'a> Object<'a> {
     #[inline(always)]
     fn key(&mut self, key: &str) {
         debug_assert!(!needs_escape(key), "{key:?}");
-        if !self.first {
-            self.out.push(',');
-        }
+        self.out.push_str(if self.first { "\"" } else { ",\"" });
         self.first = false;
-        self.out.push('"');
         self.out.push_str(key);
         self.out.push_str("\":");
     }
@@ -53,6 +50,15 @@ impl<'a> Object<'a> {
                 self.out.push_str("null");
                 self
             }
+        }
+    }
+
+    /// `"key": "value"` as [`Object::plain`] writes it, or `"key": null`.
+    #[inline(always)]
+    pub fn plain_or_null(&mut self, key: &str, value: Option<&str>) -> &mut Self {
+        match value {
+            Some(value) => self.plain(key, value),
+            None => self.null(key),
         }
     }
 
@@ -104,6 +110,7 @@ impl<'a> Object<'a> {
     }
 
     /// `"key": [ … ]`, the items written by `items`.
+    #[inline(always)]
     pub fn array(&mut self, key: &str, items: impl FnOnce(&mut Array<'_>)) -> &mut Self {
         self.key(key);
         self.out.push('[');
@@ -113,6 +120,56 @@ impl<'a> Object<'a> {
         });
         self.out.push(']');
         self
+    }
+
+    /// `"key": { … }`, the fields written by `fields`.
+    #[inline(always)]
+    pub fn object(&mut self, key: &str, fields: impl FnOnce(&mut Object<'_>)) -> &mut Self {
+        self.key(key);
+        let mut object = Object::new(self.out);
+        fields(&mut object);
+        object.finish();
+        self
+    }
+
+    /// Whole fields, `"a":…,"b":…`, given as the JSON text they are: for a constant run
+    /// of fields, written in one copy.
+    #[inline(always)]
+    pub fn fields_text(&mut self, fields: &'static str) -> &mut Self {
+        if !self.first {
+            self.out.push(',');
+        }
+        self.first = false;
+        self.out.push_str(fields);
+        self
+    }
+
+    /// `"key": null`.
+    #[inline(always)]
+    pub fn null(&mut self, key: &str) -> &mut Self {
+        self.key(key);
+        self.out.push_str("null");
+        self
+    }
+
+    /// `"key": true` or `false`.
+    #[inline(always)]
+    pub fn bool(&mut self, key: &str, value: bool) -> &mut Self {
+        self.key(key);
+        self.out.push_str(if value { "true" } else { "false" });
+        self
+    }
+
+    /// A key that comes from data (a claim's name in a policy file), escaped where it
+    /// needs it; the value is written by the returned writer's one call.
+    pub fn data_key(&mut self, key: &str) -> Value<'_> {
+        if !self.first {
+            self.out.push(',');
+        }
+        self.first = false;
+        quoted(self.out, &[key]);
+        self.out.push(':');
+        Value { out: self.out }
     }
 
     /// `"key": "value"`, left out when there is no value.
@@ -125,7 +182,7 @@ impl<'a> Object<'a> {
     }
 
     /// `"key": n`.
-    #[inline]
+    #[inline(always)]
     pub fn u64(&mut self, key: &str, value: u64) -> &mut Self {
         self.key(key);
         push_u64(self.out, value);
@@ -184,6 +241,62 @@ impl Array<'_> {
         self.comma();
         Object::new(self.out)
     }
+
+    /// An item of any kind, written by the returned writer's one call.
+    pub fn value(&mut self) -> Value<'_> {
+        self.comma();
+        Value { out: self.out }
+    }
+}
+
+/// One JSON value to write, after a key or as an array item.
+pub struct Value<'a> {
+    out: &'a mut String,
+}
+
+impl Value<'_> {
+    /// A string.
+    pub fn str(self, value: &str) {
+        quoted(self.out, &[value]);
+    }
+
+    /// A finite number as Rust writes it (`1`, `-1.5`, `0.0000002`); anything else is `null`,
+    /// which JSON has no number for.
+    pub fn number(self, value: f64) {
+        use std::fmt::Write as _;
+        if value.is_finite() {
+            let _ = write!(self.out, "{value}");
+        } else {
+            self.out.push_str("null");
+        }
+    }
+
+    /// `true` or `false`.
+    pub fn bool(self, value: bool) {
+        self.out.push_str(if value { "true" } else { "false" });
+    }
+
+    /// `null`.
+    pub fn null(self) {
+        self.out.push_str("null");
+    }
+
+    /// An array, its items written by `items`.
+    pub fn array(self, items: impl FnOnce(&mut Array<'_>)) {
+        self.out.push('[');
+        items(&mut Array {
+            out: self.out,
+            first: true,
+        });
+        self.out.push(']');
+    }
+
+    /// An object, its fields written by `fields`.
+    pub fn object(self, fields: impl FnOnce(&mut Object<'_>)) {
+        let mut object = Object::new(self.out);
+        fields(&mut object);
+        object.finish();
+    }
 }
 
 /// Writes `value` in decimal.
@@ -199,6 +312,11 @@ fn push_u64(out: &mut String, mut value: u64) {
         }
     }
     out.extend(digits[at..].iter().map(|digit| char::from(*digit)));
+}
+
+/// Writes `value` as a JSON string.
+pub fn push_quoted(out: &mut String, value: &str) {
+    quoted(out, &[value]);
 }
 
 /// Writes `parts`, one after another, as one JSON string.
@@ -255,13 +373,15 @@ fn escape_slowly(out: &mut String, value: &str) {
 fn needs_escape(value: &str) -> bool {
     const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
     const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
-    // Whether a byte of `word` is zero, or below `n` (for n <= 128): exact as a yes or no.
-    let below = |word: u64, n: u64| word.wrapping_sub(ONES * n) & !word & HIGHS != 0;
-    let zero = |word: u64| below(word, 1);
-    let word_needs_escape = |word: u64| {
-        below(word, 0x20)
-            || zero(word ^ (ONES * u64::from(b'"')))
-            || zero(word ^ (ONES * u64::from(b'\\')))
+    // A word's high bits are set where a byte is below 0x20, or `"` or `\` (after an
+    // exclusive or, zero): exact as a yes or no, without a branch. Nearly every string
+    // needs no escape, so the words are not checked one by one for an early answer.
+    let flagged = |word: u64| {
+        let quote = word ^ (ONES * u64::from(b'"'));
+        let backslash = word ^ (ONES * u64::from(b'\\'));
+        (word.wrapping_sub(ONES * 0x20) & !word)
+            | (quote.wrapping_sub(ONES) & !quote)
+            | (backslash.wrapping_sub(ONES) & !backslash)
     };
     let bytes = value.as_bytes();
     let word_at = |at: usize| {
@@ -276,8 +396,11 @@ fn needs_escape(value: &str) -> bool {
     }
     // Whole words, then the last eight bytes (overlapping the words before them): no
     // byte-by-byte tail, and no copy of one.
-    (0..bytes.len() / 8).any(|word| word_needs_escape(word_at(word * 8)))
-        || word_needs_escape(word_at(bytes.len() - 8))
+    let mut found = flagged(word_at(bytes.len() - 8));
+    for word in 0..bytes.len() / 8 {
+        found |= flagged(word_at(word * 8));
+    }
+    found & HIGHS != 0
 }
 
 #[cfg(test)]
@@ -323,7 +446,21 @@ mod tests {
             .array("mixed", |array| {
                 array.str_parts(&["x", ":", "y"]);
                 array.object().finish();
-            });
+                array.value().number(-1.5);
+                array.value().number(f64::NAN);
+                array.value().bool(true);
+                array.value().null();
+                array.value().array(|inner| inner.value().str("in"));
+                array.value().object(|fields| {
+                    fields.bool("no", false);
+                });
+            })
+            .object("nested", |fields| {
+                fields.fields_text("\"first\":[]");
+                fields.null("gone");
+                fields.data_key("a \"claim\"").number(3.0);
+            })
+            .fields_text("\"constant\":null,\"run\":{}");
         object.finish();
         let read: serde_json::Value = serde_json::from_str(&out).unwrap();
         assert_eq!(
@@ -342,7 +479,10 @@ mod tests {
                 "empty": [],
                 "none": null,
                 "shown": "a\"b",
-                "mixed": ["x:y", {}],
+                "mixed": ["x:y", {}, -1.5, null, true, null, ["in"], { "no": false }],
+                "nested": { "first": [], "gone": null, "a \"claim\"": 3 },
+                "constant": null,
+                "run": {},
             })
         );
     }
