@@ -239,17 +239,12 @@ fn valid_port(digits: &str) -> bool {
     !digits.is_empty() && digits.len() <= 5 && digits.bytes().all(|b| b.is_ascii_digit())
 }
 
-/// Stands in for a header value with bytes that are not text.
-const NOT_TEXT: &str = "\u{fffd}";
-
 /// The request headers the policy looks at, as `(name, value)` text pairs.
 pub fn policy_headers<'h>(names: &'h [String], headers: &'h HeaderMap) -> Vec<(&'h str, &'h str)> {
     let mut pairs = Vec::new();
     for name in names {
         for value in headers.get_all(name.as_str()) {
-            // A value that is not text cannot equal any value a policy file can hold, but it
-            // is present: `"*"` must still see it.
-            let text = value.to_str().unwrap_or(NOT_TEXT);
+            let text = value.to_str().unwrap_or(crate::policy::NOT_TEXT);
             pairs.push((name.as_str(), text));
         }
     }
@@ -571,7 +566,7 @@ mod tests {
         let names = vec!["x-debug".to_owned(), "x-env".to_owned()];
         assert_eq!(
             policy_headers(&names, &headers),
-            [("x-debug", NOT_TEXT), ("x-env", "staging")]
+            [("x-debug", crate::policy::NOT_TEXT), ("x-env", "staging")]
         );
     }
 

@@ -268,6 +268,23 @@ impl Reason {
     }
 }
 
+/// The codes of the reasons a credential was refused for, before any rule was read.
+pub const REFUSED_CREDENTIAL_CODES: [&str; 4] = [
+    "token_invalid",
+    "token_expired",
+    "token_wrong_audience",
+    "token_wrong_issuer",
+];
+
+/// The codes of the reasons [`Reason::is_authentication`] holds for: answered 401.
+pub const AUTHENTICATION_CODES: [&str; 5] = [
+    "credentials_missing",
+    "token_invalid",
+    "token_expired",
+    "token_wrong_audience",
+    "token_wrong_issuer",
+];
+
 /// "role editor", "roles editor and staff", "one of the roles editor or admin".
 pub fn needs(what: &str, required: &[String], one_of: bool) -> String {
     match (required, one_of) {
@@ -353,7 +370,7 @@ impl Reason {
                 present,
             } => write!(
                 f,
-                "requires {}; token has {}",
+                "requires {}; caller has {}",
                 needs("scope", required, *one_of),
                 listed(present)
             ),
@@ -417,16 +434,21 @@ pub enum Outcome {
 impl Outcome {
     /// What became of the rule, in words, into any writer (see [`Reason::write_sentence`]).
     pub fn write_sentence<W: fmt::Write>(&self, f: &mut W) -> fmt::Result {
+        let (words, reason) = self.parts();
+        f.write_str(words)?;
+        match reason {
+            Some(reason) => reason.write_sentence(f),
+            None => Ok(()),
+        }
+    }
+
+    /// The sentence in two parts: its opening words, then the reason's sentence when it
+    /// has one. A decision-log line writes the reason that decided once and repeats it.
+    pub fn parts(&self) -> (&'static str, Option<&Reason>) {
         match self {
-            Outcome::Matched => f.write_str("matched"),
-            Outcome::NotApplicable(reason) => {
-                f.write_str("not applicable: ")?;
-                reason.write_sentence(f)
-            }
-            Outcome::ConditionFailed(reason) => {
-                f.write_str("condition failed: ")?;
-                reason.write_sentence(f)
-            }
+            Outcome::Matched => ("matched", None),
+            Outcome::NotApplicable(reason) => ("not applicable: ", Some(reason)),
+            Outcome::ConditionFailed(reason) => ("condition failed: ", Some(reason)),
         }
     }
 }

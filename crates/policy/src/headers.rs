@@ -3,6 +3,11 @@
 
 use super::facts::RequestFacts;
 
+/// How a header value with bytes that are not text is given to the policy (and written in
+/// a decision-log line): it equals no value a policy file can hold, but it is present, so
+/// `"*"` still sees it.
+pub const NOT_TEXT: &str = "\u{fffd}";
+
 /// What a header's value must be.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ValuePattern {

@@ -34,10 +34,11 @@ mod scopes;
 pub use claims::{ClaimPattern, ClaimsCondition};
 pub use country::{Countries, Country, CountrySet};
 pub use decision::{
-    Address, Decision, Effect, Mode, Outcome, Reason, RuleId, Step, elapsed, interned, needs,
+    AUTHENTICATION_CODES, Address, Decision, Effect, Mode, Outcome, REFUSED_CREDENTIAL_CODES,
+    Reason, RuleId, Step, elapsed, interned, needs,
 };
 pub use facts::RequestFacts;
-pub use headers::{HeaderCondition, ValuePattern};
+pub use headers::{HeaderCondition, NOT_TEXT, ValuePattern};
 pub use mtls::{ClientCertificate, MtlsCondition, SpiffePattern, parse_fingerprint};
 pub use network::{NetSet, Networks};
 pub use principal::{ClaimValue, Principal};
@@ -53,6 +54,7 @@ pub struct PolicySet {
     rules: Vec<Rule>,
     index: Index,
     header_names: Vec<String>,
+    claim_names: Vec<String>,
     uses_countries: bool,
     roles: RoleGraph,
 }
@@ -78,6 +80,17 @@ impl PolicySet {
             .collect();
         header_names.sort();
         header_names.dedup();
+        let mut claim_names: Vec<String> = (rules.iter().flat_map(|rule| &rule.when))
+            .filter_map(|condition| match condition {
+                Condition::Claims(claims) => {
+                    Some(claims.claims.iter().map(|(name, _)| name.clone()))
+                }
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        claim_names.sort();
+        claim_names.dedup();
         let uses_countries = (rules.iter().flat_map(|rule| &rule.when)).any(|condition| {
             matches!(
                 condition,
@@ -88,6 +101,7 @@ impl PolicySet {
             index: Index::new(&rules),
             rules,
             header_names,
+            claim_names,
             uses_countries,
             roles,
         }
@@ -102,6 +116,12 @@ impl PolicySet {
     /// only these.
     pub fn header_names(&self) -> &[String] {
         &self.header_names
+    }
+
+    /// The claim names that rules compare, sorted: what the decision log records of a
+    /// caller's claims, so that the request can be decided again.
+    pub fn claim_names(&self) -> &[String] {
+        &self.claim_names
     }
 
     /// Whether a rule names countries: only then does a request need

@@ -903,7 +903,7 @@ fn identity_explanations() {
     assert!(!decision.reason.is_authentication());
     assert_eq!(
         decision.reason.to_string(),
-        "requires scope orders:write; token has orders:read"
+        "requires scope orders:write; caller has orders:read"
     );
     let anonymous = decide(tenant_policy(), &req("GET", "/me"));
     assert!(anonymous.reason.is_authentication());
@@ -1144,4 +1144,35 @@ fn the_closest_allow_rule_is_ranked_before_file_order() {
     let decision = decide(vec![read(), write()], &reader());
     let listed: Vec<&str> = decision.closest().map(|step| step.rule.0).collect();
     assert_eq!(listed, ["orders-read", "orders-write"]);
+}
+
+#[test]
+fn the_code_lists_agree_with_the_reasons() {
+    let reasons = [
+        Reason::Allowed,
+        Reason::ExplicitDeny,
+        Reason::NoMatchingAllow { unmet: None },
+        Reason::CredentialsMissing,
+        Reason::TokenExpired { seconds_ago: 1 },
+        Reason::TokenWrongAudience {
+            expected: Vec::new(),
+        },
+        Reason::TokenWrongIssuer,
+        Reason::TokenInvalid {
+            problem: String::new(),
+        },
+    ];
+    for reason in &reasons {
+        let code = reason.code();
+        assert_eq!(
+            AUTHENTICATION_CODES.contains(&code),
+            reason.is_authentication(),
+            "{code}"
+        );
+        assert_eq!(
+            REFUSED_CREDENTIAL_CODES.contains(&code),
+            reason.is_authentication() && *reason != Reason::CredentialsMissing,
+            "{code}"
+        );
+    }
 }
