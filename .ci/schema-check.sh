@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# The shipped YAML files against `portcullis schema`, with a JSON Schema validator
-# (python3-jsonschema, installed from Debian when missing). Run from the repository root:
+# The shipped YAML files against `portcullis schema`, and the decision-log lines of every
+# sink (and of GET /decisions) against `portcullis schema decision-log`, with a JSON Schema
+# validator (python3-jsonschema, installed from Debian when missing). Run from the
+# repository root:
 #   bash .ci/schema-check.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,10 +14,9 @@ if ! python3 -c 'import jsonschema, yaml' 2>/dev/null; then
     DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq python3-jsonschema python3-yaml >/dev/null
 fi
 
+source .ci/gateway.sh
 cargo build --quiet --locked
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
-for kind in config policy cases api-keys; do
+for kind in config policy cases api-keys decision-log; do
     target/debug/portcullis schema "$kind" >"$work/$kind.json"
 done
 
@@ -50,3 +51,59 @@ if jsonschema.Draft202012Validator(config_schema).is_valid(bad):
     failed += 1
 sys.exit(1 if failed else 0)
 PY
+
+# Decision lines from the demo gateway, with each sink: allowed, denied, 401s (no key, a
+# refused token), a token's caller with claims, and a request refused before deciding.
+token=$(target/debug/portcullis token --key config/keys/demo-signing-key.pem --kid demo \
+    --issuer https://demo.portcullis.local/ --audience demo-api --sub alice \
+    --role editor --scope orders:write --claim tenant=acme)
+for sink in log stdout decisions.log; do
+    start_demo_gateway
+    sed -i "s|^  decisions: log |  decisions: $sink |" "$work/gw.yaml"
+    curl -fsS -X POST "http://$admin/reload" >/dev/null
+    for path in /public/hello /admin /reports/q3 /public/internal/x; do
+        curl -s -o /dev/null "http://$addr$path"
+    done
+    curl -s -o /dev/null -H 'X-Api-Key: demo-key' -H 'X-Environment: staging' "http://$addr/reports/q3"
+    curl -s -o /dev/null -H "Authorization: Bearer $token" "http://$addr/tenants/acme/orders/7"
+    curl -s -o /dev/null -H "Authorization: Bearer $token" "http://$addr/tenants/globex/orders/7"
+    curl -s -o /dev/null -H 'Authorization: Bearer not.a.token' "http://$addr/tenants/acme/orders/7"
+    curl -s -o /dev/null "http://$addr/a%2fb"
+    curl -fsS "http://$admin/decisions?limit=1000" >"$work/recent.json"
+    stop_gateway
+    pid=""
+    case "$sink" in
+        decisions.log) lines="$work/decisions.log" ;;
+        *) lines="$work/log" ;;
+    esac
+    python3 - "$work/decision-log.json" "$lines" "$work/recent.json" "$sink" <<'PY'
+import json, sys
+import jsonschema
+
+schema_path, lines_path, recent_path, sink = sys.argv[1:]
+validator = jsonschema.Draft202012Validator(json.load(open(schema_path)),
+                                            format_checker=jsonschema.FormatChecker())
+lines = []
+for text in open(lines_path):
+    try:
+        line = json.loads(text)
+    except ValueError:
+        continue
+    if "decision.reason" in line:
+        lines.append(line)
+recent = json.load(open(recent_path))["decisions"]
+failed = 0
+for where, found in ((f"sink {sink}", lines), ("GET /decisions", recent)):
+    if len(found) != 9:
+        print(f"{where}: {len(found)} decision lines, not 9")
+        failed += 1
+    for line in found:
+        for error in validator.iter_errors(line):
+            print(f"{where}: {line['request.id']}: {'.'.join(map(str, error.absolute_path))}: {error.message}")
+            failed += 1
+kinds = sorted({line["decision.reason"] for line in lines})
+print(f"sink {sink}: {len(lines)} lines ({', '.join(kinds)}) and GET /decisions: "
+      f"{'ok' if not failed else 'INVALID'} against the decision-log schema")
+sys.exit(1 if failed else 0)
+PY
+done

@@ -1,5 +1,5 @@
-//! The admin listener: `/healthz`, `/readyz`, `/metrics`, `/policy`, `POST /reload` and
-//! `POST /explain`, on its own address (loopback by default) so that clients of the
+//! The admin listener: `/healthz`, `/readyz`, `/metrics`, `/policy`, `/decisions`,
+//! `POST /reload` and `POST /explain`, on its own address (loopback by default) so that clients of the
 //! proxy can never reach it.
 
 use std::convert::Infallible;
@@ -35,6 +35,9 @@ pub const READY_PATH: &str = "/readyz";
 
 /// The Prometheus text format.
 pub const METRICS_PATH: &str = "/metrics";
+
+/// Recent decisions: `/decisions/{request_id}`, and `/decisions?reason=…` to list them.
+pub const DECISIONS_PATH: &str = "/decisions";
 
 /// What `/readyz` reports.
 #[derive(Debug, Default)]
@@ -205,10 +208,126 @@ async fn serve(state: &AdminState, request: Request<Incoming>) -> Response<Full<
             );
             response
         }
-        _ => text(
-            StatusCode::NOT_FOUND,
-            "not found: the admin listener serves /healthz, /readyz, /metrics, /policy and POST /reload\n",
-        ),
+        DECISIONS_PATH => decisions(state, request.uri().query().unwrap_or("")),
+        path => match path
+            .strip_prefix(DECISIONS_PATH)
+            .and_then(|rest| rest.strip_prefix('/'))
+        {
+            Some(id) => decision(state, id),
+            None => text(
+                StatusCode::NOT_FOUND,
+                "not found: the admin listener serves /healthz, /readyz, /metrics, /policy, /decisions, POST /reload and POST /explain\n",
+            ),
+        },
+    }
+}
+
+/// `GET /decisions/{request_id}`: the request's decision-log line, while the ring of
+/// recent decisions (`log.recent`) still holds it.
+fn decision(state: &AdminState, id: &str) -> Response<Full<Bytes>> {
+    let load = state.serving.load();
+    let log = load.decision_log();
+    // Request ids are letters, digits and `-_.:`: nothing in one is escaped in a path.
+    if let Some(line) = log.find(id) {
+        let mut body = line.into_bytes();
+        body.push(b'\n');
+        return json_text(StatusCode::OK, body);
+    }
+    let (kept, recent) = log.recent_kept();
+    let why = if recent == 0 {
+        "log.recent is 0, so no decisions are kept".to_owned()
+    } else {
+        format!(
+            "it is not among the {kept} most recent decisions kept (log.recent: {recent}): it is older, it is an allowed request that log.sample_allows left out, or no request had that id"
+        )
+    };
+    json(
+        StatusCode::NOT_FOUND,
+        &serde_json::json!({ "error": format!("no decision for request id \"{id}\": {why}"),
+            "kept": kept, "recent": recent }),
+    )
+}
+
+/// `GET /decisions?decision=&reason=&rule=&limit=`: recent decision-log lines, newest
+/// first, those whose fields equal the ones given.
+fn decisions(state: &AdminState, query: &str) -> Response<Full<Bytes>> {
+    /// Lines listed when `limit` is not given.
+    const DEFAULT_LIMIT: usize = 100;
+    /// The most lines one answer lists: about 2 MiB.
+    const MAX_LIMIT: usize = 1000;
+    let mut filter = crate::decision_log::recent::Filter::default();
+    let mut limit = DEFAULT_LIMIT;
+    for pair in query.split('&').filter(|pair| !pair.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let value = percent_decoded(value).into_owned();
+        match key {
+            "decision" => filter.decision = Some(value),
+            "reason" => filter.reason = Some(value),
+            "rule" => filter.rule = Some(value),
+            "limit" => match value.parse::<usize>() {
+                Ok(asked) if (1..=MAX_LIMIT).contains(&asked) => limit = asked,
+                _ => {
+                    return json(
+                        StatusCode::BAD_REQUEST,
+                        &serde_json::json!({ "error": format!("limit \"{value}\" is not a whole number from 1 to {MAX_LIMIT}") }),
+                    );
+                }
+            },
+            other => {
+                return json(
+                    StatusCode::BAD_REQUEST,
+                    &serde_json::json!({ "error": format!("\"{other}\" is not a filter: use decision, reason, rule and limit, as in /decisions?reason=missing_scope&limit=20") }),
+                );
+            }
+        }
+    }
+    let load = state.serving.load();
+    let log = load.decision_log();
+    let (kept, recent) = log.recent_kept();
+    let lines = log.select(&filter, limit.min(recent.max(1)));
+    // The lines are JSON already: written as they are, not parsed and written again.
+    let mut body = String::from("{\"decisions\":[");
+    body.push_str(&lines.join(","));
+    body.push_str(&format!(
+        "],\"count\":{},\"kept\":{kept},\"recent\":{recent}}}\n",
+        lines.len()
+    ));
+    json_text(StatusCode::OK, body.into_bytes())
+}
+
+/// `text` with its `%XX` escapes decoded (and `+` as a space, as forms write it); an
+/// escape that is not one, or bytes that are not UTF-8, are kept as they are.
+fn percent_decoded(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.contains(['%', '+']) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let bytes = text.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut at = 0;
+    while at < bytes.len() {
+        let escaped = (bytes[at] == b'%')
+            .then(|| bytes.get(at + 1..at + 3))
+            .flatten()
+            .and_then(|hex| std::str::from_utf8(hex).ok())
+            .and_then(|hex| u8::from_str_radix(hex, 16).ok());
+        match (escaped, bytes[at]) {
+            (Some(byte), _) => {
+                decoded.push(byte);
+                at += 3;
+            }
+            (None, b'+') => {
+                decoded.push(b' ');
+                at += 1;
+            }
+            (None, byte) => {
+                decoded.push(byte);
+                at += 1;
+            }
+        }
+    }
+    match String::from_utf8(decoded) {
+        Ok(decoded) => std::borrow::Cow::Owned(decoded),
+        Err(_) => std::borrow::Cow::Borrowed(text),
     }
 }
 
@@ -318,6 +437,11 @@ async fn explain(state: &AdminState, request: Request<Incoming>) -> Response<Ful
 fn json(status: StatusCode, value: &impl serde::Serialize) -> Response<Full<Bytes>> {
     let mut body = serde_json::to_vec_pretty(value).unwrap_or_default();
     body.push(b'\n');
+    json_text(status, body)
+}
+
+/// A body that is JSON text already.
+fn json_text(status: StatusCode, body: Vec<u8>) -> Response<Full<Bytes>> {
     let mut response = text(status, body);
     response
         .headers_mut()

@@ -121,13 +121,42 @@ pub enum Command {
         #[arg(long, default_value = "2s")]
         timeout: String,
     },
+    /// Explain a decision the gateway made, from its request id (a response's
+    /// X-Request-Id, or the id in a denial): asks the admin listener's recent decisions.
+    Why {
+        /// The request id.
+        request_id: String,
+        /// The admin listener's host:port; 0.0.0.0 (every interface) is asked on loopback.
+        #[arg(long, value_name = "ADDR", default_value = crate::config::DEFAULT_ADMIN_ADDR)]
+        admin: String,
+        /// Print the decision-log line (JSON) instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Mint a signed token (for trying policies: the demo's key is in config/keys).
     Token(TokenArgs),
-    /// Print the JSON Schema of a kind of file, for editors and schema checkers.
+    /// Print the JSON Schema of a kind of file (or of a decision-log line), for editors
+    /// and schema checkers.
     Schema {
         /// Which file.
         #[arg(value_enum, default_value_t = SchemaKind::Config)]
         kind: SchemaKind,
+    },
+    /// Decide the requests of decision-log lines again under a candidate config, and
+    /// print what would change.
+    Replay {
+        /// The candidate config.
+        #[arg(short, long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// Decision-log files; none, or `-`, reads standard input.
+        logs: Vec<PathBuf>,
+        /// Report format.
+        #[arg(long, value_enum, default_value_t = ReplayFormat::Text)]
+        format: ReplayFormat,
+        /// Exit 1 when a change of this kind is found (for CI gates), or when lines could
+        /// not be decided again or read, or none was decided again.
+        #[arg(long, value_enum, default_value_t = FailOn::Never)]
+        fail_on: FailOn,
     },
     /// Run policy test cases; exit 1 if any fails.
     Test {
@@ -151,6 +180,28 @@ pub enum SchemaKind {
     Cases,
     /// An API-key file (`identity.api_keys.file`).
     ApiKeys,
+    /// A decision-log line (`log.decisions`, `GET /decisions`, `portcullis replay`).
+    DecisionLog,
+}
+
+/// `portcullis replay --format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ReplayFormat {
+    /// For a person.
+    Text,
+    /// One JSON document, for tools.
+    Json,
+}
+
+/// `portcullis replay --fail-on`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum FailOn {
+    /// Exit 0 whatever changes.
+    Never,
+    /// Exit 1 when a request allowed before would be denied.
+    AllowToDeny,
+    /// Exit 1 when any decision would change.
+    Any,
 }
 
 /// Log line formats.
@@ -168,6 +219,9 @@ pub enum LogFormat {
 pub fn log_colour(stderr_is_terminal: bool, no_color: Option<std::ffi::OsString>) -> bool {
     stderr_is_terminal && no_color.is_none_or(|value| value.is_empty())
 }
+
+/// How long `why` waits for the admin listener.
+const WHY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Exit code for invalid config or usage.
 pub const EXIT_INVALID: u8 = 2;
@@ -302,7 +356,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     return Ok(ExitCode::from(EXIT_INVALID));
                 }
             };
-            match crate::healthcheck::check(&admin, timeout) {
+            match crate::admin_client::ready(&admin, timeout) {
                 Ok(answer) => {
                     out_line!("{answer}");
                     Ok(ExitCode::SUCCESS)
@@ -313,6 +367,32 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             }
         }
+        Command::Why {
+            request_id,
+            admin,
+            json,
+        } => match crate::admin_client::decision(&admin, &request_id, WHY_TIMEOUT) {
+            Ok(line) => match serde_json::from_str::<serde_json::Value>(&line) {
+                Ok(_) if json => {
+                    out_line!("{}", line.trim_end());
+                    Ok(ExitCode::SUCCESS)
+                }
+                Ok(decision) => {
+                    out!("{}", why_text(&decision));
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(err) => {
+                    err_line!(
+                        "the admin listener at {admin} answered with a line that is not JSON: {err}"
+                    );
+                    Ok(ExitCode::FAILURE)
+                }
+            },
+            Err(problem) => {
+                err_line!("{problem}");
+                Ok(ExitCode::FAILURE)
+            }
+        },
         Command::Token(request) => {
             let minted = mint(&request);
             match minted {
@@ -327,14 +407,78 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Schema { kind } => {
-            let kind = match kind {
-                SchemaKind::Config => config::FileKind::Config,
-                SchemaKind::Policy => config::FileKind::Policy,
-                SchemaKind::Cases => config::FileKind::Cases,
-                SchemaKind::ApiKeys => config::FileKind::ApiKeys,
+            let schema = match kind {
+                SchemaKind::Config => config::schema(config::FileKind::Config),
+                SchemaKind::Policy => config::schema(config::FileKind::Policy),
+                SchemaKind::Cases => config::schema(config::FileKind::Cases),
+                SchemaKind::ApiKeys => config::schema(config::FileKind::ApiKeys),
+                SchemaKind::DecisionLog => crate::decision_log::schema(),
             };
-            out_line!("{:#}", config::schema(kind));
+            out_line!("{schema:#}");
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Replay {
+            config,
+            logs,
+            format,
+            fail_on,
+        } => {
+            let Some(candidate) = load_or_report(&config) else {
+                return Ok(ExitCode::from(EXIT_INVALID));
+            };
+            // Callers come from the log; only a certificate's is identified again.
+            let identity = crate::identity::Identity::new(
+                &candidate.identity,
+                &crate::telemetry::Metrics::new(1),
+                None,
+            );
+            let mut replay = crate::replay::Replay::new(&candidate, &identity);
+            let stdin = PathBuf::from("-");
+            let inputs = if logs.is_empty() {
+                std::slice::from_ref(&stdin)
+            } else {
+                &logs[..]
+            };
+            for input in inputs {
+                let read = if input == &stdin {
+                    replay.read(std::io::stdin().lock(), "standard input")
+                } else {
+                    match std::fs::File::open(input) {
+                        Ok(file) => replay.read(
+                            std::io::BufReader::with_capacity(256 * 1024, file),
+                            &input.display().to_string(),
+                        ),
+                        Err(err) => Err(format!("cannot read {}: {err}", input.display())),
+                    }
+                };
+                if let Err(problem) = read {
+                    err_line!("{problem}");
+                    return Ok(ExitCode::from(EXIT_INVALID));
+                }
+            }
+            let report = replay.finish();
+            let name = config.display().to_string();
+            match format {
+                ReplayFormat::Text => out!("{}", crate::replay::text(&report, &name)),
+                ReplayFormat::Json => out_line!("{:#}", crate::replay::json(&report, &name)),
+            }
+            use crate::replay::Change;
+            let failed = match fail_on {
+                FailOn::Never => false,
+                FailOn::AllowToDeny => report.changed(Change::AllowToDeny) > 0,
+                FailOn::Any => report.replayed > report.unchanged,
+            };
+            // A gate fails closed: what the replay could not judge might have changed.
+            let doubt = (fail_on != FailOn::Never).then(|| report.doubt()).flatten();
+            if let Some(doubt) = &doubt {
+                err_line!("replay: failing: {doubt}");
+            }
+            let failed = failed || doubt.is_some();
+            Ok(if failed {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            })
         }
         Command::Test { config, cases } => {
             let Some(config) = load_or_report(&config) else {
@@ -561,15 +705,106 @@ fn explain_text(method: &str, url: &str, offline: &Offline) -> String {
             } else {
                 text.push_str("trace:\n");
                 for step in &decision.trace {
-                    text.push_str(&format!(
-                        "  {:<24} {:<5} {:<7} {}\n",
-                        step.rule.to_string(),
+                    text.push_str(&trace_line(
+                        step.rule.0,
                         step.effect.as_str(),
                         step.mode.as_str(),
-                        step.outcome
+                        &step.outcome.to_string(),
                     ));
                 }
             }
+        }
+    }
+    text
+}
+
+/// One rule of a trace, in columns.
+fn trace_line(rule: &str, effect: &str, mode: &str, outcome: &str) -> String {
+    format!("  {rule:<24} {effect:<5} {mode:<7} {outcome}\n")
+}
+
+/// The human form of `portcullis why`: a decision-log line, read as `explain` prints.
+fn why_text(line: &serde_json::Value) -> String {
+    let field = |key: &str| line[key].as_str().unwrap_or_default();
+    let texts = |key: &str| -> Vec<&str> {
+        (line[key].as_array().into_iter().flatten())
+            .filter_map(serde_json::Value::as_str)
+            .collect()
+    };
+    let mut text = format!(
+        "request:  {} {}{} from {}",
+        field("http.method"),
+        field("url.domain"),
+        line["url.path"].as_str().unwrap_or("(path not read)"),
+        field("client.ip"),
+    );
+    if let Some(country) = line["client.geo.country_iso_code"].as_str() {
+        text.push_str(&format!(" ({country})"));
+    }
+    text.push('\n');
+    text.push_str(&format!(
+        "id:       {} at {}\n",
+        field("request.id"),
+        field("timestamp")
+    ));
+    if let Some(route) = line["route.id"].as_str() {
+        text.push_str(&format!("route:    {route}\n"));
+    }
+    match line["principal.id"].as_str() {
+        Some(subject) => {
+            let mut caller = format!("caller:   {subject} from {}", field("principal.issuer"));
+            for (what, key) in [("roles", "principal.roles"), ("scopes", "principal.scopes")] {
+                let items = texts(key);
+                if !items.is_empty() {
+                    caller.push_str(&format!("; {what} {}", items.join(", ")));
+                }
+            }
+            text.push_str(&caller);
+            text.push('\n');
+        }
+        None => text.push_str("caller:   anonymous\n"),
+    }
+    let reason = field("decision.reason");
+    match field("decision") {
+        "error" => {
+            text.push_str(&format!("decision: refused before any rule: {reason}\n"));
+        }
+        effect => {
+            let status = match effect {
+                "allow" => "forwarded".to_owned(),
+                _ if crate::policy::AUTHENTICATION_CODES.contains(&reason) => {
+                    format!("401 {reason}")
+                }
+                _ => format!("403 {reason}"),
+            };
+            let rule = line["rule.id"]
+                .as_str()
+                .map_or_else(|| "no rule".to_owned(), |rule| format!("rule {rule}"));
+            text.push_str(&format!("decision: {effect} ({status}) by {rule}\n"));
+            text.push_str(&format!("why:      {}\n", field("decision.explanation")));
+        }
+    }
+    let audit = texts("audit");
+    if !audit.is_empty() {
+        text.push_str(&format!("audit:    {}\n", audit.join(", ")));
+    }
+    let trace = line["trace"].as_array().map_or(&[][..], Vec::as_slice);
+    if trace.is_empty() {
+        if crate::policy::REFUSED_CREDENTIAL_CODES.contains(&reason) {
+            text.push_str("trace:    none: the credentials were refused before any rule\n");
+        } else if field("decision") != "error" {
+            text.push_str("trace:    no rule fits this host and path\n");
+        }
+    } else {
+        text.push_str("trace:\n");
+        for step in trace {
+            let step_field = |key: &str| step[key].as_str().unwrap_or_default();
+            text.push_str(&trace_line(
+                step_field("rule"),
+                step_field("effect"),
+                step_field("mode"),
+                step_field("outcome"),
+            ));
         }
     }
     text

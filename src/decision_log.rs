@@ -1,17 +1,21 @@
 //! The decision log: one JSON line per request the gateway decided (and per request it
 //! refused before deciding), with the same fields whichever sink it goes to: stderr
 //! beside the process log, stdout or a file. Allowed requests may be sampled; denials and
-//! errors are always logged. A line names the principal by its subject, never a token or
-//! key.
+//! errors are always logged. A line holds what deciding the request again needs (see
+//! [`schema`]), and names the principal by its subject, never a token, key or cookie.
 //!
 //! A request formats its line straight into its thread's batch, a buffer only that
 //! thread fills. One writer thread takes each batch when it reaches 64 KiB, every 100 ms,
 //! before a reload switches sinks, and at shutdown, and writes it with one write. When the
 //! writer falls behind (a full disk, a pipe no one reads), whole batches are dropped and
-//! counted, unless `log.on_full: block` asks requests to wait for it.
+//! counted, unless `log.on_full: block` asks requests to wait for it. Written batches are
+//! kept in [`recent`], the ring the admin listener looks decisions up in.
 //!
 //! This module knows the line's fields and where it goes; the request flow that fills
 //! them is `proxy`'s.
+
+pub mod recent;
+mod schema;
 
 use std::borrow::Cow;
 use std::io::Write;
@@ -21,11 +25,17 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
+use http::HeaderName;
 use prometheus::IntCounter;
 
-use crate::config::{DecisionSink, LogSettings, OnFull};
+pub use schema::schema;
+
+use crate::config::{Config, DecisionSink, LogSettings, OnFull, TokenSource};
 use crate::json;
-use crate::policy::{Address, Country, Decision, Effect, PathGlob, Principal};
+use crate::policy::{
+    Address, ClaimValue, ClientCertificate, Country, Decision, Effect, PathGlob, Principal,
+};
+use recent::{Filter, Recent};
 
 /// What a decision-log line says of a decided request.
 pub struct Decided<'a> {
@@ -35,14 +45,23 @@ pub struct Decided<'a> {
     pub route: &'a str,
     /// Its method.
     pub method: &'a str,
+    /// The host decided on, lower-case, without port; `None` for an HTTP/1.0 request that
+    /// named none.
+    pub host: Option<&'a str>,
     /// The canonical path decided on.
     pub path: &'a str,
+    /// A WebDAV `MOVE` or `COPY`'s canonical destination path, decided on too.
+    pub destination: Option<&'a str>,
     /// The client address the policy saw.
     pub client_ip: IpAddr,
     /// The client's country, when a rule named countries and it was found out.
     pub country: Option<Country>,
+    /// The client certificate the connection showed, verified.
+    pub client_cert: Option<&'a ClientCertificate>,
     /// Who called, when identified.
     pub principal: Option<&'a Principal>,
+    /// The request's headers as the policy saw them (identity headers removed).
+    pub headers: &'a http::HeaderMap,
 }
 
 /// What a decision-log line says of a request refused before it could be decided. (Its
@@ -60,12 +79,61 @@ pub struct Refused<'a> {
     pub reason: &'a str,
 }
 
+/// What a line records of a request beyond its head, so that it can be decided again:
+/// the values of the headers rules read and the caller's claims rules compare, minus
+/// what must never be logged.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Recorded {
+    /// Header names whose values are logged, sorted.
+    pub headers: Vec<HeaderName>,
+    /// Claim names whose values are logged, sorted.
+    pub claims: Vec<String>,
+}
+
+/// Headers that carry credentials wherever they are configured: never logged.
+const CREDENTIAL_HEADERS: [&str; 3] = ["authorization", "proxy-authorization", "cookie"];
+
+thread_local! {
+    /// The sentence of the reason being logged, a buffer per thread.
+    static SENTENCE: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+}
+
+impl Recorded {
+    /// What lines record under `config`: the headers its rules read, except those in
+    /// `log.redact_headers` and those credentials come in (`Authorization`, `Cookie`, the
+    /// API-key header, a token's header); the claims its rules compare.
+    pub fn of(config: &Config) -> Recorded {
+        let mut secret: Vec<&str> = CREDENTIAL_HEADERS.to_vec();
+        secret.extend(config.log.redact_headers.iter().map(String::as_str));
+        if let Some(keys) = &config.identity.api_keys {
+            secret.push(keys.header.as_str());
+        }
+        for source in config.identity.jwt.iter().flat_map(|jwt| &jwt.sources) {
+            if let TokenSource::Header { name, .. } = source {
+                secret.push(name.as_str());
+            }
+        }
+        Recorded {
+            // Parsed once here, so that no line parses a name to look its values up.
+            headers: (config.policy.header_names().iter())
+                .filter(|name| !secret.contains(&name.as_str()))
+                .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
+                .collect(),
+            claims: config.policy.claim_names().to_vec(),
+        }
+    }
+}
+
 /// The decision log of one load of the config: what is logged, and the writer, which
 /// outlives reloads.
 pub struct DecisionLog {
     writer: Arc<Writer>,
-    /// False for `log.decisions: off`.
+    /// False for `log.decisions: off` with `log.recent: 0`: no line is formatted.
     on: bool,
+    /// `log.recent`, given to the ring when this load starts serving.
+    recent: usize,
+    /// The header values and claims lines record.
+    recorded: Recorded,
     on_full: OnFull,
     sample_allows: f64,
     /// `log.redact_paths`.
@@ -89,7 +157,8 @@ const SHARDS: usize = 64;
 /// Where lines are written.
 struct Out {
     name: String,
-    write: Box<dyn Write + Send>,
+    /// `None` for `log.decisions: off`: lines only go to the ring.
+    write: Option<Box<dyn Write + Send>>,
 }
 
 /// The lines one thread has formatted and the writer has not taken yet.
@@ -113,6 +182,8 @@ struct Shared {
     closing: AtomicBool,
     /// `portcullis_decision_log_dropped_total`.
     dropped: IntCounter,
+    /// The lines written last.
+    recent: Recent,
 }
 
 /// The writer thread and the way to it.
@@ -160,19 +231,23 @@ impl DecisionLog {
     /// starts one, counting dropped lines in `dropped`.
     pub fn open(
         settings: &LogSettings,
+        recorded: Recorded,
         previous: Option<&DecisionLog>,
         dropped: &IntCounter,
     ) -> Result<DecisionLog, String> {
         let opened = match &settings.decisions {
-            DecisionSink::Off => None,
-            DecisionSink::Log => Some(Out {
+            DecisionSink::Off => Out {
+                name: "off".to_owned(),
+                write: None,
+            },
+            DecisionSink::Log => Out {
                 name: "stderr".to_owned(),
-                write: Box::new(std::io::stderr()),
-            }),
-            DecisionSink::Stdout => Some(Out {
+                write: Some(Box::new(std::io::stderr())),
+            },
+            DecisionSink::Stdout => Out {
                 name: "stdout".to_owned(),
-                write: Box::new(std::io::stdout()),
-            }),
+                write: Some(Box::new(std::io::stdout())),
+            },
             DecisionSink::File(path) => {
                 let file = std::fs::OpenOptions::new()
                     .create(true)
@@ -181,10 +256,10 @@ impl DecisionLog {
                     .map_err(|err| {
                         format!("cannot open the decision log \"{}\": {err}", path.display())
                     })?;
-                Some(Out {
+                Out {
                     name: path.display().to_string(),
-                    write: Box::new(file),
-                })
+                    write: Some(Box::new(file)),
+                }
             }
         };
         let writer = match previous {
@@ -193,17 +268,20 @@ impl DecisionLog {
         };
         Ok(DecisionLog {
             writer,
-            on: opened.is_some(),
+            on: opened.write.is_some() || settings.recent > 0,
+            recent: settings.recent,
+            recorded,
             on_full: settings.on_full,
             sample_allows: settings.sample_allows,
             redact_paths: settings.redact_paths.clone(),
-            opened: Mutex::new(opened),
+            opened: Mutex::new(Some(opened)),
         })
     }
 
     /// Makes this load's sink the one written to, once every line logged before is
     /// written to the sink it replaces. Called when the load starts serving.
     pub fn serving(&self) {
+        self.writer.shared.recent.resize(self.recent);
         if let Some(out) = lock(&self.opened).take() {
             lock(&self.writer.shared.switch).push(out);
             self.writer.wake();
@@ -225,46 +303,75 @@ impl DecisionLog {
             return;
         }
         let path = redact(&self.redact_paths, request.path);
-        let principal = request
-            .principal
-            .map(|principal| principal.subject.as_str());
+        let destination = request
+            .destination
+            .map(|destination| redact(&self.redact_paths, destination));
         let rule = decision.rule.as_ref().map(|rule| rule.0);
         self.writer.line(self.on_full, |text| {
             let mut object = json::Object::new(text);
+            // Request ids, config ids and methods are checked to hold none of the bytes
+            // JSON escapes (`telemetry::is_valid_request_id`, `check_id`, tokens).
             line_head(&mut object, decision.effect.as_str())
-                .str("request.id", request.request_id.to_str().unwrap_or(""))
-                .str("route.id", request.route)
-                .str("http.method", request.method)
+                .plain("request.id", request.request_id.to_str().unwrap_or(""))
+                .plain("route.id", request.route)
+                .plain("http.method", request.method)
+                .str_or_null("url.domain", request.host)
                 .str("url.path", &path)
+                .str_or_null("url.destination", destination.as_deref())
                 .plain_with("client.ip", |out| {
                     let _ = Address(request.client_ip).write_to(out);
                 })
                 .str_or_null(
                     "client.geo.country_iso_code",
                     request.country.as_ref().map(Country::as_str),
-                )
-                .str_or_null("principal.id", principal)
-                .plain("decision.reason", decision.reason.code())
-                .str_or_null("rule.id", rule)
-                .array("audit", |items| {
-                    for step in decision.audit_matches() {
-                        let effect = step.effect.as_str();
-                        items.str_parts(&[step.rule.0, ":would_", effect]);
-                    }
-                })
-                .u64("decision.micros", took.as_micros() as u64)
-                .array("trace", |items| {
-                    for step in &decision.trace {
-                        let mut item = items.object();
-                        item.str("rule", step.rule.0)
-                            .plain("effect", step.effect.as_str())
-                            .plain("mode", step.mode.as_str())
-                            .str_with("outcome", |out| {
-                                let _ = step.outcome.write_sentence(out);
-                            });
-                        item.finish();
-                    }
-                });
+                );
+            certificate(&mut object, request.client_cert);
+            principal(&mut object, request.principal, &self.recorded.claims);
+            object.object("http.request.headers", |fields| {
+                for name in &self.recorded.headers {
+                    fields.array(name.as_str(), |values| {
+                        for value in request.headers.get_all(name) {
+                            values
+                                .value()
+                                .str(value.to_str().unwrap_or(crate::policy::NOT_TEXT));
+                        }
+                    });
+                }
+            });
+            // The reason's sentence, written once: the trace step it came from repeats it.
+            SENTENCE.with_borrow_mut(|sentence| {
+                sentence.clear();
+                let _ = decision.reason.write_sentence(sentence);
+                object
+                    .plain("decision.reason", decision.reason.code())
+                    .str("decision.explanation", sentence)
+                    .plain_or_null("rule.id", rule)
+                    .array("audit", |items| {
+                        for step in decision.audit_matches() {
+                            let effect = step.effect.as_str();
+                            items.str_parts(&[step.rule.0, ":would_", effect]);
+                        }
+                    })
+                    .u64("decision.micros", took.as_micros() as u64)
+                    .array("trace", |items| {
+                        for step in &decision.trace {
+                            let mut item = items.object();
+                            item.plain("rule", step.rule.0)
+                                .plain("effect", step.effect.as_str())
+                                .plain("mode", step.mode.as_str());
+                            match step.outcome.parts() {
+                                (words, None) => item.plain("outcome", words),
+                                (words, Some(reason)) if *reason == decision.reason => {
+                                    item.str_parts("outcome", &[words, sentence])
+                                }
+                                (_, Some(_)) => item.str_with("outcome", |out| {
+                                    let _ = step.outcome.write_sentence(out);
+                                }),
+                            };
+                            item.finish();
+                        }
+                    });
+            });
             object.finish();
         });
     }
@@ -281,19 +388,131 @@ impl DecisionLog {
                 .str("request.id", request.request_id)
                 .str_or_null("route.id", request.route)
                 .str("http.method", request.method)
-                .str_or_null("url.path", None)
+                .null("url.domain")
+                .null("url.path")
+                .null("url.destination")
                 .plain_with("client.ip", |out| {
                     let _ = Address(request.peer.to_canonical()).write_to(out);
                 })
-                .str_or_null("client.geo.country_iso_code", None)
-                .str_or_null("principal.id", None)
+                .null("client.geo.country_iso_code");
+            certificate(&mut object, None);
+            principal(&mut object, None, &[]);
+            object
+                .object("http.request.headers", |_| {})
                 .str("decision.reason", request.reason)
-                .str_or_null("rule.id", None)
+                .null("decision.explanation")
+                .null("rule.id")
                 .array("audit", |_| {})
-                .str_or_null("decision.micros", None)
+                .null("decision.micros")
                 .array("trace", |_| {});
             object.finish();
         });
+    }
+
+    /// The line of the request with this id, if it is among the recent decisions: those
+    /// logged but not yet written first, as they are the newest.
+    pub fn find(&self, request_id: &str) -> Option<String> {
+        if self.recent == 0 {
+            return None;
+        }
+        let needle = recent::id_needle(request_id);
+        (self.writer.shared.shards.iter())
+            .find_map(|shard| recent::find_line(&lock(&shard.0).text, &needle).map(str::to_owned))
+            .or_else(|| self.writer.shared.recent.find(request_id))
+    }
+
+    /// Up to `limit` recent lines that `filter` lets through, newest first: those the
+    /// ring holds and those logged but not yet written.
+    pub fn select(&self, filter: &Filter, limit: usize) -> Vec<String> {
+        if self.recent == 0 {
+            return Vec::new();
+        }
+        // Copied out, so that no request waits for its thread's batch while the ring is
+        // searched.
+        let pending: Vec<String> = (self.writer.shared.shards.iter())
+            .map(|shard| lock(&shard.0).text.clone())
+            .filter(|text| !text.is_empty())
+            .collect();
+        self.writer.shared.recent.select(filter, limit, &pending)
+    }
+
+    /// How many decisions the ring keeps now, and at most (`log.recent`).
+    pub fn recent_kept(&self) -> (usize, usize) {
+        (self.writer.shared.recent.len(), self.recent)
+    }
+}
+
+/// `client.certificate`: what the verified client certificate says, or `null`.
+fn certificate(object: &mut json::Object<'_>, certificate: Option<&ClientCertificate>) {
+    let Some(certificate) = certificate else {
+        object.null("client.certificate");
+        return;
+    };
+    object.object("client.certificate", |fields| {
+        fields
+            .str_or_null("subject", certificate.subject.as_deref())
+            .array("dns", |names| {
+                for name in &certificate.dns_names {
+                    names.value().str(name);
+                }
+            })
+            .array("uris", |uris| {
+                for uri in &certificate.uris {
+                    uris.value().str(uri);
+                }
+            })
+            .plain("fingerprint", &certificate.fingerprint);
+    });
+}
+
+/// The `principal.*` fields of an anonymous request, in one piece: most requests a
+/// gateway denies are anonymous.
+const ANONYMOUS: &str = "\"principal.id\":null,\"principal.issuer\":null,\"principal.roles\":[],\"principal.scopes\":[],\"principal.claims\":{}";
+
+/// `principal.*`: who called (as granted: inherited roles are the policy's to add), and
+/// the claims rules compare; `null`, `[]` and `{}` for an anonymous request.
+fn principal(object: &mut json::Object<'_>, principal: Option<&Principal>, claims: &[String]) {
+    let Some(principal) = principal else {
+        object.fields_text(ANONYMOUS);
+        return;
+    };
+    object
+        .str("principal.id", &principal.subject)
+        .str("principal.issuer", &principal.issuer)
+        .array("principal.roles", |items| {
+            for role in &principal.roles {
+                items.value().str(role);
+            }
+        })
+        .array("principal.scopes", |items| {
+            for scope in &principal.scopes {
+                items.value().str(scope);
+            }
+        })
+        .object("principal.claims", |fields| {
+            for name in claims {
+                let value = fields.data_key(name);
+                match principal.claim(name) {
+                    Some(claim) => claim_value(value, claim),
+                    None => value.null(),
+                }
+            }
+        });
+}
+
+/// A claim as JSON; one that is an object (or null) compares equal to nothing, and is
+/// written `{}`.
+fn claim_value(value: json::Value<'_>, claim: &ClaimValue) {
+    match claim {
+        ClaimValue::String(text) => value.str(text),
+        ClaimValue::Number(number) => value.number(*number),
+        ClaimValue::Bool(flag) => value.bool(*flag),
+        ClaimValue::List(items) => value.array(|array| {
+            for item in items {
+                claim_value(array.value(), item);
+            }
+        }),
+        ClaimValue::Other => value.object(|_| {}),
     }
 }
 
@@ -313,6 +532,7 @@ impl Writer {
             switch: Mutex::new(Vec::new()),
             closing: AtomicBool::new(false),
             dropped,
+            recent: Recent::default(),
         });
         let (batches, queued) = std::sync::mpsc::sync_channel::<Batch>(QUEUED);
         let thread = std::thread::Builder::new()
@@ -442,10 +662,15 @@ fn write(shared: &Shared, out: &mut Option<Out>, failing: &mut bool, batch: Batc
         shared.dropped_lines(batch.lines, "the decision log has no sink yet");
         return;
     };
-    let written = out
-        .write
+    let lines = usize::try_from(batch.lines).unwrap_or(usize::MAX);
+    let Some(write_to) = &mut out.write else {
+        shared.recent.keep(batch.text, lines);
+        return;
+    };
+    let written = write_to
         .write_all(batch.text.as_bytes())
-        .and_then(|()| out.write.flush());
+        .and_then(|()| write_to.flush());
+    shared.recent.keep(batch.text, lines);
     // One warning when writing starts failing, one when it works again.
     match written {
         Err(err) => {
@@ -535,9 +760,11 @@ mod tests {
             on_full: OnFull::Drop,
             sample_allows: 1.0,
             redact_paths: Vec::new(),
+            redact_headers: Vec::new(),
+            recent: 0,
         };
         let dropped = IntCounter::new("dropped", "dropped").unwrap();
-        let log = DecisionLog::open(&settings, None, &dropped).unwrap();
+        let log = DecisionLog::open(&settings, Recorded::default(), None, &dropped).unwrap();
         // A request that lands before the writer thread has looked at the sink it serves
         // (a slow start on a busy machine).
         std::thread::sleep(Duration::from_millis(20));
@@ -559,6 +786,8 @@ mod tests {
             on_full: OnFull::Drop,
             sample_allows: 1.0,
             redact_paths: Vec::new(),
+            redact_headers: Vec::new(),
+            recent: 0,
         };
         let dropped = IntCounter::new("dropped", "dropped").unwrap();
         // Until the writer has taken the sink a load's `serving` handed it (bounded wait).
@@ -571,11 +800,18 @@ mod tests {
             }
             panic!("the writer did not take the new sink");
         };
-        let first = DecisionLog::open(&settings("first.log"), None, &dropped).unwrap();
+        let first =
+            DecisionLog::open(&settings("first.log"), Recorded::default(), None, &dropped).unwrap();
         first.serving();
         taken(&first);
         refuse(&first, "one");
-        let second = DecisionLog::open(&settings("second.log"), Some(&first), &dropped).unwrap();
+        let second = DecisionLog::open(
+            &settings("second.log"),
+            Recorded::default(),
+            Some(&first),
+            &dropped,
+        )
+        .unwrap();
         refuse(&first, "two");
         second.serving();
         taken(&second);

@@ -3,12 +3,12 @@
 //! See ARCHITECTURE.md for the request flow and which module owns which step.
 
 pub mod admin;
+pub mod admin_client;
 pub mod app;
 pub mod cli;
 pub mod config;
 pub mod decision_log;
 pub mod geoip;
-pub mod healthcheck;
 pub mod identity;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod invariants;
@@ -17,6 +17,7 @@ pub mod key_set;
 pub mod path;
 pub mod proxy;
 pub mod reload;
+pub mod replay;
 pub mod telemetry;
 pub mod tls;
 

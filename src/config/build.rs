@@ -666,6 +666,9 @@ fn build_workers(builder: &mut Builder, raw: &str) -> Option<usize> {
     )
 }
 
+/// The most recent decisions `log.recent` may keep.
+const MAX_RECENT: usize = 1_000_000;
+
 fn build_log(builder: &mut Builder, raw: &RawLog, base_dir: &Path) -> LogSettings {
     let decisions = match raw.decisions.as_str() {
         "log" => DecisionSink::Log,
@@ -698,6 +701,26 @@ fn build_log(builder: &mut Builder, raw: &RawLog, base_dir: &Path) -> LogSetting
             redact_paths.push(glob);
         }
     }
+    let mut redact_headers = Vec::new();
+    for (index, name) in raw.redact_headers.iter().enumerate() {
+        let yaml_path = format!("log.redact_headers[{index}]");
+        let typed = http::HeaderName::from_bytes(name.as_bytes())
+            .map(|name| name.as_str().to_owned())
+            .map_err(|_| format!("\"{name}\" is not a header name"));
+        if let Some(name) = builder.typed(&yaml_path, typed) {
+            redact_headers.push(name);
+        }
+    }
+    let recent = usize::try_from(raw.recent)
+        .ok()
+        .filter(|recent| *recent <= MAX_RECENT)
+        .unwrap_or_else(|| {
+            builder.error(
+                "log.recent",
+                format!("{} is more recent decisions than the {MAX_RECENT} kept at most; 10000 (the default) is plenty for looking up a request id", raw.recent),
+            );
+            MAX_RECENT
+        });
     LogSettings {
         decisions,
         on_full: match raw.on_full {
@@ -706,6 +729,8 @@ fn build_log(builder: &mut Builder, raw: &RawLog, base_dir: &Path) -> LogSetting
         },
         sample_allows: sample_allows.clamp(0.0, 1.0),
         redact_paths,
+        redact_headers,
+        recent,
     }
 }
 

@@ -82,6 +82,10 @@ pub struct LogSettings {
     pub sample_allows: f64,
     /// Globs whose captured segments the decision log leaves out.
     pub redact_paths: Vec<crate::policy::PathGlob>,
+    /// Header names (lower-case) whose values the decision log leaves out.
+    pub redact_headers: Vec<String>,
+    /// How many recent decisions the admin listener keeps.
+    pub recent: usize,
 }
 
 /// Where decision lines go.

@@ -76,6 +76,15 @@ pub struct RawLog {
     /// decision log writes `{name}` in their place. "/reset/{token}", "/invites/*/{code}".
     #[serde(default)]
     pub redact_paths: Vec<String>,
+    /// Request headers that rules read whose values the decision log leaves out
+    /// ("x-session-hint"). Credential headers and cookies are never logged.
+    #[serde(default)]
+    pub redact_headers: Vec<String>,
+    /// How many recent decisions the admin listener keeps for `GET /decisions` and
+    /// `portcullis why`, in memory: 0 keeps none.
+    #[serde(default = "default_recent")]
+    #[schemars(range(min = 0, max = 1_000_000))]
+    pub recent: u64,
 }
 
 impl Default for RawLog {
@@ -85,8 +94,14 @@ impl Default for RawLog {
             on_full: RawOnFull::default(),
             sample_allows: default_sample_allows(),
             redact_paths: Vec::new(),
+            redact_headers: Vec::new(),
+            recent: default_recent(),
         }
     }
+}
+
+fn default_recent() -> u64 {
+    10_000
 }
 
 fn default_workers() -> String {

@@ -255,7 +255,12 @@ async fn pipeline<'p>(
     if let Err(rejection) = &identified
         && rejection.is_malformed_request()
     {
-        return Err(fail(ProxyError::BadRequest(rejection.to_string())));
+        // Refused before deciding, such as for two credentials: logged as an error.
+        return Err(Failure {
+            route: Some(&route.id),
+            error: ProxyError::BadRequest(rejection.to_string()),
+            decided: false,
+        });
     }
     let principal = identified.as_ref().ok().and_then(Option::as_deref);
     let (decision, took) = match &identified {
@@ -269,10 +274,14 @@ async fn pipeline<'p>(
         request_id,
         route: &route.id.0,
         method: parts.method.as_str(),
+        host: admitted.authority.host.as_deref(),
         path: &admitted.path,
+        destination: (admitted.destination.as_ref()).map(|destination| destination.path.as_str()),
         client_ip: admitted.client_ip,
         country: admitted.located.country(),
+        client_cert,
         principal,
+        headers: &parts.headers,
     };
     proxy.decision_log.decided(&decided, &decision, took);
     if !decision.is_allowed() {

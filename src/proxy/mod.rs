@@ -92,7 +92,7 @@ use bytes::Bytes;
 use prometheus::IntCounter;
 
 use crate::config::{Config, DenialSettings, Limits, ListenerSettings};
-use crate::decision_log::DecisionLog;
+use crate::decision_log::{DecisionLog, Recorded};
 use crate::geoip::{Geo, Located, LookupResult};
 use crate::identity::Identity;
 use crate::policy::PolicySet;
@@ -140,6 +140,7 @@ impl Load {
     ) -> Result<Load, String> {
         let decision_log = DecisionLog::open(
             &config.log,
+            Recorded::of(config),
             previous.map(|previous| &*previous.decision_log),
             &metrics.decision_log_dropped,
         )?;

@@ -1,6 +1,7 @@
 //! A synthetic request decided offline, for `portcullis explain` and `portcullis test`:
 //! the same normalization, routing and policy as a live request, without sockets.
 
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -182,6 +183,53 @@ pub fn decide(
     geo: &Arc<Geo>,
     request: &Synthetic<'_>,
 ) -> Offline {
+    let geo = match request.country {
+        Some(country) => Arc::new(Geo::fixed(country, config.geoip.as_ref())),
+        None => Arc::clone(geo),
+    };
+    decide_admitting(config, &Admission::new(config, geo), identity, request)
+}
+
+/// Decides many synthetic requests under one config as [`decide`] does, with what
+/// admission needs built once for each country named rather than once per request.
+/// A request that names no country has none: no database is read.
+pub struct Batch<'c> {
+    config: &'c Config,
+    identity: &'c Identity,
+    admissions: HashMap<Option<Country>, Admission>,
+}
+
+impl<'c> Batch<'c> {
+    /// A batch under `config`, whose callers are verified with `identity`.
+    pub fn new(config: &'c Config, identity: &'c Identity) -> Batch<'c> {
+        Batch {
+            config,
+            identity,
+            admissions: HashMap::new(),
+        }
+    }
+
+    /// Decides one request.
+    pub fn decide(&mut self, request: &Synthetic<'_>) -> Offline {
+        let config = self.config;
+        let admission = self.admissions.entry(request.country).or_insert_with(|| {
+            let geo = match request.country {
+                Some(country) => Geo::fixed(country, config.geoip.as_ref()),
+                None => Geo::default(),
+            };
+            Admission::new(config, Arc::new(geo))
+        });
+        decide_admitting(config, admission, self.identity, request)
+    }
+}
+
+/// Decides `request` through `admission`, which is `config`'s.
+fn decide_admitting(
+    config: &Config,
+    admission: &Admission,
+    identity: &Identity,
+    request: &Synthetic<'_>,
+) -> Offline {
     let Synthetic {
         method,
         url,
@@ -189,7 +237,7 @@ pub fn decide(
         headers,
         caller,
         client_cert,
-        country,
+        country: _,
     } = *request;
     let refused = |client_ip: IpAddr, route: Option<RouteId>, err: ProxyError| Offline {
         route,
@@ -246,11 +294,6 @@ pub fn decide(
     // gateway leaves them out of every request it reads, and so does this one.
     super::forward::remove_hop_by_hop(&mut parts.headers);
 
-    let geo = match country {
-        Some(country) => Arc::new(Geo::fixed(country, config.geoip.as_ref())),
-        None => Arc::clone(geo),
-    };
-    let admission = Admission::new(config, geo);
     let head = Head {
         method: &parts.method,
         uri: &parts.uri,

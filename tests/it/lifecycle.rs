@@ -21,6 +21,8 @@ struct Process {
     admin: SocketAddr,
     /// Every log line the process wrote, as it arrives.
     log: Arc<Mutex<Vec<String>>>,
+    /// Every line the process wrote to stdout, as it arrives.
+    out: Arc<Mutex<Vec<String>>>,
 }
 
 impl Process {
@@ -37,10 +39,19 @@ impl Process {
     /// bound, reading their addresses from its log, JSON or text.
     fn spawn(mut command: Command) -> Process {
         let mut child = command
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let out = Arc::new(Mutex::new(Vec::new()));
+        let out_lines = out.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                out_lines.lock().unwrap().push(line);
+            }
+        });
         let stderr = child.stderr.take().unwrap();
         let (sender, receiver) = std::sync::mpsc::channel();
         let log = Arc::new(Mutex::new(Vec::new()));
@@ -71,14 +82,21 @@ impl Process {
             addr: addr.unwrap(),
             admin: admin.unwrap(),
             log,
+            out,
         }
     }
 
-    /// The decision-log lines so far, once there are at least `count` (bounded wait).
+    /// The decision-log lines on stderr so far, once there are at least `count` (bounded
+    /// wait).
     fn decisions(&self, count: usize) -> Vec<serde_json::Value> {
+        Process::decisions_in(&self.log, count)
+    }
+
+    /// The decision-log lines among `lines` so far, once there are at least `count`
+    /// (bounded wait).
+    fn decisions_in(lines: &Mutex<Vec<String>>, count: usize) -> Vec<serde_json::Value> {
         for _ in 0..200 {
-            let found: Vec<serde_json::Value> = self
-                .log
+            let found: Vec<serde_json::Value> = lines
                 .lock()
                 .unwrap()
                 .iter()
@@ -524,6 +542,39 @@ async fn every_request_gets_one_decision_log_line_without_secrets() {
         !text.contains("secret-token") && !text.contains("key-secret"),
         "{text}"
     );
+}
+
+#[tokio::test]
+async fn decision_lines_on_stdout_have_the_same_fields() {
+    let up = TestUpstream::start("app").await;
+    let scratch = Scratch::with_allow_all();
+    let config = scratch.write(
+        "gw.yaml",
+        &process_config(&up.url(), "log: { decisions: stdout }\n"),
+    );
+    let process = Process::start(&config);
+    client()
+        .request(get(&format!("http://{}/a", process.addr)))
+        .await
+        .unwrap();
+    raw_exchange(
+        process.addr,
+        b"GET /a%2fb HTTP/1.1\r\nHost: x\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .await;
+    let (decisions, on_stderr) = tokio::task::spawn_blocking(move || {
+        let decisions = Process::decisions_in(&process.out, 2);
+        let on_stderr = (process.log.lock().unwrap().iter())
+            .filter(|line| line.contains("decision.reason"))
+            .count();
+        (decisions, on_stderr)
+    })
+    .await
+    .unwrap();
+    assert_eq!(decisions.len(), 2, "{decisions:#?}");
+    decisions.iter().for_each(assert_decision_log_fields);
+    assert_eq!(on_stderr, 0, "decision lines go to stdout only");
 }
 
 #[tokio::test]

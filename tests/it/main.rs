@@ -17,6 +17,8 @@
 //! - `config_errors`: every config error names file, line, column and YAML path.
 //! - `denials`: 403s at each detail level, the HTML page, decision metrics.
 //! - `decision_log`: decision lines in a file, sampled allows.
+//! - `decisions`: what a line records, `GET /decisions` and `portcullis why`, and
+//!   `portcullis replay` of a recorded log against candidate configs.
 //! - `identity`: API keys, 401 versus 403, identity headers upstream.
 //! - `jwt`: tokens against a JWKS file: every way a token is refused, `explain --token`.
 //! - `jwks`: key sets over HTTP(S): RSA and HMAC, rotation, rate limit, outages.
@@ -41,6 +43,7 @@ mod bypass;
 mod client_wire;
 mod config_errors;
 mod decision_log;
+mod decisions;
 mod denials;
 mod deploy;
 mod forwarding;

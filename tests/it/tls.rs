@@ -14,7 +14,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::support::{
-    ALLOW_ALL, Scratch, TestGateway, TestUpstream, config, metric, raw_until_closed, settled_metric,
+    ALLOW_ALL, Scratch, TestGateway, TestUpstream, assert_decision_log_fields, config, metric,
+    raw_until_closed, settled_metric,
 };
 
 /// A CA that signs server (and client) certificates for a test.
@@ -764,7 +765,7 @@ async fn mtls_rules_and_certificate_callers_decide_and_the_upstream_hears_the_ce
     when: { roles: { any: [service] } }
 ",
     );
-    let yaml = config(&[up.url()], "").replace(
+    let yaml = config(&[up.url()], "log: { decisions: decisions.log }\n").replace(
         "listen: [{ addr: 127.0.0.1:0 }]",
         "listen: [{ addr: 127.0.0.1:0, tls: { cert: server.pem, key: server.key, client_ca: clients.pem } }]",
     );
@@ -839,6 +840,58 @@ async fn mtls_rules_and_certificate_callers_decide_and_the_upstream_hears_the_ce
         ),
         2.0
     );
+
+    // The decision log records the verified certificate, as the schema says.
+    let mut lines: Vec<serde_json::Value> = Vec::new();
+    for _ in 0..100 {
+        lines = std::fs::read_to_string(gw.file("decisions.log"))
+            .unwrap_or_default()
+            .lines()
+            .map(|line| serde_json::from_str(line).expect("each line is JSON"))
+            .collect();
+        if lines.len() >= 5 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(lines.len(), 5, "{lines:#?}");
+    lines.iter().for_each(assert_decision_log_fields);
+    // Lines of requests on different workers may be written in either order.
+    let first = (lines.iter())
+        .find(|line| line["url.path"] == "/billing/invoices" && line["decision"] == "allow")
+        .expect("the billing service's request is logged");
+    assert_eq!(first["principal.id"], "billing-service");
+    assert_eq!(first["principal.issuer"], "client_cert");
+    let certificate = &first["client.certificate"];
+    assert_eq!(certificate["subject"], "billing");
+    assert_eq!(
+        certificate["uris"],
+        serde_json::json!(["spiffe://example.org/ns/billing/sa/api"])
+    );
+    assert_eq!(certificate["fingerprint"], fingerprint);
+    let anonymous = (lines.iter())
+        .filter(|line| line["client.certificate"].is_null())
+        .count();
+    assert_eq!(anonymous, 1, "only the request without a certificate");
+
+    // Replayed, a certificate's caller is identified again by the candidate's
+    // identity.client_certs: the same config decides every line as before.
+    let replayed = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+            .arg("replay")
+            .arg("-c")
+            .arg(&path)
+            .args(["--format", "json", "--fail-on", "any"])
+            .arg(gw.file("decisions.log"))
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&replayed.stdout).unwrap();
+    assert!(replayed.status.success(), "{report:#}");
+    assert_eq!(report["replayed"], 5, "{report:#}");
+    assert_eq!(report["unchanged"], 5, "{report:#}");
 }
 
 /// An HTTPS upstream on loopback, closing after every answer so that every request makes

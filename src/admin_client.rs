@@ -1,5 +1,6 @@
-//! `portcullis healthcheck`: asks a running gateway's admin listener whether it is ready.
-//! Container images without curl (ours has no shell either) run it as their health check.
+//! Asking a running gateway's admin listener: whether it is ready (`portcullis
+//! healthcheck`, which container images without curl run as their health check; ours has
+//! no shell either), and for one decision (`portcullis why`).
 //!
 //! Plain blocking std I/O: one short exchange, bounded by a deadline, needs no runtime.
 
@@ -7,20 +8,57 @@ use std::io::{Read as _, Write as _};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream, ToSocketAddrs as _};
 use std::time::{Duration, Instant};
 
-use crate::admin::READY_PATH;
+use crate::admin::{DECISIONS_PATH, READY_PATH};
 
-/// The most of an answer read: `/readyz` answers a line; anything longer is cut.
-const MAX_ANSWER: u64 = 16 * 1024;
+/// The most of an answer read: anything longer is cut. `/readyz` answers a line, a
+/// decision a line of a few KiB.
+const MAX_ANSWER: u64 = 1024 * 1024;
 
 /// Asks `GET /readyz` of the admin listener at `admin` (`host:port`), giving up after
 /// `timeout`. Ok with the answer's text when it is `200`; otherwise an error that says
 /// what was asked and what came back (or did not).
-pub fn check(admin: &str, timeout: Duration) -> Result<String, String> {
+pub fn ready(admin: &str, timeout: Duration) -> Result<String, String> {
+    let (url, status, body) = get(admin, READY_PATH, timeout)?;
+    if status == 200 {
+        Ok(body)
+    } else {
+        Err(format!("{url} answered {status}: {body}"))
+    }
+}
+
+/// Asks `GET /decisions/{request_id}`: Ok with the decision-log line (JSON), or an error
+/// that says why there is none.
+pub fn decision(admin: &str, request_id: &str, timeout: Duration) -> Result<String, String> {
+    let escaped: String = request_id
+        .bytes()
+        .map(|byte| match byte {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                char::from(byte).to_string()
+            }
+            _ => format!("%{byte:02X}"),
+        })
+        .collect();
+    let (url, status, body) = get(admin, &format!("{DECISIONS_PATH}/{escaped}"), timeout)?;
+    match status {
+        200 => Ok(body),
+        _ => {
+            // The admin listener says why in JSON; anything else is shown as it came.
+            let error = serde_json::from_str::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|answer| answer["error"].as_str().map(str::to_owned))
+                .unwrap_or(body);
+            Err(format!("{url} answered {status}: {error}"))
+        }
+    }
+}
+
+/// `GET path` of the admin listener at `admin`: the URL asked, the status and the body.
+fn get(admin: &str, path: &str, timeout: Duration) -> Result<(String, u16, String), String> {
     let deadline = Instant::now() + timeout;
-    let (addr, mut stream) = connect(admin, deadline, timeout)?;
-    let url = format!("http://{addr}{READY_PATH}");
+    let (addr, mut stream) = connect(admin, path, deadline, timeout)?;
+    let url = format!("http://{addr}{path}");
     let request = format!(
-        "GET {READY_PATH} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: portcullis-healthcheck\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: portcullis\r\nConnection: close\r\n\r\n"
     );
     stream
         .set_write_timeout(Some(remaining(deadline, &url, timeout)?))
@@ -56,24 +94,21 @@ pub fn check(admin: &str, timeout: Duration) -> Result<String, String> {
             String::from_utf8_lossy(&answer[..answer.len().min(80)])
         )
     })?;
-    if status == 200 {
-        Ok(body)
-    } else {
-        Err(format!("{url} answered {status}: {body}"))
-    }
+    Ok((url, status, body))
 }
 
 /// Connects to the first address `admin` names that accepts (`localhost` may name `::1`
 /// before `127.0.0.1`, and the admin listener may listen on only one of them).
 fn connect(
     admin: &str,
+    path: &str,
     deadline: Instant,
     timeout: Duration,
 ) -> Result<(SocketAddr, TcpStream), String> {
     let addrs = resolve(admin)?;
     let mut failures = Vec::new();
     for addr in addrs {
-        let left = remaining(deadline, &format!("http://{addr}{READY_PATH}"), timeout)?;
+        let left = remaining(deadline, &format!("http://{addr}{path}"), timeout)?;
         match TcpStream::connect_timeout(&addr, left) {
             Ok(stream) => return Ok((addr, stream)),
             Err(err) => failures.push(format!("{addr}: {err}")),
