@@ -259,7 +259,7 @@ fn decisions(state: &AdminState, query: &str) -> Response<Full<Bytes>> {
     let mut limit = DEFAULT_LIMIT;
     for pair in query.split('&').filter(|pair| !pair.is_empty()) {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        let value = percent_decoded(value).into_owned();
+        let value = crate::path::form_decoded(value).into_owned();
         match key {
             "decision" => filter.decision = Some(value),
             "reason" => filter.reason = Some(value),
@@ -293,42 +293,6 @@ fn decisions(state: &AdminState, query: &str) -> Response<Full<Bytes>> {
         lines.len()
     ));
     json_text(StatusCode::OK, body.into_bytes())
-}
-
-/// `text` with its `%XX` escapes decoded (and `+` as a space, as forms write it); an
-/// escape that is not one, or bytes that are not UTF-8, are kept as they are.
-fn percent_decoded(text: &str) -> std::borrow::Cow<'_, str> {
-    if !text.contains(['%', '+']) {
-        return std::borrow::Cow::Borrowed(text);
-    }
-    let bytes = text.as_bytes();
-    let mut decoded = Vec::with_capacity(bytes.len());
-    let mut at = 0;
-    while at < bytes.len() {
-        let escaped = (bytes[at] == b'%')
-            .then(|| bytes.get(at + 1..at + 3))
-            .flatten()
-            .and_then(|hex| std::str::from_utf8(hex).ok())
-            .and_then(|hex| u8::from_str_radix(hex, 16).ok());
-        match (escaped, bytes[at]) {
-            (Some(byte), _) => {
-                decoded.push(byte);
-                at += 3;
-            }
-            (None, b'+') => {
-                decoded.push(b' ');
-                at += 1;
-            }
-            (None, byte) => {
-                decoded.push(byte);
-                at += 1;
-            }
-        }
-    }
-    match String::from_utf8(decoded) {
-        Ok(decoded) => std::borrow::Cow::Owned(decoded),
-        Err(_) => std::borrow::Cow::Borrowed(text),
-    }
 }
 
 /// `POST /explain`: what `portcullis explain --json` answers, for a request described in

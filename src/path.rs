@@ -1,6 +1,9 @@
 //! Canonical request paths: one spelling for every way of writing the same path, and a
 //! refusal for paths that servers read in different ways.
 //!
+//! Also the form decoding of a query component, for the few query parameters the
+//! gateway reads itself (a token's, the admin listener's filters).
+//!
 //! Pure string work, shared by the proxy (which routes on and forwards the canonical path),
 //! config (route prefixes must already be canonical) and, later, policy path globs.
 
@@ -236,9 +239,52 @@ fn canonical_segment(raw: &str) -> Result<String, &'static str> {
     Ok(out)
 }
 
+/// A query component as a form decoder reads it: `%XX` escapes decoded, `+` a space.
+/// Invalid escapes stay as written, and bytes that do not make UTF-8 are replaced.
+pub fn form_decoded(text: &str) -> Cow<'_, str> {
+    if !text.contains(['%', '+']) {
+        return Cow::Borrowed(text);
+    }
+    let bytes = text.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut at = 0;
+    while at < bytes.len() {
+        let hex = |offset: usize| {
+            bytes
+                .get(at + offset)
+                .and_then(|byte| (*byte as char).to_digit(16))
+        };
+        match bytes[at] {
+            b'%' if let (Some(high), Some(low)) = (hex(1), hex(2)) => {
+                // Two hex digits make at most 255.
+                decoded.push(u8::try_from(high * 16 + low).unwrap_or(b'%'));
+                at += 3;
+            }
+            b'+' => {
+                decoded.push(b' ');
+                at += 1;
+            }
+            byte => {
+                decoded.push(byte);
+                at += 1;
+            }
+        }
+    }
+    Cow::Owned(String::from_utf8_lossy(&decoded).into_owned())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn form_decoding_reads_escapes_and_pluses_and_keeps_the_rest() {
+        assert_eq!(form_decoded("missing_scope"), "missing_scope");
+        assert_eq!(form_decoded("a+b%2Fc%3d"), "a b/c=");
+        assert_eq!(form_decoded("100%"), "100%");
+        assert_eq!(form_decoded("%zz%4"), "%zz%4");
+        assert_eq!(form_decoded("%ff"), "\u{fffd}");
+    }
 
     fn canonical_of(raw: &str) -> String {
         canonical(raw)

@@ -383,44 +383,10 @@ fn token_in(
                 .unwrap_or("")
                 .split('&')
                 .filter_map(|pair| pair.split_once('='))
-                .filter(|(name, _)| form_decode(name) == parameter.as_str())
-                .map(|(_, value)| form_decode(value).into_owned()),
+                .filter(|(name, _)| crate::path::form_decoded(name) == parameter.as_str())
+                .map(|(_, value)| crate::path::form_decoded(value).into_owned()),
         ),
     }
-}
-
-/// A query component as a form decoder reads it: `%XX` escapes decoded, `+` a space.
-/// Invalid escapes stay as written, and bytes that do not make UTF-8 are replaced.
-fn form_decode(text: &str) -> std::borrow::Cow<'_, str> {
-    if !text.contains(['%', '+']) {
-        return std::borrow::Cow::Borrowed(text);
-    }
-    let bytes = text.as_bytes();
-    let mut decoded = Vec::with_capacity(bytes.len());
-    let mut at = 0;
-    while at < bytes.len() {
-        let hex = |offset: usize| {
-            bytes
-                .get(at + offset)
-                .and_then(|byte| (*byte as char).to_digit(16))
-        };
-        match bytes[at] {
-            b'%' if let (Some(high), Some(low)) = (hex(1), hex(2)) => {
-                // Two hex digits make at most 255.
-                decoded.push(u8::try_from(high * 16 + low).unwrap_or(b'%'));
-                at += 3;
-            }
-            b'+' => {
-                decoded.push(b' ');
-                at += 1;
-            }
-            byte => {
-                decoded.push(byte);
-                at += 1;
-            }
-        }
-    }
-    std::borrow::Cow::Owned(String::from_utf8_lossy(&decoded).into_owned())
 }
 
 /// The `iss` of a token, before its signature is checked.

@@ -12,21 +12,9 @@ const POLICY: &str = "rules:\n  - { id: allow-a, effect: allow, match: { paths: 
 /// The log's lines once it has `count` (a writer thread writes them: waits at most 5 s),
 /// after a moment for any line beyond them to show.
 async fn lines(gw: &TestGateway, count: usize) -> Vec<serde_json::Value> {
-    let read = || -> Vec<serde_json::Value> {
-        std::fs::read_to_string(gw.file("decisions.log"))
-            .unwrap_or_default()
-            .lines()
-            .map(|line| serde_json::from_str(line).expect("each line is JSON"))
-            .collect()
-    };
-    for _ in 0..100 {
-        if read().len() >= count {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    decision_lines(gw, count).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
-    read()
+    decision_lines(gw, 0).await
 }
 
 #[tokio::test]

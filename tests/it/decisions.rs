@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair};
-use http::{Method, Request, StatusCode};
+use http::{Method, StatusCode};
 
 use crate::support::*;
 
@@ -116,37 +116,12 @@ async fn send(
     path: &str,
     headers: &[(&str, &str)],
 ) -> (StatusCode, String) {
-    let mut request = Request::builder().method(method).uri(gw.url(path));
-    for (name, value) in headers {
-        request = request.header(*name, *value);
-    }
-    let response = client()
-        .request(request.body(ClientBody::default()).unwrap())
-        .await
-        .unwrap();
+    let response = send_request(method, &gw.url(path), headers).await;
     let id = response.headers()["x-request-id"]
         .to_str()
         .unwrap()
         .to_owned();
     (response.status(), id)
-}
-
-/// The decision log's lines once it has `count` (bounded wait).
-async fn logged(gw: &TestGateway, count: usize) -> Vec<serde_json::Value> {
-    let read = || -> Vec<serde_json::Value> {
-        std::fs::read_to_string(gw.file("decisions.log"))
-            .unwrap_or_default()
-            .lines()
-            .map(|line| serde_json::from_str(line).expect("each line is JSON"))
-            .collect()
-    };
-    for _ in 0..100 {
-        if read().len() >= count {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    read()
 }
 
 /// The line of `id` among `lines`.
@@ -206,7 +181,7 @@ async fn a_line_holds_what_deciding_again_needs_and_never_a_credential() {
     let (status, _) = send(&gw, Method::GET, "/a%2fb", &[]).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
 
-    let lines = logged(&gw, 5).await;
+    let lines = decision_lines(&gw, 5).await;
     assert_eq!(lines.len(), 5, "{lines:#?}");
     lines.iter().for_each(assert_decision_log_fields);
 
@@ -460,7 +435,7 @@ async fn replay_says_what_a_policy_change_would_change() {
     let (status, _) = send(&gw, Method::GET, "/public/reset/s3cret", &[]).await;
     assert_eq!(status, StatusCode::OK);
     sent += 3;
-    let lines = logged(&gw, sent).await;
+    let lines = decision_lines(&gw, sent).await;
     assert_eq!(lines.len(), sent);
     let written = std::fs::read_to_string(gw.file("decisions.log")).unwrap();
     assert!(written.contains("\"/public/reset/{token}\""), "{written}");

@@ -84,14 +84,7 @@ fn database_metric(metrics: &str, name: &str, database: &str) -> f64 {
 
 /// `GET path` with `headers`: its status, reason and body.
 async fn send(gw: &TestGateway, path: &str, headers: &[(&str, &str)]) -> (u16, String, String) {
-    let mut request = http::Request::get(gw.url(path));
-    for (name, value) in headers {
-        request = request.header(*name, *value);
-    }
-    let response = client()
-        .request(request.body(ClientBody::default()).unwrap())
-        .await
-        .unwrap();
+    let response = send_request(http::Method::GET, &gw.url(path), headers).await;
     let status = response.status().as_u16();
     let reason = (response.headers().get("x-portcullis-reason"))
         .map_or("allowed", |value| value.to_str().unwrap())

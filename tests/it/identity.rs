@@ -2,7 +2,7 @@
 //! headers, role inheritance, and the identity headers the upstream gets (and that a
 //! client can never set).
 
-use http::{Request, StatusCode};
+use http::StatusCode;
 use http_body_util::BodyExt;
 
 use crate::support::*;
@@ -41,14 +41,7 @@ async fn gateway() -> (TestUpstream, TestGateway) {
 }
 
 async fn send(url: &str, headers: &[(&str, &str)]) -> (StatusCode, http::HeaderMap, String) {
-    let mut request = Request::get(url);
-    for (name, value) in headers {
-        request = request.header(*name, *value);
-    }
-    let response = client()
-        .request(request.body(ClientBody::default()).unwrap())
-        .await
-        .unwrap();
+    let response = send_request(http::Method::GET, url, headers).await;
     let status = response.status();
     let headers = response.headers().clone();
     let body = response.into_body().collect().await.unwrap().to_bytes();

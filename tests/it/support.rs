@@ -195,6 +195,25 @@ pub fn config(targets: &[String], extra: &str) -> String {
     )
 }
 
+/// The lines of the gateway's `decisions.log` (beside its config) once there are `count`;
+/// a writer thread writes them, so this waits, at most 5 s.
+pub async fn decision_lines(gw: &TestGateway, count: usize) -> Vec<serde_json::Value> {
+    let read = || -> Vec<serde_json::Value> {
+        std::fs::read_to_string(gw.file("decisions.log"))
+            .unwrap_or_default()
+            .lines()
+            .map(|line| serde_json::from_str(line).expect("each line is JSON"))
+            .collect()
+    };
+    for _ in 0..100 {
+        if read().len() >= count {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    read()
+}
+
 /// Asserts that a decision-log line satisfies `portcullis schema decision-log`.
 pub fn assert_decision_log_fields(line: &serde_json::Value) {
     let schema = portcullis::decision_log::schema();
@@ -544,6 +563,22 @@ pub fn client() -> Client<HttpConnector, ClientBody> {
 /// A GET request for `url`.
 pub fn get(url: &str) -> Request<ClientBody> {
     Request::get(url).body(Empty::new().boxed()).unwrap()
+}
+
+/// Sends `method url` with `headers` and no body, on a new connection.
+pub async fn send_request(
+    method: http::Method,
+    url: &str,
+    headers: &[(&str, &str)],
+) -> Response<Incoming> {
+    let mut request = http::Request::builder().method(method).uri(url);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    client()
+        .request(request.body(ClientBody::default()).unwrap())
+        .await
+        .unwrap()
 }
 
 /// Reads a whole response body as text.

@@ -14,8 +14,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::support::{
-    ALLOW_ALL, Scratch, TestGateway, TestUpstream, assert_decision_log_fields, config, metric,
-    raw_until_closed, settled_metric,
+    ALLOW_ALL, Scratch, TestGateway, TestUpstream, assert_decision_log_fields, config,
+    decision_lines, metric, raw_until_closed, settled_metric,
 };
 
 /// A CA that signs server (and client) certificates for a test.
@@ -842,18 +842,7 @@ async fn mtls_rules_and_certificate_callers_decide_and_the_upstream_hears_the_ce
     );
 
     // The decision log records the verified certificate, as the schema says.
-    let mut lines: Vec<serde_json::Value> = Vec::new();
-    for _ in 0..100 {
-        lines = std::fs::read_to_string(gw.file("decisions.log"))
-            .unwrap_or_default()
-            .lines()
-            .map(|line| serde_json::from_str(line).expect("each line is JSON"))
-            .collect();
-        if lines.len() >= 5 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let lines = decision_lines(&gw, 5).await;
     assert_eq!(lines.len(), 5, "{lines:#?}");
     lines.iter().for_each(assert_decision_log_fields);
     // Lines of requests on different workers may be written in either order.
