@@ -8,6 +8,9 @@
 # The deny rows send /admin/bench, which the demo policy denies, against nginx answering
 # `return 403` with a small JSON body itself.
 #
+# Rows without a log set `log.recent: 0` too, so that no decision-log line is made at all;
+# the log rows keep the default ring of recent decisions, as a default deployment does.
+#
 # The xff and country rows come as from a trusted proxy, with X-Forwarded-For naming a
 # public address: the demo policy, then the demo policy with a country rule and the
 # public country database (.ci/geoip-database.sh), so that every request is looked up.
@@ -87,7 +90,7 @@ admin: { addr: 127.0.0.1:$ADMIN_PORT }
 upstreams: { app: { targets: ["http://127.0.0.1:$UPSTREAM_PORT"] } }
 routes: [{ id: all, upstream: app }]
 policy: { files: ["$variant-policies/*.yaml"] }
-log: { decisions: off }
+log: { decisions: off, recent: 0 }   # no decision record at all
 CONF
 done
 # The demo policy has a rule for API-key callers, the jwt variant needs the demo token

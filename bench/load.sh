@@ -190,6 +190,9 @@ nginx_conf proxy-tls off "$(proxy_server $NGINX_TLS_PORT ssl "ssl_certificate $W
 nginx_conf proxy-log on "$(proxy_server $NGINX_LOG_PORT)"
 
 portcullis_conf() { # name, port, admin port, policy files, decision log, [listener's TLS], [network section]
+    # Rows without the log keep no recent decisions either: no line is made at all.
+    local recent=""
+    if [ "$5" = off ]; then recent=", recent: 0"; fi
     cat > "$WORK/$1.yaml" <<CONF
 listen: [{ addr: 127.0.0.1:$2${6:+, tls: $6} }]
 admin: { addr: 127.0.0.1:$3 }
@@ -199,7 +202,7 @@ upstreams:
 routes:
   - { id: all, path_prefix: /, upstream: app }
 policy: { files: [$4] }
-log: { decisions: $5 }
+log: { decisions: $5$recent }
 ${7:+network: $7}
 CONF
 }
