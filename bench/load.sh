@@ -101,14 +101,7 @@ cargo build --release --quiet --locked
 BINARY=target/release/portcullis
 GEOIP_DATABASE=$(bash .ci/geoip-database.sh)
 
-WORK=$(mktemp -d)
-PIDS=()
-cleanup() {
-    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
+scratch_and_servers
 
 # The block list: 1,000 /24 networks in 10.0.0.0/8, as policy lines and as nginx geo lines.
 for i in $(seq 0 999); do echo "10.$((i / 250)).$((i % 250)).0/24"; done >"$WORK/blocklist.txt"

@@ -25,14 +25,7 @@ need python3 python3
 
 cargo build --release --quiet --locked
 BINARY=$PWD/target/release/portcullis
-WORK=$(mktemp -d)
-PIDS=()
-cleanup() {
-    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
+scratch_and_servers
 # Each connection is a socket in the clients' process and one in the proxy's.
 ulimit -n "$(ulimit -Hn)"
 FILES=$(ulimit -n)
