@@ -451,16 +451,8 @@ fn certificate(object: &mut json::Object<'_>, certificate: Option<&ClientCertifi
     object.object("client.certificate", |fields| {
         fields
             .str_or_null("subject", certificate.subject.as_deref())
-            .array("dns", |names| {
-                for name in &certificate.dns_names {
-                    names.value().str(name);
-                }
-            })
-            .array("uris", |uris| {
-                for uri in &certificate.uris {
-                    uris.value().str(uri);
-                }
-            })
+            .strs("dns", certificate.dns_names.iter().map(String::as_str))
+            .strs("uris", certificate.uris.iter().map(String::as_str))
             .plain("fingerprint", &certificate.fingerprint);
     });
 }
@@ -479,16 +471,14 @@ fn principal(object: &mut json::Object<'_>, principal: Option<&Principal>, claim
     object
         .str("principal.id", &principal.subject)
         .str("principal.issuer", &principal.issuer)
-        .array("principal.roles", |items| {
-            for role in &principal.roles {
-                items.value().str(role);
-            }
-        })
-        .array("principal.scopes", |items| {
-            for scope in &principal.scopes {
-                items.value().str(scope);
-            }
-        })
+        .strs(
+            "principal.roles",
+            principal.roles.iter().map(String::as_str),
+        )
+        .strs(
+            "principal.scopes",
+            principal.scopes.iter().map(String::as_str),
+        )
         .object("principal.claims", |fields| {
             for name in claims {
                 let value = fields.data_key(name);

@@ -144,6 +144,16 @@ impl<'a> Object<'a> {
         self
     }
 
+    /// `"key": ["…", …]`, an array of the strings `items`.
+    #[inline(always)]
+    pub fn strs<'i>(&mut self, key: &str, items: impl IntoIterator<Item = &'i str>) -> &mut Self {
+        self.array(key, |array| {
+            for item in items {
+                array.value().str(item);
+            }
+        })
+    }
+
     /// `"key": null`.
     #[inline(always)]
     pub fn null(&mut self, key: &str) -> &mut Self {
@@ -460,7 +470,8 @@ mod tests {
                 fields.null("gone");
                 fields.data_key("a \"claim\"").number(3.0);
             })
-            .fields_text("\"constant\":null,\"run\":{}");
+            .fields_text("\"constant\":null,\"run\":{}")
+            .strs("names", ["a", "b\""]);
         object.finish();
         let read: serde_json::Value = serde_json::from_str(&out).unwrap();
         assert_eq!(
@@ -483,6 +494,7 @@ mod tests {
                 "nested": { "first": [], "gone": null, "a \"claim\"": 3 },
                 "constant": null,
                 "run": {},
+                "names": ["a", "b\""],
             })
         );
     }

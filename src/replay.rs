@@ -16,9 +16,7 @@ use serde::Deserialize;
 
 use crate::config::Config;
 use crate::identity::Identity;
-use crate::policy::{
-    ClaimValue, ClientCertificate, Condition, Country, Principal, REFUSED_CREDENTIAL_CODES,
-};
+use crate::policy::{ClientCertificate, Condition, Country, Principal, REFUSED_CREDENTIAL_CODES};
 use crate::proxy::offline::{Batch, Caller, Synthetic, Verdict};
 
 /// Request ids kept as examples of each group of changes.
@@ -313,7 +311,7 @@ impl<'c> Replay<'c> {
                 scopes: line.scopes.clone(),
                 claims: (line.claims.iter())
                     .filter(|(_, value)| !value.is_null())
-                    .map(|(name, value)| (name.clone(), claim(value)))
+                    .map(|(name, value)| (name.clone(), crate::identity::claim_value(value)))
                     .collect(),
             }),
             None => Caller::FromRequest,
@@ -438,19 +436,6 @@ fn missing(rule: &crate::policy::Rule, line: &Line<'_>) -> Option<String> {
         }
         _ => None,
     })
-}
-
-/// A claim's logged JSON as the policy compares it.
-fn claim(value: &serde_json::Value) -> ClaimValue {
-    match value {
-        serde_json::Value::String(text) => ClaimValue::String(text.clone()),
-        serde_json::Value::Number(number) => number
-            .as_f64()
-            .map_or(ClaimValue::Other, ClaimValue::Number),
-        serde_json::Value::Bool(flag) => ClaimValue::Bool(*flag),
-        serde_json::Value::Array(items) => ClaimValue::List(items.iter().map(claim).collect()),
-        _ => ClaimValue::Other,
-    }
 }
 
 /// A host as a URL writes it: an IPv6 address in brackets.

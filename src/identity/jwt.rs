@@ -458,7 +458,9 @@ fn principal(issuer: &JwtSettings, claims: &serde_json::Value) -> Principal {
     }
 }
 
-fn claim_value(value: &serde_json::Value) -> ClaimValue {
+/// A claim's JSON as the policy compares it; an object or `null` equals nothing. The same
+/// for a verified token's claims and for those a decision-log line records.
+pub fn claim_value(value: &serde_json::Value) -> ClaimValue {
     match value {
         serde_json::Value::String(text) => ClaimValue::String(text.clone()),
         serde_json::Value::Number(number) => number

@@ -29,6 +29,7 @@ use jwt::{Issuers, TokenRejection};
 
 pub use crate::key_set::KeySet;
 pub use jwks::IssuerKeys;
+pub use jwt::claim_value;
 
 /// How long a request waits for a fetch of its token's key set.
 pub const REFRESH_WAIT: Duration = Duration::from_secs(2);
