@@ -365,22 +365,79 @@ impl ClientSwitch {
 
 /// Serves HTTP/1.1 requests on `wire` until the client closes, a response or the client
 /// asks to close, a head times out, the connection drains or becomes a tunnel.
-pub async fn serve(wire: Wire, meta: Arc<ConnMeta>, live: Live, settings: Settings) {
-    let mut connection = Connection {
-        out: Vec::with_capacity(1024),
+///
+/// A connection is busy or idle. Busy, it keeps its buffers and the state of a request
+/// exchange (over 10 KiB, in a box) from one request to the next, so that a client
+/// sending request after request pays for none of them again. A connection still
+/// waiting for its next request when the idle watchdog next ticks goes idle: it lets go
+/// of all of that, as nginx does between requests, and holds only its socket until the
+/// client sends again. Gateways at the edge hold many idle connections.
+pub fn serve(
+    wire: Wire,
+    meta: Arc<ConnMeta>,
+    live: Live,
+    settings: Settings,
+) -> impl Future<Output = ()> + Send {
+    let connection = Connection {
+        out: Vec::new(),
         scratch: Vec::new(),
         date: DateCache::default(),
         meta,
         live,
         settings,
     };
-    connection.run(wire).await;
+    // Written out, not an `async fn`: that would keep room for its arguments, the busy
+    // future's result and the connection all at once, for the connection's whole life.
+    let mut busy = Some(busy(connection, wire));
+    let mut waiting = None;
+    poll_fn(move |cx| {
+        loop {
+            if let Some(serving) = &mut busy {
+                let Some((mut connection, mut wire)) = ready!(serving.as_mut().poll(cx)) else {
+                    return Poll::Ready(());
+                };
+                busy = None;
+                wire.buf = BytesMut::new();
+                connection.out = Vec::new();
+                connection.scratch = Vec::new();
+                waiting = Some((connection, wire));
+            }
+            let Some((connection, wire)) = &waiting else {
+                return Poll::Ready(());
+            };
+            let activity = &connection.meta.activity;
+            activity.wake_on_change(cx);
+            if activity.is_draining() {
+                return Poll::Ready(());
+            }
+            // An error or the client's close is found by the read that follows.
+            ready!(wire.io.poll_read_ready(cx)).ok();
+            if let Some((connection, wire)) = waiting.take() {
+                busy = Some(self::busy(connection, wire));
+            }
+        }
+    })
 }
 
+/// A connection's busy phase (see [`serve`]), built in its box: built on the stack and
+/// moved in, its largest state would be copied for nothing.
+fn busy(
+    mut connection: Connection,
+    wire: Wire,
+) -> Pin<Box<impl Future<Output = Option<(Connection, Wire)>> + Send>> {
+    connection.out.reserve(OUT_SIZE);
+    Box::into_pin(Box::write(Box::new_uninit(), connection.run(wire)))
+}
+
+/// The response buffer a busy connection starts with.
+const OUT_SIZE: usize = 1024;
+
 struct Connection {
-    /// The response head (and small body pieces) being written; kept for its capacity.
+    /// The response head (and small body pieces) being written; kept for its capacity
+    /// while the connection is busy.
     out: Vec<u8>,
-    /// The fields of the head being read; kept for its capacity.
+    /// The fields of the head being read; kept for its capacity while the connection is
+    /// busy.
     scratch: Vec<h1::Field>,
     date: DateCache,
     meta: Arc<ConnMeta>,
@@ -392,6 +449,8 @@ struct Connection {
 enum NoHead {
     /// The client closed, the connection drains, or the head timed out: close quietly.
     Close,
+    /// No request began before the idle watchdog's next tick: the connection goes idle.
+    Idle,
     /// The bytes are not a request this gateway will read: answer, then close.
     Refuse(ProxyError, Option<Method>),
 }
@@ -416,7 +475,9 @@ enum Written {
 }
 
 impl Connection {
-    async fn run(&mut self, mut wire: Wire) {
+    /// Serves requests one after another while the connection is busy; the connection
+    /// and its socket back once it has gone idle, `None` once it has ended.
+    async fn run(mut self, mut wire: Wire) -> Option<(Connection, Wire)> {
         loop {
             let RequestHead {
                 request,
@@ -426,10 +487,11 @@ impl Connection {
                 upgrade,
             } = match self.read_head(&mut wire).await {
                 Ok(head) => head,
-                Err(NoHead::Close) => return,
+                Err(NoHead::Close) => return None,
+                Err(NoHead::Idle) => return Some((self, wire)),
                 Err(NoHead::Refuse(err, method)) => {
                     self.answer_refusal(wire, err, method).await;
-                    return;
+                    return None;
                 }
             };
             let mut request = request.map(|()| ClientBody::Empty);
@@ -457,16 +519,14 @@ impl Connection {
                     // No path keeps a request past its response; if one ever does, the
                     // connection cannot go on, and it is a bug worth hearing about.
                     tracing::error!(client.addr = %self.meta.peer, "a request body outlived its response; closing the connection unanswered");
-                    return;
+                    return None;
                 };
-                let Some((back, done)) = returned.settle() else {
-                    return;
-                };
+                let (back, done) = returned.settle()?;
                 (response, done, back)
             } else {
                 let Some(response) = self.call_watching(&mut wire, request).await else {
                     tracing::debug!(client.addr = %self.meta.peer, "the client closed the connection before its response; request dropped");
-                    return;
+                    return None;
                 };
                 (response, true, wire)
             };
@@ -475,14 +535,12 @@ impl Connection {
             if response.status() == StatusCode::SWITCHING_PROTOCOLS {
                 // `handle` answers a 101 only to a request that asked to switch (an
                 // unasked one is a 502) and sent nothing after its head.
-                let Some(sender) = switch else {
-                    return;
-                };
+                let sender = switch?;
                 // SECURITY: bytes the client sent while the switch was being agreed would
                 // reach the tunnel without ever being read as HTTP.
                 if !wire.buf.is_empty() || sent_more(&mut wire.io) {
                     tracing::debug!(client.addr = %self.meta.peer, "the client sent data before the protocol switch was answered; closing");
-                    return;
+                    return None;
                 }
                 let answering = Answering {
                     head_request,
@@ -497,7 +555,7 @@ impl Connection {
                     // The socket is the tunnel's now.
                     let _ = sender.send(wire.io);
                 }
-                return;
+                return None;
             }
             let answering = Answering {
                 head_request,
@@ -508,9 +566,9 @@ impl Connection {
                 Ok(Written::Reusable) => {}
                 Ok(Written::Close) => {
                     close(wire, !body_done).await;
-                    return;
+                    return None;
                 }
-                Err(_) => return,
+                Err(_) => return None,
             }
         }
     }
@@ -565,6 +623,8 @@ impl Connection {
     /// Reads until `wire.buf` starts with a whole request head, and takes it off.
     async fn read_head(&mut self, wire: &mut Wire) -> Result<RequestHead, NoHead> {
         let activity = self.meta.activity.clone();
+        // The watchdog's tick when the wait for a new request began.
+        let waiting_since = activity.ticks();
         wire.pipelined = !wire.buf.is_empty() && wire.next_head_since.is_some();
         // A head's time starts with its first byte: now, for bytes already here.
         let mut started = (!wire.buf.is_empty()).then(|| {
@@ -631,12 +691,19 @@ impl Connection {
                     tracing::debug!(client.addr = %peer, "request head the slowest when limits.header_memory ran out; closing");
                     return Poll::Ready(None);
                 }
-                poll_read_more(wire, cx).map(Some)
+                match poll_read_more(wire, cx) {
+                    // Nothing since a tick began: idle.
+                    Poll::Pending if started.is_none() && activity.ticks() != waiting_since => {
+                        Poll::Ready(Some(Err(NoHead::Idle)))
+                    }
+                    read => read.map(|read| Some(Ok(read))),
+                }
             })
             .await;
             match read {
-                Some(Ok(0) | Err(_)) | None => return Err(NoHead::Close),
-                Some(Ok(_)) => {
+                Some(Err(no_head)) => return Err(no_head),
+                Some(Ok(Ok(0) | Err(_))) | None => return Err(NoHead::Close),
+                Some(Ok(Ok(_))) => {
                     started.get_or_insert_with(|| activity.ticks());
                 }
             }
@@ -703,8 +770,10 @@ impl Connection {
             );
         }
         keep_alive &= !fields.close;
-        if !fields.has_date {
-            write_field(out, b"date", self.date.now());
+        if !fields.has_date
+            && let Some(date) = self.date.now()
+        {
+            write_field(out, b"date", date);
         }
         match framing {
             Encoder::Length(length) => {
@@ -912,24 +981,26 @@ async fn linger<IO: AsyncRead + Unpin>(io: &mut IO, buf: &mut BytesMut) {
     }
 }
 
-/// The `Date` field's value, formatted once a second.
+/// The `Date` field's value, formatted once a second. Kept in place, not on the heap:
+/// an IMF-fixdate is 29 bytes long.
 #[derive(Default)]
 struct DateCache {
     second: u64,
-    value: Vec<u8>,
+    value: Option<[u8; 29]>,
 }
 
 impl DateCache {
-    fn now(&mut self) -> &[u8] {
+    /// Now as an HTTP date; `None` for a clock no IMF-fixdate can show (past year 9999).
+    fn now(&mut self) -> Option<&[u8]> {
         let now = SystemTime::now();
         let second = now
             .duration_since(UNIX_EPOCH)
             .map_or(0, |since| since.as_secs());
-        if second != self.second || self.value.is_empty() {
+        if second != self.second || self.value.is_none() {
             self.second = second;
-            self.value = httpdate::fmt_http_date(now).into_bytes();
+            self.value = httpdate::fmt_http_date(now).as_bytes().try_into().ok();
         }
-        &self.value
+        self.value.as_ref().map(|value| &value[..])
     }
 }
 
@@ -1157,7 +1228,10 @@ mod tests {
 
     #[test]
     fn the_date_is_an_imf_fixdate() {
-        let date = DateCache::default().now().to_vec();
+        let date = DateCache::default()
+            .now()
+            .expect("the clock is before year 10000")
+            .to_vec();
         let text = String::from_utf8(date).expect("ASCII");
         assert_eq!(text.len(), 29, "{text}");
         assert!(

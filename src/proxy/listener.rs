@@ -45,8 +45,9 @@ pub struct ConnMeta {
     pub guard: Arc<ConnectionGuard>,
     /// Byte counts on the client socket, for idle timeouts (tunnels included).
     pub activity: Arc<Activity>,
-    /// What the TLS handshake agreed, on a listener that terminates TLS.
-    pub tls: Option<TlsInfo>,
+    /// What the TLS handshake agreed, on a listener that terminates TLS. Boxed: every
+    /// idle plain connection would carry its room.
+    pub tls: Option<Box<TlsInfo>>,
 }
 
 /// A client connection's claim on `limits.max_connections` and on the active-connections
@@ -174,7 +175,7 @@ pub async fn run(listener: TcpListener, index: usize, live: Live, listeners: Lis
             stream,
             tls,
             meta,
-            proxy.limits.clone(),
+            &proxy.limits,
             listeners.head_memory.clone(),
             live.clone(),
             listeners.shutdown.clone(),
@@ -184,95 +185,204 @@ pub async fn run(listener: TcpListener, index: usize, live: Live, listeners: Lis
 }
 
 /// Serves one client connection until it closes, idles out, or is drained.
-async fn serve_connection(
+///
+/// Only what watching the connection needs is kept for its whole life: an idle
+/// connection's memory is mostly this (see `client_http1::serve`). The opening (TLS, the
+/// protocol's detection) and the protocol run boxed, each freed when done.
+fn serve_connection(
     stream: TcpStream,
     tls: Option<Terminating>,
-    mut meta: ConnMeta,
-    limits: Limits,
+    meta: ConnMeta,
+    limits: &Limits,
     head_memory: Arc<HeadMemory>,
     live: Live,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let activity = meta.activity.clone();
-    let peer = meta.peer;
+    shutdown: watch::Receiver<bool>,
+) -> impl Future<Output = ()> + Send + 'static {
     // SECURITY: a connection must finish its TLS handshake and start its first request
     // within header_read_timeout of opening, whatever it sends meanwhile (nothing, half a
     // ClientHello, half a preface, HTTP/2 pings).
-    let first_request = tokio::time::sleep(limits.header_read_timeout);
-    tokio::pin!(first_request);
-    let mut first_request_checked = false;
-
-    let (stream, alpn) = match tls {
-        None => (ClientStream::Plain(stream), None),
-        Some(tls) => {
-            let accepted = tokio::select! {
-                accepted = handshake::accept(stream, Arc::clone(&tls.config)) => accepted,
-                () = &mut first_request => Err(Refusal::Failed(Failure::Timeout)),
-                _ = shutdown.wait_for(|draining| *draining) => return,
-            };
-            match accepted {
-                Ok((stream, info)) => {
-                    let alpn = info.alpn;
-                    meta.tls = Some(info);
-                    (ClientStream::Tls(Box::new(stream)), alpn)
-                }
-                Err(Refusal::PlainHttp(stream)) => {
-                    tls.failed(Failure::PlainHttp, peer);
-                    // Within what is left of the first request's time.
-                    tokio::select! {
-                        () = handshake::refuse_plain_http(stream) => {}
-                        () = &mut first_request => {}
-                    }
-                    return;
-                }
-                Err(Refusal::Failed(failure)) => {
-                    tls.failed(failure, peer);
-                    return;
-                }
-            }
-        }
-    };
-    let meta = Arc::new(meta);
-    let mut io = ActivityIo {
-        inner: stream,
-        activity: activity.clone(),
-    };
+    let first_request_by = Instant::now() + limits.header_read_timeout;
     // The head timer keeps no timer of its own, which would cost a timer-wheel entry per
     // request: the idle watchdog ticks every `check_every` and wakes the connection,
     // which then counts the ticks.
     let check_every = watchdog_period(limits.idle_timeout.min(limits.header_read_timeout) / 4);
-    let idle = idle_checked(&activity, limits.idle_timeout, check_every);
-    tokio::pin!(idle);
+    let watch = Watch {
+        activity: meta.activity.clone(),
+        peer: meta.peer,
+        idle_timeout: limits.idle_timeout,
+        check_every,
+        first_request_by,
+        shutdown: shutdown.clone(),
+    };
+    let opening = Opening {
+        stream,
+        tls,
+        meta,
+        head_memory,
+        live,
+        check_every,
+        limits: limits.clone(),
+        first_request_by,
+        shutdown,
+    };
+    watch.run(Box::pin(opening.serve()))
+}
 
-    // ALPN names the protocol; without it, an HTTP/2 client with prior knowledge opens
-    // with the preface.
-    let mut buf = BytesMut::new();
-    let detect = async {
-        match alpn {
-            Some(Alpn::H2) => return Some(true),
-            Some(Alpn::Http1) => return Some(false),
-            None => {}
-        }
-        while buf.len() < H2_PREFACE.len() && H2_PREFACE.starts_with(&buf) {
-            buf.reserve(4096);
-            if io.read_buf(&mut buf).await.ok()? == 0 {
-                return None;
+/// What watches a connection: its idle timeout, its first request's deadline, drain.
+struct Watch {
+    activity: Arc<Activity>,
+    peer: SocketAddr,
+    idle_timeout: Duration,
+    check_every: Duration,
+    first_request_by: Instant,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl Watch {
+    async fn run(mut self, opening: Pin<Box<dyn Future<Output = Option<Served>> + Send>>) {
+        let Some(served) = opening.await else {
+            return;
+        };
+        let activity = &*self.activity;
+        let idle = idle_checked(
+            activity,
+            self.idle_timeout,
+            self.check_every,
+            Some(self.first_request_by),
+        );
+        tokio::pin!(idle);
+
+        // The connection is served in a task of its own, and this one watches it: its
+        // wake-ups then poll only the protocol, not the timers and the shutdown signal.
+        let mut connection = tokio::spawn(served);
+        let mut closing = false;
+        loop {
+            tokio::select! {
+                _ = &mut connection => break,
+                quiet = &mut idle => {
+                    if quiet == Quiet::NoRequest {
+                        tracing::debug!(client.addr = %self.peer, "no request within header_read_timeout; closing");
+                        connection.abort();
+                        break;
+                    }
+                    if closing {
+                        connection.abort();
+                        break;
+                    }
+                    closing = true;
+                    activity.drain();
+                    // A client that ignores a graceful close (an HTTP/2 GOAWAY, a response
+                    // it does not read) gets one more idle period, then is cut off.
+                    idle.set(idle_checked(activity, self.idle_timeout, self.check_every, None));
+                }
+                _ = self.shutdown.wait_for(|draining| *draining), if !closing => {
+                    closing = true;
+                    activity.drain();
+                }
             }
         }
-        Some(buf.starts_with(H2_PREFACE))
-    };
-    let h2 = tokio::select! {
-        h2 = detect => h2,
-        () = &mut first_request => None,
-        _ = shutdown.wait_for(|draining| *draining) => None,
-    };
-    let Some(h2) = h2 else {
-        return;
-    };
+    }
+}
 
-    let served: Pin<Box<dyn Future<Output = ()> + Send>> = if h2 {
-        serve_http2(io, buf, meta, live, &limits)
-    } else {
+/// A connection's protocol, served: HTTP/1.1 or HTTP/2.
+type Served = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// A connection just accepted: what it takes to start serving it.
+struct Opening {
+    stream: TcpStream,
+    tls: Option<Terminating>,
+    meta: ConnMeta,
+    head_memory: Arc<HeadMemory>,
+    live: Live,
+    check_every: Duration,
+    limits: Limits,
+    first_request_by: Instant,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl Opening {
+    /// The TLS handshake on a TLS listener, then the protocol told apart (ALPN, or the
+    /// HTTP/2 preface): the connection's protocol future, or `None` when the connection
+    /// ended first (a failed handshake, the first request's time up, a drain).
+    async fn serve(self) -> Option<Served> {
+        let Opening {
+            stream,
+            tls,
+            mut meta,
+            head_memory,
+            live,
+            check_every,
+            limits,
+            first_request_by,
+            mut shutdown,
+        } = self;
+        let limits = &limits;
+        let first_request = tokio::time::sleep_until(first_request_by);
+        tokio::pin!(first_request);
+        let activity = meta.activity.clone();
+        let peer = meta.peer;
+        let (stream, alpn) = match tls {
+            None => (ClientStream::Plain(stream), None),
+            Some(tls) => {
+                let accepted = tokio::select! {
+                    accepted = handshake::accept(stream, Arc::clone(&tls.config)) => accepted,
+                    () = &mut first_request => Err(Refusal::Failed(Failure::Timeout)),
+                    _ = shutdown.wait_for(|draining| *draining) => return None,
+                };
+                match accepted {
+                    Ok((stream, info)) => {
+                        let alpn = info.alpn;
+                        meta.tls = Some(Box::new(info));
+                        (ClientStream::Tls(Box::new(stream)), alpn)
+                    }
+                    Err(Refusal::PlainHttp(stream)) => {
+                        tls.failed(Failure::PlainHttp, peer);
+                        // Within what is left of the first request's time.
+                        tokio::select! {
+                            () = handshake::refuse_plain_http(stream) => {}
+                            () = &mut first_request => {}
+                        }
+                        return None;
+                    }
+                    Err(Refusal::Failed(failure)) => {
+                        tls.failed(failure, peer);
+                        return None;
+                    }
+                }
+            }
+        };
+        let meta = Arc::new(meta);
+        let mut io = ActivityIo {
+            inner: stream,
+            activity: activity.clone(),
+        };
+
+        // ALPN names the protocol; without it, an HTTP/2 client with prior knowledge opens
+        // with the preface.
+        let mut buf = BytesMut::new();
+        let detect = async {
+            match alpn {
+                Some(Alpn::H2) => return Some(true),
+                Some(Alpn::Http1) => return Some(false),
+                None => {}
+            }
+            while buf.len() < H2_PREFACE.len() && H2_PREFACE.starts_with(&buf) {
+                buf.reserve(4096);
+                if io.read_buf(&mut buf).await.ok()? == 0 {
+                    return None;
+                }
+            }
+            Some(buf.starts_with(H2_PREFACE))
+        };
+        let h2 = tokio::select! {
+            h2 = detect => h2,
+            () = &mut first_request => None,
+            _ = shutdown.wait_for(|draining| *draining) => None,
+        }?;
+
+        if h2 {
+            return Some(serve_http2(io, buf, meta, live, limits));
+        }
         // Heads over the limit get a problem+json 431 from `handle`, on the route they
         // asked for; twice the limit is where reading stops (a 431 without a route).
         let settings = client_http1::Settings {
@@ -296,39 +406,7 @@ async fn serve_connection(
             pipelined: false,
             client_done: false,
         };
-        Box::pin(client_http1::serve(wire, meta, live, settings))
-    };
-    // The connection is served in a task of its own, and this one watches it: its
-    // wake-ups then poll only the protocol, not the timers and the shutdown signal.
-    let mut connection = tokio::spawn(served);
-    let mut closing = false;
-    loop {
-        tokio::select! {
-            _ = &mut connection => break,
-            () = &mut idle => {
-                if closing {
-                    connection.abort();
-                    break;
-                }
-                closing = true;
-                activity.drain();
-                // A client that ignores a graceful close (an HTTP/2 GOAWAY, a response
-                // it does not read) gets one more idle period, then is cut off.
-                idle.set(idle_checked(&activity, limits.idle_timeout, check_every));
-            }
-            () = &mut first_request, if !first_request_checked => {
-                first_request_checked = true;
-                if activity.requests.load(Ordering::Relaxed) == 0 {
-                    tracing::debug!(client.addr = %peer, "no request within header_read_timeout; closing");
-                    connection.abort();
-                    break;
-                }
-            }
-            _ = shutdown.wait_for(|draining| *draining), if !closing => {
-                closing = true;
-                activity.drain();
-            }
-        }
+        Some(Box::pin(client_http1::serve(wire, meta, live, settings)))
     }
 }
 
@@ -403,6 +481,10 @@ impl AsyncRead for Rewound {
         let take = self.read.len().min(buf.remaining());
         buf.put_slice(&self.read[..take]);
         self.read.advance(take);
+        if self.read.is_empty() {
+            // Not kept for the connection's life.
+            self.read = BytesMut::new();
+        }
         Poll::Ready(Ok(()))
     }
 }
@@ -440,7 +522,7 @@ impl AsyncWrite for Rewound {
 /// Resolves once the connection has had no bytes in either direction and no request
 /// waiting for its response head for at least `timeout` (at most 1.25 × `timeout`).
 pub async fn idle(activity: &Activity, timeout: Duration) {
-    idle_checked(activity, timeout, watchdog_period(timeout / 4)).await;
+    idle_checked(activity, timeout, watchdog_period(timeout / 4), None).await;
 }
 
 /// How often the idle watchdog looks: every `wanted`, but at most every 10ms, so that an
@@ -449,9 +531,25 @@ fn watchdog_period(wanted: Duration) -> Duration {
     wanted.max(Duration::from_millis(10))
 }
 
+/// Why a connection's watchdog gave up on it.
+#[derive(Debug, PartialEq, Eq)]
+enum Quiet {
+    /// No bytes and no request in flight for the idle timeout.
+    Idle,
+    /// No request started by its deadline.
+    NoRequest,
+}
+
 /// [`idle`], looking every `check_every` (at most a quarter of `timeout`): each check
-/// counts a tick in `activity` and wakes the connection's task.
-async fn idle_checked(activity: &Activity, timeout: Duration, check_every: Duration) {
+/// counts a tick in `activity` and wakes the connection's task. With `first_request_by`,
+/// the first check past it ends the wait if no request has started (so at most
+/// `check_every` late).
+async fn idle_checked(
+    activity: &Activity,
+    timeout: Duration,
+    check_every: Duration,
+    mut first_request_by: Option<Instant>,
+) -> Quiet {
     // Enough quiet checks in a row to span `timeout`.
     let needed = u32::try_from(timeout.as_nanos().div_ceil(check_every.as_nanos()))
         .unwrap_or(u32::MAX)
@@ -465,6 +563,14 @@ async fn idle_checked(activity: &Activity, timeout: Duration, check_every: Durat
     loop {
         checks.tick().await;
         activity.tick();
+        if let Some(by) = first_request_by
+            && Instant::now() >= by
+        {
+            if activity.requests.load(Ordering::Relaxed) == 0 {
+                return Quiet::NoRequest;
+            }
+            first_request_by = None;
+        }
         let seen = activity.snapshot();
         if seen != last_seen || activity.in_flight.load(Ordering::Relaxed) > 0 {
             last_seen = seen;
@@ -473,7 +579,7 @@ async fn idle_checked(activity: &Activity, timeout: Duration, check_every: Durat
             quiet_checks += 1;
             // Quiet checks spanning the timeout: idle for at least the timeout.
             if quiet_checks >= needed {
-                return;
+                return Quiet::Idle;
             }
         }
     }
@@ -579,6 +685,18 @@ streams_enum_io!(ClientStream { Plain, Tls });
 pub struct ActivityIo {
     inner: ClientStream,
     activity: Arc<Activity>,
+}
+
+impl ActivityIo {
+    /// Ready once the socket has something to read, an error, or the client's close.
+    pub fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match &self.inner {
+            ClientStream::Plain(stream) => stream.poll_read_ready(cx),
+            // A connection goes idle only once its reads found nothing: TLS holds no
+            // decrypted bytes then, and what comes next arrives on the socket.
+            ClientStream::Tls(stream) => stream.get_ref().0.poll_read_ready(cx),
+        }
+    }
 }
 
 impl AsyncRead for ActivityIo {

@@ -326,7 +326,10 @@ impl Pool {
                 Err(err) => return Err(self.failed(err)),
             }
         }
-        let connection = match self.connect().await {
+        // Boxed: a new connection's TCP and TLS handshakes are rare with keep-alive, and
+        // inline their state would be room every exchange keeps (see
+        // `client_http1::serve`).
+        let connection = match Box::pin(self.connect()).await {
             Ok(connection) => connection,
             Err(err) => {
                 return Err(SendError::Connect(

@@ -167,6 +167,57 @@ fn server_files(issued: &Issued) -> [(&'static str, &str); 2] {
     ]
 }
 
+/// Reads one answer with a length from `stream`: its head and body as text.
+async fn read_answer(stream: &mut tokio_rustls::client::TlsStream<TcpStream>) -> String {
+    let mut answer = Vec::new();
+    let mut chunk = [0u8; 4096];
+    for _ in 0..100 {
+        let read = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut chunk))
+            .await
+            .expect("the answer arrives")
+            .unwrap();
+        assert!(read > 0, "the gateway closed the connection");
+        answer.extend_from_slice(&chunk[..read]);
+        let text = String::from_utf8_lossy(&answer).into_owned();
+        if let Some((head, body)) = text.split_once("\r\n\r\n")
+            && let Some(length) = head.lines().find_map(|line| {
+                let (name, value) = line.split_once(':')?;
+                name.eq_ignore_ascii_case("content-length")
+                    .then(|| value.trim().parse::<usize>().unwrap())
+            })
+            && body.len() >= length
+        {
+            return text;
+        }
+    }
+    panic!("no whole answer in 100 reads");
+}
+
+#[tokio::test]
+async fn a_kept_alive_tls_connection_that_went_idle_serves_its_next_request() {
+    let pki = Pki::new("test CA");
+    let server = pki.issue(&["gw.test"]);
+    let up = TestUpstream::start("app").await;
+    // Watchdog ticks every 100ms: a connection quiet for one goes idle and lets go of
+    // its buffers, then must wake on the next TLS record.
+    let gw = tls_gateway_with(
+        &up.url(),
+        SINGLE,
+        &server_files(&server),
+        "limits: { header_read_timeout: 400ms, idle_timeout: 30s }\n",
+    )
+    .await;
+    let mut stream = connect(&gw, &connector_http1(&pki), "gw.test").await;
+    for round in 0..3 {
+        let request = format!("GET /round/{round} HTTP/1.1\r\nHost: gw.test\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let answer = read_answer(&mut stream).await;
+        assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+        tokio::time::sleep(Duration::from_millis(600)).await;
+    }
+    assert_eq!(up.seen().len(), 3);
+}
+
 #[tokio::test]
 async fn https_is_served_over_tls_1_3_and_1_2_and_the_upstream_hears_https() {
     let pki = Pki::new("test CA");
