@@ -19,6 +19,8 @@ import time
 PORT, CONNECTIONS, PROTOCOL = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
 PIDS = [int(pid) for pid in sys.argv[4:]]
 HOST = "127.0.0.1"
+# How long the connections stay idle before memory is read: past one idle-watchdog tick.
+IDLE_WAIT = 5
 
 
 def rss_kib() -> int:
@@ -109,7 +111,9 @@ def main() -> None:
         else:
             read_http1_answer(conn)
         connections.append(conn)
-    time.sleep(2)
+    # portcullis lets go of an idle connection's buffers and exchange state at the first
+    # tick of its idle watchdog: a quarter of header_read_timeout (15 s by default).
+    time.sleep(IDLE_WAIT)
     idle = rss_kib()
     for conn in connections:
         conn.close()
