@@ -167,6 +167,28 @@ fn server_files(issued: &Issued) -> [(&'static str, &str); 2] {
     ]
 }
 
+/// The usual TLS setup: a test CA, its certificate for `gw.test`, an upstream `app`, and
+/// a gateway serving that certificate, with `extra` YAML appended.
+struct GwTest {
+    pki: Pki,
+    server: Issued,
+    up: TestUpstream,
+    gw: TestGateway,
+}
+
+async fn gw_test(extra: &str) -> GwTest {
+    let pki = Pki::new("test CA");
+    let server = pki.issue(&["gw.test"]);
+    let up = TestUpstream::start("app").await;
+    let gw = tls_gateway_with(&up.url(), SINGLE, &server_files(&server), extra).await;
+    GwTest {
+        pki,
+        server,
+        up,
+        gw,
+    }
+}
+
 /// Reads one answer with a length from `stream`: its head and body as text.
 async fn read_answer(stream: &mut tokio_rustls::client::TlsStream<TcpStream>) -> String {
     let mut answer = Vec::new();
@@ -195,18 +217,10 @@ async fn read_answer(stream: &mut tokio_rustls::client::TlsStream<TcpStream>) ->
 
 #[tokio::test]
 async fn a_kept_alive_tls_connection_that_went_idle_serves_its_next_request() {
-    let pki = Pki::new("test CA");
-    let server = pki.issue(&["gw.test"]);
-    let up = TestUpstream::start("app").await;
     // Watchdog ticks every 100ms: a connection quiet for one goes idle and lets go of
     // its buffers, then must wake on the next TLS record.
-    let gw = tls_gateway_with(
-        &up.url(),
-        SINGLE,
-        &server_files(&server),
-        "limits: { header_read_timeout: 400ms, idle_timeout: 30s }\n",
-    )
-    .await;
+    let GwTest { pki, up, gw, .. } =
+        gw_test("limits: { header_read_timeout: 400ms, idle_timeout: 30s }\n").await;
     let mut stream = connect(&gw, &connector_http1(&pki), "gw.test").await;
     for round in 0..3 {
         let request = format!("GET /round/{round} HTTP/1.1\r\nHost: gw.test\r\n\r\n");
@@ -220,10 +234,12 @@ async fn a_kept_alive_tls_connection_that_went_idle_serves_its_next_request() {
 
 #[tokio::test]
 async fn https_is_served_over_tls_1_3_and_1_2_and_the_upstream_hears_https() {
-    let pki = Pki::new("test CA");
-    let server = pki.issue(&["gw.test"]);
-    let up = TestUpstream::start("app").await;
-    let gw = tls_gateway(&up.url(), SINGLE, &server_files(&server)).await;
+    let GwTest {
+        pki,
+        server,
+        up,
+        gw,
+    } = gw_test("").await;
 
     for version in [&rustls::version::TLS13, &rustls::version::TLS12] {
         let stream = connect(&gw, &connector(&pki, &[version], &[b"http/1.1"]), "gw.test").await;
@@ -254,10 +270,7 @@ async fn https_is_served_over_tls_1_3_and_1_2_and_the_upstream_hears_https() {
 
 #[tokio::test]
 async fn http2_is_chosen_by_alpn() {
-    let pki = Pki::new("test CA");
-    let server = pki.issue(&["gw.test"]);
-    let up = TestUpstream::start("app").await;
-    let gw = tls_gateway(&up.url(), SINGLE, &server_files(&server)).await;
+    let GwTest { pki, up, gw, .. } = gw_test("").await;
 
     let connector = connector(&pki, &[&rustls::version::TLS13], &[b"h2", b"http/1.1"]);
     let stream = connect(&gw, &connector, "gw.test").await;
@@ -351,10 +364,7 @@ async fn sni_picks_the_certificate_for_the_name_and_the_default_for_others() {
 
 #[tokio::test]
 async fn plain_http_on_a_tls_port_gets_a_400_that_says_to_use_https() {
-    let pki = Pki::new("test CA");
-    let server = pki.issue(&["gw.test"]);
-    let up = TestUpstream::start("app").await;
-    let gw = tls_gateway(&up.url(), SINGLE, &server_files(&server)).await;
+    let GwTest { up, gw, .. } = gw_test("").await;
     let answer = raw_until_closed(
         gw.addr,
         b"GET /x HTTP/1.1\r\nHost: gw.test\r\n\r\n",
@@ -407,16 +417,9 @@ fn tls11_client_hello() -> Vec<u8> {
 
 #[tokio::test]
 async fn old_tls_garbage_and_stalled_handshakes_are_refused_and_counted() {
-    let pki = Pki::new("test CA");
-    let server = pki.issue(&["gw.test"]);
-    let up = TestUpstream::start("app").await;
-    let gw = tls_gateway_with(
-        &up.url(),
-        SINGLE,
-        &server_files(&server),
-        "limits: { header_read_timeout: 300ms }\n",
-    )
-    .await;
+    let GwTest {
+        pki, up: _up, gw, ..
+    } = gw_test("limits: { header_read_timeout: 300ms }\n").await;
     let series = handshake_errors;
 
     // TLS 1.1: a fatal alert, then the close.
@@ -629,10 +632,7 @@ async fn a_cert_manager_secret_swap_renews_the_certificate_without_a_reload_call
 
 #[tokio::test]
 async fn turning_tls_off_waits_for_a_restart_and_keeps_serving_tls() {
-    let pki = Pki::new("test CA");
-    let server = pki.issue(&["gw.test"]);
-    let up = TestUpstream::start("app").await;
-    let gw = tls_gateway(&up.url(), SINGLE, &server_files(&server)).await;
+    let GwTest { pki, up, gw, .. } = gw_test("").await;
     gw.write(
         "gw.yaml",
         &format!(
