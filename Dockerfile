@@ -10,6 +10,10 @@ FROM rust:1.95.0-slim-bookworm AS build
 # The toolchain rust-toolchain.toml pins. The file itself stays out: its clippy and
 # rustfmt would make rustup download them, and a build needs neither.
 ENV RUSTUP_TOOLCHAIN=1.95.0
+# jemalloc, the allocator, builds with make, which the slim image lacks.
+RUN command -v make >/dev/null \
+    || (apt-get update && apt-get install -y --no-install-recommends make \
+        && rm -rf /var/lib/apt/lists/*)
 WORKDIR /src
 # The dependencies first, in a layer of their own that is built again only when a
 # manifest or the lock file changes. Cargo wants every target each manifest declares to

@@ -8,10 +8,11 @@ use clap::Parser as _;
 use portcullis::cli::{self, Cli, LogFormat};
 
 /// A request allocates a few dozen small objects (header maps, bodies, futures) that die
-/// with it; mimalloc's thread-local free lists serve that pattern with 6% fewer
-/// instructions per proxied request than glibc's malloc (BENCHMARKS.md).
+/// with it; jemalloc's thread caches serve that pattern in fewer instructions per proxied
+/// request than glibc's malloc, and its background threads give memory back after a
+/// burst of connections (BENCHMARKS.md).
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
