@@ -110,7 +110,8 @@ impl Terminating {
 const HANDSHAKE_LOG_EVERY: u64 = 10;
 
 /// Accepts connections on `listener`, bound listener `index` of the config, until
-/// shutdown, serving each on its own task.
+/// shutdown, serving each on its own task; watches them (its [`Watchdog`]) until they
+/// have all ended.
 pub async fn run(listener: TcpListener, index: usize, live: Live, listeners: Listeners) {
     let local = match listener.local_addr() {
         Ok(addr) => addr,
@@ -120,17 +121,27 @@ pub async fn run(listener: TcpListener, index: usize, live: Live, listeners: Lis
         }
     };
     let mut shutdown = listeners.shutdown.clone();
+    let mut watchdog = Watchdog::default();
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
             _ = shutdown.wait_for(|draining| *draining) => break,
+            () = watchdog.checked() => continue,
         };
         let (stream, peer) = match accepted {
             Ok(accepted) => accepted,
             Err(err) => {
-                // Usually out of file descriptors: back off instead of spinning.
+                // Usually out of file descriptors: back off instead of spinning. Checks
+                // go on meanwhile: closing idle connections is what frees descriptors.
                 tracing::warn!(error = %err, listener = %local, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                let back_off = tokio::time::sleep(Duration::from_millis(50));
+                tokio::pin!(back_off);
+                loop {
+                    tokio::select! {
+                        () = &mut back_off => break,
+                        () = watchdog.checked() => {}
+                    }
+                }
                 continue;
             }
         };
@@ -171,116 +182,222 @@ pub async fn run(listener: TcpListener, index: usize, live: Live, listeners: Lis
             failures: proxy.metrics.tls_handshake_errors.clone(),
             listener: settings.name.clone(),
         });
-        tokio::spawn(serve_connection(
+        let limits = &proxy.limits;
+        // The head timer keeps no timer of its own, which would cost a timer-wheel entry
+        // per request: the watchdog ticks every `check_every` and wakes the connection,
+        // which then counts the ticks.
+        let check_every = watchdog_period(limits.idle_timeout.min(limits.header_read_timeout) / 4);
+        // SECURITY: a connection must finish its TLS handshake and start its first request
+        // within header_read_timeout of opening, whatever it sends meanwhile (nothing, half
+        // a ClientHello, half a preface, HTTP/2 pings).
+        let first_request_by = Instant::now() + limits.header_read_timeout;
+        let activity = meta.activity.clone();
+        let opening = Opening {
             stream,
             tls,
             meta,
-            &proxy.limits,
-            listeners.head_memory.clone(),
-            live.clone(),
-            listeners.shutdown.clone(),
-        ));
-    }
-    tracing::debug!(listener = %local, "stopped accepting");
-}
-
-/// Serves one client connection until it closes, idles out, or is drained.
-///
-/// Only what watching the connection needs is kept for its whole life: an idle
-/// connection's memory is mostly this (see `client_http1::serve`). The opening (TLS, the
-/// protocol's detection) and the protocol run boxed, each freed when done.
-fn serve_connection(
-    stream: TcpStream,
-    tls: Option<Terminating>,
-    meta: ConnMeta,
-    limits: &Limits,
-    head_memory: Arc<HeadMemory>,
-    live: Live,
-    shutdown: watch::Receiver<bool>,
-) -> impl Future<Output = ()> + Send + 'static {
-    // SECURITY: a connection must finish its TLS handshake and start its first request
-    // within header_read_timeout of opening, whatever it sends meanwhile (nothing, half a
-    // ClientHello, half a preface, HTTP/2 pings).
-    let first_request_by = Instant::now() + limits.header_read_timeout;
-    // The head timer keeps no timer of its own, which would cost a timer-wheel entry per
-    // request: the idle watchdog ticks every `check_every` and wakes the connection,
-    // which then counts the ticks.
-    let check_every = watchdog_period(limits.idle_timeout.min(limits.header_read_timeout) / 4);
-    let watch = Watch {
-        activity: meta.activity.clone(),
-        peer: meta.peer,
-        idle_timeout: limits.idle_timeout,
-        check_every,
-        first_request_by,
-        shutdown: shutdown.clone(),
-    };
-    let opening = Opening {
-        stream,
-        tls,
-        meta,
-        head_memory,
-        live,
-        check_every,
-        limits: limits.clone(),
-        first_request_by,
-        shutdown,
-    };
-    watch.run(Box::pin(opening.serve()))
-}
-
-/// What watches a connection: its idle timeout, its first request's deadline, drain.
-struct Watch {
-    activity: Arc<Activity>,
-    peer: SocketAddr,
-    idle_timeout: Duration,
-    check_every: Duration,
-    first_request_by: Instant,
-    shutdown: watch::Receiver<bool>,
-}
-
-impl Watch {
-    async fn run(mut self, opening: Pin<Box<dyn Future<Output = Option<Served>> + Send>>) {
-        let Some(served) = opening.await else {
-            return;
+            head_memory: listeners.head_memory.clone(),
+            live: live.clone(),
+            check_every,
+            limits: limits.clone(),
+            first_request_by,
+            shutdown: listeners.shutdown.clone(),
         };
-        let activity = &*self.activity;
-        let idle = idle_checked(
-            activity,
-            self.idle_timeout,
-            self.check_every,
-            Some(self.first_request_by),
+        let task = tokio::spawn(serve_connection(opening));
+        watchdog.watch(
+            check_every,
+            Watched {
+                activity,
+                task: task.abort_handle(),
+                peer,
+                needed: quiet_checks_needed(limits.idle_timeout, check_every),
+                quiet_checks: 0,
+                last_seen: None,
+                first_request_by: Some(first_request_by),
+                closing: false,
+            },
         );
-        tokio::pin!(idle);
+    }
+    drop(listener);
+    tracing::debug!(listener = %local, "stopped accepting");
+    // The connections accepted here are watched until they end: draining, then cut off
+    // if they stay idle (see `Watched::check`).
+    watchdog.drain();
+    while !watchdog.is_empty() {
+        watchdog.checked().await;
+    }
+}
 
-        // The connection is served in a task of its own, and this one watches it: its
-        // wake-ups then poll only the protocol, not the timers and the shutdown signal.
-        let mut connection = tokio::spawn(served);
-        let mut closing = false;
-        loop {
-            tokio::select! {
-                _ = &mut connection => break,
-                quiet = &mut idle => {
-                    if quiet == Quiet::NoRequest {
-                        tracing::debug!(client.addr = %self.peer, "no request within header_read_timeout; closing");
-                        connection.abort();
-                        break;
-                    }
-                    if closing {
-                        connection.abort();
-                        break;
-                    }
-                    closing = true;
-                    activity.drain();
-                    // A client that ignores a graceful close (an HTTP/2 GOAWAY, a response
-                    // it does not read) gets one more idle period, then is cut off.
-                    idle.set(idle_checked(activity, self.idle_timeout, self.check_every, None));
-                }
-                _ = self.shutdown.wait_for(|draining| *draining), if !closing => {
-                    closing = true;
-                    activity.drain();
+/// Serves one client connection until it closes or is drained; the accept loop's
+/// [`Watchdog`] aborts it when it idles out.
+///
+/// The opening (TLS, the protocol's detection) and the protocol run boxed, each freed
+/// when done, so an idle connection's task holds little more than the protocol's box.
+fn serve_connection(opening: Opening) -> impl Future<Output = ()> + Send + 'static {
+    // Written out, not an `async fn`: that would keep room for the opening's state for
+    // the connection's whole life.
+    let mut opening = Some(Box::pin(opening.serve()));
+    let mut served: Option<Served> = None;
+    std::future::poll_fn(move |cx| {
+        if let Some(open) = &mut opening {
+            served = ready!(open.as_mut().poll(cx));
+            opening = None;
+        }
+        match &mut served {
+            Some(protocol) => protocol.as_mut().poll(cx),
+            None => Poll::Ready(()),
+        }
+    })
+}
+
+/// The idle watchdog of one accept loop (one per listener and worker): it checks every
+/// connection the loop accepted, at each tick of their period. A connection then costs
+/// an entry here, not a task and a timer of its own, which matters most for the many
+/// idle connections a gateway at the edge holds.
+#[derive(Default)]
+struct Watchdog {
+    /// One per check period in use: a reload can change the period for new connections,
+    /// and connections already open keep theirs.
+    schedules: Vec<Schedule>,
+}
+
+/// The connections checked every `check_every`.
+struct Schedule {
+    check_every: Duration,
+    ticks: tokio::time::Interval,
+    watched: Vec<Watched>,
+}
+
+/// One connection, as the watchdog sees it.
+struct Watched {
+    activity: Arc<Activity>,
+    task: tokio::task::AbortHandle,
+    peer: SocketAddr,
+    /// Quiet checks in a row that span the idle timeout.
+    needed: u32,
+    quiet_checks: u32,
+    /// The read and write counts at the last check; `None` before the first check after
+    /// the connection opened.
+    last_seen: Option<(u64, u64)>,
+    /// The first request's deadline, until a request started.
+    first_request_by: Option<Instant>,
+    /// Asked to close (drained, or idle once): the next idle timeout cuts it off.
+    closing: bool,
+}
+
+impl Watchdog {
+    fn watch(&mut self, check_every: Duration, watched: Watched) {
+        if let Some(schedule) = self
+            .schedules
+            .iter_mut()
+            .find(|schedule| schedule.check_every == check_every)
+        {
+            schedule.watched.push(watched);
+            return;
+        }
+        let mut ticks = tokio::time::interval_at(Instant::now() + check_every, check_every);
+        // SECURITY: a late check is taken as late, never made up with a burst of checks that
+        // would count quiet time that did not pass (for the idle and the head timeouts alike).
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        self.schedules.push(Schedule {
+            check_every,
+            ticks,
+            watched: vec![watched],
+        });
+    }
+
+    /// Waits for the next tick of a schedule, and checks its connections.
+    async fn checked(&mut self) {
+        std::future::poll_fn(|cx| {
+            let mut checked = false;
+            for schedule in &mut self.schedules {
+                if schedule.ticks.poll_tick(cx).is_ready() {
+                    schedule.check();
+                    checked = true;
                 }
             }
+            self.schedules
+                .retain(|schedule| !schedule.watched.is_empty());
+            if checked {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+        .await;
+    }
+
+    /// Asks every connection to close once its current request is answered.
+    fn drain(&mut self) {
+        for watched in self.schedules.iter_mut().flat_map(|s| s.watched.iter_mut()) {
+            watched.closing = true;
+            watched.activity.drain();
         }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.schedules.is_empty()
+    }
+}
+
+impl Schedule {
+    fn check(&mut self) {
+        let now = Instant::now();
+        self.watched.retain_mut(|watched| watched.check(now));
+        // A burst of connections leaves no large list behind.
+        if self.watched.len() < self.watched.capacity() / 4 {
+            self.watched.shrink_to(self.watched.len() * 2);
+        }
+    }
+}
+
+impl Watched {
+    /// One check: counts a tick in the connection's `Activity` and wakes its task; cuts
+    /// it off when no request started by the deadline, or when it stayed idle after being
+    /// asked to close. Whether the connection is still watched.
+    fn check(&mut self, now: Instant) -> bool {
+        if self.task.is_finished() {
+            return false;
+        }
+        let activity = &*self.activity;
+        if !activity.opened.load(Ordering::Relaxed) {
+            return true;
+        }
+        activity.tick();
+        if let Some(by) = self.first_request_by
+            && now >= by
+        {
+            if activity.requests.load(Ordering::Relaxed) == 0 {
+                tracing::debug!(client.addr = %self.peer, "no request within header_read_timeout; closing");
+                self.task.abort();
+                return false;
+            }
+            self.first_request_by = None;
+        }
+        let seen = activity.snapshot();
+        // The first check counts as activity: the time before it may be less than a
+        // period, and quiet checks must span the whole timeout.
+        if self.last_seen != Some(seen) || activity.in_flight.load(Ordering::Relaxed) > 0 {
+            self.last_seen = Some(seen);
+            self.quiet_checks = 0;
+            return true;
+        }
+        self.quiet_checks += 1;
+        if self.quiet_checks < self.needed {
+            return true;
+        }
+        if self.closing {
+            self.task.abort();
+            return false;
+        }
+        // Idle for the timeout: asked to close (an HTTP/2 GOAWAY, or a close after the
+        // current response). A client that ignores that gets one more idle period, then
+        // is cut off.
+        self.closing = true;
+        activity.drain();
+        self.quiet_checks = 0;
+        self.last_seen = Some(seen);
+        true
     }
 }
 
@@ -380,6 +497,7 @@ impl Opening {
             _ = shutdown.wait_for(|draining| *draining) => None,
         }?;
 
+        activity.opened.store(true, Ordering::Relaxed);
         if h2 {
             return Some(serve_http2(io, buf, meta, live, limits));
         }
@@ -521,8 +639,27 @@ impl AsyncWrite for Rewound {
 
 /// Resolves once the connection has had no bytes in either direction and no request
 /// waiting for its response head for at least `timeout` (at most 1.25 × `timeout`).
+/// A tunnel's own watch: the accept loop's [`Watchdog`] lets go of a connection once it
+/// becomes a tunnel.
 pub async fn idle(activity: &Activity, timeout: Duration) {
-    idle_checked(activity, timeout, watchdog_period(timeout / 4), None).await;
+    let check_every = watchdog_period(timeout / 4);
+    let needed = quiet_checks_needed(timeout, check_every);
+    let mut checks = tokio::time::interval_at(Instant::now() + check_every, check_every);
+    // SECURITY: as in `Watchdog::watch`, a late check is never made up with a burst.
+    checks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_seen = activity.snapshot();
+    let mut quiet_checks = 0u32;
+    while quiet_checks < needed {
+        checks.tick().await;
+        activity.tick();
+        let seen = activity.snapshot();
+        if seen != last_seen || activity.in_flight.load(Ordering::Relaxed) > 0 {
+            last_seen = seen;
+            quiet_checks = 0;
+        } else {
+            quiet_checks += 1;
+        }
+    }
 }
 
 /// How often the idle watchdog looks: every `wanted`, but at most every 10ms, so that an
@@ -531,58 +668,11 @@ fn watchdog_period(wanted: Duration) -> Duration {
     wanted.max(Duration::from_millis(10))
 }
 
-/// Why a connection's watchdog gave up on it.
-#[derive(Debug, PartialEq, Eq)]
-enum Quiet {
-    /// No bytes and no request in flight for the idle timeout.
-    Idle,
-    /// No request started by its deadline.
-    NoRequest,
-}
-
-/// [`idle`], looking every `check_every` (at most a quarter of `timeout`): each check
-/// counts a tick in `activity` and wakes the connection's task. With `first_request_by`,
-/// the first check past it ends the wait if no request has started (so at most
-/// `check_every` late).
-async fn idle_checked(
-    activity: &Activity,
-    timeout: Duration,
-    check_every: Duration,
-    mut first_request_by: Option<Instant>,
-) -> Quiet {
-    // Enough quiet checks in a row to span `timeout`.
-    let needed = u32::try_from(timeout.as_nanos().div_ceil(check_every.as_nanos()))
+/// Quiet checks, `check_every` apart, that span `timeout`.
+fn quiet_checks_needed(timeout: Duration, check_every: Duration) -> u32 {
+    u32::try_from(timeout.as_nanos().div_ceil(check_every.as_nanos()))
         .unwrap_or(u32::MAX)
-        .max(1);
-    let mut checks = tokio::time::interval_at(Instant::now() + check_every, check_every);
-    // SECURITY: a late check is taken as late, never made up with a burst of checks that
-    // would count quiet time that did not pass (for the idle and the head timeouts alike).
-    checks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last_seen = activity.snapshot();
-    let mut quiet_checks = 0u32;
-    loop {
-        checks.tick().await;
-        activity.tick();
-        if let Some(by) = first_request_by
-            && Instant::now() >= by
-        {
-            if activity.requests.load(Ordering::Relaxed) == 0 {
-                return Quiet::NoRequest;
-            }
-            first_request_by = None;
-        }
-        let seen = activity.snapshot();
-        if seen != last_seen || activity.in_flight.load(Ordering::Relaxed) > 0 {
-            last_seen = seen;
-            quiet_checks = 0;
-        } else {
-            quiet_checks += 1;
-            // Quiet checks spanning the timeout: idle for at least the timeout.
-            if quiet_checks >= needed {
-                return Quiet::Idle;
-            }
-        }
-    }
+        .max(1)
 }
 
 /// Byte activity and requests in flight on one connection, for the idle and head timers.
@@ -600,6 +690,9 @@ pub struct Activity {
     ticks: AtomicU64,
     /// Set when the connection is to close once its current request is answered.
     draining: AtomicBool,
+    /// Set once the opening (TLS, the protocol's detection) is done: the watchdog
+    /// watches the connection from then on, the opening having a timer of its own.
+    opened: AtomicBool,
     /// The connection's task, to wake at each tick and when it is to drain.
     waker: std::sync::Mutex<Option<Waker>>,
 }
