@@ -4,8 +4,11 @@ sends one request on each and reads its answer, then keeps them all open and idl
 
     python3 bench/idle_clients.py PORT CONNECTIONS http1|h2 PIDS...
 
-It prints the proxy's resident memory (the sum over PIDS, from /proc) before, with every
-connection idle, right after the clients close, and 30 s later, as one JSON object.
+It prints the proxy's resident memory (the sum over PIDS, from /proc) before, with half
+and then all of the connections idle, right after the clients close, and 30 s later, as
+one JSON object. Per connection is the growth over all of them; each one more is the
+growth from half to all, which leaves out what a proxy sets up once, whatever the count
+(an allocator's thread caches, say).
 HTTP/2 is spoken with prior knowledge (h2c): the preface, an empty SETTINGS, one GET on
 stream 1 (HPACK from the static table), and the ACK of the server's SETTINGS.
 """
@@ -19,8 +22,10 @@ import time
 PORT, CONNECTIONS, PROTOCOL = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
 PIDS = [int(pid) for pid in sys.argv[4:]]
 HOST = "127.0.0.1"
-# How long the connections stay idle before memory is read: past one idle-watchdog tick.
-IDLE_WAIT = 5
+# How long the connections stay idle before memory is read: past one idle-watchdog tick
+# (3.75 s by default), when portcullis frees an idle connection's buffers, and past
+# jemalloc's dirty-page decay (10 s), by which those pages go back to the system.
+IDLE_WAIT = 25
 
 
 def rss_kib() -> int:
@@ -103,17 +108,22 @@ def main() -> None:
         else f"GET / HTTP/1.1\r\nHost: {HOST}:{PORT}\r\n\r\n".encode()
     )
     connections = []
-    for _ in range(CONNECTIONS):
-        conn = socket.create_connection((HOST, PORT), timeout=10)
-        conn.sendall(request)
-        if PROTOCOL == "h2":
-            read_h2_answer(conn)
-        else:
-            read_http1_answer(conn)
-        connections.append(conn)
-    # portcullis lets go of an idle connection's buffers and exchange state at the first
-    # tick of its idle watchdog: a quarter of header_read_timeout (15 s by default).
-    time.sleep(IDLE_WAIT)
+    half = CONNECTIONS // 2
+    half_idle = 0
+    for count in (half, CONNECTIONS - half):
+        for _ in range(count):
+            conn = socket.create_connection((HOST, PORT), timeout=10)
+            conn.sendall(request)
+            if PROTOCOL == "h2":
+                read_h2_answer(conn)
+            else:
+                read_http1_answer(conn)
+            connections.append(conn)
+        # portcullis lets go of an idle connection's buffers and exchange state at the first
+        # tick of its idle watchdog: a quarter of header_read_timeout (15 s by default).
+        time.sleep(IDLE_WAIT)
+        if len(connections) == half:
+            half_idle = rss_kib()
     idle = rss_kib()
     for conn in connections:
         conn.close()
@@ -128,6 +138,7 @@ def main() -> None:
                 "before_kib": before,
                 "idle_kib": idle,
                 "per_connection_bytes": round((idle - before) * 1024 / CONNECTIONS),
+                "each_more_bytes": round((idle - half_idle) * 1024 / (CONNECTIONS - half)),
                 "closed_1s_kib": closed,
                 "closed_30s_kib": settled,
             }

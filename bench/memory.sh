@@ -8,8 +8,9 @@
 # For each proxy and protocol, bench/idle_clients.py opens the connections, sends one
 # request on each, reads the answer and keeps them open and idle; it reports the proxy's
 # resident memory before, with them idle (and so per connection), 1 s after the clients
-# closed them, and 30 s after. HTTP/2 is h2c with prior knowledge on both proxies.
-# Every proxy is started afresh for each row.
+# closed them, and 30 s after. "Each one more" is the growth from half the connections
+# to all of them, per connection: what a proxy sets up once is not in it. HTTP/2 is h2c
+# with prior knowledge on both proxies. Every proxy is started afresh for each row.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -127,6 +128,7 @@ proxy, protocol, found = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
 mb = lambda kib: f"{kib / 1024:.1f} MB"
 print(f"| {proxy} | {'HTTP/1.1' if protocol == 'http1' else 'HTTP/2'} | {found['connections']:,} | "
       f"{mb(found['before_kib'])} | {mb(found['idle_kib'])} | {found['per_connection_bytes'] / 1024:.2f} KB | "
+      f"{found['each_more_bytes'] / 1024:.2f} KB | "
       f"{mb(found['closed_1s_kib'])} | {mb(found['closed_30s_kib'])} |")
 PY
 }
@@ -134,8 +136,8 @@ PY
 echo
 echo "bash bench/memory.sh: one worker each, the same upstream; $(date -u +%Y-%m-%dT%H:%MZ)"
 echo
-echo "| proxy | protocol | idle connections | RSS before | RSS with them idle | per connection | 1 s after they closed | 30 s after |"
-echo "|---|---|---:|---:|---:|---:|---:|---:|"
+echo "| proxy | protocol | idle connections | RSS before | RSS with them idle | per connection | each one more | 1 s after they closed | 30 s after |"
+echo "|---|---|---:|---:|---:|---:|---:|---:|---:|"
 row nginx http1 "$HTTP1"
 row portcullis http1 "$HTTP1"
 row nginx h2 "$H2"
