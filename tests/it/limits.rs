@@ -163,6 +163,50 @@ async fn an_idle_connection_is_closed() {
 }
 
 #[tokio::test]
+async fn a_reloaded_idle_timeout_holds_for_new_connections_and_open_ones_keep_theirs() {
+    let up = TestUpstream::start("a").await;
+    // One worker: both connections go to the same accept loop, and so the same watchdog.
+    let gw = TestGateway::start(&config(
+        &[up.url()],
+        "workers: 1\nlimits: { idle_timeout: 30s }\n",
+    ))
+    .await;
+    let request = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+    let mut answer = vec![0u8; 4096];
+    let mut before = TcpStream::connect(gw.addr).await.unwrap();
+    before.write_all(request).await.unwrap();
+    let n = before.read(&mut answer).await.unwrap();
+    assert!(String::from_utf8_lossy(&answer[..n]).starts_with("HTTP/1.1 200"));
+
+    let shorter = config(&[up.url()], "workers: 1\nlimits: { idle_timeout: 300ms }\n");
+    gw.write(
+        "gw.yaml",
+        &format!("{shorter}\npolicy: {{ files: [policy.yaml], watch: false }}\n"),
+    );
+    assert_eq!(
+        gw.admin(http::Method::POST, "/reload").await.0,
+        StatusCode::OK
+    );
+
+    // A connection opened after the reload is closed after the new, shorter timeout
+    // (with the old one, it would stay open past the 10s this waits).
+    let after = raw_until_closed(gw.addr, request, Duration::from_secs(10)).await;
+    assert!(after.starts_with("HTTP/1.1 200"), "{after}");
+
+    // The one opened before keeps its 30s: quiet for longer than 300ms, it still serves.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    before.write_all(request).await.unwrap();
+    let n = tokio::time::timeout(Duration::from_secs(5), before.read(&mut answer))
+        .await
+        .expect("answer arrives")
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&answer[..n]).starts_with("HTTP/1.1 200"),
+        "a connection opened before the reload took the new idle timeout"
+    );
+}
+
+#[tokio::test]
 async fn connections_past_the_limit_are_closed_at_accept() {
     let up = TestUpstream::start("a").await;
     let gw = TestGateway::start(&config(&[up.url()], "limits: { max_connections: 2 }\n")).await;
