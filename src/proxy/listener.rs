@@ -210,9 +210,7 @@ pub async fn run(listener: TcpListener, index: usize, live: Live, listeners: Lis
                 activity,
                 task: task.abort_handle(),
                 peer,
-                needed: quiet_checks_needed(limits.idle_timeout, check_every),
-                quiet_checks: 0,
-                last_seen: None,
+                quiet: QuietChecks::new(limits.idle_timeout, check_every, None),
                 first_request_by: Some(first_request_by),
                 closing: false,
             },
@@ -273,12 +271,10 @@ struct Watched {
     activity: Arc<Activity>,
     task: tokio::task::AbortHandle,
     peer: SocketAddr,
-    /// Quiet checks in a row that span the idle timeout.
-    needed: u32,
-    quiet_checks: u32,
-    /// The read and write counts at the last check; `None` before the first check after
-    /// the connection opened.
-    last_seen: Option<(u64, u64)>,
+    /// Its idle timeout, counted in checks. The first check after the connection opened
+    /// counts as activity: the time before it may be less than a period, and quiet
+    /// checks must span the whole timeout.
+    quiet: QuietChecks,
     /// The first request's deadline, until a request started.
     first_request_by: Option<Instant>,
     /// Asked to close (drained, or idle once): the next idle timeout cuts it off.
@@ -374,16 +370,7 @@ impl Watched {
             }
             self.first_request_by = None;
         }
-        let seen = activity.snapshot();
-        // The first check counts as activity: the time before it may be less than a
-        // period, and quiet checks must span the whole timeout.
-        if self.last_seen != Some(seen) || activity.in_flight.load(Ordering::Relaxed) > 0 {
-            self.last_seen = Some(seen);
-            self.quiet_checks = 0;
-            return true;
-        }
-        self.quiet_checks += 1;
-        if self.quiet_checks < self.needed {
+        if !self.quiet.check(activity) {
             return true;
         }
         if self.closing {
@@ -395,8 +382,7 @@ impl Watched {
         // is cut off.
         self.closing = true;
         activity.drain();
-        self.quiet_checks = 0;
-        self.last_seen = Some(seen);
+        self.quiet.checks = 0;
         true
     }
 }
@@ -643,21 +629,15 @@ impl AsyncWrite for Rewound {
 /// becomes a tunnel.
 pub async fn idle(activity: &Activity, timeout: Duration) {
     let check_every = watchdog_period(timeout / 4);
-    let needed = quiet_checks_needed(timeout, check_every);
+    let mut quiet = QuietChecks::new(timeout, check_every, Some(activity.snapshot()));
     let mut checks = tokio::time::interval_at(Instant::now() + check_every, check_every);
     // SECURITY: as in `Watchdog::watch`, a late check is never made up with a burst.
     checks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last_seen = activity.snapshot();
-    let mut quiet_checks = 0u32;
-    while quiet_checks < needed {
+    loop {
         checks.tick().await;
         activity.tick();
-        let seen = activity.snapshot();
-        if seen != last_seen || activity.in_flight.load(Ordering::Relaxed) > 0 {
-            last_seen = seen;
-            quiet_checks = 0;
-        } else {
-            quiet_checks += 1;
+        if quiet.check(activity) {
+            return;
         }
     }
 }
@@ -668,11 +648,41 @@ fn watchdog_period(wanted: Duration) -> Duration {
     wanted.max(Duration::from_millis(10))
 }
 
-/// Quiet checks, `check_every` apart, that span `timeout`.
-fn quiet_checks_needed(timeout: Duration, check_every: Duration) -> u32 {
-    u32::try_from(timeout.as_nanos().div_ceil(check_every.as_nanos()))
-        .unwrap_or(u32::MAX)
-        .max(1)
+/// An idle timeout counted in checks `check_every` apart: a connection is idle once
+/// enough checks in a row found no bytes either way and no request waiting for its
+/// response head.
+struct QuietChecks {
+    /// Quiet checks in a row that span the timeout.
+    needed: u32,
+    checks: u32,
+    /// The read and write counts at the last check; `None` counts the first check as
+    /// activity.
+    last_seen: Option<(u64, u64)>,
+}
+
+impl QuietChecks {
+    fn new(timeout: Duration, check_every: Duration, last_seen: Option<(u64, u64)>) -> Self {
+        let needed = u32::try_from(timeout.as_nanos().div_ceil(check_every.as_nanos()))
+            .unwrap_or(u32::MAX)
+            .max(1);
+        QuietChecks {
+            needed,
+            checks: 0,
+            last_seen,
+        }
+    }
+
+    /// One check; whether the connection has now been quiet for the whole timeout.
+    fn check(&mut self, activity: &Activity) -> bool {
+        let seen = activity.snapshot();
+        if self.last_seen != Some(seen) || activity.in_flight.load(Ordering::Relaxed) > 0 {
+            self.last_seen = Some(seen);
+            self.checks = 0;
+            return false;
+        }
+        self.checks += 1;
+        self.checks >= self.needed
+    }
 }
 
 /// Byte activity and requests in flight on one connection, for the idle and head timers.
