@@ -10,6 +10,20 @@ use tokio::net::TcpStream;
 
 use crate::support::*;
 
+const GET: &[u8] = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+
+/// Sends `GET /` on a kept-alive connection; its answer must be a 200, within 5 s.
+async fn get_ok(stream: &mut TcpStream, what: &str) {
+    stream.write_all(GET).await.unwrap();
+    let mut answer = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut answer))
+        .await
+        .unwrap_or_else(|_| panic!("{what}: no answer within 5s"))
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{what}: {answer}");
+}
+
 #[tokio::test]
 async fn an_oversized_head_is_a_431() {
     let up = TestUpstream::start("a").await;
@@ -86,12 +100,7 @@ async fn a_slow_head_is_cut_off_but_an_idle_keep_alive_is_not() {
 
     // A kept-alive connection that finished a request and then waits quietly.
     let mut idle = TcpStream::connect(gw.addr).await.unwrap();
-    idle.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
-        .await
-        .unwrap();
-    let mut first = vec![0u8; 4096];
-    let n = idle.read(&mut first).await.unwrap();
-    assert!(String::from_utf8_lossy(&first[..n]).starts_with("HTTP/1.1 200"));
+    get_ok(&mut idle, "the first request").await;
 
     for stream in [&mut slow, &mut shortest] {
         let mut rest = Vec::new();
@@ -102,14 +111,7 @@ async fn a_slow_head_is_cut_off_but_an_idle_keep_alive_is_not() {
 
     // Well past the head timeout, the idle connection still serves its next request.
     tokio::time::sleep(Duration::from_millis(1200)).await;
-    idle.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
-        .await
-        .unwrap();
-    let n = tokio::time::timeout(Duration::from_secs(5), idle.read(&mut first))
-        .await
-        .expect("answer arrives")
-        .unwrap();
-    assert!(String::from_utf8_lossy(&first[..n]).starts_with("HTTP/1.1 200"));
+    get_ok(&mut idle, "the idle connection's next request").await;
 }
 
 #[tokio::test]
@@ -121,13 +123,7 @@ async fn a_slow_head_after_a_kept_alive_request_is_cut_off() {
     ))
     .await;
     let mut stream = TcpStream::connect(gw.addr).await.unwrap();
-    stream
-        .write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
-        .await
-        .unwrap();
-    let mut answer = vec![0u8; 4096];
-    let n = stream.read(&mut answer).await.unwrap();
-    assert!(String::from_utf8_lossy(&answer[..n]).starts_with("HTTP/1.1 200"));
+    get_ok(&mut stream, "the first request").await;
     // Quiet for a while (idleness is not a slow head), then half of the second head.
     tokio::time::sleep(Duration::from_millis(600)).await;
     stream
@@ -171,12 +167,8 @@ async fn a_reloaded_idle_timeout_holds_for_new_connections_and_open_ones_keep_th
         "workers: 1\nlimits: { idle_timeout: 30s }\n",
     ))
     .await;
-    let request = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
-    let mut answer = vec![0u8; 4096];
     let mut before = TcpStream::connect(gw.addr).await.unwrap();
-    before.write_all(request).await.unwrap();
-    let n = before.read(&mut answer).await.unwrap();
-    assert!(String::from_utf8_lossy(&answer[..n]).starts_with("HTTP/1.1 200"));
+    get_ok(&mut before, "the first request").await;
 
     let shorter = config(&[up.url()], "workers: 1\nlimits: { idle_timeout: 300ms }\n");
     gw.write(
@@ -190,20 +182,16 @@ async fn a_reloaded_idle_timeout_holds_for_new_connections_and_open_ones_keep_th
 
     // A connection opened after the reload is closed after the new, shorter timeout
     // (with the old one, it would stay open past the 10s this waits).
-    let after = raw_until_closed(gw.addr, request, Duration::from_secs(10)).await;
+    let after = raw_until_closed(gw.addr, GET, Duration::from_secs(10)).await;
     assert!(after.starts_with("HTTP/1.1 200"), "{after}");
 
     // The one opened before keeps its 30s: quiet for longer than 300ms, it still serves.
     tokio::time::sleep(Duration::from_millis(600)).await;
-    before.write_all(request).await.unwrap();
-    let n = tokio::time::timeout(Duration::from_secs(5), before.read(&mut answer))
-        .await
-        .expect("answer arrives")
-        .unwrap();
-    assert!(
-        String::from_utf8_lossy(&answer[..n]).starts_with("HTTP/1.1 200"),
-        "a connection opened before the reload took the new idle timeout"
-    );
+    get_ok(
+        &mut before,
+        "a connection opened before the reload took the new idle timeout",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -213,13 +201,7 @@ async fn connections_past_the_limit_are_closed_at_accept() {
     let mut held = Vec::new();
     for _ in 0..2 {
         let mut stream = TcpStream::connect(gw.addr).await.unwrap();
-        stream
-            .write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
-            .await
-            .unwrap();
-        let mut buf = vec![0u8; 4096];
-        let n = stream.read(&mut buf).await.unwrap();
-        assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+        get_ok(&mut stream, "a connection within the limit").await;
         held.push(stream);
     }
     let answer = raw_until_closed(
