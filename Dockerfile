@@ -20,6 +20,8 @@ WORKDIR /src
 # exist, so each path they list gets an empty stand-in for this step.
 COPY Cargo.toml Cargo.lock ./
 COPY crates/policy/Cargo.toml crates/policy/
+# Patched dependencies (vendor/h2/PATCHES.md) belong to this layer.
+COPY vendor ./vendor
 RUN for manifest in Cargo.toml crates/*/Cargo.toml; do \
         dir=$(dirname "$manifest"); \
         sed -n 's/^path = "\(.*\)"$/\1/p' "$manifest" | while read -r target; do \
