@@ -54,6 +54,8 @@ upstreams: { app: { targets: ["builtin:echo"] } }
 routes: [{ id: main, upstream: app }]
 policy: { files: [policy.yaml] }
 log: { decisions: off }
+# Idle watchdog ticks every 250ms, for the idle HTTP/2 connection below.
+limits: { header_read_timeout: 1s }
 CONF
 
 cargo build --release --quiet --locked
@@ -67,6 +69,13 @@ grep -q '"x-forwarded-proto": "https"' <<<"$body" || fail "no X-Forwarded-Proto:
 # HTTP/2 by ALPN.
 version=$(curl -sS --max-time 10 --cacert "$work/ca.pem" --http2 -o /dev/null -w '%{http_version}' "$url/public/x")
 [ "$version" = "2" ] || fail "curl --http2 spoke HTTP/$version"
+# One HTTP/2 connection, a request every second. Between requests the connection goes
+# idle: it frees its buffers and empties its HPACK table, and nghttp2 must follow.
+answers=$(curl -sS --max-time 20 --cacert "$work/ca.pem" --http2 --rate 60/m \
+    -o /dev/null -o /dev/null -o /dev/null -w '%{http_code} %{http_version} %{num_connects} %header{content-type}\n' \
+    "$url/public/a" "$url/public/b" "$url/public/c")
+[ "$answers" = $'200 2 1 application/json\n200 2 0 application/json\n200 2 0 application/json' ] ||
+    fail "three HTTP/2 requests, an idle second apart, on one connection: $answers"
 # A client certificate for the mtls rule; without one, 403 mtls_required.
 status=$(curl -s --max-time 10 --cacert "$work/ca.pem" --cert "$work/client.pem" --key "$work/client.key" \
     -o /dev/null -w '%{http_code}' "$url/workloads/jobs")

@@ -619,3 +619,47 @@ async fn a_pipelined_head_is_charged_while_the_request_before_it_is_answered() {
     assert!(String::from_utf8_lossy(&answer[..second]).starts_with("HTTP/1.1 200"));
     assert_eq!(held().await, 0.0, "a head read whole gives its memory back");
 }
+
+/// An HTTP/2 connection quiet for two watchdog ticks frees its buffers and empties its
+/// HPACK encoder table (vendor/h2/PATCHES.md). Its next requests are answered in full:
+/// the client's decoder follows the table's size updates, and the upstream's fields
+/// arrive intact each time.
+#[tokio::test]
+async fn an_http2_connection_that_went_idle_serves_its_next_requests_in_full() {
+    let up = TestUpstream::start("a").await;
+    // Ticks every 250ms.
+    let gw = TestGateway::start(&config(
+        &[up.url()],
+        "limits: { header_read_timeout: 1s }\n",
+    ))
+    .await;
+    let stream = TcpStream::connect(gw.addr).await.unwrap();
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    let connection = tokio::spawn(connection);
+    for round in ["/one", "/two", "/three"] {
+        let request = Request::get(gw.url(round))
+            .body(Empty::<bytes::Bytes>::new())
+            .unwrap();
+        let response = tokio::time::timeout(Duration::from_secs(5), sender.send_request(request))
+            .await
+            .unwrap_or_else(|_| panic!("{round}: no answer within 5s"))
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{round}");
+        let headers = response.headers();
+        assert_eq!(headers["x-upstream"], "a", "{round}");
+        assert_eq!(headers["x-request-id"].len(), 26, "{round}");
+        let cookies: Vec<_> = headers.get_all("set-cookie").iter().collect();
+        assert_eq!(cookies, ["a=1", "b=2"], "{round}");
+        assert_eq!(body_text(response).await, "hello from a", "{round}");
+        // Past two ticks with nothing sent: the connection is idle.
+        tokio::time::sleep(Duration::from_millis(800)).await;
+    }
+    assert!(!connection.is_finished(), "the connection stayed open");
+    let targets: Vec<_> = up.seen().iter().map(|seen| seen.target.clone()).collect();
+    assert_eq!(targets, ["/one", "/two", "/three"]);
+}

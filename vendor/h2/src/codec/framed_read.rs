@@ -18,6 +18,10 @@ use tokio::io::AsyncRead;
 use tokio_util::codec::FramedRead as InnerFramedRead;
 use tokio_util::codec::{LengthDelimitedCodec, LengthDelimitedCodecError};
 
+/// portcullis: the read buffer's size when it is allocated again after
+/// `release_idle_buffers`, as tokio-util's `FramedRead` first allocates it.
+const READ_BUFFER_CAPACITY: usize = 8 * 1024;
+
 // 16 MB "sane default" taken from golang http2
 const DEFAULT_SETTINGS_MAX_HEADER_LIST_SIZE: usize = 16 << 20;
 
@@ -26,6 +30,10 @@ pub struct FramedRead<T> {
     inner: InnerFramedRead<T, LengthDelimitedCodec>,
 
     decoder: FrameDecoder,
+
+    /// portcullis: frames read so far, for `Connection` to tell a wake that moved no
+    /// frame (an idle timer's) from one that did.
+    frames: u64,
 }
 
 #[derive(Debug)]
@@ -37,7 +45,9 @@ struct FrameDecoder {
 
     max_continuation_frames: usize,
 
-    partial: Option<Partial>,
+    // portcullis: boxed, as CONTINUATION frames are rare: a connection otherwise
+    // holds room for a whole HEADERS frame (336 bytes) all its life.
+    partial: Option<Box<Partial>>,
 }
 
 /// Partially loaded headers frame
@@ -61,7 +71,26 @@ enum Continuable {
 impl<T> FramedRead<T> {
     pub fn new(inner: InnerFramedRead<T, LengthDelimitedCodec>) -> FramedRead<T> {
         let decoder = FrameDecoder::new(inner.decoder().max_frame_length());
-        FramedRead { inner, decoder }
+        FramedRead {
+            inner,
+            decoder,
+            frames: 0,
+        }
+    }
+
+    /// portcullis: frames read so far (wrapping).
+    pub fn frames(&self) -> u64 {
+        self.frames
+    }
+
+    /// portcullis: frees the read buffer if it holds no part of a frame and no
+    /// header block is waiting for its CONTINUATION, and lets the HPACK decoder free
+    /// what it can. The next read allocates the buffer again.
+    pub fn release_idle_buffers(&mut self) {
+        if self.inner.read_buffer().is_empty() && self.decoder.partial.is_none() {
+            *self.inner.read_buffer_mut() = BytesMut::new();
+        }
+        self.decoder.hpack.release_idle_memory();
     }
 
     pub fn get_ref(&self) -> &T {
@@ -216,11 +245,11 @@ fn decode_frame(decoder: &mut FrameDecoder, mut bytes: BytesMut) -> Result<Optio
             } else {
                 tracing::trace!("loaded partial header block");
                 // Defer returning the frame
-                decoder.partial = Some(Partial {
+                decoder.partial = Some(Box::new(Partial {
                     frame: Continuable::$frame(frame),
                     buf: payload,
                     continuation_frames_count: 0,
-                });
+                }));
 
                 return Ok(None);
             }
@@ -421,6 +450,11 @@ where
         let _e = span.enter();
         loop {
             tracing::trace!("poll");
+            // portcullis: after `release_idle_buffers`, read into a whole buffer again,
+            // not into the few bytes that tokio-util would reserve.
+            if self.inner.read_buffer().capacity() == 0 {
+                self.inner.read_buffer_mut().reserve(READ_BUFFER_CAPACITY);
+            }
             let bytes = match ready!(Pin::new(&mut self.inner).poll_next(cx)) {
                 Some(Ok(bytes)) => bytes,
                 Some(Err(e)) => return Poll::Ready(Some(Err(map_err(e)))),
@@ -429,6 +463,7 @@ where
 
             tracing::trace!(read.bytes = bytes.len());
             if let Some(frame) = self.decoder.decode(bytes)? {
+                self.frames = self.frames.wrapping_add(1);
                 tracing::debug!(?frame, "received");
                 return Poll::Ready(Some(Ok(frame)));
             }

@@ -52,6 +52,10 @@ struct Encoder<B> {
 
     /// Min buffer required to attempt to write a frame
     min_buffer_capacity: usize,
+
+    /// portcullis: frames buffered so far, for `Connection` to tell a wake that moved
+    /// no frame (an idle timer's) from one that did.
+    frames: u64,
 }
 
 #[derive(Debug)]
@@ -99,6 +103,7 @@ where
                 max_frame_size: frame::DEFAULT_MAX_FRAME_SIZE,
                 chain_threshold,
                 min_buffer_capacity: chain_threshold + frame::HEADER_LEN,
+                frames: 0,
             },
         }
     }
@@ -222,7 +227,9 @@ where
 
     fn buffer(&mut self, item: Frame<B>) -> Result<(), UserError> {
         // Ensure that we have enough capacity to accept the write.
+        self.ensure_buffer();
         assert!(self.has_capacity());
+        self.frames = self.frames.wrapping_add(1);
         let span = tracing::trace_span!("FramedWrite::buffer", frame = ?item);
         let _e = span.enter();
 
@@ -306,10 +313,21 @@ where
         Ok(())
     }
 
+    /// portcullis: allocates the buffer again after `release_idle_buffer` freed it.
+    fn ensure_buffer(&mut self) {
+        if self.buf.get_ref().capacity() == 0 {
+            self.buf.get_mut().reserve(DEFAULT_BUFFER_CAPACITY);
+        }
+    }
+
     fn has_capacity(&self) -> bool {
+        // portcullis: a buffer that `release_idle_buffer` freed is allocated again
+        // by `buffer`, so that a wake that buffers nothing allocates nothing.
+        let released = self.buf.get_ref().capacity() == 0;
         self.next.is_none()
-            && (self.buf.get_ref().capacity() - self.buf.get_ref().len()
-                >= self.min_buffer_capacity)
+            && (released
+                || self.buf.get_ref().capacity() - self.buf.get_ref().len()
+                    >= self.min_buffer_capacity)
     }
 
     fn is_empty(&self) -> bool {
@@ -341,6 +359,22 @@ impl<T, B> FramedWrite<T, B> {
     /// Set the peer's header table size.
     pub fn set_header_table_size(&mut self, val: usize) {
         self.encoder.hpack.update_max_size(val);
+    }
+
+    /// portcullis: frames buffered so far (wrapping).
+    pub fn frames(&self) -> u64 {
+        self.encoder.frames
+    }
+
+    /// portcullis: frees the write buffer if it holds nothing to send, and lets the
+    /// HPACK encoder free what it can. The buffer is allocated again when a frame is
+    /// next buffered.
+    pub fn release_idle_buffer(&mut self) {
+        let encoder = &mut self.encoder;
+        if encoder.next.is_none() && !encoder.buf.has_remaining() {
+            encoder.buf = Cursor::new(BytesMut::new());
+        }
+        encoder.hpack.release_idle_memory();
     }
 
     /// Retrieve the last data frame that has been sent

@@ -116,6 +116,18 @@ impl<T, B> Codec<T, B> {
         self.inner.get_mut().get_mut()
     }
 
+    /// portcullis: frames read and buffered so far (wrapping).
+    pub fn frames(&self) -> u64 {
+        self.inner.frames().wrapping_add(self.inner.get_ref().frames())
+    }
+
+    /// portcullis: frees the read and write buffers and the HPACK buffers, where
+    /// they hold nothing. Reading and writing allocate them again.
+    pub fn release_idle_buffers(&mut self) {
+        self.inner.release_idle_buffers();
+        self.framed_write().release_idle_buffer();
+    }
+
     /// Takes the data payload value that was fully written to the socket
     pub(crate) fn take_last_data_frame(&mut self) -> Option<Data<B>> {
         self.framed_write().take_last_data_frame()

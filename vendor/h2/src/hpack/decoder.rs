@@ -141,6 +141,8 @@ struct Table {
     entries: VecDeque<Header>,
     size: usize,
     max_size: usize,
+    /// portcullis: whether every entry holds its bytes alone (`Header::detached`).
+    detached: bool,
 }
 
 struct StringMarker {
@@ -160,6 +162,15 @@ impl Decoder {
             table: Table::new(size),
             buffer: BytesMut::with_capacity(4096),
         }
+    }
+
+    /// portcullis: frees the buffer that Huffman-coded strings are decoded into, and
+    /// copies the table's entries out of the buffers they share (a frame's, that
+    /// buffer), for a connection that has gone idle. Decoding allocates the buffer
+    /// again.
+    pub fn release_idle_memory(&mut self) {
+        self.buffer = BytesMut::new();
+        self.table.detach_entries();
     }
 
     /// Queues a potential size update
@@ -333,6 +344,10 @@ impl Decoder {
 
         let offset = (buf.position() - old_pos) as usize;
         if huff {
+            // portcullis: `release_idle_memory` may have freed the buffer.
+            if self.buffer.capacity() == 0 {
+                self.buffer.reserve(4096);
+            }
             let ret = {
                 let raw = &buf.chunk()[..len];
                 huffman::decode(raw, &mut self.buffer).map(|buf| StringMarker {
@@ -500,6 +515,7 @@ impl Table {
             entries: VecDeque::new(),
             size: 0,
             max_size,
+            detached: true,
         }
     }
 
@@ -541,7 +557,20 @@ impl Table {
 
             // Track the entry
             self.entries.push_front(entry);
+            self.detached = false;
         }
+    }
+
+    /// portcullis: has every entry hold its bytes alone, so that the table keeps no
+    /// frame's buffer allocated.
+    fn detach_entries(&mut self) {
+        if self.detached {
+            return;
+        }
+        for entry in &mut self.entries {
+            *entry = entry.detached();
+        }
+        self.detached = true;
     }
 
     fn set_max_size(&mut self, size: usize) {

@@ -186,6 +186,20 @@ impl Header {
         }
     }
 
+    /// portcullis: a copy that holds its bytes alone. A pseudo-header decoded from a
+    /// frame shares a larger buffer (the connection's read buffer, the Huffman
+    /// buffer); kept in the HPACK decoder's table, it would keep that whole buffer
+    /// allocated. Other fields' values are copies already (`HeaderValue::from_bytes`).
+    pub fn detached(&self) -> Header {
+        match self {
+            Header::Authority(v) => Header::Authority(BytesStr::from(v.as_str())),
+            Header::Scheme(v) => Header::Scheme(BytesStr::from(v.as_str())),
+            Header::Path(v) => Header::Path(BytesStr::from(v.as_str())),
+            Header::Protocol(v) => Header::Protocol(Protocol::from(v.as_str())),
+            Header::Field { .. } | Header::Method(_) | Header::Status(_) => self.clone(),
+        }
+    }
+
     pub fn skip_value_index(&self) -> bool {
         use http::header;
 

@@ -105,6 +105,11 @@ impl Table {
         self.max_size
     }
 
+    /// portcullis: whether the table holds no entry.
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+
     /// Gets the header stored in the table
     pub fn resolve<'a>(&'a self, index: &'a Index) -> &'a Header {
         use self::Index::*;

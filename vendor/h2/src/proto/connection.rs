@@ -60,6 +60,12 @@ where
     /// A `tracing` span tracking the lifetime of the connection.
     span: tracing::Span,
 
+    /// portcullis: frames read and buffered when the connection last waited.
+    frames_at_wait: u64,
+
+    /// portcullis: wakes in a row that moved no frame while no stream was open.
+    quiet_wakes: u8,
+
     /// Client or server
     _phantom: PhantomData<P>,
 }
@@ -168,6 +174,8 @@ where
                 settings: Settings::new(config.settings),
                 streams,
                 span,
+                frames_at_wait: 0,
+                quiet_wakes: 0,
                 _phantom: PhantomData,
             },
         }
@@ -332,6 +340,7 @@ where
                                 continue;
                             }
 
+                            self.release_memory_when_idle();
                             return Poll::Pending;
                         }
                     };
@@ -350,6 +359,27 @@ where
                     return Poll::Ready(self.take_error(reason, initiator));
                 }
             }
+        }
+    }
+
+    /// portcullis: an idle connection frees its buffers until its next frame.
+    ///
+    /// Idle is a second wake in a row that moved no frame while no stream was open.
+    /// Such wakes come from a timer of the application's (an idle timeout's check,
+    /// say), not from the peer. Waiting for the second keeps a connection that
+    /// serves one request after another from allocating its buffers for each.
+    fn release_memory_when_idle(&mut self) {
+        let frames = self.codec.frames();
+        if frames != self.inner.frames_at_wait || self.inner.streams.has_streams() {
+            self.inner.frames_at_wait = frames;
+            self.inner.quiet_wakes = 0;
+            return;
+        }
+        // Each later quiet wake frees again what reading allocated on that wake.
+        self.inner.quiet_wakes = self.inner.quiet_wakes.saturating_add(1);
+        if self.inner.quiet_wakes >= 2 {
+            self.codec.release_idle_buffers();
+            self.inner.streams.release_idle_memory();
         }
     }
 

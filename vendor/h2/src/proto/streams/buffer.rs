@@ -33,6 +33,14 @@ impl<T> Buffer<T> {
     pub fn is_empty(&self) -> bool {
         self.slab.is_empty()
     }
+
+    /// portcullis: frees the slots when none is in use. A slab never shrinks, so
+    /// without this a connection keeps room for its busiest moment's frames.
+    pub fn release_if_empty(&mut self) {
+        if self.slab.is_empty() {
+            self.slab = Slab::new();
+        }
+    }
 }
 
 impl Deque {

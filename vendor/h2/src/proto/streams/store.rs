@@ -86,6 +86,15 @@ impl Store {
         }
     }
 
+    /// portcullis: frees the slab and the index when no stream is stored. Neither
+    /// shrinks on its own, so without this a connection keeps room for its busiest
+    /// moment's streams. No key can point into an empty store.
+    pub fn release_if_empty(&mut self) {
+        if self.slab.is_empty() && self.ids.is_empty() {
+            *self = Store::new();
+        }
+    }
+
     pub fn find_mut(&mut self, id: &StreamId) -> Option<Ptr<'_>> {
         let index = {
             let key = self.ids.get(id)?;

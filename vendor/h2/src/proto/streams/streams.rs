@@ -1149,6 +1149,18 @@ where
         me.counts.has_streams() || me.refs > 1
     }
 
+    /// portcullis: frees the stream store's and the frame queues' memory where no
+    /// stream or frame is left in them, for a connection that has gone idle.
+    pub fn release_idle_memory(&self) {
+        {
+            let mut me = self.inner.lock().unwrap();
+            let me = &mut *me;
+            me.store.release_if_empty();
+            me.actions.recv.release_idle_memory();
+        }
+        self.send_buffer.inner.lock().unwrap().release_if_empty();
+    }
+
     #[cfg(feature = "unstable")]
     pub fn num_wired_streams(&self) -> usize {
         let me = self.inner.lock().unwrap();
