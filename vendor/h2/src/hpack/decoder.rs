@@ -570,6 +570,8 @@ impl Table {
         for entry in &mut self.entries {
             *entry = entry.detached();
         }
+        // Room for exactly the entries, while the connection is idle.
+        self.entries.shrink_to_fit();
         self.detached = true;
     }
 
