@@ -66,6 +66,15 @@ fn exchange_http1(stream: &mut TcpStream) {
     }
 }
 
+/// A connection to the gateway whose reads give up after 10 s.
+fn connect(addr: SocketAddr) -> TcpStream {
+    let stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream
+}
+
 /// A frame: its 9-byte header, then `payload`.
 fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
     let length = u32::try_from(payload.len()).unwrap().to_be_bytes();
@@ -192,17 +201,14 @@ limits: { header_read_timeout: 1s }
     let counted = tokio::task::spawn_blocking(move || {
         // Connections that came and went first: whatever a worker sets up once is set up.
         for _ in 0..20 {
-            let mut stream = TcpStream::connect(addr).unwrap();
+            let mut stream = connect(addr);
             exchange(&mut stream, 1);
         }
         std::thread::sleep(Duration::from_millis(300));
         let mut idle = Vec::with_capacity(CONNECTIONS);
         let region = Region::new(GLOBAL);
         for _ in 0..CONNECTIONS {
-            let mut stream = TcpStream::connect(addr).unwrap();
-            stream
-                .set_read_timeout(Some(Duration::from_secs(10)))
-                .unwrap();
+            let mut stream = connect(addr);
             exchange(&mut stream, 1);
             idle.push(stream);
         }
