@@ -305,7 +305,9 @@ done
 # database counts a lookup.
 [ "$(status -H "X-Forwarded-For: 175.45.176.1" "http://127.0.0.1:$COUNTRY_PORT/public/bench")" = 403 ] ||
     { echo "the country row does not stop an embargoed address" >&2; exit 1; }
-curl -s "http://127.0.0.1:$COUNTRY_ADMIN_PORT/metrics" | grep -q '^portcullis_geoip_lookups_total{result="found"} [1-9]' ||
+# Read whole first: `grep -q` stops at its match, and curl, cut off, would fail the pipe.
+metrics=$(curl -s "http://127.0.0.1:$COUNTRY_ADMIN_PORT/metrics")
+grep -q '^portcullis_geoip_lookups_total{result="found"} [1-9]' <<<"$metrics" ||
     { echo "the country row counts no lookups" >&2; exit 1; }
 sleep 0.3
 grep -q '"decision":"allow"' "$WORK/logs/demo-log.out" || { echo "the demo-log row writes no decision log" >&2; exit 1; }
