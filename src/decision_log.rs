@@ -168,6 +168,13 @@ struct Batch {
     lines: u64,
 }
 
+/// A batch the ring of recent decisions holds already, on its way to the sink.
+#[derive(Default)]
+struct Kept {
+    text: Arc<String>,
+    lines: u64,
+}
+
 /// One thread's batch, on a cache line of its own: only that thread and, every 100 ms,
 /// the writer touch it.
 #[repr(align(128))]
@@ -189,7 +196,7 @@ struct Shared {
 /// The writer thread and the way to it.
 struct Writer {
     shared: Arc<Shared>,
-    batches: SyncSender<Batch>,
+    batches: SyncSender<Kept>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
@@ -524,7 +531,7 @@ impl Writer {
             dropped,
             recent: Recent::default(),
         });
-        let (batches, queued) = std::sync::mpsc::sync_channel::<Batch>(QUEUED);
+        let (batches, queued) = std::sync::mpsc::sync_channel::<Kept>(QUEUED);
         let thread = std::thread::Builder::new()
             .name("decision-log".to_owned())
             .spawn({
@@ -551,14 +558,16 @@ impl Writer {
             format(&mut batch.text);
             batch.text.push('\n');
             batch.lines += 1;
-            (batch.text.len() >= BATCH).then(|| std::mem::take(&mut *batch))
+            // Into the ring before the shard lets go of it: a lookup finds each line in
+            // one or the other.
+            (batch.text.len() >= BATCH).then(|| self.shared.keep(std::mem::take(&mut *batch)))
         };
         if let Some(batch) = full {
             self.hand_over(batch, on_full);
         }
     }
 
-    fn hand_over(&self, batch: Batch, on_full: OnFull) {
+    fn hand_over(&self, batch: Kept, on_full: OnFull) {
         let lines = batch.lines;
         let sent = match on_full {
             OnFull::Block => self.batches.send(batch).is_ok(),
@@ -575,11 +584,20 @@ impl Writer {
 
     /// Wakes the writer thread (it looks at least every 100 ms anyway).
     fn wake(&self) {
-        let _ = self.batches.try_send(Batch::default());
+        let _ = self.batches.try_send(Kept::default());
     }
 }
 
 impl Shared {
+    /// Puts `batch` in the ring of recent decisions, and gives it back to be written.
+    fn keep(&self, batch: Batch) -> Kept {
+        let lines = usize::try_from(batch.lines).unwrap_or(usize::MAX);
+        Kept {
+            text: self.recent.keep(batch.text, lines),
+            lines: batch.lines,
+        }
+    }
+
     /// Counts dropped lines, with a warning for the first and then one per 10,000.
     fn dropped_lines(&self, lines: u64, why: &str) {
         let before = self.dropped.get();
@@ -593,7 +611,7 @@ impl Shared {
 /// The writer thread: writes batches as they come, every thread's batch every 100 ms,
 /// switches sinks when a reload asks, and ends at shutdown (or when every load that used
 /// it is gone) once everything is written.
-fn write_batches(shared: &Shared, queued: &Receiver<Batch>) {
+fn write_batches(shared: &Shared, queued: &Receiver<Kept>) {
     let mut out: Option<Out> = None;
     let mut failing = false;
     let mut swept = Instant::now();
@@ -627,7 +645,14 @@ fn write_batches(shared: &Shared, queued: &Receiver<Batch>) {
                 write(shared, &mut out, &mut failing, batch);
             }
             for shard in &shared.shards {
-                let batch = std::mem::take(&mut *lock(&shard.0));
+                // Into the ring before the shard lets go of it, as `line` does.
+                let batch = {
+                    let mut batch = lock(&shard.0);
+                    if batch.lines == 0 {
+                        continue;
+                    }
+                    shared.keep(std::mem::take(&mut *batch))
+                };
                 write(shared, &mut out, &mut failing, batch);
             }
             swept = Instant::now();
@@ -643,7 +668,7 @@ fn write_batches(shared: &Shared, queued: &Receiver<Batch>) {
     }
 }
 
-fn write(shared: &Shared, out: &mut Option<Out>, failing: &mut bool, batch: Batch) {
+fn write(shared: &Shared, out: &mut Option<Out>, failing: &mut bool, batch: Kept) {
     if batch.lines == 0 {
         return;
     }
@@ -652,15 +677,12 @@ fn write(shared: &Shared, out: &mut Option<Out>, failing: &mut bool, batch: Batc
         shared.dropped_lines(batch.lines, "the decision log has no sink yet");
         return;
     };
-    let lines = usize::try_from(batch.lines).unwrap_or(usize::MAX);
     let Some(write_to) = &mut out.write else {
-        shared.recent.keep(batch.text, lines);
         return;
     };
     let written = write_to
         .write_all(batch.text.as_bytes())
         .and_then(|()| write_to.flush());
-    shared.recent.keep(batch.text, lines);
     // One warning when writing starts failing, one when it works again.
     match written {
         Err(err) => {

@@ -1,8 +1,9 @@
 //! The recent decisions: the last `log.recent` decision-log lines, kept in memory so that
 //! the admin listener can answer `GET /decisions/{id}` and `portcullis why`.
 //!
-//! The writer thread hands over each batch once it is written, whole: a request pays
-//! nothing for it beyond its line. A batch is a chunk of the ring, and chunks leave it
+//! A batch enters the ring whole as it leaves its thread's shard, before it is written,
+//! so that a lookup finds each line in one or the other. A request pays for that only
+//! when its line fills a batch. A batch is a chunk of the ring, and chunks leave it
 //! oldest first once the lines after them are enough. Memory is bounded twice: by lines,
 //! and by [`BYTES_PER_LINE`] for each line kept.
 
@@ -35,6 +36,8 @@ struct Chunk {
     /// thread waits for.
     text: Arc<String>,
     lines: usize,
+    /// The time of its newest line (its last): chunks leave the ring by it.
+    newest: Box<str>,
 }
 
 /// What `GET /decisions` asks for: lines whose fields equal these, when given.
@@ -56,24 +59,33 @@ impl Recent {
         ring.evict();
     }
 
-    /// Keeps a written batch of `lines` lines, each ending in a newline.
-    pub fn keep(&self, mut text: String, lines: usize) {
+    /// Keeps a batch of `lines` lines, each ending in a newline, and gives its text back
+    /// to be written.
+    pub fn keep(&self, mut text: String, lines: usize) -> Arc<String> {
         if lines == 0 {
-            return;
+            return Arc::new(text);
         }
         let mut ring = super::lock(&self.ring);
         if ring.keep == 0 {
-            return;
+            return Arc::new(text);
         }
-        // A batch is written into a 68 KiB buffer; the ring keeps only what it holds.
-        text.shrink_to_fit();
+        // A batch is formatted into a 68 KiB buffer; the ring keeps what it holds. A full
+        // one, on a request's thread, is not copied for the few KiB it would save.
+        if text.capacity() - text.len() > text.len() / 4 {
+            text.shrink_to_fit();
+        }
+        let text = Arc::new(text);
+        let body = text.strip_suffix('\n').unwrap_or(&text);
+        let newest = timestamp(body.rsplit('\n').next().unwrap_or(body)).into();
         ring.lines += lines;
         ring.bytes += text.capacity();
         ring.chunks.push_back(Chunk {
-            text: Arc::new(text),
+            text: Arc::clone(&text),
             lines,
+            newest,
         });
         ring.evict();
+        text
     }
 
     /// How many lines are kept now.
@@ -105,6 +117,10 @@ impl Recent {
         for text in texts.iter().rev() {
             select_lines(text, filter, &mut found);
         }
+        // A batch that entered the ring after `pending` was copied is in both. Each line
+        // names its own request, so equal lines are one.
+        let mut seen = std::collections::HashSet::new();
+        found.retain(|line| seen.insert(*line));
         // Batches of several threads interleave: their lines are ordered by time here
         // (stable: of two lines in one millisecond, the later found stays later).
         found.sort_by(|a, b| timestamp(b).cmp(timestamp(a)));
@@ -143,7 +159,12 @@ impl Ring {
             return;
         }
         let budget = self.keep.saturating_mul(BYTES_PER_LINE);
-        while let Some(oldest) = self.chunks.front() {
+        // The chunk whose newest line is the oldest goes first. Threads' batches enter
+        // the ring in no order of time: a thread's older lines may come after another's
+        // newest, and must not push them out.
+        while let Some((index, oldest)) =
+            (self.chunks.iter().enumerate()).min_by(|(_, a), (_, b)| a.newest.cmp(&b.newest))
+        {
             let enough_after = self.lines - oldest.lines >= self.keep;
             let too_big = self.bytes > budget && self.chunks.len() > 1;
             if !enough_after && !too_big {
@@ -151,7 +172,7 @@ impl Ring {
             }
             self.lines -= oldest.lines;
             self.bytes -= oldest.text.capacity();
-            self.chunks.pop_front();
+            self.chunks.remove(index);
         }
     }
 }
@@ -265,6 +286,32 @@ mod tests {
         assert!(recent.find("id5").is_none());
         recent.keep(batch(&[line("id6", "deny", "x")]).0, 1);
         assert!(recent.is_empty(), "log.recent: 0 keeps nothing");
+    }
+
+    #[test]
+    fn the_newest_lines_stay_whatever_order_threads_hand_them_over_in() {
+        let at = |id: &str, time: &str| {
+            line(id, "allow", "allowed").replace("2026-12-07T07:00:00.000Z", time)
+        };
+        let recent = Recent::default();
+        recent.resize(2);
+        // One thread's batch with the newest line comes in before another thread's
+        // older lines.
+        let (text, lines) = batch(&[at("new", "2026-12-07T07:00:09.000Z")]);
+        recent.keep(text, lines);
+        let (text, lines) = batch(&[
+            at("old1", "2026-12-07T07:00:01.000Z"),
+            at("old2", "2026-12-07T07:00:02.000Z"),
+        ]);
+        recent.keep(text, lines);
+        let (text, lines) = batch(&[
+            at("mid1", "2026-12-07T07:00:05.000Z"),
+            at("mid2", "2026-12-07T07:00:06.000Z"),
+        ]);
+        recent.keep(text, lines);
+        assert!(recent.find("new").is_some(), "the newest line stays");
+        assert!(recent.find("mid2").is_some());
+        assert!(recent.find("old2").is_none(), "the oldest batch went first");
     }
 
     #[test]
