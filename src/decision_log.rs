@@ -8,8 +8,9 @@
 //! thread fills. One writer thread takes each batch when it reaches 64 KiB, every 100 ms,
 //! before a reload switches sinks, and at shutdown, and writes it with one write. When the
 //! writer falls behind (a full disk, a pipe no one reads), whole batches are dropped and
-//! counted, unless `log.on_full: block` asks requests to wait for it. Written batches are
-//! kept in [`recent`], the ring the admin listener looks decisions up in.
+//! counted, unless `log.on_full: block` asks requests to wait for it. Batches enter
+//! [`recent`], the ring the admin listener looks decisions up in, as they leave their
+//! thread, before they are written.
 //!
 //! This module knows the line's fields and where it goes; the request flow that fills
 //! them is `proxy`'s.
@@ -189,7 +190,7 @@ struct Shared {
     closing: AtomicBool,
     /// `portcullis_decision_log_dropped_total`.
     dropped: IntCounter,
-    /// The lines written last.
+    /// The lines logged last.
     recent: Recent,
 }
 
@@ -644,15 +645,7 @@ fn write_batches(shared: &Shared, queued: &Receiver<Kept>) {
             while let Ok(batch) = queued.try_recv() {
                 write(shared, &mut out, &mut failing, batch);
             }
-            for shard in &shared.shards {
-                // Into the ring before the shard lets go of it, as `line` does.
-                let batch = {
-                    let mut batch = lock(&shard.0);
-                    if batch.lines == 0 {
-                        continue;
-                    }
-                    shared.keep(std::mem::take(&mut *batch))
-                };
+            for batch in sweep(shared) {
                 write(shared, &mut out, &mut failing, batch);
             }
             swept = Instant::now();
@@ -666,6 +659,32 @@ fn write_batches(shared: &Shared, queued: &Receiver<Kept>) {
             return;
         }
     }
+}
+
+/// Takes every thread's batch into the ring, oldest first by its newest line, with every
+/// shard locked: a lookup finds each line in its shard or in the ring, and a thread's
+/// older lines do not enter after another's newer, to push them out. Requests wait for
+/// their shard meanwhile: a few microseconds every 100 ms.
+fn sweep(shared: &Shared) -> Vec<Kept> {
+    let mut shards: Vec<MutexGuard<'_, Batch>> =
+        shared.shards.iter().map(|shard| lock(&shard.0)).collect();
+    let mut taken: Vec<&mut Batch> = (shards.iter_mut())
+        .map(|batch| &mut **batch)
+        .filter(|batch| batch.lines > 0)
+        .collect();
+    // Timestamps order as text does; a wall clock stepping back misorders one sweep at
+    // most.
+    taken.sort_by(|a, b| newest_time(&a.text).cmp(newest_time(&b.text)));
+    taken
+        .into_iter()
+        .map(|batch| shared.keep(std::mem::take(batch)))
+        .collect()
+}
+
+/// The `timestamp` of a batch's last line, its newest.
+fn newest_time(text: &str) -> &str {
+    let body = text.strip_suffix('\n').unwrap_or(text);
+    recent::timestamp(body.rsplit('\n').next().unwrap_or(body))
 }
 
 fn write(shared: &Shared, out: &mut Option<Out>, failing: &mut bool, batch: Kept) {
@@ -722,6 +741,40 @@ fn sampled(share: f64) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_sweep_enters_threads_batches_oldest_first_so_the_newest_lines_stay() {
+        let shared = Shared {
+            shards: (0..SHARDS).map(|_| Shard::default()).collect(),
+            switch: Mutex::new(Vec::new()),
+            closing: AtomicBool::new(false),
+            dropped: IntCounter::new("dropped", "dropped").unwrap(),
+            recent: Recent::default(),
+        };
+        shared.recent.resize(2);
+        let line = |id: &str, second: u32| {
+            format!(
+                "{{\"timestamp\":\"2026-12-07T07:00:{second:02}.000Z\",\"request.id\":\"{id}\",\"decision\":\"allow\"}}\n"
+            )
+        };
+        // The newest line sits in the first shard, two older ones in a later shard.
+        *lock(&shared.shards[0].0) = Batch {
+            text: line("newest", 9),
+            lines: 1,
+        };
+        *lock(&shared.shards[5].0) = Batch {
+            text: line("old1", 1) + &line("old2", 2),
+            lines: 2,
+        };
+        let swept = sweep(&shared);
+        assert_eq!(swept.len(), 2);
+        assert!(swept[0].text.contains("old1") && swept[1].text.contains("newest"));
+        assert!(
+            shared.recent.find("newest").is_some(),
+            "the newest line stays"
+        );
+        assert!(shared.shards.iter().all(|shard| lock(&shard.0).lines == 0));
+    }
 
     #[test]
     fn allows_are_sampled_at_the_share_asked() {

@@ -4,7 +4,9 @@
 //! A batch enters the ring whole as it leaves its thread's shard, before it is written,
 //! so that a lookup finds each line in one or the other. A request pays for that only
 //! when its line fills a batch. A batch is a chunk of the ring, and chunks leave it
-//! oldest first once the lines after them are enough. Memory is bounded twice: by lines,
+//! oldest first once the lines after them are enough. The writer enters the batches it
+//! sweeps oldest first, so that a thread's older lines do not push out another's newer.
+//! The ring holds the lines logged last, whether or not the sink took them. Memory is bounded twice: by lines,
 //! and by [`BYTES_PER_LINE`] for each line kept.
 
 use std::collections::VecDeque;
@@ -36,8 +38,6 @@ struct Chunk {
     /// thread waits for.
     text: Arc<String>,
     lines: usize,
-    /// The time of its newest line (its last): chunks leave the ring by it.
-    newest: Box<str>,
 }
 
 /// What `GET /decisions` asks for: lines whose fields equal these, when given.
@@ -75,14 +75,11 @@ impl Recent {
             text.shrink_to_fit();
         }
         let text = Arc::new(text);
-        let body = text.strip_suffix('\n').unwrap_or(&text);
-        let newest = timestamp(body.rsplit('\n').next().unwrap_or(body)).into();
         ring.lines += lines;
         ring.bytes += text.capacity();
         ring.chunks.push_back(Chunk {
             text: Arc::clone(&text),
             lines,
-            newest,
         });
         ring.evict();
         text
@@ -114,13 +111,18 @@ impl Recent {
         for text in pending {
             select_lines(text, filter, &mut found);
         }
+        // A batch that entered the ring after `pending` was copied is in both: its lines
+        // are taken once. (At most a few thousand lines are pending.)
+        let pending_found: std::collections::HashSet<&str> = found.iter().copied().collect();
+        let mut in_ring = Vec::new();
         for text in texts.iter().rev() {
-            select_lines(text, filter, &mut found);
+            select_lines(text, filter, &mut in_ring);
         }
-        // A batch that entered the ring after `pending` was copied is in both. Each line
-        // names its own request, so equal lines are one.
-        let mut seen = std::collections::HashSet::new();
-        found.retain(|line| seen.insert(*line));
+        found.extend(
+            in_ring
+                .into_iter()
+                .filter(|line| !pending_found.contains(line)),
+        );
         // Batches of several threads interleave: their lines are ordered by time here
         // (stable: of two lines in one millisecond, the later found stays later).
         found.sort_by(|a, b| timestamp(b).cmp(timestamp(a)));
@@ -141,7 +143,7 @@ impl Recent {
 
 /// A line's `timestamp`, which every line starts with; written to the millisecond, so its
 /// text orders as its time does.
-fn timestamp(line: &str) -> &str {
+pub(super) fn timestamp(line: &str) -> &str {
     const START: &str = "{\"timestamp\":\"";
     line.strip_prefix(START)
         .and_then(|rest| rest.get(..24))
@@ -159,12 +161,7 @@ impl Ring {
             return;
         }
         let budget = self.keep.saturating_mul(BYTES_PER_LINE);
-        // The chunk whose newest line is the oldest goes first. Threads' batches enter
-        // the ring in no order of time: a thread's older lines may come after another's
-        // newest, and must not push them out.
-        while let Some((index, oldest)) =
-            (self.chunks.iter().enumerate()).min_by(|(_, a), (_, b)| a.newest.cmp(&b.newest))
-        {
+        while let Some(oldest) = self.chunks.front() {
             let enough_after = self.lines - oldest.lines >= self.keep;
             let too_big = self.bytes > budget && self.chunks.len() > 1;
             if !enough_after && !too_big {
@@ -172,7 +169,7 @@ impl Ring {
             }
             self.lines -= oldest.lines;
             self.bytes -= oldest.text.capacity();
-            self.chunks.remove(index);
+            self.chunks.pop_front();
         }
     }
 }
@@ -286,32 +283,6 @@ mod tests {
         assert!(recent.find("id5").is_none());
         recent.keep(batch(&[line("id6", "deny", "x")]).0, 1);
         assert!(recent.is_empty(), "log.recent: 0 keeps nothing");
-    }
-
-    #[test]
-    fn the_newest_lines_stay_whatever_order_threads_hand_them_over_in() {
-        let at = |id: &str, time: &str| {
-            line(id, "allow", "allowed").replace("2026-12-07T07:00:00.000Z", time)
-        };
-        let recent = Recent::default();
-        recent.resize(2);
-        // One thread's batch with the newest line comes in before another thread's
-        // older lines.
-        let (text, lines) = batch(&[at("new", "2026-12-07T07:00:09.000Z")]);
-        recent.keep(text, lines);
-        let (text, lines) = batch(&[
-            at("old1", "2026-12-07T07:00:01.000Z"),
-            at("old2", "2026-12-07T07:00:02.000Z"),
-        ]);
-        recent.keep(text, lines);
-        let (text, lines) = batch(&[
-            at("mid1", "2026-12-07T07:00:05.000Z"),
-            at("mid2", "2026-12-07T07:00:06.000Z"),
-        ]);
-        recent.keep(text, lines);
-        assert!(recent.find("new").is_some(), "the newest line stays");
-        assert!(recent.find("mid2").is_some());
-        assert!(recent.find("old2").is_none(), "the oldest batch went first");
     }
 
     #[test]
