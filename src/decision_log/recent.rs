@@ -6,8 +6,8 @@
 //! when its line fills a batch. A batch is a chunk of the ring, and chunks leave it
 //! oldest first once the lines after them are enough. The writer enters the batches it
 //! sweeps oldest first, so that a thread's older lines do not push out another's newer.
-//! The ring holds the lines logged last, whether or not the sink took them. Memory is bounded twice: by lines,
-//! and by [`BYTES_PER_LINE`] for each line kept.
+//! The ring holds the lines logged last, whether or not the sink took them. Memory is
+//! bounded twice: by lines, and by [`BYTES_PER_LINE`] for each line kept.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -35,7 +35,7 @@ struct Ring {
 
 struct Chunk {
     /// Shared, so that a search reads it without holding the ring, which the writer
-    /// thread waits for.
+    /// thread and a request whose line fills its batch wait for.
     text: Arc<String>,
     lines: usize,
 }
